@@ -1,0 +1,415 @@
+//! Backing up directory trees.
+
+use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cirkel_repo::{BlobKind, BlobWriter, Id, Node, NodeKind, Repository, Snapshot, SnapshotError, Tree};
+use crossbeam::channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::{Excludes, KIND};
+
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub excludes: Excludes,
+    /// Compare against this snapshot instead of the latest one of the same paths.
+    pub parent: Option<Id>,
+    /// Read every file, ignoring the parent.
+    pub force: bool,
+    pub threads: usize,
+    /// Stored with the snapshot; `None` means this machine's name.
+    pub host: Option<String>,
+}
+
+/// Progress callbacks; called from worker threads.
+pub trait Progress: Send + Sync {
+    fn file_done(&self, _path: &Path, _bytes: u64, _read: bool) {}
+    fn error(&self, _path: &Path, _message: &str) {}
+}
+
+impl Progress for () {}
+
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+struct FileJob {
+    path: PathBuf,
+    meta: Metadata,
+    parent: Option<Node>,
+    reply: Sender<Result<Node, String>>,
+}
+
+struct Ctx<'a> {
+    repo: &'a Repository,
+    writer: Arc<BlobWriter>,
+    excludes: &'a Excludes,
+    jobs: Sender<FileJob>,
+    errors: Vec<SnapshotError>,
+    progress: &'a dyn Progress,
+    files: u64,
+    dirs: u64,
+    bytes: u64,
+}
+
+/// Paths as a trie of components, so several roots share their ancestors.
+#[derive(Default)]
+struct Trie {
+    children: BTreeMap<String, Trie>,
+    full: bool,
+}
+
+pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) -> anyhow::Result<BackupOutcome> {
+    let start = Instant::now();
+    let mut roots = Vec::new();
+    for p in &opts.paths {
+        let abs = std::fs::canonicalize(p)
+            .map_err(|e| anyhow::anyhow!("cannot back up {}: {e}", p.display()))?;
+        roots.push(abs);
+    }
+    roots.sort();
+    roots.dedup();
+    let paths: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
+    let host = opts.host.clone().unwrap_or_else(cirkel_repo_hostname);
+
+    let _lock = repo.lock_shared("backup")?;
+    let index = Arc::new(repo.load_index()?);
+    let parent = find_parent(repo, opts, &host, &paths)?;
+    let parent_tree = match &parent {
+        Some((_, s)) => repo.load_tree(&index, &s.tree).ok(),
+        None => None,
+    };
+
+    let writer = Arc::new(BlobWriter::new(repo, index));
+    let (job_tx, job_rx) = unbounded::<FileJob>();
+    let threads = opts.threads.max(1);
+    let chunker = repo.config().chunker;
+    let seed = repo.crypto().chunker_seed();
+    let progress_ref: &dyn Progress = progress;
+    let files_read = AtomicU64::new(0);
+    let files_read_ref = &files_read;
+    let (root, mut ctx) = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let rx: Receiver<FileJob> = job_rx.clone();
+            let w = writer.clone();
+            scope.spawn(move || {
+                for job in rx.iter() {
+                    let res = save_file(&w, &job, chunker, seed, progress_ref, files_read_ref);
+                    let _ = job.reply.send(res);
+                }
+            });
+        }
+        let mut ctx = Ctx {
+            repo,
+            writer: writer.clone(),
+            excludes: &opts.excludes,
+            jobs: job_tx,
+            errors: Vec::new(),
+            progress,
+            files: 0,
+            dirs: 0,
+            bytes: 0,
+        };
+        let mut trie = Trie::default();
+        for r in &roots {
+            let mut node = &mut trie;
+            for c in r.components().skip(1) {
+                node = node.children.entry(c.as_os_str().to_string_lossy().into_owned()).or_default();
+            }
+            node.full = true;
+        }
+        let root = if trie.full {
+            save_dir(&mut ctx, Path::new("/"), parent_tree)
+        } else {
+            save_virtual(&mut ctx, Path::new("/"), &trie, parent_tree)
+        };
+        // Dropping the job sender ends the workers.
+        let Ctx { jobs, .. } = &mut ctx;
+        drop(std::mem::replace(jobs, unbounded().0));
+        (root, ctx)
+    });
+    let root = root?;
+    let stats = writer.finish()?;
+    ctx.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    let snapshot = Snapshot {
+        time: chrono::Utc::now(),
+        host,
+        kind: KIND.into(),
+        paths,
+        tags: opts.tags.clone(),
+        tree: root,
+        parent: parent.map(|(id, _)| id),
+        summary: cirkel_repo::SnapshotSummary {
+            files: ctx.files,
+            dirs: ctx.dirs,
+            bytes: ctx.bytes,
+            files_read: files_read.load(Ordering::Relaxed),
+            bytes_added: stats.bytes_new_stored,
+            duration_ms: start.elapsed().as_millis() as u64,
+        },
+        incomplete: !ctx.errors.is_empty(),
+        errors: std::mem::take(&mut ctx.errors),
+        meta: serde_json::Value::Null,
+    };
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupOutcome { id, snapshot })
+}
+
+fn cirkel_repo_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> anyhow::Result<Option<(Id, Snapshot)>> {
+    if opts.force {
+        return Ok(None);
+    }
+    if let Some(id) = opts.parent {
+        return Ok(Some((id, repo.load_snapshot(&id)?)));
+    }
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.kind == KIND && s.host == host && s.paths == paths))
+}
+
+fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
+    Node {
+        name,
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        inode: meta.ino(),
+        size: if kind == NodeKind::File { meta.len() } else { 0 },
+        content: Vec::new(),
+        subtree: None,
+        link_target: None,
+    }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
+}
+
+/// A directory on the way to a backed-up path: only the listed children.
+fn save_virtual(ctx: &mut Ctx<'_>, path: &Path, trie: &Trie, parent: Option<Tree>) -> anyhow::Result<Id> {
+    let mut nodes = Vec::new();
+    for (name, child) in &trie.children {
+        let child_path = path.join(name);
+        let parent_node = parent.as_ref().and_then(|t| t.find(name)).cloned();
+        if child.full {
+            if let Some(n) = save_entry(ctx, &child_path, parent_node)? {
+                nodes.push(n);
+            }
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&child_path)
+            .map_err(|e| anyhow::anyhow!("stat {}: {e}", child_path.display()))?;
+        let sub_parent = parent_subtree(ctx, parent_node.as_ref());
+        let mut node = node_from_meta(name.clone(), &meta, NodeKind::Dir);
+        node.subtree = Some(save_virtual(ctx, &child_path, child, sub_parent)?);
+        nodes.push(node);
+    }
+    finish_tree(ctx, nodes)
+}
+
+fn parent_subtree(ctx: &Ctx<'_>, node: Option<&Node>) -> Option<Tree> {
+    let id = node?.subtree?;
+    ctx.repo.load_tree(ctx.writer.index(), &id).ok()
+}
+
+fn finish_tree(ctx: &mut Ctx<'_>, mut nodes: Vec<Node>) -> anyhow::Result<Id> {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let tree = Tree { nodes };
+    Ok(ctx.writer.add(BlobKind::Tree, &tree.to_bytes())?)
+}
+
+enum Pending {
+    Ready(Node),
+    File(Receiver<Result<Node, String>>, PathBuf),
+}
+
+/// One entry given on the command line (or found in a directory).
+fn save_entry(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Node>> {
+    match prepare(ctx, path, parent)? {
+        None => Ok(None),
+        Some(Pending::Ready(n)) => Ok(Some(n)),
+        Some(Pending::File(rx, p)) => Ok(collect(ctx, rx, &p)),
+    }
+}
+
+fn collect(ctx: &mut Ctx<'_>, rx: Receiver<Result<Node, String>>, path: &Path) -> Option<Node> {
+    match rx.recv() {
+        Ok(Ok(n)) => {
+            ctx.files += 1;
+            ctx.bytes += n.size;
+            Some(n)
+        }
+        Ok(Err(msg)) => {
+            record_error(ctx, path, msg);
+            None
+        }
+        Err(_) => {
+            record_error(ctx, path, "worker stopped".into());
+            None
+        }
+    }
+}
+
+fn record_error(ctx: &mut Ctx<'_>, path: &Path, message: String) {
+    ctx.progress.error(path, &message);
+    ctx.errors.push(SnapshotError { path: path.display().to_string(), message });
+}
+
+fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Pending>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            record_error(ctx, path, format!("stat: {e}"));
+            return Ok(None);
+        }
+    };
+    let name = name_of(path);
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let (tx, rx) = bounded(1);
+        let parent = parent.filter(|p| p.kind == NodeKind::File);
+        ctx.jobs
+            .send(FileJob { path: path.to_path_buf(), meta, parent, reply: tx })
+            .map_err(|_| anyhow::anyhow!("backup workers stopped"))?;
+        Ok(Some(Pending::File(rx, path.to_path_buf())))
+    } else if ft.is_dir() {
+        let sub_parent = parent_subtree(ctx, parent.as_ref());
+        let mut node = node_from_meta(name, &meta, NodeKind::Dir);
+        node.subtree = Some(save_dir(ctx, path, sub_parent)?);
+        Ok(Some(Pending::Ready(node)))
+    } else if ft.is_symlink() {
+        let mut node = node_from_meta(name, &meta, NodeKind::Symlink);
+        match std::fs::read_link(path) {
+            Ok(t) => node.link_target = Some(t.to_string_lossy().into_owned()),
+            Err(e) => {
+                record_error(ctx, path, format!("read link: {e}"));
+                return Ok(None);
+            }
+        }
+        Ok(Some(Pending::Ready(node)))
+    } else {
+        // Sockets, FIFOs and device nodes carry no data to restore.
+        tracing::info!("skipping special file {}", path.display());
+        Ok(None)
+    }
+}
+
+fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Result<Id> {
+    ctx.dirs += 1;
+    let mut names: Vec<_> = match std::fs::read_dir(path) {
+        Ok(rd) => {
+            let mut v = Vec::new();
+            for e in rd {
+                match e {
+                    Ok(e) => v.push(e.file_name()),
+                    Err(e) => record_error(ctx, path, format!("read directory: {e}")),
+                }
+            }
+            v
+        }
+        Err(e) => {
+            record_error(ctx, path, format!("read directory: {e}"));
+            Vec::new()
+        }
+    };
+    names.sort();
+    let mut pending = Vec::with_capacity(names.len());
+    for name in names {
+        let child = path.join(&name);
+        if ctx.excludes.is_excluded(&child) {
+            continue;
+        }
+        if ctx.excludes.dir_has_marker(&child) && child.is_dir() {
+            continue;
+        }
+        let parent_node = parent.as_ref().and_then(|t| t.find(&name.to_string_lossy())).cloned();
+        if let Some(p) = prepare(ctx, &child, parent_node)? {
+            pending.push(p);
+        }
+    }
+    let mut nodes = Vec::with_capacity(pending.len());
+    for p in pending {
+        match p {
+            Pending::Ready(n) => nodes.push(n),
+            Pending::File(rx, path) => nodes.extend(collect(ctx, rx, &path)),
+        }
+    }
+    finish_tree(ctx, nodes)
+}
+
+fn unchanged(parent: &Node, meta: &Metadata) -> bool {
+    parent.size == meta.len()
+        && parent.mtime_ns == meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+        && parent.ctime_ns == meta.ctime() * 1_000_000_000 + meta.ctime_nsec()
+        && parent.inode == meta.ino()
+}
+
+fn save_file(
+    writer: &BlobWriter,
+    job: &FileJob,
+    chunker: cirkel_repo::ChunkerParams,
+    seed: u64,
+    progress: &dyn Progress,
+    files_read: &AtomicU64,
+) -> Result<Node, String> {
+    let mut node = node_from_meta(name_of(&job.path), &job.meta, NodeKind::File);
+    if let Some(p) = &job.parent {
+        if unchanged(p, &job.meta) && p.content.iter().all(|id| writer.has(id)) {
+            node.content = p.content.clone();
+            progress.file_done(&job.path, node.size, false);
+            return Ok(node);
+        }
+    }
+    let mut file = File::open(&job.path).map_err(|e| format!("open: {e}"))?;
+    files_read.fetch_add(1, Ordering::Relaxed);
+    let mut size = 0u64;
+    if job.meta.len() < chunker.min as u64 {
+        let mut buf = Vec::with_capacity(job.meta.len() as usize);
+        file.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+        size = buf.len() as u64;
+        if !buf.is_empty() {
+            node.content.push(writer.add(BlobKind::Data, &buf).map_err(|e| e.to_string())?);
+        }
+    } else {
+        let cdc = fastcdc::v2020::StreamCDC::with_level_and_seed(
+            file,
+            chunker.min as usize,
+            chunker.avg as usize,
+            chunker.max as usize,
+            fastcdc::v2020::Normalization::Level1,
+            seed,
+        );
+        for chunk in cdc {
+            let chunk = chunk.map_err(|e| format!("read: {e}"))?;
+            size += chunk.data.len() as u64;
+            node.content.push(writer.add(BlobKind::Data, &chunk.data).map_err(|e| e.to_string())?);
+        }
+    }
+    // Record what was read, not what stat said before reading.
+    node.size = size;
+    progress.file_done(&job.path, size, true);
+    Ok(node)
+}

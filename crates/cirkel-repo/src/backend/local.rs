@@ -1,0 +1,171 @@
+//! The local-filesystem backend, the embedded default.
+//!
+//! Objects are files below the repository directory. A write goes to a
+//! temporary file that is fsynced and then hard-linked to its final name:
+//! `link(2)` fails if the name exists, which makes the write atomic and
+//! create-if-absent, so a crash never leaves a half-written object under a
+//! real name and two writers never overwrite each other.
+
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Backend, BackendError, Created, ObjectInfo};
+
+const TMP_DIR: &str = ".tmp";
+
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> BackendError {
+        let location = self.location();
+        match e.kind() {
+            ErrorKind::NotFound => BackendError::NotFound { location, key: key.into() },
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => {
+                BackendError::Fatal { location, op, key: key.into(), detail: e.to_string() }
+            }
+            _ => BackendError::Unavailable { location, op, key: key.into(), detail: e.to_string() },
+        }
+    }
+
+    fn create_blocking(&self, key: &str, data: &[u8]) -> Result<Created, BackendError> {
+        let target = self.path(key);
+        if target.exists() {
+            return Ok(Created::Existed);
+        }
+        let tmp_dir = self.root.join(TMP_DIR);
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        for dir in [&tmp_dir, &parent] {
+            std::fs::create_dir_all(dir).map_err(|e| self.err("create", key, e))?;
+        }
+        let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            match std::fs::hard_link(&tmp, &target) {
+                Ok(()) => {
+                    sync_dir(&parent)?;
+                    Ok(Created::New)
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Created::Existed),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.map_err(|e| self.err("create", key, e))
+    }
+
+    fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let mut out = Vec::new();
+        let start = self.path(prefix);
+        if !self.root.is_dir() {
+            return Err(BackendError::NotFound { location: self.location(), key: prefix.into() });
+        }
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("list", prefix, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.err("list", prefix, e))?;
+                let path = entry.path();
+                let meta = entry.metadata().map_err(|e| self.err("list", prefix, e))?;
+                if meta.is_dir() {
+                    if entry.file_name() != TMP_DIR {
+                        stack.push(path);
+                    }
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    out.push(ObjectInfo { key, size: meta.len() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create(&self, key: &str, data: Bytes) -> Result<Created, BackendError> {
+        let this = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || this.create_blocking(&key, &data))
+            .await
+            .map_err(|e| BackendError::Fatal {
+                location: self.location(),
+                op: "create",
+                key: String::new(),
+                detail: e.to_string(),
+            })?
+    }
+
+    async fn read(&self, key: &str) -> Result<Bytes, BackendError> {
+        let path = self.path(key);
+        tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| self.err("read", key, e))
+    }
+
+    async fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        let path = self.path(key);
+        let this = self.clone();
+        let key_owned = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(range.start))?;
+            let len = (range.end - range.start) as usize;
+            let mut buf = vec![0u8; len];
+            f.read_exact(&mut buf)?;
+            Ok::<_, std::io::Error>(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| BackendError::Fatal {
+            location: self.location(),
+            op: "read",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?
+        .map_err(|e| this.err("read", &key_owned, e))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let this = self.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || this.list_blocking(&prefix)).await.map_err(|e| {
+            BackendError::Fatal { location: self.location(), op: "list", key: String::new(), detail: e.to_string() }
+        })?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Storage backends: where repository objects live.
+//!
+//! A backend stores immutable objects under slash-separated keys. It offers
+//! exactly what the repository needs and no more: create-if-absent writes,
+//! whole and ranged reads, listing by prefix, and idempotent deletes. Both
+//! implementations pass the same conformance suite (`tests/backend_conformance.rs`).
+
+mod local;
+mod s3;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Options};
+
+/// A stored object, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Outcome of a create-if-absent write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The object was written.
+    New,
+    /// An object with that key already existed and was left untouched.
+    Existed,
+}
+
+/// Backend failures, classified by what a caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("object {key} not found in {location}")]
+    NotFound { location: String, key: String },
+    /// The backend could not be reached or answered with an error after
+    /// retries; trying again later may help.
+    #[error("storage unavailable at {location} ({op} {key}): {detail}")]
+    Unavailable { location: String, op: &'static str, key: String, detail: String },
+    /// A failure that retrying will not fix (permissions, bad configuration).
+    #[error("storage error at {location} ({op} {key}): {detail}")]
+    Fatal { location: String, op: &'static str, key: String, detail: String },
+}
+
+impl BackendError {
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            BackendError::NotFound { .. } => {
+                "the repository is missing an object; run `cirkel repo verify`".into()
+            }
+            BackendError::Unavailable { .. } => {
+                "check that the storage server is up and reachable, then run the command again; completed snapshots are unaffected".into()
+            }
+            BackendError::Fatal { .. } => {
+                "check the repository location, its permissions and the storage credentials".into()
+            }
+        })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+/// Where repository objects are stored.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Human-readable location (a path or `s3://bucket/prefix`), never secrets.
+    fn location(&self) -> String;
+
+    /// Writes `data` under `key` unless an object already exists there.
+    async fn create(&self, key: &str, data: Bytes) -> Result<Created, BackendError>;
+
+    /// Reads a whole object.
+    async fn read(&self, key: &str) -> Result<Bytes, BackendError>;
+
+    /// Reads `range` of an object.
+    async fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError>;
+
+    /// Lists every object whose key starts with `prefix` (a folder such as `data/`).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
+
+    /// Deletes an object; deleting an absent object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), BackendError>;
+}
+
+/// Options for opening a backend from a location string.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    pub s3: S3Options,
+}
+
+/// Opens the backend a location names: `s3://bucket[/prefix]` or a local path
+/// (optionally `file://`).
+pub fn open(location: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>, BackendError> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(BackendError::Fatal {
+                location: location.into(),
+                op: "open",
+                key: String::new(),
+                detail: "an S3 location needs a bucket: s3://BUCKET[/PREFIX]".into(),
+            });
+        }
+        Ok(Arc::new(S3Backend::new(bucket, prefix, &opts.s3)?))
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        Ok(Arc::new(LocalBackend::new(path)))
+    }
+}

@@ -1,0 +1,68 @@
+//! Blobs: the unit of deduplication.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Crypto;
+use crate::{Error, Id, Result};
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// A chunk of file content.
+    Data,
+    /// A serialized directory tree.
+    Tree,
+}
+
+impl BlobKind {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+        }
+    }
+
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// A blob as stored: compressed (when that helps) and sealed.
+pub(crate) struct EncodedBlob {
+    pub stored: Vec<u8>,
+    pub raw_length: u32,
+    pub compressed: bool,
+}
+
+pub(crate) fn encode(crypto: &Crypto, id: &Id, plain: &[u8], level: i32) -> EncodedBlob {
+    let compressed = if level > 0 && plain.len() > 64 {
+        zstd::bulk::compress(plain, level).ok().filter(|c| c.len() + 8 < plain.len())
+    } else {
+        None
+    };
+    let is_compressed = compressed.is_some();
+    let body = compressed.as_deref().unwrap_or(plain);
+    EncodedBlob { stored: crypto.seal(body, &id.0), raw_length: plain.len() as u32, compressed: is_compressed }
+}
+
+/// Opens, decompresses and checks a stored blob against its id.
+pub(crate) fn decode(crypto: &Crypto, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
+    let body = crypto
+        .open(stored, &id.0)
+        .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
+    let plain = if compressed {
+        zstd::bulk::decompress(&body, raw_length as usize)
+            .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?
+    } else {
+        body
+    };
+    if plain.len() != raw_length as usize || crypto.blob_id(&plain) != *id {
+        return Err(Error::corrupt("blob", id, "content does not match its id"));
+    }
+    Ok(plain)
+}

@@ -1,0 +1,76 @@
+//! Errors of the repository layer.
+
+use crate::backend::BackendError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong when working with a repository. Each variant says what
+/// happened; [`Error::hint`] says what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The storage backend failed (I/O, network, permissions).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The location holds no repository (no `config` object).
+    #[error("no cirkel repository at {0}")]
+    NotARepository(String),
+    /// `repo init` on a location that already holds one.
+    #[error("a repository already exists at {0}")]
+    AlreadyInitialized(String),
+    /// No key file could be opened with the given passphrase.
+    #[error("wrong passphrase: no key of the repository opens with it")]
+    WrongPassword,
+    /// The repository is encrypted but no passphrase was given.
+    #[error("the repository is encrypted and no passphrase was given")]
+    PasswordRequired,
+    /// An object failed authentication, its hash, or its format.
+    #[error("corrupt {kind} {name}: {detail}")]
+    Corrupt { kind: &'static str, name: String, detail: String },
+    /// A blob that a snapshot references is in no index.
+    #[error("blob {0} is missing from the repository")]
+    MissingBlob(String),
+    /// A snapshot id (or prefix) matched no snapshot, or more than one.
+    #[error("{0}")]
+    SnapshotLookup(String),
+    /// Another process holds a lock that conflicts with this operation.
+    #[error("repository is locked: {0}")]
+    Locked(String),
+    /// The repository's format is not one this build understands.
+    #[error("unsupported repository: {0}")]
+    Unsupported(String),
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(kind: &'static str, name: impl ToString, detail: impl ToString) -> Self {
+        Error::Corrupt { kind, name: name.to_string(), detail: detail.to_string() }
+    }
+
+    /// A sentence telling the user what to do next.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Backend(e) => return e.hint(),
+            Error::NotARepository(_) => {
+                "check --repo / CIRKEL_REPO, or create one with `cirkel repo init`".into()
+            }
+            Error::AlreadyInitialized(_) => "use the existing repository, or choose another --repo".into(),
+            Error::WrongPassword => {
+                "check --password-file / CIRKEL_PASSWORD_FILE / CIRKEL_PASSWORD; the passphrase cannot be recovered".into()
+            }
+            Error::PasswordRequired => {
+                "pass --password-file FILE, or set CIRKEL_PASSWORD_FILE or CIRKEL_PASSWORD".into()
+            }
+            Error::Corrupt { .. } | Error::MissingBlob(_) => {
+                "run `cirkel repo verify --read-data` to find every affected snapshot; restore those from a second repository (`cirkel repo copy`)".into()
+            }
+            Error::SnapshotLookup(_) => "list snapshots with `cirkel snapshots`".into(),
+            Error::Locked(_) => {
+                "wait for the other operation to finish; if its process is gone, run `cirkel repo unlock`".into()
+            }
+            Error::Unsupported(_) => "upgrade cirkel".into(),
+            Error::Other(_) => return None,
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! Repository locks: how prune learns that someone may be writing.
+//!
+//! Writers (backup, copy) hold a shared lock; prune holds an exclusive one.
+//! A lock is an object under `locks/`, refreshed while held. Both sides
+//! write their lock first and then list the others, so at least one of two
+//! racing operations sees the other: a writer that sees prune backs off; a
+//! prune that sees a writer deletes no data. Locks of dead processes on this
+//! host, and locks not refreshed for [`STALE_AFTER`], are stale and ignored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::hostname;
+use crate::{Error, Id, Repository, Result};
+
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockInfo {
+    pub host: String,
+    pub pid: u32,
+    /// What holds it: `backup`, `copy`, `prune`, ...
+    pub operation: String,
+    pub exclusive: bool,
+    pub time: DateTime<Utc>,
+}
+
+impl LockInfo {
+    /// Whether the holder may still be running.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        if self.host == hostname() && !pid_alive(self.pid) {
+            return false;
+        }
+        now.signed_duration_since(self.time).to_std().map(|age| age < STALE_AFTER).unwrap_or(true)
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A held lock; released on drop.
+pub struct LockGuard {
+    repo: Repository,
+    key: Arc<std::sync::Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.refresher.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+        if let Ok(key) = self.key.lock() {
+            let _ = self.repo.block_on(self.repo.backend.delete(&key));
+        }
+    }
+}
+
+impl Repository {
+    fn write_lock(&self, operation: &str, exclusive: bool) -> Result<String> {
+        let info = LockInfo {
+            host: hostname(),
+            pid: std::process::id(),
+            operation: operation.into(),
+            exclusive,
+            time: Utc::now(),
+        };
+        let bytes = serde_json::to_vec(&info).map_err(|e| Error::Other(e.to_string()))?;
+        let key = format!("locks/{}", Id::random());
+        self.block_on(self.backend.create(&key, Bytes::from(bytes)))?;
+        Ok(key)
+    }
+
+    /// Every lock object, with its key.
+    pub fn locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        let objs = self.block_on(self.backend.list("locks/"))?;
+        let mut out = Vec::new();
+        for o in objs {
+            match self.block_on(self.backend.read(&o.key)) {
+                Ok(b) => {
+                    if let Ok(info) = serde_json::from_slice::<LockInfo>(&b) {
+                        out.push((o.key, info));
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes stale locks; returns how many.
+    pub fn remove_stale_locks(&self) -> Result<usize> {
+        let now = Utc::now();
+        let mut n = 0;
+        for (key, info) in self.locks()? {
+            if !info.is_live(now) {
+                self.block_on(self.backend.delete(&key))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn guard(&self, key: String, operation: &str, exclusive: bool) -> LockGuard {
+        let key = Arc::new(std::sync::Mutex::new(key));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (repo, k, s, op) = (self.clone(), key.clone(), stop.clone(), operation.to_string());
+        let refresher = std::thread::spawn(move || {
+            loop {
+                std::thread::park_timeout(REFRESH_EVERY);
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(new_key) = repo.write_lock(&op, exclusive) {
+                    if let Ok(mut cur) = k.lock() {
+                        let old = std::mem::replace(&mut *cur, new_key);
+                        let _ = repo.block_on(repo.backend.delete(&old));
+                    }
+                }
+            }
+        });
+        LockGuard { repo: self.clone(), key, stop, refresher: Some(refresher) }
+    }
+
+    /// Takes a shared (writer) lock. Fails when an exclusive lock is live.
+    pub fn lock_shared(&self, operation: &str) -> Result<LockGuard> {
+        let key = self.write_lock(operation, false)?;
+        let now = Utc::now();
+        let conflict = self.locks()?.into_iter().find(|(k, l)| *k != key && l.exclusive && l.is_live(now));
+        if let Some((_, l)) = conflict {
+            let _ = self.block_on(self.backend.delete(&key));
+            return Err(Error::Locked(format!("{} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time)));
+        }
+        Ok(self.guard(key, operation, false))
+    }
+
+    /// Takes an exclusive lock. Fails when another exclusive lock is live;
+    /// returns the live shared locks, whose holders may be writing.
+    pub fn lock_exclusive(&self, operation: &str) -> Result<(LockGuard, Vec<LockInfo>)> {
+        let key = self.write_lock(operation, true)?;
+        let now = Utc::now();
+        let mut writers = Vec::new();
+        for (k, l) in self.locks()? {
+            if k == key || !l.is_live(now) {
+                continue;
+            }
+            if l.exclusive {
+                let _ = self.block_on(self.backend.delete(&key));
+                return Err(Error::Locked(format!("{} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time)));
+            }
+            writers.push(l);
+        }
+        Ok((self.guard(key, operation, true), writers))
+    }
+}

@@ -1,0 +1,189 @@
+//! Forgetting snapshots and removing the data no kept snapshot needs.
+//!
+//! Order of work, chosen so that a crash at any step leaves a readable
+//! repository: (1) forgotten snapshot objects are deleted; (2) still-used
+//! blobs of mostly-empty packs are copied into new packs (with their own
+//! index); (3) one consolidated index of the surviving packs is written;
+//! (4) the old index files are deleted; (5) the unused packs are deleted.
+//! Until (4) the old indexes still name the old packs, which still exist;
+//! after it no index names a pack about to go, so no new backup can dedup
+//! against it. Data is removed only when no writer holds a live lock (see
+//! [`crate::lock`]); otherwise prune deletes snapshots only and says so.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::blob::BlobKind;
+use crate::index::{Index, PackRecord};
+use crate::retention::{self, Decision, Policy};
+use crate::writer::BlobWriter;
+use crate::{Error, Id, Repository, Result};
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    pub policy: Policy,
+    /// Only snapshots with this tag are subject to the policy.
+    pub only_tag: Option<String>,
+    pub dry_run: bool,
+    /// Repack a pack when more than this fraction of it is unused.
+    pub max_unused: f64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { policy: Policy::default(), only_tag: None, dry_run: false, max_unused: 0.2 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub decisions: Vec<Decision>,
+    pub snapshots_removed: usize,
+    pub packs_removed: usize,
+    pub packs_repacked: usize,
+    pub bytes_freed: u64,
+    pub orphan_packs_removed: usize,
+    /// Set when data removal was skipped, with the reason.
+    pub deferred: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Every blob reachable from the given trees (the trees themselves included).
+pub fn reachable(repo: &Repository, index: &Index, roots: impl IntoIterator<Item = Id>) -> Result<HashSet<Id>> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<Id> = roots.into_iter().collect();
+    while let Some(tree_id) = stack.pop() {
+        if !seen.insert(tree_id) {
+            continue;
+        }
+        let tree = repo.load_tree(index, &tree_id)?;
+        for node in tree.nodes {
+            seen.extend(node.content);
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let (_guard, writers) = repo.lock_exclusive("prune")?;
+    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+
+    let snapshots = repo.snapshots()?;
+    if !opts.policy.is_empty() {
+        report.decisions = retention::apply(&opts.policy, &snapshots, chrono::Utc::now(), opts.only_tag.as_deref());
+    }
+    let forget: HashSet<Id> = report.decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    if !opts.dry_run {
+        for id in &forget {
+            repo.delete_snapshot(id)?;
+        }
+    }
+    report.snapshots_removed = forget.len();
+
+    if let Some(w) = writers.first() {
+        report.deferred = Some(format!(
+            "{} in progress (pid {} on {}): data is removed by the next prune",
+            w.operation, w.pid, w.host
+        ));
+        return Ok(report);
+    }
+
+    let index = repo.load_index()?;
+    let kept_roots = snapshots.iter().filter(|(id, _)| !forget.contains(id)).map(|(_, s)| s.tree);
+    let used = reachable(repo, &index, kept_roots).map_err(|e| {
+        Error::Other(format!("prune stopped before deleting anything: a kept snapshot cannot be read ({e})"))
+    })?;
+
+    // Classify packs by how much of them is still used.
+    let mut to_delete: Vec<&PackRecord> = Vec::new();
+    let mut to_repack: Vec<&PackRecord> = Vec::new();
+    let mut keep: Vec<PackRecord> = Vec::new();
+    for pack in index.packs() {
+        let (mut used_bytes, mut total) = (0u64, 0u64);
+        for b in &pack.blobs {
+            total += b.length as u64;
+            if used.contains(&b.id) && index.is_primary(&pack.id, b) {
+                used_bytes += b.length as u64;
+            }
+        }
+        if used_bytes == 0 {
+            to_delete.push(pack);
+        } else if total > 0 && (total - used_bytes) as f64 / total as f64 > opts.max_unused {
+            to_repack.push(pack);
+        } else {
+            keep.push(pack.clone());
+        }
+    }
+    let indexed: HashSet<Id> = index.packs().map(|p| p.id).collect();
+    let orphans: Vec<(Id, u64)> =
+        list_packs(repo)?.into_iter().filter(|(id, _)| !indexed.contains(id)).collect();
+
+    report.packs_removed = to_delete.len() + to_repack.len();
+    report.packs_repacked = to_repack.len();
+    report.orphan_packs_removed = orphans.len();
+    report.bytes_freed = to_delete.iter().chain(&to_repack).map(|p| p.size).sum::<u64>()
+        + orphans.iter().map(|(_, s)| s).sum::<u64>();
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    // (2) Copy still-used blobs out of packs about to go.
+    let mut new_files = HashSet::new();
+    if !to_repack.is_empty() {
+        let writer = BlobWriter::new(repo, Arc::new(Index::default()));
+        for pack in &to_repack {
+            let bytes = repo.read_pack(&pack.id)?;
+            for b in &pack.blobs {
+                if used.contains(&b.id) && index.is_primary(&pack.id, b) {
+                    let stored = bytes
+                        .get(b.offset as usize..(b.offset + b.length) as usize)
+                        .ok_or_else(|| Error::corrupt("pack", pack.id, "shorter than its index says"))?;
+                    // Check before moving: never copy damage into a new pack.
+                    repo.decode_blob(&b.id, stored, b.raw_length, b.compressed)?;
+                    writer.add_raw(b.id, b.kind, stored, b.raw_length, b.compressed)?;
+                }
+            }
+        }
+        writer.finish()?;
+        new_files = repo.list_ids("index")?.into_iter().map(|(id, _)| id).filter(|id| !index.files.contains(id)).collect();
+    }
+    // (3) One index for the surviving old packs. (4) Old index files go.
+    let consolidated = repo.save_index(&keep)?;
+    new_files.insert(consolidated);
+    for old in &index.files {
+        if !new_files.contains(old) {
+            repo.block_on(repo.backend.delete(&format!("index/{old}")))?;
+        }
+    }
+    // (5) Unused packs go.
+    for pack in to_delete.iter().chain(&to_repack) {
+        repo.block_on(repo.backend.delete(&Repository::pack_key(&pack.id)))?;
+    }
+    for (id, _) in &orphans {
+        repo.block_on(repo.backend.delete(&Repository::pack_key(id)))?;
+    }
+    Ok(report)
+}
+
+/// Every pack object in `data/`, with its size.
+pub fn list_packs(repo: &Repository) -> Result<Vec<(Id, u64)>> {
+    repo.list_ids("data")
+}
+
+/// How many bytes each kind of blob takes; used by `repo stats`.
+pub fn blob_kinds(index: &Index) -> HashMap<BlobKind, (u64, u64)> {
+    let mut out: HashMap<BlobKind, (u64, u64)> = HashMap::new();
+    for p in index.packs() {
+        for b in &p.blobs {
+            let e = out.entry(b.kind).or_default();
+            e.0 += 1;
+            e.1 += b.length as u64;
+        }
+    }
+    out
+}

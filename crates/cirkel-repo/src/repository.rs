@@ -1,0 +1,426 @@
+//! Opening, creating and reading a repository.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+use crate::backend::{Backend, BackendError, Created};
+use crate::blob::{self, BlobKind};
+use crate::crypto::{Crypto, KdfParams, KeyFile, MasterKey};
+use crate::index::{self, Index, PackRecord};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+use crate::{Error, Id, Result};
+
+pub(crate) const CONFIG_KEY: &str = "config";
+const FORMAT_VERSION: u32 = 1;
+
+/// Content-defined chunking parameters, fixed at `repo init`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams { min: 512 * 1024, avg: 1024 * 1024, max: 8 * 1024 * 1024 }
+    }
+}
+
+/// The `config` object: public, unencrypted facts about the repository.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: Id,
+    pub created: DateTime<Utc>,
+    /// `xchacha20poly1305` or `none`.
+    pub encryption: String,
+    pub compression_level: i32,
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+    /// Only for unencrypted repositories: the key of the blob-id hash.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex")]
+    pub mac_key: Option<[u8; 32]>,
+}
+
+mod opt_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
+            Ok(out)
+        })
+        .transpose()
+    }
+}
+
+/// Choices made when creating a repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub encrypt: bool,
+    pub compression_level: i32,
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+    /// Share the master key of another repository, so that `repo copy`
+    /// between them moves sealed blobs verbatim.
+    pub master_key: Option<MasterKey>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            encrypt: true,
+            compression_level: 3,
+            chunker: ChunkerParams::default(),
+            pack_size: 16 * 1024 * 1024,
+            kdf: KdfParams::default(),
+            master_key: None,
+        }
+    }
+}
+
+/// An open repository. Cheap to clone; all methods are blocking and may be
+/// called from many threads (never from inside an async task).
+#[derive(Clone, Debug)]
+pub struct Repository {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) config: RepoConfig,
+    pub(crate) crypto: Crypto,
+}
+
+fn runtime() -> Result<Arc<Runtime>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("cirkel-io")
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Other(format!("start I/O runtime: {e}")))
+}
+
+impl Repository {
+    /// Creates a repository at the backend's location.
+    pub fn init(backend: Arc<dyn Backend>, password: Option<&[u8]>, opts: InitOptions) -> Result<Self> {
+        let rt = runtime()?;
+        let location = backend.location();
+        match rt.block_on(backend.read(CONFIG_KEY)) {
+            Ok(_) => return Err(Error::AlreadyInitialized(location)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (crypto, key_object) = if opts.encrypt {
+            let password = password.ok_or(Error::PasswordRequired)?;
+            let key = opts.master_key.clone().unwrap_or_else(MasterKey::generate);
+            let kf = KeyFile::wrap(&key, password, opts.kdf)?;
+            let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
+            (Crypto::encrypted(key), Some(bytes))
+        } else {
+            (Crypto::Plain { mac: rand::random() }, None)
+        };
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            created: Utc::now(),
+            encryption: if opts.encrypt { "xchacha20poly1305".into() } else { "none".into() },
+            compression_level: opts.compression_level,
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            mac_key: match &crypto {
+                Crypto::Plain { mac } => Some(*mac),
+                Crypto::Encrypted { .. } => None,
+            },
+        };
+        // The key goes first: a crash before the config leaves no repository
+        // (init can simply run again), never a repository without a key.
+        let mut key_name = None;
+        if let Some(bytes) = key_object {
+            let name = format!("keys/{}", Id::of(&bytes));
+            rt.block_on(backend.create(&name, Bytes::from(bytes)))?;
+            key_name = Some(name);
+        }
+        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        if rt.block_on(backend.create(CONFIG_KEY, Bytes::from(config_bytes)))? == Created::Existed {
+            if let Some(name) = key_name {
+                let _ = rt.block_on(backend.delete(&name));
+            }
+            return Err(Error::AlreadyInitialized(location));
+        }
+        Ok(Repository { backend, rt, config, crypto })
+    }
+
+    /// Opens an existing repository, trying the password on each key.
+    pub fn open(backend: Arc<dyn Backend>, password: Option<&[u8]>) -> Result<Self> {
+        let rt = runtime()?;
+        let location = backend.location();
+        let raw = match rt.block_on(backend.read(CONFIG_KEY)) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::NotARepository(location)),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&raw)
+            .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::Unsupported(format!("format version {}", config.version)));
+        }
+        let crypto = match (config.encryption.as_str(), config.mac_key) {
+            ("none", Some(mac)) => Crypto::Plain { mac },
+            ("xchacha20poly1305", None) => {
+                let password = password.ok_or(Error::PasswordRequired)?;
+                Crypto::encrypted(Self::find_key(&rt, backend.as_ref(), password)?)
+            }
+            (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
+        };
+        Ok(Repository { backend, rt, config, crypto })
+    }
+
+    fn find_key(rt: &Runtime, backend: &dyn Backend, password: &[u8]) -> Result<MasterKey> {
+        let keys = rt.block_on(backend.list("keys/"))?;
+        if keys.is_empty() {
+            return Err(Error::corrupt("repository", backend.location(), "it has no key objects"));
+        }
+        for k in keys {
+            let bytes = rt.block_on(backend.read(&k.key))?;
+            let kf: KeyFile = match serde_json::from_slice(&bytes) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    tracing::warn!("skipping unreadable key {}: {e}", k.key);
+                    continue;
+                }
+            };
+            if let Some(key) = kf.unwrap_key(password)? {
+                return Ok(key);
+            }
+        }
+        Err(Error::WrongPassword)
+    }
+
+    /// Adds a key object that opens this repository with another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let key = self
+            .crypto
+            .master_key()
+            .ok_or_else(|| Error::Other("an unencrypted repository has no keys".into()))?;
+        let bytes = serde_json::to_vec_pretty(&KeyFile::wrap(key, password, kdf)?)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let name = format!("keys/{}", Id::of(&bytes));
+        self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
+        Ok(name)
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub(crate) fn pack_key(id: &Id) -> String {
+        let hex = id.to_hex();
+        format!("data/{}/{hex}", &hex[..2])
+    }
+
+    /// Seals and stores a metadata object (index, snapshot) under
+    /// `prefix/<hash of stored bytes>`.
+    pub(crate) fn save_object(&self, prefix: &str, plain: &[u8]) -> Result<Id> {
+        let compressed = zstd::bulk::compress(plain, 3).map_err(|e| Error::Other(e.to_string()))?;
+        let mut body = (plain.len() as u64).to_le_bytes().to_vec();
+        body.extend_from_slice(&compressed);
+        let stored = self.crypto.seal(&body, prefix.as_bytes());
+        let id = Id::of(&stored);
+        self.block_on(self.backend.create(&format!("{prefix}/{id}"), Bytes::from(stored)))?;
+        Ok(id)
+    }
+
+    pub(crate) fn decode_object(&self, kind: &'static str, prefix: &str, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
+        if Id::of(stored) != *id {
+            return Err(Error::corrupt(kind, id, "content does not match its name (bit rot or tampering)"));
+        }
+        let body = self
+            .crypto
+            .open(stored, prefix.as_bytes())
+            .ok_or_else(|| Error::corrupt(kind, id, "authentication failed"))?;
+        if body.len() < 8 {
+            return Err(Error::corrupt(kind, id, "too short"));
+        }
+        let len = u64::from_le_bytes(body[..8].try_into().unwrap_or_default()) as usize;
+        zstd::bulk::decompress(&body[8..], len).map_err(|e| Error::corrupt(kind, id, e))
+    }
+
+    pub(crate) fn load_object(&self, kind: &'static str, prefix: &str, id: &Id) -> Result<Vec<u8>> {
+        let stored = self.block_on(self.backend.read(&format!("{prefix}/{id}")))?;
+        self.decode_object(kind, prefix, id, &stored)
+    }
+
+    /// Ids of objects under a prefix; malformed names are ignored.
+    pub(crate) fn list_ids(&self, prefix: &str) -> Result<Vec<(Id, u64)>> {
+        let objs = self.block_on(self.backend.list(&format!("{prefix}/")))?;
+        Ok(objs
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                Some((name.parse().ok()?, o.size))
+            })
+            .collect())
+    }
+
+    // ---- indexes -------------------------------------------------------
+
+    pub fn save_index(&self, packs: &[PackRecord]) -> Result<Id> {
+        self.save_object("index", &index::encode(packs))
+    }
+
+    pub fn load_index_file(&self, id: &Id) -> Result<Vec<PackRecord>> {
+        let plain = self.load_object("index", "index", id)?;
+        index::decode(id, &plain)
+    }
+
+    /// Loads and merges every index file.
+    pub fn load_index(&self) -> Result<Index> {
+        let ids = self.list_ids("index")?;
+        let mut index = Index::default();
+        let backend = self.backend.clone();
+        let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> = self.block_on(async move {
+            let futs = ids.into_iter().map(|(id, _)| {
+                let b = backend.clone();
+                async move { (id, b.read(&format!("index/{id}")).await) }
+            });
+            futures::future::join_all(futs).await
+        });
+        for (id, res) in fetched {
+            let stored = match res {
+                Ok(b) => b,
+                // Removed by a concurrent prune after we listed it; the
+                // consolidated file that replaced it is in the listing too.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let plain = self.decode_object("index", "index", &id, &stored)?;
+            for rec in index::decode(&id, &plain)? {
+                index.add_pack(rec);
+            }
+            index.files.push(id);
+        }
+        Ok(index)
+    }
+
+    // ---- blobs ---------------------------------------------------------
+
+    /// Reads a blob's stored (sealed) bytes.
+    pub fn read_blob_raw(&self, index: &Index, id: &Id) -> Result<(Bytes, index::Location)> {
+        let loc = *index.get(id).ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
+        let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
+        let bytes = self.block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range)).map_err(|e| {
+            if e.is_not_found() {
+                Error::MissingBlob(format!("{id} (its pack {} is missing)", loc.pack))
+            } else {
+                e.into()
+            }
+        })?;
+        if bytes.len() != loc.length as usize {
+            return Err(Error::corrupt("pack", loc.pack, "shorter than its index says"));
+        }
+        Ok((bytes, loc))
+    }
+
+    /// Reads, authenticates and decompresses a blob.
+    pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+        let (bytes, loc) = self.read_blob_raw(index, id)?;
+        blob::decode(&self.crypto, id, &bytes, loc.raw_length, loc.compressed)
+    }
+
+    pub(crate) fn decode_blob(&self, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
+        blob::decode(&self.crypto, id, stored, raw_length, compressed)
+    }
+
+    pub fn read_pack(&self, id: &Id) -> Result<Bytes> {
+        Ok(self.block_on(self.backend.read(&Self::pack_key(id)))?)
+    }
+
+    pub fn load_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
+        match index.get(id) {
+            Some(l) if l.kind != BlobKind::Tree => return Err(Error::corrupt("tree", id, "blob is not a tree")),
+            _ => {}
+        }
+        Tree::from_bytes(id, &self.read_blob(index, id)?)
+    }
+
+    // ---- snapshots -----------------------------------------------------
+
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let bytes = serde_json::to_vec(snap).map_err(|e| Error::Other(e.to_string()))?;
+        self.save_object("snapshots", &bytes)
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let plain = self.load_object("snapshot", "snapshots", id)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt("snapshot", id, e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let ids = self.list_ids("snapshots")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, _) in ids {
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by id, unique id prefix, or `latest` (optionally of a kind).
+    pub fn find_snapshot(&self, spec: &str, kind: Option<&str>) -> Result<(Id, Snapshot)> {
+        let all = self.snapshots()?;
+        let mut matching: Vec<_> = all.into_iter().filter(|(_, s)| kind.is_none_or(|k| s.kind == k)).collect();
+        if spec == "latest" {
+            return matching.pop().ok_or_else(|| {
+                Error::SnapshotLookup(format!("no {}snapshot in the repository", kind.map(|k| format!("{k} ")).unwrap_or_default()))
+            });
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let found: Vec<_> = matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
+        match found.len() {
+            1 => Ok(found.into_iter().next().ok_or_else(|| Error::Other("unreachable".into()))?),
+            0 => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
+            n => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
+        }
+    }
+
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        Ok(self.block_on(self.backend.delete(&format!("snapshots/{id}")))?)
+    }
+}
