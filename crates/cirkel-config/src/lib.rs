@@ -1,1 +1,162 @@
-//! placeholder
+//! cirkel's configuration.
+//!
+//! One TOML file. It is parsed with spans, then read table by table into a
+//! typed [`Config`]; every problem (unknown key, wrong type, bad duration,
+//! missing required key) is collected with its file, line and column and the
+//! expected form, so `cirkel config check` reports all of them at once.
+//! Secrets never sit in the file: they come from `*_file` paths or the
+//! environment, and [`Secret`] never prints its value.
+
+mod reader;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use reader::duration_to_string;
+pub use secret::Secret;
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the offending key (`repository.s3.endpoint`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}:{}:{}: `{}`: {}", self.file, self.line, self.column, self.key, self.message)
+        }
+    }
+}
+
+/// All problems found in a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} problem{} in the configuration:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// S3 connection settings of a repository.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub allow_http: Option<bool>,
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub retry_timeout: Option<Duration>,
+}
+
+/// Where a repository is and how to open it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RepositoryConfig {
+    /// A local path or `s3://bucket/prefix`.
+    pub url: String,
+    /// The passphrase, read from `password_file`.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// zstd level used when the repository is created.
+    pub compression_level: Option<i32>,
+    pub s3: S3Config,
+}
+
+/// A retention policy, as in `[retention]` or a backup set.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub keep_within: Option<Duration>,
+    pub keep_tags: Vec<String>,
+}
+
+/// A named set of paths backed up together (`[files.NAME]`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FileSetConfig {
+    pub paths: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub exclude_file: Option<PathBuf>,
+    pub exclude_if_present: Vec<String>,
+    pub tags: Vec<String>,
+    /// Cron expression (five fields) for `cirkel serve`.
+    pub schedule: Option<String>,
+    /// Named repositories each new snapshot is copied to.
+    pub copy_to: Vec<String>,
+    pub retention: Option<RetentionConfig>,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Config {
+    /// The repository commands use unless `--repo` says otherwise.
+    pub repository: Option<RepositoryConfig>,
+    /// Further repositories by name (a second region), for `repo copy --to NAME`.
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    pub retention: Option<RetentionConfig>,
+    pub files: BTreeMap<String, FileSetConfig>,
+    /// The file this came from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        let mut cfg = Self::parse(&text, &path.display().to_string(), path.parent())?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses configuration text. Relative `*_file` paths are taken relative
+    /// to `base_dir`; secret files are read now so that a missing one is
+    /// reported with the rest.
+    pub fn parse(text: &str, file: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+        reader::parse(text, file, base_dir)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// A named repository: `default`/empty gives `[repository]`.
+    pub fn repository_named(&self, name: &str) -> Option<&RepositoryConfig> {
+        self.repositories.get(name)
+    }
+}

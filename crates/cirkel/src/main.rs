@@ -1,1 +1,32 @@
-fn main() {}
+//! `cirkel`: parse the command line, dispatch, render the outcome.
+
+mod cli;
+mod cmd;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::output::{Failure, report_failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(&cli.global);
+    let result = match &cli.command {
+        Command::Config(c) => cmd::config::run(&cli.global, c),
+        Command::Repo(c) => cmd::repo::run(&cli.global, c),
+        Command::Backup(c) => cmd::files::backup(&cli.global, c),
+        Command::Restore(c) => cmd::files::restore(&cli.global, c),
+        Command::Snapshots(c) => cmd::files::snapshots(&cli.global, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report_failure(&cli.global, &Failure::from(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Reading spanned TOML into typed configuration, collecting every error.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serializer;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::{
+    Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret,
+};
+
+struct Cx<'t> {
+    text: &'t str,
+    file: &'t str,
+    base: Option<&'t Path>,
+    errors: RefCell<Vec<ConfigError>>,
+}
+
+impl Cx<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        self.errors.borrow_mut().push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        match self.base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    }
+}
+
+/// A table being read: tracks which keys were used so the rest can be
+/// reported as unknown.
+struct Table<'a, 'i> {
+    cx: &'a Cx<'a>,
+    path: String,
+    span: Range<usize>,
+    entries: Vec<(String, Range<usize>, &'a Spanned<DeValue<'i>>)>,
+    used: HashSet<String>,
+    known: Vec<&'static str>,
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    fn new(cx: &'a Cx<'a>, path: String, span: Range<usize>, t: &'a DeTable<'i>) -> Self {
+        let entries = t.iter().map(|(k, v)| (k.get_ref().to_string(), k.span(), v)).collect();
+        Table { cx, path, span, entries, used: HashSet::new(), known: Vec::new() }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.known.push(key);
+        let found = self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| *v);
+        if found.is_some() {
+            self.used.insert(key.to_string());
+        }
+        found
+    }
+
+    fn wrong(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
+        self.cx.error(v.span(), &self.key_path(key), format!("expected {expected}, found {}", v.get_ref().type_str()));
+    }
+
+    fn string(&mut self, key: &'static str) -> Option<String> {
+        let v = self.get(key)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.wrong(key, v, "a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, key: &'static str, example: &str) -> String {
+        let s = self.string(key);
+        if s.is_none() && !self.used.contains(key) {
+            self.cx.error(self.span.clone(), &self.key_path(key), format!("missing; expected e.g. {key} = {example}"));
+        }
+        s.unwrap_or_default()
+    }
+
+    fn boolean(&mut self, key: &'static str) -> Option<bool> {
+        let v = self.get(key)?;
+        let b = v.get_ref().as_bool();
+        if b.is_none() {
+            self.wrong(key, v, "true or false");
+        }
+        b
+    }
+
+    fn integer(&mut self, key: &'static str, range: Range<i64>) -> Option<i64> {
+        let v = self.get(key)?;
+        let parsed = v.get_ref().as_integer().and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
+        match parsed {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(n) => {
+                self.cx.error(
+                    v.span(),
+                    &self.key_path(key),
+                    format!("{n} is out of range; expected {}..={}", range.start, range.end - 1),
+                );
+                None
+            }
+            None => {
+                self.wrong(key, v, "an integer");
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, key: &'static str) -> u32 {
+        self.integer(key, 0..1_000_001).unwrap_or(0) as u32
+    }
+
+    fn duration(&mut self, key: &'static str) -> Option<Duration> {
+        let v = self.get(key)?;
+        let Some(s) = v.get_ref().as_str() else {
+            self.wrong(key, v, "a duration string such as \"30s\", \"15m\" or \"7d\"");
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.cx.error(
+                    v.span(),
+                    &self.key_path(key),
+                    format!("`{s}` is not a duration ({e}); expected e.g. \"30s\", \"15m\", \"7d\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &'static str) -> Vec<String> {
+        let Some(v) = self.get(key) else { return Vec::new() };
+        let Some(arr) = v.get_ref().as_array() else {
+            self.wrong(key, v, "an array of strings");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in arr.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => self.wrong(key, item, "a string"),
+            }
+        }
+        out
+    }
+
+    /// A secret: only `<key>_file` is accepted in the file.
+    fn secret_file(&mut self, key: &'static str, file_key: &'static str) -> (Option<Secret>, Option<PathBuf>) {
+        // A literal secret is refused with a pointer to the safe form.
+        self.known.push(key);
+        if let Some((_, span, _)) = self.entries.iter().find(|(k, _, _)| k == key) {
+            self.used.insert(key.to_string());
+            self.cx.error(
+                span.clone(),
+                &self.key_path(key),
+                format!("secrets are not written in the configuration; use {file_key} = \"/path/to/file\" or the environment"),
+            );
+        }
+        let Some(path) = self.string(file_key) else { return (None, None) };
+        let resolved = self.cx.resolve(&path);
+        match std::fs::read_to_string(&resolved) {
+            Ok(s) => (Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())), Some(resolved)),
+            Err(e) => {
+                let span = self.entries.iter().find(|(k, _, _)| k == file_key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
+                self.cx.error(span, &self.key_path(file_key), format!("cannot read {}: {e}", resolved.display()));
+                (None, Some(resolved))
+            }
+        }
+    }
+
+    fn table(&mut self, key: &'static str) -> Option<Table<'a, 'i>> {
+        let v = self.get(key)?;
+        match v.get_ref().as_table() {
+            Some(t) => Some(Table::new(self.cx, self.key_path(key), v.span(), t)),
+            None => {
+                self.wrong(key, v, "a table");
+                None
+            }
+        }
+    }
+
+    /// `[key.NAME]` tables.
+    fn named_tables(&mut self, key: &'static str) -> Vec<(String, Table<'a, 'i>)> {
+        let Some(mut outer) = self.table(key) else { return Vec::new() };
+        let mut out = Vec::new();
+        let entries = std::mem::take(&mut outer.entries);
+        for (name, _, v) in entries {
+            match v.get_ref().as_table() {
+                Some(t) => out.push((name.clone(), Table::new(self.cx, format!("{key}.{name}"), v.span(), t))),
+                None => self.wrong(&format!("{key}.{name}"), v, "a table"),
+            }
+        }
+        out
+    }
+
+    fn finish(self) {
+        for (k, span, _) in &self.entries {
+            if !self.used.contains(k) {
+                let mut known = self.known.clone();
+                known.sort();
+                known.dedup();
+                self.cx.error(
+                    span.clone(),
+                    &self.key_path(k),
+                    format!("unknown key; expected one of: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let cx = Cx { text, file, base, errors: RefCell::new(Vec::new()) };
+    let (doc, parse_errors) = DeTable::parse_recoverable(text);
+    for e in parse_errors {
+        let span = e.span().unwrap_or(0..0);
+        cx.error(span, "", format!("TOML syntax: {}", e.message()));
+    }
+    let mut root = Table::new(&cx, String::new(), doc.span(), doc.get_ref());
+    let mut cfg = Config {
+        repository: root.table("repository").map(read_repository),
+        retention: root.table("retention").map(read_retention),
+        ..Default::default()
+    };
+    cfg.repositories = root.named_tables("repositories").into_iter().map(|(n, t)| (n, read_repository(t))).collect();
+    cfg.files = root
+        .named_tables("files")
+        .into_iter()
+        .map(|(n, t)| (n, read_fileset(t)))
+        .collect::<BTreeMap<_, _>>();
+    for (name, set) in &cfg.files {
+        for target in &set.copy_to {
+            if !cfg.repositories.contains_key(target) {
+                cx.error(
+                    doc.span().start..doc.span().start,
+                    &format!("files.{name}.copy_to"),
+                    format!("names repository `{target}`, which no [repositories.{target}] table defines"),
+                );
+            }
+        }
+    }
+    root.finish();
+    let mut errors = cx.errors.into_inner();
+    errors.sort_by_key(|e| (e.line, e.column));
+    if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+}
+
+fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
+    let url = t.required_string("url", "\"/var/lib/cirkel/repo\" or \"s3://bucket/prefix\"");
+    let (password, password_file) = t.secret_file("password", "password_file");
+    let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
+    let s3 = t.table("s3").map(read_s3).unwrap_or_default();
+    t.finish();
+    RepositoryConfig { url, password, password_file, compression_level, s3 }
+}
+
+fn read_s3(mut t: Table<'_, '_>) -> S3Config {
+    let cfg = S3Config {
+        endpoint: t.string("endpoint"),
+        region: t.string("region"),
+        access_key_id: t.string("access_key_id"),
+        secret_access_key: t.secret_file("secret_access_key", "secret_access_key_file").0,
+        allow_http: t.boolean("allow_http"),
+        retry_timeout: t.duration("retry_timeout"),
+    };
+    t.finish();
+    cfg
+}
+
+fn read_retention(mut t: Table<'_, '_>) -> RetentionConfig {
+    let cfg = RetentionConfig {
+        keep_last: t.count("keep_last"),
+        keep_hourly: t.count("keep_hourly"),
+        keep_daily: t.count("keep_daily"),
+        keep_weekly: t.count("keep_weekly"),
+        keep_monthly: t.count("keep_monthly"),
+        keep_yearly: t.count("keep_yearly"),
+        keep_within: t.duration("keep_within"),
+        keep_tags: t.strings("keep_tags"),
+    };
+    t.finish();
+    cfg
+}
+
+fn read_fileset(mut t: Table<'_, '_>) -> FileSetConfig {
+    let paths: Vec<PathBuf> = t.strings("paths").into_iter().map(PathBuf::from).collect();
+    if paths.is_empty() && !t.used.contains("paths") {
+        t.cx.error(t.span.clone(), &t.key_path("paths"), "missing; expected e.g. paths = [\"/srv/static\"]");
+    }
+    let cfg = FileSetConfig {
+        paths,
+        exclude: t.strings("exclude"),
+        exclude_file: t.string("exclude_file").map(|p| t.cx.resolve(&p)),
+        exclude_if_present: t.strings("exclude_if_present"),
+        tags: t.strings("tags"),
+        schedule: t.string("schedule"),
+        copy_to: t.strings("copy_to"),
+        retention: t.table("retention").map(read_retention),
+    };
+    t.finish();
+    cfg
+}
+
+/// `90s` → "1m 30s", as humantime writes it.
+pub fn duration_to_string(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+pub(crate) fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&duration_to_string(*d)),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,227 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Disaster recovery for self-hosted PostgreSQL, Redis and files: encrypted,
+/// deduplicated backups on local disk or S3, restores, and copies to a second region.
+#[derive(Debug, Parser)]
+#[command(name = "cirkel", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command shares.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Repository: a path, `s3://bucket/prefix`, or the name of a [repositories.NAME] table.
+    #[arg(long, global = true, env = "CIRKEL_REPO", value_name = "REPO")]
+    pub repo: Option<String>,
+    /// File holding the repository passphrase (else CIRKEL_PASSWORD, else the config's password_file).
+    #[arg(long, global = true, env = "CIRKEL_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "CIRKEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors; no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check or show the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Create, check, prune and copy repositories.
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Back up a source into the repository.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Restore from a snapshot.
+    #[command(subcommand)]
+    Restore(RestoreCmd),
+    /// List the snapshots in the repository.
+    Snapshots(SnapshotsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate the configuration and report every problem with file and line.
+    Check,
+    /// Print the effective configuration, secrets redacted.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCmd {
+    /// Create a new repository (encrypted unless --no-encryption).
+    Init(InitArgs),
+    /// Check the repository's structure; with --read-data, every byte.
+    Verify(VerifyArgs),
+    /// Forget snapshots by a retention policy and delete the data no kept snapshot needs.
+    Prune(PruneArgs),
+    /// Copy snapshots to a second repository (only missing data travels).
+    Copy(CopyArgs),
+    /// Remove stale locks left by processes that no longer run.
+    Unlock,
+    /// Add a passphrase that also opens the repository.
+    AddKey(AddKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Store data unencrypted (anyone with access to the storage can read it).
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// Share the master key of this repository, so `repo copy` between the two moves data verbatim.
+    #[arg(long, value_name = "REPO")]
+    pub copy_keys_from: Option<String>,
+    /// Passphrase file of the --copy-keys-from repository (default: the same passphrase).
+    #[arg(long, value_name = "FILE", requires = "copy_keys_from")]
+    pub from_password_file: Option<PathBuf>,
+    /// zstd compression level (0 turns compression off).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression_level: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Read, authenticate and hash-check every blob.
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot younger than this ("7d", "36h").
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep every snapshot carrying this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Apply the policy only to snapshots with this tag.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Show what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Repack packs with more than this percentage of unused data.
+    #[arg(long, value_name = "PCT", default_value_t = 20.0)]
+    pub max_unused: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Destination: a path, `s3://bucket/prefix`, or the name of a [repositories.NAME] table.
+    #[arg(long, value_name = "REPO")]
+    pub to: String,
+    /// Passphrase file of the destination (default: the source's passphrase).
+    #[arg(long, value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Snapshots to copy (ids or prefixes); all when none are given.
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddKeyArgs {
+    /// File holding the new passphrase.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Back up files and directories.
+    Files(BackupFilesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupFilesArgs {
+    /// Paths to back up (or use --set).
+    pub paths: Vec<PathBuf>,
+    /// Back up the [files.NAME] set from the configuration.
+    #[arg(long, value_name = "NAME")]
+    pub set: Option<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Leave out matching files and directories: a name glob (`node_modules`, `*.tmp`) or an absolute path glob.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories that contain a file with this name (e.g. CACHEDIR.TAG).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Compare with this snapshot instead of the latest one of the same paths.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// Host name recorded in the snapshot.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCmd {
+    /// Restore files from a snapshot below a target directory.
+    Files(RestoreFilesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreFilesArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    pub snapshot: String,
+    /// Target directory; nothing is written outside it.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots with this tag.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Only snapshots of this kind (files, ...).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+}

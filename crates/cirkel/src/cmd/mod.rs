@@ -1,0 +1,5 @@
+//! One module per command group; each parses nothing and renders its result.
+
+pub mod config;
+pub mod files;
+pub mod repo;

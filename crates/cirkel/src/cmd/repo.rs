@@ -1,0 +1,228 @@
+//! `cirkel repo ...`: init, verify, prune, copy, unlock, add-key.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use cirkel_repo::crypto::KdfParams;
+use cirkel_repo::prune::{PruneOptions, prune};
+use cirkel_repo::retention::Policy;
+use cirkel_repo::verify::{VerifyOptions, verify};
+use cirkel_repo::{InitOptions, Repository, copy};
+use serde_json::json;
+
+use crate::cli::{Global, InitArgs, PolicyArgs, PruneArgs, RepoCmd};
+use crate::context::{load_config, main_repo, resolve};
+use crate::output::{bytes_bar, human_bytes, print_json, user_error};
+
+pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    match cmd {
+        RepoCmd::Init(args) => init(global, &cfg, args),
+        RepoCmd::Verify(args) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let bar = bytes_bar(global, 0, "verify");
+            let report = verify(&repo, &VerifyOptions { read_data: args.read_data }, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if global.json {
+                print_json(&json!({ "ok": report.ok(), "report": report }));
+            } else {
+                println!(
+                    "checked {} snapshots, {} packs, {} blobs{}",
+                    report.snapshots,
+                    report.packs,
+                    report.blobs,
+                    if args.read_data { format!(", read {}", human_bytes(report.bytes_read)) } else { String::new() }
+                );
+                for n in &report.notes {
+                    println!("note: {n}");
+                }
+                for e in &report.errors {
+                    println!("error: {e}");
+                }
+                for d in &report.damaged {
+                    println!("damaged snapshot {}:", d.snapshot.short());
+                    for p in &d.paths {
+                        println!("  {p}");
+                    }
+                }
+            }
+            if report.ok() {
+                if !global.json {
+                    println!("no errors found");
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(user_error(
+                    format!("the repository has {} error(s)", report.errors.len()),
+                    "the damaged snapshots and files are listed above; restore them from a second repository, or remove the damaged snapshots and back up again",
+                ))
+            }
+        }
+        RepoCmd::Prune(args) => prune_cmd(global, &cfg, args),
+        RepoCmd::Copy(args) => {
+            let src = main_repo(global, &cfg)?.open()?;
+            let dst_pw = args.to_password_file.as_deref().or(global.password_file.as_deref());
+            let dst = resolve(&cfg, Some(&args.to), dst_pw)?;
+            let dst = dst.open().context("open the destination of the copy")?;
+            let mut ids = Vec::new();
+            for s in &args.snapshots {
+                ids.push(src.find_snapshot(s, None)?.0);
+            }
+            let bar = bytes_bar(global, 0, "copy");
+            let report = copy::copy(&src, &dst, &ids, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if global.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "copied {} snapshot(s) to {} ({} already there); {} new blobs, {} transferred",
+                    report.copied.len(),
+                    dst.location(),
+                    report.already_present.len(),
+                    report.stats.blobs_new,
+                    human_bytes(report.stats.bytes_new_stored)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Unlock => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let n = repo.remove_stale_locks()?;
+            let live = repo.locks()?;
+            if global.json {
+                print_json(&json!({ "removed": n, "live": live.iter().map(|(_, l)| l).collect::<Vec<_>>() }));
+            } else {
+                println!("removed {n} stale lock(s); {} live lock(s) remain", live.len());
+                for (_, l) in live {
+                    println!("  {} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::AddKey(args) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let pw = std::fs::read_to_string(&args.new_password_file)
+                .with_context(|| format!("read {}", args.new_password_file.display()))?;
+            let name = repo.add_key(pw.trim_end_matches(['\n', '\r']).as_bytes(), KdfParams::default())?;
+            if global.json {
+                print_json(&json!({ "key": name }));
+            } else {
+                println!("added {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow::Result<ExitCode> {
+    let target = main_repo(global, cfg)?;
+    let mut opts = InitOptions { encrypt: !args.no_encryption, ..Default::default() };
+    if let Some(level) = args.compression_level.or(target.compression_level) {
+        opts.compression_level = level;
+    }
+    if opts.encrypt && target.password.is_none() {
+        return Err(user_error(
+            "a new encrypted repository needs a passphrase",
+            "pass --password-file FILE (or set CIRKEL_PASSWORD_FILE / CIRKEL_PASSWORD); or --no-encryption to store data in the clear",
+        ));
+    }
+    if let Some(src) = &args.copy_keys_from {
+        let pw = args.from_password_file.as_deref().or(global.password_file.as_deref());
+        let src = resolve(cfg, Some(src), pw)?.open().context("open the --copy-keys-from repository")?;
+        match src.crypto().master_key() {
+            Some(k) if opts.encrypt => opts.master_key = Some(k.clone()),
+            _ => {
+                return Err(user_error(
+                    "--copy-keys-from needs both repositories encrypted",
+                    "drop --no-encryption, or copy from an encrypted repository",
+                ));
+            }
+        }
+        opts.chunker = src.config().chunker;
+    }
+    let repo = Repository::init(target.backend()?, target.password.as_deref().map(str::as_bytes), opts)?;
+    if global.json {
+        print_json(&json!({ "location": repo.location(), "id": repo.config().id, "encryption": repo.config().encryption }));
+    } else {
+        println!(
+            "created repository {} at {} ({})",
+            repo.config().id.short(),
+            repo.location(),
+            if repo.crypto().is_encrypted() { "encrypted" } else { "NOT encrypted" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy_from(args: &PolicyArgs, cfg: Option<&cirkel_config::RetentionConfig>) -> Policy {
+    let from_flags = Policy {
+        keep_last: args.keep_last.unwrap_or(0),
+        keep_hourly: args.keep_hourly.unwrap_or(0),
+        keep_daily: args.keep_daily.unwrap_or(0),
+        keep_weekly: args.keep_weekly.unwrap_or(0),
+        keep_monthly: args.keep_monthly.unwrap_or(0),
+        keep_yearly: args.keep_yearly.unwrap_or(0),
+        keep_within: args.keep_within,
+        keep_tags: args.keep_tags.clone(),
+    };
+    if !from_flags.is_empty() {
+        return from_flags;
+    }
+    match cfg {
+        Some(r) => Policy {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            keep_within: r.keep_within,
+            keep_tags: r.keep_tags.clone(),
+        },
+        None => from_flags,
+    }
+}
+
+fn prune_cmd(global: &Global, cfg: &cirkel_config::Config, args: &PruneArgs) -> anyhow::Result<ExitCode> {
+    let repo = main_repo(global, cfg)?.open()?;
+    let policy = policy_from(&args.policy, cfg.retention.as_ref());
+    if !(0.0..=100.0).contains(&args.max_unused) {
+        return Err(user_error("--max-unused must be a percentage from 0 to 100", "e.g. --max-unused 20"));
+    }
+    let opts = PruneOptions { policy, only_tag: args.tag.clone(), dry_run: args.dry_run, max_unused: args.max_unused / 100.0 };
+    let report = prune(&repo, &opts)?;
+    if global.json {
+        print_json(&report);
+    } else {
+        if opts.policy.is_empty() {
+            println!("no retention policy given: keeping every snapshot, removing unused data only");
+        }
+        for d in &report.decisions {
+            println!(
+                "{} {}  {}",
+                if d.keep { "keep  " } else { "forget" },
+                d.id.short(),
+                if d.reasons.is_empty() { String::new() } else { d.reasons.join(", ") }
+            );
+        }
+        let verb = if report.dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {} snapshot(s), {} pack(s) ({} repacked, {} left by interrupted writes), freeing {}",
+            report.snapshots_removed,
+            report.packs_removed + report.orphan_packs_removed,
+            report.packs_repacked,
+            report.orphan_packs_removed,
+            human_bytes(report.bytes_freed)
+        );
+        if let Some(d) = &report.deferred {
+            println!("note: data removal deferred: {d}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,116 @@
+//! Resolving what a command works on: configuration, repository, passphrase.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use cirkel_config::{Config, RepositoryConfig};
+use cirkel_repo::backend::{self, BackendOptions, S3Options};
+use cirkel_repo::{Backend, Repository};
+
+use crate::cli::Global;
+use crate::output::user_error;
+
+const DEFAULT_CONFIG: &str = "/etc/cirkel/cirkel.toml";
+
+/// Loads the configuration named by --config / CIRKEL_CONFIG, or the
+/// default file if present, or an empty one.
+pub fn load_config(global: &Global) -> anyhow::Result<Config> {
+    let path = match &global.config {
+        Some(p) => p.clone(),
+        None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+        None => return Ok(Config::default()),
+    };
+    Ok(Config::load(&path)?)
+}
+
+/// A repository to open: where it is, how to reach it, its passphrase.
+pub struct RepoTarget {
+    pub location: String,
+    pub backend_opts: BackendOptions,
+    pub password: Option<String>,
+    pub compression_level: Option<i32>,
+}
+
+fn s3_options(rc: Option<&RepositoryConfig>) -> S3Options {
+    let Some(rc) = rc else { return S3Options::default() };
+    S3Options {
+        endpoint: rc.s3.endpoint.clone(),
+        region: rc.s3.region.clone(),
+        access_key_id: rc.s3.access_key_id.clone(),
+        secret_access_key: rc.s3.secret_access_key.as_ref().map(|s| s.expose().to_string()),
+        allow_http: rc.s3.allow_http,
+        retry_timeout: rc.s3.retry_timeout.or_else(|| {
+            std::env::var("CIRKEL_S3_RETRY_TIMEOUT").ok().and_then(|s| humantime::parse_duration(&s).ok())
+        }),
+    }
+}
+
+fn read_password_file(path: &Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path).map_err(|e| {
+        user_error(
+            format!("cannot read password file {}: {e}", path.display()),
+            "check --password-file / CIRKEL_PASSWORD_FILE",
+        )
+    })?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Resolves a repository spec (flag value, or None for the configured
+/// default) with an explicit password file (or None for the defaults).
+pub fn resolve(
+    cfg: &Config,
+    spec: Option<&str>,
+    password_file: Option<&Path>,
+) -> anyhow::Result<RepoTarget> {
+    let (location, rc) = match spec {
+        Some(s) => match cfg.repositories.get(s) {
+            Some(rc) => (rc.url.clone(), Some(rc)),
+            None => {
+                let same = cfg.repository.as_ref().filter(|rc| rc.url == s);
+                (s.to_string(), same)
+            }
+        },
+        None => match &cfg.repository {
+            Some(rc) => (rc.url.clone(), Some(rc)),
+            None => {
+                return Err(user_error(
+                    "no repository given",
+                    "pass --repo PATH|s3://BUCKET/PREFIX, set CIRKEL_REPO, or add [repository] url = ... to the config",
+                ));
+            }
+        },
+    };
+    let password = if let Some(f) = password_file {
+        Some(read_password_file(f)?)
+    } else if let Ok(p) = std::env::var("CIRKEL_PASSWORD") {
+        Some(p)
+    } else {
+        rc.and_then(|rc| rc.password.as_ref()).map(|s| s.expose().to_string())
+    };
+    Ok(RepoTarget {
+        location,
+        backend_opts: BackendOptions { s3: s3_options(rc) },
+        password,
+        compression_level: rc.and_then(|rc| rc.compression_level),
+    })
+}
+
+impl RepoTarget {
+    pub fn backend(&self) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
+        Ok(backend::open(&self.location, &self.backend_opts)?)
+    }
+
+    pub fn open(&self) -> anyhow::Result<Repository> {
+        Repository::open(self.backend()?, self.password.as_deref().map(str::as_bytes))
+            .with_context(|| format!("open repository {}", self.location))
+    }
+}
+
+/// The repository of --repo / --password-file / config.
+pub fn main_repo(global: &Global, cfg: &Config) -> anyhow::Result<RepoTarget> {
+    resolve(cfg, global.repo.as_deref(), global.password_file.as_deref())
+}
+
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
