@@ -160,6 +160,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) 
         errors: std::mem::take(&mut ctx.errors),
         meta: serde_json::Value::Null,
     };
+    cirkel_repo::crash::point("backup-before-snapshot");
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome { id, snapshot })
 }

@@ -68,6 +68,7 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id], progress: &dyn Fn(
         progress(done, total);
     }
     report.stats = writer.finish()?;
+    crate::crash::point("copy-before-snapshots");
     for id in todo {
         let stored = src.block_on(src.backend.read(&format!("snapshots/{id}")))?;
         if Id::of(&stored) != id {

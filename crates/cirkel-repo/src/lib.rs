@@ -16,6 +16,7 @@
 
 pub mod backend;
 mod blob;
+pub mod crash;
 pub mod crypto;
 mod error;
 mod id;

@@ -84,6 +84,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     report.snapshots_removed = forget.len();
+    crate::crash::point("prune-after-forget");
 
     if let Some(w) = writers.first() {
         report.deferred = Some(format!(
@@ -150,18 +151,24 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             }
         }
         writer.finish()?;
+        crate::crash::point("prune-after-repack");
         new_files = repo.list_ids("index")?.into_iter().map(|(id, _)| id).filter(|id| !index.files.contains(id)).collect();
     }
     // (3) One index for the surviving old packs. (4) Old index files go.
     let consolidated = repo.save_index(&keep)?;
     new_files.insert(consolidated);
+    crate::crash::point("prune-after-new-index");
     for old in &index.files {
         if !new_files.contains(old) {
             repo.block_on(repo.backend.delete(&format!("index/{old}")))?;
         }
     }
+    crate::crash::point("prune-after-old-index");
     // (5) Unused packs go.
-    for pack in to_delete.iter().chain(&to_repack) {
+    for (i, pack) in to_delete.iter().chain(&to_repack).enumerate() {
+        if i == 1 {
+            crate::crash::point("prune-mid-pack-delete");
+        }
         repo.block_on(repo.backend.delete(&Repository::pack_key(&pack.id)))?;
     }
     for (id, _) in &orphans {

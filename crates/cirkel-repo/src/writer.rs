@@ -232,6 +232,7 @@ fn upload(shared: &Shared, pack: PackBuilder) -> Result<()> {
             return Err(Error::corrupt("pack", id, "read back after upload with different content"));
         }
     }
+    crate::crash::point("after-pack");
     shared.packs.fetch_add(1, Ordering::Relaxed);
     shared.pending.lock().map_err(poisoned)?.push(PackRecord { id, size, blobs: entries });
     flush_index(shared, PACKS_PER_INDEX)

@@ -72,9 +72,8 @@ impl S3Backend {
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT").ok())
             .is_some_and(|e| e.starts_with("http://"));
-        if let Some(allow) = opts.allow_http.or(endpoint_is_http.then_some(true)) {
-            builder = builder.with_allow_http(allow);
-        }
+        let env_allow = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
+        let allow_http = opts.allow_http.unwrap_or(env_allow || endpoint_is_http);
         if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
             builder = builder.with_region(opts.region.clone().unwrap_or_else(|| "us-east-1".into()));
         } else if let Some(r) = &opts.region {
@@ -99,6 +98,7 @@ impl S3Backend {
             })
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(allow_http)
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(Duration::from_secs(300)),
             );
