@@ -215,12 +215,12 @@ def mutate(root, seed):
     big = [p for p in bins if size[p] >= 2 * region] or [p for p in bins if size[p] >= region]
     n = 0
     if big:
-        while n < SHARE_OVERWRITE * budget:
+        for k in range(max(1, round(SHARE_OVERWRITE * budget / region))):
             p = rng.choice(big)
             off = rng.randrange(0, size[p] - region + 1)
             with open(p, "r+b") as f:
                 f.seek(off)
-                f.write(random_bytes(region, f"overwrite:{seed}:{n}:{off}"))
+                f.write(random_bytes(region, f"overwrite:{seed}:{k}"))
             n += region
     done["overwrite"] = n
 
@@ -228,7 +228,7 @@ def mutate(root, seed):
     n = k = 0
     while n < SHARE_APPEND * budget:
         p = rng.choice(bins)
-        add = rng.randint(region // 4, region)
+        add = min(rng.randint(region // 4, region), max(4096, int(SHARE_APPEND * budget - n)))
         write_random(p, add, f"append:{seed}:{k}", mode="ab")
         n += add
         k += 1
@@ -257,7 +257,7 @@ def mutate(root, seed):
     n = k = 0
     lo, hi = math.log(max(4096, region // 16)), math.log(2 * region)
     while n < 0.8 * add_budget:
-        new = int(math.exp(rng.uniform(lo, hi)))
+        new = min(int(math.exp(rng.uniform(lo, hi))), max(4096, int(0.8 * add_budget - n)))
         write_random(os.path.join(root, "bin", f"new-s{seed}-{k:02d}.bin"), new, f"new-bin:{seed}:{k}")
         n += new
         k += 1

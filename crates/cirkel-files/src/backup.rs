@@ -42,6 +42,18 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
 }
 
+/// A source path that cannot be backed up at all.
+#[derive(Debug)]
+pub struct SourceError(pub String);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
 struct FileJob {
     path: PathBuf,
     meta: Metadata,
@@ -72,8 +84,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) 
     let start = Instant::now();
     let mut roots = Vec::new();
     for p in &opts.paths {
-        let abs = std::fs::canonicalize(p)
-            .map_err(|e| anyhow::anyhow!("cannot back up {}: {e}", p.display()))?;
+        let abs = std::fs::canonicalize(p).map_err(|e| SourceError(format!("cannot back up {}: {e}", p.display())))?;
         roots.push(abs);
     }
     roots.sort();

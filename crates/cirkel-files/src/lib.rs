@@ -10,7 +10,7 @@ mod backup;
 mod exclude;
 mod restore;
 
-pub use backup::{BackupOptions, BackupOutcome, Progress, backup};
+pub use backup::{BackupOptions, BackupOutcome, Progress, SourceError, backup};
 pub use exclude::Excludes;
 pub use restore::{RestoreOptions, RestoreReport, restore};
 

@@ -26,11 +26,7 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id], progress: &dyn Fn(
     if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
         || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
     {
-        return Err(Error::Other(format!(
-            "{} and {} do not share a master key; create the destination with `cirkel repo init --repo DEST --copy-keys-from SOURCE`",
-            src.location(),
-            dst.location()
-        )));
+        return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
     }
     let _lock = dst.lock_shared("copy")?;
     let src_index = src.load_index()?;

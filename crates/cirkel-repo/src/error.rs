@@ -38,6 +38,9 @@ pub enum Error {
     /// The repository's format is not one this build understands.
     #[error("unsupported repository: {0}")]
     Unsupported(String),
+    /// Two repositories that must share a master key do not.
+    #[error("{src} and {dst} do not share a master key")]
+    KeysDiffer { src: String, dst: String },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -70,6 +73,9 @@ impl Error {
                 "wait for the other operation to finish; if its process is gone, run `cirkel repo unlock`".into()
             }
             Error::Unsupported(_) => "upgrade cirkel".into(),
+            Error::KeysDiffer { .. } => {
+                "create the destination with `cirkel repo init --repo DEST --copy-keys-from SOURCE`, then copy again".into()
+            }
             Error::Other(_) => return None,
         })
     }

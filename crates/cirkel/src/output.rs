@@ -44,6 +44,8 @@ impl From<&anyhow::Error> for Failure {
                 hint = r.hint();
             } else if let Some(b) = cause.downcast_ref::<cirkel_repo::BackendError>() {
                 hint = b.hint();
+            } else if cause.downcast_ref::<cirkel_files::SourceError>().is_some() {
+                hint = Some("check the path exists and is readable by this user".into());
             } else if cause.downcast_ref::<cirkel_config::ConfigErrors>().is_some() {
                 hint = Some("fix the lines above; `cirkel config check` lists every problem".into());
             }
