@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serializer;
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::{
-    Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret,
+    Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config,
+    Secret,
 };
 
 struct Cx<'t> {
@@ -57,17 +58,35 @@ struct Table<'a, 'i> {
 
 impl<'a, 'i> Table<'a, 'i> {
     fn new(cx: &'a Cx<'a>, path: String, span: Range<usize>, t: &'a DeTable<'i>) -> Self {
-        let entries = t.iter().map(|(k, v)| (k.get_ref().to_string(), k.span(), v)).collect();
-        Table { cx, path, span, entries, used: HashSet::new(), known: Vec::new() }
+        let entries = t
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), k.span(), v))
+            .collect();
+        Table {
+            cx,
+            path,
+            span,
+            entries,
+            used: HashSet::new(),
+            known: Vec::new(),
+        }
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.known.push(key);
-        let found = self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| *v);
+        let found = self
+            .entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| *v);
         if found.is_some() {
             self.used.insert(key.to_string());
         }
@@ -75,7 +94,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn wrong(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
-        self.cx.error(v.span(), &self.key_path(key), format!("expected {expected}, found {}", v.get_ref().type_str()));
+        self.cx.error(
+            v.span(),
+            &self.key_path(key),
+            format!("expected {expected}, found {}", v.get_ref().type_str()),
+        );
     }
 
     fn string(&mut self, key: &'static str) -> Option<String> {
@@ -92,7 +115,11 @@ impl<'a, 'i> Table<'a, 'i> {
     fn required_string(&mut self, key: &'static str, example: &str) -> String {
         let s = self.string(key);
         if s.is_none() && !self.used.contains(key) {
-            self.cx.error(self.span.clone(), &self.key_path(key), format!("missing; expected e.g. {key} = {example}"));
+            self.cx.error(
+                self.span.clone(),
+                &self.key_path(key),
+                format!("missing; expected e.g. {key} = {example}"),
+            );
         }
         s.unwrap_or_default()
     }
@@ -108,14 +135,21 @@ impl<'a, 'i> Table<'a, 'i> {
 
     fn integer(&mut self, key: &'static str, range: Range<i64>) -> Option<i64> {
         let v = self.get(key)?;
-        let parsed = v.get_ref().as_integer().and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
+        let parsed = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
         match parsed {
             Some(n) if range.contains(&n) => Some(n),
             Some(n) => {
                 self.cx.error(
                     v.span(),
                     &self.key_path(key),
-                    format!("{n} is out of range; expected {}..={}", range.start, range.end - 1),
+                    format!(
+                        "{n} is out of range; expected {}..={}",
+                        range.start,
+                        range.end - 1
+                    ),
                 );
                 None
             }
@@ -133,7 +167,11 @@ impl<'a, 'i> Table<'a, 'i> {
     fn duration(&mut self, key: &'static str) -> Option<Duration> {
         let v = self.get(key)?;
         let Some(s) = v.get_ref().as_str() else {
-            self.wrong(key, v, "a duration string such as \"30s\", \"15m\" or \"7d\"");
+            self.wrong(
+                key,
+                v,
+                "a duration string such as \"30s\", \"15m\" or \"7d\"",
+            );
             return None;
         };
         match humantime::parse_duration(s) {
@@ -142,7 +180,9 @@ impl<'a, 'i> Table<'a, 'i> {
                 self.cx.error(
                     v.span(),
                     &self.key_path(key),
-                    format!("`{s}` is not a duration ({e}); expected e.g. \"30s\", \"15m\", \"7d\""),
+                    format!(
+                        "`{s}` is not a duration ({e}); expected e.g. \"30s\", \"15m\", \"7d\""
+                    ),
                 );
                 None
             }
@@ -150,7 +190,9 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn strings(&mut self, key: &'static str) -> Vec<String> {
-        let Some(v) = self.get(key) else { return Vec::new() };
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
         let Some(arr) = v.get_ref().as_array() else {
             self.wrong(key, v, "an array of strings");
             return Vec::new();
@@ -166,7 +208,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A secret: only `<key>_file` is accepted in the file.
-    fn secret_file(&mut self, key: &'static str, file_key: &'static str) -> (Option<Secret>, Option<PathBuf>) {
+    fn secret_file(
+        &mut self,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> (Option<Secret>, Option<PathBuf>) {
         // A literal secret is refused with a pointer to the safe form.
         self.known.push(key);
         if let Some((_, span, _)) = self.entries.iter().find(|(k, _, _)| k == key) {
@@ -177,13 +223,27 @@ impl<'a, 'i> Table<'a, 'i> {
                 format!("secrets are not written in the configuration; use {file_key} = \"/path/to/file\" or the environment"),
             );
         }
-        let Some(path) = self.string(file_key) else { return (None, None) };
+        let Some(path) = self.string(file_key) else {
+            return (None, None);
+        };
         let resolved = self.cx.resolve(&path);
         match std::fs::read_to_string(&resolved) {
-            Ok(s) => (Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())), Some(resolved)),
+            Ok(s) => (
+                Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())),
+                Some(resolved),
+            ),
             Err(e) => {
-                let span = self.entries.iter().find(|(k, _, _)| k == file_key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
-                self.cx.error(span, &self.key_path(file_key), format!("cannot read {}: {e}", resolved.display()));
+                let span = self
+                    .entries
+                    .iter()
+                    .find(|(k, _, _)| k == file_key)
+                    .map(|(_, _, v)| v.span())
+                    .unwrap_or(0..0);
+                self.cx.error(
+                    span,
+                    &self.key_path(file_key),
+                    format!("cannot read {}: {e}", resolved.display()),
+                );
                 (None, Some(resolved))
             }
         }
@@ -202,12 +262,17 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// `[key.NAME]` tables.
     fn named_tables(&mut self, key: &'static str) -> Vec<(String, Table<'a, 'i>)> {
-        let Some(mut outer) = self.table(key) else { return Vec::new() };
+        let Some(mut outer) = self.table(key) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let entries = std::mem::take(&mut outer.entries);
         for (name, _, v) in entries {
             match v.get_ref().as_table() {
-                Some(t) => out.push((name.clone(), Table::new(self.cx, format!("{key}.{name}"), v.span(), t))),
+                Some(t) => out.push((
+                    name.clone(),
+                    Table::new(self.cx, format!("{key}.{name}"), v.span(), t),
+                )),
                 None => self.wrong(&format!("{key}.{name}"), v, "a table"),
             }
         }
@@ -231,7 +296,12 @@ impl<'a, 'i> Table<'a, 'i> {
 }
 
 pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let cx = Cx { text, file, base, errors: RefCell::new(Vec::new()) };
+    let cx = Cx {
+        text,
+        file,
+        base,
+        errors: RefCell::new(Vec::new()),
+    };
     let (doc, parse_errors) = DeTable::parse_recoverable(text);
     for e in parse_errors {
         let span = e.span().unwrap_or(0..0);
@@ -243,17 +313,22 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         retention: root.table("retention").map(read_retention),
         ..Default::default()
     };
-    cfg.repositories = root.named_tables("repositories").into_iter().map(|(n, t)| (n, read_repository(t))).collect();
-    cfg.files = root
-        .named_tables("files")
+    cfg.repositories = root
+        .named_tables("repositories")
         .into_iter()
-        .map(|(n, t)| (n, read_fileset(t)))
-        .collect::<BTreeMap<_, _>>();
+        .map(|(n, t)| (n, read_repository(t)))
+        .collect();
+    let mut copy_spans = BTreeMap::new();
+    for (name, t) in root.named_tables("files") {
+        let (set, span) = read_fileset(t);
+        copy_spans.insert(name.clone(), span);
+        cfg.files.insert(name, set);
+    }
     for (name, set) in &cfg.files {
         for target in &set.copy_to {
             if !cfg.repositories.contains_key(target) {
                 cx.error(
-                    doc.span().start..doc.span().start,
+                    copy_spans.get(name).cloned().unwrap_or(0..0),
                     &format!("files.{name}.copy_to"),
                     format!("names repository `{target}`, which no [repositories.{target}] table defines"),
                 );
@@ -263,7 +338,11 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     root.finish();
     let mut errors = cx.errors.into_inner();
     errors.sort_by_key(|e| (e.line, e.column));
-    if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
@@ -272,7 +351,13 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
     let s3 = t.table("s3").map(read_s3).unwrap_or_default();
     t.finish();
-    RepositoryConfig { url, password, password_file, compression_level, s3 }
+    RepositoryConfig {
+        url,
+        password,
+        password_file,
+        compression_level,
+        s3,
+    }
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {
@@ -280,7 +365,9 @@ fn read_s3(mut t: Table<'_, '_>) -> S3Config {
         endpoint: t.string("endpoint"),
         region: t.string("region"),
         access_key_id: t.string("access_key_id"),
-        secret_access_key: t.secret_file("secret_access_key", "secret_access_key_file").0,
+        secret_access_key: t
+            .secret_file("secret_access_key", "secret_access_key_file")
+            .0,
         allow_http: t.boolean("allow_http"),
         retry_timeout: t.duration("retry_timeout"),
     };
@@ -303,10 +390,14 @@ fn read_retention(mut t: Table<'_, '_>) -> RetentionConfig {
     cfg
 }
 
-fn read_fileset(mut t: Table<'_, '_>) -> FileSetConfig {
+fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
     let paths: Vec<PathBuf> = t.strings("paths").into_iter().map(PathBuf::from).collect();
     if paths.is_empty() && !t.used.contains("paths") {
-        t.cx.error(t.span.clone(), &t.key_path("paths"), "missing; expected e.g. paths = [\"/srv/static\"]");
+        t.cx.error(
+            t.span.clone(),
+            &t.key_path("paths"),
+            "missing; expected e.g. paths = [\"/srv/static\"]",
+        );
     }
     let cfg = FileSetConfig {
         paths,
@@ -318,8 +409,14 @@ fn read_fileset(mut t: Table<'_, '_>) -> FileSetConfig {
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
+    let copy_span = t
+        .entries
+        .iter()
+        .find(|(k, _, _)| k == "copy_to")
+        .map(|(_, _, v)| v.span())
+        .unwrap_or(t.span.clone());
     t.finish();
-    cfg
+    (cfg, copy_span)
 }
 
 /// `90s` → "1m 30s", as humantime writes it.
@@ -327,7 +424,10 @@ pub fn duration_to_string(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-pub(crate) fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_str(&duration_to_string(*d)),
         None => s.serialize_none(),

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use cirkel_repo::{BlobKind, BlobWriter, Id, Node, NodeKind, Repository, Snapshot, SnapshotError, Tree};
+use cirkel_repo::{
+    BlobKind, BlobWriter, Id, Node, NodeKind, Repository, Snapshot, SnapshotError, Tree,
+};
 use crossbeam::channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::{Excludes, KIND};
@@ -54,11 +56,18 @@ impl std::fmt::Display for SourceError {
 
 impl std::error::Error for SourceError {}
 
+/// Why a file was not saved: its own fault (skip it, mark the snapshot
+/// incomplete) or the repository's (stop the backup).
+enum FileError {
+    Source(String),
+    Repo(cirkel_repo::Error),
+}
+
 struct FileJob {
     path: PathBuf,
     meta: Metadata,
     parent: Option<Node>,
-    reply: Sender<Result<Node, String>>,
+    reply: Sender<Result<Node, FileError>>,
 }
 
 struct Ctx<'a> {
@@ -80,11 +89,16 @@ struct Trie {
     full: bool,
 }
 
-pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) -> anyhow::Result<BackupOutcome> {
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<BackupOutcome> {
     let start = Instant::now();
     let mut roots = Vec::new();
     for p in &opts.paths {
-        let abs = std::fs::canonicalize(p).map_err(|e| SourceError(format!("cannot back up {}: {e}", p.display())))?;
+        let abs = std::fs::canonicalize(p)
+            .map_err(|e| SourceError(format!("cannot back up {}: {e}", p.display())))?;
         roots.push(abs);
     }
     roots.sort();
@@ -134,7 +148,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) 
         for r in &roots {
             let mut node = &mut trie;
             for c in r.components().skip(1) {
-                node = node.children.entry(c.as_os_str().to_string_lossy().into_owned()).or_default();
+                node = node
+                    .children
+                    .entry(c.as_os_str().to_string_lossy().into_owned())
+                    .or_default();
             }
             node.full = true;
         }
@@ -177,7 +194,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) 
 }
 
 fn cirkel_repo_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn find_parent(
@@ -209,7 +228,11 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
-        size: if kind == NodeKind::File { meta.len() } else { 0 },
+        size: if kind == NodeKind::File {
+            meta.len()
+        } else {
+            0
+        },
         content: Vec::new(),
         subtree: None,
         link_target: None,
@@ -217,11 +240,18 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
 }
 
 fn name_of(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// A directory on the way to a backed-up path: only the listed children.
-fn save_virtual(ctx: &mut Ctx<'_>, path: &Path, trie: &Trie, parent: Option<Tree>) -> anyhow::Result<Id> {
+fn save_virtual(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    trie: &Trie,
+    parent: Option<Tree>,
+) -> anyhow::Result<Id> {
     let mut nodes = Vec::new();
     for (name, child) in &trie.children {
         let child_path = path.join(name);
@@ -255,42 +285,58 @@ fn finish_tree(ctx: &mut Ctx<'_>, mut nodes: Vec<Node>) -> anyhow::Result<Id> {
 
 enum Pending {
     Ready(Node),
-    File(Receiver<Result<Node, String>>, PathBuf),
+    File(Receiver<Result<Node, FileError>>, PathBuf),
 }
 
 /// One entry given on the command line (or found in a directory).
-fn save_entry(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Node>> {
+fn save_entry(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    parent: Option<Node>,
+) -> anyhow::Result<Option<Node>> {
     match prepare(ctx, path, parent)? {
         None => Ok(None),
         Some(Pending::Ready(n)) => Ok(Some(n)),
-        Some(Pending::File(rx, p)) => Ok(collect(ctx, rx, &p)),
+        Some(Pending::File(rx, p)) => collect(ctx, rx, &p),
     }
 }
 
-fn collect(ctx: &mut Ctx<'_>, rx: Receiver<Result<Node, String>>, path: &Path) -> Option<Node> {
+fn collect(
+    ctx: &mut Ctx<'_>,
+    rx: Receiver<Result<Node, FileError>>,
+    path: &Path,
+) -> anyhow::Result<Option<Node>> {
     match rx.recv() {
         Ok(Ok(n)) => {
             ctx.files += 1;
             ctx.bytes += n.size;
-            Some(n)
+            Ok(Some(n))
         }
-        Ok(Err(msg)) => {
+        Ok(Err(FileError::Source(msg))) => {
             record_error(ctx, path, msg);
-            None
+            Ok(None)
         }
-        Err(_) => {
-            record_error(ctx, path, "worker stopped".into());
-            None
-        }
+        Ok(Err(FileError::Repo(e))) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!(
+            "backup worker stopped while saving {}",
+            path.display()
+        )),
     }
 }
 
 fn record_error(ctx: &mut Ctx<'_>, path: &Path, message: String) {
     ctx.progress.error(path, &message);
-    ctx.errors.push(SnapshotError { path: path.display().to_string(), message });
+    ctx.errors.push(SnapshotError {
+        path: path.display().to_string(),
+        message,
+    });
 }
 
-fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Pending>> {
+fn prepare(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    parent: Option<Node>,
+) -> anyhow::Result<Option<Pending>> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -304,7 +350,12 @@ fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Resu
         let (tx, rx) = bounded(1);
         let parent = parent.filter(|p| p.kind == NodeKind::File);
         ctx.jobs
-            .send(FileJob { path: path.to_path_buf(), meta, parent, reply: tx })
+            .send(FileJob {
+                path: path.to_path_buf(),
+                meta,
+                parent,
+                reply: tx,
+            })
             .map_err(|_| anyhow::anyhow!("backup workers stopped"))?;
         Ok(Some(Pending::File(rx, path.to_path_buf())))
     } else if ft.is_dir() {
@@ -357,7 +408,10 @@ fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Res
         if ctx.excludes.dir_has_marker(&child) && child.is_dir() {
             continue;
         }
-        let parent_node = parent.as_ref().and_then(|t| t.find(&name.to_string_lossy())).cloned();
+        let parent_node = parent
+            .as_ref()
+            .and_then(|t| t.find(&name.to_string_lossy()))
+            .cloned();
         if let Some(p) = prepare(ctx, &child, parent_node)? {
             pending.push(p);
         }
@@ -366,7 +420,7 @@ fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Res
     for p in pending {
         match p {
             Pending::Ready(n) => nodes.push(n),
-            Pending::File(rx, path) => nodes.extend(collect(ctx, rx, &path)),
+            Pending::File(rx, path) => nodes.extend(collect(ctx, rx, &path)?),
         }
     }
     finish_tree(ctx, nodes)
@@ -386,24 +440,27 @@ fn save_file(
     seed: u64,
     progress: &dyn Progress,
     files_read: &AtomicU64,
-) -> Result<Node, String> {
+) -> Result<Node, FileError> {
+    let src = |what: &str, e: std::io::Error| FileError::Source(format!("{what}: {e}"));
     let mut node = node_from_meta(name_of(&job.path), &job.meta, NodeKind::File);
-    if let Some(p) = &job.parent {
-        if unchanged(p, &job.meta) && p.content.iter().all(|id| writer.has(id)) {
-            node.content = p.content.clone();
-            progress.file_done(&job.path, node.size, false);
-            return Ok(node);
-        }
+    if let Some(p) = &job.parent
+        && unchanged(p, &job.meta)
+        && p.content.iter().all(|id| writer.has(id))
+    {
+        node.content = p.content.clone();
+        progress.file_done(&job.path, node.size, false);
+        return Ok(node);
     }
-    let mut file = File::open(&job.path).map_err(|e| format!("open: {e}"))?;
+    let mut file = File::open(&job.path).map_err(|e| src("open", e))?;
     files_read.fetch_add(1, Ordering::Relaxed);
     let mut size = 0u64;
     if job.meta.len() < chunker.min as u64 {
         let mut buf = Vec::with_capacity(job.meta.len() as usize);
-        file.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+        file.read_to_end(&mut buf).map_err(|e| src("read", e))?;
         size = buf.len() as u64;
         if !buf.is_empty() {
-            node.content.push(writer.add(BlobKind::Data, &buf).map_err(|e| e.to_string())?);
+            node.content
+                .push(writer.add(BlobKind::Data, &buf).map_err(FileError::Repo)?);
         }
     } else {
         let cdc = fastcdc::v2020::StreamCDC::with_level_and_seed(
@@ -415,9 +472,13 @@ fn save_file(
             seed,
         );
         for chunk in cdc {
-            let chunk = chunk.map_err(|e| format!("read: {e}"))?;
+            let chunk = chunk.map_err(|e| FileError::Source(format!("read: {e}")))?;
             size += chunk.data.len() as u64;
-            node.content.push(writer.add(BlobKind::Data, &chunk.data).map_err(|e| e.to_string())?);
+            node.content.push(
+                writer
+                    .add(BlobKind::Data, &chunk.data)
+                    .map_err(FileError::Repo)?,
+            );
         }
     }
     // Record what was read, not what stat said before reading.

@@ -38,7 +38,10 @@ impl fmt::Debug for MasterKey {
 
 impl MasterKey {
     pub fn generate() -> Self {
-        MasterKey { enc: rand::random(), mac: rand::random() }
+        MasterKey {
+            enc: rand::random(),
+            mac: rand::random(),
+        }
     }
 
     fn to_bytes(&self) -> [u8; 64] {
@@ -52,7 +55,10 @@ impl MasterKey {
         if b.len() != 64 {
             return None;
         }
-        let mut k = MasterKey { enc: [0; 32], mac: [0; 32] };
+        let mut k = MasterKey {
+            enc: [0; 32],
+            mac: [0; 32],
+        };
         k.enc.copy_from_slice(&b[..32]);
         k.mac.copy_from_slice(&b[32..]);
         Some(k)
@@ -79,7 +85,11 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams { m_cost: 64 * 1024, t_cost: 2, p_cost: 1 }
+        KdfParams {
+            m_cost: 64 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
     }
 }
 
@@ -130,7 +140,10 @@ impl KeyFile {
     /// Unwraps the master key; `None` when the password does not open it.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         if self.kdf != "argon2id" {
-            return Err(Error::Unsupported(format!("key derivation function {}", self.kdf)));
+            return Err(Error::Unsupported(format!(
+                "key derivation function {}",
+                self.kdf
+            )));
         }
         let kek = derive_kek(password, &self.salt, self.params)?;
         match open_with(&kek, &self.wrapped, b"cirkel key") {
@@ -160,7 +173,9 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Ve
         return None;
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
 }
 
 /// What a repository seals and hashes with: a master key, or nothing (for
@@ -168,8 +183,13 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Ve
 /// with a keyed hash whose key is stored in the clear).
 #[derive(Clone)]
 pub enum Crypto {
-    Encrypted { key: MasterKey, cipher: XChaCha20Poly1305 },
-    Plain { mac: [u8; 32] },
+    Encrypted {
+        key: MasterKey,
+        cipher: XChaCha20Poly1305,
+    },
+    Plain {
+        mac: [u8; 32],
+    },
 }
 
 impl fmt::Debug for Crypto {
@@ -233,7 +253,11 @@ impl Crypto {
     }
 
     pub fn overhead(&self) -> usize {
-        if self.is_encrypted() { SEAL_OVERHEAD } else { 0 }
+        if self.is_encrypted() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        }
     }
 }
 
@@ -266,7 +290,11 @@ mod tests {
     use super::*;
 
     fn fast() -> KdfParams {
-        KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 }
+        KdfParams {
+            m_cost: 256,
+            t_cost: 1,
+            p_cost: 1,
+        }
     }
 
     #[test]

@@ -71,10 +71,24 @@ impl PackBuilder {
         self.data.len()
     }
 
-    pub(crate) fn push(&mut self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) {
+    pub(crate) fn push(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_length: u32,
+        compressed: bool,
+    ) {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(stored);
-        self.entries.push(BlobEntry { id, kind, offset, length: stored.len() as u32, raw_length, compressed });
+        self.entries.push(BlobEntry {
+            id,
+            kind,
+            offset,
+            length: stored.len() as u32,
+            raw_length,
+            compressed,
+        });
     }
 
     /// Appends the header and returns the pack's bytes, id and entries.
@@ -85,7 +99,8 @@ impl PackBuilder {
         }
         let sealed = crypto.seal(&header, HEADER_AAD);
         self.data.extend_from_slice(&sealed);
-        self.data.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         (Id::of(&self.data), self.data, self.entries)
     }
 }

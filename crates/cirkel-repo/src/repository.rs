@@ -28,7 +28,11 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams { min: 512 * 1024, avg: 1024 * 1024, max: 8 * 1024 * 1024 }
+        ChunkerParams {
+            min: 512 * 1024,
+            avg: 1024 * 1024,
+            max: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -118,7 +122,11 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 impl Repository {
     /// Creates a repository at the backend's location.
-    pub fn init(backend: Arc<dyn Backend>, password: Option<&[u8]>, opts: InitOptions) -> Result<Self> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: Option<&[u8]>,
+        opts: InitOptions,
+    ) -> Result<Self> {
         let rt = runtime()?;
         let location = backend.location();
         match rt.block_on(backend.read(CONFIG_KEY)) {
@@ -133,13 +141,22 @@ impl Repository {
             let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
             (Crypto::encrypted(key), Some(bytes))
         } else {
-            (Crypto::Plain { mac: rand::random() }, None)
+            (
+                Crypto::Plain {
+                    mac: rand::random(),
+                },
+                None,
+            )
         };
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: Utc::now(),
-            encryption: if opts.encrypt { "xchacha20poly1305".into() } else { "none".into() },
+            encryption: if opts.encrypt {
+                "xchacha20poly1305".into()
+            } else {
+                "none".into()
+            },
             compression_level: opts.compression_level,
             chunker: opts.chunker,
             pack_size: opts.pack_size,
@@ -156,14 +173,20 @@ impl Repository {
             rt.block_on(backend.create(&name, Bytes::from(bytes)))?;
             key_name = Some(name);
         }
-        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        let config_bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         if rt.block_on(backend.create(CONFIG_KEY, Bytes::from(config_bytes)))? == Created::Existed {
             if let Some(name) = key_name {
                 let _ = rt.block_on(backend.delete(&name));
             }
             return Err(Error::AlreadyInitialized(location));
         }
-        Ok(Repository { backend, rt, config, crypto })
+        Ok(Repository {
+            backend,
+            rt,
+            config,
+            crypto,
+        })
     }
 
     /// Opens an existing repository, trying the password on each key.
@@ -178,7 +201,10 @@ impl Repository {
         let config: RepoConfig = serde_json::from_slice(&raw)
             .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
         if config.version != FORMAT_VERSION {
-            return Err(Error::Unsupported(format!("format version {}", config.version)));
+            return Err(Error::Unsupported(format!(
+                "format version {}",
+                config.version
+            )));
         }
         let crypto = match (config.encryption.as_str(), config.mac_key) {
             ("none", Some(mac)) => Crypto::Plain { mac },
@@ -188,13 +214,22 @@ impl Repository {
             }
             (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
         };
-        Ok(Repository { backend, rt, config, crypto })
+        Ok(Repository {
+            backend,
+            rt,
+            config,
+            crypto,
+        })
     }
 
     fn find_key(rt: &Runtime, backend: &dyn Backend, password: &[u8]) -> Result<MasterKey> {
         let keys = rt.block_on(backend.list("keys/"))?;
         if keys.is_empty() {
-            return Err(Error::corrupt("repository", backend.location(), "it has no key objects"));
+            return Err(Error::corrupt(
+                "repository",
+                backend.location(),
+                "it has no key objects",
+            ));
         }
         for k in keys {
             let bytes = rt.block_on(backend.read(&k.key))?;
@@ -258,13 +293,26 @@ impl Repository {
         body.extend_from_slice(&compressed);
         let stored = self.crypto.seal(&body, prefix.as_bytes());
         let id = Id::of(&stored);
-        self.block_on(self.backend.create(&format!("{prefix}/{id}"), Bytes::from(stored)))?;
+        self.block_on(
+            self.backend
+                .create(&format!("{prefix}/{id}"), Bytes::from(stored)),
+        )?;
         Ok(id)
     }
 
-    pub(crate) fn decode_object(&self, kind: &'static str, prefix: &str, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn decode_object(
+        &self,
+        kind: &'static str,
+        prefix: &str,
+        id: &Id,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
         if Id::of(stored) != *id {
-            return Err(Error::corrupt(kind, id, "content does not match its name (bit rot or tampering)"));
+            return Err(Error::corrupt(
+                kind,
+                id,
+                "content does not match its name (bit rot or tampering)",
+            ));
         }
         let body = self
             .crypto
@@ -310,13 +358,14 @@ impl Repository {
         let ids = self.list_ids("index")?;
         let mut index = Index::default();
         let backend = self.backend.clone();
-        let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> = self.block_on(async move {
-            let futs = ids.into_iter().map(|(id, _)| {
-                let b = backend.clone();
-                async move { (id, b.read(&format!("index/{id}")).await) }
+        let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> =
+            self.block_on(async move {
+                let futs = ids.into_iter().map(|(id, _)| {
+                    let b = backend.clone();
+                    async move { (id, b.read(&format!("index/{id}")).await) }
+                });
+                futures::future::join_all(futs).await
             });
-            futures::future::join_all(futs).await
-        });
         for (id, res) in fetched {
             let stored = match res {
                 Ok(b) => b,
@@ -338,17 +387,25 @@ impl Repository {
 
     /// Reads a blob's stored (sealed) bytes.
     pub fn read_blob_raw(&self, index: &Index, id: &Id) -> Result<(Bytes, index::Location)> {
-        let loc = *index.get(id).ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
+        let loc = *index
+            .get(id)
+            .ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
-        let bytes = self.block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range)).map_err(|e| {
-            if e.is_not_found() {
-                Error::MissingBlob(format!("{id} (its pack {} is missing)", loc.pack))
-            } else {
-                e.into()
-            }
-        })?;
+        let bytes = self
+            .block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range))
+            .map_err(|e| {
+                if e.is_not_found() {
+                    Error::MissingBlob(format!("{id} (its pack {} is missing)", loc.pack))
+                } else {
+                    e.into()
+                }
+            })?;
         if bytes.len() != loc.length as usize {
-            return Err(Error::corrupt("pack", loc.pack, "shorter than its index says"));
+            return Err(Error::corrupt(
+                "pack",
+                loc.pack,
+                "shorter than its index says",
+            ));
         }
         Ok((bytes, loc))
     }
@@ -359,7 +416,13 @@ impl Repository {
         blob::decode(&self.crypto, id, &bytes, loc.raw_length, loc.compressed)
     }
 
-    pub(crate) fn decode_blob(&self, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
+    pub(crate) fn decode_blob(
+        &self,
+        id: &Id,
+        stored: &[u8],
+        raw_length: u32,
+        compressed: bool,
+    ) -> Result<Vec<u8>> {
         blob::decode(&self.crypto, id, stored, raw_length, compressed)
     }
 
@@ -369,7 +432,9 @@ impl Repository {
 
     pub fn load_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
         match index.get(id) {
-            Some(l) if l.kind != BlobKind::Tree => return Err(Error::corrupt("tree", id, "blob is not a tree")),
+            Some(l) if l.kind != BlobKind::Tree => {
+                return Err(Error::corrupt("tree", id, "blob is not a tree"));
+            }
             _ => {}
         }
         Tree::from_bytes(id, &self.read_blob(index, id)?)
@@ -405,18 +470,34 @@ impl Repository {
     /// Finds a snapshot by id, unique id prefix, or `latest` (optionally of a kind).
     pub fn find_snapshot(&self, spec: &str, kind: Option<&str>) -> Result<(Id, Snapshot)> {
         let all = self.snapshots()?;
-        let mut matching: Vec<_> = all.into_iter().filter(|(_, s)| kind.is_none_or(|k| s.kind == k)).collect();
+        let mut matching: Vec<_> = all
+            .into_iter()
+            .filter(|(_, s)| kind.is_none_or(|k| s.kind == k))
+            .collect();
         if spec == "latest" {
             return matching.pop().ok_or_else(|| {
-                Error::SnapshotLookup(format!("no {}snapshot in the repository", kind.map(|k| format!("{k} ")).unwrap_or_default()))
+                Error::SnapshotLookup(format!(
+                    "no {}snapshot in the repository",
+                    kind.map(|k| format!("{k} ")).unwrap_or_default()
+                ))
             });
         }
         let spec_lc = spec.to_ascii_lowercase();
-        let found: Vec<_> = matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
+        let found: Vec<_> = matching
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec_lc))
+            .collect();
         match found.len() {
-            1 => Ok(found.into_iter().next().ok_or_else(|| Error::Other("unreachable".into()))?),
-            0 => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
-            n => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
+            1 => Ok(found
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Other("unreachable".into()))?),
+            0 => Err(Error::SnapshotLookup(format!(
+                "no snapshot matches `{spec}`"
+            ))),
+            n => Err(Error::SnapshotLookup(format!(
+                "`{spec}` matches {n} snapshots; give more digits"
+            ))),
         }
     }
 

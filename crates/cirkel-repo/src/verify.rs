@@ -67,9 +67,15 @@ pub fn walk(
     }
 }
 
-pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport> {
+pub fn verify(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let index = repo.load_index().map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
+    let index = repo
+        .load_index()
+        .map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
     let stored: HashMap<Id, u64> = list_packs(repo)?.into_iter().collect();
     report.packs = stored.len();
     report.blobs = index.blob_count();
@@ -78,11 +84,17 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
     for pack in index.packs() {
         match stored.get(&pack.id) {
             None => {
-                report.errors.push(format!("pack {} is listed in the index but missing", pack.id));
+                report.errors.push(format!(
+                    "pack {} is listed in the index but missing",
+                    pack.id
+                ));
                 bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
             }
             Some(&size) if size != pack.size => {
-                report.errors.push(format!("pack {} has {size} bytes, the index says {}", pack.id, pack.size));
+                report.errors.push(format!(
+                    "pack {} has {size} bytes, the index says {}",
+                    pack.id, pack.size
+                ));
                 bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
             }
             _ => {}
@@ -96,7 +108,11 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
     }
 
     if opts.read_data {
-        let total: u64 = index.packs().filter(|p| stored.contains_key(&p.id)).map(|p| p.size).sum();
+        let total: u64 = index
+            .packs()
+            .filter(|p| stored.contains_key(&p.id))
+            .map(|p| p.size)
+            .sum();
         let mut done = 0u64;
         for pack in index.packs() {
             if !stored.contains_key(&pack.id) {
@@ -114,7 +130,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
             done += pack.size;
             progress(done, total);
             if Id::of(&bytes) != pack.id {
-                report.errors.push(format!("pack {}: content does not match its name (damaged)", pack.id));
+                report.errors.push(format!(
+                    "pack {}: content does not match its name (damaged)",
+                    pack.id
+                ));
             }
             if let Err(e) = parse_header(&repo.crypto, &pack.id, &bytes) {
                 report.errors.push(e.to_string());
@@ -130,7 +149,9 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
                         bad_blobs.insert(b.id);
                     }
                     None => {
-                        report.errors.push(format!("pack {}: blob {} lies past its end", pack.id, b.id));
+                        report
+                            .errors
+                            .push(format!("pack {}: blob {} lies past its end", pack.id, b.id));
                         bad_blobs.insert(b.id);
                     }
                 }
@@ -146,7 +167,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
             Ok(s) => s,
             Err(e) => {
                 report.errors.push(format!("snapshot {id}: {e}"));
-                report.damaged.push(Damage { snapshot: id, paths: vec!["(whole snapshot)".into()] });
+                report.damaged.push(Damage {
+                    snapshot: id,
+                    paths: vec!["(whole snapshot)".into()],
+                });
                 continue;
             }
         };
@@ -154,7 +178,11 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
         let mut errors = Vec::new();
         let bad_tree = |tid: &Id| bad_blobs.contains(tid) || !index.contains(tid);
         if bad_tree(&snap.tree) {
-            errors.push(format!("snapshot {}: root tree {} is missing or damaged", id.short(), snap.tree.short()));
+            errors.push(format!(
+                "snapshot {}: root tree {} is missing or damaged",
+                id.short(),
+                snap.tree.short()
+            ));
             paths.borrow_mut().push("/".to_string());
         } else {
             walk(
@@ -162,14 +190,21 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
                 &index,
                 snap.tree,
                 &mut |path, node| {
-                    let damaged = node.content.iter().any(|b| bad_blobs.contains(b) || !index.contains(b))
+                    let damaged = node
+                        .content
+                        .iter()
+                        .any(|b| bad_blobs.contains(b) || !index.contains(b))
                         || node.subtree.is_some_and(|t| bad_tree(&t));
                     if damaged {
                         paths.borrow_mut().push(path.to_string());
                     }
                 },
                 &mut |path, tid, e| {
-                    errors.push(format!("snapshot {}: tree {} at {path}: {e}", id.short(), tid.short()));
+                    errors.push(format!(
+                        "snapshot {}: tree {} at {path}: {e}",
+                        id.short(),
+                        tid.short()
+                    ));
                     paths.borrow_mut().push(path.to_string());
                 },
             );
@@ -179,7 +214,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
         if !paths.is_empty() {
             paths.sort();
             paths.dedup();
-            report.damaged.push(Damage { snapshot: id, paths });
+            report.damaged.push(Damage {
+                snapshot: id,
+                paths,
+            });
         }
     }
     Ok(report)

@@ -39,7 +39,7 @@ pub struct WriterStats {
 struct Shared {
     repo: Repository,
     pending: Mutex<Vec<PackRecord>>,
-    error: Mutex<Option<String>>,
+    error: Mutex<Option<Error>>,
     packs: AtomicU64,
     verify_uploads: bool,
 }
@@ -86,7 +86,11 @@ impl BlobWriter {
         BlobWriter {
             shared,
             index,
-            state: Mutex::new(State { current: PackBuilder::default(), seen: HashSet::new(), stats: WriterStats::default() }),
+            state: Mutex::new(State {
+                current: PackBuilder::default(),
+                seen: HashSet::new(),
+                stats: WriterStats::default(),
+            }),
             tx: Mutex::new(Some(tx)),
             uploaders: Mutex::new(uploaders),
         }
@@ -102,14 +106,19 @@ impl BlobWriter {
 
     fn check_error(&self) -> Result<()> {
         match self.shared.error.lock().map_err(poisoned)?.as_ref() {
-            Some(e) => Err(Error::Other(e.clone())),
+            Some(e) => Err(e.replay()),
             None => Ok(()),
         }
     }
 
     /// Whether the blob is already stored (or being stored by this writer).
     pub fn has(&self, id: &Id) -> bool {
-        self.index.contains(id) || self.state.lock().map(|s| s.seen.contains(id)).unwrap_or(false)
+        self.index.contains(id)
+            || self
+                .state
+                .lock()
+                .map(|s| s.seen.contains(id))
+                .unwrap_or(false)
     }
 
     /// Stores a blob unless the repository already has it; returns its id.
@@ -118,14 +127,26 @@ impl BlobWriter {
         if !self.reserve(&id)? {
             return Ok(id);
         }
-        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.shared.repo.config.compression_level);
+        let enc = blob::encode(
+            &self.shared.repo.crypto,
+            &id,
+            plain,
+            self.shared.repo.config.compression_level,
+        );
         self.push(id, kind, &enc.stored, enc.raw_length, enc.compressed)?;
         Ok(id)
     }
 
     /// Stores an already sealed blob verbatim (for copies between
     /// repositories that share a master key). Returns false if it was present.
-    pub fn add_raw(&self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) -> Result<bool> {
+    pub fn add_raw(
+        &self,
+        id: Id,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_length: u32,
+        compressed: bool,
+    ) -> Result<bool> {
         if !self.reserve(&id)? {
             return Ok(false);
         }
@@ -143,7 +164,14 @@ impl BlobWriter {
         Ok(true)
     }
 
-    fn push(&self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) -> Result<()> {
+    fn push(
+        &self,
+        id: Id,
+        kind: BlobKind,
+        stored: &[u8],
+        raw_length: u32,
+        compressed: bool,
+    ) -> Result<()> {
         let full = {
             let mut st = self.state.lock().map_err(poisoned)?;
             st.stats.blobs_new += 1;
@@ -166,7 +194,12 @@ impl BlobWriter {
         let tx = self.tx.lock().map_err(poisoned)?.clone();
         match tx {
             Some(tx) => tx.send(pack).map_err(|_| {
-                Error::Other(self.shared.error.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| "upload stopped".into()))
+                self.shared
+                    .error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.as_ref().map(Error::replay))
+                    .unwrap_or_else(|| Error::Other("upload stopped".into()))
             }),
             None => Err(Error::Other("writer already finished".into())),
         }
@@ -212,10 +245,10 @@ fn upload_loop(shared: &Shared, rx: &Receiver<PackBuilder>) {
         if shared.error.lock().map(|e| e.is_some()).unwrap_or(true) {
             continue; // drain, so senders never block forever
         }
-        if let Err(e) = upload(shared, pack) {
-            if let Ok(mut slot) = shared.error.lock() {
-                slot.get_or_insert_with(|| format!("{e}"));
-            }
+        if let Err(e) = upload(shared, pack)
+            && let Ok(mut slot) = shared.error.lock()
+        {
+            slot.get_or_insert(e);
         }
     }
 }
@@ -229,12 +262,20 @@ fn upload(shared: &Shared, pack: PackBuilder) -> Result<()> {
     if shared.verify_uploads {
         let back = repo.read_pack(&id)?;
         if Id::of(&back) != id {
-            return Err(Error::corrupt("pack", id, "read back after upload with different content"));
+            return Err(Error::corrupt(
+                "pack",
+                id,
+                "read back after upload with different content",
+            ));
         }
     }
     crate::crash::point("after-pack");
     shared.packs.fetch_add(1, Ordering::Relaxed);
-    shared.pending.lock().map_err(poisoned)?.push(PackRecord { id, size, blobs: entries });
+    shared.pending.lock().map_err(poisoned)?.push(PackRecord {
+        id,
+        size,
+        blobs: entries,
+    });
     flush_index(shared, PACKS_PER_INDEX)
 }
 

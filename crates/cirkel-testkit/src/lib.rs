@@ -57,7 +57,12 @@ impl Service {
         let f2 = f.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Service { name: name.into(), child: Some(child), log, dir }
+        Service {
+            name: name.into(),
+            child: Some(child),
+            log,
+            dir,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -81,7 +86,12 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), self.log_text());
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -108,7 +118,11 @@ impl S3Server {
             "moto_server did not listen on {port}:\n{}",
             service.log_text()
         );
-        let server = S3Server { service, port, bucket: "cirkel-test".into() };
+        let server = S3Server {
+            service,
+            port,
+            bucket: "cirkel-test".into(),
+        };
         server.create_bucket(&server.bucket.clone());
         server
     }
@@ -133,12 +147,28 @@ impl S3Server {
     }
 
     pub fn create_bucket(&self, bucket: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
-        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port)
-            .expect("send");
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        assert!(resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"), "create bucket: {resp}");
+        let mut last = String::new();
+        // The server may accept connections a moment before it answers them.
+        for _ in 0..50 {
+            let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+            let req = format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            let mut resp = String::new();
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut resp).is_ok()
+                && resp.contains(" 200 ")
+            {
+                return;
+            }
+            last = resp;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "create bucket {bucket}: {last}\n{}",
+            self.service.log_text()
+        );
     }
 
     pub fn stop(&mut self) {

@@ -7,7 +7,12 @@ use clap::{Args, Parser, Subcommand};
 /// Disaster recovery for self-hosted PostgreSQL, Redis and files: encrypted,
 /// deduplicated backups on local disk or S3, restores, and copies to a second region.
 #[derive(Debug, Parser)]
-#[command(name = "cirkel", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "cirkel",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -32,16 +32,26 @@ pub struct RepoTarget {
 }
 
 fn s3_options(rc: Option<&RepositoryConfig>) -> S3Options {
-    let Some(rc) = rc else { return S3Options::default() };
+    let env_timeout = std::env::var("CIRKEL_S3_RETRY_TIMEOUT")
+        .ok()
+        .and_then(|s| humantime::parse_duration(&s).ok());
+    let Some(rc) = rc else {
+        return S3Options {
+            retry_timeout: env_timeout,
+            ..Default::default()
+        };
+    };
     S3Options {
         endpoint: rc.s3.endpoint.clone(),
         region: rc.s3.region.clone(),
         access_key_id: rc.s3.access_key_id.clone(),
-        secret_access_key: rc.s3.secret_access_key.as_ref().map(|s| s.expose().to_string()),
+        secret_access_key: rc
+            .s3
+            .secret_access_key
+            .as_ref()
+            .map(|s| s.expose().to_string()),
         allow_http: rc.s3.allow_http,
-        retry_timeout: rc.s3.retry_timeout.or_else(|| {
-            std::env::var("CIRKEL_S3_RETRY_TIMEOUT").ok().and_then(|s| humantime::parse_duration(&s).ok())
-        }),
+        retry_timeout: rc.s3.retry_timeout.or(env_timeout),
     }
 }
 
@@ -85,7 +95,8 @@ pub fn resolve(
     } else if let Ok(p) = std::env::var("CIRKEL_PASSWORD") {
         Some(p)
     } else {
-        rc.and_then(|rc| rc.password.as_ref()).map(|s| s.expose().to_string())
+        rc.and_then(|rc| rc.password.as_ref())
+            .map(|s| s.expose().to_string())
     };
     Ok(RepoTarget {
         location,
@@ -112,5 +123,7 @@ pub fn main_repo(global: &Global, cfg: &Config) -> anyhow::Result<RepoTarget> {
 }
 
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }

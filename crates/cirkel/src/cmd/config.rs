@@ -22,7 +22,11 @@ pub fn run(global: &Global, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
                     println!(
                         "configuration OK: {} repositor{}, {} file set{}",
                         cfg.repository.iter().count() + cfg.repositories.len(),
-                        if cfg.repository.iter().count() + cfg.repositories.len() == 1 { "y" } else { "ies" },
+                        if cfg.repository.iter().count() + cfg.repositories.len() == 1 {
+                            "y"
+                        } else {
+                            "ies"
+                        },
                         cfg.files.len(),
                         if cfg.files.len() == 1 { "" } else { "s" }
                     );
@@ -35,7 +39,9 @@ pub fn run(global: &Global, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
                         print_json(&serde_json::json!({ "ok": false, "errors": errs.0 }));
                     }
                     eprint!("{errs}");
-                    eprintln!("hint: each line names the file, line and column, and what was expected");
+                    eprintln!(
+                        "hint: each line names the file, line and column, and what was expected"
+                    );
                     return Ok(ExitCode::from(1));
                 }
                 Err(e)

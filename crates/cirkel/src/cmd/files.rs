@@ -22,7 +22,8 @@ impl cirkel_files::Progress for BarProgress {
     }
 
     fn error(&self, path: &Path, message: &str) {
-        self.0.suspend(|| eprintln!("warning: {}: {message}", path.display()));
+        self.0
+            .suspend(|| eprintln!("warning: {}: {message}", path.display()));
     }
 }
 
@@ -40,7 +41,10 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
     let mut exclude_files = args.exclude_file.clone();
     if let Some(name) = &args.set {
         let set = cfg.files.get(name).ok_or_else(|| {
-            user_error(format!("no file set named `{name}`"), "define it as [files.NAME] in the configuration")
+            user_error(
+                format!("no file set named `{name}`"),
+                "define it as [files.NAME] in the configuration",
+            )
         })?;
         paths.extend(set.paths.iter().cloned());
         patterns.extend(set.exclude.iter().cloned());
@@ -49,12 +53,18 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
         exclude_files.extend(set.exclude_file.iter().cloned());
     }
     if paths.is_empty() {
-        return Err(user_error("nothing to back up", "name one or more paths, or --set NAME"));
+        return Err(user_error(
+            "nothing to back up",
+            "name one or more paths, or --set NAME",
+        ));
     }
     for f in &exclude_files {
-        patterns.extend(Excludes::read_pattern_file(f).map_err(|e| user_error(e, "check --exclude-file"))?);
+        patterns.extend(
+            Excludes::read_pattern_file(f).map_err(|e| user_error(e, "check --exclude-file"))?,
+        );
     }
-    let excludes = Excludes::new(&patterns, &markers).map_err(|e| user_error(e, "patterns use glob syntax: *, **, ?, [abc]"))?;
+    let excludes = Excludes::new(&patterns, &markers)
+        .map_err(|e| user_error(e, "patterns use glob syntax: *, **, ?, [abc]"))?;
     let repo = main_repo(global, &cfg)?.open()?;
     let parent = match &args.parent {
         Some(p) => Some(repo.find_snapshot(p, Some(cirkel_files::KIND))?.0),
@@ -88,11 +98,17 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
         );
     }
     if s.incomplete {
-        eprintln!("error: snapshot {} is incomplete: {} path(s) could not be read:", outcome.id.short(), s.errors.len());
+        eprintln!(
+            "error: snapshot {} is incomplete: {} path(s) could not be read:",
+            outcome.id.short(),
+            s.errors.len()
+        );
         for e in &s.errors {
             eprintln!("  {}: {}", e.path, e.message);
         }
-        eprintln!("hint: fix the permissions or remove the paths, then back up again; the snapshot is marked incomplete");
+        eprintln!(
+            "hint: fix the permissions or remove the paths, then back up again; the snapshot is marked incomplete"
+        );
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
@@ -107,7 +123,10 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
     let report = cirkel_files::restore(
         &repo,
         &snap,
-        &RestoreOptions { target: args.to.clone(), threads: threads() },
+        &RestoreOptions {
+            target: args.to.clone(),
+            threads: threads(),
+        },
         &|n| bar.inc(n),
     )?;
     bar.finish_and_clear();
@@ -129,7 +148,10 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
             eprintln!("  {p}: {e}");
         }
         return Err(user_error(
-            format!("{} path(s) could not be restored (listed above); everything else was", report.errors.len()),
+            format!(
+                "{} path(s) could not be restored (listed above); everything else was",
+                report.errors.len()
+            ),
             "run `cirkel repo verify --read-data` to see the damage; restore those files from a second repository",
         ));
     }
@@ -146,13 +168,25 @@ pub fn snapshots(global: &Global, args: &SnapshotsArgs) -> anyhow::Result<ExitCo
         .filter(|(_, s)| args.kind.as_ref().is_none_or(|k| &s.kind == k))
         .collect();
     if global.json {
-        let list: Vec<_> = snaps.iter().map(|(id, s)| json!({ "id": id, "short_id": id.short(), "snapshot": s })).collect();
+        let list: Vec<_> = snaps
+            .iter()
+            .map(|(id, s)| json!({ "id": id, "short_id": id.short(), "snapshot": s }))
+            .collect();
         print_json(&list);
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["ID", "Time (UTC)", "Host", "Kind", "Tags", "Paths", "Size", "Added"]);
+    table.set_header([
+        "ID",
+        "Time (UTC)",
+        "Host",
+        "Kind",
+        "Tags",
+        "Paths",
+        "Size",
+        "Added",
+    ]);
     for (id, s) in &snaps {
         table.add_row([
             format!("{}{}", id.short(), if s.incomplete { " !" } else { "" }),
@@ -166,6 +200,14 @@ pub fn snapshots(global: &Global, args: &SnapshotsArgs) -> anyhow::Result<ExitCo
         ]);
     }
     println!("{table}");
-    println!("{} snapshot(s){}", snaps.len(), if snaps.iter().any(|(_, s)| s.incomplete) { "; ! = incomplete" } else { "" });
+    println!(
+        "{} snapshot(s){}",
+        snaps.len(),
+        if snaps.iter().any(|(_, s)| s.incomplete) {
+            "; ! = incomplete"
+        } else {
+            ""
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }

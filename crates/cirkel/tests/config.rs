@@ -1,0 +1,205 @@
+//! `cirkel config check|show` and configuration-driven commands.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn check_reports_every_error_with_line_and_expectation() {
+    let env = Env::new();
+    let cfg = env.path("cirkel.toml");
+    std::fs::write(
+        &cfg,
+        r#"[repository]
+url = "/tmp/x"
+pasword_file = "typo"
+
+[repository.s3]
+retry_timeout = "soon"
+allow_http = "yes"
+
+[retention]
+keep_daily = -3
+keep_within = "7d"
+
+[files.static]
+exclude = ["node_modules"]
+copy_to = ["dr"]
+
+[surprise]
+x = 1
+"#,
+    )
+    .unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let expect = [
+        ":3:1: `repository.pasword_file`: unknown key; expected one of:",
+        ":6:17: `repository.s3.retry_timeout`: `soon` is not a duration",
+        ":7:14: `repository.s3.allow_http`: expected true or false, found string",
+        ":10:14: `retention.keep_daily`: -3 is out of range",
+        "`files.static.paths`: missing",
+        ":15:11: `files.static.copy_to`: names repository `dr`",
+        ":17:2: `surprise`: unknown key",
+    ];
+    for e in expect {
+        assert!(err.contains(e), "missing `{e}` in:\n{err}");
+    }
+    assert!(err.contains("7 problems"), "{err}");
+
+    let v: serde_json::Value = serde_json::from_str(&stdout(&env.run(&[
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "config",
+        "check",
+    ])))
+    .unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 7);
+
+    // Other commands refuse a broken configuration too.
+    let err = env.fails(&["--config", cfg.to_str().unwrap(), "snapshots"]);
+    assert!(err.contains("problems in the configuration"), "{err}");
+
+    std::fs::write(&cfg, "[repository\nurl=").unwrap();
+    let err = stderr(&env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]));
+    assert!(err.contains(":1:") && err.contains("TOML syntax"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_files_and_are_never_shown() {
+    let env = Env::new();
+    let secret = env.path("s3-secret");
+    std::fs::write(&secret, "SUPERSECRETVALUE\n").unwrap();
+    let cfg = env.path("cirkel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[repository]
+url = "{repo}"
+password_file = "password"
+
+[repositories.dr]
+url = "s3://dr-bucket/cirkel"
+[repositories.dr.s3]
+endpoint = "http://127.0.0.1:1"
+access_key_id = "AKIA"
+secret_access_key_file = "{secret}"
+retry_timeout = "90s"
+
+[retention]
+keep_daily = 35
+keep_weekly = 13
+keep_within = "7d"
+
+[files.static]
+paths = ["/srv/static"]
+exclude = ["node_modules", "venv/"]
+copy_to = ["dr"]
+"#,
+            repo = env.repo,
+            secret = secret.display()
+        ),
+    )
+    .unwrap();
+    let ok = env.ok(&["--config", cfg.to_str().unwrap(), "config", "check"]);
+    assert!(ok.contains("configuration OK"), "{ok}");
+    let shown = env.ok(&["--config", cfg.to_str().unwrap(), "config", "show"]);
+    assert!(
+        !shown.contains("SUPERSECRETVALUE") && !shown.contains("correct horse"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("<redacted>") && shown.contains("keep_within = \"7days\""),
+        "{shown}"
+    );
+    let json = env.ok(&[
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "config",
+        "show",
+    ]);
+    assert!(!json.contains("SUPERSECRETVALUE"));
+
+    // A literal secret in the file is refused.
+    std::fs::write(&cfg, "[repository]\nurl = \"/x\"\npassword = \"hunter2\"\n").unwrap();
+    let err = stderr(&env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]));
+    assert!(
+        err.contains("secrets are not written in the configuration") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configured_repository_and_file_set_drive_the_commands() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let cfg = env.path("cirkel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repository]\nurl = \"{}\"\npassword_file = \"password\"\n\n[files.site]\npaths = [\"{}\"]\nexclude = [\"bin\"]\ntags = [\"static\"]\n\n[retention]\nkeep_last = 1\n",
+            env.repo,
+            src.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env_remove("CIRKEL_REPO")
+            .env_remove("CIRKEL_PASSWORD_FILE")
+            .env("CIRKEL_CONFIG", &cfg);
+        c.output().unwrap()
+    };
+    assert!(run(&["repo", "init"]).status.success());
+    assert!(run(&["backup", "files", "--set", "site"]).status.success());
+    assert!(run(&["backup", "files", "--set", "site"]).status.success());
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["--json", "snapshots", "--tag", "static"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let pruned: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["--json", "repo", "prune"]))).unwrap();
+    assert_eq!(
+        pruned["snapshots_removed"], 1,
+        "[retention] applies when no flags are given: {pruned}"
+    );
+    let out = env.path("out");
+    assert!(
+        run(&["restore", "files", "latest", "--to", out.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(!restored(&out, &src).join("bin").exists());
+    assert!(restored(&out, &src).join("docs/readme.txt").exists());
+    let out = run(&["backup", "files", "--set", "nope"]);
+    assert!(stderr(&out).contains("no file set named `nope`"));
+}
+
+#[test]
+fn help_explains_and_every_command_has_json() {
+    let env = Env::new();
+    let help = env.ok(&["--help"]);
+    for cmd in [
+        "config",
+        "repo",
+        "backup",
+        "restore",
+        "snapshots",
+        "--json",
+        "--repo",
+        "--password-file",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
+    }
+    let help = env.ok(&["repo", "prune", "--help"]);
+    assert!(
+        help.contains("--keep-daily") && help.contains("--dry-run"),
+        "{help}"
+    );
+    let err = env.fails(&["snapshots", "--repo", "/nonexistent/cirkel"]);
+    assert!(err.contains("no cirkel repository"));
+}
