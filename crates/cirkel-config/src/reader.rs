@@ -10,10 +10,7 @@ use serde::Serializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::{
-    Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config,
-    Secret,
-};
+use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
 
 struct Cx<'t> {
     text: &'t str,
@@ -58,35 +55,17 @@ struct Table<'a, 'i> {
 
 impl<'a, 'i> Table<'a, 'i> {
     fn new(cx: &'a Cx<'a>, path: String, span: Range<usize>, t: &'a DeTable<'i>) -> Self {
-        let entries = t
-            .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), k.span(), v))
-            .collect();
-        Table {
-            cx,
-            path,
-            span,
-            entries,
-            used: HashSet::new(),
-            known: Vec::new(),
-        }
+        let entries = t.iter().map(|(k, v)| (k.get_ref().to_string(), k.span(), v)).collect();
+        Table { cx, path, span, entries, used: HashSet::new(), known: Vec::new() }
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.known.push(key);
-        let found = self
-            .entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, _, v)| *v);
+        let found = self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| *v);
         if found.is_some() {
             self.used.insert(key.to_string());
         }
@@ -94,11 +73,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn wrong(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
-        self.cx.error(
-            v.span(),
-            &self.key_path(key),
-            format!("expected {expected}, found {}", v.get_ref().type_str()),
-        );
+        self.cx.error(v.span(), &self.key_path(key), format!("expected {expected}, found {}", v.get_ref().type_str()));
     }
 
     fn string(&mut self, key: &'static str) -> Option<String> {
@@ -115,11 +90,7 @@ impl<'a, 'i> Table<'a, 'i> {
     fn required_string(&mut self, key: &'static str, example: &str) -> String {
         let s = self.string(key);
         if s.is_none() && !self.used.contains(key) {
-            self.cx.error(
-                self.span.clone(),
-                &self.key_path(key),
-                format!("missing; expected e.g. {key} = {example}"),
-            );
+            self.cx.error(self.span.clone(), &self.key_path(key), format!("missing; expected e.g. {key} = {example}"));
         }
         s.unwrap_or_default()
     }
@@ -135,21 +106,15 @@ impl<'a, 'i> Table<'a, 'i> {
 
     fn integer(&mut self, key: &'static str, range: Range<i64>) -> Option<i64> {
         let v = self.get(key)?;
-        let parsed = v
-            .get_ref()
-            .as_integer()
-            .and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
+        let parsed =
+            v.get_ref().as_integer().and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
         match parsed {
             Some(n) if range.contains(&n) => Some(n),
             Some(n) => {
                 self.cx.error(
                     v.span(),
                     &self.key_path(key),
-                    format!(
-                        "{n} is out of range; expected {}..={}",
-                        range.start,
-                        range.end - 1
-                    ),
+                    format!("{n} is out of range; expected {}..={}", range.start, range.end - 1),
                 );
                 None
             }
@@ -167,11 +132,7 @@ impl<'a, 'i> Table<'a, 'i> {
     fn duration(&mut self, key: &'static str) -> Option<Duration> {
         let v = self.get(key)?;
         let Some(s) = v.get_ref().as_str() else {
-            self.wrong(
-                key,
-                v,
-                "a duration string such as \"30s\", \"15m\" or \"7d\"",
-            );
+            self.wrong(key, v, "a duration string such as \"30s\", \"15m\" or \"7d\"");
             return None;
         };
         match humantime::parse_duration(s) {
@@ -180,9 +141,7 @@ impl<'a, 'i> Table<'a, 'i> {
                 self.cx.error(
                     v.span(),
                     &self.key_path(key),
-                    format!(
-                        "`{s}` is not a duration ({e}); expected e.g. \"30s\", \"15m\", \"7d\""
-                    ),
+                    format!("`{s}` is not a duration ({e}); expected e.g. \"30s\", \"15m\", \"7d\""),
                 );
                 None
             }
@@ -208,11 +167,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A secret: only `<key>_file` is accepted in the file.
-    fn secret_file(
-        &mut self,
-        key: &'static str,
-        file_key: &'static str,
-    ) -> (Option<Secret>, Option<PathBuf>) {
+    fn secret_file(&mut self, key: &'static str, file_key: &'static str) -> (Option<Secret>, Option<PathBuf>) {
         // A literal secret is refused with a pointer to the safe form.
         self.known.push(key);
         if let Some((_, span, _)) = self.entries.iter().find(|(k, _, _)| k == key) {
@@ -228,22 +183,11 @@ impl<'a, 'i> Table<'a, 'i> {
         };
         let resolved = self.cx.resolve(&path);
         match std::fs::read_to_string(&resolved) {
-            Ok(s) => (
-                Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())),
-                Some(resolved),
-            ),
+            Ok(s) => (Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())), Some(resolved)),
             Err(e) => {
-                let span = self
-                    .entries
-                    .iter()
-                    .find(|(k, _, _)| k == file_key)
-                    .map(|(_, _, v)| v.span())
-                    .unwrap_or(0..0);
-                self.cx.error(
-                    span,
-                    &self.key_path(file_key),
-                    format!("cannot read {}: {e}", resolved.display()),
-                );
+                let span =
+                    self.entries.iter().find(|(k, _, _)| k == file_key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
+                self.cx.error(span, &self.key_path(file_key), format!("cannot read {}: {e}", resolved.display()));
                 (None, Some(resolved))
             }
         }
@@ -269,10 +213,7 @@ impl<'a, 'i> Table<'a, 'i> {
         let entries = std::mem::take(&mut outer.entries);
         for (name, _, v) in entries {
             match v.get_ref().as_table() {
-                Some(t) => out.push((
-                    name.clone(),
-                    Table::new(self.cx, format!("{key}.{name}"), v.span(), t),
-                )),
+                Some(t) => out.push((name.clone(), Table::new(self.cx, format!("{key}.{name}"), v.span(), t))),
                 None => self.wrong(&format!("{key}.{name}"), v, "a table"),
             }
         }
@@ -296,12 +237,7 @@ impl<'a, 'i> Table<'a, 'i> {
 }
 
 pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let cx = Cx {
-        text,
-        file,
-        base,
-        errors: RefCell::new(Vec::new()),
-    };
+    let cx = Cx { text, file, base, errors: RefCell::new(Vec::new()) };
     let (doc, parse_errors) = DeTable::parse_recoverable(text);
     for e in parse_errors {
         let span = e.span().unwrap_or(0..0);
@@ -313,11 +249,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         retention: root.table("retention").map(read_retention),
         ..Default::default()
     };
-    cfg.repositories = root
-        .named_tables("repositories")
-        .into_iter()
-        .map(|(n, t)| (n, read_repository(t)))
-        .collect();
+    cfg.repositories = root.named_tables("repositories").into_iter().map(|(n, t)| (n, read_repository(t))).collect();
     let mut copy_spans = BTreeMap::new();
     for (name, t) in root.named_tables("files") {
         let (set, span) = read_fileset(t);
@@ -338,11 +270,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     root.finish();
     let mut errors = cx.errors.into_inner();
     errors.sort_by_key(|e| (e.line, e.column));
-    if errors.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
 }
 
 fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
@@ -351,13 +279,7 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
     let s3 = t.table("s3").map(read_s3).unwrap_or_default();
     t.finish();
-    RepositoryConfig {
-        url,
-        password,
-        password_file,
-        compression_level,
-        s3,
-    }
+    RepositoryConfig { url, password, password_file, compression_level, s3 }
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {
@@ -365,9 +287,7 @@ fn read_s3(mut t: Table<'_, '_>) -> S3Config {
         endpoint: t.string("endpoint"),
         region: t.string("region"),
         access_key_id: t.string("access_key_id"),
-        secret_access_key: t
-            .secret_file("secret_access_key", "secret_access_key_file")
-            .0,
+        secret_access_key: t.secret_file("secret_access_key", "secret_access_key_file").0,
         allow_http: t.boolean("allow_http"),
         retry_timeout: t.duration("retry_timeout"),
     };
@@ -393,11 +313,7 @@ fn read_retention(mut t: Table<'_, '_>) -> RetentionConfig {
 fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
     let paths: Vec<PathBuf> = t.strings("paths").into_iter().map(PathBuf::from).collect();
     if paths.is_empty() && !t.used.contains("paths") {
-        t.cx.error(
-            t.span.clone(),
-            &t.key_path("paths"),
-            "missing; expected e.g. paths = [\"/srv/static\"]",
-        );
+        t.cx.error(t.span.clone(), &t.key_path("paths"), "missing; expected e.g. paths = [\"/srv/static\"]");
     }
     let cfg = FileSetConfig {
         paths,
@@ -409,12 +325,8 @@ fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
-    let copy_span = t
-        .entries
-        .iter()
-        .find(|(k, _, _)| k == "copy_to")
-        .map(|(_, _, v)| v.span())
-        .unwrap_or(t.span.clone());
+    let copy_span =
+        t.entries.iter().find(|(k, _, _)| k == "copy_to").map(|(_, _, v)| v.span()).unwrap_or(t.span.clone());
     t.finish();
     (cfg, copy_span)
 }
@@ -424,10 +336,7 @@ pub fn duration_to_string(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-pub(crate) fn ser_opt_duration<S: Serializer>(
-    d: &Option<Duration>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_str(&duration_to_string(*d)),
         None => s.serialize_none(),

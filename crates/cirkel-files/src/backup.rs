@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use cirkel_repo::{
-    BlobKind, BlobWriter, Id, Node, NodeKind, Repository, Snapshot, SnapshotError, Tree,
-};
+use cirkel_repo::{BlobKind, BlobWriter, Id, Node, NodeKind, Repository, Snapshot, SnapshotError, Tree};
 use crossbeam::channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::{Excludes, KIND};
@@ -28,7 +26,38 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Stored with the snapshot; `None` means this machine's name.
     pub host: Option<String>,
+    /// How file content is cut into blobs.
+    pub chunking: Chunking,
+    /// Store the single path given as the snapshot's root tree, instead of
+    /// nesting it below its absolute path (a data directory restores in place).
+    pub root_is_path: bool,
+    /// Files that disappear during the backup are not errors (a database
+    /// dropping a table while its files are copied).
+    pub vanished_ok: bool,
+    /// Snapshot kind; `files` when empty.
+    pub kind: String,
 }
+
+/// How file content is cut into blobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Chunking {
+    /// Content-defined chunks (FastCDC), robust to insertions: general files.
+    #[default]
+    ContentDefined,
+    /// Fixed-size blocks at fixed offsets: files updated in place (database pages).
+    Fixed(u32),
+}
+
+/// What a source adds when the tree walk is done and before the snapshot is
+/// written: files for the root of the tree, and metadata.
+#[derive(Debug, Default)]
+pub struct Finish {
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    pub meta: serde_json::Value,
+}
+
+/// Called once the files are stored; its error aborts the backup.
+pub type FinishHook<'a> = &'a dyn Fn() -> anyhow::Result<Finish>;
 
 /// Progress callbacks; called from worker threads.
 pub trait Progress: Send + Sync {
@@ -59,6 +88,7 @@ impl std::error::Error for SourceError {}
 /// Why a file was not saved: its own fault (skip it, mark the snapshot
 /// incomplete) or the repository's (stop the backup).
 enum FileError {
+    Vanished,
     Source(String),
     Repo(cirkel_repo::Error),
 }
@@ -77,6 +107,7 @@ struct Ctx<'a> {
     jobs: Sender<FileJob>,
     errors: Vec<SnapshotError>,
     progress: &'a dyn Progress,
+    vanished_ok: bool,
     files: u64,
     dirs: u64,
     bytes: u64,
@@ -89,26 +120,36 @@ struct Trie {
     full: bool,
 }
 
-pub fn backup(
+pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &dyn Progress) -> anyhow::Result<BackupOutcome> {
+    backup_with(repo, opts, progress, None)
+}
+
+/// [`backup`], with a hook that runs after the files are stored and before
+/// the snapshot is written.
+pub fn backup_with(
     repo: &Repository,
     opts: &BackupOptions,
     progress: &dyn Progress,
+    finish: Option<FinishHook<'_>>,
 ) -> anyhow::Result<BackupOutcome> {
     let start = Instant::now();
+    let kind = if opts.kind.is_empty() { KIND.to_string() } else { opts.kind.clone() };
     let mut roots = Vec::new();
     for p in &opts.paths {
-        let abs = std::fs::canonicalize(p)
-            .map_err(|e| SourceError(format!("cannot back up {}: {e}", p.display())))?;
+        let abs = std::fs::canonicalize(p).map_err(|e| SourceError(format!("cannot back up {}: {e}", p.display())))?;
         roots.push(abs);
     }
     roots.sort();
     roots.dedup();
+    if opts.root_is_path && roots.len() != 1 {
+        anyhow::bail!("a backup stored as its own root takes exactly one path");
+    }
     let paths: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
     let host = opts.host.clone().unwrap_or_else(cirkel_repo_hostname);
 
     let _lock = repo.lock_shared("backup")?;
     let index = Arc::new(repo.load_index()?);
-    let parent = find_parent(repo, opts, &host, &paths)?;
+    let parent = find_parent(repo, opts, &kind, &host, &paths)?;
     let parent_tree = match &parent {
         Some((_, s)) => repo.load_tree(&index, &s.tree).ok(),
         None => None,
@@ -117,18 +158,18 @@ pub fn backup(
     let writer = Arc::new(BlobWriter::new(repo, index));
     let (job_tx, job_rx) = unbounded::<FileJob>();
     let threads = opts.threads.max(1);
-    let chunker = repo.config().chunker;
-    let seed = repo.crypto().chunker_seed();
+    let settings: ChunkSettings =
+        (opts.chunking, repo.config().chunker, repo.crypto().chunker_seed(), opts.vanished_ok);
     let progress_ref: &dyn Progress = progress;
     let files_read = AtomicU64::new(0);
     let files_read_ref = &files_read;
-    let (root, mut ctx) = std::thread::scope(|scope| {
+    let (root_nodes, mut ctx) = std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx: Receiver<FileJob> = job_rx.clone();
             let w = writer.clone();
             scope.spawn(move || {
                 for job in rx.iter() {
-                    let res = save_file(&w, &job, chunker, seed, progress_ref, files_read_ref);
+                    let res = save_file(&w, &job, settings, progress_ref, files_read_ref);
                     let _ = job.reply.send(res);
                 }
             });
@@ -140,6 +181,7 @@ pub fn backup(
             jobs: job_tx,
             errors: Vec::new(),
             progress,
+            vanished_ok: opts.vanished_ok,
             files: 0,
             dirs: 0,
             bytes: 0,
@@ -148,30 +190,54 @@ pub fn backup(
         for r in &roots {
             let mut node = &mut trie;
             for c in r.components().skip(1) {
-                node = node
-                    .children
-                    .entry(c.as_os_str().to_string_lossy().into_owned())
-                    .or_default();
+                node = node.children.entry(c.as_os_str().to_string_lossy().into_owned()).or_default();
             }
             node.full = true;
         }
-        let root = if trie.full {
-            save_dir(&mut ctx, Path::new("/"), parent_tree)
+        let nodes = if opts.root_is_path {
+            save_dir_nodes(&mut ctx, &roots[0], parent_tree)
+        } else if trie.full {
+            save_dir_nodes(&mut ctx, Path::new("/"), parent_tree)
         } else {
-            save_virtual(&mut ctx, Path::new("/"), &trie, parent_tree)
+            save_virtual_nodes(&mut ctx, Path::new("/"), &trie, parent_tree)
         };
         // Dropping the job sender ends the workers.
         let Ctx { jobs, .. } = &mut ctx;
         drop(std::mem::replace(jobs, unbounded().0));
-        (root, ctx)
+        (nodes, ctx)
     });
-    let root = root?;
+    let mut root_nodes = root_nodes?;
+    let mut meta = serde_json::Value::Null;
+    if let Some(hook) = finish {
+        let f = hook()?;
+        meta = f.meta;
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        for (name, content) in f.extra_files {
+            let id = writer.add(BlobKind::Data, &content)?;
+            root_nodes.retain(|n| n.name != name);
+            root_nodes.push(Node {
+                name,
+                kind: NodeKind::File,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                mtime_ns: now_ns,
+                ctime_ns: 0,
+                inode: 0,
+                size: content.len() as u64,
+                content: if content.is_empty() { vec![] } else { vec![id] },
+                subtree: None,
+                link_target: None,
+            });
+        }
+    }
+    let root = finish_tree(&mut ctx, root_nodes)?;
     let stats = writer.finish()?;
     ctx.errors.sort_by(|a, b| a.path.cmp(&b.path));
     let snapshot = Snapshot {
         time: chrono::Utc::now(),
         host,
-        kind: KIND.into(),
+        kind,
         paths,
         tags: opts.tags.clone(),
         tree: root,
@@ -186,7 +252,7 @@ pub fn backup(
         },
         incomplete: !ctx.errors.is_empty(),
         errors: std::mem::take(&mut ctx.errors),
-        meta: serde_json::Value::Null,
+        meta,
     };
     cirkel_repo::crash::point("backup-before-snapshot");
     let id = repo.save_snapshot(&snapshot)?;
@@ -202,6 +268,7 @@ fn cirkel_repo_hostname() -> String {
 fn find_parent(
     repo: &Repository,
     opts: &BackupOptions,
+    kind: &str,
     host: &str,
     paths: &[String],
 ) -> anyhow::Result<Option<(Id, Snapshot)>> {
@@ -211,11 +278,7 @@ fn find_parent(
     if let Some(id) = opts.parent {
         return Ok(Some((id, repo.load_snapshot(&id)?)));
     }
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.kind == KIND && s.host == host && s.paths == paths))
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| s.kind == kind && s.host == host && s.paths == paths))
 }
 
 fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
@@ -228,11 +291,7 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
-        size: if kind == NodeKind::File {
-            meta.len()
-        } else {
-            0
-        },
+        size: if kind == NodeKind::File { meta.len() } else { 0 },
         content: Vec::new(),
         subtree: None,
         link_target: None,
@@ -240,18 +299,16 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
 }
 
 fn name_of(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into())
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
 }
 
 /// A directory on the way to a backed-up path: only the listed children.
-fn save_virtual(
-    ctx: &mut Ctx<'_>,
-    path: &Path,
-    trie: &Trie,
-    parent: Option<Tree>,
-) -> anyhow::Result<Id> {
+fn save_virtual(ctx: &mut Ctx<'_>, path: &Path, trie: &Trie, parent: Option<Tree>) -> anyhow::Result<Id> {
+    let nodes = save_virtual_nodes(ctx, path, trie, parent)?;
+    finish_tree(ctx, nodes)
+}
+
+fn save_virtual_nodes(ctx: &mut Ctx<'_>, path: &Path, trie: &Trie, parent: Option<Tree>) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for (name, child) in &trie.children {
         let child_path = path.join(name);
@@ -269,7 +326,7 @@ fn save_virtual(
         node.subtree = Some(save_virtual(ctx, &child_path, child, sub_parent)?);
         nodes.push(node);
     }
-    finish_tree(ctx, nodes)
+    Ok(nodes)
 }
 
 fn parent_subtree(ctx: &Ctx<'_>, node: Option<&Node>) -> Option<Tree> {
@@ -289,11 +346,7 @@ enum Pending {
 }
 
 /// One entry given on the command line (or found in a directory).
-fn save_entry(
-    ctx: &mut Ctx<'_>,
-    path: &Path,
-    parent: Option<Node>,
-) -> anyhow::Result<Option<Node>> {
+fn save_entry(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Node>> {
     match prepare(ctx, path, parent)? {
         None => Ok(None),
         Some(Pending::Ready(n)) => Ok(Some(n)),
@@ -301,44 +354,32 @@ fn save_entry(
     }
 }
 
-fn collect(
-    ctx: &mut Ctx<'_>,
-    rx: Receiver<Result<Node, FileError>>,
-    path: &Path,
-) -> anyhow::Result<Option<Node>> {
+fn collect(ctx: &mut Ctx<'_>, rx: Receiver<Result<Node, FileError>>, path: &Path) -> anyhow::Result<Option<Node>> {
     match rx.recv() {
         Ok(Ok(n)) => {
             ctx.files += 1;
             ctx.bytes += n.size;
             Ok(Some(n))
         }
+        Ok(Err(FileError::Vanished)) => Ok(None),
         Ok(Err(FileError::Source(msg))) => {
             record_error(ctx, path, msg);
             Ok(None)
         }
         Ok(Err(FileError::Repo(e))) => Err(e.into()),
-        Err(_) => Err(anyhow::anyhow!(
-            "backup worker stopped while saving {}",
-            path.display()
-        )),
+        Err(_) => Err(anyhow::anyhow!("backup worker stopped while saving {}", path.display())),
     }
 }
 
 fn record_error(ctx: &mut Ctx<'_>, path: &Path, message: String) {
     ctx.progress.error(path, &message);
-    ctx.errors.push(SnapshotError {
-        path: path.display().to_string(),
-        message,
-    });
+    ctx.errors.push(SnapshotError { path: path.display().to_string(), message });
 }
 
-fn prepare(
-    ctx: &mut Ctx<'_>,
-    path: &Path,
-    parent: Option<Node>,
-) -> anyhow::Result<Option<Pending>> {
+fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Pending>> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
+        Err(e) if ctx.vanished_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             record_error(ctx, path, format!("stat: {e}"));
             return Ok(None);
@@ -350,12 +391,7 @@ fn prepare(
         let (tx, rx) = bounded(1);
         let parent = parent.filter(|p| p.kind == NodeKind::File);
         ctx.jobs
-            .send(FileJob {
-                path: path.to_path_buf(),
-                meta,
-                parent,
-                reply: tx,
-            })
+            .send(FileJob { path: path.to_path_buf(), meta, parent, reply: tx })
             .map_err(|_| anyhow::anyhow!("backup workers stopped"))?;
         Ok(Some(Pending::File(rx, path.to_path_buf())))
     } else if ft.is_dir() {
@@ -381,6 +417,11 @@ fn prepare(
 }
 
 fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Result<Id> {
+    let nodes = save_dir_nodes(ctx, path, parent)?;
+    finish_tree(ctx, nodes)
+}
+
+fn save_dir_nodes(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Result<Vec<Node>> {
     ctx.dirs += 1;
     let mut names: Vec<_> = match std::fs::read_dir(path) {
         Ok(rd) => {
@@ -393,6 +434,7 @@ fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Res
             }
             v
         }
+        Err(e) if ctx.vanished_ok && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
             record_error(ctx, path, format!("read directory: {e}"));
             Vec::new()
@@ -408,10 +450,7 @@ fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Res
         if ctx.excludes.dir_has_marker(&child) && child.is_dir() {
             continue;
         }
-        let parent_node = parent
-            .as_ref()
-            .and_then(|t| t.find(&name.to_string_lossy()))
-            .cloned();
+        let parent_node = parent.as_ref().and_then(|t| t.find(&name.to_string_lossy())).cloned();
         if let Some(p) = prepare(ctx, &child, parent_node)? {
             pending.push(p);
         }
@@ -423,7 +462,7 @@ fn save_dir(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyhow::Res
             Pending::File(rx, path) => nodes.extend(collect(ctx, rx, &path)?),
         }
     }
-    finish_tree(ctx, nodes)
+    Ok(nodes)
 }
 
 fn unchanged(parent: &Node, meta: &Metadata) -> bool {
@@ -433,15 +472,23 @@ fn unchanged(parent: &Node, meta: &Metadata) -> bool {
         && parent.inode == meta.ino()
 }
 
+/// Chunking, CDC parameters, CDC seed, and whether vanished files are fine.
+type ChunkSettings = (Chunking, cirkel_repo::ChunkerParams, u64, bool);
+
 fn save_file(
     writer: &BlobWriter,
     job: &FileJob,
-    chunker: cirkel_repo::ChunkerParams,
-    seed: u64,
+    (chunking, chunker, seed, vanished_ok): ChunkSettings,
     progress: &dyn Progress,
     files_read: &AtomicU64,
 ) -> Result<Node, FileError> {
-    let src = |what: &str, e: std::io::Error| FileError::Source(format!("{what}: {e}"));
+    let src = |what: &str, e: std::io::Error| {
+        if vanished_ok && e.kind() == std::io::ErrorKind::NotFound {
+            FileError::Vanished
+        } else {
+            FileError::Source(format!("{what}: {e}"))
+        }
+    };
     let mut node = node_from_meta(name_of(&job.path), &job.meta, NodeKind::File);
     if let Some(p) = &job.parent
         && unchanged(p, &job.meta)
@@ -454,13 +501,25 @@ fn save_file(
     let mut file = File::open(&job.path).map_err(|e| src("open", e))?;
     files_read.fetch_add(1, Ordering::Relaxed);
     let mut size = 0u64;
-    if job.meta.len() < chunker.min as u64 {
+    if let Chunking::Fixed(block) = chunking {
+        let mut buf = vec![0u8; block as usize];
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(|e| src("read", e))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            node.content.push(writer.add(BlobKind::Data, &buf[..n]).map_err(FileError::Repo)?);
+            if n < buf.len() {
+                break;
+            }
+        }
+    } else if job.meta.len() < chunker.min as u64 {
         let mut buf = Vec::with_capacity(job.meta.len() as usize);
         file.read_to_end(&mut buf).map_err(|e| src("read", e))?;
         size = buf.len() as u64;
         if !buf.is_empty() {
-            node.content
-                .push(writer.add(BlobKind::Data, &buf).map_err(FileError::Repo)?);
+            node.content.push(writer.add(BlobKind::Data, &buf).map_err(FileError::Repo)?);
         }
     } else {
         let cdc = fastcdc::v2020::StreamCDC::with_level_and_seed(
@@ -474,15 +533,25 @@ fn save_file(
         for chunk in cdc {
             let chunk = chunk.map_err(|e| FileError::Source(format!("read: {e}")))?;
             size += chunk.data.len() as u64;
-            node.content.push(
-                writer
-                    .add(BlobKind::Data, &chunk.data)
-                    .map_err(FileError::Repo)?,
-            );
+            node.content.push(writer.add(BlobKind::Data, &chunk.data).map_err(FileError::Repo)?);
         }
     }
     // Record what was read, not what stat said before reading.
     node.size = size;
     progress.file_done(&job.path, size, true);
     Ok(node)
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

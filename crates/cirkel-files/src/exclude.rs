@@ -38,11 +38,7 @@ impl Excludes {
             }
         }
         let build = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>, String> {
-            if n == 0 {
-                Ok(None)
-            } else {
-                b.build().map(Some).map_err(|e| e.to_string())
-            }
+            if n == 0 { Ok(None) } else { b.build().map(Some).map_err(|e| e.to_string()) }
         };
         Ok(Excludes {
             names: build(names, n_names)?,
@@ -54,14 +50,8 @@ impl Excludes {
 
     /// Reads patterns from a file, one per line; `#` starts a comment.
     pub fn read_pattern_file(path: &Path) -> Result<Vec<String>, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("read exclude file {}: {e}", path.display()))?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect())
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read exclude file {}: {e}", path.display()))?;
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -79,9 +69,7 @@ impl Excludes {
 
     /// Whether a directory carries a marker that excludes it.
     pub fn dir_has_marker(&self, dir: &Path) -> bool {
-        self.if_present
-            .iter()
-            .any(|m| dir.join(m).symlink_metadata().is_ok())
+        self.if_present.iter().any(|m| dir.join(m).symlink_metadata().is_ok())
     }
 }
 
@@ -91,16 +79,8 @@ mod tests {
 
     #[test]
     fn names_and_paths() {
-        let ex = Excludes::new(
-            &[
-                "node_modules".into(),
-                "*.tmp".into(),
-                "/srv/cache/**".into(),
-                "venv/".into(),
-            ],
-            &[],
-        )
-        .unwrap();
+        let ex = Excludes::new(&["node_modules".into(), "*.tmp".into(), "/srv/cache/**".into(), "venv/".into()], &[])
+            .unwrap();
         assert!(ex.is_excluded(Path::new("/a/b/node_modules")));
         assert!(ex.is_excluded(Path::new("/a/x.tmp")));
         assert!(ex.is_excluded(Path::new("/srv/cache/a/b")));

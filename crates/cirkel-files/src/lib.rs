@@ -10,7 +10,9 @@ mod backup;
 mod exclude;
 mod restore;
 
-pub use backup::{BackupOptions, BackupOutcome, Progress, SourceError, backup};
+pub use backup::{
+    BackupOptions, BackupOutcome, Chunking, Finish, FinishHook, Progress, SourceError, backup, backup_with,
+};
 pub use exclude::Excludes;
 pub use restore::{RestoreOptions, RestoreReport, restore};
 

@@ -79,17 +79,12 @@ pub fn restore(
                 }
             });
         }
-        let mut stack: Vec<(String, PathBuf, Id)> =
-            vec![(String::new(), target.clone(), snapshot.tree)];
+        let mut stack: Vec<(String, PathBuf, Id)> = vec![(String::new(), target.clone(), snapshot.tree)];
         while let Some((rel, dir, tree_id)) = stack.pop() {
             let tree = match repo.load_tree(&index, &tree_id) {
                 Ok(t) => t,
                 Err(e) => {
-                    push_err(
-                        &errors,
-                        if rel.is_empty() { "/" } else { &rel },
-                        format!("{e}"),
-                    );
+                    push_err(&errors, if rel.is_empty() { "/" } else { &rel }, format!("{e}"));
                     continue;
                 }
             };
@@ -97,11 +92,7 @@ pub fn restore(
             for node in tree.nodes {
                 let child_rel = format!("{rel}/{}", node.name);
                 if !Node::name_is_safe(&node.name) || !seen.insert(node.name.clone()) {
-                    push_err(
-                        &errors,
-                        &child_rel,
-                        format!("refused unsafe or duplicate name {:?}", node.name),
-                    );
+                    push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
                     continue;
                 }
                 let path = dir.join(&node.name);
@@ -117,11 +108,7 @@ pub fn restore(
                         Err(e) => push_err(&errors, &child_rel, e),
                     },
                     NodeKind::File => {
-                        let _ = tx.send(FileTask {
-                            rel: child_rel,
-                            path,
-                            node,
-                        });
+                        let _ = tx.send(FileTask { rel: child_rel, path, node });
                     }
                     NodeKind::Symlink => match restore_symlink(&path, &node, is_root) {
                         Ok(()) => report.symlinks += 1,
@@ -136,15 +123,7 @@ pub fn restore(
     // not disturb their mtimes and read-only directories can be filled.
     for (path, node) in dirs_meta.iter().rev() {
         if let Err(e) = apply_meta(path, node, is_root) {
-            push_err(
-                &errors,
-                &path
-                    .strip_prefix(&target)
-                    .unwrap_or(path)
-                    .display()
-                    .to_string(),
-                e,
-            );
+            push_err(&errors, &path.strip_prefix(&target).unwrap_or(path).display().to_string(), e);
         }
     }
     report.files = files.load(Ordering::Relaxed);
@@ -205,33 +184,23 @@ fn restore_file(
         on_bytes(data.len() as u64);
     }
     if written != task.node.size {
-        return Err(format!(
-            "restored {written} bytes, the snapshot records {}",
-            task.node.size
-        ));
+        return Err(format!("restored {written} bytes, the snapshot records {}", task.node.size));
     }
     if is_root {
-        std::os::unix::fs::fchown(&f, Some(task.node.uid), Some(task.node.gid))
-            .map_err(|e| format!("chown: {e}"))?;
+        std::os::unix::fs::fchown(&f, Some(task.node.uid), Some(task.node.gid)).map_err(|e| format!("chown: {e}"))?;
     }
-    f.set_permissions(std::fs::Permissions::from_mode(task.node.mode))
-        .map_err(|e| format!("chmod: {e}"))?;
+    f.set_permissions(std::fs::Permissions::from_mode(task.node.mode)).map_err(|e| format!("chmod: {e}"))?;
     let mtime = ns_to_filetime(task.node.mtime_ns);
-    filetime::set_file_handle_times(&f, Some(mtime), Some(mtime))
-        .map_err(|e| format!("set mtime: {e}"))?;
+    filetime::set_file_handle_times(&f, Some(mtime), Some(mtime)).map_err(|e| format!("set mtime: {e}"))?;
     Ok(written)
 }
 
 fn restore_symlink(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
-    let target = node
-        .link_target
-        .as_deref()
-        .ok_or("symlink without a target")?;
+    let target = node.link_target.as_deref().ok_or("symlink without a target")?;
     clear_way(path)?;
     std::os::unix::fs::symlink(target, path).map_err(|e| format!("create symlink: {e}"))?;
     if is_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-            .map_err(|e| format!("chown: {e}"))?;
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| format!("chown: {e}"))?;
     }
     let mtime = ns_to_filetime(node.mtime_ns);
     filetime::set_symlink_file_times(path, mtime, mtime).map_err(|e| format!("set mtime: {e}"))
@@ -239,18 +208,13 @@ fn restore_symlink(path: &Path, node: &Node, is_root: bool) -> Result<(), String
 
 fn apply_meta(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
     if is_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-            .map_err(|e| format!("chown: {e}"))?;
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| format!("chown: {e}"))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
-        .map_err(|e| format!("chmod: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)).map_err(|e| format!("chmod: {e}"))?;
     let mtime = ns_to_filetime(node.mtime_ns);
     filetime::set_file_times(path, mtime, mtime).map_err(|e| format!("set mtime: {e}"))
 }
 
 fn ns_to_filetime(ns: i64) -> FileTime {
-    FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000),
-        ns.rem_euclid(1_000_000_000) as u32,
-    )
+    FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
 }

@@ -41,36 +41,20 @@ pub(crate) struct EncodedBlob {
 
 pub(crate) fn encode(crypto: &Crypto, id: &Id, plain: &[u8], level: i32) -> EncodedBlob {
     let compressed = if level > 0 && plain.len() > 64 {
-        zstd::bulk::compress(plain, level)
-            .ok()
-            .filter(|c| c.len() + 8 < plain.len())
+        zstd::bulk::compress(plain, level).ok().filter(|c| c.len() + 8 < plain.len())
     } else {
         None
     };
     let is_compressed = compressed.is_some();
     let body = compressed.as_deref().unwrap_or(plain);
-    EncodedBlob {
-        stored: crypto.seal(body, &id.0),
-        raw_length: plain.len() as u32,
-        compressed: is_compressed,
-    }
+    EncodedBlob { stored: crypto.seal(body, &id.0), raw_length: plain.len() as u32, compressed: is_compressed }
 }
 
 /// Opens, decompresses and checks a stored blob against its id.
-pub(crate) fn decode(
-    crypto: &Crypto,
-    id: &Id,
-    stored: &[u8],
-    raw_length: u32,
-    compressed: bool,
-) -> Result<Vec<u8>> {
-    let body = crypto.open(stored, &id.0).ok_or_else(|| {
-        Error::corrupt(
-            "blob",
-            id,
-            "authentication failed (data was altered or damaged)",
-        )
-    })?;
+pub(crate) fn decode(crypto: &Crypto, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
+    let body = crypto
+        .open(stored, &id.0)
+        .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
     let plain = if compressed {
         zstd::bulk::decompress(&body, raw_length as usize)
             .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?

@@ -22,37 +22,21 @@ pub struct CopyReport {
     pub stats: WriterStats,
 }
 
-pub fn copy(
-    src: &Repository,
-    dst: &Repository,
-    which: &[Id],
-    progress: &dyn Fn(u64, u64),
-) -> Result<CopyReport> {
-    if src.crypto.master_key().map(|k| k.fingerprint())
-        != dst.crypto.master_key().map(|k| k.fingerprint())
+pub fn copy(src: &Repository, dst: &Repository, which: &[Id], progress: &dyn Fn(u64, u64)) -> Result<CopyReport> {
+    if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
         || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
     {
-        return Err(Error::KeysDiffer {
-            src: src.location(),
-            dst: dst.location(),
-        });
+        return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
     }
     let _lock = dst.lock_shared("copy")?;
     let src_index = src.load_index()?;
     let dst_index = Arc::new(dst.load_index()?);
-    let present: std::collections::HashSet<Id> = dst
-        .list_ids("snapshots")?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let present: std::collections::HashSet<Id> = dst.list_ids("snapshots")?.into_iter().map(|(id, _)| id).collect();
     let mut report = CopyReport::default();
     let snaps: Vec<(Id, crate::Snapshot)> = if which.is_empty() {
         src.snapshots()?
     } else {
-        which
-            .iter()
-            .map(|id| Ok((*id, src.load_snapshot(id)?)))
-            .collect::<Result<_>>()?
+        which.iter().map(|id| Ok((*id, src.load_snapshot(id)?))).collect::<Result<_>>()?
     };
     let writer = BlobWriter::with_options(dst, dst_index.clone(), true);
     let mut todo = Vec::new();
@@ -62,21 +46,15 @@ pub fn copy(
             report.already_present.push(id);
             continue;
         }
-        let mut need: Vec<Id> = reachable(src, &src_index, [snap.tree])?
-            .into_iter()
-            .filter(|b| !dst_index.contains(b))
-            .collect();
+        let mut need: Vec<Id> =
+            reachable(src, &src_index, [snap.tree])?.into_iter().filter(|b| !dst_index.contains(b)).collect();
         need.sort();
         blobs.extend(need);
         todo.push(id);
     }
     blobs.sort();
     blobs.dedup();
-    let total: u64 = blobs
-        .iter()
-        .filter_map(|b| src_index.get(b))
-        .map(|l| l.length as u64)
-        .sum();
+    let total: u64 = blobs.iter().filter_map(|b| src_index.get(b)).map(|l| l.length as u64).sum();
     let mut done = 0u64;
     for b in &blobs {
         let (stored, loc) = src.read_blob_raw(&src_index, b)?;
@@ -90,11 +68,7 @@ pub fn copy(
     for id in todo {
         let stored = src.block_on(src.backend.read(&format!("snapshots/{id}")))?;
         if Id::of(&stored) != id {
-            return Err(Error::corrupt(
-                "snapshot",
-                id,
-                "content does not match its name",
-            ));
+            return Err(Error::corrupt("snapshot", id, "content does not match its name"));
         }
         dst.block_on(dst.backend.create(&format!("snapshots/{id}"), stored))?;
         report.copied.push(id);

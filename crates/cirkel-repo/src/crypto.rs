@@ -38,10 +38,7 @@ impl fmt::Debug for MasterKey {
 
 impl MasterKey {
     pub fn generate() -> Self {
-        MasterKey {
-            enc: rand::random(),
-            mac: rand::random(),
-        }
+        MasterKey { enc: rand::random(), mac: rand::random() }
     }
 
     fn to_bytes(&self) -> [u8; 64] {
@@ -55,13 +52,18 @@ impl MasterKey {
         if b.len() != 64 {
             return None;
         }
-        let mut k = MasterKey {
-            enc: [0; 32],
-            mac: [0; 32],
-        };
+        let mut k = MasterKey { enc: [0; 32], mac: [0; 32] };
         k.enc.copy_from_slice(&b[..32]);
         k.mac.copy_from_slice(&b[32..]);
         Some(k)
+    }
+
+    pub(crate) fn to_cache_bytes(&self) -> Vec<u8> {
+        self.to_bytes().to_vec()
+    }
+
+    pub(crate) fn from_cache_bytes(b: &[u8]) -> Option<Self> {
+        Self::from_bytes(b)
     }
 
     /// A stable, non-secret fingerprint: equal for repositories that share a
@@ -85,11 +87,7 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams {
-            m_cost: 64 * 1024,
-            t_cost: 2,
-            p_cost: 1,
-        }
+        KdfParams { m_cost: 64 * 1024, t_cost: 2, p_cost: 1 }
     }
 }
 
@@ -140,10 +138,7 @@ impl KeyFile {
     /// Unwraps the master key; `None` when the password does not open it.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         if self.kdf != "argon2id" {
-            return Err(Error::Unsupported(format!(
-                "key derivation function {}",
-                self.kdf
-            )));
+            return Err(Error::Unsupported(format!("key derivation function {}", self.kdf)));
         }
         let kek = derive_kek(password, &self.salt, self.params)?;
         match open_with(&kek, &self.wrapped, b"cirkel key") {
@@ -159,9 +154,7 @@ impl KeyFile {
 
 fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8], aad: &[u8]) -> Vec<u8> {
     let nonce: [u8; NONCE_LEN] = rand::random();
-    let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
-        .unwrap_or_default();
+    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad }).unwrap_or_default();
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -173,9 +166,7 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Ve
         return None;
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
 }
 
 /// What a repository seals and hashes with: a master key, or nothing (for
@@ -183,13 +174,8 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Ve
 /// with a keyed hash whose key is stored in the clear).
 #[derive(Clone)]
 pub enum Crypto {
-    Encrypted {
-        key: MasterKey,
-        cipher: XChaCha20Poly1305,
-    },
-    Plain {
-        mac: [u8; 32],
-    },
+    Encrypted { key: MasterKey, cipher: XChaCha20Poly1305 },
+    Plain { mac: [u8; 32] },
 }
 
 impl fmt::Debug for Crypto {
@@ -253,11 +239,7 @@ impl Crypto {
     }
 
     pub fn overhead(&self) -> usize {
-        if self.is_encrypted() {
-            SEAL_OVERHEAD
-        } else {
-            0
-        }
+        if self.is_encrypted() { SEAL_OVERHEAD } else { 0 }
     }
 }
 
@@ -290,11 +272,7 @@ mod tests {
     use super::*;
 
     fn fast() -> KdfParams {
-        KdfParams {
-            m_cost: 256,
-            t_cost: 1,
-            p_cost: 1,
-        }
+        KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 }
     }
 
     #[test]

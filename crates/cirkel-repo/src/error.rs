@@ -25,11 +25,7 @@ pub enum Error {
     PasswordRequired,
     /// An object failed authentication, its hash, or its format.
     #[error("corrupt {kind} {name}: {detail}")]
-    Corrupt {
-        kind: &'static str,
-        name: String,
-        detail: String,
-    },
+    Corrupt { kind: &'static str, name: String, detail: String },
     /// A blob that a snapshot references is in no index.
     #[error("blob {0} is missing from the repository")]
     MissingBlob(String),
@@ -45,12 +41,12 @@ pub enum Error {
     /// Two repositories that must share a master key do not.
     #[error("{src} and {dst} do not share a master key")]
     KeysDiffer { src: String, dst: String },
+    /// A stream name already holds different content.
+    #[error("{0} already exists with different content; refusing to overwrite it")]
+    StreamConflict(String),
     /// An earlier failure, replayed (for example to every thread of a writer).
     #[error("{message}")]
-    Failed {
-        message: String,
-        hint: Option<String>,
-    },
+    Failed { message: String, hint: Option<String> },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -59,18 +55,11 @@ pub enum Error {
 impl Error {
     /// A copy that keeps the message and the hint.
     pub fn replay(&self) -> Error {
-        Error::Failed {
-            message: self.to_string(),
-            hint: self.hint(),
-        }
+        Error::Failed { message: self.to_string(), hint: self.hint() }
     }
 
     pub(crate) fn corrupt(kind: &'static str, name: impl ToString, detail: impl ToString) -> Self {
-        Error::Corrupt {
-            kind,
-            name: name.to_string(),
-            detail: detail.to_string(),
-        }
+        Error::Corrupt { kind, name: name.to_string(), detail: detail.to_string() }
     }
 
     /// A sentence telling the user what to do next.
@@ -99,6 +88,9 @@ impl Error {
                 "create the destination with `cirkel repo init --repo DEST --copy-keys-from SOURCE`, then copy again".into()
             }
             Error::Failed { hint, .. } => return hint.clone(),
+            Error::StreamConflict(_) => {
+                "two sources are writing to one repository under the same name; give each its own repository or cluster".into()
+            }
             Error::Other(_) => return None,
         })
     }

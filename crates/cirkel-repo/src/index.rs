@@ -22,12 +22,7 @@ pub struct PackRecord {
 }
 
 pub(crate) fn encode(packs: &[PackRecord]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        8 + packs
-            .iter()
-            .map(|p| 44 + p.blobs.len() * ENTRY_LEN)
-            .sum::<usize>(),
-    );
+    let mut out = Vec::with_capacity(8 + packs.iter().map(|p| 44 + p.blobs.len() * ENTRY_LEN).sum::<usize>());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
@@ -47,9 +42,7 @@ pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
         return Err(bad());
     }
     let u32_at = |i: usize| -> Result<u32> {
-        b.get(i..i + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-            .ok_or_else(bad)
+        b.get(i..i + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok_or_else(bad)
     };
     let npacks = u32_at(4)? as usize;
     let mut pos = 8;
@@ -58,12 +51,7 @@ pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
         let idb = b.get(pos..pos + 32).ok_or_else(bad)?;
         let mut id = [0u8; 32];
         id.copy_from_slice(idb);
-        let size = u64::from_le_bytes(
-            b.get(pos + 32..pos + 40)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        );
+        let size = u64::from_le_bytes(b.get(pos + 32..pos + 40).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
         let nblobs = u32_at(pos + 40)? as usize;
         pos += 44;
         let mut blobs = Vec::with_capacity(nblobs.min(1 << 20));
@@ -71,11 +59,7 @@ pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
             blobs.push(read_entry(b.get(pos..pos + ENTRY_LEN).ok_or_else(bad)?).ok_or_else(bad)?);
             pos += ENTRY_LEN;
         }
-        out.push(PackRecord {
-            id: Id(id),
-            size,
-            blobs,
-        });
+        out.push(PackRecord { id: Id(id), size, blobs });
     }
     Ok(out)
 }
@@ -142,9 +126,7 @@ impl Index {
     /// Whether a blob's chosen location is this entry in this pack (the
     /// other copies of a duplicated blob are garbage to prune).
     pub fn is_primary(&self, pack: &Id, entry: &BlobEntry) -> bool {
-        self.blobs
-            .get(&entry.id)
-            .is_some_and(|l| l.pack == *pack && l.offset == entry.offset)
+        self.blobs.get(&entry.id).is_some_and(|l| l.pack == *pack && l.offset == entry.offset)
     }
 }
 

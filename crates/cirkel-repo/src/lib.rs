@@ -26,6 +26,7 @@ pub mod pack;
 mod repository;
 pub mod retention;
 pub mod snapshot;
+pub mod stream;
 pub mod tree;
 mod writer;
 

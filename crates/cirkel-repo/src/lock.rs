@@ -38,10 +38,7 @@ impl LockInfo {
         if self.host == hostname() && !pid_alive(self.pid) {
             return false;
         }
-        now.signed_duration_since(self.time)
-            .to_std()
-            .map(|age| age < STALE_AFTER)
-            .unwrap_or(true)
+        now.signed_duration_since(self.time).to_std().map(|age| age < STALE_AFTER).unwrap_or(true)
     }
 }
 
@@ -127,12 +124,7 @@ impl Repository {
     fn guard(&self, key: String, operation: &str, exclusive: bool) -> LockGuard {
         let key = Arc::new(std::sync::Mutex::new(key));
         let stop = Arc::new(AtomicBool::new(false));
-        let (repo, k, s, op) = (
-            self.clone(),
-            key.clone(),
-            stop.clone(),
-            operation.to_string(),
-        );
+        let (repo, k, s, op) = (self.clone(), key.clone(), stop.clone(), operation.to_string());
         let refresher = std::thread::spawn(move || {
             loop {
                 std::thread::park_timeout(REFRESH_EVERY);
@@ -147,28 +139,17 @@ impl Repository {
                 }
             }
         });
-        LockGuard {
-            repo: self.clone(),
-            key,
-            stop,
-            refresher: Some(refresher),
-        }
+        LockGuard { repo: self.clone(), key, stop, refresher: Some(refresher) }
     }
 
     /// Takes a shared (writer) lock. Fails when an exclusive lock is live.
     pub fn lock_shared(&self, operation: &str) -> Result<LockGuard> {
         let key = self.write_lock(operation, false)?;
         let now = Utc::now();
-        let conflict = self
-            .locks()?
-            .into_iter()
-            .find(|(k, l)| *k != key && l.exclusive && l.is_live(now));
+        let conflict = self.locks()?.into_iter().find(|(k, l)| *k != key && l.exclusive && l.is_live(now));
         if let Some((_, l)) = conflict {
             let _ = self.block_on(self.backend.delete(&key));
-            return Err(Error::Locked(format!(
-                "{} by pid {} on {} since {}",
-                l.operation, l.pid, l.host, l.time
-            )));
+            return Err(Error::Locked(format!("{} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time)));
         }
         Ok(self.guard(key, operation, false))
     }
@@ -185,10 +166,7 @@ impl Repository {
             }
             if l.exclusive {
                 let _ = self.block_on(self.backend.delete(&key));
-                return Err(Error::Locked(format!(
-                    "{} by pid {} on {} since {}",
-                    l.operation, l.pid, l.host, l.time
-                )));
+                return Err(Error::Locked(format!("{} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time)));
             }
             writers.push(l);
         }

@@ -71,24 +71,10 @@ impl PackBuilder {
         self.data.len()
     }
 
-    pub(crate) fn push(
-        &mut self,
-        id: Id,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_length: u32,
-        compressed: bool,
-    ) {
+    pub(crate) fn push(&mut self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(stored);
-        self.entries.push(BlobEntry {
-            id,
-            kind,
-            offset,
-            length: stored.len() as u32,
-            raw_length,
-            compressed,
-        });
+        self.entries.push(BlobEntry { id, kind, offset, length: stored.len() as u32, raw_length, compressed });
     }
 
     /// Appends the header and returns the pack's bytes, id and entries.
@@ -99,8 +85,7 @@ impl PackBuilder {
         }
         let sealed = crypto.seal(&header, HEADER_AAD);
         self.data.extend_from_slice(&sealed);
-        self.data
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         (Id::of(&self.data), self.data, self.entries)
     }
 }
@@ -117,9 +102,8 @@ pub fn parse_header(crypto: &Crypto, pack_id: &Id, pack: &[u8]) -> Result<Vec<Bl
         return Err(bad("header length out of range"));
     }
     let header_start = n - 4 - hlen;
-    let header = crypto
-        .open(&pack[header_start..n - 4], HEADER_AAD)
-        .ok_or_else(|| bad("header authentication failed"))?;
+    let header =
+        crypto.open(&pack[header_start..n - 4], HEADER_AAD).ok_or_else(|| bad("header authentication failed"))?;
     if header.len() % ENTRY_LEN != 0 {
         return Err(bad("header has a partial entry"));
     }

@@ -33,12 +33,7 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions {
-            policy: Policy::default(),
-            only_tag: None,
-            dry_run: false,
-            max_unused: 0.2,
-        }
+        PruneOptions { policy: Policy::default(), only_tag: None, dry_run: false, max_unused: 0.2 }
     }
 }
 
@@ -56,11 +51,7 @@ pub struct PruneReport {
 }
 
 /// Every blob reachable from the given trees (the trees themselves included).
-pub fn reachable(
-    repo: &Repository,
-    index: &Index,
-    roots: impl IntoIterator<Item = Id>,
-) -> Result<HashSet<Id>> {
+pub fn reachable(repo: &Repository, index: &Index, roots: impl IntoIterator<Item = Id>) -> Result<HashSet<Id>> {
     let mut seen = HashSet::new();
     let mut stack: Vec<Id> = roots.into_iter().collect();
     while let Some(tree_id) = stack.pop() {
@@ -80,26 +71,13 @@ pub fn reachable(
 
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let (_guard, writers) = repo.lock_exclusive("prune")?;
-    let mut report = PruneReport {
-        dry_run: opts.dry_run,
-        ..Default::default()
-    };
+    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
 
     let snapshots = repo.snapshots()?;
     if !opts.policy.is_empty() {
-        report.decisions = retention::apply(
-            &opts.policy,
-            &snapshots,
-            chrono::Utc::now(),
-            opts.only_tag.as_deref(),
-        );
+        report.decisions = retention::apply(&opts.policy, &snapshots, chrono::Utc::now(), opts.only_tag.as_deref());
     }
-    let forget: HashSet<Id> = report
-        .decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.id)
-        .collect();
+    let forget: HashSet<Id> = report.decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
     if !opts.dry_run {
         for id in &forget {
             repo.delete_snapshot(id)?;
@@ -117,14 +95,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
 
     let index = repo.load_index()?;
-    let kept_roots = snapshots
-        .iter()
-        .filter(|(id, _)| !forget.contains(id))
-        .map(|(_, s)| s.tree);
+    let kept_roots = snapshots.iter().filter(|(id, _)| !forget.contains(id)).map(|(_, s)| s.tree);
     let used = reachable(repo, &index, kept_roots).map_err(|e| {
-        Error::Other(format!(
-            "prune stopped before deleting anything: a kept snapshot cannot be read ({e})"
-        ))
+        Error::Other(format!("prune stopped before deleting anything: a kept snapshot cannot be read ({e})"))
     })?;
 
     // Classify packs by how much of them is still used.
@@ -148,20 +121,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     let indexed: HashSet<Id> = index.packs().map(|p| p.id).collect();
-    let orphans: Vec<(Id, u64)> = list_packs(repo)?
-        .into_iter()
-        .filter(|(id, _)| !indexed.contains(id))
-        .collect();
+    let orphans: Vec<(Id, u64)> = list_packs(repo)?.into_iter().filter(|(id, _)| !indexed.contains(id)).collect();
 
     report.packs_removed = to_delete.len() + to_repack.len();
     report.packs_repacked = to_repack.len();
     report.orphan_packs_removed = orphans.len();
-    report.bytes_freed = to_delete
-        .iter()
-        .chain(&to_repack)
-        .map(|p| p.size)
-        .sum::<u64>()
-        + orphans.iter().map(|(_, s)| s).sum::<u64>();
+    report.bytes_freed =
+        to_delete.iter().chain(&to_repack).map(|p| p.size).sum::<u64>() + orphans.iter().map(|(_, s)| s).sum::<u64>();
     if opts.dry_run {
         return Ok(report);
     }
@@ -176,9 +142,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 if used.contains(&b.id) && index.is_primary(&pack.id, b) {
                     let stored = bytes
                         .get(b.offset as usize..(b.offset + b.length) as usize)
-                        .ok_or_else(|| {
-                            Error::corrupt("pack", pack.id, "shorter than its index says")
-                        })?;
+                        .ok_or_else(|| Error::corrupt("pack", pack.id, "shorter than its index says"))?;
                     // Check before moving: never copy damage into a new pack.
                     repo.decode_blob(&b.id, stored, b.raw_length, b.compressed)?;
                     writer.add_raw(b.id, b.kind, stored, b.raw_length, b.compressed)?;
@@ -187,12 +151,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         writer.finish()?;
         crate::crash::point("prune-after-repack");
-        new_files = repo
-            .list_ids("index")?
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| !index.files.contains(id))
-            .collect();
+        new_files =
+            repo.list_ids("index")?.into_iter().map(|(id, _)| id).filter(|id| !index.files.contains(id)).collect();
     }
     // (3) One index for the surviving old packs. (4) Old index files go.
     let consolidated = repo.save_index(&keep)?;

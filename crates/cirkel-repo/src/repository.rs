@@ -16,6 +16,7 @@ use crate::tree::Tree;
 use crate::{Error, Id, Result};
 
 pub(crate) const CONFIG_KEY: &str = "config";
+const KEY_CHECK: &[u8] = b"cirkel key check";
 const FORMAT_VERSION: u32 = 1;
 
 /// Content-defined chunking parameters, fixed at `repo init`.
@@ -28,11 +29,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min: 512 * 1024,
-            avg: 1024 * 1024,
-            max: 8 * 1024 * 1024,
-        }
+        ChunkerParams { min: 512 * 1024, avg: 1024 * 1024, max: 8 * 1024 * 1024 }
     }
 }
 
@@ -51,6 +48,10 @@ pub struct RepoConfig {
     /// Only for unencrypted repositories: the key of the blob-id hash.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex")]
     pub mac_key: Option<[u8; 32]>,
+    /// Keyed hash of a fixed string: tells whether a cached master key
+    /// belongs to this repository, without revealing anything about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<Id>,
 }
 
 mod opt_hex {
@@ -122,11 +123,7 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 impl Repository {
     /// Creates a repository at the backend's location.
-    pub fn init(
-        backend: Arc<dyn Backend>,
-        password: Option<&[u8]>,
-        opts: InitOptions,
-    ) -> Result<Self> {
+    pub fn init(backend: Arc<dyn Backend>, password: Option<&[u8]>, opts: InitOptions) -> Result<Self> {
         let rt = runtime()?;
         let location = backend.location();
         match rt.block_on(backend.read(CONFIG_KEY)) {
@@ -141,22 +138,13 @@ impl Repository {
             let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
             (Crypto::encrypted(key), Some(bytes))
         } else {
-            (
-                Crypto::Plain {
-                    mac: rand::random(),
-                },
-                None,
-            )
+            (Crypto::Plain { mac: rand::random() }, None)
         };
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: Utc::now(),
-            encryption: if opts.encrypt {
-                "xchacha20poly1305".into()
-            } else {
-                "none".into()
-            },
+            encryption: if opts.encrypt { "xchacha20poly1305".into() } else { "none".into() },
             compression_level: opts.compression_level,
             chunker: opts.chunker,
             pack_size: opts.pack_size,
@@ -164,6 +152,7 @@ impl Repository {
                 Crypto::Plain { mac } => Some(*mac),
                 Crypto::Encrypted { .. } => None,
             },
+            key_check: Some(crypto.blob_id(KEY_CHECK)),
         };
         // The key goes first: a crash before the config leaves no repository
         // (init can simply run again), never a repository without a key.
@@ -173,20 +162,14 @@ impl Repository {
             rt.block_on(backend.create(&name, Bytes::from(bytes)))?;
             key_name = Some(name);
         }
-        let config_bytes =
-            serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         if rt.block_on(backend.create(CONFIG_KEY, Bytes::from(config_bytes)))? == Created::Existed {
             if let Some(name) = key_name {
                 let _ = rt.block_on(backend.delete(&name));
             }
             return Err(Error::AlreadyInitialized(location));
         }
-        Ok(Repository {
-            backend,
-            rt,
-            config,
-            crypto,
-        })
+        Ok(Repository { backend, rt, config, crypto })
     }
 
     /// Opens an existing repository, trying the password on each key.
@@ -201,10 +184,7 @@ impl Repository {
         let config: RepoConfig = serde_json::from_slice(&raw)
             .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
         if config.version != FORMAT_VERSION {
-            return Err(Error::Unsupported(format!(
-                "format version {}",
-                config.version
-            )));
+            return Err(Error::Unsupported(format!("format version {}", config.version)));
         }
         let crypto = match (config.encryption.as_str(), config.mac_key) {
             ("none", Some(mac)) => Crypto::Plain { mac },
@@ -214,22 +194,50 @@ impl Repository {
             }
             (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
         };
-        Ok(Repository {
-            backend,
-            rt,
-            config,
-            crypto,
-        })
+        Ok(Repository { backend, rt, config, crypto })
+    }
+
+    /// Like [`Repository::open`], but remembers the unwrapped master key in
+    /// `cache_dir` (a 0600 file), so that frequent short commands such as
+    /// `wal-push` skip the deliberately slow passphrase derivation. The cache
+    /// holds what the passphrase file already grants; it is checked against
+    /// the repository before use and ignored when it does not match.
+    pub fn open_cached(
+        backend: Arc<dyn Backend>,
+        password: Option<&[u8]>,
+        cache_dir: &std::path::Path,
+    ) -> Result<Self> {
+        let rt = runtime()?;
+        let location = backend.location();
+        let raw = match rt.block_on(backend.read(CONFIG_KEY)) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::NotARepository(location)),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&raw)
+            .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
+        let cache_file = cache_dir.join(format!("{}.key", config.id));
+        if config.encryption == "xchacha20poly1305"
+            && let (Some(check), Ok(bytes)) = (config.key_check, std::fs::read(&cache_file))
+            && let Some(key) = MasterKey::from_cache_bytes(&bytes)
+        {
+            let crypto = Crypto::encrypted(key);
+            if crypto.blob_id(KEY_CHECK) == check {
+                return Ok(Repository { backend, rt, config, crypto });
+            }
+        }
+        drop(rt);
+        let repo = Self::open(backend, password)?;
+        if let (Some(key), Some(_)) = (repo.crypto.master_key(), repo.config.key_check) {
+            let _ = write_private(&cache_file, &key.to_cache_bytes());
+        }
+        Ok(repo)
     }
 
     fn find_key(rt: &Runtime, backend: &dyn Backend, password: &[u8]) -> Result<MasterKey> {
         let keys = rt.block_on(backend.list("keys/"))?;
         if keys.is_empty() {
-            return Err(Error::corrupt(
-                "repository",
-                backend.location(),
-                "it has no key objects",
-            ));
+            return Err(Error::corrupt("repository", backend.location(), "it has no key objects"));
         }
         for k in keys {
             let bytes = rt.block_on(backend.read(&k.key))?;
@@ -249,12 +257,10 @@ impl Repository {
 
     /// Adds a key object that opens this repository with another password.
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
-        let key = self
-            .crypto
-            .master_key()
-            .ok_or_else(|| Error::Other("an unencrypted repository has no keys".into()))?;
-        let bytes = serde_json::to_vec_pretty(&KeyFile::wrap(key, password, kdf)?)
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let key =
+            self.crypto.master_key().ok_or_else(|| Error::Other("an unencrypted repository has no keys".into()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&KeyFile::wrap(key, password, kdf)?).map_err(|e| Error::Other(e.to_string()))?;
         let name = format!("keys/{}", Id::of(&bytes));
         self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
         Ok(name)
@@ -293,26 +299,13 @@ impl Repository {
         body.extend_from_slice(&compressed);
         let stored = self.crypto.seal(&body, prefix.as_bytes());
         let id = Id::of(&stored);
-        self.block_on(
-            self.backend
-                .create(&format!("{prefix}/{id}"), Bytes::from(stored)),
-        )?;
+        self.block_on(self.backend.create(&format!("{prefix}/{id}"), Bytes::from(stored)))?;
         Ok(id)
     }
 
-    pub(crate) fn decode_object(
-        &self,
-        kind: &'static str,
-        prefix: &str,
-        id: &Id,
-        stored: &[u8],
-    ) -> Result<Vec<u8>> {
+    pub(crate) fn decode_object(&self, kind: &'static str, prefix: &str, id: &Id, stored: &[u8]) -> Result<Vec<u8>> {
         if Id::of(stored) != *id {
-            return Err(Error::corrupt(
-                kind,
-                id,
-                "content does not match its name (bit rot or tampering)",
-            ));
+            return Err(Error::corrupt(kind, id, "content does not match its name (bit rot or tampering)"));
         }
         let body = self
             .crypto
@@ -358,14 +351,13 @@ impl Repository {
         let ids = self.list_ids("index")?;
         let mut index = Index::default();
         let backend = self.backend.clone();
-        let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> =
-            self.block_on(async move {
-                let futs = ids.into_iter().map(|(id, _)| {
-                    let b = backend.clone();
-                    async move { (id, b.read(&format!("index/{id}")).await) }
-                });
-                futures::future::join_all(futs).await
+        let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> = self.block_on(async move {
+            let futs = ids.into_iter().map(|(id, _)| {
+                let b = backend.clone();
+                async move { (id, b.read(&format!("index/{id}")).await) }
             });
+            futures::future::join_all(futs).await
+        });
         for (id, res) in fetched {
             let stored = match res {
                 Ok(b) => b,
@@ -387,25 +379,17 @@ impl Repository {
 
     /// Reads a blob's stored (sealed) bytes.
     pub fn read_blob_raw(&self, index: &Index, id: &Id) -> Result<(Bytes, index::Location)> {
-        let loc = *index
-            .get(id)
-            .ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
+        let loc = *index.get(id).ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
-        let bytes = self
-            .block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range))
-            .map_err(|e| {
-                if e.is_not_found() {
-                    Error::MissingBlob(format!("{id} (its pack {} is missing)", loc.pack))
-                } else {
-                    e.into()
-                }
-            })?;
+        let bytes = self.block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range)).map_err(|e| {
+            if e.is_not_found() {
+                Error::MissingBlob(format!("{id} (its pack {} is missing)", loc.pack))
+            } else {
+                e.into()
+            }
+        })?;
         if bytes.len() != loc.length as usize {
-            return Err(Error::corrupt(
-                "pack",
-                loc.pack,
-                "shorter than its index says",
-            ));
+            return Err(Error::corrupt("pack", loc.pack, "shorter than its index says"));
         }
         Ok((bytes, loc))
     }
@@ -416,13 +400,7 @@ impl Repository {
         blob::decode(&self.crypto, id, &bytes, loc.raw_length, loc.compressed)
     }
 
-    pub(crate) fn decode_blob(
-        &self,
-        id: &Id,
-        stored: &[u8],
-        raw_length: u32,
-        compressed: bool,
-    ) -> Result<Vec<u8>> {
+    pub(crate) fn decode_blob(&self, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
         blob::decode(&self.crypto, id, stored, raw_length, compressed)
     }
 
@@ -470,10 +448,7 @@ impl Repository {
     /// Finds a snapshot by id, unique id prefix, or `latest` (optionally of a kind).
     pub fn find_snapshot(&self, spec: &str, kind: Option<&str>) -> Result<(Id, Snapshot)> {
         let all = self.snapshots()?;
-        let mut matching: Vec<_> = all
-            .into_iter()
-            .filter(|(_, s)| kind.is_none_or(|k| s.kind == k))
-            .collect();
+        let mut matching: Vec<_> = all.into_iter().filter(|(_, s)| kind.is_none_or(|k| s.kind == k)).collect();
         if spec == "latest" {
             return matching.pop().ok_or_else(|| {
                 Error::SnapshotLookup(format!(
@@ -483,25 +458,29 @@ impl Repository {
             });
         }
         let spec_lc = spec.to_ascii_lowercase();
-        let found: Vec<_> = matching
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec_lc))
-            .collect();
+        let found: Vec<_> = matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
         match found.len() {
-            1 => Ok(found
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::Other("unreachable".into()))?),
-            0 => Err(Error::SnapshotLookup(format!(
-                "no snapshot matches `{spec}`"
-            ))),
-            n => Err(Error::SnapshotLookup(format!(
-                "`{spec}` matches {n} snapshots; give more digits"
-            ))),
+            1 => Ok(found.into_iter().next().ok_or_else(|| Error::Other("unreachable".into()))?),
+            0 => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
+            n => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
         }
     }
 
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         Ok(self.block_on(self.backend.delete(&format!("snapshots/{id}")))?)
     }
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

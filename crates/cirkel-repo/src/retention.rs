@@ -103,11 +103,7 @@ pub fn apply(
     let mut out = Vec::new();
     for s in snapshots {
         if only_tag.is_some_and(|t| !s.1.tags.iter().any(|x| x == t)) {
-            out.push(Decision {
-                id: s.0,
-                keep: true,
-                reasons: vec!["not selected by --tag".into()],
-            });
+            out.push(Decision { id: s.0, keep: true, reasons: vec!["not selected by --tag".into()] });
             continue;
         }
         groups.entry(group_key(&s.1)).or_default().push(s);
@@ -121,9 +117,7 @@ pub fn apply(
             let w = t.iso_week();
             w.year() as i64 * 100 + w.week() as i64
         }),
-        ("monthly", policy.keep_monthly, |t| {
-            t.year() as i64 * 100 + t.month() as i64
-        }),
+        ("monthly", policy.keep_monthly, |t| t.year() as i64 * 100 + t.month() as i64),
         ("yearly", policy.keep_yearly, |t| t.year() as i64),
     ];
     for (_, mut group) in groups {
@@ -138,11 +132,7 @@ pub fn apply(
                     break;
                 }
                 // keep-last counts every snapshot; the others one per period.
-                let b = if name == "last" {
-                    i as i64
-                } else {
-                    bucket(&s.time)
-                };
+                let b = if name == "last" { i as i64 } else { bucket(&s.time) };
                 if last_bucket != Some(b) {
                     last_bucket = Some(b);
                     reasons[i].push(name.to_string());
@@ -152,10 +142,7 @@ pub fn apply(
         }
         for (i, (id, s)) in group.iter().map(|x| (x.0, &x.1)).enumerate() {
             if let Some(w) = policy.keep_within {
-                let age = now
-                    .signed_duration_since(s.time)
-                    .to_std()
-                    .unwrap_or_default();
+                let age = now.signed_duration_since(s.time).to_std().unwrap_or_default();
                 if age <= w {
                     reasons[i].push("within".into());
                 }
@@ -164,11 +151,7 @@ pub fn apply(
                 reasons[i].push("tag".into());
             }
             let r = std::mem::take(&mut reasons[i]);
-            out.push(Decision {
-                id,
-                keep: !r.is_empty(),
-                reasons: r,
-            });
+            out.push(Decision { id, keep: !r.is_empty(), reasons: r });
         }
     }
     out
@@ -200,16 +183,8 @@ mod tests {
     #[test]
     fn daily_keeps_newest_of_each_day() {
         let day = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap();
-        let snaps = vec![
-            snap(day(1, 1), &[]),
-            snap(day(1, 5), &[]),
-            snap(day(2, 3), &[]),
-            snap(day(3, 3), &[]),
-        ];
-        let p = Policy {
-            keep_daily: 2,
-            ..Default::default()
-        };
+        let snaps = vec![snap(day(1, 1), &[]), snap(day(1, 5), &[]), snap(day(2, 3), &[]), snap(day(3, 3), &[])];
+        let p = Policy { keep_daily: 2, ..Default::default() };
         let d = apply(&p, &snaps, day(4, 0), None);
         let kept: Vec<_> = d.iter().filter(|d| d.keep).map(|d| d.id).collect();
         assert_eq!(kept.len(), 2);
@@ -222,23 +197,12 @@ mod tests {
         let old = snap(now - chrono::Duration::days(10), &["pre-deploy"]);
         let young = snap(now - chrono::Duration::days(1), &[]);
         let other = snap(now - chrono::Duration::days(20), &["weekly"]);
-        let p = Policy {
-            keep_within: Some(Duration::from_secs(7 * 86400)),
-            ..Default::default()
-        };
-        let d = apply(
-            &p,
-            &[old.clone(), young.clone(), other.clone()],
-            now,
-            Some("pre-deploy"),
-        );
+        let p = Policy { keep_within: Some(Duration::from_secs(7 * 86400)), ..Default::default() };
+        let d = apply(&p, &[old.clone(), young.clone(), other.clone()], now, Some("pre-deploy"));
         let keep = |id: Id| d.iter().find(|x| x.id == id).unwrap().keep;
         assert!(!keep(old.0));
         assert!(keep(other.0), "not selected by tag: untouched");
-        let p = Policy {
-            keep_tags: vec!["pre-deploy".into()],
-            ..Default::default()
-        };
+        let p = Policy { keep_tags: vec!["pre-deploy".into()], ..Default::default() };
         let d = apply(&p, std::slice::from_ref(&old), now, None);
         assert!(d[0].keep);
     }
@@ -246,12 +210,6 @@ mod tests {
     #[test]
     fn empty_policy_is_detected() {
         assert!(Policy::default().is_empty());
-        assert!(
-            !Policy {
-                keep_last: 1,
-                ..Default::default()
-            }
-            .is_empty()
-        );
+        assert!(!Policy { keep_last: 1, ..Default::default() }.is_empty());
     }
 }

@@ -50,11 +50,7 @@ impl Node {
     /// A name is safe to join onto a restore target: a single, non-empty
     /// path component that is neither `.` nor `..`.
     pub fn name_is_safe(name: &str) -> bool {
-        !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.contains('/')
-            && !name.contains('\0')
+        !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
     }
 }
 
@@ -74,10 +70,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &str) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 }
 

@@ -28,6 +28,8 @@ pub struct VerifyReport {
     pub packs: usize,
     pub blobs: usize,
     pub bytes_read: u64,
+    /// Named streams read and checked (with read_data).
+    pub streams: usize,
     /// Problems found, one sentence each.
     pub errors: Vec<String>,
     /// Notes that need no action (packs left by an interrupted backup).
@@ -67,15 +69,9 @@ pub fn walk(
     }
 }
 
-pub fn verify(
-    repo: &Repository,
-    opts: &VerifyOptions,
-    progress: &dyn Fn(u64, u64),
-) -> Result<VerifyReport> {
+pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let index = repo
-        .load_index()
-        .map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
+    let index = repo.load_index().map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
     let stored: HashMap<Id, u64> = list_packs(repo)?.into_iter().collect();
     report.packs = stored.len();
     report.blobs = index.blob_count();
@@ -84,17 +80,11 @@ pub fn verify(
     for pack in index.packs() {
         match stored.get(&pack.id) {
             None => {
-                report.errors.push(format!(
-                    "pack {} is listed in the index but missing",
-                    pack.id
-                ));
+                report.errors.push(format!("pack {} is listed in the index but missing", pack.id));
                 bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
             }
             Some(&size) if size != pack.size => {
-                report.errors.push(format!(
-                    "pack {} has {size} bytes, the index says {}",
-                    pack.id, pack.size
-                ));
+                report.errors.push(format!("pack {} has {size} bytes, the index says {}", pack.id, pack.size));
                 bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
             }
             _ => {}
@@ -108,11 +98,7 @@ pub fn verify(
     }
 
     if opts.read_data {
-        let total: u64 = index
-            .packs()
-            .filter(|p| stored.contains_key(&p.id))
-            .map(|p| p.size)
-            .sum();
+        let total: u64 = index.packs().filter(|p| stored.contains_key(&p.id)).map(|p| p.size).sum();
         let mut done = 0u64;
         for pack in index.packs() {
             if !stored.contains_key(&pack.id) {
@@ -130,10 +116,7 @@ pub fn verify(
             done += pack.size;
             progress(done, total);
             if Id::of(&bytes) != pack.id {
-                report.errors.push(format!(
-                    "pack {}: content does not match its name (damaged)",
-                    pack.id
-                ));
+                report.errors.push(format!("pack {}: content does not match its name (damaged)", pack.id));
             }
             if let Err(e) = parse_header(&repo.crypto, &pack.id, &bytes) {
                 report.errors.push(e.to_string());
@@ -149,14 +132,18 @@ pub fn verify(
                         bad_blobs.insert(b.id);
                     }
                     None => {
-                        report
-                            .errors
-                            .push(format!("pack {}: blob {} lies past its end", pack.id, b.id));
+                        report.errors.push(format!("pack {}: blob {} lies past its end", pack.id, b.id));
                         bad_blobs.insert(b.id);
                     }
                 }
             }
         }
+    }
+
+    if opts.read_data {
+        let (n, bad) = repo.check_streams()?;
+        report.streams = n;
+        report.errors.extend(bad);
     }
 
     // Every snapshot: readable, every tree readable, every blob indexed and undamaged.
@@ -167,10 +154,7 @@ pub fn verify(
             Ok(s) => s,
             Err(e) => {
                 report.errors.push(format!("snapshot {id}: {e}"));
-                report.damaged.push(Damage {
-                    snapshot: id,
-                    paths: vec!["(whole snapshot)".into()],
-                });
+                report.damaged.push(Damage { snapshot: id, paths: vec!["(whole snapshot)".into()] });
                 continue;
             }
         };
@@ -178,11 +162,7 @@ pub fn verify(
         let mut errors = Vec::new();
         let bad_tree = |tid: &Id| bad_blobs.contains(tid) || !index.contains(tid);
         if bad_tree(&snap.tree) {
-            errors.push(format!(
-                "snapshot {}: root tree {} is missing or damaged",
-                id.short(),
-                snap.tree.short()
-            ));
+            errors.push(format!("snapshot {}: root tree {} is missing or damaged", id.short(), snap.tree.short()));
             paths.borrow_mut().push("/".to_string());
         } else {
             walk(
@@ -190,21 +170,14 @@ pub fn verify(
                 &index,
                 snap.tree,
                 &mut |path, node| {
-                    let damaged = node
-                        .content
-                        .iter()
-                        .any(|b| bad_blobs.contains(b) || !index.contains(b))
+                    let damaged = node.content.iter().any(|b| bad_blobs.contains(b) || !index.contains(b))
                         || node.subtree.is_some_and(|t| bad_tree(&t));
                     if damaged {
                         paths.borrow_mut().push(path.to_string());
                     }
                 },
                 &mut |path, tid, e| {
-                    errors.push(format!(
-                        "snapshot {}: tree {} at {path}: {e}",
-                        id.short(),
-                        tid.short()
-                    ));
+                    errors.push(format!("snapshot {}: tree {} at {path}: {e}", id.short(), tid.short()));
                     paths.borrow_mut().push(path.to_string());
                 },
             );
@@ -214,10 +187,7 @@ pub fn verify(
         if !paths.is_empty() {
             paths.sort();
             paths.dedup();
-            report.damaged.push(Damage {
-                snapshot: id,
-                paths,
-            });
+            report.damaged.push(Damage { snapshot: id, paths });
         }
     }
     Ok(report)

@@ -113,12 +113,7 @@ impl BlobWriter {
 
     /// Whether the blob is already stored (or being stored by this writer).
     pub fn has(&self, id: &Id) -> bool {
-        self.index.contains(id)
-            || self
-                .state
-                .lock()
-                .map(|s| s.seen.contains(id))
-                .unwrap_or(false)
+        self.index.contains(id) || self.state.lock().map(|s| s.seen.contains(id)).unwrap_or(false)
     }
 
     /// Stores a blob unless the repository already has it; returns its id.
@@ -127,26 +122,14 @@ impl BlobWriter {
         if !self.reserve(&id)? {
             return Ok(id);
         }
-        let enc = blob::encode(
-            &self.shared.repo.crypto,
-            &id,
-            plain,
-            self.shared.repo.config.compression_level,
-        );
+        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.shared.repo.config.compression_level);
         self.push(id, kind, &enc.stored, enc.raw_length, enc.compressed)?;
         Ok(id)
     }
 
     /// Stores an already sealed blob verbatim (for copies between
     /// repositories that share a master key). Returns false if it was present.
-    pub fn add_raw(
-        &self,
-        id: Id,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_length: u32,
-        compressed: bool,
-    ) -> Result<bool> {
+    pub fn add_raw(&self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) -> Result<bool> {
         if !self.reserve(&id)? {
             return Ok(false);
         }
@@ -164,14 +147,7 @@ impl BlobWriter {
         Ok(true)
     }
 
-    fn push(
-        &self,
-        id: Id,
-        kind: BlobKind,
-        stored: &[u8],
-        raw_length: u32,
-        compressed: bool,
-    ) -> Result<()> {
+    fn push(&self, id: Id, kind: BlobKind, stored: &[u8], raw_length: u32, compressed: bool) -> Result<()> {
         let full = {
             let mut st = self.state.lock().map_err(poisoned)?;
             st.stats.blobs_new += 1;
@@ -262,20 +238,12 @@ fn upload(shared: &Shared, pack: PackBuilder) -> Result<()> {
     if shared.verify_uploads {
         let back = repo.read_pack(&id)?;
         if Id::of(&back) != id {
-            return Err(Error::corrupt(
-                "pack",
-                id,
-                "read back after upload with different content",
-            ));
+            return Err(Error::corrupt("pack", id, "read back after upload with different content"));
         }
     }
     crate::crash::point("after-pack");
     shared.packs.fetch_add(1, Ordering::Relaxed);
-    shared.pending.lock().map_err(poisoned)?.push(PackRecord {
-        id,
-        size,
-        blobs: entries,
-    });
+    shared.pending.lock().map_err(poisoned)?.push(PackRecord { id, size, blobs: entries });
     flush_index(shared, PACKS_PER_INDEX)
 }
 

@@ -9,41 +9,20 @@ use cirkel_testkit::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
 
 async fn suite(b: Arc<dyn Backend>) {
     // create-if-absent
-    assert_eq!(
-        b.create("data/ab/obj1", Bytes::from_static(b"hello"))
-            .await
-            .unwrap(),
-        Created::New
-    );
-    assert_eq!(
-        b.create("data/ab/obj1", Bytes::from_static(b"other"))
-            .await
-            .unwrap(),
-        Created::Existed
-    );
-    assert_eq!(
-        &b.read("data/ab/obj1").await.unwrap()[..],
-        b"hello",
-        "an existing object is never overwritten"
-    );
+    assert_eq!(b.create("data/ab/obj1", Bytes::from_static(b"hello")).await.unwrap(), Created::New);
+    assert_eq!(b.create("data/ab/obj1", Bytes::from_static(b"other")).await.unwrap(), Created::Existed);
+    assert_eq!(&b.read("data/ab/obj1").await.unwrap()[..], b"hello", "an existing object is never overwritten");
 
     // ranged reads
-    assert_eq!(
-        &b.read_range("data/ab/obj1", 1..4).await.unwrap()[..],
-        b"ell"
-    );
+    assert_eq!(&b.read_range("data/ab/obj1", 1..4).await.unwrap()[..], b"ell");
 
     // not found is its own error
     let e = b.read("data/ab/missing").await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
 
     // listing by prefix, with sizes, sorted, nothing from other prefixes
-    b.create("data/cd/obj2", Bytes::from_static(b"12345678"))
-        .await
-        .unwrap();
-    b.create("index/i1", Bytes::from_static(b"i"))
-        .await
-        .unwrap();
+    b.create("data/cd/obj2", Bytes::from_static(b"12345678")).await.unwrap();
+    b.create("index/i1", Bytes::from_static(b"i")).await.unwrap();
     let listed = b.list("data/").await.unwrap();
     let keys: Vec<_> = listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
     assert_eq!(keys, vec![("data/ab/obj1", 5), ("data/cd/obj2", 8)]);
@@ -67,17 +46,12 @@ async fn suite(b: Arc<dyn Backend>) {
 
     // larger objects round-trip byte for byte
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    b.create("data/ee/big", Bytes::from(big.clone()))
-        .await
-        .unwrap();
+    b.create("data/ee/big", Bytes::from(big.clone())).await.unwrap();
     assert_eq!(b.read("data/ee/big").await.unwrap().as_ref(), &big[..]);
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
 
 #[test]
@@ -97,9 +71,7 @@ fn s3_backend_conforms() {
         allow_http: Some(true),
         retry_timeout: Some(std::time::Duration::from_secs(5)),
     };
-    rt().block_on(suite(Arc::new(
-        S3Backend::new(&server.bucket, "conformance", &opts).unwrap(),
-    )));
+    rt().block_on(suite(Arc::new(S3Backend::new(&server.bucket, "conformance", &opts).unwrap())));
 }
 
 #[test]
@@ -115,13 +87,7 @@ fn s3_backend_unreachable_is_a_clear_error() {
     };
     let b = S3Backend::new("bucket", "", &opts).unwrap();
     let e = rt().block_on(b.read("config")).unwrap_err();
-    assert!(
-        matches!(e, cirkel_repo::BackendError::Unavailable { .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, cirkel_repo::BackendError::Unavailable { .. }), "{e:?}");
     assert!(e.to_string().contains("storage unavailable"), "{e}");
-    assert!(
-        !format!("{opts:?}").contains("\"s\""),
-        "secret must not appear in Debug"
-    );
+    assert!(!format!("{opts:?}").contains("\"s\""), "secret must not appear in Debug");
 }

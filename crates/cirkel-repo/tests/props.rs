@@ -8,28 +8,17 @@ use cirkel_repo::index::Index;
 use cirkel_repo::prune::{PruneOptions, prune};
 use cirkel_repo::retention::Policy;
 use cirkel_repo::verify::{VerifyOptions, verify};
-use cirkel_repo::{
-    BlobKind, BlobWriter, Id, InitOptions, Node, NodeKind, Repository, Snapshot, Tree,
-};
+use cirkel_repo::{BlobKind, BlobWriter, Id, InitOptions, Node, NodeKind, Repository, Snapshot, Tree};
 use proptest::prelude::*;
 
 fn new_repo(dir: &std::path::Path, encrypt: bool) -> Repository {
     let opts = InitOptions {
         encrypt,
         pack_size: 64 * 1024,
-        kdf: KdfParams {
-            m_cost: 256,
-            t_cost: 1,
-            p_cost: 1,
-        },
+        kdf: KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 },
         ..Default::default()
     };
-    Repository::init(
-        Arc::new(LocalBackend::new(dir.join("repo"))),
-        Some(b"pw"),
-        opts,
-    )
-    .unwrap()
+    Repository::init(Arc::new(LocalBackend::new(dir.join("repo"))), Some(b"pw"), opts).unwrap()
 }
 
 fn blob_strategy() -> impl Strategy<Value = Vec<u8>> {

@@ -4,6 +4,8 @@
 //! A service that cannot be started makes the test fail with a message that
 //! names the missing package: tests never skip silently.
 
+pub mod pg;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -57,12 +59,7 @@ impl Service {
         let f2 = f.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Service {
-            name: name.into(),
-            child: Some(child),
-            log,
-            dir,
-        }
+        Service { name: name.into(), child: Some(child), log, dir }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -86,12 +83,7 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!(
-                "---- {} log ({}) ----\n{}",
-                self.name,
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), self.log_text());
         }
     }
 }
@@ -118,11 +110,7 @@ impl S3Server {
             "moto_server did not listen on {port}:\n{}",
             service.log_text()
         );
-        let server = S3Server {
-            service,
-            port,
-            bucket: "cirkel-test".into(),
-        };
+        let server = S3Server { service, port, bucket: "cirkel-test".into() };
         server.create_bucket(&server.bucket.clone());
         server
     }
@@ -156,19 +144,13 @@ impl S3Server {
                 self.port
             );
             let mut resp = String::new();
-            if s.write_all(req.as_bytes()).is_ok()
-                && s.read_to_string(&mut resp).is_ok()
-                && resp.contains(" 200 ")
-            {
+            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut resp).is_ok() && resp.contains(" 200 ") {
                 return;
             }
             last = resp;
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "create bucket {bucket}: {last}\n{}",
-            self.service.log_text()
-        );
+        panic!("create bucket {bucket}: {last}\n{}", self.service.log_text());
     }
 
     pub fn stop(&mut self) {

@@ -7,12 +7,7 @@ use clap::{Args, Parser, Subcommand};
 /// Disaster recovery for self-hosted PostgreSQL, Redis and files: encrypted,
 /// deduplicated backups on local disk or S3, restores, and copies to a second region.
 #[derive(Debug, Parser)]
-#[command(
-    name = "cirkel",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "cirkel", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -59,6 +54,131 @@ pub enum Command {
     Restore(RestoreCmd),
     /// List the snapshots in the repository.
     Snapshots(SnapshotsArgs),
+    /// PostgreSQL: base backups, WAL streaming, point-in-time restore.
+    #[command(subcommand)]
+    Pg(PgCmd),
+    /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
+    WalPush(WalPushArgs),
+    /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
+    WalFetch(WalFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file (PostgreSQL's %p, relative to the data directory).
+    pub path: PathBuf,
+    /// Data directory of the cluster (default: the current directory, then PGDATA).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file name PostgreSQL asks for (%f).
+    pub name: String,
+    /// Where to write it (%p).
+    pub dest: PathBuf,
+    /// Data directory of the cluster (default: the current directory, then PGDATA).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PgCmd {
+    /// Take a base backup (from the primary or a standby).
+    Backup(PgBackupArgs),
+    /// List base backups.
+    Backups,
+    /// Show each cluster's recoverable window (earliest → latest restore point).
+    Info,
+    /// Check WAL continuity: name every missing segment and broken timeline.
+    Check,
+    /// Restore a base backup and set up recovery to a target.
+    Restore(PgRestoreArgs),
+    /// Stream WAL continuously through a replication slot (runs until stopped).
+    StreamWal(StreamWalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgConnArgs {
+    /// libpq connection string (default: PGHOST, PGPORT, PGUSER, PGDATABASE).
+    #[arg(long, value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+    /// The cluster's data directory (default: the server's data_directory).
+    #[arg(long, value_name = "DIR", env = "PGDATA")]
+    pub pgdata: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackupType {
+    /// Read every file.
+    Full,
+    /// Skip files unchanged since the previous backup (by size, times and inode).
+    Incr,
+}
+
+#[derive(Debug, Args)]
+pub struct PgBackupArgs {
+    #[command(flatten)]
+    pub conn: PgConnArgs,
+    #[arg(long = "type", value_enum, default_value = "incr")]
+    pub backup_type: BackupType,
+    /// Label for the backup (and a tag: `--label pre-deploy`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Tag the backup (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["target_time", "target_lsn", "target_xid", "target_name", "latest", "immediate"])))]
+pub struct PgRestoreArgs {
+    /// New data directory (must be empty or absent).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Recover to this time (RFC 3339, e.g. 2026-11-26T08:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Recover to this LSN (e.g. 0/3000060).
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Replay all WAL there is (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub immediate: bool,
+    /// Use this backup instead of choosing one.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Only explain which backup and WAL range would be used.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamWalArgs {
+    #[command(flatten)]
+    pub conn: PgConnArgs,
+    /// Replication slot (created if missing).
+    #[arg(long, default_value = "cirkel")]
+    pub slot: String,
+    /// Local spool directory for pg_receivewal.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// How often the growing segment is uploaded.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Stop after this long (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

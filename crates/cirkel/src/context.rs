@@ -26,30 +26,23 @@ pub fn load_config(global: &Global) -> anyhow::Result<Config> {
 /// A repository to open: where it is, how to reach it, its passphrase.
 pub struct RepoTarget {
     pub location: String,
+    /// The passphrase file, when the passphrase came from one.
+    pub password_file: Option<PathBuf>,
     pub backend_opts: BackendOptions,
     pub password: Option<String>,
     pub compression_level: Option<i32>,
 }
 
 fn s3_options(rc: Option<&RepositoryConfig>) -> S3Options {
-    let env_timeout = std::env::var("CIRKEL_S3_RETRY_TIMEOUT")
-        .ok()
-        .and_then(|s| humantime::parse_duration(&s).ok());
+    let env_timeout = std::env::var("CIRKEL_S3_RETRY_TIMEOUT").ok().and_then(|s| humantime::parse_duration(&s).ok());
     let Some(rc) = rc else {
-        return S3Options {
-            retry_timeout: env_timeout,
-            ..Default::default()
-        };
+        return S3Options { retry_timeout: env_timeout, ..Default::default() };
     };
     S3Options {
         endpoint: rc.s3.endpoint.clone(),
         region: rc.s3.region.clone(),
         access_key_id: rc.s3.access_key_id.clone(),
-        secret_access_key: rc
-            .s3
-            .secret_access_key
-            .as_ref()
-            .map(|s| s.expose().to_string()),
+        secret_access_key: rc.s3.secret_access_key.as_ref().map(|s| s.expose().to_string()),
         allow_http: rc.s3.allow_http,
         retry_timeout: rc.s3.retry_timeout.or(env_timeout),
     }
@@ -67,11 +60,7 @@ fn read_password_file(path: &Path) -> anyhow::Result<String> {
 
 /// Resolves a repository spec (flag value, or None for the configured
 /// default) with an explicit password file (or None for the defaults).
-pub fn resolve(
-    cfg: &Config,
-    spec: Option<&str>,
-    password_file: Option<&Path>,
-) -> anyhow::Result<RepoTarget> {
+pub fn resolve(cfg: &Config, spec: Option<&str>, password_file: Option<&Path>) -> anyhow::Result<RepoTarget> {
     let (location, rc) = match spec {
         Some(s) => match cfg.repositories.get(s) {
             Some(rc) => (rc.url.clone(), Some(rc)),
@@ -90,16 +79,19 @@ pub fn resolve(
             }
         },
     };
+    let mut used_file = None;
     let password = if let Some(f) = password_file {
+        used_file = Some(std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf()));
         Some(read_password_file(f)?)
     } else if let Ok(p) = std::env::var("CIRKEL_PASSWORD") {
         Some(p)
     } else {
-        rc.and_then(|rc| rc.password.as_ref())
-            .map(|s| s.expose().to_string())
+        used_file = rc.and_then(|rc| rc.password_file.clone());
+        rc.and_then(|rc| rc.password.as_ref()).map(|s| s.expose().to_string())
     };
     Ok(RepoTarget {
         location,
+        password_file: used_file,
         backend_opts: BackendOptions { s3: s3_options(rc) },
         password,
         compression_level: rc.and_then(|rc| rc.compression_level),
@@ -109,6 +101,16 @@ pub fn resolve(
 impl RepoTarget {
     pub fn backend(&self) -> anyhow::Result<std::sync::Arc<dyn Backend>> {
         Ok(backend::open(&self.location, &self.backend_opts)?)
+    }
+
+    /// Opens with the master-key cache (see `Repository::open_cached`), for
+    /// commands PostgreSQL runs once per WAL file.
+    pub fn open_cached(&self) -> anyhow::Result<Repository> {
+        match cache_dir() {
+            Some(dir) => Repository::open_cached(self.backend()?, self.password.as_deref().map(str::as_bytes), &dir)
+                .with_context(|| format!("open repository {}", self.location)),
+            None => self.open(),
+        }
     }
 
     pub fn open(&self) -> anyhow::Result<Repository> {
@@ -123,7 +125,16 @@ pub fn main_repo(global: &Global, cfg: &Config) -> anyhow::Result<RepoTarget> {
 }
 
 pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Where cirkel keeps per-user caches: CIRKEL_CACHE_DIR, else ~/.cache/cirkel.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CIRKEL_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let home = std::env::var_os("HOME")?;
+    let dir = PathBuf::from(home).join(".cache/cirkel");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
 }

@@ -24,10 +24,7 @@ impl fmt::Display for UserError {
 impl std::error::Error for UserError {}
 
 pub fn user_error(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UserError {
-        message: message.into(),
-        hint: Some(hint.into()),
-    })
+    anyhow::Error::new(UserError { message: message.into(), hint: Some(hint.into()) })
 }
 
 /// What is shown when a command fails.
@@ -49,22 +46,15 @@ impl From<&anyhow::Error> for Failure {
                 hint = b.hint();
             } else if cause.downcast_ref::<cirkel_files::SourceError>().is_some() {
                 hint = Some("check the path exists and is readable by this user".into());
-            } else if cause
-                .downcast_ref::<cirkel_config::ConfigErrors>()
-                .is_some()
-            {
-                hint =
-                    Some("fix the lines above; `cirkel config check` lists every problem".into());
+            } else if cause.downcast_ref::<cirkel_config::ConfigErrors>().is_some() {
+                hint = Some("fix the lines above; `cirkel config check` lists every problem".into());
             }
             if hint.is_some() {
                 break;
             }
         }
         // anyhow's alternate form joins the context chain: "open repo: wrong passphrase".
-        Failure {
-            error: format!("{e:#}"),
-            hint,
-        }
+        Failure { error: format!("{e:#}"), hint }
     }
 }
 
@@ -97,11 +87,8 @@ pub fn init_logging(global: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CIRKEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// A byte-counting progress bar on stderr, hidden for --json, -q and non-terminals.
@@ -111,11 +98,9 @@ pub fn bytes_bar(global: &Global, total: u64, what: &str) -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -129,10 +114,8 @@ pub fn spinner(global: &Global, what: &str) -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} {pos} files, {bytes} ({bytes_per_sec}) {elapsed}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {msg} {pos} files, {bytes} ({bytes_per_sec}) {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));

@@ -48,14 +48,9 @@ x = 1
     }
     assert!(err.contains("7 problems"), "{err}");
 
-    let v: serde_json::Value = serde_json::from_str(&stdout(&env.run(&[
-        "--json",
-        "--config",
-        cfg.to_str().unwrap(),
-        "config",
-        "check",
-    ])))
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["--json", "--config", cfg.to_str().unwrap(), "config", "check"])))
+            .unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["errors"].as_array().unwrap().len(), 7);
 
@@ -107,30 +102,15 @@ copy_to = ["dr"]
     let ok = env.ok(&["--config", cfg.to_str().unwrap(), "config", "check"]);
     assert!(ok.contains("configuration OK"), "{ok}");
     let shown = env.ok(&["--config", cfg.to_str().unwrap(), "config", "show"]);
-    assert!(
-        !shown.contains("SUPERSECRETVALUE") && !shown.contains("correct horse"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("<redacted>") && shown.contains("keep_within = \"7days\""),
-        "{shown}"
-    );
-    let json = env.ok(&[
-        "--json",
-        "--config",
-        cfg.to_str().unwrap(),
-        "config",
-        "show",
-    ]);
+    assert!(!shown.contains("SUPERSECRETVALUE") && !shown.contains("correct horse"), "{shown}");
+    assert!(shown.contains("<redacted>") && shown.contains("keep_within = \"7days\""), "{shown}");
+    let json = env.ok(&["--json", "--config", cfg.to_str().unwrap(), "config", "show"]);
     assert!(!json.contains("SUPERSECRETVALUE"));
 
     // A literal secret in the file is refused.
     std::fs::write(&cfg, "[repository]\nurl = \"/x\"\npassword = \"hunter2\"\n").unwrap();
     let err = stderr(&env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]));
-    assert!(
-        err.contains("secrets are not written in the configuration") && !err.contains("hunter2"),
-        "{err}"
-    );
+    assert!(err.contains("secrets are not written in the configuration") && !err.contains("hunter2"), "{err}");
 }
 
 #[test]
@@ -150,9 +130,7 @@ fn configured_repository_and_file_set_drive_the_commands() {
     .unwrap();
     let run = |args: &[&str]| {
         let mut c = env.cmd(args);
-        c.env_remove("CIRKEL_REPO")
-            .env_remove("CIRKEL_PASSWORD_FILE")
-            .env("CIRKEL_CONFIG", &cfg);
+        c.env_remove("CIRKEL_REPO").env_remove("CIRKEL_PASSWORD_FILE").env("CIRKEL_CONFIG", &cfg);
         c.output().unwrap()
     };
     assert!(run(&["repo", "init"]).status.success());
@@ -161,18 +139,10 @@ fn configured_repository_and_file_set_drive_the_commands() {
     let list: serde_json::Value =
         serde_json::from_str(&stdout(&run(&["--json", "snapshots", "--tag", "static"]))).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
-    let pruned: serde_json::Value =
-        serde_json::from_str(&stdout(&run(&["--json", "repo", "prune"]))).unwrap();
-    assert_eq!(
-        pruned["snapshots_removed"], 1,
-        "[retention] applies when no flags are given: {pruned}"
-    );
+    let pruned: serde_json::Value = serde_json::from_str(&stdout(&run(&["--json", "repo", "prune"]))).unwrap();
+    assert_eq!(pruned["snapshots_removed"], 1, "[retention] applies when no flags are given: {pruned}");
     let out = env.path("out");
-    assert!(
-        run(&["restore", "files", "latest", "--to", out.to_str().unwrap()])
-            .status
-            .success()
-    );
+    assert!(run(&["restore", "files", "latest", "--to", out.to_str().unwrap()]).status.success());
     assert!(!restored(&out, &src).join("bin").exists());
     assert!(restored(&out, &src).join("docs/readme.txt").exists());
     let out = run(&["backup", "files", "--set", "nope"]);
@@ -183,23 +153,11 @@ fn configured_repository_and_file_set_drive_the_commands() {
 fn help_explains_and_every_command_has_json() {
     let env = Env::new();
     let help = env.ok(&["--help"]);
-    for cmd in [
-        "config",
-        "repo",
-        "backup",
-        "restore",
-        "snapshots",
-        "--json",
-        "--repo",
-        "--password-file",
-    ] {
+    for cmd in ["config", "repo", "backup", "restore", "snapshots", "--json", "--repo", "--password-file"] {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
     }
     let help = env.ok(&["repo", "prune", "--help"]);
-    assert!(
-        help.contains("--keep-daily") && help.contains("--dry-run"),
-        "{help}"
-    );
+    assert!(help.contains("--keep-daily") && help.contains("--dry-run"), "{help}");
     let err = env.fails(&["snapshots", "--repo", "/nonexistent/cirkel"]);
     assert!(err.contains("no cirkel repository"));
 }

@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn crash(env: &Env, point: &str, args: &[&str]) {
-    let out = env
-        .cmd(args)
-        .env("CIRKEL_CRASH_AT", point)
-        .output()
-        .unwrap();
+    let out = env.cmd(args).env("CIRKEL_CRASH_AT", point).output().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
         Some(libc::SIGKILL),
@@ -42,11 +38,7 @@ fn kill_during_backup_leaves_previous_snapshots_intact() {
     cirkel_testkit::write_random_file(&src.join("bin/new.bin"), 40_000_000, 9);
     for point in ["after-pack", "backup-before-snapshot"] {
         crash(&env, point, &["backup", "files", src.to_str().unwrap()]);
-        assert_eq!(
-            env.snapshot_ids(),
-            before,
-            "no snapshot from a killed backup"
-        );
+        assert_eq!(env.snapshot_ids(), before, "no snapshot from a killed backup");
         let v = env.json(&["repo", "verify", "--read-data"]);
         assert_eq!(v["ok"], true, "{v}");
     }
@@ -67,15 +59,9 @@ fn kill_during_backup_leaves_previous_snapshots_intact() {
     env.ok(&["backup", "files", src.to_str().unwrap()]);
     check_consistent(&env, &src);
     let v = env.json(&["repo", "prune"]);
-    assert!(
-        v["deferred"].is_null(),
-        "stale locks of killed processes are ignored: {v}"
-    );
+    assert!(v["deferred"].is_null(), "stale locks of killed processes are ignored: {v}");
     let v = env.json(&["repo", "verify", "--read-data"]);
-    assert!(
-        v["report"]["notes"].as_array().unwrap().is_empty(),
-        "prune removed the leftovers: {v}"
-    );
+    assert!(v["report"]["notes"].as_array().unwrap().is_empty(), "prune removed the leftovers: {v}");
     check_consistent(&env, &src);
 }
 
@@ -95,28 +81,17 @@ fn kill_during_prune_at_every_step() {
         // Several snapshots sharing packs, so prune both deletes and repacks.
         for i in 0..4u64 {
             cirkel_testkit::write_random_file(&src.join("bin/rolling.bin"), 6_000_000, 50 + i);
-            std::fs::write(
-                src.join(format!("docs/note{i}.txt")),
-                format!("note {i}\n").repeat(100),
-            )
-            .unwrap();
+            std::fs::write(src.join(format!("docs/note{i}.txt")), format!("note {i}\n").repeat(100)).unwrap();
             env.ok(&["backup", "files", src.to_str().unwrap()]);
         }
-        crash(
-            &env,
-            point,
-            &["repo", "prune", "--keep-last", "2", "--max-unused", "1"],
-        );
+        crash(&env, point, &["repo", "prune", "--keep-last", "2", "--max-unused", "1"]);
         let v = env.json(&["repo", "verify", "--read-data"]);
         assert_eq!(v["ok"], true, "after a kill at {point}: {v}");
         check_consistent(&env, &src);
         env.ok(&["repo", "prune", "--keep-last", "2", "--max-unused", "1"]);
         let v = env.json(&["repo", "verify", "--read-data"]);
         assert_eq!(v["ok"], true, "{v}");
-        assert!(
-            v["report"]["notes"].as_array().unwrap().is_empty(),
-            "no leftovers after {point}: {v}"
-        );
+        assert!(v["report"]["notes"].as_array().unwrap().is_empty(), "no leftovers after {point}: {v}");
         assert_eq!(env.snapshot_ids().len(), 2);
         check_consistent(&env, &src);
     }
@@ -143,26 +118,15 @@ fn kill_during_copy_then_resume() {
     };
 
     crash(&env, "after-pack", &["repo", "copy", "--to", &dr]);
-    assert_eq!(
-        run_dr(&["snapshots"]).as_array().unwrap().len(),
-        0,
-        "no snapshot before its data"
-    );
+    assert_eq!(run_dr(&["snapshots"]).as_array().unwrap().len(), 0, "no snapshot before its data");
     assert_eq!(run_dr(&["repo", "verify", "--read-data"])["ok"], true);
-    crash(
-        &env,
-        "copy-before-snapshots",
-        &["repo", "copy", "--to", &dr],
-    );
+    crash(&env, "copy-before-snapshots", &["repo", "copy", "--to", &dr]);
     assert_eq!(run_dr(&["repo", "verify", "--read-data"])["ok"], true);
 
     let start = Instant::now();
     let v = env.json(&["repo", "copy", "--to", &dr]);
     assert_eq!(v["copied"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        v["stats"]["blobs_new"], 0,
-        "everything had arrived before the kill: {v}"
-    );
+    assert_eq!(v["stats"]["blobs_new"], 0, "everything had arrived before the kill: {v}");
     assert!(start.elapsed() < Duration::from_secs(60));
     assert_eq!(run_dr(&["repo", "verify", "--read-data"])["ok"], true);
     let out = env.path("out");

@@ -32,19 +32,10 @@ fn unchanged_files_are_not_read_again_and_changes_are_found() {
     assert_eq!(first["snapshot"]["summary"]["files_read"], 5);
 
     let second = env.json(&["backup", "files", src.to_str().unwrap()]);
-    assert_eq!(
-        second["snapshot"]["summary"]["files_read"], 0,
-        "nothing changed"
-    );
+    assert_eq!(second["snapshot"]["summary"]["files_read"], 0, "nothing changed");
     assert_eq!(second["snapshot"]["parent"], first["id"]);
     // Only directory trees can be new (ancestors such as /tmp change mtime).
-    assert!(
-        second["snapshot"]["summary"]["bytes_added"]
-            .as_u64()
-            .unwrap()
-            < 16 * 1024,
-        "{second}"
-    );
+    assert!(second["snapshot"]["summary"]["bytes_added"].as_u64().unwrap() < 16 * 1024, "{second}");
 
     std::fs::write(src.join("docs/readme.txt"), "changed\n").unwrap();
     let third = env.json(&["backup", "files", src.to_str().unwrap()]);
@@ -56,17 +47,8 @@ fn unchanged_files_are_not_read_again_and_changes_are_found() {
     assert_eq!(forced["snapshot"]["summary"]["files_read"], 5);
 
     let out = env.path("out");
-    env.ok(&[
-        "restore",
-        "files",
-        third["id"].as_str().unwrap(),
-        "--to",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(restored(&out, &src).join("docs/readme.txt")).unwrap(),
-        "changed\n"
-    );
+    env.ok(&["restore", "files", third["id"].as_str().unwrap(), "--to", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(restored(&out, &src).join("docs/readme.txt")).unwrap(), "changed\n");
 }
 
 #[test]
@@ -81,11 +63,7 @@ fn excludes_leave_regenerable_folders_out() {
     std::fs::write(src.join("venv/lib/site.py"), "x").unwrap();
     std::fs::write(src.join("app/build.tmp"), "x").unwrap();
     std::fs::create_dir_all(src.join("cache")).unwrap();
-    std::fs::write(
-        src.join("cache/CACHEDIR.TAG"),
-        "Signature: 8a477f597d28d172789f06886806bc55",
-    )
-    .unwrap();
+    std::fs::write(src.join("cache/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
     std::fs::write(src.join("cache/big"), "x").unwrap();
     std::fs::write(src.join("app/keep.txt"), "keep").unwrap();
     let exclude_file = env.path("excludes");
@@ -112,13 +90,7 @@ fn excludes_leave_regenerable_folders_out() {
     assert!(!r.join("cache").exists());
     assert!(r.join("docs/readme.txt").exists());
 
-    let err = env.fails(&[
-        "backup",
-        "files",
-        src.to_str().unwrap(),
-        "--exclude",
-        "[unclosed",
-    ]);
+    let err = env.fails(&["backup", "files", src.to_str().unwrap(), "--exclude", "[unclosed"]);
     assert!(err.contains("bad exclude pattern"), "{err}");
 }
 
@@ -131,10 +103,7 @@ fn snapshots_table_and_json() {
     env.ok(&["backup", "files", src.to_str().unwrap(), "--tag", "daily"]);
     env.ok(&["backup", "files", src.to_str().unwrap(), "--tag", "weekly"]);
     let table = env.ok(&["snapshots"]);
-    assert!(
-        table.contains("daily") && table.contains("weekly") && table.contains("2 snapshot(s)"),
-        "{table}"
-    );
+    assert!(table.contains("daily") && table.contains("weekly") && table.contains("2 snapshot(s)"), "{table}");
     let only = env.json(&["snapshots", "--tag", "weekly"]);
     assert_eq!(only.as_array().unwrap().len(), 1);
     assert_eq!(only[0]["snapshot"]["kind"], "files");
@@ -146,21 +115,9 @@ fn missing_source_and_unknown_snapshot_are_clear_errors() {
     env.init();
     let err = env.fails(&["backup", "files", env.path("nope").to_str().unwrap()]);
     assert!(err.contains("cannot back up"), "{err}");
-    let err = env.fails(&[
-        "restore",
-        "files",
-        "deadbeef",
-        "--to",
-        env.path("o").to_str().unwrap(),
-    ]);
+    let err = env.fails(&["restore", "files", "deadbeef", "--to", env.path("o").to_str().unwrap()]);
     assert!(err.contains("no snapshot matches"), "{err}");
-    let err = env.fails(&[
-        "restore",
-        "files",
-        "latest",
-        "--to",
-        env.path("o").to_str().unwrap(),
-    ]);
+    let err = env.fails(&["restore", "files", "latest", "--to", env.path("o").to_str().unwrap()]);
     assert!(err.contains("no files snapshot"), "{err}");
 }
 
@@ -174,11 +131,7 @@ fn unreadable_file_marks_snapshot_incomplete() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("ok.txt"), "fine").unwrap();
     std::fs::write(src.join("secret.txt"), "no").unwrap();
-    std::fs::set_permissions(
-        src.join("secret.txt"),
-        std::fs::Permissions::from_mode(0o000),
-    )
-    .unwrap();
+    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -189,9 +142,7 @@ fn unreadable_file_marks_snapshot_incomplete() {
         let mut c = env.cmd(args);
         if as_root {
             let mut wrapped = std::process::Command::new("setpriv");
-            wrapped
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
-                .args(args);
+            wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
             for (k, v) in c.get_envs() {
                 match v {
                     Some(v) => wrapped.env(k, v),
@@ -206,20 +157,11 @@ fn unreadable_file_marks_snapshot_incomplete() {
     let out = run(&["--json", "backup", "files", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("secret.txt") && err.contains("incomplete"),
-        "{err}"
-    );
+    assert!(err.contains("secret.txt") && err.contains("incomplete"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["snapshot"]["incomplete"], true);
-    assert_eq!(
-        v["snapshot"]["errors"][0]["path"],
-        src.join("secret.txt").display().to_string()
-    );
+    assert_eq!(v["snapshot"]["errors"][0]["path"], src.join("secret.txt").display().to_string());
     assert_eq!(v["snapshot"]["summary"]["files"], 1);
     let table = stdout(&run(&["snapshots"]));
-    assert!(
-        table.contains(" !"),
-        "incomplete snapshots are flagged: {table}"
-    );
+    assert!(table.contains(" !"), "incomplete snapshots are flagged: {table}");
 }

@@ -15,20 +15,11 @@ fn init_refuses_an_existing_repository_and_needs_a_passphrase() {
     let err = env.fails(&["repo", "init"]);
     assert!(err.contains("already exists"), "{err}");
 
-    let mut c = env.cmd(&[
-        "repo",
-        "init",
-        "--repo",
-        env.path("other").to_str().unwrap(),
-    ]);
+    let mut c = env.cmd(&["repo", "init", "--repo", env.path("other").to_str().unwrap()]);
     c.env_remove("CIRKEL_PASSWORD_FILE");
     let out = c.output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("needs a passphrase") && stderr(&out).contains("hint:"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("needs a passphrase") && stderr(&out).contains("hint:"), "{}", stderr(&out));
 }
 
 #[test]
@@ -36,45 +27,21 @@ fn wrong_passphrase_missing_repository_and_non_repository_path() {
     let env = Env::new();
     env.init();
     std::fs::write(env.path("wrong"), "not it\n").unwrap();
-    let err = env.fails(&[
-        "--password-file",
-        env.path("wrong").to_str().unwrap(),
-        "snapshots",
-    ]);
+    let err = env.fails(&["--password-file", env.path("wrong").to_str().unwrap(), "snapshots"]);
     assert!(err.contains("wrong passphrase"), "{err}");
 
-    let err = env.fails(&[
-        "--repo",
-        env.path("does-not-exist").to_str().unwrap(),
-        "snapshots",
-    ]);
+    let err = env.fails(&["--repo", env.path("does-not-exist").to_str().unwrap(), "snapshots"]);
     assert!(err.contains("no cirkel repository"), "{err}");
 
     std::fs::create_dir_all(env.path("plain-dir/sub")).unwrap();
-    let err = env.fails(&[
-        "--repo",
-        env.path("plain-dir").to_str().unwrap(),
-        "snapshots",
-    ]);
-    assert!(
-        err.contains("no cirkel repository") && err.contains("repo init"),
-        "{err}"
-    );
+    let err = env.fails(&["--repo", env.path("plain-dir").to_str().unwrap(), "snapshots"]);
+    assert!(err.contains("no cirkel repository") && err.contains("repo init"), "{err}");
 
-    let err = env.fails(&[
-        "--password-file",
-        env.path("missing-pw").to_str().unwrap(),
-        "snapshots",
-    ]);
+    let err = env.fails(&["--password-file", env.path("missing-pw").to_str().unwrap(), "snapshots"]);
     assert!(err.contains("cannot read password file"), "{err}");
 
     // JSON mode reports the error as JSON on stdout too.
-    let out = env.run(&[
-        "--json",
-        "--password-file",
-        env.path("wrong").to_str().unwrap(),
-        "snapshots",
-    ]);
+    let out = env.run(&["--json", "--password-file", env.path("wrong").to_str().unwrap(), "snapshots"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(v["error"].as_str().unwrap().contains("wrong passphrase") && v["hint"].is_string());
 }
@@ -84,20 +51,10 @@ fn environment_password_and_added_keys_open_the_repository() {
     let env = Env::new();
     env.init();
     std::fs::write(env.path("pw2"), "second passphrase").unwrap();
-    env.ok(&[
-        "repo",
-        "add-key",
-        "--new-password-file",
-        env.path("pw2").to_str().unwrap(),
-    ]);
-    env.ok(&[
-        "--password-file",
-        env.path("pw2").to_str().unwrap(),
-        "snapshots",
-    ]);
+    env.ok(&["repo", "add-key", "--new-password-file", env.path("pw2").to_str().unwrap()]);
+    env.ok(&["--password-file", env.path("pw2").to_str().unwrap(), "snapshots"]);
     let mut c = env.cmd(&["snapshots"]);
-    c.env_remove("CIRKEL_PASSWORD_FILE")
-        .env("CIRKEL_PASSWORD", "correct horse battery staple");
+    c.env_remove("CIRKEL_PASSWORD_FILE").env("CIRKEL_PASSWORD", "correct horse battery staple");
     assert!(c.output().unwrap().status.success());
 }
 
@@ -111,27 +68,15 @@ fn unencrypted_repository_is_an_explicit_choice() {
     let mut c = env.cmd(&["backup", "files", src.to_str().unwrap()]);
     c.env_remove("CIRKEL_PASSWORD_FILE");
     assert!(c.output().unwrap().status.success());
-    let raw: Vec<u8> = walk_files(&env.path("repo"))
-        .iter()
-        .flat_map(|p| std::fs::read(p).unwrap())
-        .collect();
-    assert!(
-        raw.windows(20).any(|w| w == b"cirkel keeps things\n"),
-        "plaintext is visible when unencrypted"
-    );
+    let raw: Vec<u8> = walk_files(&env.path("repo")).iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(raw.windows(20).any(|w| w == b"cirkel keeps things\n"), "plaintext is visible when unencrypted");
 
     let enc = Env::new();
     enc.init();
     make_tree(&enc.path("src"));
     enc.ok(&["backup", "files", enc.path("src").to_str().unwrap()]);
-    let raw: Vec<u8> = walk_files(&enc.path("repo"))
-        .iter()
-        .flat_map(|p| std::fs::read(p).unwrap())
-        .collect();
-    assert!(
-        !raw.windows(20).any(|w| w == b"cirkel keeps things\n"),
-        "encrypted by default"
-    );
+    let raw: Vec<u8> = walk_files(&enc.path("repo")).iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(!raw.windows(20).any(|w| w == b"cirkel keeps things\n"), "encrypted by default");
 }
 
 fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -140,11 +85,7 @@ fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
         }
     }
     out
@@ -183,40 +124,18 @@ fn corrupted_pack_is_named_and_restore_fails_loudly_for_affected_files_only() {
     assert!(text.contains("damaged snapshot"), "{text}");
     let damaged_a = text.contains("a.bin");
     let damaged_b = text.contains("b.bin");
-    assert!(
-        damaged_a ^ damaged_b,
-        "exactly one file is affected: {text}"
-    );
+    assert!(damaged_a ^ damaged_b, "exactly one file is affected: {text}");
 
     let target = env.path("out");
-    let out = env.run(&[
-        "restore",
-        "files",
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    let out = env.run(&["restore", "files", "latest", "--to", target.to_str().unwrap()]);
     assert!(!out.status.success(), "restore must fail loudly");
     let err = stderr(&out);
-    assert!(
-        err.contains("could not be restored") && err.contains("hint:"),
-        "{err}"
-    );
+    assert!(err.contains("could not be restored") && err.contains("hint:"), "{err}");
     let r = restored(&target, &src);
-    let (bad, good) = if damaged_a {
-        ("a.bin", "b.bin")
-    } else {
-        ("b.bin", "a.bin")
-    };
+    let (bad, good) = if damaged_a { ("a.bin", "b.bin") } else { ("b.bin", "a.bin") };
     assert!(err.contains(bad), "{err}");
-    assert_eq!(
-        std::fs::read(r.join(good)).unwrap(),
-        std::fs::read(src.join(good)).unwrap()
-    );
-    assert_eq!(
-        std::fs::read_to_string(r.join("small.txt")).unwrap(),
-        "small"
-    );
+    assert_eq!(std::fs::read(r.join(good)).unwrap(), std::fs::read(src.join(good)).unwrap());
+    assert_eq!(std::fs::read_to_string(r.join("small.txt")).unwrap(), "small");
 }
 
 #[test]
@@ -242,27 +161,14 @@ fn prune_applies_retention_and_frees_space() {
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..4u64 {
         cirkel_testkit::write_random_file(&src.join("data.bin"), 2_000_000, 100 + i);
-        env.ok(&[
-            "backup",
-            "files",
-            src.to_str().unwrap(),
-            "--tag",
-            if i == 0 { "pre-deploy" } else { "daily" },
-        ]);
+        env.ok(&["backup", "files", src.to_str().unwrap(), "--tag", if i == 0 { "pre-deploy" } else { "daily" }]);
     }
     assert_eq!(env.snapshot_ids().len(), 4);
     let dry = env.json(&["repo", "prune", "--keep-last", "1", "--dry-run"]);
     assert_eq!(dry["snapshots_removed"], 3);
     assert_eq!(env.snapshot_ids().len(), 4, "dry run changes nothing");
 
-    let v = env.json(&[
-        "repo",
-        "prune",
-        "--keep-last",
-        "1",
-        "--keep-tag",
-        "pre-deploy",
-    ]);
+    let v = env.json(&["repo", "prune", "--keep-last", "1", "--keep-tag", "pre-deploy"]);
     assert_eq!(v["snapshots_removed"], 2);
     assert!(v["bytes_freed"].as_u64().unwrap() > 3_000_000, "{v}");
     assert_eq!(env.snapshot_ids().len(), 2);
@@ -275,24 +181,8 @@ fn prune_applies_retention_and_frees_space() {
     );
 
     // --tag limits the policy to tagged snapshots
-    let v = env.json(&[
-        "repo",
-        "prune",
-        "--keep-last",
-        "0",
-        "--keep-within",
-        "1s",
-        "--tag",
-        "pre-deploy",
-    ]);
-    assert!(
-        v["decisions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["reasons"][0] == "not selected by --tag"),
-        "{v}"
-    );
+    let v = env.json(&["repo", "prune", "--keep-last", "0", "--keep-within", "1s", "--tag", "pre-deploy"]);
+    assert!(v["decisions"].as_array().unwrap().iter().any(|d| d["reasons"][0] == "not selected by --tag"), "{v}");
 }
 
 #[test]
@@ -307,11 +197,8 @@ fn prune_while_a_backup_holds_its_lock_defers_data_removal() {
     }
     // A backup stopped (SIGSTOP) while it holds its lock: a live writer.
     cirkel_testkit::write_random_file(&src.join("big.bin"), 60_000_000, 3);
-    let mut child = env
-        .cmd(&["-q", "backup", "files", src.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        env.cmd(&["-q", "backup", "files", src.to_str().unwrap()]).stdout(std::process::Stdio::null()).spawn().unwrap();
     let locks = env.path("repo/locks");
     let start = std::time::Instant::now();
     while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
@@ -322,13 +209,7 @@ fn prune_while_a_backup_holds_its_lock_defers_data_removal() {
     unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
     let v = env.json(&["repo", "prune", "--keep-last", "1"]);
     assert_eq!(v["snapshots_removed"], 1);
-    assert!(
-        v["deferred"]
-            .as_str()
-            .unwrap()
-            .contains("backup in progress"),
-        "{v}"
-    );
+    assert!(v["deferred"].as_str().unwrap().contains("backup in progress"), "{v}");
     assert_eq!(v["packs_removed"], 0);
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
@@ -355,10 +236,7 @@ fn copy_to_a_second_repository_is_idempotent_and_moves_only_missing_data() {
     // Without shared keys the copy is refused with a hint.
     env.ok(&["repo", "init", "--repo", &dr]);
     let err = env.fails(&["repo", "copy", "--to", &dr]);
-    assert!(
-        err.contains("do not share a master key") && err.contains("--copy-keys-from"),
-        "{err}"
-    );
+    assert!(err.contains("do not share a master key") && err.contains("--copy-keys-from"), "{err}");
     std::fs::remove_dir_all(&dr).unwrap();
 
     std::fs::write(env.path("dr-pw"), "another passphrase").unwrap();
@@ -389,10 +267,7 @@ fn copy_to_a_second_repository_is_idempotent_and_moves_only_missing_data() {
     env.ok(&["backup", "files", src.to_str().unwrap()]);
     let v = env.json(&["repo", "copy", "--to", &dr, "--to-password-file", &dr_pw]);
     assert_eq!(v["copied"].as_array().unwrap().len(), 1);
-    assert!(
-        v["stats"]["bytes_new_stored"].as_u64().unwrap() < 100_000,
-        "{v}"
-    );
+    assert!(v["stats"]["bytes_new_stored"].as_u64().unwrap() < 100_000, "{v}");
 
     let dr_env = |args: &[&str]| {
         let mut a = vec!["--repo", dr.as_str(), "--password-file", dr_pw.as_str()];
@@ -411,11 +286,7 @@ fn copy_to_a_second_repository_is_idempotent_and_moves_only_missing_data() {
 fn restore_never_writes_outside_the_target() {
     let env = Env::new();
     env.init();
-    let repo = Repository::open(
-        Arc::new(LocalBackend::new(&env.repo)),
-        Some(b"correct horse battery staple"),
-    )
-    .unwrap();
+    let repo = Repository::open(Arc::new(LocalBackend::new(&env.repo)), Some(b"correct horse battery staple")).unwrap();
     let writer = BlobWriter::new(&repo, Arc::new(repo.load_index().unwrap()));
     let data = writer.add(BlobKind::Data, b"pwned").unwrap();
     let outside = env.path("outside");
@@ -434,9 +305,7 @@ fn restore_never_writes_outside_the_target() {
         subtree: None,
         link_target: None,
     };
-    let inner = Tree {
-        nodes: vec![file("victim")],
-    };
+    let inner = Tree { nodes: vec![file("victim")] };
     let inner_id = writer.add(BlobKind::Tree, &inner.to_bytes()).unwrap();
     let mut link = file("ln");
     link.kind = NodeKind::Symlink;
@@ -448,18 +317,9 @@ fn restore_never_writes_outside_the_target() {
     dir.content.clear();
     dir.size = 0;
     dir.subtree = Some(inner_id);
-    let mut nodes = vec![
-        file(".."),
-        file("../escape"),
-        file("a/b"),
-        file("ok"),
-        link,
-        dir,
-    ];
+    let mut nodes = vec![file(".."), file("../escape"), file("a/b"), file("ok"), link, dir];
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let root = writer
-        .add(BlobKind::Tree, &Tree { nodes }.to_bytes())
-        .unwrap();
+    let root = writer.add(BlobKind::Tree, &Tree { nodes }.to_bytes()).unwrap();
     writer.finish().unwrap();
     repo.save_snapshot(&Snapshot {
         time: chrono::Utc::now(),
@@ -477,29 +337,12 @@ fn restore_never_writes_outside_the_target() {
     .unwrap();
 
     let target = env.path("target");
-    let out = env.run(&[
-        "restore",
-        "files",
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
-    assert!(
-        !out.status.success(),
-        "unsafe entries make the restore fail"
-    );
+    let out = env.run(&["restore", "files", "latest", "--to", target.to_str().unwrap()]);
+    assert!(!out.status.success(), "unsafe entries make the restore fail");
     let err = stderr(&out);
     assert!(err.contains("unsafe or duplicate name"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(target.join("ok")).unwrap(),
-        "pwned",
-        "safe entries still restore"
-    );
-    assert_eq!(
-        std::fs::read_dir(&outside).unwrap().count(),
-        0,
-        "nothing written through the symlink"
-    );
+    assert_eq!(std::fs::read_to_string(target.join("ok")).unwrap(), "pwned", "safe entries still restore");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
     assert!(!env.path("escape").exists());
     assert!(!env.dir.path().parent().unwrap().join("escape").exists());
 }

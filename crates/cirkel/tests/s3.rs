@@ -35,26 +35,11 @@ fn backup_restore_verify_prune_copy_on_s3() {
 
     // Cross-region copy: S3 → local disk, and the local copy restores.
     let local = env.path("dr").display().to_string();
-    env.ok(&[
-        "repo",
-        "init",
-        "--repo",
-        &local,
-        "--copy-keys-from",
-        &env.repo,
-    ]);
+    env.ok(&["repo", "init", "--repo", &local, "--copy-keys-from", &env.repo]);
     let v = env.json(&["repo", "copy", "--to", &local]);
     assert_eq!(v["copied"].as_array().unwrap().len(), 1);
     let out2 = env.path("out2");
-    env.ok(&[
-        "--repo",
-        &local,
-        "restore",
-        "files",
-        "latest",
-        "--to",
-        out2.to_str().unwrap(),
-    ]);
+    env.ok(&["--repo", &local, "restore", "files", "latest", "--to", out2.to_str().unwrap()]);
     assert_same_tree(&src, &restored(&out2, &src));
 
     // A prefix with nothing in it is not a repository.
@@ -67,18 +52,13 @@ fn backup_restore_verify_prune_copy_on_s3() {
 fn s3_server_down_mid_backup_retries_then_fails_clearly() {
     let mut server = S3Server::start();
     let mut env = s3_env(&server, "down");
-    env.extra_env
-        .push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "3s".into()));
+    env.extra_env.push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "3s".into()));
     env.init();
     let src = env.path("src");
     make_tree(&src);
     env.ok(&["backup", "files", src.to_str().unwrap()]);
     for i in 0..6u64 {
-        cirkel_testkit::write_random_file(
-            &src.join(format!("bin/more{i}.bin")),
-            40_000_000,
-            300 + i,
-        );
+        cirkel_testkit::write_random_file(&src.join(format!("bin/more{i}.bin")), 40_000_000, 300 + i);
     }
     let child = env
         .cmd(&["-q", "backup", "files", src.to_str().unwrap()])
@@ -90,15 +70,9 @@ fn s3_server_down_mid_backup_retries_then_fails_clearly() {
     server.stop();
     let start = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        !out.status.success(),
-        "the backup cannot succeed without its storage"
-    );
+    assert!(!out.status.success(), "the backup cannot succeed without its storage");
     let err = stderr(&out);
     assert!(err.contains("storage unavailable"), "{err}");
     assert!(err.contains("hint:") && err.contains("reachable"), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(120),
-        "gives up after the retry timeout"
-    );
+    assert!(start.elapsed() < Duration::from_secs(120), "gives up after the retry timeout");
 }

@@ -34,24 +34,11 @@ impl LocalBackend {
     fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> BackendError {
         let location = self.location();
         match e.kind() {
-            ErrorKind::NotFound => BackendError::NotFound {
-                location,
-                key: key.into(),
-            },
-            ErrorKind::PermissionDenied
-            | ErrorKind::ReadOnlyFilesystem
-            | ErrorKind::NotADirectory => BackendError::Fatal {
-                location,
-                op,
-                key: key.into(),
-                detail: e.to_string(),
-            },
-            _ => BackendError::Unavailable {
-                location,
-                op,
-                key: key.into(),
-                detail: e.to_string(),
-            },
+            ErrorKind::NotFound => BackendError::NotFound { location, key: key.into() },
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => {
+                BackendError::Fatal { location, op, key: key.into(), detail: e.to_string() }
+            }
+            _ => BackendError::Unavailable { location, op, key: key.into(), detail: e.to_string() },
         }
     }
 
@@ -65,11 +52,7 @@ impl LocalBackend {
         for dir in [&tmp_dir, &parent] {
             std::fs::create_dir_all(dir).map_err(|e| self.err("create", key, e))?;
         }
-        let tmp = tmp_dir.join(format!(
-            "{}-{}",
-            std::process::id(),
-            crate::Id::random().short()
-        ));
+        let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
@@ -92,10 +75,7 @@ impl LocalBackend {
         let mut out = Vec::new();
         let start = self.path(prefix);
         if !self.root.is_dir() {
-            return Err(BackendError::NotFound {
-                location: self.location(),
-                key: prefix.into(),
-            });
+            return Err(BackendError::NotFound { location: self.location(), key: prefix.into() });
         }
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -114,10 +94,7 @@ impl LocalBackend {
                     }
                 } else if let Ok(rel) = path.strip_prefix(&self.root) {
                     let key = rel.to_string_lossy().replace('\\', "/");
-                    out.push(ObjectInfo {
-                        key,
-                        size: meta.len(),
-                    });
+                    out.push(ObjectInfo { key, size: meta.len() });
                 }
             }
         }
@@ -139,22 +116,14 @@ impl Backend for LocalBackend {
     async fn create(&self, key: &str, data: Bytes) -> Result<Created, BackendError> {
         let this = self.clone();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || this.create_blocking(&key, &data))
-            .await
-            .map_err(|e| BackendError::Fatal {
-                location: self.location(),
-                op: "create",
-                key: String::new(),
-                detail: e.to_string(),
-            })?
+        tokio::task::spawn_blocking(move || this.create_blocking(&key, &data)).await.map_err(|e| {
+            BackendError::Fatal { location: self.location(), op: "create", key: String::new(), detail: e.to_string() }
+        })?
     }
 
     async fn read(&self, key: &str) -> Result<Bytes, BackendError> {
         let path = self.path(key);
-        tokio::fs::read(&path)
-            .await
-            .map(Bytes::from)
-            .map_err(|e| self.err("read", key, e))
+        tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| self.err("read", key, e))
     }
 
     async fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
@@ -182,14 +151,12 @@ impl Backend for LocalBackend {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let this = self.clone();
         let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || this.list_blocking(&prefix))
-            .await
-            .map_err(|e| BackendError::Fatal {
-                location: self.location(),
-                op: "list",
-                key: String::new(),
-                detail: e.to_string(),
-            })?
+        tokio::task::spawn_blocking(move || this.list_blocking(&prefix)).await.map_err(|e| BackendError::Fatal {
+            location: self.location(),
+            op: "list",
+            key: String::new(),
+            detail: e.to_string(),
+        })?
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {

@@ -43,20 +43,10 @@ pub enum BackendError {
     /// The backend could not be reached or answered with an error after
     /// retries; trying again later may help.
     #[error("storage unavailable at {location} ({op} {key}): {detail}")]
-    Unavailable {
-        location: String,
-        op: &'static str,
-        key: String,
-        detail: String,
-    },
+    Unavailable { location: String, op: &'static str, key: String, detail: String },
     /// A failure that retrying will not fix (permissions, bad configuration).
     #[error("storage error at {location} ({op} {key}): {detail}")]
-    Fatal {
-        location: String,
-        op: &'static str,
-        key: String,
-        detail: String,
-    },
+    Fatal { location: String, op: &'static str, key: String, detail: String },
 }
 
 impl BackendError {

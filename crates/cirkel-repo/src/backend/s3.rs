@@ -16,8 +16,7 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
 use super::{Backend, BackendError, Created, ObjectInfo};
@@ -42,10 +41,7 @@ impl fmt::Debug for S3Options {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("allow_http", &self.allow_http)
             .field("retry_timeout", &self.retry_timeout)
             .finish()
@@ -60,10 +56,7 @@ pub struct S3Backend {
 
 impl fmt::Debug for S3Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Backend")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("S3Backend").field("bucket", &self.bucket).field("prefix", &self.prefix).finish()
     }
 }
 
@@ -82,8 +75,7 @@ impl S3Backend {
         let env_allow = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
         let allow_http = opts.allow_http.unwrap_or(env_allow || endpoint_is_http);
         if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-            builder =
-                builder.with_region(opts.region.clone().unwrap_or_else(|| "us-east-1".into()));
+            builder = builder.with_region(opts.region.clone().unwrap_or_else(|| "us-east-1".into()));
         } else if let Some(r) = &opts.region {
             builder = builder.with_region(r);
         }
@@ -116,43 +108,24 @@ impl S3Backend {
             key: String::new(),
             detail: e.to_string(),
         })?;
-        Ok(S3Backend {
-            store,
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-        })
+        Ok(S3Backend { store, bucket: bucket.into(), prefix: prefix.into() })
     }
 
     fn path(&self, key: &str) -> StorePath {
-        if self.prefix.is_empty() {
-            StorePath::from(key)
-        } else {
-            StorePath::from(format!("{}/{key}", self.prefix))
-        }
+        if self.prefix.is_empty() { StorePath::from(key) } else { StorePath::from(format!("{}/{key}", self.prefix)) }
     }
 
     fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> BackendError {
         let location = self.location();
         match e {
-            object_store::Error::NotFound { .. } => BackendError::NotFound {
-                location,
-                key: key.into(),
-            },
+            object_store::Error::NotFound { .. } => BackendError::NotFound { location, key: key.into() },
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }
             | object_store::Error::NotSupported { .. }
-            | object_store::Error::InvalidPath { .. } => BackendError::Fatal {
-                location,
-                op,
-                key: key.into(),
-                detail: flatten(&e),
-            },
-            other => BackendError::Unavailable {
-                location,
-                op,
-                key: key.into(),
-                detail: flatten(&other),
-            },
+            | object_store::Error::InvalidPath { .. } => {
+                BackendError::Fatal { location, op, key: key.into(), detail: flatten(&e) }
+            }
+            other => BackendError::Unavailable { location, op, key: key.into(), detail: flatten(&other) },
         }
     }
 }
@@ -184,51 +157,30 @@ impl Backend for S3Backend {
     }
 
     async fn create(&self, key: &str, data: Bytes) -> Result<Created, BackendError> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
-            .await
-        {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(key), PutPayload::from_bytes(data), opts).await {
             Ok(_) => Ok(Created::New),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(Created::Existed),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Ok(Created::Existed)
+            }
             Err(e) => Err(self.err("create", key, e)),
         }
     }
 
     async fn read(&self, key: &str) -> Result<Bytes, BackendError> {
-        let res = self
-            .store
-            .get(&self.path(key))
-            .await
-            .map_err(|e| self.err("read", key, e))?;
+        let res = self.store.get(&self.path(key)).await.map_err(|e| self.err("read", key, e))?;
         res.bytes().await.map_err(|e| self.err("read", key, e))
     }
 
     async fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        self.store
-            .get_range(&self.path(key), range)
-            .await
-            .map_err(|e| self.err("read", key, e))
+        self.store.get_range(&self.path(key), range).await.map_err(|e| self.err("read", key, e))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let full = self.path(prefix.trim_end_matches('/'));
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&full))
-            .try_collect()
-            .await
-            .map_err(|e| self.err("list", prefix, e))?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let metas: Vec<_> =
+            self.store.list(Some(&full)).try_collect().await.map_err(|e| self.err("list", prefix, e))?;
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .filter_map(|m| {

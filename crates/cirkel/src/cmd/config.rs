@@ -8,10 +8,7 @@ use crate::output::{print_json, user_error};
 
 pub fn run(global: &Global, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
     if global.config.is_none() {
-        return Err(user_error(
-            "no configuration file given",
-            "pass --config FILE or set CIRKEL_CONFIG",
-        ));
+        return Err(user_error("no configuration file given", "pass --config FILE or set CIRKEL_CONFIG"));
     }
     match cmd {
         ConfigCmd::Check => match load_config(global) {
@@ -22,11 +19,7 @@ pub fn run(global: &Global, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
                     println!(
                         "configuration OK: {} repositor{}, {} file set{}",
                         cfg.repository.iter().count() + cfg.repositories.len(),
-                        if cfg.repository.iter().count() + cfg.repositories.len() == 1 {
-                            "y"
-                        } else {
-                            "ies"
-                        },
+                        if cfg.repository.iter().count() + cfg.repositories.len() == 1 { "y" } else { "ies" },
                         cfg.files.len(),
                         if cfg.files.len() == 1 { "" } else { "s" }
                     );
@@ -39,9 +32,7 @@ pub fn run(global: &Global, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
                         print_json(&serde_json::json!({ "ok": false, "errors": errs.0 }));
                     }
                     eprint!("{errs}");
-                    eprintln!(
-                        "hint: each line names the file, line and column, and what was expected"
-                    );
+                    eprintln!("hint: each line names the file, line and column, and what was expected");
                     return Ok(ExitCode::from(1));
                 }
                 Err(e)

@@ -22,8 +22,7 @@ impl cirkel_files::Progress for BarProgress {
     }
 
     fn error(&self, path: &Path, message: &str) {
-        self.0
-            .suspend(|| eprintln!("warning: {}: {message}", path.display()));
+        self.0.suspend(|| eprintln!("warning: {}: {message}", path.display()));
     }
 }
 
@@ -41,10 +40,7 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
     let mut exclude_files = args.exclude_file.clone();
     if let Some(name) = &args.set {
         let set = cfg.files.get(name).ok_or_else(|| {
-            user_error(
-                format!("no file set named `{name}`"),
-                "define it as [files.NAME] in the configuration",
-            )
+            user_error(format!("no file set named `{name}`"), "define it as [files.NAME] in the configuration")
         })?;
         paths.extend(set.paths.iter().cloned());
         patterns.extend(set.exclude.iter().cloned());
@@ -53,18 +49,13 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
         exclude_files.extend(set.exclude_file.iter().cloned());
     }
     if paths.is_empty() {
-        return Err(user_error(
-            "nothing to back up",
-            "name one or more paths, or --set NAME",
-        ));
+        return Err(user_error("nothing to back up", "name one or more paths, or --set NAME"));
     }
     for f in &exclude_files {
-        patterns.extend(
-            Excludes::read_pattern_file(f).map_err(|e| user_error(e, "check --exclude-file"))?,
-        );
+        patterns.extend(Excludes::read_pattern_file(f).map_err(|e| user_error(e, "check --exclude-file"))?);
     }
-    let excludes = Excludes::new(&patterns, &markers)
-        .map_err(|e| user_error(e, "patterns use glob syntax: *, **, ?, [abc]"))?;
+    let excludes =
+        Excludes::new(&patterns, &markers).map_err(|e| user_error(e, "patterns use glob syntax: *, **, ?, [abc]"))?;
     let repo = main_repo(global, &cfg)?.open()?;
     let parent = match &args.parent {
         Some(p) => Some(repo.find_snapshot(p, Some(cirkel_files::KIND))?.0),
@@ -78,6 +69,7 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
         force: args.force,
         threads: threads(),
         host: args.host.clone(),
+        ..Default::default()
     };
     let bar = BarProgress(spinner(global, "backup"));
     let outcome = cirkel_files::backup(&repo, &opts, &bar)?;
@@ -120,15 +112,10 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
     let repo = main_repo(global, &cfg)?.open()?;
     let (id, snap) = repo.find_snapshot(&args.snapshot, Some(cirkel_files::KIND))?;
     let bar = bytes_bar(global, snap.summary.bytes, "restore");
-    let report = cirkel_files::restore(
-        &repo,
-        &snap,
-        &RestoreOptions {
-            target: args.to.clone(),
-            threads: threads(),
-        },
-        &|n| bar.inc(n),
-    )?;
+    let report =
+        cirkel_files::restore(&repo, &snap, &RestoreOptions { target: args.to.clone(), threads: threads() }, &|n| {
+            bar.inc(n)
+        })?;
     bar.finish_and_clear();
     if global.json {
         print_json(&json!({ "snapshot": id, "report": report }));
@@ -148,10 +135,7 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
             eprintln!("  {p}: {e}");
         }
         return Err(user_error(
-            format!(
-                "{} path(s) could not be restored (listed above); everything else was",
-                report.errors.len()
-            ),
+            format!("{} path(s) could not be restored (listed above); everything else was", report.errors.len()),
             "run `cirkel repo verify --read-data` to see the damage; restore those files from a second repository",
         ));
     }
@@ -168,25 +152,14 @@ pub fn snapshots(global: &Global, args: &SnapshotsArgs) -> anyhow::Result<ExitCo
         .filter(|(_, s)| args.kind.as_ref().is_none_or(|k| &s.kind == k))
         .collect();
     if global.json {
-        let list: Vec<_> = snaps
-            .iter()
-            .map(|(id, s)| json!({ "id": id, "short_id": id.short(), "snapshot": s }))
-            .collect();
+        let list: Vec<_> =
+            snaps.iter().map(|(id, s)| json!({ "id": id, "short_id": id.short(), "snapshot": s })).collect();
         print_json(&list);
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header([
-        "ID",
-        "Time (UTC)",
-        "Host",
-        "Kind",
-        "Tags",
-        "Paths",
-        "Size",
-        "Added",
-    ]);
+    table.set_header(["ID", "Time (UTC)", "Host", "Kind", "Tags", "Paths", "Size", "Added"]);
     for (id, s) in &snaps {
         table.add_row([
             format!("{}{}", id.short(), if s.incomplete { " !" } else { "" }),
@@ -203,11 +176,7 @@ pub fn snapshots(global: &Global, args: &SnapshotsArgs) -> anyhow::Result<ExitCo
     println!(
         "{} snapshot(s){}",
         snaps.len(),
-        if snaps.iter().any(|(_, s)| s.incomplete) {
-            "; ! = incomplete"
-        } else {
-            ""
-        }
+        if snaps.iter().any(|(_, s)| s.incomplete) { "; ! = incomplete" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod files;
+pub mod pg;
 pub mod repo;

@@ -21,16 +21,10 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         RepoCmd::Verify(args) => {
             let repo = main_repo(global, &cfg)?.open()?;
             let bar = bytes_bar(global, 0, "verify");
-            let report = verify(
-                &repo,
-                &VerifyOptions {
-                    read_data: args.read_data,
-                },
-                &|done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
-            )?;
+            let report = verify(&repo, &VerifyOptions { read_data: args.read_data }, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
             bar.finish_and_clear();
             if global.json {
                 print_json(&json!({ "ok": report.ok(), "report": report }));
@@ -40,11 +34,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
                     report.snapshots,
                     report.packs,
                     report.blobs,
-                    if args.read_data {
-                        format!(", read {}", human_bytes(report.bytes_read))
-                    } else {
-                        String::new()
-                    }
+                    if args.read_data { format!(", read {}", human_bytes(report.bytes_read)) } else { String::new() }
                 );
                 for n in &report.notes {
                     println!("note: {n}");
@@ -74,10 +64,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         RepoCmd::Prune(args) => prune_cmd(global, &cfg, args),
         RepoCmd::Copy(args) => {
             let src = main_repo(global, &cfg)?.open()?;
-            let dst_pw = args
-                .to_password_file
-                .as_deref()
-                .or(global.password_file.as_deref());
+            let dst_pw = args.to_password_file.as_deref().or(global.password_file.as_deref());
             let dst = resolve(&cfg, Some(&args.to), dst_pw)?;
             let dst = dst.open().context("open the destination of the copy")?;
             let mut ids = Vec::new();
@@ -109,19 +96,11 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             let n = repo.remove_stale_locks()?;
             let live = repo.locks()?;
             if global.json {
-                print_json(
-                    &json!({ "removed": n, "live": live.iter().map(|(_, l)| l).collect::<Vec<_>>() }),
-                );
+                print_json(&json!({ "removed": n, "live": live.iter().map(|(_, l)| l).collect::<Vec<_>>() }));
             } else {
-                println!(
-                    "removed {n} stale lock(s); {} live lock(s) remain",
-                    live.len()
-                );
+                println!("removed {n} stale lock(s); {} live lock(s) remain", live.len());
                 for (_, l) in live {
-                    println!(
-                        "  {} by pid {} on {} since {}",
-                        l.operation, l.pid, l.host, l.time
-                    );
+                    println!("  {} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -130,10 +109,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             let repo = main_repo(global, &cfg)?.open()?;
             let pw = std::fs::read_to_string(&args.new_password_file)
                 .with_context(|| format!("read {}", args.new_password_file.display()))?;
-            let name = repo.add_key(
-                pw.trim_end_matches(['\n', '\r']).as_bytes(),
-                KdfParams::default(),
-            )?;
+            let name = repo.add_key(pw.trim_end_matches(['\n', '\r']).as_bytes(), KdfParams::default())?;
             if global.json {
                 print_json(&json!({ "key": name }));
             } else {
@@ -146,10 +122,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
 
 fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow::Result<ExitCode> {
     let target = main_repo(global, cfg)?;
-    let mut opts = InitOptions {
-        encrypt: !args.no_encryption,
-        ..Default::default()
-    };
+    let mut opts = InitOptions { encrypt: !args.no_encryption, ..Default::default() };
     if let Some(level) = args.compression_level.or(target.compression_level) {
         opts.compression_level = level;
     }
@@ -160,13 +133,8 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
         ));
     }
     if let Some(src) = &args.copy_keys_from {
-        let pw = args
-            .from_password_file
-            .as_deref()
-            .or(global.password_file.as_deref());
-        let src = resolve(cfg, Some(src), pw)?
-            .open()
-            .context("open the --copy-keys-from repository")?;
+        let pw = args.from_password_file.as_deref().or(global.password_file.as_deref());
+        let src = resolve(cfg, Some(src), pw)?.open().context("open the --copy-keys-from repository")?;
         match src.crypto().master_key() {
             Some(k) if opts.encrypt => opts.master_key = Some(k.clone()),
             _ => {
@@ -178,11 +146,7 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
         }
         opts.chunker = src.config().chunker;
     }
-    let repo = Repository::init(
-        target.backend()?,
-        target.password.as_deref().map(str::as_bytes),
-        opts,
-    )?;
+    let repo = Repository::init(target.backend()?, target.password.as_deref().map(str::as_bytes), opts)?;
     if global.json {
         print_json(
             &json!({ "location": repo.location(), "id": repo.config().id, "encryption": repo.config().encryption }),
@@ -192,11 +156,7 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
             "created repository {} at {} ({})",
             repo.config().id.short(),
             repo.location(),
-            if repo.crypto().is_encrypted() {
-                "encrypted"
-            } else {
-                "NOT encrypted"
-            }
+            if repo.crypto().is_encrypted() { "encrypted" } else { "NOT encrypted" }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -231,51 +191,30 @@ pub fn policy_from(args: &PolicyArgs, cfg: Option<&cirkel_config::RetentionConfi
     }
 }
 
-fn prune_cmd(
-    global: &Global,
-    cfg: &cirkel_config::Config,
-    args: &PruneArgs,
-) -> anyhow::Result<ExitCode> {
+fn prune_cmd(global: &Global, cfg: &cirkel_config::Config, args: &PruneArgs) -> anyhow::Result<ExitCode> {
     let repo = main_repo(global, cfg)?.open()?;
     let policy = policy_from(&args.policy, cfg.retention.as_ref());
     if !(0.0..=100.0).contains(&args.max_unused) {
-        return Err(user_error(
-            "--max-unused must be a percentage from 0 to 100",
-            "e.g. --max-unused 20",
-        ));
+        return Err(user_error("--max-unused must be a percentage from 0 to 100", "e.g. --max-unused 20"));
     }
-    let opts = PruneOptions {
-        policy,
-        only_tag: args.tag.clone(),
-        dry_run: args.dry_run,
-        max_unused: args.max_unused / 100.0,
-    };
+    let opts =
+        PruneOptions { policy, only_tag: args.tag.clone(), dry_run: args.dry_run, max_unused: args.max_unused / 100.0 };
     let report = prune(&repo, &opts)?;
     if global.json {
         print_json(&report);
     } else {
         if opts.policy.is_empty() {
-            println!(
-                "no retention policy given: keeping every snapshot, removing unused data only"
-            );
+            println!("no retention policy given: keeping every snapshot, removing unused data only");
         }
         for d in &report.decisions {
             println!(
                 "{} {}  {}",
                 if d.keep { "keep  " } else { "forget" },
                 d.id.short(),
-                if d.reasons.is_empty() {
-                    String::new()
-                } else {
-                    d.reasons.join(", ")
-                }
+                if d.reasons.is_empty() { String::new() } else { d.reasons.join(", ") }
             );
         }
-        let verb = if report.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
+        let verb = if report.dry_run { "would remove" } else { "removed" };
         println!(
             "{verb} {} snapshot(s), {} pack(s) ({} repacked, {} left by interrupted writes), freeing {}",
             report.snapshots_removed,

@@ -22,12 +22,7 @@ impl Env {
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, "correct horse battery staple\n").unwrap();
         let repo = dir.path().join("repo").display().to_string();
-        Env {
-            dir,
-            repo,
-            password_file,
-            extra_env: Vec::new(),
-        }
+        Env { dir, repo, password_file, extra_env: Vec::new() }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -42,8 +37,7 @@ impl Env {
                 c.env_remove(k);
             }
         }
-        c.env("CIRKEL_REPO", &self.repo)
-            .env("CIRKEL_PASSWORD_FILE", &self.password_file);
+        c.env("CIRKEL_REPO", &self.repo).env("CIRKEL_PASSWORD_FILE", &self.password_file);
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
@@ -57,12 +51,7 @@ impl Env {
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cirkel {args:?} failed: {}\nstdout: {}",
-            stderr(&out),
-            stdout(&out)
-        );
+        assert!(out.status.success(), "cirkel {args:?} failed: {}\nstdout: {}", stderr(&out), stdout(&out));
         stdout(&out)
     }
 
@@ -78,11 +67,7 @@ impl Env {
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let err = stderr(&out);
-        assert!(
-            !out.status.success(),
-            "cirkel {args:?} should fail; stdout: {}",
-            stdout(&out)
-        );
+        assert!(!out.status.success(), "cirkel {args:?} should fail; stdout: {}", stdout(&out));
         assert!(err.contains("error: "), "no `error:` line: {err}");
         assert!(err.contains("hint: "), "no `hint:` line: {err}");
         err
@@ -94,11 +79,7 @@ impl Env {
 
     pub fn snapshot_ids(&self) -> Vec<String> {
         let v = self.json(&["snapshots"]);
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect()
+        v.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
     }
 }
 
@@ -118,40 +99,19 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let mut list_b = list(b);
     list_a.sort();
     list_b.sort();
-    assert_eq!(
-        list_a,
-        list_b,
-        "different entries under {} and {}",
-        a.display(),
-        b.display()
-    );
+    assert_eq!(list_a, list_b, "different entries under {} and {}", a.display(), b.display());
     for rel in list_a {
         let (pa, pb) = (a.join(&rel), b.join(&rel));
-        let (ma, mb) = (
-            pa.symlink_metadata().unwrap(),
-            pb.symlink_metadata().unwrap(),
-        );
+        let (ma, mb) = (pa.symlink_metadata().unwrap(), pb.symlink_metadata().unwrap());
         assert_eq!(ma.file_type(), mb.file_type(), "{rel}");
         if ma.file_type().is_symlink() {
-            assert_eq!(
-                std::fs::read_link(&pa).unwrap(),
-                std::fs::read_link(&pb).unwrap(),
-                "{rel}"
-            );
+            assert_eq!(std::fs::read_link(&pa).unwrap(), std::fs::read_link(&pb).unwrap(), "{rel}");
             continue;
         }
         assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {rel}");
         if ma.is_file() {
-            assert_eq!(
-                std::fs::read(&pa).unwrap(),
-                std::fs::read(&pb).unwrap(),
-                "content of {rel}"
-            );
-            assert_eq!(
-                (ma.mtime(), ma.mtime_nsec()),
-                (mb.mtime(), mb.mtime_nsec()),
-                "mtime of {rel}"
-            );
+            assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap(), "content of {rel}");
+            assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {rel}");
         }
     }
 }
@@ -181,25 +141,13 @@ pub fn restored(target: &Path, source: &Path) -> PathBuf {
 pub fn make_tree(root: &Path) {
     use std::os::unix::fs::symlink;
     std::fs::create_dir_all(root.join("docs/deep/er")).unwrap();
-    std::fs::write(
-        root.join("docs/readme.txt"),
-        "cirkel keeps things\n".repeat(50),
-    )
-    .unwrap();
+    std::fs::write(root.join("docs/readme.txt"), "cirkel keeps things\n".repeat(50)).unwrap();
     std::fs::write(root.join("docs/deep/er/empty"), "").unwrap();
     cirkel_testkit::write_random_file(&root.join("bin/blob.bin"), 3_000_000, 7);
     cirkel_testkit::write_random_file(&root.join("bin/small.bin"), 1000, 8);
     std::fs::write(root.join("script.sh"), "#!/bin/sh\necho hi\n").unwrap();
-    std::fs::set_permissions(
-        root.join("script.sh"),
-        std::fs::Permissions::from_mode(0o750),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        root.join("docs/deep"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    std::fs::set_permissions(root.join("script.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(root.join("docs/deep"), std::fs::Permissions::from_mode(0o700)).unwrap();
     symlink("docs/readme.txt", root.join("link-rel")).unwrap();
     symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
     filetime::set_file_mtime(

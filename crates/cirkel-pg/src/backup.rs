@@ -1,0 +1,232 @@
+//! Base backups through PostgreSQL's non-exclusive backup API.
+//!
+//! `pg_backup_start` → copy the data directory (in parallel, as
+//! deduplicated 128 KiB blocks at fixed offsets, so an incremental backup
+//! stores only the blocks that changed) → `pg_backup_stop`, whose
+//! `backup_label` is stored at the root of the tree. Files that change while
+//! they are copied are made consistent by WAL replay from the start LSN;
+//! files that vanish (dropped relations) are simply absent.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use cirkel_files::{BackupOptions, Chunking, Excludes, Finish, Progress};
+use cirkel_repo::{Id, Repository, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::KIND;
+use crate::conn::{PgConn, parse_lsn};
+use crate::wal::Segment;
+
+/// Block size for relation files: 16 PostgreSQL pages.
+pub const BLOCK: u32 = 128 * 1024;
+
+/// What a base backup records about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackupMeta {
+    pub system_id: String,
+    pub pg_version: i32,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub label: String,
+    /// `full` or `incr`.
+    pub backup_type: String,
+    pub wal_segment_size: u64,
+    pub pgdata: String,
+    pub from_standby: bool,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+}
+
+impl BackupMeta {
+    pub fn of(snap: &Snapshot) -> Option<BackupMeta> {
+        if snap.kind != KIND {
+            return None;
+        }
+        serde_json::from_value(snap.meta.clone()).ok()
+    }
+
+    pub fn start_segment(&self) -> Option<Segment> {
+        Segment::parse(&self.start_wal)
+    }
+
+    pub fn stop_lsn(&self) -> u64 {
+        parse_lsn(&self.stop_lsn).unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PgBackupOptions {
+    pub pgdata: Option<PathBuf>,
+    pub conninfo: Option<String>,
+    pub label: Option<String>,
+    /// Re-read every file instead of trusting unchanged metadata.
+    pub full: bool,
+    pub tags: Vec<String>,
+    pub threads: usize,
+}
+
+/// Paths below the data directory that a backup leaves out, as PostgreSQL's
+/// own `pg_basebackup` does: runtime state that is recreated at startup.
+const EXCLUDED_CONTENTS: &[&str] =
+    &["pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans"];
+const EXCLUDED_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "recovery.signal",
+    "standby.signal",
+];
+
+fn excludes(pgdata: &Path) -> anyhow::Result<Excludes> {
+    let base = pgdata.display().to_string();
+    let mut patterns: Vec<String> = EXCLUDED_CONTENTS.iter().map(|d| format!("{base}/{d}/**")).collect();
+    patterns.extend(EXCLUDED_FILES.iter().map(|f| format!("{base}/{f}")));
+    patterns.push("pgsql_tmp*".into());
+    patterns.push("pg_internal.init".into());
+    Excludes::new(&patterns, &[]).map_err(|e| anyhow::anyhow!(e))
+}
+
+fn label_field<'a>(label: &'a str, key: &str) -> Option<&'a str> {
+    label.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+}
+
+/// Takes a base backup of the cluster; returns the snapshot.
+pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress) -> anyhow::Result<(Id, Snapshot)> {
+    let conn = PgConn::connect(opts.conninfo.as_deref())?;
+    let row = conn.query_one(
+        "SELECT current_setting('server_version_num')::int, current_setting('data_directory'),
+                current_setting('wal_segment_size'), pg_is_in_recovery(), current_setting('archive_mode'),
+                (SELECT system_identifier::text FROM pg_control_system())",
+    )?;
+    let version: i32 = row.get(0);
+    let data_dir: String = row.get(1);
+    let seg_size_text: String = row.get(2);
+    let in_recovery: bool = row.get(3);
+    let archive_mode: String = row.get(4);
+    let system_id: String = row.get(5);
+    if version < 150000 {
+        anyhow::bail!("PostgreSQL {version} is not supported: cirkel needs PostgreSQL 15 or newer");
+    }
+    let pgdata = match &opts.pgdata {
+        Some(p) => std::fs::canonicalize(p)?,
+        None => std::fs::canonicalize(&data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "the server's data directory {data_dir} is not readable here ({e}); run cirkel on the database host"
+            )
+        })?,
+    };
+    if std::fs::canonicalize(&data_dir).ok().as_deref() != Some(pgdata.as_path()) {
+        anyhow::bail!(
+            "{} is not the data directory of the server at {} (it uses {data_dir}); check PGDATA and PGHOST/PGPORT",
+            pgdata.display(),
+            conn.describe
+        );
+    }
+    let wal_segment_size = parse_size(&seg_size_text).unwrap_or(16 * 1024 * 1024);
+    let owner = std::fs::metadata(&pgdata)?;
+    let label = opts.label.clone().unwrap_or_else(|| format!("cirkel {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")));
+    let start_time = Utc::now();
+    conn.query_one_text("SELECT pg_backup_start($1, true)::text", &label)?;
+
+    let files = BackupOptions {
+        paths: vec![pgdata.clone()],
+        tags: opts.tags.clone(),
+        excludes: excludes(&pgdata)?,
+        force: opts.full,
+        threads: opts.threads,
+        chunking: Chunking::Fixed(BLOCK),
+        root_is_path: true,
+        vanished_ok: true,
+        kind: KIND.into(),
+        ..Default::default()
+    };
+    let wait = archive_mode != "off";
+    let pgdata_s = pgdata.display().to_string();
+    let finish = || -> anyhow::Result<Finish> {
+        let row = conn.query_one(&format!(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => {wait})"
+        ))?;
+        let stop_lsn: String = row.get(0);
+        let labelfile: String = row.get(1);
+        let spcmap: Option<String> = row.get(2);
+        let timeline: u32 = label_field(&labelfile, "START TIMELINE:").and_then(|t| t.parse().ok()).unwrap_or(1);
+        let start_loc = label_field(&labelfile, "START WAL LOCATION:").unwrap_or_default();
+        let start_lsn = start_loc.split_whitespace().next().unwrap_or_default().to_string();
+        let start_wal = start_loc.rsplit("file ").next().unwrap_or_default().trim_end_matches(')').to_string();
+        let stop = parse_lsn(&stop_lsn).unwrap_or(0);
+        let stop_wal = Segment::containing(timeline, stop.saturating_sub(1), wal_segment_size).to_string();
+        let meta = BackupMeta {
+            system_id: system_id.clone(),
+            pg_version: version,
+            timeline,
+            start_lsn,
+            stop_lsn,
+            start_wal,
+            stop_wal,
+            start_time,
+            stop_time: Utc::now(),
+            label: label.clone(),
+            backup_type: if opts.full { "full".into() } else { "incr".into() },
+            wal_segment_size,
+            pgdata: pgdata_s.clone(),
+            from_standby: in_recovery,
+            owner_uid: owner.uid(),
+            owner_gid: owner.gid(),
+        };
+        let mut extra = vec![("backup_label".to_string(), labelfile.into_bytes())];
+        if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
+            extra.push(("tablespace_map".to_string(), map.into_bytes()));
+        }
+        Ok(Finish { extra_files: extra, meta: serde_json::to_value(meta)? })
+    };
+    let outcome = cirkel_files::backup_with(repo, &files, progress, Some(&finish))?;
+    Ok((outcome.id, outcome.snapshot))
+}
+
+/// `16MB` → bytes, as PostgreSQL shows sizes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "B" => n,
+        "kB" => n * 1024,
+        "MB" => n * 1024 * 1024,
+        "GB" => n * 1024 * 1024 * 1024,
+        _ => return None,
+    })
+}
+
+/// Base backups in the repository, oldest first.
+pub fn list(repo: &Repository) -> anyhow::Result<Vec<(Id, Snapshot, BackupMeta)>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .filter_map(|(id, s)| {
+            let m = BackupMeta::of(&s)?;
+            Some((id, s, m))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_labels() {
+        assert_eq!(parse_size("16MB"), Some(16 * 1024 * 1024));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n";
+        assert_eq!(label_field(label, "START TIMELINE:"), Some("1"));
+    }
+}

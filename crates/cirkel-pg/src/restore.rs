@@ -1,0 +1,226 @@
+//! Restoring a base backup and configuring recovery to a target.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use cirkel_repo::{Id, Repository, Snapshot};
+use serde::Serialize;
+
+use crate::backup::{BackupMeta, list};
+use crate::conn::parse_lsn;
+use crate::wal::{self, Segment};
+
+/// Where recovery stops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum Target {
+    Time(DateTime<Utc>),
+    Lsn(String),
+    Xid(String),
+    Name(String),
+    /// Replay everything there is.
+    Latest,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+}
+
+/// The chosen backup and WAL, explained.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub backup: Id,
+    pub meta: BackupMeta,
+    pub target: Target,
+    /// First WAL segment replay needs.
+    pub wal_from: String,
+    /// Newest WAL segment in the archive on the backup's timeline (or later ones).
+    pub wal_to: Option<String>,
+    /// Missing segments between the two: recovery would stop at the first.
+    pub wal_gaps: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// A target outside what the repository can reach, or a missing piece.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no base backup in the repository{0}")]
+    NoBackup(String),
+    #[error(
+        "target {target} is before the end of the oldest usable backup ({oldest}); the recoverable window starts there"
+    )]
+    BeforeOldest { target: String, oldest: String },
+    #[error("target time {0} is in the future")]
+    InFuture(String),
+    #[error("WAL segment {missing} is missing from the archive; recovery from backup {backup} cannot pass it")]
+    MissingWal { missing: String, backup: String },
+}
+
+impl PlanError {
+    pub fn hint(&self) -> String {
+        match self {
+            PlanError::NoBackup(_) => "take one with `cirkel pg backup`".into(),
+            PlanError::BeforeOldest { .. } => {
+                "choose a later --target-time / --target-lsn; `cirkel pg info` shows the recoverable window".into()
+            }
+            PlanError::InFuture(_) => "use --latest to replay everything archived".into(),
+            PlanError::MissingWal { .. } => {
+                "restore from a later backup (--backup), a target before the gap, or from a second repository that has the segment; `cirkel pg check` lists every gap".into()
+            }
+        }
+    }
+}
+
+pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: Option<Id>) -> anyhow::Result<Plan> {
+    let mut backups = list(repo)?;
+    if let Some(sys) = system_id {
+        backups.retain(|(_, _, m)| m.system_id == sys);
+    }
+    backups.retain(|(_, s, _)| !s.incomplete);
+    let chosen = if let Some(id) = backup {
+        backups
+            .into_iter()
+            .find(|(bid, _, _)| *bid == id)
+            .ok_or_else(|| PlanError::NoBackup(format!(" with id {id}")))?
+    } else {
+        let oldest = backups.first().map(|(_, _, m)| m.clone()).ok_or_else(|| PlanError::NoBackup(String::new()))?;
+        let fits = |m: &BackupMeta| match &target {
+            Target::Time(t) => m.stop_time <= *t,
+            Target::Lsn(l) => parse_lsn(l).is_some_and(|l| m.stop_lsn() <= l),
+            _ => true,
+        };
+        if let Target::Time(t) = &target
+            && *t > Utc::now()
+        {
+            return Err(PlanError::InFuture(t.to_rfc3339()).into());
+        }
+        match backups.into_iter().rev().find(|(_, _, m)| fits(m)) {
+            Some(b) => b,
+            None => {
+                let (target_s, oldest_s) = match &target {
+                    Target::Time(t) => (t.to_rfc3339(), oldest.stop_time.to_rfc3339()),
+                    Target::Lsn(l) => (l.clone(), oldest.stop_lsn.clone()),
+                    _ => return Err(PlanError::NoBackup(String::new()).into()),
+                };
+                return Err(PlanError::BeforeOldest { target: target_s, oldest: oldest_s }.into());
+            }
+        }
+    };
+    let (id, _, meta) = chosen;
+    let ns = crate::namespace(meta.system_id.parse().unwrap_or(0));
+    let archived = wal::archived_segments(repo, &ns)?;
+    let from = meta.start_segment().ok_or_else(|| anyhow::anyhow!("backup {id} has no start WAL segment"))?;
+    let gaps = wal::gaps(&archived, from, meta.wal_segment_size);
+    let last_on_tli = archived.iter().rfind(|s| s.tli >= from.tli).map(ToString::to_string);
+    let mut notes = Vec::new();
+    let stop_seg = Segment::parse(&meta.stop_wal);
+    // Gaps after the backup's own WAL only matter for targets past them.
+    if let Some(first) = gaps.first()
+        && stop_seg.is_none_or(|s| *first <= s)
+    {
+        return Err(PlanError::MissingWal { missing: first.to_string(), backup: id.short() }.into());
+    }
+    if let Some(first) = gaps.first() {
+        notes.push(format!("WAL segment {first} is missing: recovery stops before it"));
+    }
+    let partial = wal::partials(repo, &ns, None)?;
+    if let Some(p) = partial.last() {
+        notes.push(format!("the newest WAL is a partial segment from the streamer ({p})"));
+    }
+    Ok(Plan {
+        backup: id,
+        wal_from: from.to_string(),
+        wal_to: last_on_tli,
+        wal_gaps: gaps.iter().map(ToString::to_string).collect(),
+        meta,
+        target,
+        notes,
+    })
+}
+
+/// Restores the plan's backup into `to` and writes the recovery settings.
+/// `restore_command` is what PostgreSQL will run to fetch WAL.
+pub fn restore(
+    repo: &Repository,
+    plan: &Plan,
+    to: &Path,
+    restore_command: &str,
+    threads: usize,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<cirkel_files::RestoreReport> {
+    if to.exists() && std::fs::read_dir(to)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty; refusing to restore over existing data (remove it or choose another --to)",
+            to.display()
+        );
+    }
+    let snap: Snapshot = repo.load_snapshot(&plan.backup)?;
+    let report = cirkel_files::restore(
+        repo,
+        &snap,
+        &cirkel_files::RestoreOptions { target: to.to_path_buf(), threads },
+        on_bytes,
+    )?;
+    if !report.errors.is_empty() {
+        return Ok(report);
+    }
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    if is_root() {
+        chown_tree(to, plan.meta.owner_uid, plan.meta.owner_gid)?;
+    }
+    write_recovery(to, plan, restore_command)?;
+    Ok(report)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path: PathBuf = entry.path();
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn write_recovery(to: &Path, plan: &Plan, restore_command: &str) -> anyhow::Result<()> {
+    let mut lines = vec![
+        String::new(),
+        format!("# cirkel pg restore of backup {} ({})", plan.backup.short(), Utc::now().to_rfc3339()),
+        format!("restore_command = {}", quote(restore_command)),
+        "recovery_target_timeline = 'latest'".to_string(),
+    ];
+    match &plan.target {
+        Target::Time(t) => lines.push(format!("recovery_target_time = {}", quote(&t.to_rfc3339()))),
+        Target::Lsn(l) => lines.push(format!("recovery_target_lsn = {}", quote(l))),
+        Target::Xid(x) => lines.push(format!("recovery_target_xid = {}", quote(x))),
+        Target::Name(n) => lines.push(format!("recovery_target_name = {}", quote(n))),
+        Target::Immediate => lines.push("recovery_target = 'immediate'".into()),
+        Target::Latest => {}
+    }
+    if plan.target != Target::Latest {
+        lines.push("recovery_target_action = 'promote'".into());
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(to.join("postgresql.auto.conf"))?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    std::fs::write(to.join("recovery.signal"), "")?;
+    if is_root() {
+        for f in ["postgresql.auto.conf", "recovery.signal"] {
+            std::os::unix::fs::lchown(to.join(f), Some(plan.meta.owner_uid), Some(plan.meta.owner_gid))?;
+        }
+    }
+    Ok(())
+}

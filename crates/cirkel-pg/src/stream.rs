@@ -1,0 +1,174 @@
+//! Continuous WAL streaming: `pg_receivewal` on a replication slot writes
+//! into a local spool; every interval, completed segments are archived and
+//! the growing `.partial` segment is uploaded as a new partial copy, so the
+//! newest WAL reaches the repository within about one interval of its commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cirkel_repo::Repository;
+use serde::Serialize;
+
+use crate::wal::{self, WalFile};
+
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub spool: PathBuf,
+    pub slot: String,
+    pub interval: Duration,
+    /// Directory with `pg_receivewal`.
+    pub bindir: PathBuf,
+    /// A libpq connection string for pg_receivewal; else the PG* environment.
+    pub conninfo: Option<String>,
+    /// Stop after this long (for drills and tests); run until stopped otherwise.
+    pub run_for: Option<Duration>,
+}
+
+/// Counters of one streaming session.
+#[derive(Debug, Default, Serialize)]
+pub struct StreamStats {
+    pub segments_archived: u64,
+    pub partial_uploads: u64,
+    pub receiver_restarts: u64,
+}
+
+struct Receiver {
+    child: Option<Child>,
+    started: Instant,
+}
+
+fn receivewal(opts: &StreamOptions) -> Command {
+    let mut c = Command::new(opts.bindir.join("pg_receivewal"));
+    if let Some(ci) = &opts.conninfo {
+        c.args(["-d", ci]);
+    }
+    c
+}
+
+fn create_slot(opts: &StreamOptions) -> anyhow::Result<()> {
+    let out = receivewal(opts)
+        .args(["--create-slot", "--if-not-exists", "--slot", &opts.slot])
+        .output()
+        .map_err(|e| anyhow::anyhow!("run {}: {e}", opts.bindir.join("pg_receivewal").display()))?;
+    if !out.status.success() {
+        anyhow::bail!("create replication slot {}: {}", opts.slot, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn spawn(opts: &StreamOptions) -> anyhow::Result<Child> {
+    receivewal(opts)
+        .args(["--slot", &opts.slot, "--synchronous", "--no-loop", "--no-password", "-D"])
+        .arg(&opts.spool)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("start pg_receivewal: {e}"))
+}
+
+/// Runs until `stop` is set (or `run_for` passes).
+pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBool>) -> anyhow::Result<StreamStats> {
+    std::fs::create_dir_all(&opts.spool)?;
+    create_slot(opts)?;
+    let mut stats = StreamStats::default();
+    let mut rx = Receiver { child: Some(spawn(opts)?), started: Instant::now() };
+    let mut uploaded: HashMap<String, blake3::Hash> = HashMap::new();
+    let began = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed) || opts.run_for.is_some_and(|d| began.elapsed() >= d);
+        if let Some(child) = rx.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            tracing::warn!("pg_receivewal exited ({status}); archiving what it wrote and restarting");
+            rx.child = None;
+        }
+        if let Err(e) = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats) {
+            tracing::error!("uploading WAL: {e:#}; retrying in {:?}", opts.interval);
+        }
+        if stopping {
+            if let Some(mut c) = rx.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats)?;
+            return Ok(stats);
+        }
+        if rx.child.is_none() && rx.started.elapsed() >= Duration::from_secs(1) {
+            match spawn(opts) {
+                Ok(c) => {
+                    rx = Receiver { child: Some(c), started: Instant::now() };
+                    stats.receiver_restarts += 1;
+                }
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+        std::thread::sleep(opts.interval);
+    }
+}
+
+/// One pass over the spool.
+fn sweep(
+    repo: &Repository,
+    ns: &str,
+    spool: &Path,
+    uploaded: &mut HashMap<String, blake3::Hash>,
+    stats: &mut StreamStats,
+) -> anyhow::Result<()> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(spool)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    for name in names {
+        let path = spool.join(&name);
+        match WalFile::parse(&name) {
+            Some(WalFile::Segment(seg)) => {
+                wal::push(repo, ns, &path)?;
+                stats.segments_archived += 1;
+                std::fs::remove_file(&path)?;
+                uploaded.remove(&seg.to_string());
+                // The complete segment supersedes its partial copies.
+                for p in wal::partials(repo, ns, Some(seg))? {
+                    repo.delete_stream(ns, &p)?;
+                }
+            }
+            Some(WalFile::History(_)) => {
+                wal::push(repo, ns, &path)?;
+                std::fs::remove_file(&path)?;
+            }
+            Some(WalFile::Partial(seg)) => {
+                let data = std::fs::read(&path)?;
+                let hash = blake3::hash(&data);
+                if uploaded.get(&seg.to_string()) == Some(&hash) {
+                    continue;
+                }
+                let older = wal::partials(repo, ns, Some(seg))?;
+                wal::push_partial(repo, ns, seg, &data)?;
+                stats.partial_uploads += 1;
+                uploaded.insert(seg.to_string(), hash);
+                for p in older {
+                    repo.delete_stream(ns, &p)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where `pg_receivewal` is: PG_BINDIR, PostgreSQL 15's Debian location, else PATH.
+pub fn find_bindir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PG_BINDIR") {
+        return PathBuf::from(d);
+    }
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
+    if debian.join("pg_receivewal").exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("pg_receivewal").exists()))
+        .unwrap_or(debian)
+}

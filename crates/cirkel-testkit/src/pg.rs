@@ -1,0 +1,225 @@
+//! PostgreSQL 15 clusters for tests, run as the unprivileged `postgres`
+//! user when the tests run as root (PostgreSQL refuses to run as root).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// Where PostgreSQL's server programs are.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(d) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(d);
+    }
+    let p = PathBuf::from("/usr/lib/postgresql/15/bin");
+    assert!(
+        p.join("initdb").is_file(),
+        "PostgreSQL 15 is not installed: apt-get install postgresql-15 (see .ci/run), or set PG_BINDIR"
+    );
+    p
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The (uid, gid) of the `postgres` user.
+pub fn postgres_ids() -> (u32, u32) {
+    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres user exists");
+    let out = Command::new("id").args(["-g", "postgres"]).output().expect("id");
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres group");
+    (uid, gid)
+}
+
+/// A command that runs as `postgres` when we are root.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Hands a path (recursively) to the postgres user.
+pub fn chown_postgres(path: &Path) {
+    if is_root() {
+        let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(path).status().expect("chown");
+        assert!(st.success());
+    }
+}
+
+/// One PostgreSQL cluster in a temp dir on a free port.
+pub struct PgCluster {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    running: bool,
+}
+
+impl PgCluster {
+    /// `initdb` with data checksums, then `conf` lines appended to postgresql.conf.
+    pub fn init(conf: &[&str]) -> PgCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir_all(&socket_dir).expect("mkdir");
+        chown_postgres(dir.path());
+        let out = as_postgres(pg_bindir().join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--data-checksums", "-E", "UTF8", "--locale=C"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let mut lines = vec![
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            "fsync = off".to_string(),
+            "wal_level = replica".to_string(),
+            "max_wal_senders = 10".to_string(),
+            "max_replication_slots = 10".to_string(),
+            "shared_buffers = 32MB".to_string(),
+        ];
+        lines.extend(conf.iter().map(|s| s.to_string()));
+        append_conf(&data, &lines);
+        let log = dir.path().join("postgres.log");
+        PgCluster { dir, data, socket_dir, port, log, running: false }
+    }
+
+    /// A cluster over an existing data directory (a restore), on a new port.
+    pub fn adopt(dir: tempfile::TempDir, data: PathBuf) -> PgCluster {
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir_all(&socket_dir).expect("mkdir");
+        chown_postgres(dir.path());
+        let port = free_port();
+        let log = dir.path().join("postgres.log");
+        PgCluster { dir, data, socket_dir, port, log, running: false }
+    }
+
+    pub fn start(&mut self) {
+        let out = as_postgres(pg_bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .arg("-o")
+            .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.socket_dir.display()))
+            .args(["-w", "-t", "120", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        self.running = true;
+    }
+
+    /// Starts a restored cluster and waits until recovery is over and it accepts writes.
+    pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
+        self.start();
+        let start = Instant::now();
+        loop {
+            let out = self.try_sql("SELECT pg_is_in_recovery()");
+            if out.as_deref() == Ok("f") {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "recovery did not finish: {out:?}\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_postgres(pg_bindir().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+            self.running = false;
+        }
+    }
+
+    /// kill -9 of the postmaster (its children exit on their own).
+    pub fn kill9(&mut self) {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.running = false;
+    }
+
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let s = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        s.lines().next()?.trim().parse().ok()
+    }
+
+    /// libpq environment for this cluster.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), self.socket_dir.display().to_string()),
+            ("PGPORT".into(), self.port.to_string()),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGDATABASE".into(), "postgres".into()),
+            ("PGDATA".into(), self.data.display().to_string()),
+        ]
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out: Output = Command::new(pg_bindir().join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql).unwrap_or_else(|e| panic!("SQL failed: {sql}\n{e}\n{}", self.log_text()))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- postgres log ({}) ----\n{}", self.log.display(), self.log_text());
+        }
+        self.stop();
+        if self.postmaster_pid().is_some() {
+            self.kill9();
+        }
+    }
+}
+
+pub fn append_conf(data: &Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("open postgresql.conf");
+    for l in lines {
+        writeln!(f, "{l}").expect("write conf");
+    }
+}

@@ -1,0 +1,362 @@
+//! `cirkel pg ...`, `cirkel wal-push`, `cirkel wal-fetch`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use cirkel_pg::restore::{PlanError, Target};
+use cirkel_pg::wal::Fetched;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+
+use crate::cli::{BackupType, Global, PgBackupArgs, PgCmd, PgRestoreArgs, StreamWalArgs, WalFetchArgs, WalPushArgs};
+use crate::context::{load_config, main_repo, threads};
+use crate::output::{bytes_bar, human_bytes, print_json, spinner, user_error};
+
+pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PgCmd::Backup(a) => backup(global, a),
+        PgCmd::Backups => backups(global),
+        PgCmd::Info => info(global, false),
+        PgCmd::Check => info(global, true),
+        PgCmd::Restore(a) => restore(global, a),
+        PgCmd::StreamWal(a) => stream_wal(global, a),
+    }
+}
+
+fn pg_error(e: anyhow::Error) -> anyhow::Error {
+    if let Some(c) = e.downcast_ref::<cirkel_pg::conn::ConnectError>() {
+        let msg = c.to_string();
+        return user_error(msg, "check that PostgreSQL runs and PGHOST/PGPORT/PGUSER (or --conninfo) point at it");
+    }
+    if let Some(p) = e.downcast_ref::<PlanError>() {
+        let (msg, hint) = (p.to_string(), p.hint());
+        return user_error(msg, hint);
+    }
+    if let Some(b) = e.downcast_ref::<cirkel_pg::wal::BadWalName>() {
+        let msg = b.to_string();
+        return user_error(msg, "PostgreSQL passes %p to wal-push and %f %p to wal-fetch");
+    }
+    e
+}
+
+fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let mut tags = a.tag.clone();
+    if let Some(l) = &a.label {
+        tags.push(l.clone());
+    }
+    let opts = cirkel_pg::backup::PgBackupOptions {
+        pgdata: a.conn.pgdata.clone(),
+        conninfo: a.conn.conninfo.clone(),
+        label: a.label.clone(),
+        full: a.backup_type == BackupType::Full,
+        tags,
+        threads: threads(),
+    };
+    let bar = spinner(global, "pg backup");
+    struct P(indicatif::ProgressBar);
+    impl cirkel_files::Progress for P {
+        fn file_done(&self, _: &std::path::Path, bytes: u64, _: bool) {
+            self.0.inc(1);
+            self.0.inc_length(0);
+            let _ = bytes;
+        }
+    }
+    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &P(bar.clone())).map_err(pg_error)?;
+    bar.finish_and_clear();
+    let meta = cirkel_pg::backup::BackupMeta::of(&snap);
+    if global.json {
+        print_json(&json!({ "id": id, "snapshot": snap }));
+    } else if let Some(m) = meta {
+        println!(
+            "backup {} of cluster {} saved: {} in {} files ({} added), WAL {} .. {}, {:.1}s",
+            id.short(),
+            m.system_id,
+            human_bytes(snap.summary.bytes),
+            snap.summary.files,
+            human_bytes(snap.summary.bytes_added),
+            m.start_wal,
+            m.stop_wal,
+            snap.summary.duration_ms as f64 / 1000.0
+        );
+    }
+    if snap.incomplete {
+        for e in &snap.errors {
+            eprintln!("  {}: {}", e.path, e.message);
+        }
+        return Err(user_error(
+            format!("backup {} is incomplete: {} file(s) could not be read", id.short(), snap.errors.len()),
+            "run cirkel as the user that owns the data directory",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backups(global: &Global) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let list = cirkel_pg::catalog::backups(&repo)?;
+    if global.json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["ID", "Stop time (UTC)", "Type", "Label", "Cluster", "TLI", "Start WAL", "Size", "Added", "Took"]);
+    for b in &list {
+        t.add_row([
+            b.short_id.clone(),
+            b.meta.stop_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+            b.meta.backup_type.clone(),
+            b.meta.label.clone(),
+            b.meta.system_id.clone(),
+            b.meta.timeline.to_string(),
+            b.meta.start_wal.clone(),
+            human_bytes(b.bytes),
+            human_bytes(b.bytes_added),
+            format!("{:.1}s", b.duration_ms as f64 / 1000.0),
+        ]);
+    }
+    println!("{t}");
+    println!("{} backup(s)", list.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let clusters = cirkel_pg::catalog::info(&repo)?;
+    if global.json {
+        print_json(&clusters);
+    } else {
+        if clusters.is_empty() {
+            println!("no PostgreSQL backups in {}", repo.location());
+        }
+        for c in &clusters {
+            println!("cluster {} in {}", c.system_id, repo.location());
+            println!("  backups:          {}", c.backups);
+            println!(
+                "  earliest restore: {} (LSN {})",
+                c.earliest_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                c.earliest_lsn.clone().unwrap_or_else(|| "-".into())
+            );
+            println!(
+                "  latest WAL:       {}{}",
+                c.latest_wal.clone().unwrap_or_else(|| "-".into()),
+                c.latest_partial.as_ref().map(|p| format!(" (streaming: {p})")).unwrap_or_default()
+            );
+            println!("  WAL segments:     {} on timeline(s) {:?}", c.archived_segments, c.timelines);
+            for p in &c.problems {
+                println!("  problem: {p}");
+            }
+            for g in &c.gaps {
+                println!("  missing: {g}");
+            }
+        }
+    }
+    let problems: usize = clusters.iter().map(|c| c.problems.len()).sum();
+    if strict && problems > 0 {
+        return Err(user_error(
+            format!("{problems} problem(s) in the WAL archive (listed above)"),
+            "a missing segment ends every recovery that needs it: take a new base backup now, and check archive_command / the streamer",
+        ));
+    }
+    if !strict || global.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("WAL archive OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_target(a: &PgRestoreArgs) -> anyhow::Result<Target> {
+    Ok(if let Some(t) = &a.target_time {
+        let parsed: DateTime<Utc> = DateTime::parse_from_rfc3339(t)
+            .map(|d| d.with_timezone(&Utc))
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
+            .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))?;
+        Target::Time(parsed)
+    } else if let Some(l) = &a.target_lsn {
+        if cirkel_pg::conn::parse_lsn(l).is_none() {
+            return Err(user_error(format!("`{l}` is not an LSN"), "an LSN looks like 0/3000060"));
+        }
+        Target::Lsn(l.clone())
+    } else if let Some(x) = &a.target_xid {
+        Target::Xid(x.clone())
+    } else if let Some(n) = &a.target_name {
+        Target::Name(n.clone())
+    } else if a.immediate {
+        Target::Immediate
+    } else {
+        Target::Latest
+    })
+}
+
+fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let target_repo = main_repo(global, &cfg)?;
+    let repo = target_repo.open()?;
+    let target = parse_target(a)?;
+    let backup = match &a.backup {
+        Some(b) => Some(repo.find_snapshot(b, Some(cirkel_pg::KIND))?.0),
+        None => None,
+    };
+    let plan = cirkel_pg::restore::plan(&repo, None, target, backup).map_err(pg_error)?;
+    let describe = |p: &cirkel_pg::restore::Plan| {
+        format!(
+            "backup {} (stopped {}, LSN {}), then WAL from {} through {}",
+            p.backup.short(),
+            p.meta.stop_time.to_rfc3339(),
+            p.meta.stop_lsn,
+            p.wal_from,
+            p.wal_to.clone().unwrap_or_else(|| "(none archived yet)".into())
+        )
+    };
+    if a.dry_run {
+        if global.json {
+            print_json(&plan);
+        } else {
+            println!("would restore {} into {}", describe(&plan), a.to.display());
+            for n in &plan.notes {
+                println!("note: {n}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe()?;
+    let mut cmd = format!("{} --repo {}", shell_quote(&exe.display().to_string()), shell_quote(&repo.location()));
+    if let Some(pf) = &target_repo.password_file {
+        cmd.push_str(&format!(" --password-file {}", shell_quote(&pf.display().to_string())));
+    }
+    if let Some(c) = &global.config {
+        let c = std::fs::canonicalize(c).unwrap_or_else(|_| PathBuf::from(c));
+        cmd.push_str(&format!(" --config {}", shell_quote(&c.display().to_string())));
+    }
+    cmd.push_str(" wal-fetch %f %p");
+    let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
+    let report = cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, threads() * 2, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if !report.errors.is_empty() {
+        for (p, e) in &report.errors {
+            eprintln!("  {p}: {e}");
+        }
+        return Err(user_error(
+            format!("{} file(s) of backup {} could not be restored", report.errors.len(), plan.backup.short()),
+            "run `cirkel repo verify --read-data`; restore an older backup with --backup, or from a second repository",
+        ));
+    }
+    if global.json {
+        print_json(&json!({ "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes }));
+    } else {
+        println!("restored {} into {}", describe(&plan), a.to.display());
+        println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn wal_push(global: &Global, a: &WalPushArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open_cached()?;
+    let pgdata = cirkel_pg::control::find_pgdata(a.pgdata.as_deref())?;
+    let ns = cirkel_pg::namespace(cirkel_pg::control::system_identifier(&pgdata)?);
+    let path = if a.path.is_absolute() { a.path.clone() } else { std::env::current_dir()?.join(&a.path) };
+    let outcome = cirkel_pg::wal::push(&repo, &ns, &path).map_err(pg_error)?;
+    if global.json {
+        print_json(&json!({ "file": a.path, "outcome": format!("{outcome:?}") }));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn wal_fetch(global: &Global, a: &WalFetchArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open_cached()?;
+    let pgdata = cirkel_pg::control::find_pgdata(a.pgdata.as_deref())?;
+    let ns = cirkel_pg::namespace(cirkel_pg::control::system_identifier(&pgdata)?);
+    let dest = if a.dest.is_absolute() { a.dest.clone() } else { std::env::current_dir()?.join(&a.dest) };
+    match cirkel_pg::wal::fetch(&repo, &ns, &a.name, &dest).map_err(pg_error)? {
+        Fetched::NotFound => {
+            // PostgreSQL asks for files that may not exist (the next timeline's
+            // history, the segment after the last): a quiet non-zero exit.
+            if global.json {
+                print_json(&json!({ "file": a.name, "found": false }));
+            } else if global.verbose > 0 {
+                eprintln!("{} is not in the archive", a.name);
+            }
+            Ok(ExitCode::from(1))
+        }
+        how => {
+            if global.json {
+                print_json(&json!({ "file": a.name, "found": true, "from": format!("{how:?}") }));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let conn = cirkel_pg::conn::PgConn::connect(a.conn.conninfo.as_deref()).map_err(pg_error)?;
+    let row = conn.query_one("SELECT system_identifier::text FROM pg_control_system()")?;
+    let sys: String = row.get(0);
+    drop(conn);
+    let ns = cirkel_pg::namespace(sys.parse()?);
+    let spool = match &a.spool {
+        Some(s) => s.clone(),
+        None => crate::context::cache_dir()
+            .ok_or_else(|| user_error("no spool directory", "pass --spool DIR"))?
+            .join(format!("spool-{sys}-{}", a.slot)),
+    };
+    let bindir = cirkel_pg::stream::find_bindir();
+    let opts = cirkel_pg::stream::StreamOptions {
+        spool,
+        slot: a.slot.clone(),
+        interval: a.interval,
+        bindir,
+        conninfo: a.conn.conninfo.clone(),
+        run_for: a.duration,
+    };
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        stop2.store(true, Ordering::Relaxed);
+    });
+    if !global.quiet && !global.json {
+        eprintln!("streaming WAL of cluster {sys} into {} every {:?} (slot {})", repo.location(), a.interval, a.slot);
+    }
+    let stats = cirkel_pg::stream::run(&repo, &ns, &opts, stop)?;
+    if global.json {
+        print_json(&stats);
+    } else if !global.quiet {
+        eprintln!(
+            "stopped: {} segments archived, {} partial uploads, {} receiver restarts",
+            stats.segments_archived, stats.partial_uploads, stats.receiver_restarts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
