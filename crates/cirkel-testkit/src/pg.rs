@@ -35,11 +35,12 @@ pub fn postgres_ids() -> (u32, u32) {
     (uid, gid)
 }
 
-/// A command that runs as `postgres` when we are root.
+/// A command that runs as `postgres` when we are root. `setpriv` execs the
+/// program in place, so the child's pid is the program's own (signals reach it).
 pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
         c
     } else {
         Command::new(program)

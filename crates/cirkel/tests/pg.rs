@@ -1,0 +1,383 @@
+//! PostgreSQL protection against real PostgreSQL 15 clusters: base backups,
+//! WAL archiving through archive_command, point-in-time restore, timelines,
+//! gaps, an unreachable repository, and streaming after the primary is lost.
+//! cirkel runs as the `postgres` user, as it would on a database host.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cirkel_testkit::pg::{PgCluster, as_postgres, chown_postgres};
+use common::*;
+
+struct PgEnv {
+    env: Env,
+    cache: std::path::PathBuf,
+}
+
+impl PgEnv {
+    fn new() -> PgEnv {
+        let env = Env::new();
+        std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cache = env.path("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        chown_postgres(env.dir.path());
+        PgEnv { env, cache }
+    }
+
+    /// cirkel as postgres, with the repository, passphrase and cluster env.
+    fn cmd(&self, pg: Option<&PgCluster>, args: &[&str]) -> Command {
+        let mut c = as_postgres(BIN);
+        c.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CIRKEL_") || k.starts_with("PG") {
+                c.env_remove(k);
+            }
+        }
+        c.env("CIRKEL_REPO", &self.env.repo)
+            .env("CIRKEL_PASSWORD_FILE", &self.env.password_file)
+            .env("CIRKEL_CACHE_DIR", &self.cache)
+            .current_dir(self.env.dir.path());
+        if let Some(pg) = pg {
+            for (k, v) in pg.env() {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+
+    fn ok(&self, pg: Option<&PgCluster>, args: &[&str]) -> String {
+        let out = self.cmd(pg, args).output().unwrap();
+        assert!(out.status.success(), "cirkel {args:?} failed: {}\n{}", stderr(&out), stdout(&out));
+        stdout(&out)
+    }
+
+    fn json(&self, pg: Option<&PgCluster>, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(pg, &a)).unwrap()
+    }
+
+    fn fails(&self, pg: Option<&PgCluster>, args: &[&str]) -> String {
+        let out = self.cmd(pg, args).output().unwrap();
+        assert!(!out.status.success(), "cirkel {args:?} should fail: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains("error: ") && err.contains("hint: "), "{err}");
+        err
+    }
+
+    fn archive_command(&self) -> String {
+        format!(
+            "CIRKEL_CACHE_DIR={} {BIN} --repo {} --password-file {} wal-push %p",
+            self.cache.display(),
+            self.env.repo,
+            self.env.password_file.display()
+        )
+    }
+
+    fn archiving_cluster(&self, extra: &[&str]) -> PgCluster {
+        let ac = format!("archive_command = '{}'", self.archive_command());
+        let mut conf = vec!["archive_mode = on", ac.as_str(), "track_commit_timestamp = on"];
+        conf.extend_from_slice(extra);
+        let mut pg = PgCluster::init(&conf);
+        pg.start();
+        pg
+    }
+
+    /// Restores into a fresh directory and starts it (without archiving) until promoted.
+    fn restore_and_start(&self, args: &[&str]) -> PgCluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        let to = data.display().to_string();
+        let mut a = vec!["pg", "restore", "--to", to.as_str()];
+        a.extend_from_slice(args);
+        self.ok(None, &a);
+        cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
+        let mut restored = PgCluster::adopt(dir, data);
+        restored.start_and_wait_promoted(Duration::from_secs(120));
+        restored
+    }
+}
+
+/// Forces a segment switch and waits until the archiver has pushed it.
+fn switch_and_archive(pg: &PgCluster) {
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let start = Instant::now();
+    loop {
+        let last = pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if last.as_str() >= seg.as_str() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "segment {seg} never archived (last {last})\n{}",
+            pg.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn insert_rows(pg: &PgCluster, from: i32, to: i32) {
+    pg.sql(&format!(
+        "DO $$ BEGIN FOR i IN {from}..{to} LOOP INSERT INTO t VALUES (i, now()::text); COMMIT; PERFORM pg_sleep(0.01); END LOOP; END $$"
+    ));
+}
+
+#[test]
+fn point_in_time_restore_is_exact() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    pg.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(-5000, -1) g");
+    let v = e.json(Some(&pg), &["pg", "backup", "--type", "full", "--label", "pre-deploy"]);
+    assert_eq!(v["snapshot"]["kind"], "pg");
+    assert_eq!(v["snapshot"]["meta"]["label"], "pre-deploy");
+    insert_rows(&pg, 1, 40);
+    let t20 = pg.sql(
+        "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE id = 20",
+    );
+    switch_and_archive(&pg);
+
+    // The plan names the backup and the WAL range.
+    let plan = e.json(None, &["pg", "restore", "--to", "/nonexistent/x", "--target-time", &t20, "--dry-run"]);
+    assert_eq!(plan["backup"], v["id"]);
+    assert!(plan["wal_from"].as_str().unwrap().len() == 24);
+
+    let restored = e.restore_and_start(&["--target-time", &t20]);
+    assert_eq!(restored.sql("SELECT count(*) FROM t WHERE id > 0"), "20", "exactly the commits up to T");
+    assert_eq!(restored.sql("SELECT max(id) FROM t"), "20");
+    assert_eq!(restored.sql("SELECT count(*) FROM t WHERE id < 0"), "5000");
+
+    // And everything with --latest.
+    let latest = e.restore_and_start(&["--latest"]);
+    assert_eq!(latest.sql("SELECT count(*) FROM t WHERE id > 0"), "40");
+
+    let list = e.json(None, &["pg", "backups"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let info = e.json(None, &["pg", "info"]);
+    assert!(info[0]["archived_segments"].as_u64().unwrap() >= 2, "{info}");
+    assert!(info[0]["problems"].as_array().unwrap().is_empty(), "{info}");
+    e.ok(None, &["pg", "check"]);
+}
+
+#[test]
+fn targets_outside_the_window_and_bad_names_are_clear_errors() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    let err = e.fails(Some(&pg), &["pg", "restore", "--to", "/tmp/x", "--latest"]);
+    assert!(err.contains("no base backup"), "{err}");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    e.ok(Some(&pg), &["pg", "backup"]);
+    let err = e.fails(None, &["pg", "restore", "--to", "/tmp/x", "--target-time", &before.to_rfc3339()]);
+    assert!(err.contains("before the end of the oldest usable backup"), "{err}");
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let err = e.fails(None, &["pg", "restore", "--to", "/tmp/x", "--target-time", &future.to_rfc3339()]);
+    assert!(err.contains("in the future"), "{err}");
+    let err = e.fails(None, &["pg", "restore", "--to", "/tmp/x", "--target-time", "yesterday"]);
+    assert!(err.contains("not a time"), "{err}");
+
+    // wal-fetch / wal-push with names that are not WAL files
+    let mut c = e.cmd(Some(&pg), &["wal-fetch", "../../etc/passwd", "/tmp/out"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("not a WAL file name"), "{}", stderr(&out));
+    let out = e.cmd(Some(&pg), &["wal-fetch", "0000000500000000000000AA", "/tmp/out"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a segment that is not archived: quiet exit 1");
+    std::fs::write(e.env.path("notwal"), "x").unwrap();
+    chown_postgres(&e.env.path("notwal"));
+    let err = e.fails(Some(&pg), &["wal-push", e.env.path("notwal").to_str().unwrap()]);
+    assert!(err.contains("not a WAL file name"), "{err}");
+
+    // Restoring over existing data is refused.
+    let occupied = e.env.path("occupied");
+    std::fs::create_dir_all(&occupied).unwrap();
+    std::fs::write(occupied.join("PG_VERSION"), "15").unwrap();
+    chown_postgres(&occupied);
+    let err = stderr(&e.cmd(None, &["pg", "restore", "--to", occupied.to_str().unwrap()]).output().unwrap());
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn a_missing_wal_segment_is_named() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let v = e.json(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 5);
+    switch_and_archive(&pg);
+    insert_rows(&pg, 6, 10);
+    switch_and_archive(&pg);
+    e.ok(None, &["pg", "check"]);
+    // Lose the backup's first segment.
+    let start_wal = v["snapshot"]["meta"]["start_wal"].as_str().unwrap().to_string();
+    let victim = walk(&e.env.path("repo/streams")).into_iter().find(|p| p.ends_with(&start_wal)).unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    let err = e.fails(None, &["pg", "check"]);
+    assert!(err.contains("problem"), "{err}");
+    let out = e.ok_allow_fail(&["pg", "check"]);
+    assert!(out.contains(&start_wal), "{out}");
+    let err = e.fails(None, &["pg", "restore", "--to", e.env.path("r").to_str().unwrap(), "--latest"]);
+    assert!(err.contains(&start_wal) && err.contains("missing"), "{err}");
+}
+
+impl PgEnv {
+    fn ok_allow_fail(&self, args: &[&str]) -> String {
+        let out = self.cmd(None, args).output().unwrap();
+        stdout(&out) + &stderr(&out)
+    }
+}
+
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_follows_the_timeline_after_a_promotion() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    drop(pg);
+
+    // Restore and promote onto timeline 2, archiving into the same repository.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let data = dir.path().join("data");
+    e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    let mut promoted = PgCluster::adopt(dir, data);
+    promoted.start();
+    let start = Instant::now();
+    while promoted.try_sql("SELECT pg_is_in_recovery()").as_deref() != Ok("t") {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    promoted.sql("SELECT pg_promote()");
+    while promoted.sql("SELECT pg_is_in_recovery()") != "f" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    insert_rows(&promoted, 11, 20);
+    switch_and_archive(&promoted);
+    let info = e.json(None, &["pg", "info"]);
+    assert!(info[0]["timelines"].as_array().unwrap().iter().any(|t| t.as_u64() == Some(2)), "{info}");
+    assert!(info[0]["problems"].as_array().unwrap().is_empty(), "{info}");
+
+    // The backup is on timeline 1; --latest follows the history to timeline 2.
+    let again = e.restore_and_start(&["--latest"]);
+    assert_eq!(again.sql("SELECT count(*) FROM t"), "20");
+}
+
+#[test]
+fn an_unreachable_repository_stalls_archiving_without_losing_wal() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&["archive_timeout = 0"]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    // The repository disappears (unmounted, network down).
+    let repo = e.env.path("repo");
+    let hidden = e.env.path("repo-away");
+    std::fs::rename(&repo, &hidden).unwrap();
+    insert_rows(&pg, 1, 10);
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let start = Instant::now();
+    while pg.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(30), "archiving should fail while the repository is away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pg.data.join("pg_wal").join(&seg).exists(), "PostgreSQL keeps the segment");
+    std::fs::rename(&hidden, &repo).unwrap();
+    let start = Instant::now();
+    while pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").as_str() < seg.as_str() {
+        assert!(start.elapsed() < Duration::from_secs(90), "archiving catches up\n{}", pg.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restored = e.restore_and_start(&["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "10", "nothing lost");
+}
+
+#[test]
+fn streaming_loses_seconds_at_most_when_the_primary_is_destroyed() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let mut pg = PgCluster::init(&["track_commit_timestamp = on"]);
+    pg.start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz)");
+    let mut streamer = e
+        .cmd(
+            Some(&pg),
+            &["-q", "pg", "stream-wal", "--interval", "500ms", "--spool", e.env.path("spool").to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap();
+    e.ok(Some(&pg), &["pg", "backup"]);
+    // A canary writer: one transaction per row, acknowledged rows remembered.
+    let mut acked: Vec<(i32, Instant)> = Vec::new();
+    let begin = Instant::now();
+    let mut i = 0;
+    while begin.elapsed() < Duration::from_secs(4) {
+        i += 1;
+        pg.sql(&format!("INSERT INTO t VALUES ({i}, now())"));
+        acked.push((i, Instant::now()));
+    }
+    // The whole host is lost: the primary and the streamer die together, so
+    // only what already reached the repository counts.
+    let killed_at = Instant::now();
+    let _ = streamer.kill();
+    pg.kill9();
+    let _ = streamer.wait();
+    std::fs::remove_dir_all(&pg.data).unwrap();
+
+    let restored = e.restore_and_start(&["--latest"]);
+    let max: i32 = restored.sql("SELECT coalesce(max(id), 0) FROM t").parse().unwrap();
+    let count: i32 = restored.sql("SELECT count(*) FROM t").parse().unwrap();
+    assert_eq!(count, max, "no holes: a prefix of the commits survives");
+    let lost: Vec<_> = acked.iter().filter(|(id, _)| *id > max).collect();
+    let window = lost.first().map(|(_, at)| killed_at.duration_since(*at)).unwrap_or_default();
+    eprintln!("acknowledged {}, restored {max}, lost {} ({window:?} of commits)", acked.len(), lost.len());
+    assert!(max > 0, "the streamed WAL restores");
+    assert!(window <= Duration::from_secs(5), "RPO {window:?} > 5 s");
+}
+
+#[test]
+fn the_streamer_stops_cleanly_and_archives_completed_segments() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let mut pg = PgCluster::init(&[]);
+    pg.start();
+    let mut streamer = e
+        .cmd(
+            Some(&pg),
+            &["-q", "pg", "stream-wal", "--interval", "200ms", "--spool", e.env.path("spool").to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap();
+    e.ok(Some(&pg), &["pg", "backup"]);
+    pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
+    pg.sql("SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child (setpriv execs cirkel in place).
+    unsafe { libc::kill(streamer.id() as i32, libc::SIGTERM) };
+    assert!(streamer.wait().unwrap().success(), "SIGTERM is a clean stop");
+    let info = e.json(None, &["pg", "info"]);
+    assert!(info[0]["archived_segments"].as_u64().unwrap() >= 1, "{info}");
+    e.ok(None, &["pg", "check"]);
+    pg.kill9();
+}
