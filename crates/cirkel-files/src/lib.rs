@@ -9,12 +9,14 @@
 mod backup;
 mod exclude;
 mod restore;
+mod stream;
 
 pub use backup::{
     BackupOptions, BackupOutcome, Chunking, Finish, FinishHook, Progress, SourceError, backup, backup_with,
 };
 pub use exclude::Excludes;
 pub use restore::{RestoreOptions, RestoreReport, restore};
+pub use stream::{StreamSnapshot, backup_reader, restore_to_writer};
 
 /// The snapshot kind file backups use.
 pub const KIND: &str = "files";

@@ -15,8 +15,11 @@ pub mod backup;
 pub mod catalog;
 pub mod conn;
 pub mod control;
+pub mod dump;
+pub mod expire;
 pub mod restore;
 pub mod stream;
+pub mod verify;
 pub mod wal;
 
 /// The snapshot kind of base backups.

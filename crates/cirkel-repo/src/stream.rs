@@ -34,6 +34,7 @@ pub enum PutOutcome {
 pub struct StreamInfo {
     pub name: String,
     pub stored_size: u64,
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn key(namespace: &str, name: &str) -> String {
@@ -159,7 +160,7 @@ impl Repository {
             .into_iter()
             .filter_map(|o| {
                 let name = o.key.strip_prefix(&base)?.to_string();
-                name.starts_with(prefix).then_some(StreamInfo { name, stored_size: o.size })
+                name.starts_with(prefix).then_some(StreamInfo { name, stored_size: o.size, modified: o.modified })
             })
             .collect())
     }

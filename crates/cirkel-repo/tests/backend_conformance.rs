@@ -26,6 +26,11 @@ async fn suite(b: Arc<dyn Backend>) {
     let listed = b.list("data/").await.unwrap();
     let keys: Vec<_> = listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
     assert_eq!(keys, vec![("data/ab/obj1", 5), ("data/cd/obj2", 8)]);
+    let now = chrono::Utc::now();
+    for o in &listed {
+        let m = o.modified.expect("backends report modification times");
+        assert!((now - m).num_seconds().abs() < 300, "{m}");
+    }
     assert!(b.list("snapshots/").await.unwrap().is_empty());
 
     // deletes are idempotent

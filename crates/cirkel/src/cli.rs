@@ -97,6 +97,71 @@ pub enum PgCmd {
     Restore(PgRestoreArgs),
     /// Stream WAL continuously through a replication slot (runs until stopped).
     StreamWal(StreamWalArgs),
+    /// Export one table (pg_dump -Fc -t) into the repository.
+    Dump(PgDumpArgs),
+    /// Restore a table export into a database (pg_restore).
+    DumpRestore(PgDumpRestoreArgs),
+    /// Restore drill: restore a backup into a scratch directory, start it, check it, time it, remove it.
+    Verify(PgVerifyArgs),
+    /// Apply the retention plan: daily 35 d, weekly 90 d, pre-deploy 7 d, WAL 7 d beyond what kept backups need.
+    Expire(PgExpireArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgDumpArgs {
+    /// The table, as SCHEMA.TABLE.
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    pub table: String,
+    /// libpq connection string (default: PGHOST, PGPORT, PGUSER, PGDATABASE).
+    #[arg(long, value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+    /// Tag the export (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PgDumpRestoreArgs {
+    /// Export snapshot id, prefix, or `latest`.
+    pub snapshot: String,
+    /// Target database connection string or name (default: PGDATABASE).
+    #[arg(long, value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+    /// Drop the table first if it exists.
+    #[arg(long)]
+    pub clean: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PgVerifyArgs {
+    /// Backup to check (default: the newest).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// A query that must succeed on the restored database; its first value is reported.
+    #[arg(long, value_name = "SQL")]
+    pub query: Option<String>,
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PgExpireArgs {
+    /// Keep untagged (daily) backups this long.
+    #[arg(long, value_name = "DURATION", default_value = "35d", value_parser = humantime::parse_duration)]
+    pub daily: std::time::Duration,
+    /// Keep backups tagged `weekly` this long.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub weekly: std::time::Duration,
+    /// Keep backups tagged `pre-deploy` this long.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub pre_deploy: std::time::Duration,
+    /// Keep WAL this long beyond what kept backups need.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub wal: std::time::Duration,
+    /// Show what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

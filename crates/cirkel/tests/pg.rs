@@ -381,3 +381,85 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
     e.ok(None, &["pg", "check"]);
     pg.kill9();
 }
+
+#[test]
+fn table_export_round_trip() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let mut pg = PgCluster::init(&[]);
+    pg.start();
+    pg.sql("CREATE SCHEMA ai");
+    pg.sql("CREATE TABLE ai.cirkelline_knowledge_vectors (id int PRIMARY KEY, embedding real[], body text)");
+    pg.sql("INSERT INTO ai.cirkelline_knowledge_vectors SELECT g, ARRAY[random(), random(), random()]::real[], md5(g::text) FROM generate_series(1, 2000) g");
+    let sum = pg.sql("SELECT sum(length(body)) || ':' || count(*) FROM ai.cirkelline_knowledge_vectors");
+    let v = e.json(Some(&pg), &["pg", "dump", "--table", "ai.cirkelline_knowledge_vectors", "--tag", "vectors"]);
+    assert_eq!(v["snapshot"]["kind"], "pg-dump");
+    let err = e.fails(Some(&pg), &["pg", "dump", "--table", "ai.no_such_table"]);
+    assert!(err.contains("pg_dump") && err.contains("no_such_table"), "{err}");
+    pg.sql("DROP TABLE ai.cirkelline_knowledge_vectors");
+    e.ok(Some(&pg), &["pg", "dump-restore", "latest"]);
+    assert_eq!(pg.sql("SELECT sum(length(body)) || ':' || count(*) FROM ai.cirkelline_knowledge_vectors"), sum);
+    // Restoring over the existing table needs --clean.
+    let err = e.fails(Some(&pg), &["pg", "dump-restore", "latest"]);
+    assert!(err.contains("--clean"), "{err}");
+    e.ok(Some(&pg), &["pg", "dump-restore", "latest", "--clean"]);
+    assert_eq!(pg.sql("SELECT count(*) FROM ai.cirkelline_knowledge_vectors"), "2000");
+    pg.stop();
+}
+
+#[test]
+fn verify_drills_a_restore_and_cleans_up() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    switch_and_archive(&pg);
+    let before: Vec<_> =
+        std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let v = e.json(None, &["pg", "verify", "--query", "SELECT count(*) FROM t"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["query_result"], "1000");
+    assert!(v["tables"].as_array().unwrap().iter().any(|t| t["table"] == "public.t" && t["rows"] == 1000), "{v}");
+    assert!(v["indexes_checked"].as_u64().unwrap() >= 1, "amcheck ran: {v}");
+    assert!(v["total_seconds"].as_f64().unwrap() > 0.0);
+    let after: Vec<_> =
+        std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(
+        after.iter().all(|n| before.contains(n) || !n.to_string_lossy().starts_with("cirkel-verify-")),
+        "scratch removed"
+    );
+    // A failing check fails the drill.
+    let err = e.fails(None, &["pg", "verify", "--query", "SELECT count(*) FROM missing_table"]);
+    assert!(err.contains("missing_table"), "{err}");
+}
+
+#[test]
+fn expire_keeps_what_kept_backups_need() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let first = e.json(Some(&pg), &["pg", "backup", "--label", "pre-deploy"]);
+    insert_rows(&pg, 1, 5);
+    switch_and_archive(&pg);
+    e.json(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 6, 10);
+    switch_and_archive(&pg);
+    // With a zero pre-deploy window the first backup goes, the newest stays,
+    // and WAL older than the kept backup goes (no extra window).
+    let v = e.json(None, &["pg", "expire", "--pre-deploy", "0s", "--wal", "0s", "--dry-run"]);
+    assert_eq!(v["expire"]["backups_removed"], 1);
+    assert_eq!(e.json(None, &["pg", "backups"]).as_array().unwrap().len(), 2, "dry run");
+    let v = e.json(None, &["pg", "expire", "--pre-deploy", "0s", "--wal", "0s"]);
+    assert_eq!(v["expire"]["backups_removed"], 1);
+    assert!(v["expire"]["wal_removed"].as_u64().unwrap() >= 1, "{v}");
+    let left = e.json(None, &["pg", "backups"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_ne!(left[0]["id"], first["id"]);
+    e.ok(None, &["pg", "check"]);
+    e.ok(None, &["repo", "verify", "--read-data"]);
+    let restored = e.restore_and_start(&["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "10");
+}

@@ -94,7 +94,8 @@ impl LocalBackend {
                     }
                 } else if let Ok(rel) = path.strip_prefix(&self.root) {
                     let key = rel.to_string_lossy().replace('\\', "/");
-                    out.push(ObjectInfo { key, size: meta.len() });
+                    let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+                    out.push(ObjectInfo { key, size: meta.len(), modified });
                 }
             }
         }

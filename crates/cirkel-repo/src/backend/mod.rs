@@ -23,6 +23,8 @@ pub use s3::{S3Backend, S3Options};
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the object was written, where the backend knows.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Outcome of a create-if-absent write.

@@ -185,7 +185,7 @@ impl Backend for S3Backend {
             .into_iter()
             .filter_map(|m| {
                 let key = m.location.as_ref().strip_prefix(&strip)?.to_string();
-                Some(ObjectInfo { key, size: m.size })
+                Some(ObjectInfo { key, size: m.size, modified: Some(m.last_modified) })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -11,7 +11,10 @@ use cirkel_pg::wal::Fetched;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
 
-use crate::cli::{BackupType, Global, PgBackupArgs, PgCmd, PgRestoreArgs, StreamWalArgs, WalFetchArgs, WalPushArgs};
+use crate::cli::{
+    BackupType, Global, PgBackupArgs, PgCmd, PgDumpArgs, PgDumpRestoreArgs, PgExpireArgs, PgRestoreArgs, PgVerifyArgs,
+    StreamWalArgs, WalFetchArgs, WalPushArgs,
+};
 use crate::context::{load_config, main_repo, threads};
 use crate::output::{bytes_bar, human_bytes, print_json, spinner, user_error};
 
@@ -23,7 +26,154 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
         PgCmd::Check => info(global, true),
         PgCmd::Restore(a) => restore(global, a),
         PgCmd::StreamWal(a) => stream_wal(global, a),
+        PgCmd::Dump(a) => dump(global, a),
+        PgCmd::DumpRestore(a) => dump_restore(global, a),
+        PgCmd::Verify(a) => verify(global, a),
+        PgCmd::Expire(a) => expire(global, a),
     }
+}
+
+fn dump(global: &Global, a: &PgDumpArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let bindir = cirkel_pg::stream::find_bindir();
+    let (id, snap) = cirkel_pg::dump::dump(&repo, &bindir, &a.table, a.conninfo.as_deref(), &a.tag).map_err(|e| {
+        let msg = format!("{e:#}");
+        user_error(msg, "check the table name (SCHEMA.TABLE) and the connection (PGHOST/PGPORT/PGUSER/PGDATABASE)")
+    })?;
+    if global.json {
+        print_json(&json!({ "id": id, "snapshot": snap }));
+    } else {
+        println!(
+            "export {} of {} saved: {} ({} added)",
+            id.short(),
+            a.table,
+            human_bytes(snap.summary.bytes),
+            human_bytes(snap.summary.bytes_added)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dump_restore(global: &Global, a: &PgDumpRestoreArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let (id, snap) = repo.find_snapshot(&a.snapshot, Some(cirkel_pg::dump::KIND))?;
+    let bindir = cirkel_pg::stream::find_bindir();
+    let n = cirkel_pg::dump::restore(&repo, &bindir, &snap, a.conninfo.as_deref(), a.clean).map_err(|e| {
+        let msg = format!("{e:#}");
+        user_error(msg, "if the table exists already, add --clean to replace it")
+    })?;
+    if global.json {
+        print_json(&json!({ "id": id, "bytes": n, "table": snap.paths.first() }));
+    } else {
+        println!("restored export {} ({}) of {}", id.short(), human_bytes(n), snap.paths.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let target = main_repo(global, &cfg)?;
+    let repo = target.open()?;
+    let backup = match &a.backup {
+        Some(b) => Some(repo.find_snapshot(b, Some(cirkel_pg::KIND))?.0),
+        None => None,
+    };
+    let opts = cirkel_pg::verify::VerifyOptions {
+        backup,
+        query: a.query.clone(),
+        bindir: cirkel_pg::stream::find_bindir(),
+        restore_command: restore_command(global, &target, &repo)?,
+        threads: threads() * 2,
+        timeout: a.timeout,
+    };
+    let bar = spinner(global, "restore drill");
+    let report = cirkel_pg::verify::verify(&repo, &opts).map_err(pg_error)?;
+    bar.finish_and_clear();
+    if global.json {
+        print_json(&report);
+    } else {
+        println!(
+            "backup {}: restored {} in {:.1}s, recovered in {:.1}s (total {:.1}s); {} tables counted, {} indexes checked (amcheck {})",
+            report.backup.map(|b| b.short()).unwrap_or_default(),
+            human_bytes(report.bytes),
+            report.restore_seconds,
+            report.recovery_seconds,
+            report.total_seconds,
+            report.tables.len(),
+            report.indexes_checked,
+            report.amcheck
+        );
+        if let Some(q) = &report.query_result {
+            println!("query result: {q}");
+        }
+    }
+    if !report.ok {
+        for p in &report.problems {
+            eprintln!("  {p}");
+        }
+        return Err(user_error(
+            "the restore drill failed (problems listed above)",
+            "the backup may be unusable: take a new one now and investigate with `cirkel repo verify --read-data`",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expire(global: &Global, a: &PgExpireArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let repo = main_repo(global, &cfg)?.open()?;
+    let policy = cirkel_pg::expire::ExpirePolicy {
+        daily: a.daily,
+        weekly: a.weekly,
+        pre_deploy: a.pre_deploy,
+        wal_extra: a.wal,
+    };
+    let report = cirkel_pg::expire::expire(&repo, &policy, a.dry_run)?;
+    let pruned = if a.dry_run {
+        None
+    } else {
+        Some(cirkel_repo::prune::prune(&repo, &cirkel_repo::prune::PruneOptions::default())?)
+    };
+    if global.json {
+        print_json(&json!({ "expire": report, "prune": pruned }));
+    } else {
+        for d in &report.decisions {
+            println!("{} {}  {}", if d.keep { "keep  " } else { "expire" }, d.id.short(), d.why);
+        }
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        println!("{verb} {} backup(s) and {} WAL file(s)", report.backups_removed, report.wal_removed);
+        if let Some(p) = pruned {
+            println!("freed {} of backup data", human_bytes(p.bytes_freed));
+            if let Some(d) = p.deferred {
+                println!("note: {d}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The restore_command PostgreSQL runs to fetch WAL from this repository.
+fn restore_command(
+    global: &Global,
+    target: &crate::context::RepoTarget,
+    repo: &cirkel_repo::Repository,
+) -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = format!("{} --repo {}", shell_quote(&exe.display().to_string()), shell_quote(&repo.location()));
+    if let Some(pf) = &target.password_file {
+        cmd.push_str(&format!(" --password-file {}", shell_quote(&pf.display().to_string())));
+    }
+    if let Some(c) = &global.config {
+        let c = std::fs::canonicalize(c).unwrap_or_else(|_| PathBuf::from(c));
+        cmd.push_str(&format!(" --config {}", shell_quote(&c.display().to_string())));
+    }
+    if let Some(dir) = crate::context::cache_dir() {
+        cmd = format!("CIRKEL_CACHE_DIR={} {cmd}", shell_quote(&dir.display().to_string()));
+    }
+    cmd.push_str(" wal-fetch %f %p");
+    Ok(cmd)
 }
 
 fn pg_error(e: anyhow::Error) -> anyhow::Error {
@@ -226,16 +376,7 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let exe = std::env::current_exe()?;
-    let mut cmd = format!("{} --repo {}", shell_quote(&exe.display().to_string()), shell_quote(&repo.location()));
-    if let Some(pf) = &target_repo.password_file {
-        cmd.push_str(&format!(" --password-file {}", shell_quote(&pf.display().to_string())));
-    }
-    if let Some(c) = &global.config {
-        let c = std::fs::canonicalize(c).unwrap_or_else(|_| PathBuf::from(c));
-        cmd.push_str(&format!(" --config {}", shell_quote(&c.display().to_string())));
-    }
-    cmd.push_str(" wal-fetch %f %p");
+    let cmd = restore_command(global, &target_repo, &repo)?;
     let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
     let report = cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, threads() * 2, &|n| bar.inc(n))?;
     bar.finish_and_clear();
