@@ -36,6 +36,22 @@ pub struct BackupOptions {
     pub vanished_ok: bool,
     /// Snapshot kind; `files` when empty.
     pub kind: String,
+    /// Called with every block read under fixed-size chunking (page checks).
+    pub block_check: Option<BlockCheck>,
+    /// Trust unchanged metadata only for files last modified at least this
+    /// long before the parent backup started (files that change in place,
+    /// where a write within the same timestamp tick would go unnoticed).
+    pub mtime_margin: Option<std::time::Duration>,
+}
+
+/// A check run on every block a fixed-size backup reads: `(path, offset, data)`.
+#[derive(Clone)]
+pub struct BlockCheck(pub Arc<dyn Fn(&Path, u64, &[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for BlockCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockCheck")
+    }
 }
 
 /// How file content is cut into blobs.
@@ -158,8 +174,21 @@ pub fn backup_with(
     let writer = Arc::new(BlobWriter::new(repo, index));
     let (job_tx, job_rx) = unbounded::<FileJob>();
     let threads = opts.threads.max(1);
-    let settings: ChunkSettings =
-        (opts.chunking, repo.config().chunker, repo.crypto().chunker_seed(), opts.vanished_ok);
+    let settings = ChunkSettings {
+        chunking: opts.chunking,
+        chunker: repo.config().chunker,
+        seed: repo.crypto().chunker_seed(),
+        vanished_ok: opts.vanished_ok,
+        block_check: opts.block_check.as_ref(),
+        reuse_before_ns: match (&parent, opts.mtime_margin) {
+            (Some((_, s)), Some(margin)) => {
+                let started = s.time - chrono::Duration::milliseconds(s.summary.duration_ms as i64);
+                let cutoff = started - chrono::Duration::from_std(margin).unwrap_or_default();
+                Some(cutoff.timestamp_nanos_opt().unwrap_or(0))
+            }
+            _ => None,
+        },
+    };
     let progress_ref: &dyn Progress = progress;
     let files_read = AtomicU64::new(0);
     let files_read_ref = &files_read;
@@ -472,16 +501,26 @@ fn unchanged(parent: &Node, meta: &Metadata) -> bool {
         && parent.inode == meta.ino()
 }
 
-/// Chunking, CDC parameters, CDC seed, and whether vanished files are fine.
-type ChunkSettings = (Chunking, cirkel_repo::ChunkerParams, u64, bool);
+/// How workers read files.
+#[derive(Clone, Copy)]
+struct ChunkSettings<'a> {
+    chunking: Chunking,
+    chunker: cirkel_repo::ChunkerParams,
+    seed: u64,
+    vanished_ok: bool,
+    block_check: Option<&'a BlockCheck>,
+    /// Reuse a parent's content only for files modified before this (ns).
+    reuse_before_ns: Option<i64>,
+}
 
 fn save_file(
     writer: &BlobWriter,
     job: &FileJob,
-    (chunking, chunker, seed, vanished_ok): ChunkSettings,
+    settings: ChunkSettings<'_>,
     progress: &dyn Progress,
     files_read: &AtomicU64,
 ) -> Result<Node, FileError> {
+    let ChunkSettings { chunking, chunker, seed, vanished_ok, block_check, reuse_before_ns } = settings;
     let src = |what: &str, e: std::io::Error| {
         if vanished_ok && e.kind() == std::io::ErrorKind::NotFound {
             FileError::Vanished
@@ -492,6 +531,7 @@ fn save_file(
     let mut node = node_from_meta(name_of(&job.path), &job.meta, NodeKind::File);
     if let Some(p) = &job.parent
         && unchanged(p, &job.meta)
+        && reuse_before_ns.is_none_or(|t| p.mtime_ns < t)
         && p.content.iter().all(|id| writer.has(id))
     {
         node.content = p.content.clone();
@@ -507,6 +547,9 @@ fn save_file(
             let n = read_full(&mut file, &mut buf).map_err(|e| src("read", e))?;
             if n == 0 {
                 break;
+            }
+            if let Some(check) = block_check {
+                (check.0)(&job.path, size, &buf[..n]);
             }
             size += n as u64;
             node.content.push(writer.add(BlobKind::Data, &buf[..n]).map_err(FileError::Repo)?);

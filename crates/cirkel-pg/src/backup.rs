@@ -9,15 +9,16 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use cirkel_files::{BackupOptions, Chunking, Excludes, Finish, Progress};
+use cirkel_files::{BackupOptions, BlockCheck, Chunking, Excludes, Finish, Progress};
 use cirkel_repo::{Id, Repository, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::KIND;
 use crate::conn::{PgConn, parse_lsn};
 use crate::wal::Segment;
+use crate::{KIND, checksum};
 
 /// Block size for relation files: 16 PostgreSQL pages.
 pub const BLOCK: u32 = 128 * 1024;
@@ -42,6 +43,13 @@ pub struct BackupMeta {
     pub from_standby: bool,
     pub owner_uid: u32,
     pub owner_gid: u32,
+    /// Pages whose checksum did not match when read (data checksums on).
+    #[serde(default)]
+    pub checksum_errors: Vec<String>,
+    #[serde(default)]
+    pub checksum_error_count: u64,
+    #[serde(default)]
+    pub data_checksums: bool,
 }
 
 impl BackupMeta {
@@ -105,7 +113,7 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
     let row = conn.query_one(
         "SELECT current_setting('server_version_num')::int, current_setting('data_directory'),
                 current_setting('wal_segment_size'), pg_is_in_recovery(), current_setting('archive_mode'),
-                (SELECT system_identifier::text FROM pg_control_system())",
+                (SELECT system_identifier::text FROM pg_control_system()), current_setting('data_checksums')",
     )?;
     let version: i32 = row.get(0);
     let data_dir: String = row.get(1);
@@ -113,6 +121,7 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
     let in_recovery: bool = row.get(3);
     let archive_mode: String = row.get(4);
     let system_id: String = row.get(5);
+    let data_checksums = row.get::<_, String>(6) == "on";
     if version < 150000 {
         anyhow::bail!("PostgreSQL {version} is not supported: cirkel needs PostgreSQL 15 or newer");
     }
@@ -135,7 +144,22 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
     let owner = std::fs::metadata(&pgdata)?;
     let label = opts.label.clone().unwrap_or_else(|| format!("cirkel {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")));
     let start_time = Utc::now();
-    conn.query_one_text("SELECT pg_backup_start($1, true)::text", &label)?;
+    let start_row = conn.query_one_text("SELECT pg_backup_start($1, true)::text", &label)?;
+    let start_lsn_value = parse_lsn(&start_row.get::<_, String>(0)).unwrap_or(u64::MAX);
+    let bad_pages: Arc<Mutex<(u64, Vec<String>)>> = Arc::default();
+    let block_check = data_checksums.then(|| {
+        let bad = bad_pages.clone();
+        BlockCheck(Arc::new(move |path: &Path, offset: u64, data: &[u8]| {
+            let found = checksum::check_block(path, offset, data, start_lsn_value);
+            if !found.is_empty()
+                && let Ok(mut b) = bad.lock()
+            {
+                b.0 += found.len() as u64;
+                let room = 100usize.saturating_sub(b.1.len());
+                b.1.extend(found.into_iter().take(room));
+            }
+        }))
+    });
 
     let files = BackupOptions {
         paths: vec![pgdata.clone()],
@@ -147,6 +171,10 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         root_is_path: true,
         vanished_ok: true,
         kind: KIND.into(),
+        block_check,
+        // Relation files change in place: trust metadata only for files
+        // untouched since well before the previous backup began.
+        mtime_margin: Some(std::time::Duration::from_secs(2)),
         ..Default::default()
     };
     let wait = archive_mode != "off";
@@ -181,6 +209,9 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
             from_standby: in_recovery,
             owner_uid: owner.uid(),
             owner_gid: owner.gid(),
+            checksum_errors: bad_pages.lock().map(|b| b.1.clone()).unwrap_or_default(),
+            checksum_error_count: bad_pages.lock().map(|b| b.0).unwrap_or_default(),
+            data_checksums,
         };
         let mut extra = vec![("backup_label".to_string(), labelfile.into_bytes())];
         if let Some(map) = spcmap.filter(|m| !m.is_empty()) {

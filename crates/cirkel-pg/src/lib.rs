@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod checksum;
 pub mod conn;
 pub mod control;
 pub mod dump;

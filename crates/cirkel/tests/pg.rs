@@ -463,3 +463,69 @@ fn expire_keeps_what_kept_backups_need() {
     let restored = e.restore_and_start(&["--latest"]);
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "10");
 }
+
+#[test]
+fn page_checksum_failures_are_reported_by_the_backup() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let mut pg = PgCluster::init(&[]);
+    pg.start();
+    pg.sql("CREATE TABLE victim (id int, pad text)");
+    pg.sql("INSERT INTO victim SELECT g, repeat('v', 500) FROM generate_series(1, 2000) g");
+    pg.sql("CHECKPOINT");
+    // A clean cluster backs up without warnings.
+    let out = e.cmd(Some(&pg), &["pg", "backup"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rel = pg.sql("SELECT pg_relation_filepath('victim')");
+    pg.stop();
+    // Flip a byte inside block 3 (not its header), as failing storage would.
+    let path = pg.data.join(&rel);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3 * 8192 + 4000] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    pg.start();
+    let out = e.cmd(Some(&pg), &["--json", "pg", "backup", "--type", "full"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("failed their checksum") && err.contains(&rel) && err.contains("block 3"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["snapshot"]["meta"]["checksum_error_count"], 1);
+    pg.stop();
+}
+
+#[test]
+fn incremental_backups_store_only_changed_blocks() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE big (id int PRIMARY KEY, pad text) WITH (fillfactor = 100)");
+    pg.sql("INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g");
+    // Settle hint bits and the visibility map first, as a long-lived table has.
+    pg.sql("VACUUM (FREEZE, ANALYZE) big");
+    pg.sql("CHECKPOINT");
+    // Files written within the safety margin before a backup are always re-read.
+    std::thread::sleep(Duration::from_secs(3));
+    let full = e.json(Some(&pg), &["pg", "backup", "--type", "full"]);
+    let full_added = full["snapshot"]["summary"]["bytes_added"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    pg.sql("UPDATE big SET pad = upper(pad) WHERE id <= 10000");
+    pg.sql("CHECKPOINT");
+    let incr = e.json(Some(&pg), &["pg", "backup", "--type", "incr"]);
+    let incr_added = incr["snapshot"]["summary"]["bytes_added"].as_u64().unwrap();
+    assert_eq!(incr["snapshot"]["parent"], full["id"]);
+    assert!(incr_added * 4 < full_added, "a 5 % update adds far less than a full backup: {incr_added} vs {full_added}");
+    assert!(
+        incr["snapshot"]["summary"]["files_read"].as_u64().unwrap()
+            < full["snapshot"]["summary"]["files_read"].as_u64().unwrap(),
+        "untouched files are not read again"
+    );
+    insert_rows_big(&pg);
+    switch_and_archive(&pg);
+    let restored = e.restore_and_start(&["--latest"]);
+    assert_eq!(restored.sql("SELECT count(*) FROM big WHERE pad = upper(pad) AND pad ~ '[A-F]'"), "10000");
+    assert_eq!(restored.sql("SELECT count(*) FROM big"), "200001");
+}
+
+fn insert_rows_big(pg: &PgCluster) {
+    pg.sql("INSERT INTO big VALUES (200001, 'last')");
+}

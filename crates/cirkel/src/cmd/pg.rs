@@ -234,6 +234,18 @@ fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
             snap.summary.duration_ms as f64 / 1000.0
         );
     }
+    if let Some(m) = cirkel_pg::backup::BackupMeta::of(&snap)
+        && m.checksum_error_count > 0
+    {
+        eprintln!("warning: {} page(s) failed their checksum while being backed up:", m.checksum_error_count);
+        for e in &m.checksum_errors {
+            eprintln!("  {e}");
+        }
+        eprintln!(
+            "hint: the primary's storage is corrupting data; the backup holds the pages as they are. Check the disk, run amcheck, and keep older backups"
+        );
+        return Ok(ExitCode::from(3));
+    }
     if snap.incomplete {
         for e in &snap.errors {
             eprintln!("  {}: {}", e.path, e.message);
