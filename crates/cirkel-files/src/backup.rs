@@ -46,7 +46,10 @@ pub struct BackupOptions {
 
 /// A check run on every block a fixed-size backup reads: `(path, offset, data)`.
 #[derive(Clone)]
-pub struct BlockCheck(pub Arc<dyn Fn(&Path, u64, &[u8]) + Send + Sync>);
+pub struct BlockCheck(pub Arc<BlockCheckFn>);
+
+/// The function behind a [`BlockCheck`].
+pub type BlockCheckFn = dyn Fn(&Path, u64, &[u8]) + Send + Sync;
 
 impl std::fmt::Debug for BlockCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
