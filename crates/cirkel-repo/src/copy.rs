@@ -20,9 +20,45 @@ pub struct CopyReport {
     pub copied: Vec<Id>,
     pub already_present: Vec<Id>,
     pub stats: WriterStats,
+    /// Named streams (WAL) copied, and their stored bytes.
+    pub streams_copied: usize,
+    pub stream_bytes: u64,
 }
 
-pub fn copy(src: &Repository, dst: &Repository, which: &[Id], progress: &dyn Fn(u64, u64)) -> Result<CopyReport> {
+/// Copies every named stream the destination lacks, verbatim, and reads
+/// each back to check it arrived intact.
+fn copy_streams(src: &Repository, dst: &Repository, report: &mut CopyReport) -> Result<()> {
+    let have: std::collections::HashSet<String> =
+        dst.block_on(dst.backend.list("streams/"))?.into_iter().map(|o| o.key).collect();
+    for o in src.block_on(src.backend.list("streams/"))? {
+        if have.contains(&o.key) {
+            continue;
+        }
+        let bytes = match src.block_on(src.backend.read(&o.key)) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue, // expired meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let sum = Id::of(&bytes);
+        report.stream_bytes += bytes.len() as u64;
+        dst.block_on(dst.backend.create(&o.key, bytes))?;
+        if Id::of(&dst.block_on(dst.backend.read(&o.key))?) != sum {
+            return Err(Error::corrupt("stream", &o.key, "arrived with different content"));
+        }
+        report.streams_copied += 1;
+    }
+    Ok(())
+}
+
+/// Copies the given snapshots (all when empty) and, with `streams`, every
+/// named stream (the WAL archive) the destination lacks.
+pub fn copy(
+    src: &Repository,
+    dst: &Repository,
+    which: &[Id],
+    streams: bool,
+    progress: &dyn Fn(u64, u64),
+) -> Result<CopyReport> {
     if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
         || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
     {
@@ -64,6 +100,9 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id], progress: &dyn Fn(
         progress(done, total);
     }
     report.stats = writer.finish()?;
+    if streams {
+        copy_streams(src, dst, &mut report)?;
+    }
     crate::crash::point("copy-before-snapshots");
     for id in todo {
         let stored = src.block_on(src.backend.read(&format!("snapshots/{id}")))?;

@@ -346,6 +346,12 @@ pub struct CopyArgs {
     pub to_password_file: Option<PathBuf>,
     /// Snapshots to copy (ids or prefixes); all when none are given.
     pub snapshots: Vec<String>,
+    /// Only snapshots with this tag (e.g. `weekly`).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Do not copy the WAL archive (named streams).
+    #[arg(long)]
+    pub no_wal: bool,
 }
 
 #[derive(Debug, Args)]

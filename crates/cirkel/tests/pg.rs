@@ -529,3 +529,36 @@ fn incremental_backups_store_only_changed_blocks() {
 fn insert_rows_big(pg: &PgCluster) {
     pg.sql("INSERT INTO big VALUES (200001, 'last')");
 }
+
+/// The plan's region failover: weekly backups and the WAL archive are copied
+/// to a second repository, and a point-in-time restore runs from there alone.
+#[test]
+fn restore_from_the_second_region() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    e.ok(None, &["repo", "init", "--repo", &dr, "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup", "--tag", "weekly"]);
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 30);
+    switch_and_archive(&pg);
+    let v = e.json(None, &["repo", "copy", "--to", &dr, "--tag", "weekly"]);
+    assert_eq!(v["copied"].as_array().unwrap().len(), 1, "only the weekly backup: {v}");
+    assert!(v["streams_copied"].as_u64().unwrap() >= 2, "the WAL archive travels too: {v}");
+    let again = e.json(None, &["repo", "copy", "--to", &dr, "--tag", "weekly"]);
+    assert_eq!(again["streams_copied"], 0);
+    drop(pg);
+    // The primary region is gone: restore from the second one.
+    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let data = dir.path().join("data");
+    e.ok(None, &["--repo", &dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
+    let mut restored = PgCluster::adopt(dir, data);
+    restored.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+}

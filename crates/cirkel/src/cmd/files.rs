@@ -112,10 +112,12 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
     let repo = main_repo(global, &cfg)?.open()?;
     let (id, snap) = repo.find_snapshot(&args.snapshot, Some(cirkel_files::KIND))?;
     let bar = bytes_bar(global, snap.summary.bytes, "restore");
-    let report =
-        cirkel_files::restore(&repo, &snap, &RestoreOptions { target: args.to.clone(), threads: threads() }, &|n| {
-            bar.inc(n)
-        })?;
+    let report = cirkel_files::restore(
+        &repo,
+        &snap,
+        &RestoreOptions { target: args.to.clone(), threads: threads() * 2 },
+        &|n| bar.inc(n),
+    )?;
     bar.finish_and_clear();
     if global.json {
         print_json(&json!({ "snapshot": id, "report": report }));

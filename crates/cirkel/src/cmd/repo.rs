@@ -71,8 +71,29 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             for s in &args.snapshots {
                 ids.push(src.find_snapshot(s, None)?.0);
             }
+            if let Some(tag) = &args.tag {
+                let tagged = src.snapshots()?.into_iter().filter(|(_, s)| s.tags.contains(tag)).map(|(id, _)| id);
+                if ids.is_empty() {
+                    ids = tagged.collect();
+                    if ids.is_empty() {
+                        return Err(user_error(
+                            format!("no snapshot is tagged `{tag}`"),
+                            "list tags with `cirkel snapshots`",
+                        ));
+                    }
+                } else {
+                    let tagged: Vec<_> = tagged.collect();
+                    ids.retain(|id| tagged.contains(id));
+                    if ids.is_empty() {
+                        return Err(user_error(
+                            format!("none of the named snapshots is tagged `{tag}`"),
+                            "drop --tag or name other snapshots",
+                        ));
+                    }
+                }
+            }
             let bar = bytes_bar(global, 0, "copy");
-            let report = copy::copy(&src, &dst, &ids, &|done, total| {
+            let report = copy::copy(&src, &dst, &ids, !args.no_wal, &|done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })?;
@@ -81,12 +102,14 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
                 print_json(&report);
             } else {
                 println!(
-                    "copied {} snapshot(s) to {} ({} already there); {} new blobs, {} transferred",
+                    "copied {} snapshot(s) to {} ({} already there); {} new blobs, {} transferred; {} WAL/stream object(s), {}",
                     report.copied.len(),
                     dst.location(),
                     report.already_present.len(),
                     report.stats.blobs_new,
-                    human_bytes(report.stats.bytes_new_stored)
+                    human_bytes(report.stats.bytes_new_stored),
+                    report.streams_copied,
+                    human_bytes(report.stream_bytes)
                 );
             }
             Ok(ExitCode::SUCCESS)
