@@ -50,7 +50,9 @@ fn aad(name: &str, part: usize) -> Vec<u8> {
 impl Repository {
     fn encode_stream(&self, name: &str, data: &[u8], level: i32) -> Result<Vec<u8>> {
         let parts: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(PART).collect() };
-        let sealed: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+        let (sealed, id): (Vec<Result<Vec<u8>>>, Id) = std::thread::scope(|s| {
+            // The checksum of the whole runs beside the compression of the parts.
+            let id = s.spawn(|| self.crypto.blob_id(data));
             let handles: Vec<_> = parts
                 .iter()
                 .enumerate()
@@ -61,15 +63,16 @@ impl Repository {
                     })
                 })
                 .collect();
-            handles
+            let sealed = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("compression thread".into()))))
-                .collect()
+                .collect();
+            (sealed, id.join().unwrap_or_else(|_| self.crypto.blob_id(data)))
         });
         let mut out = Vec::with_capacity(HEADER + data.len() / 2);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.crypto.blob_id(data).0);
+        out.extend_from_slice(&id.0);
         out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         for p in sealed {
             let p = p?;
