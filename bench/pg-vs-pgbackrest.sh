@@ -473,9 +473,14 @@ update_slice() {
 restore() {
     local tool=$1 dir="$BASE/restore-$1" name="$FILL-r$RUN-$1-restore" cache="$BASE/cache-restore"
     rm -rf -- "$dir" "$cache"
-    as_pg mkdir -p "$cache" # fresh: the restored cluster's wal-fetch derives the key once, as on a new host
+    # A fresh key cache, as on a new host. cirkel's restore puts CIRKEL_CACHE_DIR
+    # (when set) into the restore_command it writes, so wal-fetch uses this one too.
+    as_pg mkdir -p "$cache"
     case $tool in
-        cirkel) timed "$name" "${CIRKEL_CMD[@]}" -q pg restore --to "$dir" --latest ;;
+        cirkel)
+            timed "$name" "${AS_PG[@]}" CIRKEL_CACHE_DIR="$cache" "$CIRKEL" --repo "$REPO_C" --password-file "$PW" \
+                -q pg restore --to "$dir" --latest
+            ;;
         pgbackrest)
             as_pg mkdir -m 700 "$dir"
             timed "$name" "${PGBR_CMD[@]}" --repo=1 --pg1-path="$dir" restore
