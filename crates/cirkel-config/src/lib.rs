@@ -112,6 +112,41 @@ pub struct FileSetConfig {
     pub retention: Option<RetentionConfig>,
 }
 
+/// A PostgreSQL cluster (`[postgres.NAME]`). Passwords come from libpq's
+/// own sources (`~/.pgpass`, `PGPASSWORD`) or peer authentication.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PostgresConfig {
+    pub pgdata: Option<PathBuf>,
+    /// Host name, IP address, or socket directory.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    /// Directory with pg_receivewal, pg_dump, pg_ctl (default: PostgreSQL 15's).
+    pub bindir: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    /// A libpq connection string for the set fields.
+    pub fn conninfo(&self) -> String {
+        let mut parts = Vec::new();
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        if let Some(h) = &self.host {
+            parts.push(format!("host={}", q(h)));
+        }
+        if let Some(p) = self.port {
+            parts.push(format!("port={p}"));
+        }
+        if let Some(u) = &self.user {
+            parts.push(format!("user={}", q(u)));
+        }
+        if let Some(d) = &self.database {
+            parts.push(format!("dbname={}", q(d)));
+        }
+        parts.join(" ")
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Config {
@@ -121,6 +156,8 @@ pub struct Config {
     pub repositories: BTreeMap<String, RepositoryConfig>,
     pub retention: Option<RetentionConfig>,
     pub files: BTreeMap<String, FileSetConfig>,
+    /// PostgreSQL clusters by name (`[postgres.NAME]`), for `--cluster NAME`.
+    pub postgres: BTreeMap<String, PostgresConfig>,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

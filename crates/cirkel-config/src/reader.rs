@@ -256,6 +256,18 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         copy_spans.insert(name.clone(), span);
         cfg.files.insert(name, set);
     }
+    for (name, mut t) in root.named_tables("postgres") {
+        let pc = crate::PostgresConfig {
+            pgdata: t.string("pgdata").map(|p| t.cx.resolve(&p)),
+            host: t.string("host"),
+            port: t.integer("port", 1..65536).map(|p| p as u16),
+            user: t.string("user"),
+            database: t.string("database"),
+            bindir: t.string("bindir").map(PathBuf::from),
+        };
+        t.finish();
+        cfg.postgres.insert(name, pc);
+    }
     for (name, set) in &cfg.files {
         for target in &set.copy_to {
             if !cfg.repositories.contains_key(target) {

@@ -166,6 +166,9 @@ pub struct PgExpireArgs {
 
 #[derive(Debug, Args)]
 pub struct PgConnArgs {
+    /// A [postgres.NAME] cluster from the configuration.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
     /// libpq connection string (default: PGHOST, PGPORT, PGUSER, PGDATABASE).
     #[arg(long, value_name = "CONNINFO")]
     pub conninfo: Option<String>,

@@ -192,16 +192,38 @@ fn pg_error(e: anyhow::Error) -> anyhow::Error {
     e
 }
 
+/// The cluster a command works on: --cluster from the configuration, then
+/// explicit flags, then the libpq environment.
+struct Cluster {
+    conninfo: Option<String>,
+    pgdata: Option<PathBuf>,
+    bindir: PathBuf,
+}
+
+fn cluster(cfg: &cirkel_config::Config, a: &crate::cli::PgConnArgs) -> anyhow::Result<Cluster> {
+    let named = match &a.cluster {
+        Some(n) => Some(cfg.postgres.get(n).ok_or_else(|| {
+            user_error(format!("no cluster named `{n}`"), "define it as [postgres.NAME] in the configuration")
+        })?),
+        None => None,
+    };
+    let conninfo = a.conninfo.clone().or_else(|| named.map(|c| c.conninfo()).filter(|s| !s.is_empty()));
+    let pgdata = a.pgdata.clone().or_else(|| named.and_then(|c| c.pgdata.clone()));
+    let bindir = named.and_then(|c| c.bindir.clone()).unwrap_or_else(cirkel_pg::stream::find_bindir);
+    Ok(Cluster { conninfo, pgdata, bindir })
+}
+
 fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
+    let cl = cluster(&cfg, &a.conn)?;
     let repo = main_repo(global, &cfg)?.open()?;
     let mut tags = a.tag.clone();
     if let Some(l) = &a.label {
         tags.push(l.clone());
     }
     let opts = cirkel_pg::backup::PgBackupOptions {
-        pgdata: a.conn.pgdata.clone(),
-        conninfo: a.conn.conninfo.clone(),
+        pgdata: cl.pgdata,
+        conninfo: cl.conninfo,
         label: a.label.clone(),
         full: a.backup_type == BackupType::Full,
         tags,
@@ -466,7 +488,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
-    let conn = cirkel_pg::conn::PgConn::connect(a.conn.conninfo.as_deref()).map_err(pg_error)?;
+    let cl = cluster(&cfg, &a.conn)?;
+    let conn = cirkel_pg::conn::PgConn::connect(cl.conninfo.as_deref()).map_err(pg_error)?;
     let row = conn.query_one("SELECT system_identifier::text FROM pg_control_system()")?;
     let sys: String = row.get(0);
     drop(conn);
@@ -477,13 +500,12 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| user_error("no spool directory", "pass --spool DIR"))?
             .join(format!("spool-{sys}-{}", a.slot)),
     };
-    let bindir = cirkel_pg::stream::find_bindir();
     let opts = cirkel_pg::stream::StreamOptions {
         spool,
         slot: a.slot.clone(),
         interval: a.interval,
-        bindir,
-        conninfo: a.conn.conninfo.clone(),
+        bindir: cl.bindir,
+        conninfo: cl.conninfo,
         run_for: a.duration,
     };
     // SAFETY: the handler only stores to an atomic.
