@@ -166,7 +166,7 @@ pub fn backup_with(
     let paths: Vec<String> = roots.iter().map(|p| p.display().to_string()).collect();
     let host = opts.host.clone().unwrap_or_else(cirkel_repo_hostname);
 
-    let _lock = repo.lock_shared("backup")?;
+    let lock = repo.lock_shared("backup")?;
     let index = Arc::new(repo.load_index()?);
     let parent = find_parent(repo, opts, &kind, &host, &paths)?;
     let parent_tree = match &parent {
@@ -264,6 +264,7 @@ pub fn backup_with(
         }
     }
     let root = finish_tree(&mut ctx, root_nodes)?;
+    lock.check_fresh()?;
     let stats = writer.finish()?;
     ctx.errors.sort_by(|a, b| a.path.cmp(&b.path));
     let snapshot = Snapshot {
@@ -287,6 +288,7 @@ pub fn backup_with(
         meta,
     };
     cirkel_repo::crash::point("backup-before-snapshot");
+    lock.check_fresh()?;
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome { id, snapshot })
 }

@@ -47,6 +47,7 @@ pub fn restore(
     opts: &RestoreOptions,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<RestoreReport> {
+    let _lock = repo.lock_reader("restore")?;
     let index = repo.load_index()?;
     std::fs::create_dir_all(&opts.target)
         .map_err(|e| anyhow::anyhow!("create restore target {}: {e}", opts.target.display()))?;
@@ -178,7 +179,7 @@ fn restore_file(
         .map_err(|e| format!("create: {e}"))?;
     let mut written = 0u64;
     for id in &task.node.content {
-        let data = repo.read_blob(index, id).map_err(|e| format!("{e}"))?;
+        let data = repo.read_blob_data(index, id).map_err(|e| format!("{e}"))?;
         f.write_all(&data).map_err(|e| format!("write: {e}"))?;
         written += data.len() as u64;
         on_bytes(data.len() as u64);

@@ -140,6 +140,16 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
             conn.describe
         );
     }
+    let tablespaces: Vec<String> = std::fs::read_dir(pgdata.join("pg_tblspc"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default();
+    if !tablespaces.is_empty() {
+        anyhow::bail!(
+            "the cluster has tablespaces outside its data directory (pg_tblspc: {}), which cirkel cannot back up yet; \
+             a backup without them would restore incomplete. Move them into the default tablespace to use cirkel",
+            tablespaces.join(", ")
+        );
+    }
     let wal_segment_size = parse_size(&seg_size_text).unwrap_or(16 * 1024 * 1024);
     let owner = std::fs::metadata(&pgdata)?;
     let label = opts.label.clone().unwrap_or_else(|| format!("cirkel {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")));

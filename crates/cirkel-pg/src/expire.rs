@@ -89,13 +89,28 @@ pub struct ExpireReport {
 pub fn expire(repo: &Repository, policy: &ExpirePolicy, dry_run: bool) -> anyhow::Result<ExpireReport> {
     let now = Utc::now();
     let backups = list(repo)?;
-    let input: Vec<_> =
-        backups.iter().map(|(id, s, m)| (*id, s.tags.clone(), m.stop_time, m.system_id.clone())).collect();
-    let decisions = decide(&input, policy, now);
+    // Incomplete backups cannot be restored: they neither protect the newest
+    // slot nor hold WAL back; they simply age out.
+    let input: Vec<_> = backups
+        .iter()
+        .filter(|(_, s, _)| !s.incomplete)
+        .map(|(id, s, m)| (*id, s.tags.clone(), m.stop_time, m.system_id.clone()))
+        .collect();
+    let mut decisions = decide(&input, policy, now);
+    for (id, s, m) in backups.iter().filter(|(_, s, _)| s.incomplete) {
+        let age = now.signed_duration_since(m.stop_time).to_std().unwrap_or_default();
+        let keep = age <= policy.daily;
+        let _ = s;
+        decisions.push(Decision {
+            id: *id,
+            keep,
+            why: format!("incomplete, {}", if keep { "young" } else { "expired" }),
+        });
+    }
     let mut report = ExpireReport { dry_run, ..Default::default() };
     let kept: Vec<&BackupMeta> = backups
         .iter()
-        .filter(|(id, _, _)| decisions.iter().any(|d| d.id == *id && d.keep))
+        .filter(|(id, s, _)| !s.incomplete && decisions.iter().any(|d| d.id == *id && d.keep))
         .map(|(_, _, m)| m)
         .collect();
     for d in decisions.iter().filter(|d| !d.keep) {

@@ -51,6 +51,8 @@ pub enum PlanError {
     BeforeOldest { target: String, oldest: String },
     #[error("target time {0} is in the future")]
     InFuture(String),
+    #[error("the repository holds backups of several clusters ({0})")]
+    SeveralClusters(String),
     #[error("WAL segment {missing} is missing from the archive; recovery from backup {backup} cannot pass it")]
     MissingWal { missing: String, backup: String },
 }
@@ -63,6 +65,7 @@ impl PlanError {
                 "choose a later --target-time / --target-lsn; `cirkel pg info` shows the recoverable window".into()
             }
             PlanError::InFuture(_) => "use --latest to replay everything archived".into(),
+            PlanError::SeveralClusters(_) => "choose one with --system-id (see `cirkel pg backups`) or --backup".into(),
             PlanError::MissingWal { .. } => {
                 "restore from a later backup (--backup), a target before the gap, or from a second repository that has the segment; `cirkel pg check` lists every gap".into()
             }
@@ -76,6 +79,14 @@ pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: 
         backups.retain(|(_, _, m)| m.system_id == sys);
     }
     backups.retain(|(_, s, _)| !s.incomplete);
+    if backup.is_none() {
+        let mut systems: Vec<&str> = backups.iter().map(|(_, _, m)| m.system_id.as_str()).collect();
+        systems.sort();
+        systems.dedup();
+        if systems.len() > 1 {
+            return Err(PlanError::SeveralClusters(systems.join(", ")).into());
+        }
+    }
     let chosen = if let Some(id) = backup {
         backups
             .into_iter()
@@ -121,6 +132,11 @@ pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: 
     }
     if let Some(first) = gaps.first() {
         notes.push(format!("WAL segment {first} is missing: recovery stops before it"));
+    }
+    if matches!(plan_target_kind(&target), "xid" | "name") && backup.is_none() {
+        notes.push(
+            "an xid or named target must lie after the chosen (newest) backup; if recovery reports it ended before the target, pass an older --backup".into(),
+        );
     }
     let partial = wal::partials(repo, &ns, None)?;
     if let Some(p) = partial.last() {
@@ -190,6 +206,17 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn plan_target_kind(t: &Target) -> &'static str {
+    match t {
+        Target::Time(_) => "time",
+        Target::Lsn(_) => "lsn",
+        Target::Xid(_) => "xid",
+        Target::Name(_) => "name",
+        Target::Latest => "latest",
+        Target::Immediate => "immediate",
+    }
+}
+
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -200,6 +227,13 @@ fn write_recovery(to: &Path, plan: &Plan, restore_command: &str) -> anyhow::Resu
         format!("# cirkel pg restore of backup {} ({})", plan.backup.short(), Utc::now().to_rfc3339()),
         format!("restore_command = {}", quote(restore_command)),
         "recovery_target_timeline = 'latest'".to_string(),
+        // Settings left by an earlier recovery must not apply to this one.
+        "recovery_target = ''".to_string(),
+        "recovery_target_time = ''".to_string(),
+        "recovery_target_lsn = ''".to_string(),
+        "recovery_target_xid = ''".to_string(),
+        "recovery_target_name = ''".to_string(),
+        "recovery_target_action = 'pause'".to_string(),
     ];
     match &plan.target {
         Target::Time(t) => lines.push(format!("recovery_target_time = {}", quote(&t.to_rfc3339()))),

@@ -79,6 +79,7 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
     let mut rx = Receiver { child: Some(spawn(opts)?), started: Instant::now() };
     let mut uploaded: HashMap<String, blake3::Hash> = HashMap::new();
     let began = Instant::now();
+    let mut failing_sweeps = 0u32;
     loop {
         let stopping = stop.load(Ordering::Relaxed) || opts.run_for.is_some_and(|d| began.elapsed() >= d);
         if let Some(child) = rx.child.as_mut()
@@ -87,15 +88,33 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
             tracing::warn!("pg_receivewal exited ({status}); archiving what it wrote and restarting");
             rx.child = None;
         }
-        if let Err(e) = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats) {
-            tracing::error!("uploading WAL: {e:#}; retrying in {:?}", opts.interval);
+        let errors = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats);
+        if errors.is_empty() {
+            failing_sweeps = 0;
+        } else {
+            failing_sweeps += 1;
+            for e in &errors {
+                tracing::error!("uploading WAL: {e:#}");
+            }
+            if failing_sweeps >= MAX_FAILING_SWEEPS {
+                if let Some(mut c) = rx.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                anyhow::bail!(
+                    "WAL could not be uploaded for {failing_sweeps} consecutive passes (last: {:#}); the replication slot keeps the WAL on the server until streaming resumes",
+                    errors[errors.len() - 1]
+                );
+            }
         }
         if stopping {
             if let Some(mut c) = rx.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats)?;
+            if let Some(e) = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats).into_iter().next() {
+                return Err(e.context("final WAL upload before stopping"));
+            }
             return Ok(stats);
         }
         if rx.child.is_none() && rx.started.elapsed() >= Duration::from_secs(1) {
@@ -111,50 +130,70 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
     }
 }
 
-/// One pass over the spool.
+/// How many passes in a row may fail before the streamer gives up loudly.
+const MAX_FAILING_SWEEPS: u32 = 60;
+
+/// One pass over the spool; every file is tried, and the errors returned.
 fn sweep(
     repo: &Repository,
     ns: &str,
     spool: &Path,
     uploaded: &mut HashMap<String, blake3::Hash>,
     stats: &mut StreamStats,
-) -> anyhow::Result<()> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(spool)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+) -> Vec<anyhow::Error> {
+    let mut names: Vec<String> = match std::fs::read_dir(spool) {
+        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+        Err(e) => return vec![anyhow::anyhow!("read spool {}: {e}", spool.display())],
+    };
     names.sort();
+    let mut errors = Vec::new();
     for name in names {
-        let path = spool.join(&name);
-        match WalFile::parse(&name) {
-            Some(WalFile::Segment(seg)) => {
-                wal::push(repo, ns, &path)?;
-                stats.segments_archived += 1;
-                std::fs::remove_file(&path)?;
-                uploaded.remove(&seg.to_string());
-                // The complete segment supersedes its partial copies.
-                for p in wal::partials(repo, ns, Some(seg))? {
-                    repo.delete_stream(ns, &p)?;
-                }
-            }
-            Some(WalFile::History(_)) => {
-                wal::push(repo, ns, &path)?;
-                std::fs::remove_file(&path)?;
-            }
-            Some(WalFile::Partial(seg)) => {
-                let data = std::fs::read(&path)?;
-                let hash = blake3::hash(&data);
-                if uploaded.get(&seg.to_string()) == Some(&hash) {
-                    continue;
-                }
-                let older = wal::partials(repo, ns, Some(seg))?;
-                wal::push_partial(repo, ns, seg, &data)?;
-                stats.partial_uploads += 1;
-                uploaded.insert(seg.to_string(), hash);
-                for p in older {
-                    repo.delete_stream(ns, &p)?;
-                }
-            }
-            _ => {}
+        if let Err(e) = sweep_one(repo, ns, spool, &name, uploaded, stats) {
+            errors.push(e.context(format!("WAL file {name}")));
         }
+    }
+    errors
+}
+
+fn sweep_one(
+    repo: &Repository,
+    ns: &str,
+    spool: &Path,
+    name: &str,
+    uploaded: &mut HashMap<String, blake3::Hash>,
+    stats: &mut StreamStats,
+) -> anyhow::Result<()> {
+    let path = spool.join(name);
+    match WalFile::parse(name) {
+        Some(WalFile::Segment(seg)) => {
+            wal::push(repo, ns, &path)?;
+            stats.segments_archived += 1;
+            std::fs::remove_file(&path)?;
+            uploaded.remove(&seg.to_string());
+            // The complete segment supersedes its partial copies.
+            for p in wal::partials(repo, ns, Some(seg))? {
+                repo.delete_stream(ns, &p)?;
+            }
+        }
+        Some(WalFile::History(_)) => {
+            wal::push(repo, ns, &path)?;
+            std::fs::remove_file(&path)?;
+        }
+        Some(WalFile::Partial(seg)) => {
+            let data = std::fs::read(&path)?;
+            let hash = blake3::hash(&data);
+            if uploaded.get(&seg.to_string()) == Some(&hash) {
+                return Ok(());
+            }
+            let older = wal::partials(repo, ns, Some(seg))?;
+            wal::push_partial(repo, ns, seg, &data)?;
+            stats.partial_uploads += 1;
+            uploaded.insert(seg.to_string(), hash);
+            for p in older {
+                repo.delete_stream(ns, &p)?;
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

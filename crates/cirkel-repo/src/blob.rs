@@ -66,3 +66,43 @@ pub(crate) fn decode(crypto: &Crypto, id: &Id, stored: &[u8], raw_length: u32, c
     }
     Ok(plain)
 }
+
+/// A blob's plaintext inside the buffer it was read into.
+pub struct BlobData {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for BlobData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+/// Like [`decode`], but decrypts in the read buffer. The keyed-hash check is
+/// skipped for encrypted repositories, where the AEAD tag (whose associated
+/// data is the blob id) already proves the content belongs to this id.
+pub(crate) fn decode_owned(
+    crypto: &Crypto,
+    id: &Id,
+    mut stored: Vec<u8>,
+    raw_length: u32,
+    compressed: bool,
+) -> Result<BlobData> {
+    let range = crypto
+        .open_in_place(&mut stored, &id.0)
+        .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
+    let data = if compressed {
+        let plain = zstd::bulk::decompress(&stored[range], raw_length as usize)
+            .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?;
+        let n = plain.len();
+        BlobData { buf: plain, range: 0..n }
+    } else {
+        BlobData { buf: stored, range }
+    };
+    if data.len() != raw_length as usize || (!crypto.is_encrypted() && crypto.blob_id(&data) != *id) {
+        return Err(Error::corrupt("blob", id, "content does not match its id"));
+    }
+    Ok(data)
+}

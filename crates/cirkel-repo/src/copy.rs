@@ -64,7 +64,8 @@ pub fn copy(
     {
         return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
     }
-    let _lock = dst.lock_shared("copy")?;
+    let lock = dst.lock_shared("copy")?;
+    let _source_lock = src.lock_reader("copy")?;
     let src_index = src.load_index()?;
     let dst_index = Arc::new(dst.load_index()?);
     let present: std::collections::HashSet<Id> = dst.list_ids("snapshots")?.into_iter().map(|(id, _)| id).collect();
@@ -99,6 +100,7 @@ pub fn copy(
         done += loc.length as u64;
         progress(done, total);
     }
+    lock.check_fresh()?;
     report.stats = writer.finish()?;
     if streams {
         copy_streams(src, dst, &mut report)?;

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -227,6 +227,24 @@ impl Crypto {
         match self {
             Crypto::Encrypted { cipher, .. } => seal_with(cipher, plain, aad),
             Crypto::Plain { .. } => plain.to_vec(),
+        }
+    }
+
+    /// Opens a sealed object in its own buffer, without copying; returns the
+    /// plaintext's range within `buf`, or `None` when authentication fails.
+    pub fn open_in_place(&self, buf: &mut [u8], aad: &[u8]) -> Option<std::ops::Range<usize>> {
+        match self {
+            Crypto::Encrypted { cipher, .. } => {
+                if buf.len() < NONCE_LEN + TAG_LEN {
+                    return None;
+                }
+                let (nonce, rest) = buf.split_at_mut(NONCE_LEN);
+                let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+                let tag = chacha20poly1305::Tag::clone_from_slice(tag);
+                cipher.decrypt_in_place_detached(XNonce::from_slice(nonce), aad, body, &tag).ok()?;
+                Some(NONCE_LEN..buf.len() - TAG_LEN)
+            }
+            Crypto::Plain { .. } => Some(0..buf.len()),
         }
     }
 

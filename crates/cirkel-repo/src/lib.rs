@@ -35,7 +35,7 @@ pub mod prune;
 pub mod verify;
 
 pub use backend::{Backend, BackendError, ObjectInfo};
-pub use blob::BlobKind;
+pub use blob::{BlobData, BlobKind};
 pub use error::{Error, Result};
 pub use id::Id;
 pub use repository::{ChunkerParams, InitOptions, RepoConfig, Repository};

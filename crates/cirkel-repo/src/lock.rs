@@ -52,6 +52,7 @@ fn pid_alive(pid: u32) -> bool {
 pub struct LockGuard {
     repo: Repository,
     key: Arc<std::sync::Mutex<String>>,
+    refreshed: Arc<std::sync::Mutex<std::time::Instant>>,
     stop: Arc<AtomicBool>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -59,6 +60,22 @@ pub struct LockGuard {
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard").finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// Fails when the lock has not been refreshed for so long that another
+    /// process may have taken it for stale (and pruned what we wrote). A
+    /// writer checks this before it makes its work visible.
+    pub fn check_fresh(&self) -> Result<()> {
+        let age = self.refreshed.lock().map(|t| t.elapsed()).unwrap_or(STALE_AFTER);
+        if age > STALE_AFTER / 2 {
+            return Err(Error::Locked(format!(
+                "this process's lock was last refreshed {}s ago and may have been taken for stale; stopping before writing the index",
+                age.as_secs()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +141,8 @@ impl Repository {
     fn guard(&self, key: String, operation: &str, exclusive: bool) -> LockGuard {
         let key = Arc::new(std::sync::Mutex::new(key));
         let stop = Arc::new(AtomicBool::new(false));
+        let refreshed = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let r = refreshed.clone();
         let (repo, k, s, op) = (self.clone(), key.clone(), stop.clone(), operation.to_string());
         let refresher = std::thread::spawn(move || {
             loop {
@@ -136,10 +155,27 @@ impl Repository {
                 {
                     let old = std::mem::replace(&mut *cur, new_key);
                     let _ = repo.block_on(repo.backend.delete(&old));
+                    if let Ok(mut t) = r.lock() {
+                        *t = std::time::Instant::now();
+                    }
                 }
             }
         });
-        LockGuard { repo: self.clone(), key, stop, refresher: Some(refresher) }
+        LockGuard { repo: self.clone(), key, refreshed, stop, refresher: Some(refresher) }
+    }
+
+    /// Takes a shared lock for a reader (verify, restore, copy source), so
+    /// prune does not delete data under it. Storage that cannot be written
+    /// (a read-only mount or bucket policy) is read without a lock.
+    pub fn lock_reader(&self, operation: &str) -> Result<Option<LockGuard>> {
+        match self.lock_shared(operation) {
+            Ok(g) => Ok(Some(g)),
+            Err(Error::Backend(crate::BackendError::Fatal { detail, .. })) => {
+                tracing::warn!("reading without a lock ({detail}); a concurrent prune could disturb this {operation}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes a shared (writer) lock. Fails when an exclusive lock is live.

@@ -187,7 +187,18 @@ impl Repository {
             return Err(Error::Unsupported(format!("format version {}", config.version)));
         }
         let crypto = match (config.encryption.as_str(), config.mac_key) {
-            ("none", Some(mac)) => Crypto::Plain { mac },
+            ("none", Some(mac)) => {
+                // Key objects exist only in encrypted repositories: a config
+                // that says otherwise was replaced, to make writers leak data.
+                if !rt.block_on(backend.list("keys/"))?.is_empty() {
+                    return Err(Error::corrupt(
+                        "config",
+                        &location,
+                        "it says unencrypted, but the repository has keys; refusing to write plaintext",
+                    ));
+                }
+                Crypto::Plain { mac }
+            }
             ("xchacha20poly1305", None) => {
                 let password = password.ok_or(Error::PasswordRequired)?;
                 Crypto::encrypted(Self::find_key(&rt, backend.as_ref(), password)?)
@@ -394,6 +405,13 @@ impl Repository {
         Ok((bytes, loc))
     }
 
+    /// Reads, authenticates and decompresses a blob without extra copies
+    /// (the restore path).
+    pub fn read_blob_data(&self, index: &Index, id: &Id) -> Result<blob::BlobData> {
+        let (bytes, loc) = self.read_blob_raw(index, id)?;
+        blob::decode_owned(&self.crypto, id, Vec::from(bytes), loc.raw_length, loc.compressed)
+    }
+
     /// Reads, authenticates and decompresses a blob.
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
         let (bytes, loc) = self.read_blob_raw(index, id)?;
@@ -474,12 +492,17 @@ impl Repository {
 /// Writes a file only its owner can read, atomically.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), Id::random().short()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

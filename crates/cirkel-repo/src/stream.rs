@@ -120,6 +120,9 @@ impl Repository {
         let id = Self::stream_id(stored).ok_or_else(|| bad("not a stream object"))?;
         let len = u64::from_le_bytes(stored[4..12].try_into().map_err(|_| bad("header"))?) as usize;
         let count = u32::from_le_bytes(stored[44..48].try_into().map_err(|_| bad("header"))?) as usize;
+        if count > stored.len() / 4 || len > count.saturating_mul(PART) {
+            return Err(bad("header lengths are impossible"));
+        }
         let mut pos = HEADER;
         let mut spans = Vec::with_capacity(count);
         for _ in 0..count {

@@ -71,6 +71,7 @@ pub fn walk(
 
 pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
+    let _lock = repo.lock_reader("verify")?;
     let index = repo.load_index().map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
     let stored: HashMap<Id, u64> = list_packs(repo)?.into_iter().collect();
     report.packs = stored.len();

@@ -189,7 +189,9 @@ impl BlobWriter {
         }
         drop(self.tx.lock().map_err(poisoned)?.take());
         for h in std::mem::take(&mut *self.uploaders.lock().map_err(poisoned)?) {
-            let _ = h.join();
+            if h.join().is_err() {
+                return Err(Error::Other("an upload thread panicked; nothing after the last index was saved".into()));
+            }
         }
         self.check_error()?;
         flush_index(&self.shared, 0)?;

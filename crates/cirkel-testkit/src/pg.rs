@@ -108,6 +108,26 @@ impl PgCluster {
         PgCluster { dir, data, socket_dir, port, log, running: false }
     }
 
+    /// A streaming standby of `primary`, cloned with `pg_basebackup -R`.
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        let out = as_postgres(pg_bindir().join("pg_basebackup"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h"])
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string(), "-U", "postgres"])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        // The clone carries the primary's archive settings; a standby does not archive.
+        append_conf(&data, &["archive_mode = off".to_string()]);
+        PgCluster::adopt(dir, data)
+    }
+
     pub fn start(&mut self) {
         let out = as_postgres(pg_bindir().join("pg_ctl"))
             .arg("-D")

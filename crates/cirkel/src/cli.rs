@@ -226,6 +226,9 @@ pub struct PgRestoreArgs {
     /// Use this backup instead of choosing one.
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
+    /// The cluster to restore, when the repository holds several (see `cirkel pg backups`).
+    #[arg(long, value_name = "ID")]
+    pub system_id: Option<String>,
     /// Only explain which backup and WAL range would be used.
     #[arg(long)]
     pub dry_run: bool,

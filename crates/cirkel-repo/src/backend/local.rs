@@ -50,7 +50,7 @@ impl LocalBackend {
         let tmp_dir = self.root.join(TMP_DIR);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         for dir in [&tmp_dir, &parent] {
-            std::fs::create_dir_all(dir).map_err(|e| self.err("create", key, e))?;
+            create_dir_durable(dir).map_err(|e| self.err("create", key, e))?;
         }
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
@@ -104,6 +104,26 @@ impl LocalBackend {
     }
 }
 
+/// Creates a directory (and its missing parents), syncing each new entry's
+/// parent so that the directory survives a power loss with what it holds.
+fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -135,8 +155,11 @@ impl Backend for LocalBackend {
             let mut f = std::fs::File::open(&path)?;
             f.seek(SeekFrom::Start(range.start))?;
             let len = (range.end - range.start) as usize;
-            let mut buf = vec![0u8; len];
-            f.read_exact(&mut buf)?;
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(len);
+            // A short read is returned as is: callers check lengths and
+            // report a truncated object as corruption, not as an outage.
+            f.take(len as u64).read_to_end(&mut buf)?;
             Ok::<_, std::io::Error>(Bytes::from(buf))
         })
         .await

@@ -388,7 +388,7 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         Some(b) => Some(repo.find_snapshot(b, Some(cirkel_pg::KIND))?.0),
         None => None,
     };
-    let plan = cirkel_pg::restore::plan(&repo, None, target, backup).map_err(pg_error)?;
+    let plan = cirkel_pg::restore::plan(&repo, a.system_id.as_deref(), target, backup).map_err(pg_error)?;
     let describe = |p: &cirkel_pg::restore::Plan| {
         format!(
             "backup {} (stopped {}, LSN {}), then WAL from {} through {}",
