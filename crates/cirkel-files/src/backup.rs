@@ -42,6 +42,8 @@ pub struct BackupOptions {
     /// long before the parent backup started (files that change in place,
     /// where a write within the same timestamp tick would go unnoticed).
     pub mtime_margin: Option<std::time::Duration>,
+    /// zstd level for this backup (default: the repository's).
+    pub compression_level: Option<i32>,
 }
 
 /// A check run on every block a fixed-size backup reads: `(path, offset, data)`.
@@ -174,7 +176,11 @@ pub fn backup_with(
         None => None,
     };
 
-    let writer = Arc::new(BlobWriter::new(repo, index));
+    let mut writer = BlobWriter::new(repo, index);
+    if let Some(level) = opts.compression_level {
+        writer = writer.with_compression_level(level);
+    }
+    let writer = Arc::new(writer);
     let (job_tx, job_rx) = unbounded::<FileJob>();
     let threads = opts.threads.max(1);
     let settings = ChunkSettings {

@@ -6,16 +6,14 @@
 //! nothing in a snapshot can make a restore write outside `--to`. A file
 //! whose data cannot be read is reported and the rest still restore.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cirkel_repo::index::Index;
 use cirkel_repo::{Id, Node, NodeKind, Repository, Snapshot};
-use crossbeam::channel::unbounded;
 use filetime::FileTime;
 use serde::Serialize;
 
@@ -41,6 +39,17 @@ struct FileTask {
     node: Node,
 }
 
+/// One blob of one pack, and every place its content goes.
+struct Piece {
+    id: Id,
+    offset: u32,
+    length: u32,
+    raw_length: u32,
+    compressed: bool,
+    /// (file index, offset in the file)
+    targets: Vec<(usize, u64)>,
+}
+
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -53,85 +62,201 @@ pub fn restore(
         .map_err(|e| anyhow::anyhow!("create restore target {}: {e}", opts.target.display()))?;
     let target = std::fs::canonicalize(&opts.target)?;
     let errors = Mutex::new(Vec::new());
-    let files = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
     let mut report = RestoreReport::default();
     let mut dirs_meta: Vec<(PathBuf, Node)> = Vec::new();
-    let (tx, rx) = unbounded::<FileTask>();
+    let mut files: Vec<FileTask> = Vec::new();
     let is_root = unsafe_is_root();
 
-    std::thread::scope(|scope| {
-        for _ in 0..opts.threads.max(1) {
-            let rx = rx.clone();
-            let (index, errors, files, bytes) = (&index, &errors, &files, &bytes);
-            scope.spawn(move || {
-                for task in rx.iter() {
-                    match restore_file(repo, index, &task, is_root, on_bytes) {
-                        Ok(n) => {
-                            files.fetch_add(1, Ordering::Relaxed);
-                            bytes.fetch_add(n, Ordering::Relaxed);
+    // 1. The tree: directories and symlinks now, files listed.
+    let mut stack: Vec<(String, PathBuf, Id)> = vec![(String::new(), target.clone(), snapshot.tree)];
+    while let Some((rel, dir, tree_id)) = stack.pop() {
+        let tree = match repo.load_tree(&index, &tree_id) {
+            Ok(t) => t,
+            Err(e) => {
+                push_err(&errors, if rel.is_empty() { "/" } else { &rel }, format!("{e}"));
+                continue;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for node in tree.nodes {
+            let child_rel = format!("{rel}/{}", node.name);
+            if !Node::name_is_safe(&node.name) || !seen.insert(node.name.clone()) {
+                push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
+                continue;
+            }
+            let path = dir.join(&node.name);
+            match node.kind {
+                NodeKind::Dir => match make_dir(&path) {
+                    Ok(()) => {
+                        report.dirs += 1;
+                        if let Some(sub) = node.subtree {
+                            stack.push((child_rel, path.clone(), sub));
                         }
-                        Err(e) => {
-                            if let Ok(mut v) = errors.lock() {
-                                v.push((task.rel.clone(), e));
-                            }
-                        }
+                        dirs_meta.push((path, node));
                     }
-                }
-            });
+                    Err(e) => push_err(&errors, &child_rel, e),
+                },
+                NodeKind::File => files.push(FileTask { rel: child_rel, path, node }),
+                NodeKind::Symlink => match restore_symlink(&path, &node, is_root) {
+                    Ok(()) => report.symlinks += 1,
+                    Err(e) => push_err(&errors, &child_rel, e),
+                },
+            }
         }
-        let mut stack: Vec<(String, PathBuf, Id)> = vec![(String::new(), target.clone(), snapshot.tree)];
-        while let Some((rel, dir, tree_id)) = stack.pop() {
-            let tree = match repo.load_tree(&index, &tree_id) {
-                Ok(t) => t,
-                Err(e) => {
-                    push_err(&errors, if rel.is_empty() { "/" } else { &rel }, format!("{e}"));
-                    continue;
+    }
+
+    // 2. Every file created at its final size; a file that fails here or
+    //    later is reported once and left out of what follows.
+    let failed: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
+    let fail = |i: usize, msg: String| {
+        if !failed[i].swap(true, Ordering::Relaxed) {
+            push_err(&errors, &files[i].rel, msg);
+        }
+    };
+    let threads = opts.threads.max(1);
+    parallel(threads, files.len(), &|i| {
+        if let Err(e) = create_file(&files[i]) {
+            fail(i, e);
+        }
+    });
+
+    // 3. Which blob goes where, grouped by pack.
+    let mut by_pack: HashMap<Id, HashMap<Id, Piece>> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        let mut offset = 0u64;
+        for id in &f.node.content {
+            match index.get(id) {
+                Some(loc) => {
+                    let piece = by_pack.entry(loc.pack).or_default().entry(*id).or_insert_with(|| Piece {
+                        id: *id,
+                        offset: loc.offset,
+                        length: loc.length,
+                        raw_length: loc.raw_length,
+                        compressed: loc.compressed,
+                        targets: Vec::new(),
+                    });
+                    piece.targets.push((i, offset));
+                    offset += loc.raw_length as u64;
                 }
-            };
-            let mut seen = std::collections::HashSet::new();
-            for node in tree.nodes {
-                let child_rel = format!("{rel}/{}", node.name);
-                if !Node::name_is_safe(&node.name) || !seen.insert(node.name.clone()) {
-                    push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
-                    continue;
-                }
-                let path = dir.join(&node.name);
-                match node.kind {
-                    NodeKind::Dir => match make_dir(&path) {
-                        Ok(()) => {
-                            report.dirs += 1;
-                            if let Some(sub) = node.subtree {
-                                stack.push((child_rel, path.clone(), sub));
-                            }
-                            dirs_meta.push((path, node));
-                        }
-                        Err(e) => push_err(&errors, &child_rel, e),
-                    },
-                    NodeKind::File => {
-                        let _ = tx.send(FileTask { rel: child_rel, path, node });
-                    }
-                    NodeKind::Symlink => match restore_symlink(&path, &node, is_root) {
-                        Ok(()) => report.symlinks += 1,
-                        Err(e) => push_err(&errors, &child_rel, e),
-                    },
+                None => {
+                    fail(i, format!("{}", cirkel_repo::Error::MissingBlob(id.to_hex())));
+                    break;
                 }
             }
         }
-        drop(tx);
+        if offset != f.node.size && !failed[i].load(Ordering::Relaxed) {
+            fail(i, format!("its blobs hold {offset} bytes, the snapshot records {}", f.node.size));
+        }
+    }
+    let packs: Vec<(Id, Vec<Piece>)> = by_pack
+        .into_iter()
+        .map(|(id, pieces)| {
+            let mut v: Vec<Piece> = pieces.into_values().collect();
+            v.sort_by_key(|p| p.offset);
+            (id, v)
+        })
+        .collect();
+
+    // 4. Each pack read once; its blobs decrypted in place and written to
+    //    every file (and offset) that holds them.
+    let written = AtomicU64::new(0);
+    parallel(threads, packs.len(), &|k| {
+        let (pack, pieces) = &packs[k];
+        let start = pieces.first().map(|p| p.offset as u64).unwrap_or(0);
+        let end = pieces.iter().map(|p| p.offset as u64 + p.length as u64).max().unwrap_or(0);
+        let mut buf = match repo.read_pack_range(pack, start..end) {
+            Ok(b) => b,
+            Err(e) => {
+                for p in pieces {
+                    for (i, _) in &p.targets {
+                        fail(*i, format!("{e}"));
+                    }
+                }
+                return;
+            }
+        };
+        let mut open: HashMap<usize, File> = HashMap::new();
+        for p in pieces {
+            let lo = (p.offset as u64 - start) as usize;
+            let slot = &mut buf[lo..lo + p.length as usize];
+            let data = match repo.decode_blob_in_place(&p.id, slot, p.raw_length, p.compressed) {
+                Ok(d) => d,
+                Err(e) => {
+                    for (i, _) in &p.targets {
+                        fail(*i, format!("{e}"));
+                    }
+                    continue;
+                }
+            };
+            for &(i, at) in &p.targets {
+                if failed[i].load(Ordering::Relaxed) {
+                    continue;
+                }
+                if open.len() >= 64 && !open.contains_key(&i) {
+                    open.clear();
+                }
+                let f = match open.entry(i) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => match open_for_write(&files[i].path) {
+                        Ok(f) => v.insert(f),
+                        Err(e) => {
+                            fail(i, e);
+                            continue;
+                        }
+                    },
+                };
+                if let Err(e) = f.write_all_at(&data, at) {
+                    fail(i, format!("write: {e}"));
+                    continue;
+                }
+                written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                on_bytes(data.len() as u64);
+            }
+        }
     });
-    // Directory metadata last, deepest first, so writing files inside does
-    // not disturb their mtimes and read-only directories can be filled.
+
+    // 5. File metadata, then directories deepest first (so writing inside
+    //    them does not disturb their mtimes and read-only ones can be filled).
+    let done = AtomicU64::new(0);
+    parallel(threads, files.len(), &|i| {
+        if failed[i].load(Ordering::Relaxed) {
+            return;
+        }
+        match finish_file(&files[i], is_root) {
+            Ok(()) => {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => fail(i, e),
+        }
+    });
     for (path, node) in dirs_meta.iter().rev() {
         if let Err(e) = apply_meta(path, node, is_root) {
             push_err(&errors, &path.strip_prefix(&target).unwrap_or(path).display().to_string(), e);
         }
     }
-    report.files = files.load(Ordering::Relaxed);
-    report.bytes = bytes.load(Ordering::Relaxed);
+    report.files = done.load(Ordering::Relaxed);
+    report.bytes = written.load(Ordering::Relaxed);
     report.errors = errors.into_inner().unwrap_or_default();
     report.errors.sort();
     Ok(report)
+}
+
+/// Runs `f(0..n)` on `threads` threads.
+fn parallel(threads: usize, n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(n.max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        break;
+                    }
+                    f(i);
+                }
+            });
+        }
+    });
 }
 
 fn push_err(errors: &Mutex<Vec<(String, String)>>, rel: &str, msg: String) {
@@ -162,38 +287,30 @@ fn clear_way(path: &Path) -> Result<(), String> {
     }
 }
 
-fn restore_file(
-    repo: &Repository,
-    index: &Index,
-    task: &FileTask,
-    is_root: bool,
-    on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<u64, String> {
+fn create_file(task: &FileTask) -> Result<(), String> {
     clear_way(&task.path)?;
-    let mut f: File = OpenOptions::new()
+    let f: File = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&task.path)
         .map_err(|e| format!("create: {e}"))?;
-    let mut written = 0u64;
-    for id in &task.node.content {
-        let data = repo.read_blob_data(index, id).map_err(|e| format!("{e}"))?;
-        f.write_all(&data).map_err(|e| format!("write: {e}"))?;
-        written += data.len() as u64;
-        on_bytes(data.len() as u64);
-    }
-    if written != task.node.size {
-        return Err(format!("restored {written} bytes, the snapshot records {}", task.node.size));
-    }
+    f.set_len(task.node.size).map_err(|e| format!("size: {e}"))
+}
+
+fn open_for_write(path: &Path) -> Result<File, String> {
+    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| format!("open: {e}"))
+}
+
+fn finish_file(task: &FileTask, is_root: bool) -> Result<(), String> {
+    let f = open_for_write(&task.path)?;
     if is_root {
         std::os::unix::fs::fchown(&f, Some(task.node.uid), Some(task.node.gid)).map_err(|e| format!("chown: {e}"))?;
     }
     f.set_permissions(std::fs::Permissions::from_mode(task.node.mode)).map_err(|e| format!("chmod: {e}"))?;
     let mtime = ns_to_filetime(task.node.mtime_ns);
-    filetime::set_file_handle_times(&f, Some(mtime), Some(mtime)).map_err(|e| format!("set mtime: {e}"))?;
-    Ok(written)
+    filetime::set_file_handle_times(&f, Some(mtime), Some(mtime)).map_err(|e| format!("set mtime: {e}"))
 }
 
 fn restore_symlink(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {

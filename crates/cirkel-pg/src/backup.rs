@@ -20,6 +20,9 @@ use crate::conn::{PgConn, parse_lsn};
 use crate::wal::Segment;
 use crate::{KIND, checksum};
 
+/// zstd level for data-directory blocks.
+pub const BLOCK_ZSTD_LEVEL: i32 = 1;
+
 /// Block size for relation files: 16 PostgreSQL pages.
 pub const BLOCK: u32 = 128 * 1024;
 
@@ -185,6 +188,9 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         // Relation files change in place: trust metadata only for files
         // untouched since well before the previous backup began.
         mtime_margin: Some(std::time::Duration::from_secs(2)),
+        // Database pages compress as well at level 1 as at 3 (often better)
+        // and twice as fast: see docs/benchmarks.md.
+        compression_level: Some(if repo.config().compression_level == 0 { 0 } else { BLOCK_ZSTD_LEVEL }),
         ..Default::default()
     };
     let wait = archive_mode != "off";

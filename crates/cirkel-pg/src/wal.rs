@@ -121,8 +121,16 @@ pub struct BadWalName(pub String);
 pub fn push(repo: &Repository, ns: &str, path: &Path) -> anyhow::Result<PutOutcome> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let kind = WalFile::parse(&name).ok_or_else(|| BadWalName(name.clone()))?;
-    let data = std::fs::read(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
-    Ok(repo.put_stream(ns, &kind.stream_name(&name), &data, WAL_ZSTD_LEVEL)?)
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(repo.put_stream(ns, &kind.stream_name(&name), &[], WAL_ZSTD_LEVEL)?);
+    }
+    // SAFETY: PostgreSQL does not change a WAL file while it is being
+    // archived; mapping it spares copying 16 MiB out of the page cache.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| anyhow::anyhow!("map {}: {e}", path.display()))?;
+    Ok(repo.put_stream(ns, &kind.stream_name(&name), &map, WAL_ZSTD_LEVEL)?)
 }
 
 /// Stores the growing segment that the streamer sees, under a new name each

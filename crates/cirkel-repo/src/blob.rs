@@ -106,3 +106,28 @@ pub(crate) fn decode_owned(
     }
     Ok(data)
 }
+
+/// Decrypts a blob inside `buf` and decompresses it if needed.
+pub(crate) fn decode_in_place<'a>(
+    crypto: &Crypto,
+    id: &Id,
+    buf: &'a mut [u8],
+    raw_length: u32,
+    compressed: bool,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let range = crypto
+        .open_in_place(buf, &id.0)
+        .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
+    let plain: std::borrow::Cow<'a, [u8]> = if compressed {
+        std::borrow::Cow::Owned(
+            zstd::bulk::decompress(&buf[range], raw_length as usize)
+                .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?,
+        )
+    } else {
+        std::borrow::Cow::Borrowed(&buf[range])
+    };
+    if plain.len() != raw_length as usize || (!crypto.is_encrypted() && crypto.blob_id(&plain) != *id) {
+        return Err(Error::corrupt("blob", id, "content does not match its id"));
+    }
+    Ok(plain)
+}

@@ -405,6 +405,30 @@ impl Repository {
         Ok((bytes, loc))
     }
 
+    /// Reads a byte range of a pack (the restore path reads each pack once).
+    pub fn read_pack_range(&self, pack: &Id, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let want = (range.end - range.start) as usize;
+        let bytes = self.block_on(self.backend.read_range(&Self::pack_key(pack), range)).map_err(|e| {
+            if e.is_not_found() { Error::corrupt("pack", pack, "missing from storage") } else { e.into() }
+        })?;
+        if bytes.len() != want {
+            return Err(Error::corrupt("pack", pack, "shorter than its index says"));
+        }
+        Ok(Vec::from(bytes))
+    }
+
+    /// Authenticates and decompresses a blob that lies in `buf` (read with
+    /// [`Repository::read_pack_range`]), decrypting it where it is.
+    pub fn decode_blob_in_place<'a>(
+        &self,
+        id: &Id,
+        buf: &'a mut [u8],
+        raw_length: u32,
+        compressed: bool,
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        blob::decode_in_place(&self.crypto, id, buf, raw_length, compressed)
+    }
+
     /// Reads, authenticates and decompresses a blob without extra copies
     /// (the restore path).
     pub fn read_blob_data(&self, index: &Index, id: &Id) -> Result<blob::BlobData> {

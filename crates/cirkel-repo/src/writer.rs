@@ -56,6 +56,7 @@ pub struct BlobWriter {
     state: Mutex<State>,
     tx: Mutex<Option<Sender<PackBuilder>>>,
     uploaders: Mutex<Vec<JoinHandle<()>>>,
+    level: i32,
 }
 
 impl BlobWriter {
@@ -93,7 +94,15 @@ impl BlobWriter {
             }),
             tx: Mutex::new(Some(tx)),
             uploaders: Mutex::new(uploaders),
+            level: repo.config.compression_level,
         }
+    }
+
+    /// Compresses new blobs at this zstd level instead of the repository's
+    /// (0 stores them uncompressed).
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.level = level;
+        self
     }
 
     pub fn repo(&self) -> &Repository {
@@ -122,7 +131,7 @@ impl BlobWriter {
         if !self.reserve(&id)? {
             return Ok(id);
         }
-        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.shared.repo.config.compression_level);
+        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.level);
         self.push(id, kind, &enc.stored, enc.raw_length, enc.compressed)?;
         Ok(id)
     }
