@@ -73,7 +73,12 @@ CONF
     as_pg "$CIRKEL" -q pg restore --to "$BASE/restored" --latest >/dev/null
     echo "archive_mode = off" >> "$BASE/restored/postgresql.conf"
     as_pg "$PGBIN/pg_ctl" -D "$BASE/restored" -l "$BASE/restored.log" -w -t 300 start >/dev/null
-    until [ "$(as_pg "$PGBIN/psql" -X -At -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+    tries=0
+    until [ "$(as_pg "$PGBIN/psql" -X -At -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 1200 ]; then echo "round $round: recovery did not finish"; tail -20 "$BASE/restored.log"; exit 1; fi
+        sleep 0.1
+    done
     max=$(as_pg "$PGBIN/psql" -X -At -c "SELECT coalesce(max(id), 0) FROM canary")
     acked=$(wc -l < "$BASE/acks")
     lost=$(awk -v m="$max" '$1 > m' "$BASE/acks" | wc -l)
