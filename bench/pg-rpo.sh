@@ -66,9 +66,16 @@ CONF
         as_pg "$PGBIN/psql" -X -q -c "INSERT INTO canary (id) VALUES ($i)" && echo "$i $(date +%s.%N)" >> "$BASE/acks"
     done
     kill_at=$(date +%s.%N)
-    kill -9 "$(head -1 "$PGDATA/postmaster.pid")" "$streamer" "$pgbench" 2>/dev/null || true
+    postmaster=$(head -1 "$PGDATA/postmaster.pid")
+    # (as_pg runs in a subshell: kill the programs themselves, not just it)
+    kill -9 "$postmaster" 2>/dev/null || true
+    pkill -9 -f "pg stream-wal --interval $INTERVAL --spool $BASE/spool" 2>/dev/null || true
     pkill -9 -f pg_receivewal 2>/dev/null || true
-    sleep 0.5
+    pkill -9 -x pgbench 2>/dev/null || true
+    kill -9 "$streamer" "$pgbench" 2>/dev/null || true
+    # The restored server reuses the port: wait until the old one is gone.
+    for _ in $(seq 100); do kill -0 "$postmaster" 2>/dev/null || break; sleep 0.1; done
+    wait "$streamer" "$pgbench" 2>/dev/null || true
     rm -rf "$PGDATA"
     as_pg "$CIRKEL" -q pg restore --to "$BASE/restored" --latest >/dev/null
     echo "archive_mode = off" >> "$BASE/restored/postgresql.conf"

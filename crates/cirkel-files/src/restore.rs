@@ -148,14 +148,28 @@ pub fn restore(
             fail(i, format!("its blobs hold {offset} bytes, the snapshot records {}", f.node.size));
         }
     }
-    let packs: Vec<(Id, Vec<Piece>)> = by_pack
-        .into_iter()
-        .map(|(id, pieces)| {
-            let mut v: Vec<Piece> = pieces.into_values().collect();
-            v.sort_by_key(|p| p.offset);
-            (id, v)
-        })
-        .collect();
+    // Work units: runs of one pack's blobs worth at most UNIT_BYTES of
+    // output, so that a few highly compressible packs still spread over
+    // every thread.
+    const UNIT_BYTES: u64 = 32 * 1024 * 1024;
+    let mut packs: Vec<(Id, Vec<Piece>)> = Vec::new();
+    for (id, pieces) in by_pack {
+        let mut v: Vec<Piece> = pieces.into_values().collect();
+        v.sort_by_key(|p| p.offset);
+        let mut unit = Vec::new();
+        let mut out = 0u64;
+        for p in v {
+            out += p.raw_length as u64 * p.targets.len() as u64;
+            unit.push(p);
+            if out >= UNIT_BYTES {
+                packs.push((id, std::mem::take(&mut unit)));
+                out = 0;
+            }
+        }
+        if !unit.is_empty() {
+            packs.push((id, unit));
+        }
+    }
 
     // 4. Each pack read once; its blobs decrypted in place and written to
     //    every file (and offset) that holds them.
