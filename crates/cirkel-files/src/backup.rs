@@ -252,21 +252,10 @@ pub fn backup_with(
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         for (name, content) in f.extra_files {
             let id = writer.add(BlobKind::Data, &content)?;
+            let content_len = content.len() as u64;
             root_nodes.retain(|n| n.name != name);
-            root_nodes.push(Node {
-                name,
-                kind: NodeKind::File,
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                mtime_ns: now_ns,
-                ctime_ns: 0,
-                inode: 0,
-                size: content.len() as u64,
-                content: if content.is_empty() { vec![] } else { vec![id] },
-                subtree: None,
-                link_target: None,
-            });
+            let content = if content.is_empty() { vec![] } else { vec![id] };
+            root_nodes.push(Node::synthetic_file(name, content_len, content, now_ns));
         }
     }
     let root = finish_tree(&mut ctx, root_nodes)?;

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use cirkel_repo::{BlobKind, BlobWriter, Node, NodeKind, Repository, Snapshot, SnapshotSummary, Tree};
+use cirkel_repo::{BlobKind, BlobWriter, Node, Repository, Snapshot, SnapshotSummary, Tree};
 
 use crate::BackupOutcome;
 
@@ -47,20 +47,7 @@ pub fn backup_reader(
         content.push(writer.add(BlobKind::Data, &chunk.data)?);
     }
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    let node = Node {
-        name: what.file_name.clone(),
-        kind: NodeKind::File,
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        mtime_ns: now_ns,
-        ctime_ns: 0,
-        inode: 0,
-        size,
-        content,
-        subtree: None,
-        link_target: None,
-    };
+    let node = Node::synthetic_file(what.file_name.clone(), size, content, now_ns);
     let tree = writer.add(BlobKind::Tree, &Tree { nodes: vec![node] }.to_bytes())?;
     let stats = writer.finish()?;
     check()?;

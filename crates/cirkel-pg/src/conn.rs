@@ -65,9 +65,9 @@ impl PgConn {
     pub fn connect(conninfo: Option<&str>) -> anyhow::Result<PgConn> {
         let (cfg, describe) = settings(conninfo)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (client, connection) = rt
-            .block_on(cfg.connect(NoTls))
-            .map_err(|e| anyhow::Error::new(ConnectError { describe: describe.clone(), detail: flatten(&e) }))?;
+        let (client, connection) = rt.block_on(cfg.connect(NoTls)).map_err(|e| {
+            anyhow::Error::new(ConnectError { describe: describe.clone(), detail: cirkel_repo::error_chain(&e) })
+        })?;
         rt.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection ended: {e}");
@@ -77,19 +77,27 @@ impl PgConn {
     }
 
     pub fn query(&self, sql: &str) -> anyhow::Result<Vec<Row>> {
-        self.rt.block_on(self.client.query(sql, &[])).map_err(|e| anyhow::anyhow!("{sql}: {}", flatten(&e)))
+        self.rt
+            .block_on(self.client.query(sql, &[]))
+            .map_err(|e| anyhow::anyhow!("{sql}: {}", cirkel_repo::error_chain(&e)))
     }
 
     pub fn query_one(&self, sql: &str) -> anyhow::Result<Row> {
-        self.rt.block_on(self.client.query_one(sql, &[])).map_err(|e| anyhow::anyhow!("{sql}: {}", flatten(&e)))
+        self.rt
+            .block_on(self.client.query_one(sql, &[]))
+            .map_err(|e| anyhow::anyhow!("{sql}: {}", cirkel_repo::error_chain(&e)))
     }
 
     pub fn query_one_text(&self, sql: &str, param: &str) -> anyhow::Result<Row> {
-        self.rt.block_on(self.client.query_one(sql, &[&param])).map_err(|e| anyhow::anyhow!("{sql}: {}", flatten(&e)))
+        self.rt
+            .block_on(self.client.query_one(sql, &[&param]))
+            .map_err(|e| anyhow::anyhow!("{sql}: {}", cirkel_repo::error_chain(&e)))
     }
 
     pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
-        self.rt.block_on(self.client.batch_execute(sql)).map_err(|e| anyhow::anyhow!("{sql}: {}", flatten(&e)))
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| anyhow::anyhow!("{sql}: {}", cirkel_repo::error_chain(&e)))
     }
 }
 
@@ -99,20 +107,6 @@ impl PgConn {
 pub struct ConnectError {
     pub describe: String,
     pub detail: String,
-}
-
-fn flatten(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
 }
 
 /// Parses `X/Y` LSN text.

@@ -95,3 +95,20 @@ impl Error {
         })
     }
 }
+
+/// An error and its sources on one line. Libraries such as `object_store`
+/// and `tokio-postgres` put the useful part (connection refused, an HTTP
+/// status, the server's message) in the source chain.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -111,6 +111,22 @@ pub struct Repository {
     pub(crate) crypto: Crypto,
 }
 
+/// Reads and checks the `config` object.
+fn read_config(rt: &Runtime, backend: &dyn Backend) -> Result<RepoConfig> {
+    let location = backend.location();
+    let raw = match rt.block_on(backend.read(CONFIG_KEY)) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(Error::NotARepository(location)),
+        Err(e) => return Err(e.into()),
+    };
+    let config: RepoConfig = serde_json::from_slice(&raw)
+        .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
+    if config.version != FORMAT_VERSION {
+        return Err(Error::Unsupported(format!("format version {}", config.version)));
+    }
+    Ok(config)
+}
+
 fn runtime() -> Result<Arc<Runtime>> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -176,16 +192,7 @@ impl Repository {
     pub fn open(backend: Arc<dyn Backend>, password: Option<&[u8]>) -> Result<Self> {
         let rt = runtime()?;
         let location = backend.location();
-        let raw = match rt.block_on(backend.read(CONFIG_KEY)) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(Error::NotARepository(location)),
-            Err(e) => return Err(e.into()),
-        };
-        let config: RepoConfig = serde_json::from_slice(&raw)
-            .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
-        if config.version != FORMAT_VERSION {
-            return Err(Error::Unsupported(format!("format version {}", config.version)));
-        }
+        let config = read_config(&rt, backend.as_ref())?;
         let crypto = match (config.encryption.as_str(), config.mac_key) {
             ("none", Some(mac)) => {
                 // Key objects exist only in encrypted repositories: a config
@@ -219,14 +226,7 @@ impl Repository {
         cache_dir: &std::path::Path,
     ) -> Result<Self> {
         let rt = runtime()?;
-        let location = backend.location();
-        let raw = match rt.block_on(backend.read(CONFIG_KEY)) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(Error::NotARepository(location)),
-            Err(e) => return Err(e.into()),
-        };
-        let config: RepoConfig = serde_json::from_slice(&raw)
-            .map_err(|e| Error::NotARepository(format!("{location} (unreadable config: {e})")))?;
+        let config = read_config(&rt, backend.as_ref())?;
         let cache_file = cache_dir.join(format!("{}.key", config.id));
         if config.encryption == "xchacha20poly1305"
             && let (Some(check), Ok(bytes)) = (config.key_check, std::fs::read(&cache_file))

@@ -47,6 +47,25 @@ fn is_zero_u64(v: &u64) -> bool {
 }
 
 impl Node {
+    /// A file written by cirkel itself (not read from a filesystem): owned
+    /// by nobody in particular, readable by its owner only.
+    pub fn synthetic_file(name: String, size: u64, content: Vec<Id>, mtime_ns: i64) -> Node {
+        Node {
+            name,
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime_ns,
+            ctime_ns: 0,
+            inode: 0,
+            size,
+            content,
+            subtree: None,
+            link_target: None,
+        }
+    }
+
     /// A name is safe to join onto a restore target: a single, non-empty
     /// path component that is neither `.` nor `..`.
     pub fn name_is_safe(name: &str) -> bool {

@@ -123,27 +123,11 @@ impl S3Backend {
             | object_store::Error::Unauthenticated { .. }
             | object_store::Error::NotSupported { .. }
             | object_store::Error::InvalidPath { .. } => {
-                BackendError::Fatal { location, op, key: key.into(), detail: flatten(&e) }
+                BackendError::Fatal { location, op, key: key.into(), detail: crate::error::chain(&e) }
             }
-            other => BackendError::Unavailable { location, op, key: key.into(), detail: flatten(&other) },
+            other => BackendError::Unavailable { location, op, key: key.into(), detail: crate::error::chain(&other) },
         }
     }
-}
-
-/// The error with its sources, on one line: `object_store` puts the useful
-/// part (connection refused, HTTP status) in the source chain.
-fn flatten(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        src = s.source();
-    }
-    out
 }
 
 #[async_trait]
