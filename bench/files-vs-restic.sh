@@ -147,18 +147,8 @@ run_logged() {
 
 # measure NAME CMD...: settles the machine, then times CMD.
 # Sets M_LOAD (before), M_SECONDS (wall), M_CPU (user+sys s), M_RSS (peak KiB).
-# settle: flush dirty pages and wait for writeback to drain, so a timed step
-# does not pay for the previous step's writes.
-settle() {
-    sync
-    local i kb
-    for i in $(seq 300); do
-        kb=$(awk '/^(Dirty|Writeback):/ { s += $2 } END { print s + 0 }' /proc/meminfo)
-        ((kb < 16384)) && break
-        sleep 0.2
-    done
-    sleep 1
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 measure() {
     local name=$1; shift

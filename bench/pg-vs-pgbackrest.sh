@@ -469,19 +469,8 @@ update_slice() {
     wait_archived
 }
 
-# settle: flush dirty pages and wait for writeback to drain, so a timed step
-# does not pay for the previous step's writes (the first restore of a run
-# otherwise runs 1.5x slower, whichever tool it is).
-settle() {
-    sync
-    local i kb
-    for i in $(seq 300); do
-        kb=$(awk '/^(Dirty|Writeback):/ { s += $2 } END { print s + 0 }' /proc/meminfo)
-        ((kb < 16384)) && break
-        sleep 0.2
-    done
-    sleep 1
-}
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 # restore TOOL: restore the latest backup, then start it and wait for promotion.
 restore() {

@@ -30,15 +30,7 @@ pub fn backup_reader(
     let _lock = repo.lock_shared("backup")?;
     let index = std::sync::Arc::new(repo.load_index()?);
     let writer = BlobWriter::new(repo, index);
-    let c = repo.config().chunker;
-    let cdc = fastcdc::v2020::StreamCDC::with_level_and_seed(
-        reader,
-        c.min as usize,
-        c.avg as usize,
-        c.max as usize,
-        fastcdc::v2020::Normalization::Level1,
-        repo.crypto().chunker_seed(),
-    );
+    let cdc = crate::backup::content_defined(reader, repo.config().chunker, repo.crypto().chunker_seed());
     let mut content = Vec::new();
     let mut size = 0u64;
     for chunk in cdc {

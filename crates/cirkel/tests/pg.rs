@@ -216,7 +216,7 @@ fn a_missing_wal_segment_is_named() {
     e.ok(None, &["pg", "check"]);
     // Lose the backup's first segment.
     let start_wal = v["snapshot"]["meta"]["start_wal"].as_str().unwrap().to_string();
-    let victim = walk(&e.env.path("repo/streams")).into_iter().find(|p| p.ends_with(&start_wal)).unwrap();
+    let victim = walk_files(&e.env.path("repo/streams")).into_iter().find(|p| p.ends_with(&start_wal)).unwrap();
     std::fs::remove_file(&victim).unwrap();
     let err = e.fails(None, &["pg", "check"]);
     assert!(err.contains("problem"), "{err}");
@@ -231,18 +231,6 @@ impl PgEnv {
         let out = self.cmd(None, args).output().unwrap();
         stdout(&out) + &stderr(&out)
     }
-}
-
-fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out
 }
 
 #[test]

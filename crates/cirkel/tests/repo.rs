@@ -79,18 +79,6 @@ fn unencrypted_repository_is_an_explicit_choice() {
     assert!(!raw.windows(20).any(|w| w == b"cirkel keeps things\n"), "encrypted by default");
 }
 
-fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out
-}
-
 fn packs(env: &Env) -> Vec<std::path::PathBuf> {
     walk_files(&env.path("repo/data"))
 }
