@@ -175,3 +175,57 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) {
     }
     std::fs::write(path, out).expect("write random file");
 }
+
+/// A Redis server on a free port in a temp dir, without persistence of its own.
+pub struct RedisServer {
+    pub service: Service,
+    pub port: u16,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_in(None)
+    }
+
+    /// Starts on `dir` (which may hold a `dump.rdb` to load) or a fresh temp dir.
+    pub fn start_in(dir: Option<&Path>) -> RedisServer {
+        let bin = require_program("redis-server", "apt-get install redis-server");
+        let own = match dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("tempdir")),
+        };
+        let data: PathBuf = dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| own.as_ref().map(|t| t.path().to_path_buf()).unwrap_or_default());
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(&data)
+            .args(["--dbfilename", "dump.rdb"]);
+        let service = Service::spawn("redis-server", cmd);
+        assert!(wait_for_port(port, Duration::from_secs(20)), "redis-server did not listen:\n{}", service.log_text());
+        let server = RedisServer { service, port, _data: own };
+        // Loading a large RDB happens after the port opens: wait for PONG.
+        let start = Instant::now();
+        while server.cli(&["PING"]) != "PONG" {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "redis-server not ready:\n{}",
+                server.service.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Runs one redis-cli command and returns its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(require_program("redis-cli", "apt-get install redis-tools"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}

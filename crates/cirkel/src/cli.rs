@@ -57,6 +57,9 @@ pub enum Command {
     /// PostgreSQL: base backups, WAL streaming, point-in-time restore.
     #[command(subcommand)]
     Pg(PgCmd),
+    /// Redis: RDB backups and restores.
+    #[command(subcommand)]
+    Redis(RedisCmd),
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
@@ -426,4 +429,41 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this kind (files, ...).
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RedisCmd {
+    /// Take an RDB snapshot over the replication protocol, check its CRC, and store it.
+    Backup(RedisBackupArgs),
+    /// List Redis backups.
+    Backups,
+    /// Write a backup's RDB as dump.rdb into a directory a redis-server can start from.
+    Restore(RedisRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedisBackupArgs {
+    /// Redis host (a master or a replica).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 6379)]
+    pub port: u16,
+    /// The group (Sentinel master name) this server belongs to, recorded with the backup.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Tag the backup (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisRestoreArgs {
+    /// Backup id, prefix, or `latest`.
+    pub snapshot: String,
+    /// Directory to write dump.rdb into.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Replace an existing dump.rdb.
+    #[arg(long)]
+    pub force: bool,
 }

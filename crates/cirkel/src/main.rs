@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Restore(c) => cmd::files::restore(&cli.global, c),
         Command::Snapshots(c) => cmd::files::snapshots(&cli.global, c),
         Command::Pg(c) => cmd::pg::run(&cli.global, c),
+        Command::Redis(c) => cmd::redis::run(&cli.global, c),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),
         Command::WalFetch(c) => cmd::pg::wal_fetch(&cli.global, c),
     };

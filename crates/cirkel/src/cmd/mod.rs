@@ -3,4 +3,5 @@
 pub mod config;
 pub mod files;
 pub mod pg;
+pub mod redis;
 pub mod repo;

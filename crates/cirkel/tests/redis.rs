@@ -1,0 +1,87 @@
+//! Redis backups against a real redis-server.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cirkel_testkit::RedisServer;
+use common::*;
+
+#[test]
+fn backup_while_writing_restores_a_consistent_instance() {
+    let env = Env::new();
+    env.init();
+    let redis = RedisServer::start();
+    for i in 0..500 {
+        redis.cli(&["SET", &format!("k:{i}"), &format!("value {i}")]);
+    }
+    redis.cli(&["HSET", "h", "a", "1", "b", "2"]);
+    redis.cli(&["RPUSH", "list", "x", "y", "z"]);
+    // A writer keeps going during the backup.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = redis.port;
+    let s = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s.load(Ordering::Relaxed) {
+            let _ = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "INCR", "counter"]).output();
+            n += 1;
+        }
+        n
+    });
+    let port_s = redis.port.to_string();
+    let v = env.json(&["redis", "backup", "--port", &port_s, "--group", "cache", "--tag", "hourly"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    assert_eq!(v["snapshot"]["kind"], "redis");
+    assert_eq!(v["snapshot"]["meta"]["group"], "cache");
+    let list = env.json(&["redis", "backups"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let dir = env.path("restored");
+    env.ok(&["redis", "restore", "latest", "--to", dir.to_str().unwrap()]);
+    let restored = RedisServer::start_in(Some(&dir));
+    for i in [0, 250, 499] {
+        assert_eq!(restored.cli(&["GET", &format!("k:{i}")]), format!("value {i}"));
+    }
+    assert_eq!(restored.cli(&["HGET", "h", "b"]), "2");
+    assert_eq!(restored.cli(&["LRANGE", "list", "0", "-1"]), "x\ny\nz");
+    let counter: u64 = restored.cli(&["GET", "counter"]).parse().unwrap_or(0);
+    let keys: u64 = restored.cli(&["DBSIZE"]).parse().unwrap();
+    assert_eq!(keys, 502 + u64::from(counter > 0), "a point-in-time copy: every key, nothing half-written");
+
+    // An existing dump.rdb is not overwritten without --force.
+    let err = env.fails(&["redis", "restore", "latest", "--to", dir.to_str().unwrap()]);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    env.ok(&["redis", "restore", "latest", "--to", dir.to_str().unwrap(), "--force"]);
+}
+
+#[test]
+fn damaged_rdb_files_are_rejected() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "a", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dump.rdb");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--rdb"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(cirkel_redis::rdb::check(&bytes).is_ok());
+    let truncated = &bytes[..bytes.len() - 5];
+    assert!(cirkel_redis::rdb::check(truncated).is_err(), "a truncated file is refused");
+    let mut flipped = bytes.clone();
+    flipped[12] ^= 0x20;
+    let err = cirkel_redis::rdb::check(&flipped).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+
+    // And through the CLI: nothing listens on this port.
+    let env = Env::new();
+    env.init();
+    let port = cirkel_testkit::free_port().to_string();
+    let err = env.fails(&["redis", "backup", "--port", &port]);
+    assert!(err.contains("redis-cli --rdb"), "{err}");
+}
