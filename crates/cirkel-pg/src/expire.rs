@@ -97,10 +97,9 @@ pub fn expire(repo: &Repository, policy: &ExpirePolicy, dry_run: bool) -> anyhow
         .map(|(id, s, m)| (*id, s.tags.clone(), m.stop_time, m.system_id.clone()))
         .collect();
     let mut decisions = decide(&input, policy, now);
-    for (id, s, m) in backups.iter().filter(|(_, s, _)| s.incomplete) {
+    for (id, _, m) in backups.iter().filter(|(_, s, _)| s.incomplete) {
         let age = now.signed_duration_since(m.stop_time).to_std().unwrap_or_default();
         let keep = age <= policy.daily;
-        let _ = s;
         decisions.push(Decision {
             id: *id,
             keep,

@@ -501,10 +501,12 @@ impl Repository {
         }
         let spec_lc = spec.to_ascii_lowercase();
         let found: Vec<_> = matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
-        match found.len() {
-            1 => Ok(found.into_iter().next().ok_or_else(|| Error::Other("unreachable".into()))?),
-            0 => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
-            n => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
+        let n = found.len();
+        let mut found = found.into_iter();
+        match (found.next(), n) {
+            (Some(one), 1) => Ok(one),
+            (None, _) => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
+            _ => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
         }
     }
 

@@ -114,7 +114,7 @@ pub fn spinner(global: &Global, what: &str) -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} {pos} files, {bytes} ({bytes_per_sec}) {elapsed}")
+        ProgressStyle::with_template("{spinner} {msg} in {pos} files, {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message(what.to_string());

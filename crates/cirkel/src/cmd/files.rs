@@ -12,13 +12,20 @@ use crate::cli::{BackupCmd, BackupFilesArgs, Global, RestoreCmd, SnapshotsArgs};
 use crate::context::{load_config, main_repo, threads};
 use crate::output::{bytes_bar, human_bytes, print_json, spinner, user_error};
 
-struct BarProgress(ProgressBar);
+/// Backup progress on a spinner: files done and bytes seen.
+pub(crate) struct BarProgress(pub ProgressBar, pub std::sync::atomic::AtomicU64);
+
+impl BarProgress {
+    pub(crate) fn new(bar: ProgressBar) -> Self {
+        BarProgress(bar, std::sync::atomic::AtomicU64::new(0))
+    }
+}
 
 impl cirkel_files::Progress for BarProgress {
     fn file_done(&self, _path: &Path, bytes: u64, _read: bool) {
+        let total = self.1.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
         self.0.inc(1);
-        self.0.inc_length(0);
-        self.0.set_message(format!("backup {}", human_bytes(bytes)));
+        self.0.set_message(format!("backup {}", human_bytes(total)));
     }
 
     fn error(&self, path: &Path, message: &str) {
@@ -71,7 +78,7 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
         host: args.host.clone(),
         ..Default::default()
     };
-    let bar = BarProgress(spinner(global, "backup"));
+    let bar = BarProgress::new(spinner(global, "backup"));
     let outcome = cirkel_files::backup(&repo, &opts, &bar)?;
     bar.0.finish_and_clear();
     let s = &outcome.snapshot;

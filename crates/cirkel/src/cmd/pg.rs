@@ -230,15 +230,8 @@ fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
         threads: threads(),
     };
     let bar = spinner(global, "pg backup");
-    struct P(indicatif::ProgressBar);
-    impl cirkel_files::Progress for P {
-        fn file_done(&self, _: &std::path::Path, bytes: u64, _: bool) {
-            self.0.inc(1);
-            self.0.inc_length(0);
-            let _ = bytes;
-        }
-    }
-    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &P(bar.clone())).map_err(pg_error)?;
+    let progress = crate::cmd::files::BarProgress::new(bar.clone());
+    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &progress).map_err(pg_error)?;
     bar.finish_and_clear();
     let meta = cirkel_pg::backup::BackupMeta::of(&snap);
     if global.json {
