@@ -437,7 +437,7 @@ pub enum RedisCmd {
     Backup(RedisBackupArgs),
     /// List Redis backups.
     Backups,
-    /// Write a backup's RDB as dump.rdb into a directory a redis-server can start from.
+    /// Restore a backup: dump.rdb into a directory, or into a running Redis (HOST:PORT).
     Restore(RedisRestoreArgs),
 }
 
@@ -460,10 +460,10 @@ pub struct RedisBackupArgs {
 pub struct RedisRestoreArgs {
     /// Backup id, prefix, or `latest`.
     pub snapshot: String,
-    /// Directory to write dump.rdb into.
-    #[arg(long, value_name = "DIR")]
+    /// Directory to write dump.rdb into, or HOST:PORT of a running, empty Redis to load it into.
+    #[arg(long, value_name = "DIR|HOST:PORT")]
     pub to: PathBuf,
-    /// Replace an existing dump.rdb.
+    /// Replace an existing dump.rdb, or the keys of a running target.
     #[arg(long)]
     pub force: bool,
 }

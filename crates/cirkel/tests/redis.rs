@@ -85,3 +85,26 @@ fn damaged_rdb_files_are_rejected() {
     let err = env.fails(&["redis", "backup", "--port", &port]);
     assert!(err.contains("redis-cli --rdb"), "{err}");
 }
+
+#[test]
+fn restore_into_a_running_server() {
+    let env = Env::new();
+    env.init();
+    let source = RedisServer::start();
+    for i in 0..200 {
+        source.cli(&["SET", &format!("k:{i}"), &format!("v{i}")]);
+    }
+    env.ok(&["redis", "backup", "--port", &source.port.to_string()]);
+    let target = RedisServer::start();
+    let to = format!("127.0.0.1:{}", target.port);
+    env.ok(&["redis", "restore", "latest", "--to", &to]);
+    assert_eq!(target.cli(&["DBSIZE"]), "200");
+    assert_eq!(target.cli(&["GET", "k:199"]), "v199");
+    assert!(target.cli(&["INFO", "replication"]).contains("role:master"), "detached after loading");
+    target.cli(&["SET", "fresh", "1"]);
+    // A target with keys is not overwritten without --force.
+    let err = env.fails(&["redis", "restore", "latest", "--to", &to]);
+    assert!(err.contains("holds 201 keys") && err.contains("--force"), "{err}");
+    env.ok(&["redis", "restore", "latest", "--to", &to, "--force"]);
+    assert_eq!(target.cli(&["DBSIZE"]), "200");
+}

@@ -80,6 +80,22 @@ fn restore(global: &Global, a: &RedisRestoreArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
     let (id, snap) = repo.find_snapshot(&a.snapshot, Some(cirkel_redis::KIND))?;
+    if let Some((host, port)) = server_target(&a.to) {
+        let n = cirkel_redis::restore_to_server(&repo, &snap, &host, port, a.force).map_err(|e| {
+            let msg = format!("{e:#}");
+            if e.downcast_ref::<cirkel_redis::TargetHasData>().is_some() {
+                user_error(msg, "restore into an empty Redis, or pass --force to replace its keys")
+            } else {
+                user_error(msg, "the target must run and be able to connect back to this host")
+            }
+        })?;
+        if global.json {
+            print_json(&json!({ "id": id, "bytes": n, "server": format!("{host}:{port}") }));
+        } else {
+            println!("restored redis backup {} ({}) into {host}:{port}", id.short(), human_bytes(n));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let n = cirkel_redis::restore_to_dir(&repo, &snap, &a.to, a.force).map_err(|e| {
         let msg = format!("{e:#}");
         if e.downcast_ref::<cirkel_redis::TargetHasData>().is_some() {
@@ -100,4 +116,17 @@ fn restore(global: &Global, a: &RedisRestoreArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST:PORT` (when no such path exists) names a running server.
+fn server_target(to: &std::path::Path) -> Option<(String, u16)> {
+    if to.exists() {
+        return None;
+    }
+    let s = to.to_str()?;
+    let (host, port) = s.rsplit_once(':')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
 }
