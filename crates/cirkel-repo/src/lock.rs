@@ -30,13 +30,34 @@ pub struct LockInfo {
     pub operation: String,
     pub exclusive: bool,
     pub time: DateTime<Utc>,
+    /// The kernel's boot id: a lock from before a reboot of this host is stale.
+    #[serde(default)]
+    pub boot_id: String,
+    /// The pid namespace: a pid means something only within its namespace.
+    #[serde(default)]
+    pub pid_ns: String,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 impl LockInfo {
     /// Whether the holder may still be running.
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        if self.host == hostname() && !pid_alive(self.pid) {
-            return false;
+        if self.host == hostname() {
+            if !self.boot_id.is_empty() && self.boot_id != boot_id() {
+                return false; // this host rebooted since: the holder is gone
+            }
+            // Only a pid from our own namespace can be checked; otherwise
+            // (a container sharing the host name) fall back to the age.
+            if (self.pid_ns.is_empty() || self.pid_ns == pid_ns()) && !pid_alive(self.pid) {
+                return false;
+            }
         }
         now.signed_duration_since(self.time).to_std().map(|age| age < STALE_AFTER).unwrap_or(true)
     }
@@ -100,6 +121,8 @@ impl Repository {
             operation: operation.into(),
             exclusive,
             time: Utc::now(),
+            boot_id: boot_id(),
+            pid_ns: pid_ns(),
         };
         let bytes = serde_json::to_vec(&info).map_err(|e| Error::Other(e.to_string()))?;
         let key = format!("locks/{}", Id::random());
@@ -207,5 +230,39 @@ impl Repository {
             writers.push(l);
         }
         Ok((self.guard(key, operation, true), writers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(pid: u32) -> LockInfo {
+        LockInfo {
+            host: hostname(),
+            pid,
+            operation: "backup".into(),
+            exclusive: false,
+            time: Utc::now(),
+            boot_id: boot_id(),
+            pid_ns: pid_ns(),
+        }
+    }
+
+    #[test]
+    fn staleness() {
+        let now = Utc::now();
+        assert!(lock(std::process::id()).is_live(now), "our own process holds it");
+        assert!(!lock(u32::MAX - 7).is_live(now), "a dead pid on this host");
+        let mut rebooted = lock(std::process::id());
+        rebooted.boot_id = "another boot".into();
+        assert!(!rebooted.is_live(now), "from before a reboot");
+        let mut elsewhere = lock(u32::MAX - 7);
+        elsewhere.pid_ns = "pid:[1]".into();
+        assert!(elsewhere.is_live(now), "another pid namespace: judged by age only");
+        let mut old = lock(std::process::id());
+        old.host = "other-host".into();
+        old.time = now - chrono::Duration::hours(1);
+        assert!(!old.is_live(now), "not refreshed for an hour");
     }
 }
