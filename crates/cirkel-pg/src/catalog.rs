@@ -30,6 +30,9 @@ pub struct ClusterInfo {
     /// The newest WAL archived (or streamed) that replay can reach.
     pub latest_wal: Option<String>,
     pub latest_partial: Option<String>,
+    /// When the newest WAL reached the repository: replay can reach commits
+    /// up to about then.
+    pub latest_time: Option<DateTime<Utc>>,
     pub archived_segments: usize,
     pub timelines: Vec<u32>,
     /// Missing segments that cut the window short, with what they affect.
@@ -66,6 +69,12 @@ pub fn info(repo: &Repository) -> anyhow::Result<Vec<ClusterInfo>> {
         let archived = wal::archived_segments(repo, &ns)?;
         let timelines = wal::history_timelines(repo, &ns)?;
         let partials = wal::partials(repo, &ns, None)?;
+        let latest_time = repo
+            .list_streams(&ns, "wal/")?
+            .into_iter()
+            .chain(repo.list_streams(&ns, "partial/")?)
+            .filter_map(|s| s.modified)
+            .max();
         let mut problems = Vec::new();
         let mut gaps = Vec::new();
         let seg_size = mine.first().map(|m| m.wal_segment_size).unwrap_or(16 * 1024 * 1024);
@@ -99,6 +108,7 @@ pub fn info(repo: &Repository) -> anyhow::Result<Vec<ClusterInfo>> {
             earliest_lsn: oldest.map(|m| m.stop_lsn.clone()),
             latest_wal: archived.last().map(Segment::to_string),
             latest_partial: partials.last().cloned(),
+            latest_time,
             archived_segments: archived.len(),
             timelines: tlis,
             gaps,

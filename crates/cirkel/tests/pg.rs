@@ -161,6 +161,9 @@ fn point_in_time_restore_is_exact() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     let info = e.json(None, &["pg", "info"]);
     assert!(info[0]["archived_segments"].as_u64().unwrap() >= 2, "{info}");
+    let earliest = chrono::DateTime::parse_from_rfc3339(info[0]["earliest_time"].as_str().unwrap()).unwrap();
+    let latest = chrono::DateTime::parse_from_rfc3339(info[0]["latest_time"].as_str().unwrap()).unwrap();
+    assert!(earliest <= latest, "the window runs from the oldest backup to the newest WAL: {info}");
     assert!(info[0]["problems"].as_array().unwrap().is_empty(), "{info}");
     e.ok(None, &["pg", "check"]);
 }

@@ -322,6 +322,10 @@ fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
                 c.earliest_lsn.clone().unwrap_or_else(|| "-".into())
             );
             println!(
+                "  latest restore:   {} (WAL stored by then)",
+                c.latest_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+            );
+            println!(
                 "  latest WAL:       {}{}",
                 c.latest_wal.clone().unwrap_or_else(|| "-".into()),
                 c.latest_partial.as_ref().map(|p| format!(" (streaming: {p})")).unwrap_or_default()
