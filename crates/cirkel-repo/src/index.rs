@@ -80,23 +80,39 @@ pub struct Location {
 pub struct Index {
     blobs: HashMap<Id, Location>,
     packs: HashMap<Id, PackRecord>,
+    /// Further copies of duplicated blobs: any copy serves a read.
+    others: HashMap<Id, Vec<Location>>,
     /// The index files this was loaded from.
     pub files: Vec<Id>,
 }
 
 impl Index {
     pub fn add_pack(&mut self, rec: PackRecord) {
+        if self.packs.contains_key(&rec.id) {
+            return;
+        }
         for b in &rec.blobs {
-            self.blobs.entry(b.id).or_insert(Location {
+            let loc = Location {
                 pack: rec.id,
                 kind: b.kind,
                 offset: b.offset,
                 length: b.length,
                 raw_length: b.raw_length,
                 compressed: b.compressed,
-            });
+            };
+            match self.blobs.entry(b.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(loc);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => self.others.entry(b.id).or_default().push(loc),
+            }
         }
-        self.packs.entry(rec.id).or_insert(rec);
+        self.packs.insert(rec.id, rec);
+    }
+
+    /// Every place a blob is stored, the chosen one first.
+    pub fn locations(&self, id: &Id) -> impl Iterator<Item = &Location> {
+        self.blobs.get(id).into_iter().chain(self.others.get(id).into_iter().flatten())
     }
 
     pub fn get(&self, id: &Id) -> Option<&Location> {

@@ -391,6 +391,10 @@ impl Repository {
     /// Reads a blob's stored (sealed) bytes.
     pub fn read_blob_raw(&self, index: &Index, id: &Id) -> Result<(Bytes, index::Location)> {
         let loc = *index.get(id).ok_or_else(|| Error::MissingBlob(id.to_hex()))?;
+        self.read_blob_at(id, loc)
+    }
+
+    fn read_blob_at(&self, id: &Id, loc: index::Location) -> Result<(Bytes, index::Location)> {
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
         let bytes = self.block_on(self.backend.read_range(&Self::pack_key(&loc.pack), range)).map_err(|e| {
             if e.is_not_found() {
@@ -432,14 +436,36 @@ impl Repository {
     /// Reads, authenticates and decompresses a blob without extra copies
     /// (the restore path).
     pub fn read_blob_data(&self, index: &Index, id: &Id) -> Result<blob::BlobData> {
-        let (bytes, loc) = self.read_blob_raw(index, id)?;
-        blob::decode_owned(&self.crypto, id, Vec::from(bytes), loc.raw_length, loc.compressed)
+        self.first_good_copy(index, id, |bytes, loc| {
+            blob::decode_owned(&self.crypto, id, Vec::from(bytes), loc.raw_length, loc.compressed)
+        })
     }
 
     /// Reads, authenticates and decompresses a blob.
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
-        let (bytes, loc) = self.read_blob_raw(index, id)?;
-        blob::decode(&self.crypto, id, &bytes, loc.raw_length, loc.compressed)
+        self.first_good_copy(index, id, |bytes, loc| {
+            blob::decode(&self.crypto, id, &bytes, loc.raw_length, loc.compressed)
+        })
+    }
+
+    /// Tries every stored copy of a blob until one reads and decodes; the
+    /// first copy's error is returned when none does.
+    fn first_good_copy<T>(
+        &self,
+        index: &Index,
+        id: &Id,
+        decode: impl Fn(Bytes, index::Location) -> Result<T>,
+    ) -> Result<T> {
+        let mut first_error = None;
+        for loc in index.locations(id) {
+            match self.read_blob_at(id, *loc).and_then(|(bytes, loc)| decode(bytes, loc)) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::MissingBlob(id.to_hex())))
     }
 
     pub(crate) fn decode_blob(&self, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {

@@ -77,16 +77,17 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
     report.packs = stored.len();
     report.blobs = index.blob_count();
 
-    let mut bad_blobs: HashSet<Id> = HashSet::new();
+    // Damaged copies, as (pack, blob); a blob is lost only when every copy is.
+    let mut bad_copies: HashSet<(Id, Id)> = HashSet::new();
     for pack in index.packs() {
         match stored.get(&pack.id) {
             None => {
                 report.errors.push(format!("pack {} is listed in the index but missing", pack.id));
-                bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
+                bad_copies.extend(pack.blobs.iter().map(|b| (pack.id, b.id)));
             }
             Some(&size) if size != pack.size => {
                 report.errors.push(format!("pack {} has {size} bytes, the index says {}", pack.id, pack.size));
-                bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
+                bad_copies.extend(pack.blobs.iter().map(|b| (pack.id, b.id)));
             }
             _ => {}
         }
@@ -109,7 +110,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
                 Ok(b) => b,
                 Err(e) => {
                     report.errors.push(format!("pack {}: {e}", pack.id));
-                    bad_blobs.extend(pack.blobs.iter().map(|b| b.id));
+                    bad_copies.extend(pack.blobs.iter().map(|b| (pack.id, b.id)));
                     continue;
                 }
             };
@@ -130,11 +131,11 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         report.errors.push(format!("pack {}: {e}", pack.id));
-                        bad_blobs.insert(b.id);
+                        bad_copies.insert((pack.id, b.id));
                     }
                     None => {
                         report.errors.push(format!("pack {}: blob {} lies past its end", pack.id, b.id));
-                        bad_blobs.insert(b.id);
+                        bad_copies.insert((pack.id, b.id));
                     }
                 }
             }
@@ -146,6 +147,12 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
         report.streams = n;
         report.errors.extend(bad);
     }
+
+    let bad_blobs: HashSet<Id> = bad_copies
+        .iter()
+        .map(|(_, blob)| *blob)
+        .filter(|blob| index.locations(blob).all(|l| bad_copies.contains(&(l.pack, *blob))))
+        .collect();
 
     // Every snapshot: readable, every tree readable, every blob indexed and undamaged.
     let snapshot_ids = repo.list_ids("snapshots")?;

@@ -120,3 +120,62 @@ proptest! {
         prop_assert!(report.notes.is_empty(), "prune leaves no orphans: {:?}", report.notes);
     }
 }
+
+/// Two writers that did not see each other store one blob twice; losing
+/// either copy loses nothing, and verify says so.
+#[test]
+fn any_copy_of_a_duplicated_blob_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), true);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let writer = BlobWriter::new(&repo, Arc::new(Index::default()));
+        let id = writer.add(BlobKind::Data, &data).unwrap();
+        let tree = Tree {
+            nodes: vec![Node {
+                name: "f".into(),
+                kind: NodeKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                inode: 0,
+                size: data.len() as u64,
+                content: vec![id],
+                subtree: None,
+                link_target: None,
+            }],
+        };
+        let root = writer.add(BlobKind::Tree, &tree.to_bytes()).unwrap();
+        writer.finish().unwrap();
+        let snap = Snapshot {
+            time: chrono::Utc::now(),
+            host: "h".into(),
+            kind: "files".into(),
+            paths: vec!["/x".into()],
+            tags: vec![],
+            tree: root,
+            parent: None,
+            summary: Default::default(),
+            incomplete: false,
+            errors: vec![],
+            meta: serde_json::Value::Null,
+        };
+        repo.save_snapshot(&snap).unwrap();
+        ids.push(id);
+    }
+    assert_eq!(ids[0], ids[1]);
+    let index = repo.load_index().unwrap();
+    let copies: Vec<_> = index.locations(&ids[0]).map(|l| l.pack).collect();
+    assert_eq!(copies.len(), 2, "stored twice");
+    // Lose the copy reads would choose first.
+    let first = index.get(&ids[0]).unwrap().pack;
+    let hex = first.to_hex();
+    std::fs::remove_file(dir.path().join("repo/data").join(&hex[..2]).join(&hex)).unwrap();
+    assert_eq!(repo.read_blob(&index, &ids[0]).unwrap(), data, "the other copy serves");
+    let report = verify(&repo, &VerifyOptions { read_data: true }, &|_, _| {}).unwrap();
+    assert!(!report.ok(), "the missing pack is reported");
+    assert!(report.damaged.is_empty(), "but no snapshot is damaged: {:?}", report.damaged);
+}
