@@ -372,8 +372,9 @@ impl Repository {
         for (id, res) in fetched {
             let stored = match res {
                 Ok(b) => b,
-                // Removed by a concurrent prune after we listed it; the
-                // consolidated file that replaced it is in the listing too.
+                // Removed by a prune after we listed it. Writers and readers
+                // hold locks that make prune keep its data, so what this
+                // file listed is also in the file that replaced it.
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
