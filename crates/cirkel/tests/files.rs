@@ -142,7 +142,7 @@ fn unreadable_file_marks_snapshot_incomplete() {
         let mut c = env.cmd(args);
         if as_root {
             let mut wrapped = std::process::Command::new("setpriv");
-            wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
+            wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(shared_bin()).args(args);
             for (k, v) in c.get_envs() {
                 match v {
                     Some(v) => wrapped.env(k, v),

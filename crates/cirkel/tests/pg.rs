@@ -29,7 +29,7 @@ impl PgEnv {
 
     /// cirkel as postgres, with the repository, passphrase and cluster env.
     fn cmd(&self, pg: Option<&PgCluster>, args: &[&str]) -> Command {
-        let mut c = as_postgres(BIN);
+        let mut c = as_postgres(shared_bin());
         c.args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("CIRKEL_") || k.starts_with("PG") {
@@ -70,8 +70,9 @@ impl PgEnv {
 
     fn archive_command(&self) -> String {
         format!(
-            "CIRKEL_CACHE_DIR={} {BIN} --repo {} --password-file {} wal-push %p",
+            "CIRKEL_CACHE_DIR={} {} --repo {} --password-file {} wal-push %p",
             self.cache.display(),
+            shared_bin(),
             self.env.repo,
             self.env.password_file.display()
         )

@@ -169,3 +169,29 @@ pub fn walk_files(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The binary, at a path other users (postgres, nobody) can execute. When the
+/// build directory is private (a checkout under /root, say), a copy is made
+/// once in a world-readable temporary directory.
+pub fn shared_bin() -> String {
+    static SHARED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let path = Path::new(BIN);
+            let open_to_all = path
+                .ancestors()
+                .skip(1)
+                .all(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false));
+            if open_to_all {
+                return BIN.to_string();
+            }
+            let dir = std::env::temp_dir().join(format!("cirkel-test-bin-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let copy = dir.join("cirkel");
+            std::fs::copy(path, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            copy.display().to_string()
+        })
+        .clone()
+}
