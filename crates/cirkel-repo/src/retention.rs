@@ -166,16 +166,8 @@ mod tests {
     fn snap(t: DateTime<Utc>, tags: &[&str]) -> (Id, Snapshot) {
         let s = Snapshot {
             time: t,
-            host: "h".into(),
-            kind: "files".into(),
-            paths: vec!["/d".into()],
             tags: tags.iter().map(|s| s.to_string()).collect(),
-            tree: Id::of(b"t"),
-            parent: None,
-            summary: Default::default(),
-            incomplete: false,
-            errors: vec![],
-            meta: serde_json::Value::Null,
+            ..Snapshot::new("files", "h", vec!["/d".into()], Id::of(b"t"))
         };
         (Id::of(t.to_rfc3339().as_bytes()), s)
     }

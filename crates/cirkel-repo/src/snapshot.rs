@@ -49,3 +49,22 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub meta: serde_json::Value,
 }
+
+impl Snapshot {
+    /// A complete snapshot taken now, with no tags, parent or metadata.
+    pub fn new(kind: &str, host: &str, paths: Vec<String>, tree: Id) -> Snapshot {
+        Snapshot {
+            time: chrono::Utc::now(),
+            host: host.into(),
+            kind: kind.into(),
+            paths,
+            tags: Vec::new(),
+            tree,
+            parent: None,
+            summary: SnapshotSummary::default(),
+            incomplete: false,
+            errors: Vec::new(),
+            meta: serde_json::Value::Null,
+        }
+    }
+}

@@ -8,7 +8,7 @@ use cirkel_repo::index::Index;
 use cirkel_repo::prune::{PruneOptions, prune};
 use cirkel_repo::retention::Policy;
 use cirkel_repo::verify::{VerifyOptions, verify};
-use cirkel_repo::{BlobKind, BlobWriter, Id, InitOptions, Node, NodeKind, Repository, Snapshot, Tree};
+use cirkel_repo::{BlobKind, BlobWriter, Id, InitOptions, Node, Repository, Snapshot, Tree};
 use proptest::prelude::*;
 
 fn new_repo(dir: &std::path::Path, encrypt: bool) -> Repository {
@@ -85,19 +85,12 @@ proptest! {
         for (n, picks) in snaps.iter().enumerate() {
             let writer = BlobWriter::new(&repo, Arc::new(repo.load_index().unwrap()));
             let content: Vec<Id> = picks.iter().map(|&i| writer.add(BlobKind::Data, &pool[i]).unwrap()).collect();
-            let tree = Tree { nodes: vec![Node {
-                name: "f".into(), kind: NodeKind::File, mode: 0o644, uid: 0, gid: 0,
-                mtime_ns: 0, ctime_ns: 0, inode: 0,
-                size: picks.iter().map(|&i| pool[i].len() as u64).sum(),
-                content, subtree: None, link_target: None,
-            }]};
+            let tree = Tree { nodes: vec![Node::synthetic_file("f".into(), picks.iter().map(|&i| pool[i].len() as u64).sum(), content, 0)]};
             let root = writer.add(BlobKind::Tree, &tree.to_bytes()).unwrap();
             writer.finish().unwrap();
             let snap = Snapshot {
                 time: chrono::Utc::now() + chrono::Duration::seconds(n as i64),
-                host: "h".into(), kind: "files".into(), paths: vec!["/x".into()], tags: vec![],
-                tree: root, parent: None, summary: Default::default(), incomplete: false,
-                errors: vec![], meta: serde_json::Value::Null,
+                ..Snapshot::new("files", "h", vec!["/x".into()], root)
             };
             let id = repo.save_snapshot(&snap).unwrap();
             expected.push((id, picks.clone()));
@@ -132,37 +125,10 @@ fn any_copy_of_a_duplicated_blob_serves() {
     for _ in 0..2 {
         let writer = BlobWriter::new(&repo, Arc::new(Index::default()));
         let id = writer.add(BlobKind::Data, &data).unwrap();
-        let tree = Tree {
-            nodes: vec![Node {
-                name: "f".into(),
-                kind: NodeKind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 0,
-                ctime_ns: 0,
-                inode: 0,
-                size: data.len() as u64,
-                content: vec![id],
-                subtree: None,
-                link_target: None,
-            }],
-        };
+        let tree = Tree { nodes: vec![Node::synthetic_file("f".into(), data.len() as u64, vec![id], 0)] };
         let root = writer.add(BlobKind::Tree, &tree.to_bytes()).unwrap();
         writer.finish().unwrap();
-        let snap = Snapshot {
-            time: chrono::Utc::now(),
-            host: "h".into(),
-            kind: "files".into(),
-            paths: vec!["/x".into()],
-            tags: vec![],
-            tree: root,
-            parent: None,
-            summary: Default::default(),
-            incomplete: false,
-            errors: vec![],
-            meta: serde_json::Value::Null,
-        };
+        let snap = Snapshot::new("files", "h", vec!["/x".into()], root);
         repo.save_snapshot(&snap).unwrap();
         ids.push(id);
     }

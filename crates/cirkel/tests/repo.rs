@@ -309,20 +309,7 @@ fn restore_never_writes_outside_the_target() {
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let root = writer.add(BlobKind::Tree, &Tree { nodes }.to_bytes()).unwrap();
     writer.finish().unwrap();
-    repo.save_snapshot(&Snapshot {
-        time: chrono::Utc::now(),
-        host: "evil".into(),
-        kind: "files".into(),
-        paths: vec!["/x".into()],
-        tags: vec![],
-        tree: root,
-        parent: None,
-        summary: Default::default(),
-        incomplete: false,
-        errors: vec![],
-        meta: serde_json::Value::Null,
-    })
-    .unwrap();
+    repo.save_snapshot(&Snapshot::new("files", "evil", vec!["/x".into()], root)).unwrap();
 
     let target = env.path("target");
     let out = env.run(&["restore", "files", "latest", "--to", target.to_str().unwrap()]);
