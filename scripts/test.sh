@@ -4,14 +4,14 @@
 #   - util-linux's setpriv: runs cirkel and PostgreSQL as unprivileged users
 #     (PostgreSQL refuses to run as root; root would bypass file permissions)
 #   - postgresql-15: the clusters the PostgreSQL tests create and destroy
-#   - redis-server, redis-tools: the servers the Redis tests start
+#   - redis-server, redis-sentinel, redis-tools: the servers the Redis tests start
 # A missing service makes the tests that need it fail; none are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 redis-server redis-tools >/dev/null
+    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 redis-server redis-sentinel redis-tools >/dev/null
 fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'

@@ -147,6 +147,81 @@ impl PostgresConfig {
     }
 }
 
+/// A health check in the plan's form: probe every `interval`, give up on a
+/// probe after `timeout`; a member turns healthy after `healthy_threshold`
+/// good probes in a row and unhealthy after `unhealthy_threshold` bad ones.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HealthConfig {
+    #[serde(serialize_with = "reader::ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "reader::ser_duration")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// What the Redis watcher does when the best replica is further behind
+/// than the loss limit while the master is unreachable.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLag {
+    /// Hold the Sentinels back: no failover that would lose more than the limit.
+    #[default]
+    Refuse,
+    /// Let Sentinel fail over and record the loss as over the limit.
+    Warn,
+}
+
+/// A Redis replication group watched by Redis Sentinel (`[redis.NAME]`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RedisGroupConfig {
+    /// The master's name in the Sentinels (default: the group's name).
+    pub master_name: String,
+    /// Every data node, `host:port`: the master and its replicas, in any order.
+    pub members: Vec<String>,
+    /// The group's Sentinels, `host:port`.
+    pub sentinels: Vec<String>,
+    /// Sentinels that must agree the master is down (default: a majority).
+    pub quorum: u32,
+    #[serde(serialize_with = "reader::ser_duration")]
+    pub down_after: Duration,
+    #[serde(serialize_with = "reader::ser_duration")]
+    pub failover_timeout: Duration,
+    pub parallel_syncs: u32,
+    /// The loss limit: replication bytes the promoted replica may lack.
+    pub max_lag_bytes: u64,
+    pub on_lag: OnLag,
+    /// AUTH password of the data nodes.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub health: HealthConfig,
+    /// Shell command that starts a stopped member again (`{host}`, `{port}`
+    /// are substituted); drills use it to bring a killed master back.
+    pub restart_command: Option<String>,
+    pub tags: Vec<String>,
+    /// Cron expression (five fields) for backups by `cirkel serve`.
+    pub schedule: Option<String>,
+    pub copy_to: Vec<String>,
+    pub retention: Option<RetentionConfig>,
+}
+
+/// Where cirkel keeps its own state (events, drill reports).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct StateConfig {
+    pub dir: Option<PathBuf>,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Config {
@@ -158,6 +233,9 @@ pub struct Config {
     pub files: BTreeMap<String, FileSetConfig>,
     /// PostgreSQL clusters by name (`[postgres.NAME]`), for `--cluster NAME`.
     pub postgres: BTreeMap<String, PostgresConfig>,
+    /// Redis groups by name (`[redis.NAME]`), for `--group NAME`.
+    pub redis: BTreeMap<String, RedisGroupConfig>,
+    pub state: StateConfig,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -253,7 +253,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     let mut copy_spans = BTreeMap::new();
     for (name, t) in root.named_tables("files") {
         let (set, span) = read_fileset(t);
-        copy_spans.insert(name.clone(), span);
+        copy_spans.insert(format!("files.{name}"), span);
         cfg.files.insert(name, set);
     }
     for (name, mut t) in root.named_tables("postgres") {
@@ -268,12 +268,26 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         t.finish();
         cfg.postgres.insert(name, pc);
     }
-    for (name, set) in &cfg.files {
-        for target in &set.copy_to {
+    for (name, t) in root.named_tables("redis") {
+        let (group, span) = read_redis(name.clone(), t);
+        copy_spans.insert(format!("redis.{name}"), span);
+        cfg.redis.insert(name, group);
+    }
+    if let Some(mut t) = root.table("state") {
+        cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
+        t.finish();
+    }
+    let copy_targets = cfg
+        .files
+        .iter()
+        .map(|(n, s)| (format!("files.{n}"), &s.copy_to))
+        .chain(cfg.redis.iter().map(|(n, g)| (format!("redis.{n}"), &g.copy_to)));
+    for (name, copy_to) in copy_targets {
+        for target in copy_to {
             if !cfg.repositories.contains_key(target) {
                 cx.error(
-                    copy_spans.get(name).cloned().unwrap_or(0..0),
-                    &format!("files.{name}.copy_to"),
+                    copy_spans.get(&name).cloned().unwrap_or(0..0),
+                    &format!("{name}.copy_to"),
                     format!("names repository `{target}`, which no [repositories.{target}] table defines"),
                 );
             }
@@ -343,9 +357,90 @@ fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
     (cfg, copy_span)
 }
 
+fn read_health(mut t: Table<'_, '_>) -> crate::HealthConfig {
+    let d = crate::HealthConfig::default();
+    let cfg = crate::HealthConfig {
+        interval: t.duration("interval").unwrap_or(d.interval),
+        timeout: t.duration("timeout").unwrap_or(d.timeout),
+        healthy_threshold: t.integer("healthy_threshold", 1..1001).map(|n| n as u32).unwrap_or(d.healthy_threshold),
+        unhealthy_threshold: t
+            .integer("unhealthy_threshold", 1..1001)
+            .map(|n| n as u32)
+            .unwrap_or(d.unhealthy_threshold),
+    };
+    t.finish();
+    cfg
+}
+
+fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, Range<usize>) {
+    let members = t.strings("members");
+    if members.is_empty() && !t.used.contains("members") {
+        t.cx.error(
+            t.span.clone(),
+            &t.key_path("members"),
+            "missing; expected e.g. members = [\"10.0.0.1:6379\", \"10.0.0.2:6379\"]",
+        );
+    }
+    let sentinels = t.strings("sentinels");
+    let majority = (sentinels.len() / 2 + 1) as u32;
+    let quorum_span = t.entries.iter().find(|(k, _, _)| k == "quorum").map(|(_, _, v)| v.span());
+    let quorum = t.integer("quorum", 1..101).map(|n| n as u32).unwrap_or(majority);
+    if let Some(span) = quorum_span
+        && quorum as usize > sentinels.len()
+    {
+        t.cx.error(
+            span,
+            &t.key_path("quorum"),
+            format!("{quorum} is more than the {} sentinels listed; no failover could ever happen", sentinels.len()),
+        );
+    }
+    for addr in members.iter().chain(&sentinels) {
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            t.cx.error(t.span.clone(), &t.key_path("members"), format!("`{addr}` is not host:port"));
+        }
+    }
+    let on_lag = match t.string("on_lag").as_deref() {
+        None | Some("refuse") => crate::OnLag::Refuse,
+        Some("warn") => crate::OnLag::Warn,
+        Some(other) => {
+            let span = t.entries.iter().find(|(k, _, _)| k == "on_lag").map(|(_, _, v)| v.span()).unwrap_or(0..0);
+            t.cx.error(span, &t.key_path("on_lag"), format!("`{other}`: expected \"refuse\" or \"warn\""));
+            crate::OnLag::Refuse
+        }
+    };
+    let (password, password_file) = t.secret_file("password", "password_file");
+    let cfg = crate::RedisGroupConfig {
+        master_name: t.string("master_name").unwrap_or_else(|| name.clone()),
+        members,
+        sentinels,
+        quorum,
+        down_after: t.duration("down_after").unwrap_or(Duration::from_secs(1)),
+        failover_timeout: t.duration("failover_timeout").unwrap_or(Duration::from_secs(10)),
+        parallel_syncs: t.integer("parallel_syncs", 1..1001).map(|n| n as u32).unwrap_or(1),
+        max_lag_bytes: t.integer("max_lag_bytes", 0..i64::MAX).map(|n| n as u64).unwrap_or(1 << 20),
+        on_lag,
+        password,
+        password_file,
+        health: t.table("health").map(read_health).unwrap_or_default(),
+        restart_command: t.string("restart_command"),
+        tags: t.strings("tags"),
+        schedule: t.string("schedule"),
+        copy_to: t.strings("copy_to"),
+        retention: t.table("retention").map(read_retention),
+    };
+    let copy_span =
+        t.entries.iter().find(|(k, _, _)| k == "copy_to").map(|(_, _, v)| v.span()).unwrap_or(t.span.clone());
+    t.finish();
+    (cfg, copy_span)
+}
+
 /// `90s` → "1m 30s", as humantime writes it.
 pub fn duration_to_string(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&duration_to_string(*d))
 }
 
 pub(crate) fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

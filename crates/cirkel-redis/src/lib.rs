@@ -1,8 +1,15 @@
 //! Redis protection: RDB snapshots taken over the replication protocol
 //! (`redis-cli --rdb`), checked (magic, structure end, CRC-64), stored in the
-//! repository and restored into a directory a `redis-server` can start from.
+//! repository and restored into a directory or a running server; and
+//! failover through Redis Sentinel, configured, watched, held to a loss
+//! limit, measured and drilled by cirkel.
 
+pub mod drill;
+pub mod events;
+pub mod group;
 pub mod rdb;
+pub mod resp;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -229,3 +229,144 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
+
+/// A Redis replication group: a master and two replicas, and three
+/// Sentinels that monitor nothing until cirkel configures them. Every
+/// process runs daemonized from a config file with a pid file, so a
+/// drill's `restart_command` can start a killed member again; all of them
+/// are killed on drop.
+pub struct RedisGroup {
+    pub dir: tempfile::TempDir,
+    /// Data node ports; the first starts as the master.
+    pub ports: Vec<u16>,
+    pub sentinel_ports: Vec<u16>,
+}
+
+impl RedisGroup {
+    pub fn start() -> RedisGroup {
+        let server = require_program("redis-server", "apt-get install redis-server");
+        let sentinel = require_program("redis-sentinel", "apt-get install redis-sentinel");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let sentinel_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let group = RedisGroup { dir, ports: ports.clone(), sentinel_ports: sentinel_ports.clone() };
+        for (i, port) in ports.iter().enumerate() {
+            let data = group.dir.path().join(format!("data-{port}"));
+            std::fs::create_dir_all(&data).expect("mkdir");
+            let mut conf = format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize yes\ndir {}\npidfile {}\nlogfile {}\n",
+                data.display(),
+                group.pidfile(*port).display(),
+                group.dir.path().join(format!("redis-{port}.log")).display()
+            );
+            if i > 0 {
+                conf.push_str(&format!("replicaof 127.0.0.1 {}\n", ports[0]));
+            }
+            std::fs::write(group.conf(*port), conf).expect("write redis conf");
+            group.spawn(&server, &group.conf(*port));
+        }
+        for port in &sentinel_ports {
+            let conf = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize yes\ndir {}\npidfile {}\nlogfile {}\n",
+                group.dir.path().display(),
+                group.pidfile(*port).display(),
+                group.dir.path().join(format!("sentinel-{port}.log")).display()
+            );
+            std::fs::write(group.conf(*port), conf).expect("write sentinel conf");
+            group.spawn(&sentinel, &group.conf(*port));
+        }
+        for port in ports.iter().chain(&sentinel_ports) {
+            assert!(wait_for_port(*port, Duration::from_secs(20)), "port {port} did not open:\n{}", group.logs());
+        }
+        let start = Instant::now();
+        while ports[1..].iter().any(|p| !group.cli(*p, &["INFO", "replication"]).contains("master_link_status:up")) {
+            assert!(start.elapsed() < Duration::from_secs(30), "replicas did not connect:\n{}", group.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        group
+    }
+
+    pub fn conf(&self, port: u16) -> PathBuf {
+        self.dir.path().join(format!("node-{port}.conf"))
+    }
+
+    fn pidfile(&self, port: u16) -> PathBuf {
+        self.dir.path().join(format!("node-{port}.pid"))
+    }
+
+    fn spawn(&self, bin: &Path, conf: &Path) {
+        let out = Command::new(bin).arg(conf).output().expect("start redis");
+        assert!(out.status.success(), "{} {}: {}", bin.display(), conf.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The command that starts a data node again (for `restart_command`).
+    pub fn restart_command(&self) -> String {
+        format!("redis-server {}/node-{{port}}.conf", self.dir.path().display())
+    }
+
+    /// The pid of the process on `port`, from its pid file.
+    pub fn pid(&self, port: u16) -> Option<i32> {
+        std::fs::read_to_string(self.pidfile(port)).ok()?.trim().parse().ok()
+    }
+
+    pub fn signal(&self, port: u16, sig: i32) {
+        let pid = self.pid(port).unwrap_or_else(|| panic!("no pid for port {port}"));
+        // SAFETY: sending a signal to a process this group started.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new(require_program("redis-cli", "apt-get install redis-tools"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A `[redis.NAME]` configuration table for this group.
+    pub fn config_table(&self, name: &str, extra: &str) -> String {
+        let list = |ports: &[u16]| ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect::<Vec<_>>().join(", ");
+        format!(
+            "[redis.{name}]\nmembers = [{}]\nsentinels = [{}]\nrestart_command = \"{}\"\n{extra}\n",
+            list(&self.ports),
+            list(&self.sentinel_ports),
+            self.restart_command()
+        )
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    out.push_str(&format!("---- {} ----\n", e.path().display()));
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    for l in tail.into_iter().rev() {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RedisGroup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for port in self.ports.clone().into_iter().chain(self.sentinel_ports.clone()) {
+            if let Some(pid) = self.pid(port) {
+                // SAFETY: killing a process this group started (a stopped one too).
+                unsafe {
+                    libc::kill(pid, libc::SIGCONT);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -60,6 +60,15 @@ pub enum Command {
     /// Redis: RDB backups and restores.
     #[command(subcommand)]
     Redis(RedisCmd),
+    /// Health, roles, offsets and lag of every configured Redis group.
+    Status(StatusArgs),
+    /// Recorded events: failovers with their timelines and losses, held failovers, members down.
+    Events(EventsArgs),
+    /// Drills: prove recovery works by doing it, and measure it.
+    #[command(subcommand)]
+    Drill(DrillCmd),
+    /// The daemon: watch every configured Redis group until stopped (SIGINT/SIGTERM).
+    Serve,
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
@@ -439,16 +448,105 @@ pub enum RedisCmd {
     Backups,
     /// Restore a backup: dump.rdb into a directory, or into a running Redis (HOST:PORT).
     Restore(RedisRestoreArgs),
+    /// Make the group's Sentinels monitor it with the configured quorum, down-after,
+    /// failover-timeout and parallel-syncs. Changes nothing unless every Sentinel and
+    /// member answers and exactly one master is found.
+    Configure(RedisConfigureArgs),
+    /// Planned switchover: pause writes, let the new master catch up, fail over through
+    /// Sentinel, fence the old master. No acknowledged write is lost.
+    Switchover(RedisSwitchoverArgs),
+    /// Fail over now through Sentinel, also when the loss limit holds the failover back.
+    Failover(RedisFailoverArgs),
+    /// Watch a group in the foreground (what `cirkel serve` does for every group): follow the
+    /// Sentinels, enforce the loss limit, record failovers, health-check members.
+    Watch(GroupArg),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GroupArg {
+    /// The group: a [redis.NAME] table of the configuration (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisConfigureArgs {
+    #[command(flatten)]
+    pub group: GroupArg,
+    /// Show the Sentinel commands without sending them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisSwitchoverArgs {
+    #[command(flatten)]
+    pub group: GroupArg,
+    /// The replica to promote, HOST:PORT (default: the most advanced one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// Longest write pause to accept while the new master catches up.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_pause: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisFailoverArgs {
+    #[command(flatten)]
+    pub group: GroupArg,
+    /// Required: acknowledged writes the replicas never received are lost.
+    #[arg(long)]
+    pub allow_data_loss: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this Redis group.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this source (`redis/NAME`).
+    #[arg(long, value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// Only events of this kind (`failover`, `failover-held`, `member-down`, …).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only the last N events.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCmd {
+    /// Kill the Redis master under a canary writer; measure RTO and lost writes; rejoin it.
+    RedisFailover(RedisDrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedisDrillArgs {
+    #[command(flatten)]
+    pub group: GroupArg,
+    /// Time between canary writes.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Longest wait for the failover, and for the old master's rejoin.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct RedisBackupArgs {
-    /// Redis host (a master or a replica).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 6379)]
-    pub port: u16,
-    /// The group (Sentinel master name) this server belongs to, recorded with the backup.
+    /// Redis host (a master or a replica; default 127.0.0.1, or with --group a healthy replica).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Redis port (default 6379).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The group: with a [redis.NAME] table, back up from its healthy replica (else its master)
+    /// with its tags; the name is recorded with the backup either way.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
     /// Tag the backup (repeatable).

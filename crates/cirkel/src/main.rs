@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         Command::Snapshots(c) => cmd::files::snapshots(&cli.global, c),
         Command::Pg(c) => cmd::pg::run(&cli.global, c),
         Command::Redis(c) => cmd::redis::run(&cli.global, c),
+        Command::Status(c) => cmd::redis::status(&cli.global, c),
+        Command::Events(c) => cmd::redis::events(&cli.global, c),
+        Command::Drill(c) => cmd::redis::drill(&cli.global, c),
+        Command::Serve => cmd::redis::serve(&cli.global),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),
         Command::WalFetch(c) => cmd::pg::wal_fetch(&cli.global, c),
     };

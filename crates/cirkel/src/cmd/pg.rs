@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use cirkel_pg::restore::{PlanError, Target};
@@ -476,12 +474,6 @@ pub fn wal_fetch(global: &Global, a: &WalFetchArgs) -> anyhow::Result<ExitCode> 
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
 fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
@@ -505,19 +497,7 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         conninfo: cl.conninfo,
         run_for: a.duration,
     };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    std::thread::spawn(move || {
-        while !STOP.load(Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        stop2.store(true, Ordering::Relaxed);
-    });
+    let stop = crate::context::stop_on_signal();
     if !global.quiet && !global.json {
         eprintln!("streaming WAL of cluster {sys} into {} every {:?} (slot {})", repo.location(), a.interval, a.slot);
     }

@@ -5,8 +5,15 @@ use std::process::ExitCode;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
 
-use crate::cli::{Global, RedisBackupArgs, RedisCmd, RedisRestoreArgs};
-use crate::context::{load_config, main_repo};
+use cirkel_config::Config;
+use cirkel_redis::group::{Group, GroupStatus};
+use cirkel_redis::resp::Addr;
+
+use crate::cli::{
+    DrillCmd, EventsArgs, Global, GroupArg, RedisBackupArgs, RedisCmd, RedisConfigureArgs, RedisDrillArgs,
+    RedisFailoverArgs, RedisRestoreArgs, RedisSwitchoverArgs, StatusArgs,
+};
+use crate::context::{load_config, main_repo, state_dir};
 use crate::output::{human_bytes, print_json, user_error};
 
 pub fn run(global: &Global, cmd: &RedisCmd) -> anyhow::Result<ExitCode> {
@@ -14,14 +21,69 @@ pub fn run(global: &Global, cmd: &RedisCmd) -> anyhow::Result<ExitCode> {
         RedisCmd::Backup(a) => backup(global, a),
         RedisCmd::Backups => backups(global),
         RedisCmd::Restore(a) => restore(global, a),
+        RedisCmd::Configure(a) => configure(global, a),
+        RedisCmd::Switchover(a) => switchover(global, a),
+        RedisCmd::Failover(a) => failover(global, a),
+        RedisCmd::Watch(a) => watch(global, a),
     }
+}
+
+/// The group `--group` names, or the only one configured.
+fn group(cfg: &Config, arg: &GroupArg) -> anyhow::Result<Group> {
+    let name = match &arg.group {
+        Some(n) => n.clone(),
+        None => match cfg.redis.keys().collect::<Vec<_>>().as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(user_error(
+                    "no Redis group is configured",
+                    "add a [redis.NAME] table with members and sentinels to the configuration (--config)",
+                ));
+            }
+            many => {
+                return Err(user_error(
+                    format!("{} Redis groups are configured", many.len()),
+                    format!(
+                        "name one with --group: {}",
+                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    let c = cfg.redis.get(&name).ok_or_else(|| {
+        user_error(format!("no Redis group `{name}` in the configuration"), "add a [redis.NAME] table, or fix --group")
+    })?;
+    Group::from_config(&name, c)
 }
 
 fn backup(global: &Global, a: &RedisBackupArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
-    let source =
-        cirkel_redis::Source { host: a.host.clone(), port: a.port, group: a.group.clone(), tags: a.tag.clone() };
+    let configured = a.group.as_ref().and_then(|g| cfg.redis.get(g).map(|c| (g, c)));
+    let (host, port, mut tags) = match (configured, &a.host, a.port) {
+        (Some((name, c)), None, None) => {
+            let g = Group::from_config(name, c)?;
+            let st = g.status();
+            let from = st
+                .members
+                .iter()
+                .filter(|m| m.role.as_deref() == Some("slave") && m.link_up == Some(true))
+                .min_by_key(|m| m.lag_bytes.unwrap_or(u64::MAX))
+                .or_else(|| st.members.iter().find(|m| Some(&m.addr) == st.master.as_ref() && m.reachable))
+                .map(|m| m.addr.clone())
+                .ok_or_else(|| {
+                    user_error(
+                        format!("no member of group `{name}` can be backed up: {}", st.problems.join("; ")),
+                        "run `cirkel status` to see the group",
+                    )
+                })?;
+            (from.host, from.port, c.tags.clone())
+        }
+        _ => (a.host.clone().unwrap_or_else(|| "127.0.0.1".into()), a.port.unwrap_or(6379), Vec::new()),
+    };
+    tags.extend(a.tag.iter().cloned());
+    let source = cirkel_redis::Source { host: host.clone(), port, group: a.group.clone(), tags };
     let (id, snap) = cirkel_redis::backup(&repo, &source).map_err(|e| {
         let msg = format!("{e:#}");
         if e.downcast_ref::<cirkel_redis::rdb::RdbError>().is_some() {
@@ -34,10 +96,8 @@ fn backup(global: &Global, a: &RedisBackupArgs) -> anyhow::Result<ExitCode> {
         print_json(&json!({ "id": id, "snapshot": snap }));
     } else {
         println!(
-            "redis backup {} of {}:{} saved: {} ({} added)",
+            "redis backup {} of {host}:{port} saved: {} ({} added)",
             id.short(),
-            a.host,
-            a.port,
             human_bytes(snap.summary.bytes),
             human_bytes(snap.summary.bytes_added)
         );
@@ -129,4 +189,294 @@ fn server_target(to: &std::path::Path) -> Option<(String, u16)> {
         return None;
     }
     Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+}
+
+fn configure(global: &Global, a: &RedisConfigureArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let g = group(&cfg, &a.group)?;
+    let actions = g.configure(a.dry_run).map_err(|e| {
+        user_error(format!("{e:#}"), "nothing was changed; fix the group (or `members`/`sentinels`) and run it again")
+    })?;
+    if global.json {
+        print_json(&json!({ "group": g.name, "dry_run": a.dry_run, "actions": actions }));
+    } else {
+        for line in &actions {
+            println!("{}{line}", if a.dry_run { "would run: " } else { "" });
+        }
+        if !a.dry_run {
+            println!("sentinels of `{}` configured", g.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn switchover(global: &Global, a: &RedisSwitchoverArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let g = group(&cfg, &a.group)?;
+    let to = a.to.as_deref().map(Addr::parse).transpose().map_err(|e| user_error(e, "--to takes HOST:PORT"))?;
+    let done = g.switchover(to.as_ref(), a.max_pause).map_err(|e| {
+        user_error(
+            format!("switchover failed: {e:#}"),
+            "run `cirkel status` to see the group; the master is unchanged unless it says otherwise",
+        )
+    })?;
+    let event = cirkel_state::Event::new(
+        &g.source(),
+        "switchover",
+        "info",
+        format!("switchover {} → {}: writes paused {} ms", done.old, done.new, done.write_pause_ms),
+    )
+    .with(serde_json::to_value(&done)?);
+    state_dir(&cfg).record(&event)?;
+    if global.json {
+        print_json(&done);
+    } else {
+        println!(
+            "switched over {} → {}; writes paused {} ms (caught up after {} ms); no acknowledged write lost",
+            done.old, done.new, done.write_pause_ms, done.caught_up_after_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn failover(global: &Global, a: &RedisFailoverArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let g = group(&cfg, &a.group)?;
+    if !a.allow_data_loss {
+        return Err(user_error(
+            "a forced failover may lose acknowledged writes the replicas never received",
+            "use `cirkel redis switchover` while the master runs; pass --allow-data-loss to fail over anyway",
+        ));
+    }
+    let old = g
+        .current_master()
+        .ok_or_else(|| user_error("the sentinels do not agree on a master", "run `cirkel status`"))?;
+    let failed = g.release();
+    if !failed.is_empty() {
+        tracing::warn!("some sentinels were not reachable: {}", failed.join("; "));
+    }
+    let by = g.sentinel_failover().map_err(|e| {
+        user_error(format!("SENTINEL FAILOVER failed: {e:#}"), "run `cirkel status`; a sentinel must be reachable")
+    })?;
+    let new =
+        g.wait_for_new_master(&old, g.failover_timeout.max(std::time::Duration::from_secs(10))).ok_or_else(|| {
+            user_error(format!("the sentinels still name {old}"), "run `cirkel status` and `cirkel events --last 20`")
+        })?;
+    state_dir(&cfg).record(&cirkel_state::Event::new(
+        &g.source(),
+        "forced-failover",
+        "warning",
+        format!("forced failover {old} → {new} (asked {by}), data loss allowed"),
+    ))?;
+    if global.json {
+        print_json(&json!({ "old_master": old, "new_master": new, "sentinel": by }));
+    } else {
+        println!("failed over {old} → {new}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch(global: &Global, a: &GroupArg) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let g = group(&cfg, a)?;
+    let state = state_dir(&cfg);
+    let stop = crate::context::stop_on_signal();
+    if !global.quiet && !global.json {
+        eprintln!("watching redis group `{}`; events go to {}", g.name, state.root().display());
+    }
+    cirkel_redis::watch::watch(&g, &state, stop)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cirkel serve`: one watcher per Redis group until SIGINT/SIGTERM.
+pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    if cfg.redis.is_empty() {
+        return Err(user_error("nothing to serve: no [redis.NAME] group is configured", "add one to --config"));
+    }
+    let state = state_dir(&cfg);
+    let stop = crate::context::stop_on_signal();
+    let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
+    if !global.quiet && !global.json {
+        eprintln!("cirkel serve: watching {} redis group(s); events go to {}", groups.len(), state.root().display());
+    }
+    std::thread::scope(|s| {
+        for g in &groups {
+            let (state, stop) = (&state, stop.clone());
+            s.spawn(move || {
+                if let Err(e) = cirkel_redis::watch::watch(g, state, stop) {
+                    tracing::error!("watcher of {} stopped: {e:#}", g.name);
+                }
+            });
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let names: Vec<&String> = match &a.group {
+        Some(n) => vec![n],
+        None => cfg.redis.keys().collect(),
+    };
+    if names.is_empty() {
+        return Err(user_error("nothing to show: no [redis.NAME] group is configured", "add one to --config"));
+    }
+    let mut all = Vec::new();
+    for n in names {
+        all.push(group(&cfg, &GroupArg { group: Some(n.clone()) })?.status());
+    }
+    let healthy = all.iter().all(|s| s.healthy);
+    if global.json {
+        print_json(&json!({ "healthy": healthy, "redis": all }));
+    } else {
+        for s in &all {
+            print_status(s);
+        }
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_status(s: &GroupStatus) {
+    let state = if s.held {
+        "FAILOVER HELD"
+    } else if s.healthy {
+        "healthy"
+    } else {
+        "DEGRADED"
+    };
+    let master = s.master.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "?".into());
+    println!("redis group {}: {state}, master {master}, loss limit {}", s.group, human_bytes(s.max_lag_bytes));
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["Member", "Role", "Offset", "Lag", "Link", "Priority", "Latency"]);
+    for m in &s.members {
+        t.add_row([
+            m.addr.to_string(),
+            if m.reachable { m.role.clone().unwrap_or_default().replace("slave", "replica") } else { "DOWN".into() },
+            m.offset.map(|o| o.to_string()).unwrap_or_default(),
+            m.lag_bytes.map(human_bytes).unwrap_or_default(),
+            m.link_up.map(|u| if u { "up" } else { "DOWN" }.to_string()).unwrap_or_default(),
+            m.priority.map(|p| p.to_string()).unwrap_or_default(),
+            m.latency_ms.filter(|_| m.reachable).map(|l| format!("{l:.1} ms")).unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["Sentinel", "Master", "Flags", "Quorum", "Down after", "Others"]);
+    for x in &s.sentinels {
+        t.add_row([
+            x.addr.to_string(),
+            if x.reachable { x.master.as_ref().map(|m| m.to_string()).unwrap_or_default() } else { "DOWN".into() },
+            x.flags.clone(),
+            format!("{}{}", x.quorum.map(|q| q.to_string()).unwrap_or_default(), if x.quorum_ok { " ok" } else { "" }),
+            x.down_after_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
+            x.other_sentinels.map(|n| n.to_string()).unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    for p in &s.problems {
+        println!("  problem: {p}");
+    }
+}
+
+pub fn events(global: &Global, a: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let mut list: Vec<_> = state_dir(&cfg)
+        .events()?
+        .into_iter()
+        .filter(|e| a.source.as_ref().is_none_or(|s| &e.source == s))
+        .filter(|e| a.kind.as_ref().is_none_or(|k| &e.kind == k))
+        .collect();
+    if let Some(n) = a.last {
+        list = list.split_off(list.len().saturating_sub(n));
+    }
+    if global.json {
+        print_json(&list);
+    } else {
+        for e in &list {
+            println!(
+                "{} {:8} {:14} {:22} {}",
+                e.time.format("%Y-%m-%d %H:%M:%S%.3f"),
+                e.severity,
+                e.source,
+                e.kind,
+                e.message
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DrillCmd::RedisFailover(a) => redis_drill(global, a),
+    }
+}
+
+fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let g = group(&cfg, &a.group)?;
+    let opts = cirkel_redis::drill::DrillOptions { interval: a.interval, timeout: a.timeout, ..Default::default() };
+    if !global.quiet && !global.json {
+        eprintln!("drill: killing the master of `{}` under a canary writer…", g.name);
+    }
+    let report = cirkel_redis::drill::drill(&g, &opts).map_err(|e| {
+        user_error(format!("the drill did not run: {e:#}"), "run `cirkel status` and make the group healthy first")
+    })?;
+    let state = state_dir(&cfg);
+    let value = serde_json::to_value(&report)?;
+    let path = state.save_report("redis-failover", &value)?;
+    state.record(
+        &cirkel_state::Event::new(
+            &g.source(),
+            "drill",
+            if report.passed { "info" } else { "warning" },
+            format!(
+                "redis failover drill {}: RTO {}, {} lost writes",
+                if report.passed { "passed" } else { "FAILED" },
+                report.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
+                report.writes_lost
+            ),
+        )
+        .with(json!({ "report": path })),
+    )?;
+    if global.json {
+        print_json(&value);
+    } else {
+        println!("redis failover drill of `{}`: {}", g.name, if report.passed { "PASSED" } else { "FAILED" });
+        println!("  killed master      {} (pid {})", report.killed, report.killed_pid);
+        println!(
+            "  new master         {}",
+            report.new_master.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "none".into())
+        );
+        println!(
+            "  RTO                {}",
+            report
+                .rto_s
+                .map(|s| format!("{s:.3} s (kill → first acknowledged write)"))
+                .unwrap_or_else(|| "no failover".into())
+        );
+        println!(
+            "  writes             {} acknowledged, {} failed during the outage, {} lost",
+            report.writes_acknowledged, report.writes_failed, report.writes_lost
+        );
+        println!(
+            "  replication loss   {} (limit {})",
+            report.lost_bytes_at_least.map(|b| format!("≥ {b} bytes")).unwrap_or_else(|| "unknown".into()),
+            human_bytes(report.max_lag_bytes)
+        );
+        for (k, v) in &report.timeline_s {
+            println!("  {k:18} {v:.3}");
+        }
+        if let Some(r) = report.rejoin_s {
+            println!("  rejoin             {r:.2} s (restart → replicating from the new master)");
+        }
+        for f in &report.failures {
+            println!("  failure: {f}");
+        }
+        println!("  report             {}", path.display());
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -1,0 +1,389 @@
+//! The watcher: follows a group's Sentinels, tracks the master's offset,
+//! enforces the loss limit, records every failover with its timeline and
+//! loss, checks member health, and turns a returning old master into a
+//! replica at once.
+//!
+//! The loss limit works through Sentinel, not around it. When the master
+//! stops answering, the replicas' offsets are final: if the best of them is
+//! further behind the master's last seen offset than the limit, every
+//! Sentinel's `down-after-milliseconds` is raised to an hour, so none flags
+//! the master down and no lossy failover starts. When the master answers
+//! again (or an operator forces a failover), the setting is put back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cirkel_config::OnLag;
+use cirkel_state::{Event, StateDir};
+use serde_json::json;
+
+use crate::events::{SentinelEvent, follow};
+use crate::group::Group;
+use crate::resp::Addr;
+
+/// How often the master's offset is read.
+pub const OFFSET_POLL: Duration = Duration::from_millis(100);
+
+/// Consecutive-result health state of one member.
+#[derive(Debug, Default)]
+struct Health {
+    healthy: Option<bool>,
+    good: u32,
+    bad: u32,
+}
+
+impl Health {
+    /// Feeds one probe result; returns the new state when it changed.
+    fn observe(&mut self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        if ok {
+            self.good += 1;
+            self.bad = 0;
+        } else {
+            self.bad += 1;
+            self.good = 0;
+        }
+        let next = if self.good >= healthy_after {
+            true
+        } else if self.bad >= unhealthy_after {
+            false
+        } else {
+            return None;
+        };
+        (self.healthy != Some(next)).then(|| {
+            self.healthy = Some(next);
+            next
+        })
+    }
+}
+
+/// What the watcher has seen of the current failover.
+#[derive(Debug, Default)]
+struct Timeline {
+    sdown: Option<DateTime<Utc>>,
+    odown: Option<DateTime<Utc>>,
+    selected: Option<(DateTime<Utc>, Addr)>,
+    promoted: Option<DateTime<Utc>>,
+}
+
+struct Watch<'a> {
+    group: &'a Group,
+    state: &'a StateDir,
+    master: Option<Addr>,
+    last_ok: Option<(DateTime<Utc>, u64)>,
+    outage_evaluated: bool,
+    held: bool,
+    timeline: Timeline,
+    health: HashMap<Addr, Health>,
+}
+
+/// Watches `group` until `stop` is set.
+pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for s in &group.sentinels {
+        let (s, tx, stop) = (s.clone(), tx.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || follow(s, tx, stop)));
+    }
+    drop(tx);
+    let status = group.status();
+    let mut w = Watch {
+        group,
+        state,
+        master: status.master.clone(),
+        last_ok: None,
+        outage_evaluated: false,
+        held: status.held,
+        timeline: Timeline::default(),
+        health: HashMap::new(),
+    };
+    w.record(Event::new(&group.source(), "watch-started", "info", format!("watching, master {:?}", status.master)));
+    let mut next_health = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(ev) = rx.try_recv() {
+            w.on_event(ev);
+        }
+        w.poll_master();
+        if Instant::now() >= next_health {
+            next_health = Instant::now() + group.health.interval;
+            w.check_health();
+        }
+        std::thread::sleep(OFFSET_POLL);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+impl Watch<'_> {
+    fn record(&self, event: Event) {
+        match event.severity.as_str() {
+            "info" => tracing::info!("{}: {}", event.source, event.message),
+            _ => tracing::warn!("{}: {}", event.source, event.message),
+        }
+        if let Err(e) = self.state.record(&event) {
+            tracing::error!("cannot record an event in {}: {e:#}", self.state.root().display());
+        }
+    }
+
+    fn poll_master(&mut self) {
+        let Some(master) = self.master.clone().or_else(|| self.group.current_master()) else {
+            return;
+        };
+        self.master = Some(master.clone());
+        let polled = self.group.member(&master).and_then(|mut c| c.info("replication"));
+        match polled {
+            Ok(info) if info.get("role").map(String::as_str) == Some("master") => {
+                let offset = info.get("master_repl_offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                self.last_ok = Some((Utc::now(), offset));
+                self.outage_evaluated = false;
+                if self.held {
+                    self.release("the master answers again");
+                }
+            }
+            _ => {
+                if !self.outage_evaluated {
+                    self.outage_evaluated = true;
+                    self.evaluate_outage(&master);
+                }
+            }
+        }
+    }
+
+    /// The master has stopped answering: would a failover now stay within
+    /// the loss limit?
+    fn evaluate_outage(&mut self, master: &Addr) {
+        let Some((_, master_offset)) = self.last_ok else {
+            return;
+        };
+        let replicas: Vec<_> = self
+            .group
+            .members
+            .iter()
+            .filter(|a| *a != master)
+            .map(|a| self.group.probe_member(a))
+            .filter(|m| m.reachable && m.role.as_deref() == Some("slave") && m.priority != Some(0))
+            .collect();
+        let best = replicas.iter().filter_map(|m| m.offset.map(|o| (o, m.addr.clone()))).max();
+        let lag = best.as_ref().map(|(o, _)| master_offset.saturating_sub(*o));
+        let within = lag.is_some_and(|l| l <= self.group.max_lag_bytes);
+        let details = json!({
+            "master": master,
+            "master_last_offset": master_offset,
+            "best_replica": best.as_ref().map(|(_, a)| a),
+            "best_replica_lag_bytes": lag,
+            "max_lag_bytes": self.group.max_lag_bytes,
+        });
+        if within || self.held {
+            return;
+        }
+        let what = match (&best, lag) {
+            (Some((_, a)), Some(l)) => format!("the best replica {a} is {l} bytes behind"),
+            _ => "no replica answers".to_string(),
+        };
+        match self.group.on_lag {
+            OnLag::Refuse => {
+                let failed = self.group.hold();
+                self.held = true;
+                self.record(
+                    Event::new(
+                        &self.group.source(),
+                        "failover-held",
+                        "critical",
+                        format!(
+                            "master {master} unreachable and {what} (limit {} bytes): failover held back; restart the master, or run `cirkel redis failover --group {} --allow-data-loss`",
+                            self.group.max_lag_bytes, self.group.name
+                        ),
+                    )
+                    .with(json!({ "outage": details, "sentinels_not_told": failed })),
+                );
+            }
+            OnLag::Warn => self.record(
+                Event::new(
+                    &self.group.source(),
+                    "loss-limit-warning",
+                    "warning",
+                    format!("master {master} unreachable and {what} (limit {} bytes)", self.group.max_lag_bytes),
+                )
+                .with(details),
+            ),
+        }
+    }
+
+    fn release(&mut self, why: &str) {
+        let failed = self.group.release();
+        self.held = !failed.is_empty();
+        self.record(
+            Event::new(
+                &self.group.source(),
+                "failover-hold-released",
+                "info",
+                format!("failover hold released: {why}"),
+            )
+            .with(json!({ "sentinels_not_told": failed })),
+        );
+    }
+
+    fn on_event(&mut self, ev: SentinelEvent) {
+        if !ev.concerns(&self.group.master_name) {
+            return;
+        }
+        let t = &mut self.timeline;
+        match ev.channel.as_str() {
+            "+sdown" if ev.is_master() => {
+                t.sdown.get_or_insert(ev.time);
+            }
+            "+odown" => {
+                t.odown.get_or_insert(ev.time);
+            }
+            "+selected-slave" => {
+                if t.selected.is_none()
+                    && let Some(a) = ev.instance()
+                {
+                    t.selected = Some((ev.time, a));
+                }
+            }
+            "+promoted-slave" => {
+                t.promoted.get_or_insert(ev.time);
+            }
+            "-failover-abort-no-good-slave" => self.record(Event::new(
+                &self.group.source(),
+                "failover-aborted",
+                "critical",
+                format!("sentinel {}: no replica qualifies for promotion", ev.sentinel),
+            )),
+            "+switch-master" => {
+                if let Some((old, new)) = ev.switch()
+                    && self.master.as_ref() != Some(&new)
+                {
+                    self.on_switch(ev.time, old, new);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_switch(&mut self, at: DateTime<Utc>, old: Addr, new: Addr) {
+        let t = std::mem::take(&mut self.timeline);
+        let promoted = self.group.probe_member(&new);
+        let last = self.last_ok;
+        let lost = match (last, promoted.promoted_at_offset) {
+            (Some((_, m)), Some(p)) => Some(m.saturating_sub(p)),
+            _ => None,
+        };
+        let within = lost.map(|l| l <= self.group.max_lag_bytes);
+        let secs = |x: Option<DateTime<Utc>>| {
+            x.zip(last.map(|(t, _)| t)).map(|(a, b)| (a - b).num_milliseconds() as f64 / 1000.0)
+        };
+        let details = json!({
+            "old_master": old,
+            "new_master": new,
+            "last_seen_ok": last.map(|(t, _)| t),
+            "old_master_last_offset": last.map(|(_, o)| o),
+            "promoted_at_offset": promoted.promoted_at_offset,
+            "lost_bytes_at_least": lost,
+            "max_lag_bytes": self.group.max_lag_bytes,
+            "within_limit": within,
+            "sdown_after_s": secs(t.sdown),
+            "odown_after_s": secs(t.odown),
+            "selected_after_s": secs(t.selected.as_ref().map(|s| s.0)),
+            "promoted_after_s": secs(t.promoted),
+            "switched_after_s": secs(Some(at)),
+            "offset_poll_ms": OFFSET_POLL.as_millis() as u64,
+        });
+        let severity = if within == Some(false) { "critical" } else { "warning" };
+        let loss = match lost {
+            Some(l) => format!("{l} bytes of replication stream lost at least"),
+            None => "loss unknown".into(),
+        };
+        self.record(
+            Event::new(&self.group.source(), "failover", severity, format!("failover {old} → {new}: {loss}"))
+                .with(details),
+        );
+        self.master = Some(new);
+        self.last_ok = None;
+        self.outage_evaluated = false;
+        if self.held {
+            self.release("the sentinels failed over");
+        }
+    }
+
+    fn check_health(&mut self) {
+        let h = &self.group.health;
+        let states: Vec<_> = self.group.members.iter().map(|a| self.group.probe_member(a)).collect();
+        for m in &states {
+            let changed = self.health.entry(m.addr.clone()).or_default().observe(
+                m.reachable,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            );
+            match changed {
+                Some(false) => self.record(
+                    Event::new(
+                        &self.group.source(),
+                        "member-down",
+                        "critical",
+                        format!(
+                            "member {} failed {} checks: {}",
+                            m.addr,
+                            h.unhealthy_threshold,
+                            m.error.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .with(json!({ "member": m.addr })),
+                ),
+                Some(true) => self.record(
+                    Event::new(&self.group.source(), "member-up", "info", format!("member {} is healthy", m.addr))
+                        .with(json!({ "member": m.addr })),
+                ),
+                None => {}
+            }
+        }
+        // A returning old master: make it a replica now rather than when
+        // Sentinel gets round to it, but only with the Sentinels' majority.
+        let Some(agreed) = self.group.current_master() else {
+            return;
+        };
+        self.master = Some(agreed.clone());
+        for m in &states {
+            if m.reachable
+                && m.role.as_deref() == Some("master")
+                && m.addr != agreed
+                && self.group.demote_stray_master(m, &agreed)
+            {
+                self.record(
+                    Event::new(
+                        &self.group.source(),
+                        "stray-master-demoted",
+                        "warning",
+                        format!("{} ran as a master while the sentinels name {agreed}; made it a replica", m.addr),
+                    )
+                    .with(json!({ "member": m.addr, "master": agreed })),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_needs_consecutive_results() {
+        let mut h = Health::default();
+        assert_eq!(h.observe(true, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), Some(true));
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), None, "a flap resets the count");
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), Some(false));
+        assert_eq!(h.observe(false, 2, 3), None, "reported once");
+    }
+}
