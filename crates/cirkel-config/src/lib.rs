@@ -7,6 +7,7 @@
 //! Secrets never sit in the file: they come from `*_file` paths or the
 //! environment, and [`Secret`] never prints its value.
 
+pub mod cron;
 mod reader;
 mod secret;
 
@@ -124,6 +125,12 @@ pub struct PostgresConfig {
     pub database: Option<String>,
     /// Directory with pg_receivewal, pg_dump, pg_ctl (default: PostgreSQL 15's).
     pub bindir: Option<PathBuf>,
+    /// Cron expression for the daily base backup by `cirkel serve` (the plan: "0 2 * * *").
+    pub schedule: Option<String>,
+    /// Cron expression for the weekly full backup, tagged `weekly` (the plan: "0 3 * * 0").
+    pub weekly_schedule: Option<String>,
+    /// Named repositories each weekly backup (and the WAL) is copied to.
+    pub copy_to: Vec<String>,
 }
 
 impl PostgresConfig {

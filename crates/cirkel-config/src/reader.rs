@@ -148,6 +148,19 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A cron schedule, checked now.
+    fn schedule(&mut self, key: &'static str) -> Option<String> {
+        let s = self.string(key)?;
+        match crate::cron::Schedule::parse(&s) {
+            Ok(_) => Some(s),
+            Err(e) => {
+                let span = self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
+                self.cx.error(span, &self.key_path(key), e);
+                None
+            }
+        }
+    }
+
     fn strings(&mut self, key: &'static str) -> Vec<String> {
         let Some(v) = self.get(key) else {
             return Vec::new();
@@ -264,6 +277,9 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             user: t.string("user"),
             database: t.string("database"),
             bindir: t.string("bindir").map(PathBuf::from),
+            schedule: t.schedule("schedule"),
+            weekly_schedule: t.schedule("weekly_schedule"),
+            copy_to: t.strings("copy_to"),
         };
         t.finish();
         cfg.postgres.insert(name, pc);
@@ -281,7 +297,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         .files
         .iter()
         .map(|(n, s)| (format!("files.{n}"), &s.copy_to))
-        .chain(cfg.redis.iter().map(|(n, g)| (format!("redis.{n}"), &g.copy_to)));
+        .chain(cfg.redis.iter().map(|(n, g)| (format!("redis.{n}"), &g.copy_to)))
+        .chain(cfg.postgres.iter().map(|(n, p)| (format!("postgres.{n}"), &p.copy_to)));
     for (name, copy_to) in copy_targets {
         for target in copy_to {
             if !cfg.repositories.contains_key(target) {
@@ -347,7 +364,7 @@ fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
         exclude_file: t.string("exclude_file").map(|p| t.cx.resolve(&p)),
         exclude_if_present: t.strings("exclude_if_present"),
         tags: t.strings("tags"),
-        schedule: t.string("schedule"),
+        schedule: t.schedule("schedule"),
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
@@ -424,7 +441,7 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
         health: t.table("health").map(read_health).unwrap_or_default(),
         restart_command: t.string("restart_command"),
         tags: t.strings("tags"),
-        schedule: t.string("schedule"),
+        schedule: t.schedule("schedule"),
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };

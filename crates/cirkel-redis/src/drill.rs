@@ -51,6 +51,7 @@ pub struct DrillReport {
     pub writes_failed: usize,
     /// Acknowledged canary writes missing on the new master.
     pub writes_lost: usize,
+    /// Writes the killed master acknowledged after its process was gone (split brain).
     pub acknowledged_by_old_after_kill: usize,
     /// The old master's last offset seen minus the promoted replica's offset at promotion.
     pub lost_bytes_at_least: Option<u64>,
@@ -148,6 +149,9 @@ pub fn drill(group: &Group, opts: &DrillOptions) -> anyhow::Result<DrillReport> 
         anyhow::bail!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error());
     }
 
+    // kill(2) returns before the process is gone: a write already inside it
+    // may still be acknowledged. The fault counts from its death.
+    let dead = wait_dead(pid, Duration::from_secs(5));
     let mut failures = Vec::new();
     let mut first_new_ack = None;
     while fault.elapsed() < opts.timeout {
@@ -203,7 +207,7 @@ pub fn drill(group: &Group, opts: &DrillOptions) -> anyhow::Result<DrillReport> 
         let last = *last_offset.lock().map_err(|_| anyhow::anyhow!("poller panicked"))?;
         lost_bytes = last.zip(promoted_at).map(|(l, p)| l.saturating_sub(p));
     }
-    let by_old_after = canary.acked.iter().filter(|(_, t, a)| *t > fault && *a == old).count();
+    let by_old_after = canary.acked.iter().filter(|(_, t, a)| *t > dead && *a == old).count();
     if by_old_after > 0 {
         failures.push(format!("{by_old_after} writes were acknowledged by the killed master after the kill"));
     }
@@ -261,6 +265,25 @@ pub fn drill(group: &Group, opts: &DrillOptions) -> anyhow::Result<DrillReport> 
         healthy_after: after.healthy,
         problems_after: after.problems,
     })
+}
+
+/// When the process `pid` is gone (or a zombie), at the latest after `timeout`.
+fn wait_dead(pid: u32, timeout: Duration) -> Instant {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => break,
+            Ok(stat) => {
+                // The state follows the parenthesised command name.
+                let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+                if matches!(state, Some("Z" | "X")) {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Instant::now()
 }
 
 fn key(run: &str, seq: u64) -> String {
@@ -338,7 +361,8 @@ fn rejoin(group: &Group, old: &Addr, new: &Addr, command: &str, timeout: Duratio
             if m.role.as_deref() == Some("slave") && m.master.as_ref() == Some(new) && m.link_up == Some(true) {
                 return Ok(start.elapsed().as_secs_f64());
             }
-            if m.role.as_deref() == Some("master") && group.current_master().as_ref() == Some(new) {
+            let follows_new = m.role.as_deref() == Some("slave") && m.master.as_ref() == Some(new);
+            if !follows_new && group.current_master().as_ref() == Some(new) {
                 group.demote_stray_master(&m, new);
             }
         }

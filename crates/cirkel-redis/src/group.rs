@@ -561,15 +561,21 @@ impl Group {
         }
     }
 
-    /// Turns a member that runs as a master, while the Sentinels agree on
-    /// another, into a replica of the agreed master. Returns true if it did.
+    /// Turns a member that runs as a master while the Sentinels agree on
+    /// another (or a replica that follows some other node) into a replica
+    /// of the agreed master. Returns true if it did.
     ///
     /// Only when that is certainly right: the agreed master answers as a
     /// master, no Sentinel is failing over or sees it down, and the stray
     /// was not just promoted from it (its previous replication id would be
     /// the agreed master's: a promotion the Sentinels have not announced yet).
     pub fn demote_stray_master(&self, stray: &MemberState, agreed: &Addr) -> bool {
-        if stray.addr == *agreed || stray.role.as_deref() != Some("master") {
+        let astray = match stray.role.as_deref() {
+            Some("master") => true,
+            Some("slave") => stray.master.as_ref() != Some(agreed),
+            _ => false,
+        };
+        if stray.addr == *agreed || !astray {
             return false;
         }
         let master = self.probe_member(agreed);

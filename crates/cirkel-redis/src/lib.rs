@@ -76,7 +76,12 @@ pub fn backup(repo: &Repository, source: &Source) -> anyhow::Result<(Id, Snapsho
     let what = StreamSnapshot {
         kind: KIND.into(),
         file_name: "dump.rdb".into(),
-        paths: vec![format!("{}:{}", source.host, source.port)],
+        // Retention groups snapshots by path: a group's backups stay one
+        // series whichever member they came from.
+        paths: vec![match &source.group {
+            Some(g) => format!("redis:{g}"),
+            None => format!("{}:{}", source.host, source.port),
+        }],
         tags: source.tags.clone(),
         meta: serde_json::to_value(&meta)?,
     };

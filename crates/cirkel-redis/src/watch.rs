@@ -350,17 +350,17 @@ impl Watch<'_> {
         };
         self.master = Some(agreed.clone());
         for m in &states {
-            if m.reachable
-                && m.role.as_deref() == Some("master")
-                && m.addr != agreed
-                && self.group.demote_stray_master(m, &agreed)
-            {
+            if m.reachable && m.addr != agreed && self.group.demote_stray_master(m, &agreed) {
                 self.record(
                     Event::new(
                         &self.group.source(),
-                        "stray-master-demoted",
+                        "member-repointed",
                         "warning",
-                        format!("{} ran as a master while the sentinels name {agreed}; made it a replica", m.addr),
+                        format!(
+                            "{} ran as {} while the sentinels name {agreed} as master; made it a replica of {agreed}",
+                            m.addr,
+                            m.role.as_deref().unwrap_or("?").replace("slave", "a replica of another node")
+                        ),
                     )
                     .with(json!({ "member": m.addr, "master": agreed })),
                 );

@@ -67,7 +67,8 @@ pub enum Command {
     /// Drills: prove recovery works by doing it, and measure it.
     #[command(subcommand)]
     Drill(DrillCmd),
-    /// The daemon: watch every configured Redis group until stopped (SIGINT/SIGTERM).
+    /// The daemon: watch every configured Redis group and run the configured backup schedules
+    /// (with their copies and retention) until stopped (SIGINT/SIGTERM).
     Serve,
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Command::Status(c) => cmd::redis::status(&cli.global, c),
         Command::Events(c) => cmd::redis::events(&cli.global, c),
         Command::Drill(c) => cmd::redis::drill(&cli.global, c),
-        Command::Serve => cmd::redis::serve(&cli.global),
+        Command::Serve => cmd::serve::serve(&cli.global),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),
         Command::WalFetch(c) => cmd::pg::wal_fetch(&cli.global, c),
     };

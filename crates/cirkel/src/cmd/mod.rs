@@ -5,3 +5,4 @@ pub mod files;
 pub mod pg;
 pub mod redis;
 pub mod repo;
+pub mod serve;

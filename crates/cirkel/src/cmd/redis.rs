@@ -199,7 +199,7 @@ fn configure(global: &Global, a: &RedisConfigureArgs) -> anyhow::Result<ExitCode
     })?;
     if global.json {
         print_json(&json!({ "group": g.name, "dry_run": a.dry_run, "actions": actions }));
-    } else {
+    } else if !global.quiet {
         for line in &actions {
             println!("{}{line}", if a.dry_run { "would run: " } else { "" });
         }
@@ -285,31 +285,6 @@ fn watch(global: &Global, a: &GroupArg) -> anyhow::Result<ExitCode> {
         eprintln!("watching redis group `{}`; events go to {}", g.name, state.root().display());
     }
     cirkel_redis::watch::watch(&g, &state, stop)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `cirkel serve`: one watcher per Redis group until SIGINT/SIGTERM.
-pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(global)?;
-    if cfg.redis.is_empty() {
-        return Err(user_error("nothing to serve: no [redis.NAME] group is configured", "add one to --config"));
-    }
-    let state = state_dir(&cfg);
-    let stop = crate::context::stop_on_signal();
-    let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
-    if !global.quiet && !global.json {
-        eprintln!("cirkel serve: watching {} redis group(s); events go to {}", groups.len(), state.root().display());
-    }
-    std::thread::scope(|s| {
-        for g in &groups {
-            let (state, stop) = (&state, stop.clone());
-            s.spawn(move || {
-                if let Err(e) = cirkel_redis::watch::watch(g, state, stop) {
-                    tracing::error!("watcher of {} stopped: {e:#}", g.name);
-                }
-            });
-        }
-    });
     Ok(ExitCode::SUCCESS)
 }
 

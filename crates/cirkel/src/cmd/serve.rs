@@ -1,0 +1,267 @@
+//! `cirkel serve`: the daemon. It watches every Redis group and runs the
+//! scheduled backups of the configuration (files sets, Redis groups,
+//! PostgreSQL clusters), each followed by its copies to second repositories
+//! and its retention, until SIGINT or SIGTERM.
+//!
+//! A scheduled job runs cirkel's own commands as child processes, so a
+//! failing or crashing job never takes the daemon down, and what runs is
+//! exactly what a person would type.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use cirkel_config::cron::Schedule;
+use cirkel_config::{Config, RetentionConfig};
+use cirkel_redis::group::Group;
+use cirkel_state::{Event, StateDir};
+use serde_json::json;
+
+use crate::cli::Global;
+use crate::context::{load_config, state_dir};
+use crate::output::user_error;
+
+/// A scheduled job: cirkel commands run one after the other.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: Schedule,
+    pub steps: Vec<Vec<String>>,
+}
+
+fn retention_args(r: &RetentionConfig) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, n) in [
+        ("--keep-last", r.keep_last),
+        ("--keep-hourly", r.keep_hourly),
+        ("--keep-daily", r.keep_daily),
+        ("--keep-weekly", r.keep_weekly),
+        ("--keep-monthly", r.keep_monthly),
+        ("--keep-yearly", r.keep_yearly),
+    ] {
+        if n > 0 {
+            a.extend([flag.to_string(), n.to_string()]);
+        }
+    }
+    if let Some(d) = r.keep_within {
+        a.extend(["--keep-within".to_string(), cirkel_config::duration_to_string(d).replace(' ', "")]);
+    }
+    for t in &r.keep_tags {
+        a.extend(["--keep-tag".to_string(), t.clone()]);
+    }
+    a
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The scheduled jobs a configuration asks for.
+pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
+    let parse = |s: &str| Schedule::parse(s).map_err(anyhow::Error::msg);
+    let mut out = Vec::new();
+    // Copies and retention after a backup; retention is scoped to the
+    // job's first tag so it never judges other backups.
+    let follow_up = |steps: &mut Vec<Vec<String>>, copy_to: &[String], tags: &[String], r: Option<&RetentionConfig>| {
+        for repo in copy_to {
+            let mut s = args(&["repo", "copy", "--to", repo]);
+            if let Some(t) = tags.first() {
+                s.extend(["--tag".to_string(), t.clone()]);
+            }
+            steps.push(s);
+        }
+        if let (Some(r), Some(t)) = (r, tags.first()) {
+            let mut s = args(&["repo", "prune", "--tag", t]);
+            s.extend(retention_args(r));
+            steps.push(s);
+        }
+    };
+    for (name, set) in &cfg.files {
+        let Some(s) = &set.schedule else { continue };
+        let mut steps = vec![args(&["backup", "files", "--set", name])];
+        follow_up(&mut steps, &set.copy_to, &set.tags, set.retention.as_ref());
+        out.push(Job { name: format!("files/{name}"), schedule: parse(s)?, steps });
+    }
+    for (name, g) in &cfg.redis {
+        let Some(s) = &g.schedule else { continue };
+        let mut steps = vec![args(&["redis", "backup", "--group", name])];
+        follow_up(&mut steps, &g.copy_to, &g.tags, g.retention.as_ref());
+        out.push(Job { name: format!("redis/{name}"), schedule: parse(s)?, steps });
+    }
+    for (name, p) in &cfg.postgres {
+        if let Some(s) = &p.schedule {
+            let steps = vec![args(&["pg", "backup", "--cluster", name, "--tag", "daily"]), args(&["pg", "expire"])];
+            out.push(Job { name: format!("postgres/{name}/daily"), schedule: parse(s)?, steps });
+        }
+        if let Some(s) = &p.weekly_schedule {
+            let mut steps = vec![args(&["pg", "backup", "--cluster", name, "--type", "full", "--tag", "weekly"])];
+            for repo in &p.copy_to {
+                steps.push(args(&["repo", "copy", "--to", repo, "--tag", "weekly"]));
+            }
+            steps.push(args(&["pg", "expire"]));
+            out.push(Job { name: format!("postgres/{name}/weekly"), schedule: parse(s)?, steps });
+        }
+    }
+    Ok(out)
+}
+
+/// The flags a child command needs to see what this process sees.
+fn global_args(global: &Global, cfg: &Config) -> Vec<String> {
+    let mut a = vec!["-q".to_string()];
+    if let Some(c) = global.config.as_ref().or(cfg.source.as_ref()) {
+        a.extend(["--config".to_string(), c.display().to_string()]);
+    }
+    if let Some(r) = &global.repo {
+        a.extend(["--repo".to_string(), r.clone()]);
+    }
+    if let Some(p) = &global.password_file {
+        a.extend(["--password-file".to_string(), p.display().to_string()]);
+    }
+    a
+}
+
+fn run_job(exe: &PathBuf, global: &[String], job: &Job, state: &StateDir) {
+    let source = format!("schedule/{}", job.name);
+    let start = Instant::now();
+    for step in &job.steps {
+        let out = Command::new(exe).args(global).args(step).output();
+        let failed = match &out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some((o.status.code(), String::from_utf8_lossy(&o.stderr).trim().to_string())),
+            Err(e) => Some((None, e.to_string())),
+        };
+        if let Some((code, stderr)) = failed {
+            // A backup that saved what it could (exit 3) still goes on to its copies.
+            let tail: String =
+                stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let event = Event::new(
+                &source,
+                "job-failed",
+                "critical",
+                format!("`cirkel {}` failed (exit {code:?}): {}", step.join(" "), tail.lines().next().unwrap_or("")),
+            )
+            .with(json!({ "job": job.name, "step": step, "exit_code": code, "stderr": tail }));
+            record(state, &event);
+            if code != Some(3) {
+                return;
+            }
+        }
+    }
+    let event =
+        Event::new(&source, "job-done", "info", format!("{} done in {:.1} s", job.name, start.elapsed().as_secs_f64()))
+            .with(json!({ "job": job.name, "steps": job.steps, "seconds": start.elapsed().as_secs_f64() }));
+    record(state, &event);
+}
+
+fn record(state: &StateDir, event: &Event) {
+    match event.severity.as_str() {
+        "info" => tracing::info!("{}: {}", event.source, event.message),
+        _ => tracing::warn!("{}: {}", event.source, event.message),
+    }
+    if let Err(e) = state.record(event) {
+        tracing::error!("cannot record an event: {e:#}");
+    }
+}
+
+/// Runs `job` at each time its schedule names until `stop`.
+fn schedule_loop(exe: PathBuf, global: Vec<String>, job: Job, state: StateDir, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(next) = job.schedule.next_after(Utc::now()) else { return };
+        while Utc::now() < next {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let left = (next - Utc::now()).to_std().unwrap_or_default();
+            std::thread::sleep(left.min(Duration::from_millis(250)));
+        }
+        run_job(&exe, &global, &job, &state);
+    }
+}
+
+pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let jobs = jobs(&cfg)?;
+    if cfg.redis.is_empty() && jobs.is_empty() {
+        return Err(user_error(
+            "nothing to serve: no [redis.NAME] group and no schedule is configured",
+            "add a schedule = \"0 2 * * *\" to a [files.NAME], [redis.NAME] or [postgres.NAME] table, or a Redis group",
+        ));
+    }
+    let state = state_dir(&cfg);
+    let stop = crate::context::stop_on_signal();
+    let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
+    let exe = std::env::current_exe()?;
+    let gargs = global_args(global, &cfg);
+    record(
+        &state,
+        &Event::new(
+            "serve",
+            "serve-started",
+            "info",
+            format!("watching {} redis group(s), {} scheduled job(s)", groups.len(), jobs.len()),
+        )
+        .with(json!({ "jobs": jobs.iter().map(|j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(Utc::now()) })).collect::<Vec<_>>() })),
+    );
+    if !global.quiet && !global.json {
+        eprintln!(
+            "cirkel serve: {} redis group(s), {} scheduled job(s); events go to {}",
+            groups.len(),
+            jobs.len(),
+            state.root().display()
+        );
+    }
+    std::thread::scope(|s| {
+        for g in &groups {
+            let (state, stop) = (&state, stop.clone());
+            s.spawn(move || {
+                if let Err(e) = cirkel_redis::watch::watch(g, state, stop) {
+                    tracing::error!("watcher of {} stopped: {e:#}", g.name);
+                }
+            });
+        }
+        for job in &jobs {
+            let (exe, gargs, job, state, stop) = (exe.clone(), gargs.clone(), job.clone(), state.clone(), stop.clone());
+            s.spawn(move || schedule_loop(exe, gargs, job, state, stop));
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plans_jobs_come_from_the_configuration() {
+        let cfg = Config::parse(
+            r#"
+[repositories.dr]
+url = "/tmp/dr"
+[files.static]
+paths = ["/srv/static"]
+tags = ["static"]
+schedule = "0 2 * * *"
+copy_to = ["dr"]
+[files.static.retention]
+keep_daily = 35
+[postgres.main]
+schedule = "0 2 * * *"
+weekly_schedule = "0 3 * * 0"
+copy_to = ["dr"]
+"#,
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let jobs = jobs(&cfg).unwrap();
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["files/static", "postgres/main/daily", "postgres/main/weekly"]);
+        assert_eq!(jobs[0].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "static"]));
+        assert_eq!(jobs[0].steps[2], args(&["repo", "prune", "--tag", "static", "--keep-daily", "35"]));
+        assert_eq!(jobs[2].steps[0], args(&["pg", "backup", "--cluster", "main", "--type", "full", "--tag", "weekly"]));
+        assert_eq!(jobs[2].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "weekly"]));
+    }
+}
