@@ -122,6 +122,11 @@ for mode in $MODES; do
         redis-benchmark -h 127.0.0.1 -p "$m" -t set -d 256 -c 4 -r 100000 -n 2000000000 -q >/dev/null 2>&1 &
         LOAD=$!
         sleep 2
+        # How far the replicas trail the loaded master, sampled once.
+        "$BIN" --json status 2>/dev/null | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["redis"][0]
+print(max((m.get("lag_bytes") or 0) for m in g["members"]))' >"$OUT/$mode-$run.lag" || echo 0 >"$OUT/$mode-$run.lag"
         "$BIN" --json drill redis-failover --timeout 120s >"$OUT/$mode-$run.json" 2>"$OUT/$mode-$run.err" || true
         kill "$LOAD" 2>/dev/null || true
         wait "$LOAD" 2>/dev/null || true
@@ -130,7 +135,8 @@ for mode in $MODES; do
 import json, sys
 r = json.load(open(sys.argv[1]))
 t = r["timeline_s"]
-print(f"  run {sys.argv[2]:>2}: RTO {r['rto_s'] or float('nan'):6.2f} s  sdown {t.get('sdown_s', float('nan')):6.2f} s  "
+lag = open(sys.argv[1].replace(".json", ".lag")).read().strip()
+print(f"  run {sys.argv[2]:>2}: replica lag {lag:>7} B  RTO {r['rto_s'] or float('nan'):6.2f} s  sdown {t.get('sdown_s', float('nan')):6.2f} s  "
       f"switch {t.get('switch_master_s', float('nan')):6.2f} s  lost writes {r['writes_lost']}  "
       f"lost bytes >= {r['lost_bytes_at_least']}  rejoin {r['rejoin_s'] or float('nan'):5.2f} s  passed {r['passed']}")
 EOF
@@ -166,12 +172,14 @@ for mode in ("sentinel-defaults", "cirkel"):
         bytes_max=max((r["lost_bytes_at_least"] or 0) for r in reps), limit=reps[0]["max_lag_bytes"],
         rejoin=statistics.median([r["rejoin_s"] for r in reps if r["rejoin_s"] is not None] or [float("nan")]),
         acked=sum(r["writes_acknowledged"] for r in reps),
+        lag=[int(open(f.replace(".json", ".lag")).read().strip() or 0) for f in sorted(glob.glob(f"{out}/{mode}-*.json")) if os.path.exists(f.replace(".json", ".lag"))],
     )
 print()
-print("| settings | kills | RTO median | RTO p99 | RTO max | +sdown median | lost acked writes (total / worst run) | lost bytes, worst run | loss limit | rejoin median |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| settings | kills | replica lag under load (median / max sample) | RTO median | RTO p99 | RTO max | +sdown median | lost acked writes (total / worst run) | lost bytes, worst run | loss limit | rejoin median |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for mode, r in rows.items():
-    print(f"| {mode} | {r['runs']} ({r['failed']} without failover) | {r['rto_med']:.2f} s | {r['rto_p99']:.2f} s | {r['rto_max']:.2f} s | "
+    lag = f"{statistics.median(r['lag']):.0f} / {max(r['lag'])} B" if r["lag"] else "-"
+    print(f"| {mode} | {r['runs']} ({r['failed']} without failover) | {lag} | {r['rto_med']:.2f} s | {r['rto_p99']:.2f} s | {r['rto_max']:.2f} s | "
           f"{r['sdown']:.2f} s | {r['lost']} of {r['acked']} / {r['lost_max']} | {r['bytes_max']} | {r['limit']} | {r['rejoin']:.2f} s |")
 if len(rows) == 2:
     a, b = rows["sentinel-defaults"], rows["cirkel"]

@@ -115,7 +115,7 @@ pub struct FileSetConfig {
 
 /// A PostgreSQL cluster (`[postgres.NAME]`). Passwords come from libpq's
 /// own sources (`~/.pgpass`, `PGPASSWORD`) or peer authentication.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PostgresConfig {
     pub pgdata: Option<PathBuf>,
     /// Host name, IP address, or socket directory.
@@ -131,6 +131,42 @@ pub struct PostgresConfig {
     pub weekly_schedule: Option<String>,
     /// Named repositories each weekly backup (and the WAL) is copied to.
     pub copy_to: Vec<String>,
+    /// The members of a replicated cluster (`[postgres.NAME.members.M]`), for
+    /// `cirkel status` and `cirkel pg failover --explain`.
+    pub members: BTreeMap<String, PgMemberConfig>,
+    pub health: HealthConfig,
+    /// A standby further behind the primary than this is never promoted.
+    pub max_lag_bytes: u64,
+}
+
+/// One member of a PostgreSQL cluster.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PgMemberConfig {
+    pub host: String,
+    pub port: u16,
+    /// Availability zone label (the plan's eu-north-1a, …).
+    pub zone: String,
+    /// 0: never promote; a higher priority wins between equally advanced standbys.
+    pub priority: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            pgdata: None,
+            host: None,
+            port: None,
+            user: None,
+            database: None,
+            bindir: None,
+            schedule: None,
+            weekly_schedule: None,
+            copy_to: Vec::new(),
+            members: BTreeMap::new(),
+            health: HealthConfig::default(),
+            max_lag_bytes: 1 << 20,
+        }
+    }
 }
 
 impl PostgresConfig {

@@ -280,6 +280,22 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             schedule: t.schedule("schedule"),
             weekly_schedule: t.schedule("weekly_schedule"),
             copy_to: t.strings("copy_to"),
+            members: t
+                .named_tables("members")
+                .into_iter()
+                .map(|(n, mut m)| {
+                    let member = crate::PgMemberConfig {
+                        host: m.required_string("host", "\"10.0.0.1\""),
+                        port: m.integer("port", 1..65536).map(|p| p as u16).unwrap_or(5432),
+                        zone: m.string("zone").unwrap_or_default(),
+                        priority: m.integer("priority", 0..1_000_001).map(|p| p as u32).unwrap_or(100),
+                    };
+                    m.finish();
+                    (n, member)
+                })
+                .collect(),
+            health: t.table("health").map(read_health).unwrap_or_default(),
+            max_lag_bytes: t.integer("max_lag_bytes", 0..i64::MAX).map(|n| n as u64).unwrap_or(1 << 20),
         };
         t.finish();
         cfg.postgres.insert(name, pc);

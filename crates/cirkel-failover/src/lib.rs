@@ -21,6 +21,40 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// Consecutive-result health of one member, in the plan's form: it turns
+/// healthy after `healthy_threshold` good checks in a row and unhealthy after
+/// `unhealthy_threshold` bad ones, so a flapping check changes nothing.
+#[derive(Debug, Default)]
+pub struct HealthCounter {
+    healthy: Option<bool>,
+    good: u32,
+    bad: u32,
+}
+
+impl HealthCounter {
+    /// Feeds one probe result; returns the new state when it changed.
+    pub fn observe(&mut self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        if ok {
+            self.good += 1;
+            self.bad = 0;
+        } else {
+            self.bad += 1;
+            self.good = 0;
+        }
+        let next = if self.good >= healthy_after {
+            true
+        } else if self.bad >= unhealthy_after {
+            false
+        } else {
+            return None;
+        };
+        (self.healthy != Some(next)).then(|| {
+            self.healthy = Some(next);
+            next
+        })
+    }
+}
+
 /// A cluster member as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -235,6 +269,25 @@ impl Decider {
             Some((m, lsn)) => Ok((m.name.clone(), self.primary_lsn.saturating_sub(lsn))),
             None => Err(rejections),
         }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn health_needs_consecutive_results() {
+        let mut h = HealthCounter::default();
+        assert_eq!(h.observe(true, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), Some(true));
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), None, "a flap resets the count");
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), Some(false));
+        assert_eq!(h.observe(false, 2, 3), None, "reported once");
     }
 }
 

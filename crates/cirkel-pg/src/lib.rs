@@ -18,6 +18,7 @@ pub mod conn;
 pub mod control;
 pub mod dump;
 pub mod expire;
+pub mod members;
 pub mod restore;
 pub mod stream;
 pub mod verify;

@@ -24,41 +24,10 @@ use serde_json::json;
 use crate::events::{SentinelEvent, follow};
 use crate::group::Group;
 use crate::resp::Addr;
+use cirkel_failover::HealthCounter;
 
 /// How often the master's offset is read.
 pub const OFFSET_POLL: Duration = Duration::from_millis(100);
-
-/// Consecutive-result health state of one member.
-#[derive(Debug, Default)]
-struct Health {
-    healthy: Option<bool>,
-    good: u32,
-    bad: u32,
-}
-
-impl Health {
-    /// Feeds one probe result; returns the new state when it changed.
-    fn observe(&mut self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
-        if ok {
-            self.good += 1;
-            self.bad = 0;
-        } else {
-            self.bad += 1;
-            self.good = 0;
-        }
-        let next = if self.good >= healthy_after {
-            true
-        } else if self.bad >= unhealthy_after {
-            false
-        } else {
-            return None;
-        };
-        (self.healthy != Some(next)).then(|| {
-            self.healthy = Some(next);
-            next
-        })
-    }
-}
 
 /// What the watcher has seen of the current failover.
 #[derive(Debug, Default)]
@@ -77,7 +46,7 @@ struct Watch<'a> {
     outage_evaluated: bool,
     held: bool,
     timeline: Timeline,
-    health: HashMap<Addr, Health>,
+    health: HashMap<Addr, HealthCounter>,
 }
 
 /// Watches `group` until `stop` is set.
@@ -366,24 +335,5 @@ impl Watch<'_> {
                 );
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_needs_consecutive_results() {
-        let mut h = Health::default();
-        assert_eq!(h.observe(true, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), Some(true));
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(true, 2, 3), None, "a flap resets the count");
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), None);
-        assert_eq!(h.observe(false, 2, 3), Some(false));
-        assert_eq!(h.observe(false, 2, 3), None, "reported once");
     }
 }

@@ -60,7 +60,7 @@ pub enum Command {
     /// Redis: RDB backups and restores.
     #[command(subcommand)]
     Redis(RedisCmd),
-    /// Health, roles, offsets and lag of every configured Redis group.
+    /// Health, roles, positions and lag of every configured Redis group and PostgreSQL cluster.
     Status(StatusArgs),
     /// Recorded events: failovers with their timelines and losses, held failovers, members down.
     Events(EventsArgs),
@@ -118,6 +118,18 @@ pub enum PgCmd {
     Verify(PgVerifyArgs),
     /// Apply the retention plan: daily 35 d, weekly 90 d, pre-deploy 7 d, WAL 7 d beyond what kept backups need.
     Expire(PgExpireArgs),
+    /// Who would be promoted if the primary failed now, and why the other members would not.
+    Failover(PgFailoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgFailoverArgs {
+    /// The cluster: a [postgres.NAME] table with members (default: the only one with members).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Explain the decision without acting (required: this command only explains).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -505,6 +517,9 @@ pub struct StatusArgs {
     /// Only this Redis group.
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// Only this PostgreSQL cluster.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]

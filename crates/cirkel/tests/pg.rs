@@ -573,3 +573,110 @@ fn backup_from_a_standby_restores() {
     let restored = e.restore_and_start(&["--latest"]);
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "20");
 }
+
+#[test]
+fn status_and_failover_explain_see_primary_standbys_and_lag() {
+    let e = PgEnv::new();
+    let mut primary = PgCluster::init(&[]);
+    primary.start();
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let mut b = PgCluster::standby_of(&primary);
+    b.start();
+    let mut c = PgCluster::standby_of(&primary);
+    c.start();
+    insert_rows(&primary, 1, 100);
+    let member = |name: &str, pg: &PgCluster, zone: &str, prio: u32| {
+        format!(
+            "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\nzone = \"{zone}\"\npriority = {prio}\n",
+            pg.socket_dir.display(),
+            pg.port
+        )
+    };
+    let config = e.env.path("ha.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\n[postgres.main.health]\ninterval = \"200ms\"\n{}{}{}",
+            member("a", &primary, "z1", 100),
+            member("b", &b, "z2", 100),
+            member("c", &c, "z3", 0)
+        ),
+    )
+    .unwrap();
+    chown_postgres(&config);
+    let cfg = config.to_str().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        let out = e.cmd(None, &["--json", "--config", cfg, "status"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "cluster never healthy: {v:#} {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pg = &status["postgres"][0];
+    assert_eq!(pg["primary"], "a", "{pg:#}");
+    let members = pg["members"].as_array().unwrap();
+    for m in &members[1..] {
+        assert_eq!(m["role"], "standby");
+        assert!(m["receiver"].as_str().unwrap().starts_with("streaming"), "{m:#}");
+        assert!(m["lag_bytes"].as_u64().is_some(), "{m:#}");
+    }
+    assert_eq!(members[1]["zone"], "z2");
+
+    let ex = e.json(None, &["--config", cfg, "pg", "failover", "--explain"]);
+    assert_eq!(ex["explanation"]["candidate"], "b", "{ex:#}");
+    let rejected = ex["explanation"]["rejections"].to_string();
+    assert!(rejected.contains("\"c\"") && rejected.contains("priority 0"), "{rejected}");
+    let err = e.fails(None, &["--config", cfg, "pg", "failover"]);
+    assert!(err.contains("--explain"), "{err}");
+
+    // The daemon watches the members.
+    let state = e.env.path("state");
+    let mut serve = e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap();
+    let events = |kind: &str| -> Vec<serde_json::Value> {
+        let out = e
+            .cmd(None, &["--json", "--config", cfg, "events", "--kind", kind])
+            .env("CIRKEL_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let wait_event = |kind: &str| {
+        let start = Instant::now();
+        loop {
+            if let Some(ev) = events(kind).pop() {
+                return ev;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no {kind} event");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_event("watch-started");
+
+    // The only promotable standby goes away: nobody qualifies, and status says why.
+    b.kill9();
+    let down = wait_event("member-down");
+    assert_eq!(down["details"]["member"], "b", "{down:#}");
+    let out = e.cmd(None, &["--json", "--config", cfg, "pg", "failover", "--explain"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let ex: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(ex["explanation"]["candidate"].is_null(), "{ex:#}");
+    let why = ex["explanation"]["rejections"].to_string();
+    assert!(why.contains("unhealthy") && why.contains("never-promote"), "{why}");
+    let out = e.cmd(None, &["--json", "--config", cfg, "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["postgres"][0]["problems"].to_string().contains("member b unreachable"), "{v:#}");
+
+    // Then the primary: the decision core finds nobody to promote, and says so.
+    primary.kill9();
+    let alarm = wait_event("no-failover-candidate");
+    assert!(alarm["message"].as_str().unwrap().contains("never-promote"), "{alarm:#}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

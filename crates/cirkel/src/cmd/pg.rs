@@ -28,6 +28,7 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
         PgCmd::DumpRestore(a) => dump_restore(global, a),
         PgCmd::Verify(a) => verify(global, a),
         PgCmd::Expire(a) => expire(global, a),
+        PgCmd::Failover(a) => failover(global, a),
     }
 }
 
@@ -511,4 +512,61 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster `--cluster` names, or the only one with members.
+pub fn member_cluster(
+    cfg: &cirkel_config::Config,
+    name: Option<&str>,
+) -> anyhow::Result<(String, cirkel_config::PostgresConfig)> {
+    let with_members: Vec<&String> =
+        cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n).collect();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => match with_members.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(user_error(
+                    "no PostgreSQL cluster with members is configured",
+                    "add [postgres.NAME.members.M] tables (host, port, zone, priority) to the configuration",
+                ));
+            }
+            many => {
+                return Err(user_error(
+                    format!("{} clusters have members", many.len()),
+                    format!(
+                        "name one with --cluster: {}",
+                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    match cfg.postgres.get(&name) {
+        Some(c) if !c.members.is_empty() => Ok((name, c.clone())),
+        Some(_) => Err(user_error(format!("cluster `{name}` has no members"), "add [postgres.NAME.members.M] tables")),
+        None => Err(user_error(format!("no cluster `{name}` in the configuration"), "add a [postgres.NAME] table")),
+    }
+}
+
+fn failover(global: &Global, a: &crate::cli::PgFailoverArgs) -> anyhow::Result<ExitCode> {
+    if !a.explain {
+        return Err(user_error(
+            "`cirkel pg failover` only explains for now",
+            "pass --explain to see whom a failover would promote and why",
+        ));
+    }
+    let cfg = load_config(global)?;
+    let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let (status, ex) = cirkel_pg::members::explain(&name, &c)?;
+    if global.json {
+        print_json(&json!({ "explanation": ex, "status": status }));
+    } else {
+        println!("cluster {name}: primary {}", ex.primary.as_deref().unwrap_or("none"));
+        println!("would promote: {}", ex.reason);
+        for r in &ex.rejections {
+            println!("  not {}: {}", r.member, r.reason);
+        }
+    }
+    Ok(if ex.candidate.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

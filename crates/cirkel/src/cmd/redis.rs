@@ -290,26 +290,74 @@ fn watch(global: &Global, a: &GroupArg) -> anyhow::Result<ExitCode> {
 
 pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let names: Vec<&String> = match &a.group {
+    let only_pg = a.cluster.is_some() && a.group.is_none();
+    let only_redis = a.group.is_some() && a.cluster.is_none();
+    let redis_names: Vec<&String> = match &a.group {
         Some(n) => vec![n],
+        None if only_pg => Vec::new(),
         None => cfg.redis.keys().collect(),
     };
-    if names.is_empty() {
-        return Err(user_error("nothing to show: no [redis.NAME] group is configured", "add one to --config"));
+    let pg_names: Vec<String> = match &a.cluster {
+        Some(n) => vec![n.clone()],
+        None if only_redis => Vec::new(),
+        None => cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n.clone()).collect(),
+    };
+    if redis_names.is_empty() && pg_names.is_empty() {
+        return Err(user_error(
+            "nothing to show: no Redis group and no PostgreSQL cluster with members is configured",
+            "add a [redis.NAME] table or [postgres.NAME.members.M] tables to --config",
+        ));
     }
-    let mut all = Vec::new();
-    for n in names {
-        all.push(group(&cfg, &GroupArg { group: Some(n.clone()) })?.status());
+    let mut redis = Vec::new();
+    for n in redis_names {
+        redis.push(group(&cfg, &GroupArg { group: Some(n.clone()) })?.status());
     }
-    let healthy = all.iter().all(|s| s.healthy);
+    let mut postgres = Vec::new();
+    for n in &pg_names {
+        let (name, c) = crate::cmd::pg::member_cluster(&cfg, Some(n))?;
+        postgres.push(cirkel_pg::members::status(&name, &c));
+    }
+    let healthy = redis.iter().all(|s| s.healthy) && postgres.iter().all(|s| s.healthy);
     if global.json {
-        print_json(&json!({ "healthy": healthy, "redis": all }));
+        print_json(&json!({ "healthy": healthy, "redis": redis, "postgres": postgres }));
     } else {
-        for s in &all {
+        for s in &postgres {
+            print_pg_status(s);
+        }
+        for s in &redis {
             print_status(s);
         }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_pg_status(s: &cirkel_pg::members::ClusterStatus) {
+    println!(
+        "postgres cluster {}: {}, primary {}",
+        s.cluster,
+        if s.healthy { "healthy" } else { "DEGRADED" },
+        s.primary.as_deref().unwrap_or("none")
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["Member", "Address", "Zone", "Role", "TL", "LSN", "Lag", "Receiver", "Priority"]);
+    for m in &s.members {
+        t.add_row([
+            m.name.clone(),
+            format!("{}:{}", m.host, m.port),
+            m.zone.clone(),
+            if m.reachable { m.role.clone().unwrap_or_default() } else { "DOWN".into() },
+            m.timeline.map(|t| t.to_string()).unwrap_or_default(),
+            m.lsn.clone().unwrap_or_default(),
+            m.lag_bytes.map(human_bytes).unwrap_or_default(),
+            m.receiver.clone().unwrap_or_default(),
+            m.priority.to_string(),
+        ]);
+    }
+    println!("{t}");
+    for p in &s.problems {
+        println!("  problem: {p}");
+    }
 }
 
 fn print_status(s: &GroupStatus) {

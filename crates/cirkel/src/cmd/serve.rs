@@ -184,9 +184,11 @@ fn schedule_loop(exe: PathBuf, global: Vec<String>, job: Job, state: StateDir, s
 pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let jobs = jobs(&cfg)?;
-    if cfg.redis.is_empty() && jobs.is_empty() {
+    let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
+        cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();
+    if cfg.redis.is_empty() && jobs.is_empty() && clusters.is_empty() {
         return Err(user_error(
-            "nothing to serve: no [redis.NAME] group and no schedule is configured",
+            "nothing to serve: no [redis.NAME] group, no cluster with members and no schedule is configured",
             "add a schedule = \"0 2 * * *\" to a [files.NAME], [redis.NAME] or [postgres.NAME] table, or a Redis group",
         ));
     }
@@ -201,7 +203,12 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
             "serve",
             "serve-started",
             "info",
-            format!("watching {} redis group(s), {} scheduled job(s)", groups.len(), jobs.len()),
+            format!(
+                "watching {} redis group(s) and {} postgres cluster(s), {} scheduled job(s)",
+                groups.len(),
+                clusters.len(),
+                jobs.len()
+            ),
         )
         .with(json!({ "jobs": jobs.iter().map(|j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(Utc::now()) })).collect::<Vec<_>>() })),
     );
@@ -219,6 +226,14 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
             s.spawn(move || {
                 if let Err(e) = cirkel_redis::watch::watch(g, state, stop) {
                     tracing::error!("watcher of {} stopped: {e:#}", g.name);
+                }
+            });
+        }
+        for (name, c) in &clusters {
+            let (state, stop) = (&state, stop.clone());
+            s.spawn(move || {
+                if let Err(e) = cirkel_pg::members::watch(name, c, state, stop) {
+                    tracing::error!("watcher of postgres cluster {name} stopped: {e:#}");
                 }
             });
         }

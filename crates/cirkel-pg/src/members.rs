@@ -1,0 +1,351 @@
+//! The members of a replicated cluster: who is primary, who streams from
+//! whom, how far behind each standby is, and whom a failover would promote
+//! now (the decision core of `cirkel-failover`, fed one round of probes).
+
+use std::time::{Duration, Instant};
+
+use cirkel_config::PostgresConfig;
+use cirkel_failover::{Decider, Member, Policy, Probe, Rejection, Role};
+use serde::Serialize;
+
+use crate::conn::{PgConn, parse_lsn};
+
+/// One member, as probed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemberState {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub zone: String,
+    pub priority: u32,
+    pub reachable: bool,
+    pub error: Option<String>,
+    /// `primary` or `standby`.
+    pub role: Option<String>,
+    pub timeline: Option<i32>,
+    /// Primary: current write LSN. Standby: last WAL received.
+    pub lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    /// Bytes of WAL a standby lacks against the primary.
+    pub lag_bytes: Option<u64>,
+    /// A standby's WAL receiver: its status and where it streams from.
+    pub receiver: Option<String>,
+    pub latency_ms: Option<f64>,
+    #[serde(skip)]
+    lsn_bytes: Option<u64>,
+}
+
+/// A cluster's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub primary: Option<String>,
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    pub members: Vec<MemberState>,
+}
+
+/// Whom a failover would promote now, and why the others would not be.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    pub cluster: String,
+    pub primary: Option<String>,
+    pub candidate: Option<String>,
+    /// WAL the candidate lacks against the primary's last known position.
+    pub candidate_lag_bytes: Option<u64>,
+    pub rejections: Vec<Rejection>,
+    pub max_lag_bytes: u64,
+    pub reason: String,
+}
+
+fn conninfo(c: &PostgresConfig, host: &str, port: u16, timeout: Duration) -> String {
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut s = format!("host={} port={port} connect_timeout={}", q(host), timeout.as_secs().max(1));
+    if let Some(u) = &c.user {
+        s.push_str(&format!(" user={}", q(u)));
+    }
+    if let Some(d) = &c.database {
+        s.push_str(&format!(" dbname={}", q(d)));
+    }
+    s
+}
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+    CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
+         ELSE pg_current_wal_lsn()::text END, \
+    pg_last_wal_replay_lsn()::text, \
+    (SELECT timeline_id FROM pg_control_checkpoint()), \
+    (SELECT status || ' from ' || COALESCE(sender_host, '?') || ':' || COALESCE(sender_port::text, '?') \
+       FROM pg_stat_wal_receiver LIMIT 1)";
+
+/// Probes one member within `timeout`.
+pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
+    let m = c.members.get(name).cloned().unwrap_or_default();
+    let mut st = MemberState {
+        name: name.to_string(),
+        host: m.host.clone(),
+        port: m.port,
+        zone: m.zone.clone(),
+        priority: m.priority,
+        ..Default::default()
+    };
+    let info = conninfo(c, &m.host, m.port, timeout);
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = PgConn::connect(Some(&info)).and_then(|conn| {
+            let row = conn.query_one(PROBE_SQL)?;
+            Ok((
+                row.get::<_, bool>(0),
+                row.get::<_, Option<String>>(1),
+                row.get::<_, Option<String>>(2),
+                row.get::<_, Option<i32>>(3),
+                row.get::<_, Option<String>>(4),
+            ))
+        });
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(timeout) {
+        Err(_) => st.error = Some(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => st.error = Some(format!("{e:#}")),
+        Ok(Ok((in_recovery, lsn, replay, timeline, receiver))) => {
+            st.reachable = true;
+            st.role = Some(if in_recovery { "standby" } else { "primary" }.to_string());
+            st.lsn_bytes = lsn.as_deref().and_then(parse_lsn);
+            st.lsn = lsn;
+            st.replay_lsn = replay.filter(|_| in_recovery);
+            st.timeline = timeline;
+            st.receiver = receiver;
+        }
+    }
+    st.latency_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+    st
+}
+
+/// Probes every member at once and says what is wrong.
+pub fn status(cluster: &str, c: &PostgresConfig) -> ClusterStatus {
+    let timeout = c.health.timeout;
+    let mut members: Vec<MemberState> = std::thread::scope(|s| {
+        let hs: Vec<_> = c.members.keys().map(|n| s.spawn(move || probe(c, n, timeout))).collect();
+        hs.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let primaries: Vec<&MemberState> = members.iter().filter(|m| m.role.as_deref() == Some("primary")).collect();
+    let mut problems = Vec::new();
+    let primary = match primaries.as_slice() {
+        [one] => Some(one.name.clone()),
+        [] => {
+            problems.push("no reachable member runs as primary".to_string());
+            None
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|m| m.name.as_str()).collect();
+            problems.push(format!("{} members run as primary ({}): split brain", many.len(), names.join(", ")));
+            None
+        }
+    };
+    let primary_lsn = members.iter().find(|m| Some(&m.name) == primary.as_ref()).and_then(|m| m.lsn_bytes);
+    for m in &mut members {
+        if m.role.as_deref() == Some("standby") {
+            m.lag_bytes = primary_lsn.zip(m.lsn_bytes).map(|(p, s)| p.saturating_sub(s));
+        }
+    }
+    for m in &members {
+        if !m.reachable {
+            problems.push(format!("member {} unreachable: {}", m.name, m.error.as_deref().unwrap_or("")));
+        } else if m.role.as_deref() == Some("standby")
+            && !m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
+        {
+            problems.push(format!(
+                "standby {} is not streaming ({})",
+                m.name,
+                m.receiver.as_deref().unwrap_or("no WAL receiver")
+            ));
+        }
+    }
+    ClusterStatus { cluster: cluster.to_string(), primary, healthy: problems.is_empty(), problems, members }
+}
+
+/// Whom a failover would promote if the primary failed now.
+pub fn explain(cluster: &str, c: &PostgresConfig) -> anyhow::Result<(ClusterStatus, Explanation)> {
+    let st = status(cluster, c);
+    let members: Vec<Member> =
+        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
+    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
+    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    decider.observe(&probes(&st));
+    let mut ex = Explanation {
+        cluster: cluster.to_string(),
+        primary: st.primary.clone(),
+        candidate: None,
+        candidate_lag_bytes: None,
+        rejections: Vec::new(),
+        max_lag_bytes: c.max_lag_bytes,
+        reason: String::new(),
+    };
+    match &st.primary {
+        None => ex.reason = format!("nobody: {}", st.problems.join("; ")),
+        Some(p) => match decider.choose(p) {
+            Ok((name, lag)) => {
+                ex.reason = format!(
+                    "{name}: the healthy, promotable standby with the most WAL received ({} behind {p})",
+                    human(lag)
+                );
+                ex.candidate = Some(name);
+                ex.candidate_lag_bytes = Some(lag);
+            }
+            Err(rejections) => {
+                ex.reason = "nobody: no standby qualifies".into();
+                ex.rejections = rejections;
+            }
+        },
+    }
+    if ex.candidate.is_some() {
+        // The others' reasons, for the record.
+        if let Some(p) = &st.primary {
+            let best = ex.candidate.clone().unwrap_or_default();
+            for m in st.members.iter().filter(|m| &m.name != p && m.name != best) {
+                let why = if !m.reachable {
+                    "unhealthy".to_string()
+                } else if m.role.as_deref() != Some("standby") {
+                    "not a standby".to_string()
+                } else if m.priority == 0 {
+                    "never-promote (priority 0)".to_string()
+                } else if m.lag_bytes.is_some_and(|l| l > c.max_lag_bytes) {
+                    format!("{} behind, over the limit", human(m.lag_bytes.unwrap_or(0)))
+                } else {
+                    format!(
+                        "less WAL or lower priority than {best} ({} at {})",
+                        m.lsn.as_deref().unwrap_or("?"),
+                        m.name
+                    )
+                };
+                ex.rejections.push(Rejection { member: m.name.clone(), reason: why });
+            }
+        }
+    }
+    Ok((st, ex))
+}
+
+fn human(bytes: u64) -> String {
+    if bytes < 1024 { format!("{bytes} B") } else { format!("{:.1} KiB", bytes as f64 / 1024.0) }
+}
+
+fn probes(st: &ClusterStatus) -> Vec<Probe> {
+    st.members
+        .iter()
+        .map(|m| Probe {
+            member: m.name.clone(),
+            ok: m.reachable,
+            role: m.role.as_deref().map(|r| if r == "primary" { Role::Primary } else { Role::Replica }),
+            lsn: m.lsn_bytes.unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Watches a cluster until `stop`: health checks with the configured
+/// thresholds, primary changes, split brain, and what the decision core
+/// would do when the primary is down, each recorded as an event. It
+/// detects and decides; it does not promote or fence.
+pub fn watch(
+    cluster: &str,
+    c: &PostgresConfig,
+    state: &cirkel_state::StateDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    use cirkel_failover::{Decision, HealthCounter};
+    use cirkel_state::Event;
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::sync::atomic::Ordering;
+
+    let source = format!("postgres/{cluster}");
+    let record = |e: Event| {
+        match e.severity.as_str() {
+            "info" => tracing::info!("{}: {}", e.source, e.message),
+            _ => tracing::warn!("{}: {}", e.source, e.message),
+        }
+        if let Err(err) = state.record(&e) {
+            tracing::error!("cannot record an event: {err:#}");
+        }
+    };
+    let members: Vec<Member> =
+        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
+    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
+    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let mut health: HashMap<String, HealthCounter> = HashMap::new();
+    let mut primary: Option<String> = None;
+    let mut last_alarm = String::new();
+    record(Event::new(&source, "watch-started", "info", format!("watching {} members", c.members.len())));
+    while !stop.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        let st = status(cluster, c);
+        for m in &st.members {
+            let h = &c.health;
+            match health.entry(m.name.clone()).or_default().observe(
+                m.reachable,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            ) {
+                Some(false) => record(
+                    Event::new(
+                        &source,
+                        "member-down",
+                        "critical",
+                        format!(
+                            "member {} failed {} checks: {}",
+                            m.name,
+                            h.unhealthy_threshold,
+                            m.error.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .with(json!({ "member": m.name, "zone": m.zone })),
+                ),
+                Some(true) => record(
+                    Event::new(&source, "member-up", "info", format!("member {} is healthy", m.name))
+                        .with(json!({ "member": m.name, "zone": m.zone })),
+                ),
+                None => {}
+            }
+        }
+        if st.primary.is_some() && st.primary != primary {
+            if let Some(old) = &primary {
+                record(Event::new(
+                    &source,
+                    "primary-changed",
+                    "warning",
+                    format!("primary is now {} (was {old})", st.primary.as_deref().unwrap_or("")),
+                ));
+            }
+            primary = st.primary.clone();
+        }
+        let (kind, severity, message) = match decider.observe(&probes(&st)) {
+            Decision::Failover { old, new, lost_bytes } => (
+                "failover-needed",
+                "critical",
+                format!("primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind)"),
+            ),
+            Decision::NoCandidate { old, rejections } => (
+                "no-failover-candidate",
+                "critical",
+                format!(
+                    "primary {old} is down and no standby qualifies: {}",
+                    rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
+                ),
+            ),
+            Decision::Misconfigured(why) => ("cluster-misconfigured", "critical", why),
+            _ => ("", "", String::new()),
+        };
+        if message != last_alarm {
+            if !kind.is_empty() {
+                record(Event::new(&source, kind, severity, message.clone()));
+            }
+            last_alarm = message;
+        }
+        let left = c.health.interval.saturating_sub(round.elapsed());
+        let until = Instant::now() + left;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+    Ok(())
+}
