@@ -8,18 +8,27 @@
 //! into parts that are compressed and sealed in parallel, so a 16 MiB segment
 //! costs a few milliseconds on two cores.
 //!
-//! Layout: `CKS1` | plaintext length (u64 LE) | keyed id of the plaintext
-//! (32 bytes) | part count (u32 LE) | per part: stored length (u32 LE) and the
-//! sealed zstd frame (AAD = name and part number).
+//! Layout (`CKS2`, written): `CKS2` | plaintext length (u64 LE) | part count
+//! (u32 LE) | per part: stored length (u32 LE) and the sealed zstd frame
+//! (AAD = name and part number) | keyed id of the plaintext (32 bytes). The
+//! checksum comes last so that parts are written while later ones are still
+//! being compressed. `CKS1` objects (the id after the length, before the part
+//! count) are still read.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use bytes::Bytes;
 
 use crate::backend::Created;
 use crate::{Error, Id, Repository, Result};
 
-const MAGIC: &[u8; 4] = b"CKS1";
+const MAGIC_V1: &[u8; 4] = b"CKS1";
+const MAGIC: &[u8; 4] = b"CKS2";
 const PART: usize = 4 * 1024 * 1024;
-const HEADER: usize = 4 + 8 + 32 + 4;
+const HEADER_V1: usize = 4 + 8 + 32 + 4;
+const HEADER: usize = 4 + 8 + 4;
+const ID_LEN: usize = 32;
 
 /// What storing a stream did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,64 +57,120 @@ fn aad(name: &str, part: usize) -> Vec<u8> {
 }
 
 impl Repository {
-    fn encode_stream(&self, name: &str, data: &[u8], level: i32) -> Result<Vec<u8>> {
-        let parts: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(PART).collect() };
-        let (sealed, id): (Vec<Result<Vec<u8>>>, Id) = std::thread::scope(|s| {
-            // The checksum of the whole runs beside the compression of the parts.
-            let id = s.spawn(|| self.crypto.blob_id(data));
-            let handles: Vec<_> = parts
-                .iter()
-                .enumerate()
-                .map(|(i, part)| {
-                    s.spawn(move || {
-                        let z = zstd::bulk::compress(part, level).map_err(|e| Error::Other(e.to_string()))?;
-                        Ok(self.crypto.seal(&z, &aad(name, i)))
-                    })
-                })
-                .collect();
-            let sealed = handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Other("compression thread".into()))))
-                .collect();
-            (sealed, id.join().unwrap_or_else(|_| self.crypto.blob_id(data)))
-        });
-        let mut out = Vec::with_capacity(HEADER + data.len() / 2);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        out.extend_from_slice(&id.0);
-        out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        for p in sealed {
-            let p = p?;
-            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            out.extend_from_slice(&p);
-        }
-        Ok(out)
-    }
-
-    fn stream_id(stored: &[u8]) -> Option<Id> {
-        if stored.len() < HEADER || &stored[..4] != MAGIC {
-            return None;
-        }
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&stored[12..44]);
-        Some(Id(id))
-    }
-
-    /// Stores `data` as stream `name` in `namespace`.
+    /// Stores `data` as stream `name` in `namespace`. Parts are compressed
+    /// and sealed by two workers in order while the ones already done are
+    /// written, and the checksum of the whole is computed beside them.
     pub fn put_stream(&self, namespace: &str, name: &str, data: &[u8], level: i32) -> Result<PutOutcome> {
-        let stored = self.encode_stream(name, data, level)?;
+        let parts: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(PART).collect() };
         let k = key(namespace, name);
-        match self.block_on(self.backend.create(&k, Bytes::from(stored)))? {
+        let next = AtomicUsize::new(0);
+        let (created, id) = std::thread::scope(|s| -> Result<(Created, Id)> {
+            let id_thread = std::cell::RefCell::new(Some(s.spawn(|| self.crypto.blob_id(data))));
+            let id_done = std::cell::Cell::new(None::<Id>);
+            let take_id = || -> Result<Id> {
+                if let Some(id) = id_done.get() {
+                    return Ok(id);
+                }
+                let handle = id_thread.borrow_mut().take().ok_or_else(|| Error::Other("checksum thread".into()))?;
+                let id = handle.join().map_err(|_| Error::Other("checksum thread".into()))?;
+                id_done.set(Some(id));
+                Ok(id)
+            };
+            let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>>)>();
+            let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, parts.len());
+            for _ in 0..workers {
+                let (tx, next, parts) = (tx.clone(), &next, &parts);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(part) = parts.get(i) else { return };
+                        let sealed = zstd::bulk::compress(part, level)
+                            .map(|z| self.crypto.seal(&z, &aad(name, i)))
+                            .map_err(|e| Error::Other(e.to_string()));
+                        if tx.send((i, sealed)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut header = Vec::with_capacity(HEADER);
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            header.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+            // The pieces in order: the header, each part behind its length,
+            // then the checksum once every part is out.
+            let mut ready = std::collections::BTreeMap::new();
+            let mut want = 0;
+            let mut failed = false;
+            let mut body = std::iter::from_fn(|| {
+                if failed || want > parts.len() {
+                    return None;
+                }
+                if want == parts.len() {
+                    want += 1;
+                    return Some(take_id().map(|id| id.0.to_vec()).map_err(|e| std::io::Error::other(e.to_string())));
+                }
+                while !ready.contains_key(&want) {
+                    match rx.recv() {
+                        Ok((i, r)) => {
+                            ready.insert(i, r);
+                        }
+                        Err(_) => {
+                            failed = true;
+                            return Some(Err(std::io::Error::other("compression thread")));
+                        }
+                    }
+                }
+                want += 1;
+                match ready.remove(&(want - 1)) {
+                    Some(Ok(sealed)) => {
+                        let mut piece = Vec::with_capacity(4 + sealed.len());
+                        piece.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+                        piece.extend_from_slice(&sealed);
+                        Some(Ok(piece))
+                    }
+                    Some(Err(e)) => {
+                        failed = true;
+                        Some(Err(std::io::Error::other(e.to_string())))
+                    }
+                    None => None,
+                }
+            });
+            let mut pieces = std::iter::once(Ok(header)).chain(&mut body);
+            let created = match self.backend.create_pieces(&k, &mut pieces) {
+                Some(r) => r?,
+                None => {
+                    let mut all = Vec::with_capacity(HEADER + data.len() / 2);
+                    for p in pieces.by_ref() {
+                        all.extend_from_slice(&p.map_err(|e| Error::Other(e.to_string()))?);
+                    }
+                    self.block_on(self.backend.create(&k, Bytes::from(all)))?
+                }
+            };
+            Ok((created, take_id()?))
+        })?;
+        match created {
             Created::New => Ok(PutOutcome::Stored),
             Created::Existed => {
                 let existing = self.block_on(self.backend.read(&k))?;
-                if Self::stream_id(&existing) == Some(self.crypto.blob_id(data)) {
+                if Self::stream_id(&existing) == Some(id) {
                     Ok(PutOutcome::AlreadyPresent)
                 } else {
                     Err(Error::StreamConflict(k))
                 }
             }
         }
+    }
+
+    fn stream_id(stored: &[u8]) -> Option<Id> {
+        let mut id = [0u8; ID_LEN];
+        match stored.get(..4)? {
+            m if m == MAGIC && stored.len() >= HEADER + ID_LEN => id.copy_from_slice(&stored[stored.len() - ID_LEN..]),
+            m if m == MAGIC_V1 && stored.len() >= HEADER_V1 => id.copy_from_slice(&stored[12..44]),
+            _ => return None,
+        }
+        Some(Id(id))
     }
 
     /// Reads, authenticates and checks a stream.
@@ -118,12 +183,16 @@ impl Repository {
     fn decode_stream(&self, k: &str, name: &str, stored: &[u8]) -> Result<Vec<u8>> {
         let bad = |d: &str| Error::corrupt("stream", k, d);
         let id = Self::stream_id(stored).ok_or_else(|| bad("not a stream object"))?;
+        let v1 = &stored[..4] == MAGIC_V1;
+        let (count_at, body_start, body_end) =
+            if v1 { (44, HEADER_V1, stored.len()) } else { (12, HEADER, stored.len() - ID_LEN) };
+        let stored = &stored[..body_end];
         let len = u64::from_le_bytes(stored[4..12].try_into().map_err(|_| bad("header"))?) as usize;
-        let count = u32::from_le_bytes(stored[44..48].try_into().map_err(|_| bad("header"))?) as usize;
+        let count = u32::from_le_bytes(stored[count_at..count_at + 4].try_into().map_err(|_| bad("header"))?) as usize;
         if count > stored.len() / 4 || len > count.saturating_mul(PART) {
             return Err(bad("header lengths are impossible"));
         }
-        let mut pos = HEADER;
+        let mut pos = body_start;
         let mut spans = Vec::with_capacity(count);
         for _ in 0..count {
             let l = stored.get(pos..pos + 4).ok_or_else(|| bad("truncated"))?;
@@ -193,5 +262,107 @@ impl Repository {
             }
         }
         Ok((objs.len(), bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::backend::{BackendError, LocalBackend, ObjectInfo};
+    use crate::crypto::KdfParams;
+    use crate::{Backend, InitOptions};
+
+    /// A local directory that cannot write piece by piece, like S3.
+    #[derive(Debug)]
+    struct Gathering(LocalBackend);
+
+    #[async_trait]
+    impl Backend for Gathering {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn create(&self, key: &str, data: Bytes) -> std::result::Result<Created, BackendError> {
+            self.0.create(key, data).await
+        }
+        async fn read(&self, key: &str) -> std::result::Result<Bytes, BackendError> {
+            self.0.read(key).await
+        }
+        async fn read_range(&self, key: &str, range: Range<u64>) -> std::result::Result<Bytes, BackendError> {
+            self.0.read_range(key, range).await
+        }
+        async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, BackendError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> std::result::Result<(), BackendError> {
+            self.0.delete(key).await
+        }
+    }
+
+    fn repo(backend: Arc<dyn Backend>) -> Repository {
+        let opts = InitOptions { kdf: KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 }, ..Default::default() };
+        Repository::init(backend, Some(b"pw"), opts).unwrap()
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i % 7) as u8).collect()
+    }
+
+    #[test]
+    fn streams_round_trip_written_piece_by_piece_or_gathered() {
+        let dir = tempfile::tempdir().unwrap();
+        let piecewise = repo(Arc::new(LocalBackend::new(dir.path().join("a"))));
+        let gathered = repo(Arc::new(Gathering(LocalBackend::new(dir.path().join("b")))));
+        for r in [&piecewise, &gathered] {
+            for (i, len) in [0, 1, PART, 4 * PART + 3].into_iter().enumerate() {
+                let d = data(len);
+                let name = format!("s{i}");
+                assert_eq!(r.put_stream("ns", &name, &d, 1).unwrap(), PutOutcome::Stored);
+                assert_eq!(r.get_stream("ns", &name).unwrap(), d);
+                assert_eq!(r.put_stream("ns", &name, &d, 1).unwrap(), PutOutcome::AlreadyPresent);
+            }
+            let err = r.put_stream("ns", "s1", b"other", 1).unwrap_err();
+            assert!(matches!(err, Error::StreamConflict(_)), "{err}");
+            assert_eq!(r.check_streams().unwrap().1, Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn the_first_layout_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(Arc::new(LocalBackend::new(dir.path().join("a"))));
+        let d = data(PART + 10);
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC_V1);
+        old.extend_from_slice(&(d.len() as u64).to_le_bytes());
+        old.extend_from_slice(&r.crypto.blob_id(&d).0);
+        old.extend_from_slice(&2u32.to_le_bytes());
+        for (i, part) in d.chunks(PART).enumerate() {
+            let sealed = r.crypto.seal(&zstd::bulk::compress(part, 1).unwrap(), &aad("old", i));
+            old.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            old.extend_from_slice(&sealed);
+        }
+        r.block_on(r.backend.create(&key("ns", "old"), Bytes::from(old))).unwrap();
+        assert_eq!(r.get_stream("ns", "old").unwrap(), d);
+        assert_eq!(r.put_stream("ns", "old", &d, 1).unwrap(), PutOutcome::AlreadyPresent);
+    }
+
+    #[test]
+    fn a_damaged_stream_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(Arc::new(LocalBackend::new(dir.path().join("a"))));
+        let d = data(PART * 2);
+        r.put_stream("ns", "x", &d, 1).unwrap();
+        let path = dir.path().join("a").join(key("ns", "x"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(r.get_stream("ns", "x").is_err(), "a flipped checksum bit is caught");
     }
 }

@@ -43,6 +43,16 @@ impl LocalBackend {
     }
 
     fn create_blocking(&self, key: &str, data: &[u8]) -> Result<Created, BackendError> {
+        self.create_with(key, |f| f.write_all(data))
+    }
+
+    /// Writes a temporary file with `write`, syncs it, and links it into
+    /// place unless the target exists.
+    fn create_with(
+        &self,
+        key: &str,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<Created, BackendError> {
         let target = self.path(key);
         if target.exists() {
             return Ok(Created::Existed);
@@ -55,7 +65,7 @@ impl LocalBackend {
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
+            write(&mut f)?;
             f.sync_all()?;
             drop(f);
             match std::fs::hard_link(&tmp, &target) {
@@ -140,6 +150,19 @@ impl Backend for LocalBackend {
         tokio::task::spawn_blocking(move || this.create_blocking(&key, &data)).await.map_err(|e| {
             BackendError::Fatal { location: self.location(), op: "create", key: String::new(), detail: e.to_string() }
         })?
+    }
+
+    fn create_pieces(
+        &self,
+        key: &str,
+        pieces: &mut dyn Iterator<Item = std::io::Result<Vec<u8>>>,
+    ) -> Option<Result<Created, BackendError>> {
+        Some(self.create_with(key, |f| {
+            for piece in pieces {
+                f.write_all(&piece?)?;
+            }
+            Ok(())
+        }))
     }
 
     async fn read(&self, key: &str) -> Result<Bytes, BackendError> {

@@ -91,6 +91,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Deletes an object; deleting an absent object succeeds.
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
+
+    /// Writes an object whose bytes come piece by piece, in order, unless
+    /// one exists under `key`, so that writing overlaps producing. `None`
+    /// means this backend cannot, and nothing was consumed: the caller
+    /// gathers the pieces and uses `create`.
+    fn create_pieces(
+        &self,
+        _key: &str,
+        _pieces: &mut dyn Iterator<Item = std::io::Result<Vec<u8>>>,
+    ) -> Option<Result<Created, BackendError>> {
+        None
+    }
 }
 
 /// Options for opening a backend from a location string.
