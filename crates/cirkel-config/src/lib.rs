@@ -137,6 +137,10 @@ pub struct PostgresConfig {
     pub health: HealthConfig,
     /// A standby further behind the primary than this is never promoted.
     pub max_lag_bytes: u64,
+    /// `cirkel serve` fails the cluster over by itself (default true).
+    pub auto_failover: bool,
+    /// Address of the read-write endpoint `cirkel serve` opens, e.g. "127.0.0.1:6432".
+    pub proxy_listen: Option<String>,
 }
 
 /// One member of a PostgreSQL cluster.
@@ -148,6 +152,9 @@ pub struct PgMemberConfig {
     pub zone: String,
     /// 0: never promote; a higher priority wins between equally advanced standbys.
     pub priority: u32,
+    /// Data directory, for a member on this host: lets an old primary be
+    /// rewound and restarted as a standby.
+    pub pgdata: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -165,6 +172,8 @@ impl Default for PostgresConfig {
             members: BTreeMap::new(),
             health: HealthConfig::default(),
             max_lag_bytes: 1 << 20,
+            auto_failover: true,
+            proxy_listen: None,
         }
     }
 }

@@ -289,6 +289,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                         port: m.integer("port", 1..65536).map(|p| p as u16).unwrap_or(5432),
                         zone: m.string("zone").unwrap_or_default(),
                         priority: m.integer("priority", 0..1_000_001).map(|p| p as u32).unwrap_or(100),
+                        pgdata: m.string("pgdata").map(|p| m.cx.resolve(&p)),
                     };
                     m.finish();
                     (n, member)
@@ -296,6 +297,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                 .collect(),
             health: t.table("health").map(read_health).unwrap_or_default(),
             max_lag_bytes: t.integer("max_lag_bytes", 0..i64::MAX).map(|n| n as u64).unwrap_or(1 << 20),
+            auto_failover: t.boolean("auto_failover").unwrap_or(true),
+            proxy_listen: t.string("proxy_listen"),
         };
         t.finish();
         cfg.postgres.insert(name, pc);

@@ -243,9 +243,13 @@ fn probes(st: &ClusterStatus) -> Vec<Probe> {
 }
 
 /// Watches a cluster until `stop`: health checks with the configured
-/// thresholds, primary changes, split brain, and what the decision core
-/// would do when the primary is down, each recorded as an event. It
-/// detects and decides; it does not promote or fence.
+/// thresholds, primary changes, split brain, and the decision core's
+/// verdict, each recorded as an event. With `auto_failover` (the default)
+/// it also acts: the endpoint stops routing to a primary declared down
+/// (fencing it for every client of the endpoint), the chosen standby is
+/// promoted, the others follow it, and an old primary that comes back is
+/// rewound into a standby. With `proxy_listen` it serves the read-write
+/// endpoint.
 pub fn watch(
     cluster: &str,
     c: &PostgresConfig,
@@ -257,6 +261,9 @@ pub fn watch(
     use serde_json::json;
     use std::collections::HashMap;
     use std::sync::atomic::Ordering;
+
+    use crate::failover;
+    use crate::proxy::{Router, Target};
 
     let source = format!("postgres/{cluster}");
     let record = |e: Event| {
@@ -272,9 +279,23 @@ pub fn watch(
         c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
     let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
     let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let router = Router::new();
+    let target_of = |name: &str| c.members.get(name).map(|m| Target::new(&m.host, m.port));
+    let proxy = match &c.proxy_listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the endpoint of {cluster}: {e}"))?;
+            let (router, stop) = (router.clone(), stop.clone());
+            Some(std::thread::spawn(move || crate::proxy::run(listener, router, stop)))
+        }
+        None => None,
+    };
     let mut health: HashMap<String, HealthCounter> = HashMap::new();
     let mut primary: Option<String> = None;
     let mut last_alarm = String::new();
+    let mut first_failure: Option<chrono::DateTime<chrono::Utc>> = None;
+    // The old primary after a failover, until it is a standby again.
+    let mut fenced: Option<String> = None;
     record(Event::new(&source, "watch-started", "info", format!("watching {} members", c.members.len())));
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
@@ -307,45 +328,155 @@ pub fn watch(
                 None => {}
             }
         }
-        if st.primary.is_some() && st.primary != primary {
-            if let Some(old) = &primary {
-                record(Event::new(
-                    &source,
-                    "primary-changed",
-                    "warning",
-                    format!("primary is now {} (was {old})", st.primary.as_deref().unwrap_or("")),
-                ));
+        let decision = decider.observe(&probes(&st));
+        let mut alarm = (String::new(), "", String::new());
+        match decision {
+            Decision::Steady { primary: p } => {
+                first_failure = None;
+                if fenced.is_none() || fenced.as_deref() != Some(p.as_str()) {
+                    router.set(target_of(&p));
+                }
+                if primary.as_deref() != Some(p.as_str()) {
+                    if let Some(old) = &primary {
+                        record(Event::new(
+                            &source,
+                            "primary-changed",
+                            "warning",
+                            format!("primary is now {p} (was {old})"),
+                        ));
+                    }
+                    primary = Some(p);
+                }
             }
-            primary = st.primary.clone();
+            Decision::Suspect { .. } => {
+                first_failure.get_or_insert_with(chrono::Utc::now);
+            }
+            Decision::Failover { old, new, lost_bytes } if c.auto_failover => {
+                let detected = first_failure.take().unwrap_or_else(chrono::Utc::now);
+                let decided = chrono::Utc::now();
+                router.set(None);
+                let fenced_at = chrono::Utc::now();
+                match failover::promote(c, &new) {
+                    Ok(()) => {
+                        let promoted_at = chrono::Utc::now();
+                        decider.promoted(&new);
+                        router.set(target_of(&new));
+                        fenced = Some(old.clone());
+                        primary = Some(new.clone());
+                        let mut followed = Vec::new();
+                        for m in st.members.iter().filter(|m| m.name != old && m.name != new && m.reachable) {
+                            match failover::follow(c, &m.name, &new) {
+                                Ok(()) => followed.push(m.name.clone()),
+                                Err(e) => record(Event::new(
+                                    &source,
+                                    "follow-failed",
+                                    "critical",
+                                    format!("{} could not be pointed at {new}: {e:#}", m.name),
+                                )),
+                            }
+                        }
+                        let writable_at = c.proxy_listen.as_deref().and_then(|ep| {
+                            let until = Instant::now() + Duration::from_secs(30);
+                            while Instant::now() < until {
+                                if failover::endpoint_writable(c, ep) {
+                                    return Some(chrono::Utc::now());
+                                }
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            None
+                        });
+                        let secs = |t: chrono::DateTime<chrono::Utc>| (t - detected).num_milliseconds() as f64 / 1000.0;
+                        record(
+                            Event::new(
+                                &source,
+                                "failover",
+                                "critical",
+                                format!("failover {old} → {new}: {lost_bytes} bytes of WAL not received by {new}"),
+                            )
+                            .with(json!({
+                                "old_primary": old,
+                                "new_primary": new,
+                                "lost_bytes": lost_bytes,
+                                "detected": detected,
+                                "decided": decided,
+                                "fenced": fenced_at,
+                                "promoted": promoted_at,
+                                "endpoint_writable": writable_at,
+                                "decided_after_s": secs(decided),
+                                "promoted_after_s": secs(promoted_at),
+                                "endpoint_writable_after_s": writable_at.map(secs),
+                                "followers": followed,
+                            })),
+                        );
+                    }
+                    Err(e) => {
+                        alarm = ("failover-failed".into(), "critical", format!("promoting {new} failed: {e:#}"));
+                    }
+                }
+            }
+            Decision::Failover { old, new, lost_bytes } => {
+                alarm = (
+                    "failover-needed".into(),
+                    "critical",
+                    format!(
+                        "primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind); auto_failover is off"
+                    ),
+                );
+            }
+            Decision::NoCandidate { old, rejections } => {
+                alarm = (
+                    "no-failover-candidate".into(),
+                    "critical",
+                    format!(
+                        "primary {old} is down and no standby qualifies: {}",
+                        rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
+                    ),
+                );
+            }
+            Decision::Misconfigured(why) => {
+                // The fenced old primary is running as a primary again.
+                let back = fenced
+                    .as_ref()
+                    .filter(|old| st.members.iter().any(|m| &m.name == *old && m.role.as_deref() == Some("primary")));
+                match (back.cloned(), decider.primary().map(str::to_string)) {
+                    (Some(old), Some(new)) if c.auto_failover => {
+                        match failover::rejoin(c, &old, &new, &state.root().join("logs")) {
+                            Ok(took) => {
+                                fenced = None;
+                                record(
+                                    Event::new(
+                                        &source,
+                                        "rejoined",
+                                        "info",
+                                        format!("{old} was rewound and follows {new} ({:.1} s)", took.as_secs_f64()),
+                                    )
+                                    .with(json!({ "member": old, "primary": new, "seconds": took.as_secs_f64() })),
+                                );
+                            }
+                            Err(e) => {
+                                alarm = ("rejoin-failed".into(), "critical", format!("{old}: {e:#}"));
+                            }
+                        }
+                    }
+                    _ => alarm = ("cluster-misconfigured".into(), "critical", why),
+                }
+            }
+            _ => {}
         }
-        let (kind, severity, message) = match decider.observe(&probes(&st)) {
-            Decision::Failover { old, new, lost_bytes } => (
-                "failover-needed",
-                "critical",
-                format!("primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind)"),
-            ),
-            Decision::NoCandidate { old, rejections } => (
-                "no-failover-candidate",
-                "critical",
-                format!(
-                    "primary {old} is down and no standby qualifies: {}",
-                    rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
-                ),
-            ),
-            Decision::Misconfigured(why) => ("cluster-misconfigured", "critical", why),
-            _ => ("", "", String::new()),
-        };
-        if message != last_alarm {
-            if !kind.is_empty() {
-                record(Event::new(&source, kind, severity, message.clone()));
+        if alarm.2 != last_alarm {
+            if !alarm.0.is_empty() {
+                record(Event::new(&source, &alarm.0, alarm.1, alarm.2.clone()));
             }
-            last_alarm = message;
+            last_alarm = alarm.2;
         }
         let left = c.health.interval.saturating_sub(round.elapsed());
         let until = Instant::now() + left;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(left.min(Duration::from_millis(100)));
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
+    }
+    if let Some(p) = proxy {
+        let _ = p.join();
     }
     Ok(())
 }

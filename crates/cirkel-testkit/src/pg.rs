@@ -148,6 +148,23 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Starts the server without waiting for it (something else may stop it
+    /// again at once, as a failover daemon does with a returning old primary).
+    pub fn start_nowait(&mut self) {
+        let out = as_postgres(pg_bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .arg("-o")
+            .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.socket_dir.display()))
+            .args(["-W", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.running = true;
+    }
+
     /// Starts a restored cluster and waits until recovery is over and it accepts writes.
     pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
         self.start();
@@ -173,13 +190,24 @@ impl PgCluster {
         }
     }
 
-    /// kill -9 of the postmaster (its children exit on their own).
+    /// kill -9 of the postmaster; then waits until its children, which exit
+    /// on their own once they notice, are gone too, so that the cluster can
+    /// be started again at once.
     pub fn kill9(&mut self) {
         if let Some(pid) = self.postmaster_pid() {
+            let children = children_of(pid);
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             let start = Instant::now();
-            while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+            let alive = |p: &u32| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p);
+            while (alive(&pid) || children.iter().any(alive)) && start.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            // Where nothing reaps orphans (some sandboxes' init), the dead
+            // postmaster stays a zombie and its pid still "exists": its lock
+            // files would keep a new postmaster from starting.
+            if is_zombie(pid) {
+                let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+                let _ = std::fs::remove_file(self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port)));
             }
         }
         self.running = false;
@@ -243,4 +271,24 @@ pub fn append_conf(data: &Path, lines: &[String]) {
     for l in lines {
         writeln!(f, "{l}").expect("write conf");
     }
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
+                s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            }) == Some(pid)
+        })
+        .collect()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }

@@ -634,7 +634,7 @@ fn status_and_failover_explain_see_primary_standbys_and_lag() {
 
     // The daemon watches the members.
     let state = e.env.path("state");
-    let mut serve = e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap();
+    let _serve = KillOnDrop(e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap());
     let events = |kind: &str| -> Vec<serde_json::Value> {
         let out = e
             .cmd(None, &["--json", "--config", cfg, "events", "--kind", kind])
@@ -677,6 +677,127 @@ fn status_and_failover_explain_see_primary_standbys_and_lag() {
     primary.kill9();
     let alarm = wait_event("no-failover-candidate");
     assert!(alarm["message"].as_str().unwrap().contains("never-promote"), "{alarm:#}");
-    let _ = serve.kill();
-    let _ = serve.wait();
+}
+
+/// Runs one statement through the endpoint (TCP, as a client would).
+fn through(port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new(cirkel_testkit::pg::pg_bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejoins() {
+    let e = PgEnv::new();
+    // pg_rewind needs the old primary's WAL back to the fork.
+    let mut a = PgCluster::init(&["wal_keep_size = '256MB'"]);
+    a.start();
+    a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
+    let mut b = PgCluster::standby_of(&a);
+    b.start();
+    let mut c = PgCluster::standby_of(&a);
+    c.start();
+    let proxy = cirkel_testkit::free_port();
+    let member = |name: &str, pg: &PgCluster| {
+        format!(
+            "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\n",
+            pg.socket_dir.display(),
+            pg.port,
+            pg.data.display()
+        )
+    };
+    let config = e.env.path("ha.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
+             [postgres.main.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 3\n{}{}{}",
+            member("a", &a),
+            member("b", &b),
+            member("c", &c)
+        ),
+    )
+    .unwrap();
+    chown_postgres(&config);
+    let cfg = config.to_str().unwrap();
+    let state = e.env.path("state");
+    let _serve = KillOnDrop(e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap());
+    let events = |kind: &str| -> Vec<serde_json::Value> {
+        let out = e
+            .cmd(None, &["--json", "--config", cfg, "events", "--kind", kind])
+            .env("CIRKEL_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the endpoint", &|| through(proxy, "INSERT INTO t (note) VALUES ('before')").is_ok());
+    for _ in 0..9 {
+        through(proxy, "INSERT INTO t (note) VALUES ('before')").unwrap();
+    }
+
+    a.kill9();
+    wait("a write through the endpoint after the kill", &|| {
+        through(proxy, "INSERT INTO t (note) VALUES ('after')").is_ok()
+    });
+    wait("the failover event", &|| !events("failover").is_empty());
+    let failover = events("failover").pop().expect("a failover event");
+    let new = failover["details"]["new_primary"].as_str().unwrap().to_string();
+    assert!(new == "b" || new == "c", "{failover:#}");
+    assert_eq!(failover["details"]["old_primary"], "a");
+    assert!(failover["details"]["endpoint_writable_after_s"].as_f64().is_some(), "{failover:#}");
+    let rows: i64 = through(proxy, "SELECT count(*) FROM t WHERE note = 'before'").unwrap().parse().unwrap();
+    assert_eq!(rows, 10, "every acknowledged write before the kill is there");
+    // The other standby follows the new primary.
+    let other = if new == "b" { &c } else { &b };
+    wait("the other standby to stream from the new primary", &|| {
+        other.try_sql("SELECT count(*) FROM t WHERE note = 'after'").map(|n| n != "0").unwrap_or(false)
+    });
+
+    // The old primary comes back (as a primary, on the old timeline): it is
+    // never routed to, and is rewound into a standby.
+    a.start_nowait();
+    wait("the old primary to rejoin", &|| {
+        let failed = events("rejoin-failed");
+        assert!(failed.is_empty(), "{failed:#?}");
+        !events("rejoined").is_empty()
+    });
+    wait("the old primary to be a standby", &|| a.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("t"));
+    let refused = a.try_sql("INSERT INTO t (note) VALUES ('split brain')");
+    assert!(refused.is_err(), "the old primary took a write");
+    through(proxy, "INSERT INTO t (note) VALUES ('later')").unwrap();
+    let start = Instant::now();
+    while a.try_sql("SELECT count(*) FROM t WHERE note = 'later'").as_deref() != Ok("1") {
+        let log = std::fs::read_to_string(state.join("logs/rejoin-a.log")).unwrap_or_default();
+        let conf = std::fs::read_to_string(a.data.join("postgresql.auto.conf")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(60), "the rejoined standby does not replay:\n{conf}\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,0 +1,141 @@
+//! The failover executor: the only code that changes a cluster's roles.
+//! It promotes the standby the decision core chose, points the other
+//! standbys at it, and brings a returning old primary back as a standby
+//! with `pg_rewind` (never by deleting its data).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cirkel_config::{PgMemberConfig, PostgresConfig};
+
+use crate::conn::PgConn;
+
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A libpq connection string to one member.
+pub fn member_conninfo(c: &PostgresConfig, m: &PgMemberConfig, timeout: Duration) -> String {
+    let mut s = format!("host={} port={} connect_timeout={}", quote(&m.host), m.port, timeout.as_secs().max(1));
+    if let Some(u) = &c.user {
+        s.push_str(&format!(" user={}", quote(u)));
+    }
+    if let Some(d) = &c.database {
+        s.push_str(&format!(" dbname={}", quote(d)));
+    }
+    s
+}
+
+/// What a standby uses to stream from `primary`.
+fn primary_conninfo(c: &PostgresConfig, primary: &PgMemberConfig, standby: &str) -> String {
+    let mut s = format!("host={} port={} application_name={}", quote(&primary.host), primary.port, quote(standby));
+    if let Some(u) = &c.user {
+        s.push_str(&format!(" user={}", quote(u)));
+    }
+    s
+}
+
+fn member<'a>(c: &'a PostgresConfig, name: &str) -> anyhow::Result<&'a PgMemberConfig> {
+    c.members.get(name).ok_or_else(|| anyhow::anyhow!("no member `{name}`"))
+}
+
+/// Promotes `name` and waits until it accepts writes.
+pub fn promote(c: &PostgresConfig, name: &str) -> anyhow::Result<()> {
+    let m = member(c, name)?;
+    let conn = PgConn::connect(Some(&member_conninfo(c, m, c.health.timeout)))?;
+    let row = conn.query_one("SELECT pg_promote(true, 60)")?;
+    let done: bool = row.get(0);
+    anyhow::ensure!(done, "{name} did not finish promoting within 60 s");
+    let row = conn.query_one("SELECT pg_is_in_recovery()")?;
+    let in_recovery: bool = row.get(0);
+    anyhow::ensure!(!in_recovery, "{name} is still in recovery after promotion");
+    Ok(())
+}
+
+/// Points the standby `name` at `primary` (takes effect on reload).
+pub fn follow(c: &PostgresConfig, name: &str, primary: &str) -> anyhow::Result<()> {
+    let m = member(c, name)?;
+    let p = member(c, primary)?;
+    let conn = PgConn::connect(Some(&member_conninfo(c, m, c.health.timeout)))?;
+    let info = primary_conninfo(c, p, name).replace('\'', "''");
+    conn.execute(&format!("ALTER SYSTEM SET primary_conninfo = '{info}'"))?;
+    conn.execute("SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// Whether a read-write session through `endpoint` (host:port) works now.
+pub fn endpoint_writable(c: &PostgresConfig, endpoint: &str) -> bool {
+    let Some((host, port)) = endpoint.rsplit_once(':') else { return false };
+    let Ok(port) = port.parse::<u16>() else { return false };
+    let m = PgMemberConfig { host: host.to_string(), port, ..Default::default() };
+    let Ok(conn) = PgConn::connect(Some(&member_conninfo(c, &m, Duration::from_secs(1)))) else { return false };
+    conn.query_one("SELECT pg_is_in_recovery()").map(|r| !r.get::<_, bool>(0)).unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().map_err(|e| anyhow::anyhow!("run {:?}: {e}", cmd.get_program()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "{:?} failed: {}", cmd.get_program(), text.trim());
+    Ok(text)
+}
+
+/// Turns the old primary `name`, running again on this host, into a
+/// standby of `primary`: a clean stop, `pg_rewind` from the new primary
+/// (which also writes the standby settings), and a start. When rewind is
+/// impossible the member is left stopped, with its data, and the error
+/// says how to rebuild it.
+pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let m = member(c, name)?;
+    let p = member(c, primary)?;
+    let pgdata = m
+        .pgdata
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("`{name}` has no pgdata in the configuration, so it cannot be rewound here"))?;
+    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
+    let pg_ctl = bindir.join("pg_ctl");
+    // pg_rewind reads the new timeline from the source's control file, which
+    // a freshly promoted primary updates only at its next checkpoint.
+    PgConn::connect(Some(&member_conninfo(c, p, c.health.timeout)))?.execute("CHECKPOINT")?;
+    run(Command::new(&pg_ctl).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))?;
+    let source = primary_conninfo(c, p, name);
+    let source = match &c.database {
+        Some(d) => format!("{source} dbname={}", quote(d)),
+        None => source,
+    };
+    let mut rewind = Command::new(bindir.join("pg_rewind"));
+    rewind.arg("--target-pgdata").arg(&pgdata).arg(format!("--source-server={source}")).arg("--write-recovery-conf");
+    // WAL the target recycled since the fork comes from the archive when it
+    // has a restore_command (`cirkel wal-fetch %f %p`).
+    let restore_command =
+        Command::new(bindir.join("postgres")).arg("-D").arg(&pgdata).args(["-C", "restore_command"]).output();
+    if restore_command.is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).trim().is_empty()) {
+        rewind.arg("--restore-target-wal");
+    }
+    if let Err(e) = run(&mut rewind) {
+        anyhow::bail!(
+            "{e:#}; {name} stays stopped with its data. If WAL was missing, keep more (wal_keep_size) or give it a restore_command; else rebuild it with `pg_basebackup -R` from {primary} into a new directory"
+        );
+    }
+    // pg_rewind wrote standby.signal and a primary_conninfo; name the standby.
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+    conf.push_str(&format!("primary_conninfo = '{}'\n", primary_conninfo(c, p, name).replace('\'', "''")));
+    std::fs::write(&auto, conf)?;
+    std::fs::create_dir_all(log_dir)?;
+    let log: PathBuf = log_dir.join(format!("rejoin-{name}.log"));
+    let mut opts = format!("-p {}", m.port);
+    if m.host.starts_with('/') {
+        opts.push_str(&format!(" -k {}", m.host));
+    }
+    run(Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(&pgdata)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(opts)
+        .args(["-w", "-t", "120", "start"]))?;
+    Ok(start.elapsed())
+}

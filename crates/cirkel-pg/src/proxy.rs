@@ -1,0 +1,204 @@
+//! The client endpoint: a TCP proxy whose read-write port always leads to
+//! the current primary. When the primary changes or is fenced, every
+//! session to the old one is cut at once; while no primary is known, new
+//! connections are closed instead of being sent anywhere.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where the endpoint sends connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Tcp(String, u16),
+    /// A PostgreSQL socket directory and port: `<dir>/.s.PGSQL.<port>`.
+    Unix(PathBuf, u16),
+}
+
+impl Target {
+    /// A libpq-style host (a name, an address or a socket directory) and port.
+    pub fn new(host: &str, port: u16) -> Target {
+        if host.starts_with('/') {
+            Target::Unix(PathBuf::from(host), port)
+        } else {
+            Target::Tcp(host.to_string(), port)
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<Stream> {
+        match self {
+            Target::Tcp(h, p) => {
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), *p))?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no address"))?;
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Target::Unix(dir, p) => Ok(Stream::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))?)),
+        }
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    target: Option<Target>,
+    generation: u64,
+    /// Open sessions: generation, client side, server side.
+    sessions: HashMap<u64, (u64, Stream, Stream)>,
+}
+
+/// The routing table shared by the proxy and the failover executor.
+#[derive(Default)]
+pub struct Router {
+    state: Mutex<State>,
+    next_session: AtomicU64,
+}
+
+impl Router {
+    pub fn new() -> Arc<Router> {
+        Arc::new(Router::default())
+    }
+
+    /// Routes new connections to `target` (or nowhere) and, if it changed,
+    /// cuts every session opened before.
+    pub fn set(&self, target: Option<Target>) {
+        let Ok(mut st) = self.state.lock() else { return };
+        if st.target == target {
+            return;
+        }
+        st.target = target;
+        st.generation += 1;
+        for (_, (_, client, server)) in st.sessions.drain() {
+            client.shutdown();
+            server.shutdown();
+        }
+    }
+
+    pub fn target(&self) -> Option<Target> {
+        self.state.lock().ok().and_then(|s| s.target.clone())
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.state.lock().map(|s| s.sessions.len()).unwrap_or(0)
+    }
+
+    fn open(&self, client: &TcpStream) -> Option<(u64, Stream)> {
+        let (target, generation) = {
+            let st = self.state.lock().ok()?;
+            (st.target.clone()?, st.generation)
+        };
+        let server = target.connect().ok()?;
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().ok()?;
+        if st.generation != generation {
+            // The primary changed while connecting: do not hand out the old one.
+            server.shutdown();
+            return None;
+        }
+        let (c, s) = (Stream::Tcp(client.try_clone().ok()?), server.try_clone().ok()?);
+        st.sessions.insert(id, (generation, c, s));
+        Some((id, server))
+    }
+
+    fn close(&self, id: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.sessions.remove(&id);
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `stop`, each piped to the
+/// router's current target.
+pub fn run(listener: TcpListener, router: Arc<Router>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                let router = router.clone();
+                std::thread::spawn(move || session(client, &router));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                tracing::warn!("proxy accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    router.set(None);
+    Ok(())
+}
+
+fn session(client: TcpStream, router: &Router) {
+    let _ = client.set_nonblocking(false);
+    let _ = client.set_nodelay(true);
+    let Some((id, server)) = router.open(&client) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone()) else {
+        router.close(id);
+        return;
+    };
+    let mut s_read = server;
+    let mut c_write = client;
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        s_write.shutdown();
+    });
+    let _ = std::io::copy(&mut s_read, &mut c_write);
+    let _ = c_write.shutdown(Shutdown::Both);
+    let _ = upstream.join();
+    router.close(id);
+}
