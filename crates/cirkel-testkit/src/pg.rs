@@ -128,17 +128,22 @@ impl PgCluster {
         PgCluster::adopt(dir, data)
     }
 
-    pub fn start(&mut self) {
-        let out = as_postgres(pg_bindir().join("pg_ctl"))
+    fn pg_ctl_start(&self, wait: &[&str]) -> Output {
+        as_postgres(pg_bindir().join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
             .arg(&self.log)
             .arg("-o")
             .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.socket_dir.display()))
-            .args(["-w", "-t", "120", "start"])
+            .args(wait)
+            .arg("start")
             .output()
-            .expect("pg_ctl start");
+            .expect("pg_ctl start")
+    }
+
+    pub fn start(&mut self) {
+        let out = self.pg_ctl_start(&["-w", "-t", "120"]);
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}\n{}",
@@ -151,16 +156,7 @@ impl PgCluster {
     /// Starts the server without waiting for it (something else may stop it
     /// again at once, as a failover daemon does with a returning old primary).
     pub fn start_nowait(&mut self) {
-        let out = as_postgres(pg_bindir().join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&self.log)
-            .arg("-o")
-            .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.socket_dir.display()))
-            .args(["-W", "start"])
-            .output()
-            .expect("pg_ctl start");
+        let out = self.pg_ctl_start(&["-W"]);
         assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
         self.running = true;
     }
@@ -230,17 +226,7 @@ impl PgCluster {
     }
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let out: Output = Command::new(pg_bindir().join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        psql(&self.socket_dir.display().to_string(), self.port, sql)
     }
 
     pub fn sql(&self, sql: &str) -> String {
@@ -291,4 +277,20 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// Runs one statement as `postgres` through `host` (an address or a socket
+/// directory) and `port`; the output, or the error text.
+pub fn psql(host: &str, port: u16, sql: &str) -> Result<String, String> {
+    let out: Output = Command::new(pg_bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

@@ -633,29 +633,8 @@ fn status_and_failover_explain_see_primary_standbys_and_lag() {
     assert!(err.contains("--explain"), "{err}");
 
     // The daemon watches the members.
-    let state = e.env.path("state");
-    let _serve = KillOnDrop(e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap());
-    let events = |kind: &str| -> Vec<serde_json::Value> {
-        let out = e
-            .cmd(None, &["--json", "--config", cfg, "events", "--kind", kind])
-            .env("CIRKEL_STATE_DIR", &state)
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    };
-    let wait_event = |kind: &str| {
-        let start = Instant::now();
-        loop {
-            if let Some(ev) = events(kind).pop() {
-                return ev;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "no {kind} event");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let daemon = Daemon::start(&e, cfg);
+    let wait_event = |kind: &str| daemon.wait_event(kind);
     wait_event("watch-started");
 
     // The only promotable standby goes away: nobody qualifies, and status says why.
@@ -681,16 +660,56 @@ fn status_and_failover_explain_see_primary_standbys_and_lag() {
 
 /// Runs one statement through the endpoint (TCP, as a client would).
 fn through(port: u16, sql: &str) -> Result<String, String> {
-    let out = Command::new(cirkel_testkit::pg::pg_bindir().join("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    cirkel_testkit::pg::psql("127.0.0.1", port, sql)
+}
+
+/// `cirkel serve` as postgres with its own state directory, killed when
+/// the test ends.
+struct Daemon<'a> {
+    e: &'a PgEnv,
+    cfg: String,
+    state: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl<'a> Daemon<'a> {
+    fn start(e: &'a PgEnv, cfg: &str) -> Daemon<'a> {
+        let state = e.env.path("state");
+        let child = e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap();
+        Daemon { e, cfg: cfg.to_string(), state, child }
+    }
+
+    fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .e
+            .cmd(None, &["--json", "--config", &self.cfg, "events", "--kind", kind])
+            .env("CIRKEL_STATE_DIR", &self.state)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn wait_event(&self, kind: &str) -> serde_json::Value {
+        wait_until(&format!("a {kind} event"), &|| !self.events(kind).is_empty());
+        self.events(kind).pop().unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, f: &dyn Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -728,26 +747,10 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     .unwrap();
     chown_postgres(&config);
     let cfg = config.to_str().unwrap();
-    let state = e.env.path("state");
-    let _serve = KillOnDrop(e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap());
-    let events = |kind: &str| -> Vec<serde_json::Value> {
-        let out = e
-            .cmd(None, &["--json", "--config", cfg, "events", "--kind", kind])
-            .env("CIRKEL_STATE_DIR", &state)
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    };
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !f() {
-            assert!(start.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let daemon = Daemon::start(&e, cfg);
+    let events = |kind: &str| daemon.events(kind);
+    let state = daemon.state.clone();
+    let wait = wait_until;
     wait("the endpoint", &|| through(proxy, "INSERT INTO t (note) VALUES ('before')").is_ok());
     for _ in 0..9 {
         through(proxy, "INSERT INTO t (note) VALUES ('before')").unwrap();
@@ -789,15 +792,5 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
         let conf = std::fs::read_to_string(a.data.join("postgresql.auto.conf")).unwrap_or_default();
         assert!(start.elapsed() < Duration::from_secs(60), "the rejoined standby does not replay:\n{conf}\n{log}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A child process killed when the test ends, also when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
