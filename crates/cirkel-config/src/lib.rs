@@ -155,6 +155,9 @@ pub struct PgMemberConfig {
     /// Data directory, for a member on this host: lets an old primary be
     /// rewound and restarted as a standby.
     pub pgdata: Option<PathBuf>,
+    /// Address of this member's Patroni-compatible health endpoints
+    /// (`/primary`, `/replica`, …) for HAProxy, e.g. "127.0.0.1:8009".
+    pub api_listen: Option<String>,
 }
 
 impl Default for PostgresConfig {

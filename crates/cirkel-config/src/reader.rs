@@ -290,6 +290,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                         zone: m.string("zone").unwrap_or_default(),
                         priority: m.integer("priority", 0..1_000_001).map(|p| p as u32).unwrap_or(100),
                         pgdata: m.string("pgdata").map(|p| m.cx.resolve(&p)),
+                        api_listen: m.string("api_listen"),
                     };
                     m.finish();
                     (n, member)

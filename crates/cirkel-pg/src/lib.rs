@@ -11,6 +11,7 @@
 //!   every second, so the newest WAL leaves the host within seconds.
 //! - [`catalog`]: backups and the recoverable window.
 
+pub mod api;
 pub mod backup;
 pub mod catalog;
 pub mod checksum;

@@ -10,6 +10,12 @@ use serde::Serialize;
 
 use crate::conn::{PgConn, parse_lsn};
 
+/// The file whose presence pauses automatic action on `cluster`
+/// (`cirkel pg pause`); `cirkel serve` checks it every round.
+pub fn pause_flag(state: &cirkel_state::StateDir, cluster: &str) -> std::path::PathBuf {
+    state.root().join(format!("paused-postgres-{cluster}"))
+}
+
 /// One member, as probed.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemberState {
@@ -32,7 +38,7 @@ pub struct MemberState {
     pub receiver: Option<String>,
     pub latency_ms: Option<f64>,
     #[serde(skip)]
-    lsn_bytes: Option<u64>,
+    pub(crate) lsn_bytes: Option<u64>,
 }
 
 /// A cluster's status.
@@ -290,6 +296,17 @@ pub fn watch(
         }
         None => None,
     };
+    let view: crate::api::SharedView = Default::default();
+    let mut apis = Vec::new();
+    for (name, m) in &c.members {
+        if let Some(addr) = &m.api_listen {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the health endpoints of {name}: {e}"))?;
+            let (name, view, stop) = (name.clone(), view.clone(), stop.clone());
+            apis.push(std::thread::spawn(move || crate::api::run(listener, name, view, stop)));
+        }
+    }
+    let paused_flag = pause_flag(state, cluster);
     let mut health: HashMap<String, HealthCounter> = HashMap::new();
     let mut primary: Option<String> = None;
     let mut last_alarm = String::new();
@@ -328,6 +345,7 @@ pub fn watch(
                 None => {}
             }
         }
+        decider.set_paused(paused_flag.exists());
         let decision = decider.observe(&probes(&st));
         let mut alarm = (String::new(), "", String::new());
         match decision {
@@ -423,6 +441,13 @@ pub fn watch(
                     ),
                 );
             }
+            Decision::Paused => {
+                alarm = (
+                    "paused-primary-down".into(),
+                    "critical",
+                    "the primary is down, and the cluster is paused: no automatic action (`cirkel pg resume`)".into(),
+                );
+            }
             Decision::NoCandidate { old, rejections } => {
                 alarm = (
                     "no-failover-candidate".into(),
@@ -461,7 +486,10 @@ pub fn watch(
                     _ => alarm = ("cluster-misconfigured".into(), "critical", why),
                 }
             }
-            _ => {}
+        }
+        if let Ok(mut v) = view.lock() {
+            v.primary = router.target().and(decider.primary().map(str::to_string));
+            v.status = Some(st.clone());
         }
         if alarm.2 != last_alarm {
             if !alarm.0.is_empty() {
@@ -477,6 +505,9 @@ pub fn watch(
     }
     if let Some(p) = proxy {
         let _ = p.join();
+    }
+    for a in apis {
+        let _ = a.join();
     }
     Ok(())
 }

@@ -120,6 +120,17 @@ pub enum PgCmd {
     Expire(PgExpireArgs),
     /// Who would be promoted if the primary failed now, and why the other members would not.
     Failover(PgFailoverArgs),
+    /// Maintenance mode: `cirkel serve` keeps watching the cluster but takes no automatic action.
+    Pause(PgClusterArg),
+    /// End maintenance mode.
+    Resume(PgClusterArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PgClusterArg {
+    /// The cluster: a [postgres.NAME] table with members (default: the only one with members).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -652,10 +652,28 @@ fn status_and_failover_explain_see_primary_standbys_and_lag() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["postgres"][0]["problems"].to_string().contains("member b unreachable"), "{v:#}");
 
-    // Then the primary: the decision core finds nobody to promote, and says so.
+    // Then the primary, in maintenance mode: nothing is done, and it says so.
+    daemon.ok(&["pg", "pause"]);
     primary.kill9();
+    let held = wait_event("paused-primary-down");
+    assert!(held["message"].as_str().unwrap().contains("resume"), "{held:#}");
+    // Resumed, the decision core finds nobody to promote, and says so.
+    daemon.ok(&["pg", "resume"]);
     let alarm = wait_event("no-failover-candidate");
     assert!(alarm["message"].as_str().unwrap().contains("never-promote"), "{alarm:#}");
+}
+
+/// The HTTP status of `GET path` on 127.0.0.1:`port` (0 when nothing answers).
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 /// Runs one statement through the endpoint (TCP, as a client would).
@@ -692,6 +710,18 @@ impl<'a> Daemon<'a> {
             .unwrap_or_default()
     }
 
+    /// Runs a command that shares the daemon's configuration and state.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self
+            .e
+            .cmd(None, &[&["--config", self.cfg.as_str()], args].concat())
+            .env("CIRKEL_STATE_DIR", &self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cirkel {args:?} failed: {}", stderr(&out));
+        stdout(&out)
+    }
+
     fn wait_event(&self, kind: &str) -> serde_json::Value {
         wait_until(&format!("a {kind} event"), &|| !self.events(kind).is_empty());
         self.events(kind).pop().unwrap_or_default()
@@ -725,9 +755,10 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     let mut c = PgCluster::standby_of(&a);
     c.start();
     let proxy = cirkel_testkit::free_port();
-    let member = |name: &str, pg: &PgCluster| {
+    let api: Vec<u16> = (0..3).map(|_| cirkel_testkit::free_port()).collect();
+    let member = |name: &str, pg: &PgCluster, api: u16| {
         format!(
-            "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\n",
+            "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\n",
             pg.socket_dir.display(),
             pg.port,
             pg.data.display()
@@ -739,9 +770,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
         format!(
             "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
              [postgres.main.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 3\n{}{}{}",
-            member("a", &a),
-            member("b", &b),
-            member("c", &c)
+            member("a", &a, api[0]),
+            member("b", &b, api[1]),
+            member("c", &c, api[2])
         ),
     )
     .unwrap();
@@ -755,6 +786,12 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     for _ in 0..9 {
         through(proxy, "INSERT INTO t (note) VALUES ('before')").unwrap();
     }
+    // Patroni-compatible health endpoints, as HAProxy would ask them.
+    wait("the health endpoints", &|| http_status(api[0], "/primary") == 200);
+    assert_eq!(http_status(api[1], "/primary"), 503);
+    wait("b as a streaming replica", &|| http_status(api[1], "/replica") == 200);
+    assert_eq!(http_status(api[0], "/replica"), 503);
+    assert_eq!(http_status(api[2], "/health"), 200);
 
     a.kill9();
     wait("a write through the endpoint after the kill", &|| {
@@ -764,6 +801,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     let failover = events("failover").pop().expect("a failover event");
     let new = failover["details"]["new_primary"].as_str().unwrap().to_string();
     assert!(new == "b" || new == "c", "{failover:#}");
+    let new_api = if new == "b" { api[1] } else { api[2] };
+    wait("the new primary's /primary", &|| http_status(new_api, "/primary") == 200);
+    assert_eq!(http_status(api[0], "/primary"), 503);
     assert_eq!(failover["details"]["old_primary"], "a");
     assert!(failover["details"]["endpoint_writable_after_s"].as_f64().is_some(), "{failover:#}");
     let rows: i64 = through(proxy, "SELECT count(*) FROM t WHERE note = 'before'").unwrap().parse().unwrap();

@@ -29,6 +29,8 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
         PgCmd::Verify(a) => verify(global, a),
         PgCmd::Expire(a) => expire(global, a),
         PgCmd::Failover(a) => failover(global, a),
+        PgCmd::Pause(a) => pause(global, a, true),
+        PgCmd::Resume(a) => pause(global, a, false),
     }
 }
 
@@ -569,4 +571,38 @@ fn failover(global: &Global, a: &crate::cli::PgFailoverArgs) -> anyhow::Result<E
         }
     }
     Ok(if ex.candidate.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let (name, _) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let state = crate::context::state_dir(&cfg);
+    let flag = cirkel_pg::members::pause_flag(&state, &name);
+    let changed = if paused {
+        std::fs::create_dir_all(state.root()).and_then(|_| std::fs::write(&flag, b""))
+    } else {
+        match std::fs::remove_file(&flag) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    changed.map_err(|e| {
+        user_error(
+            format!("cannot {} {}: {e}", if paused { "create" } else { "remove" }, flag.display()),
+            "cirkel serve and this command must share a writable state directory: set CIRKEL_STATE_DIR or [state] dir",
+        )
+    })?;
+    let what = if paused { "paused" } else { "resumed" };
+    state.record(&cirkel_state::Event::new(
+        &format!("postgres/{name}"),
+        what,
+        "warning",
+        format!("cluster {name} {what}: automatic action {}", if paused { "off" } else { "on" }),
+    ))?;
+    if global.json {
+        print_json(&json!({ "cluster": name, "paused": paused }));
+    } else {
+        println!("cluster {name} {what}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
