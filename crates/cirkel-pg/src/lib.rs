@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod conn;
 pub mod control;
+pub mod drill;
 pub mod dump;
 pub mod expire;
 pub mod failover;

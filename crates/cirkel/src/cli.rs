@@ -548,8 +548,21 @@ pub struct EventsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DrillCmd {
+    /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
+    /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
+    Failover(PgDrillArgs),
     /// Kill the Redis master under a canary writer; measure RTO and lost writes; rejoin it.
     RedisFailover(RedisDrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PgDrillArgs {
+    /// The cluster: a [postgres.NAME] table with members and proxy_listen (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Longest wait for the failover (and twice this for the rejoin).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -743,40 +743,84 @@ fn wait_until(what: &str, f: &dyn Fn() -> bool) {
     }
 }
 
+/// A primary and two streaming standbys, described in a configuration with
+/// an endpoint and health endpoints per member.
+struct Ha {
+    a: PgCluster,
+    b: PgCluster,
+    c: PgCluster,
+    proxy: u16,
+    api: Vec<u16>,
+    config: std::path::PathBuf,
+}
+
+impl Ha {
+    fn start(e: &PgEnv) -> Ha {
+        // pg_rewind needs the old primary's WAL back to the fork.
+        let mut a = PgCluster::init(&["wal_keep_size = '256MB'"]);
+        a.start();
+        a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
+        let mut b = PgCluster::standby_of(&a);
+        b.start();
+        let mut c = PgCluster::standby_of(&a);
+        c.start();
+        let proxy = cirkel_testkit::free_port();
+        let api: Vec<u16> = (0..3).map(|_| cirkel_testkit::free_port()).collect();
+        let member = |name: &str, pg: &PgCluster, api: u16| {
+            format!(
+                "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\n",
+                pg.socket_dir.display(),
+                pg.port,
+                pg.data.display()
+            )
+        };
+        let config = e.env.path("ha.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
+                 [postgres.main.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 3\n{}{}{}",
+                member("a", &a, api[0]),
+                member("b", &b, api[1]),
+                member("c", &c, api[2])
+            ),
+        )
+        .unwrap();
+        chown_postgres(&config);
+        Ha { a, b, c, proxy, api, config }
+    }
+
+    fn cfg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+}
+
+#[test]
+fn drill_failover_measures_rto_and_lost_writes_and_restores_the_cluster() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| {
+        e.cmd(None, &["--config", ha.cfg(), "status"]).output().map(|o| o.status.success()).unwrap_or(false)
+    });
+    let out = daemon.ok(&["--json", "drill", "failover"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["killed"], "a");
+    assert!(report["new_primary"] == "b" || report["new_primary"] == "c", "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0);
+    assert!(report["writes_acknowledged"].as_u64().unwrap() > 20, "{report:#}");
+    assert!(report["rejoin_s"].as_f64().is_some());
+    assert_eq!(daemon.events("drill").len(), 1);
+    // The old primary is a streaming standby again, and takes no writes.
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+}
+
 #[test]
 fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejoins() {
     let e = PgEnv::new();
-    // pg_rewind needs the old primary's WAL back to the fork.
-    let mut a = PgCluster::init(&["wal_keep_size = '256MB'"]);
-    a.start();
-    a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
-    let mut b = PgCluster::standby_of(&a);
-    b.start();
-    let mut c = PgCluster::standby_of(&a);
-    c.start();
-    let proxy = cirkel_testkit::free_port();
-    let api: Vec<u16> = (0..3).map(|_| cirkel_testkit::free_port()).collect();
-    let member = |name: &str, pg: &PgCluster, api: u16| {
-        format!(
-            "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\n",
-            pg.socket_dir.display(),
-            pg.port,
-            pg.data.display()
-        )
-    };
-    let config = e.env.path("ha.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
-             [postgres.main.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 3\n{}{}{}",
-            member("a", &a, api[0]),
-            member("b", &b, api[1]),
-            member("c", &c, api[2])
-        ),
-    )
-    .unwrap();
-    chown_postgres(&config);
+    let Ha { mut a, b, c, proxy, api, config } = Ha::start(&e);
     let cfg = config.to_str().unwrap();
     let daemon = Daemon::start(&e, cfg);
     let events = |kind: &str| daemon.events(kind);

@@ -606,3 +606,60 @@ fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow:
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn failover_drill(global: &Global, a: &crate::cli::PgDrillArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    if !global.quiet && !global.json {
+        eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…");
+    }
+    let report = cirkel_pg::drill::drill(&name, &c, a.timeout).map_err(|e| {
+        user_error(
+            format!("the drill did not run: {e:#}"),
+            "run `cirkel status`; `cirkel serve` must be watching the cluster",
+        )
+    })?;
+    let state = crate::context::state_dir(&cfg);
+    let value = serde_json::to_value(&report)?;
+    let path = state.save_report("postgres-failover", &value)?;
+    state.record(
+        &cirkel_state::Event::new(
+            &format!("postgres/{name}"),
+            "drill",
+            if report.passed { "info" } else { "warning" },
+            format!(
+                "failover drill {}: RTO {}, {} lost writes",
+                if report.passed { "passed" } else { "FAILED" },
+                report.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
+                report.writes_lost
+            ),
+        )
+        .with(json!({ "report": path })),
+    )?;
+    if global.json {
+        print_json(&value);
+    } else {
+        println!("failover drill of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
+        println!("  killed primary  {}", report.killed);
+        println!("  new primary     {}", report.new_primary.as_deref().unwrap_or("none"));
+        println!(
+            "  RTO             {}",
+            report
+                .rto_s
+                .map(|s| format!("{s:.3} s (kill → first acknowledged write through the endpoint)"))
+                .unwrap_or_else(|| "no failover".into())
+        );
+        println!(
+            "  writes          {} acknowledged, {} failed during the outage, {} lost",
+            report.writes_acknowledged, report.writes_failed, report.writes_lost
+        );
+        if let Some(r) = report.rejoin_s {
+            println!("  rejoin          {r:.2} s after the kill (streaming from the new primary)");
+        }
+        for f in &report.failures {
+            println!("  failure: {f}");
+        }
+        println!("  report          {}", path.display());
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}

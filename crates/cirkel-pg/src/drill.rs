@@ -1,0 +1,226 @@
+//! The plan's failover drill made real: a canary writer through the
+//! read-write endpoint, the primary killed with SIGKILL, RTO (kill → first
+//! acknowledged write through the endpoint) and RPO (acknowledged canary
+//! writes missing afterwards) measured, the old primary started again and
+//! left to `cirkel serve` to rejoin, and the cluster checked healthy.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cirkel_config::{PgMemberConfig, PostgresConfig};
+use serde::Serialize;
+
+use crate::conn::PgConn;
+use crate::failover::member_conninfo;
+use crate::members::status;
+
+/// What a failover drill measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverReport {
+    pub kind: String,
+    pub cluster: String,
+    pub started: DateTime<Utc>,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub killed: String,
+    pub new_primary: Option<String>,
+    /// Kill → first canary write acknowledged through the endpoint.
+    pub rto_s: Option<f64>,
+    pub writes_acknowledged: usize,
+    pub writes_failed: usize,
+    /// Acknowledged canary writes missing on the new primary.
+    pub writes_lost: usize,
+    /// Kill → the old primary streams from the new one again.
+    pub rejoin_s: Option<f64>,
+    pub healthy_after: bool,
+    pub problems_after: Vec<String>,
+}
+
+fn endpoint(c: &PostgresConfig) -> anyhow::Result<PgMemberConfig> {
+    let ep = c.proxy_listen.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("the cluster has no proxy_listen endpoint; a drill writes through it as clients do")
+    })?;
+    let (host, port) = ep.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("proxy_listen `{ep}` is not host:port"))?;
+    Ok(PgMemberConfig { host: host.to_string(), port: port.parse()?, ..Default::default() })
+}
+
+/// Whether `pid` is a process that has exited but was not reaped.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Runs the drill. `cirkel serve` must be watching the cluster: it is what
+/// fails over and rejoins; the drill only injects the fault and measures.
+pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Result<FailoverReport> {
+    let ep = endpoint(c)?;
+    let before = status(cluster, c);
+    if !before.healthy {
+        anyhow::bail!("the cluster is not healthy, so a drill would prove nothing: {}", before.problems.join("; "));
+    }
+    let old = before.primary.clone().ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let old_cfg = c.members.get(&old).cloned().unwrap_or_default();
+    let pgdata = old_cfg.pgdata.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the primary {old} has no pgdata in the configuration: a drill kills it and must run on its host"
+        )
+    })?;
+    let pid: u32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read the postmaster's pid in {}", pgdata.display()))?;
+    let setup = PgConn::connect(Some(&member_conninfo(c, &ep, Duration::from_secs(2))))?;
+    setup.execute("CREATE TABLE IF NOT EXISTS cirkel_drill_canary (run text, seq bigint, PRIMARY KEY (run, seq))")?;
+    drop(setup);
+
+    let started = Utc::now();
+    let run = format!("{:08x}", rand::random::<u32>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(u64, Instant, String)>>> = Default::default();
+    let failed = Arc::new(Mutex::new(0usize));
+    let writer = {
+        let (c, ep, stop, acked, failed, run) =
+            (c.clone(), ep.clone(), stop.clone(), acked.clone(), failed.clone(), run.clone());
+        std::thread::spawn(move || {
+            let mut conn: Option<PgConn> = None;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                if conn.is_none() {
+                    conn = PgConn::connect(Some(&member_conninfo(&c, &ep, Duration::from_secs(1)))).ok();
+                }
+                let sql = format!(
+                    "INSERT INTO cirkel_drill_canary VALUES ('{run}', {seq}) RETURNING current_setting('port')"
+                );
+                match conn.as_ref().map(|k| k.query_one(&sql)) {
+                    Some(Ok(row)) => {
+                        let port: String = row.get(0);
+                        if let Ok(mut a) = acked.lock() {
+                            a.push((seq, Instant::now(), port));
+                        }
+                    }
+                    _ => {
+                        conn = None;
+                        if let Ok(mut f) = failed.lock() {
+                            *f += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let fault = Instant::now();
+    // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+        stop.store(true, Ordering::Relaxed);
+        let _ = writer.join();
+        anyhow::bail!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error());
+    }
+    let old_port = old_cfg.port.to_string();
+    let mut failures = Vec::new();
+    let mut first = None;
+    while fault.elapsed() < timeout {
+        if let Ok(a) = acked.lock()
+            && let Some((_, t, _)) = a.iter().find(|(_, t, p)| *t > fault && *p != old_port)
+        {
+            first = Some(*t);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if first.is_none() {
+        failures.push(format!("no write went through the endpoint within {timeout:?}: is `cirkel serve` running?"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let acked = std::mem::take(&mut *acked.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?);
+    let writes_failed = *failed.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?;
+
+    let mut lost = 0;
+    let mut new_primary = None;
+    if first.is_some() {
+        let conn = PgConn::connect(Some(&member_conninfo(c, &ep, Duration::from_secs(2))))?;
+        let present: HashSet<i64> = conn
+            .query(&format!("SELECT seq FROM cirkel_drill_canary WHERE run = '{run}'"))?
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect();
+        lost = acked.iter().filter(|(s, _, _)| !present.contains(&(*s as i64))).count();
+        conn.execute(&format!("DELETE FROM cirkel_drill_canary WHERE run = '{run}'"))?;
+        let port: String = conn.query_one("SELECT current_setting('port')")?.get(0);
+        new_primary = c.members.iter().find(|(_, m)| m.port.to_string() == port).map(|(n, _)| n.clone());
+    }
+
+    // Start the old primary again; `cirkel serve` rewinds it into a standby.
+    // Where nothing reaps orphans, the dead postmaster stays a zombie and its
+    // lock files would keep the new one from starting.
+    if is_zombie(pid) {
+        let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
+        if old_cfg.host.starts_with('/') {
+            let _ = std::fs::remove_file(
+                std::path::Path::new(&old_cfg.host).join(format!(".s.PGSQL.{}.lock", old_cfg.port)),
+            );
+        }
+    }
+    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
+    let mut opts = format!("-p {}", old_cfg.port);
+    if old_cfg.host.starts_with('/') {
+        opts.push_str(&format!(" -k {}", old_cfg.host));
+    }
+    let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
+    let started_again = std::process::Command::new(bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(&pgdata)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(opts)
+        .args(["-W", "start"])
+        .output();
+    if !started_again.is_ok_and(|o| o.status.success()) {
+        failures.push(format!("could not start {old} again (log: {})", log.display()));
+    }
+    let mut rejoin_s = None;
+    let mut after = status(cluster, c);
+    while fault.elapsed() < timeout * 2 {
+        after = status(cluster, c);
+        let back = after.members.iter().any(|m| {
+            m.name == old
+                && m.role.as_deref() == Some("standby")
+                && m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
+        });
+        if back && after.healthy {
+            rejoin_s = Some(fault.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if rejoin_s.is_none() {
+        failures.push(format!("{old} did not come back as a streaming standby: {}", after.problems.join("; ")));
+    }
+    Ok(FailoverReport {
+        kind: "postgres-failover".into(),
+        cluster: cluster.to_string(),
+        started,
+        passed: failures.is_empty(),
+        failures,
+        killed: old,
+        new_primary,
+        rto_s: first.map(|t| (t - fault).as_secs_f64()),
+        writes_acknowledged: acked.len(),
+        writes_failed,
+        writes_lost: lost,
+        rejoin_s,
+        healthy_after: after.healthy,
+        problems_after: after.problems,
+    })
+}
