@@ -141,6 +141,14 @@ pub struct PostgresConfig {
     pub auto_failover: bool,
     /// Address of the read-write endpoint `cirkel serve` opens, e.g. "127.0.0.1:6432".
     pub proxy_listen: Option<String>,
+    /// Address of the read-only endpoint: a streaming standby within
+    /// `max_lag_bytes`, else the primary.
+    pub proxy_listen_ro: Option<String>,
+    /// Shell command run after every role change (failover, rejoin), with
+    /// CIRKEL_EVENT, CIRKEL_CLUSTER, CIRKEL_MEMBER, CIRKEL_PRIMARY,
+    /// CIRKEL_PRIMARY_HOST and CIRKEL_PRIMARY_PORT set: for DNS, secrets or
+    /// application restarts.
+    pub on_role_change: Option<String>,
 }
 
 /// One member of a PostgreSQL cluster.
@@ -177,6 +185,8 @@ impl Default for PostgresConfig {
             max_lag_bytes: 1 << 20,
             auto_failover: true,
             proxy_listen: None,
+            proxy_listen_ro: None,
+            on_role_change: None,
         }
     }
 }

@@ -300,6 +300,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             max_lag_bytes: t.integer("max_lag_bytes", 0..i64::MAX).map(|n| n as u64).unwrap_or(1 << 20),
             auto_failover: t.boolean("auto_failover").unwrap_or(true),
             proxy_listen: t.string("proxy_listen"),
+            proxy_listen_ro: t.string("proxy_listen_ro"),
+            on_role_change: t.string("on_role_change"),
         };
         t.finish();
         cfg.postgres.insert(name, pc);

@@ -296,6 +296,40 @@ pub fn watch(
         }
         None => None,
     };
+    let ro_router = Router::new();
+    let proxy_ro = match &c.proxy_listen_ro {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the read-only endpoint of {cluster}: {e}"))?;
+            let (router, stop) = (ro_router.clone(), stop.clone());
+            Some(std::thread::spawn(move || crate::proxy::run(listener, router, stop)))
+        }
+        None => None,
+    };
+    let mut ro_member: Option<String> = None;
+    let hook = |event: &str, member: &str, primary: &str| {
+        let Some(cmd) = &c.on_role_change else { return };
+        let p = c.members.get(primary).cloned().unwrap_or_default();
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .env("CIRKEL_EVENT", event)
+            .env("CIRKEL_CLUSTER", cluster)
+            .env("CIRKEL_MEMBER", member)
+            .env("CIRKEL_PRIMARY", primary)
+            .env("CIRKEL_PRIMARY_HOST", &p.host)
+            .env("CIRKEL_PRIMARY_PORT", p.port.to_string())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => record(Event::new(
+                &source,
+                "hook-failed",
+                "warning",
+                format!("on_role_change exited {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim()),
+            )),
+            Err(e) => record(Event::new(&source, "hook-failed", "warning", format!("on_role_change: {e}"))),
+        }
+    };
     let view: crate::api::SharedView = Default::default();
     let mut apis = Vec::new();
     for (name, m) in &c.members {
@@ -426,6 +460,7 @@ pub fn watch(
                                 "followers": followed,
                             })),
                         );
+                        hook("failover", &new, &new);
                     }
                     Err(e) => {
                         alarm = ("failover-failed".into(), "critical", format!("promoting {new} failed: {e:#}"));
@@ -477,6 +512,7 @@ pub fn watch(
                                     )
                                     .with(json!({ "member": old, "primary": new, "seconds": took.as_secs_f64() })),
                                 );
+                                hook("rejoin", &old, &new);
                             }
                             Err(e) => {
                                 alarm = ("rejoin-failed".into(), "critical", format!("{old}: {e:#}"));
@@ -486,6 +522,25 @@ pub fn watch(
                     _ => alarm = ("cluster-misconfigured".into(), "critical", why),
                 }
             }
+        }
+        // The read-only endpoint: keep the current standby while it streams
+        // within the lag limit, else take another, else the primary.
+        let eligible = |name: &str| {
+            st.members.iter().any(|m| {
+                m.name == name
+                    && m.reachable
+                    && m.role.as_deref() == Some("standby")
+                    && m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
+                    && m.lag_bytes.is_some_and(|l| l <= c.max_lag_bytes)
+            })
+        };
+        if !ro_member.as_deref().is_some_and(eligible) {
+            ro_member = st.members.iter().map(|m| m.name.clone()).find(|n| eligible(n));
+        }
+        let routed_primary = router.target().and(decider.primary().map(str::to_string));
+        match (&ro_member, &routed_primary) {
+            (Some(m), _) | (None, Some(m)) => ro_router.set(target_of(m)),
+            (None, None) => ro_router.set(None),
         }
         if let Ok(mut v) = view.lock() {
             v.primary = router.target().and(decider.primary().map(str::to_string));
@@ -508,6 +563,9 @@ pub fn watch(
     }
     for a in apis {
         let _ = a.join();
+    }
+    if let Some(p) = proxy_ro {
+        let _ = p.join();
     }
     Ok(())
 }

@@ -750,8 +750,10 @@ struct Ha {
     b: PgCluster,
     c: PgCluster,
     proxy: u16,
+    proxy_ro: u16,
     api: Vec<u16>,
     config: std::path::PathBuf,
+    hook_log: std::path::PathBuf,
 }
 
 impl Ha {
@@ -765,7 +767,9 @@ impl Ha {
         let mut c = PgCluster::standby_of(&a);
         c.start();
         let proxy = cirkel_testkit::free_port();
+        let proxy_ro = cirkel_testkit::free_port();
         let api: Vec<u16> = (0..3).map(|_| cirkel_testkit::free_port()).collect();
+        let hook_log = e.env.path("hooks.log");
         let member = |name: &str, pg: &PgCluster, api: u16| {
             format!(
                 "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\n",
@@ -779,7 +783,10 @@ impl Ha {
             &config,
             format!(
                 "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
+                 proxy_listen_ro = \"127.0.0.1:{proxy_ro}\"\n\
+                 on_role_change = \"echo $CIRKEL_EVENT $CIRKEL_MEMBER $CIRKEL_PRIMARY >> {}\"\n\
                  [postgres.main.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 3\n{}{}{}",
+                hook_log.display(),
                 member("a", &a, api[0]),
                 member("b", &b, api[1]),
                 member("c", &c, api[2])
@@ -787,7 +794,7 @@ impl Ha {
         )
         .unwrap();
         chown_postgres(&config);
-        Ha { a, b, c, proxy, api, config }
+        Ha { a, b, c, proxy, proxy_ro, api, config, hook_log }
     }
 
     fn cfg(&self) -> &str {
@@ -820,7 +827,7 @@ fn drill_failover_measures_rto_and_lost_writes_and_restores_the_cluster() {
 #[test]
 fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejoins() {
     let e = PgEnv::new();
-    let Ha { mut a, b, c, proxy, api, config } = Ha::start(&e);
+    let Ha { mut a, b, c, proxy, proxy_ro, api, config, hook_log } = Ha::start(&e);
     let cfg = config.to_str().unwrap();
     let daemon = Daemon::start(&e, cfg);
     let events = |kind: &str| daemon.events(kind);
@@ -836,6 +843,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     wait("b as a streaming replica", &|| http_status(api[1], "/replica") == 200);
     assert_eq!(http_status(api[0], "/replica"), 503);
     assert_eq!(http_status(api[2], "/health"), 200);
+    wait("the read-only endpoint on a standby", &|| {
+        through(proxy_ro, "SELECT pg_is_in_recovery()").as_deref() == Ok("t")
+    });
 
     a.kill9();
     wait("a write through the endpoint after the kill", &|| {
@@ -846,6 +856,12 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     let new = failover["details"]["new_primary"].as_str().unwrap().to_string();
     assert!(new == "b" || new == "c", "{failover:#}");
     let new_api = if new == "b" { api[1] } else { api[2] };
+    wait("the role-change hook", &|| {
+        std::fs::read_to_string(&hook_log).is_ok_and(|h| h.contains(&format!("failover {new} {new}")))
+    });
+    wait("the read-only endpoint on the remaining standby", &|| {
+        through(proxy_ro, "SELECT pg_is_in_recovery()").as_deref() == Ok("t")
+    });
     wait("the new primary's /primary", &|| http_status(new_api, "/primary") == 200);
     assert_eq!(http_status(api[0], "/primary"), 503);
     assert_eq!(failover["details"]["old_primary"], "a");
@@ -870,6 +886,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     let refused = a.try_sql("INSERT INTO t (note) VALUES ('split brain')");
     assert!(refused.is_err(), "the old primary took a write");
     through(proxy, "INSERT INTO t (note) VALUES ('later')").unwrap();
+    wait("the rejoin hook", &|| {
+        std::fs::read_to_string(&hook_log).is_ok_and(|h| h.contains(&format!("rejoin a {new}")))
+    });
     let start = Instant::now();
     while a.try_sql("SELECT count(*) FROM t WHERE note = 'later'").as_deref() != Ok("1") {
         let log = std::fs::read_to_string(state.join("logs/rejoin-a.log")).unwrap_or_default();

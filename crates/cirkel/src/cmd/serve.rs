@@ -214,7 +214,12 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     );
     if !global.quiet && !global.json {
         eprintln!(
-            "cirkel serve: {} redis group(s), {} scheduled job(s); events go to {}",
+            "cirkel serve: {} redis group(s), {} postgres cluster(s), {} scheduled job(s); events go to {}",
+            groups.len(),
+            clusters.len(),
+            jobs.len(),
+            state.root().display()
+        ); events go to {}",
             groups.len(),
             jobs.len(),
             state.root().display()
