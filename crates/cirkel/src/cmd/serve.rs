@@ -219,10 +219,6 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
             clusters.len(),
             jobs.len(),
             state.root().display()
-        ); events go to {}",
-            groups.len(),
-            jobs.len(),
-            state.root().display()
         );
     }
     std::thread::scope(|s| {
