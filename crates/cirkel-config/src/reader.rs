@@ -72,6 +72,11 @@ impl<'a, 'i> Table<'a, 'i> {
         found
     }
 
+    /// Where `key`'s value is, if present.
+    fn value_span(&self, key: &str) -> Option<Range<usize>> {
+        self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| v.span())
+    }
+
     fn wrong(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
         self.cx.error(v.span(), &self.key_path(key), format!("expected {expected}, found {}", v.get_ref().type_str()));
     }
@@ -154,7 +159,7 @@ impl<'a, 'i> Table<'a, 'i> {
         match crate::cron::Schedule::parse(&s) {
             Ok(_) => Some(s),
             Err(e) => {
-                let span = self.entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
+                let span = self.value_span(key).unwrap_or(0..0);
                 self.cx.error(span, &self.key_path(key), e);
                 None
             }
@@ -198,8 +203,7 @@ impl<'a, 'i> Table<'a, 'i> {
         match std::fs::read_to_string(&resolved) {
             Ok(s) => (Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())), Some(resolved)),
             Err(e) => {
-                let span =
-                    self.entries.iter().find(|(k, _, _)| k == file_key).map(|(_, _, v)| v.span()).unwrap_or(0..0);
+                let span = self.value_span(file_key).unwrap_or(0..0);
                 self.cx.error(span, &self.key_path(file_key), format!("cannot read {}: {e}", resolved.display()));
                 (None, Some(resolved))
             }
@@ -390,8 +394,7 @@ fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
-    let copy_span =
-        t.entries.iter().find(|(k, _, _)| k == "copy_to").map(|(_, _, v)| v.span()).unwrap_or(t.span.clone());
+    let copy_span = t.value_span("copy_to").unwrap_or(t.span.clone());
     t.finish();
     (cfg, copy_span)
 }
@@ -422,7 +425,7 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
     }
     let sentinels = t.strings("sentinels");
     let majority = (sentinels.len() / 2 + 1) as u32;
-    let quorum_span = t.entries.iter().find(|(k, _, _)| k == "quorum").map(|(_, _, v)| v.span());
+    let quorum_span = t.value_span("quorum");
     let quorum = t.integer("quorum", 1..101).map(|n| n as u32).unwrap_or(majority);
     if let Some(span) = quorum_span
         && quorum as usize > sentinels.len()
@@ -442,7 +445,7 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
         None | Some("refuse") => crate::OnLag::Refuse,
         Some("warn") => crate::OnLag::Warn,
         Some(other) => {
-            let span = t.entries.iter().find(|(k, _, _)| k == "on_lag").map(|(_, _, v)| v.span()).unwrap_or(0..0);
+            let span = t.value_span("on_lag").unwrap_or(0..0);
             t.cx.error(span, &t.key_path("on_lag"), format!("`{other}`: expected \"refuse\" or \"warn\""));
             crate::OnLag::Refuse
         }
@@ -467,8 +470,7 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
-    let copy_span =
-        t.entries.iter().find(|(k, _, _)| k == "copy_to").map(|(_, _, v)| v.span()).unwrap_or(t.span.clone());
+    let copy_span = t.value_span("copy_to").unwrap_or(t.span.clone());
     t.finish();
     (cfg, copy_span)
 }

@@ -171,23 +171,9 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
             );
         }
     }
-    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
-    let mut opts = format!("-p {}", old_cfg.port);
-    if old_cfg.host.starts_with('/') {
-        opts.push_str(&format!(" -k {}", old_cfg.host));
-    }
     let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
-    let started_again = std::process::Command::new(bindir.join("pg_ctl"))
-        .arg("-D")
-        .arg(&pgdata)
-        .arg("-l")
-        .arg(&log)
-        .arg("-o")
-        .arg(opts)
-        .args(["-W", "start"])
-        .output();
-    if !started_again.is_ok_and(|o| o.status.success()) {
-        failures.push(format!("could not start {old} again (log: {})", log.display()));
+    if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
+        failures.push(format!("could not start {old} again: {e:#} (log: {})", log.display()));
     }
     let mut rejoin_s = None;
     let mut after = status(cluster, c);

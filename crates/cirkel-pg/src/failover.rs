@@ -3,7 +3,7 @@
 //! standbys at it, and brings a returning old primary back as a standby
 //! with `pg_rewind` (never by deleting its data).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -124,18 +124,33 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     conf.push_str(&format!("primary_conninfo = '{}'\n", primary_conninfo(c, p, name).replace('\'', "''")));
     std::fs::write(&auto, conf)?;
     std::fs::create_dir_all(log_dir)?;
-    let log: PathBuf = log_dir.join(format!("rejoin-{name}.log"));
+    start_member(c, m, &pgdata, &log_dir.join(format!("rejoin-{name}.log")), true)?;
+    Ok(start.elapsed())
+}
+
+/// Starts a member on this host on its configured port (and socket
+/// directory, when its host is one), waiting for it or not.
+pub fn start_member(
+    c: &PostgresConfig,
+    m: &PgMemberConfig,
+    pgdata: &Path,
+    log: &Path,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
     let mut opts = format!("-p {}", m.port);
     if m.host.starts_with('/') {
         opts.push_str(&format!(" -k {}", m.host));
     }
-    run(Command::new(&pg_ctl)
+    let wait: &[&str] = if wait { &["-w", "-t", "120"] } else { &["-W"] };
+    run(Command::new(bindir.join("pg_ctl"))
         .arg("-D")
-        .arg(&pgdata)
+        .arg(pgdata)
         .arg("-l")
-        .arg(&log)
+        .arg(log)
         .arg("-o")
         .arg(opts)
-        .args(["-w", "-t", "120", "start"]))?;
-    Ok(start.elapsed())
+        .args(wait)
+        .arg("start"))?;
+    Ok(())
 }

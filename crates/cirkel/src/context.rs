@@ -168,3 +168,36 @@ pub fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 pub fn state_dir(cfg: &cirkel_config::Config) -> cirkel_state::StateDir {
     cirkel_state::StateDir::resolve(cfg.state.dir.as_deref())
 }
+
+/// What a drill found, for its stored report and event.
+pub struct DrillOutcome<'a> {
+    pub source: &'a str,
+    pub kind: &'a str,
+    pub what: &'a str,
+    pub passed: bool,
+    pub rto_s: Option<f64>,
+    pub writes_lost: usize,
+}
+
+/// Stores a drill's report in the state directory and records a `drill`
+/// event pointing at it; returns the report's path.
+pub fn store_drill(
+    cfg: &cirkel_config::Config,
+    d: &DrillOutcome<'_>,
+    report: &serde_json::Value,
+) -> anyhow::Result<PathBuf> {
+    let state = state_dir(cfg);
+    let path = state.save_report(d.kind, report)?;
+    let message = format!(
+        "{} {}: RTO {}, {} lost writes",
+        d.what,
+        if d.passed { "passed" } else { "FAILED" },
+        d.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
+        d.writes_lost
+    );
+    state.record(
+        &cirkel_state::Event::new(d.source, "drill", if d.passed { "info" } else { "warning" }, message)
+            .with(serde_json::json!({ "report": path })),
+    )?;
+    Ok(path)
+}

@@ -619,23 +619,16 @@ pub fn failover_drill(global: &Global, a: &crate::cli::PgDrillArgs) -> anyhow::R
             "run `cirkel status`; `cirkel serve` must be watching the cluster",
         )
     })?;
-    let state = crate::context::state_dir(&cfg);
     let value = serde_json::to_value(&report)?;
-    let path = state.save_report("postgres-failover", &value)?;
-    state.record(
-        &cirkel_state::Event::new(
-            &format!("postgres/{name}"),
-            "drill",
-            if report.passed { "info" } else { "warning" },
-            format!(
-                "failover drill {}: RTO {}, {} lost writes",
-                if report.passed { "passed" } else { "FAILED" },
-                report.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
-                report.writes_lost
-            ),
-        )
-        .with(json!({ "report": path })),
-    )?;
+    let outcome = crate::context::DrillOutcome {
+        source: &format!("postgres/{name}"),
+        kind: "postgres-failover",
+        what: "failover drill",
+        passed: report.passed,
+        rto_s: report.rto_s,
+        writes_lost: report.writes_lost,
+    };
+    let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {
         print_json(&value);
     } else {

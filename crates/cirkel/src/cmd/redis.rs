@@ -449,23 +449,16 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
     let report = cirkel_redis::drill::drill(&g, &opts).map_err(|e| {
         user_error(format!("the drill did not run: {e:#}"), "run `cirkel status` and make the group healthy first")
     })?;
-    let state = state_dir(&cfg);
     let value = serde_json::to_value(&report)?;
-    let path = state.save_report("redis-failover", &value)?;
-    state.record(
-        &cirkel_state::Event::new(
-            &g.source(),
-            "drill",
-            if report.passed { "info" } else { "warning" },
-            format!(
-                "redis failover drill {}: RTO {}, {} lost writes",
-                if report.passed { "passed" } else { "FAILED" },
-                report.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
-                report.writes_lost
-            ),
-        )
-        .with(json!({ "report": path })),
-    )?;
+    let outcome = crate::context::DrillOutcome {
+        source: &g.source(),
+        kind: "redis-failover",
+        what: "redis failover drill",
+        passed: report.passed,
+        rto_s: report.rto_s,
+        writes_lost: report.writes_lost,
+    };
+    let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {
         print_json(&value);
     } else {
