@@ -201,3 +201,26 @@ pub fn store_drill(
     )?;
     Ok(path)
 }
+
+/// The name `given`, or the only candidate: for `--group` and `--cluster`.
+/// `what` names the kind, singular and plural ("Redis group", "Redis
+/// groups"), `flag` the option, `add` how to configure one.
+pub fn only_or_given(
+    given: Option<&str>,
+    candidates: &[&String],
+    what: (&str, &str),
+    flag: &str,
+    add: &str,
+) -> anyhow::Result<String> {
+    if let Some(n) = given {
+        return Ok(n.to_string());
+    }
+    match candidates {
+        [one] => Ok((*one).clone()),
+        [] => Err(crate::output::user_error(format!("no {} is configured", what.0), add.to_string())),
+        many => Err(crate::output::user_error(
+            format!("{} {} are configured", many.len(), what.1),
+            format!("name one with {flag}: {}", many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        )),
+    }
+}

@@ -523,27 +523,13 @@ pub fn member_cluster(
 ) -> anyhow::Result<(String, cirkel_config::PostgresConfig)> {
     let with_members: Vec<&String> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n).collect();
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => match with_members.as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(user_error(
-                    "no PostgreSQL cluster with members is configured",
-                    "add [postgres.NAME.members.M] tables (host, port, zone, priority) to the configuration",
-                ));
-            }
-            many => {
-                return Err(user_error(
-                    format!("{} clusters have members", many.len()),
-                    format!(
-                        "name one with --cluster: {}",
-                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        },
-    };
+    let name = crate::context::only_or_given(
+        name,
+        &with_members,
+        ("PostgreSQL cluster with members", "PostgreSQL clusters with members"),
+        "--cluster",
+        "add [postgres.NAME.members.M] tables (host, port, zone, priority) to the configuration",
+    )?;
     match cfg.postgres.get(&name) {
         Some(c) if !c.members.is_empty() => Ok((name, c.clone())),
         Some(_) => Err(user_error(format!("cluster `{name}` has no members"), "add [postgres.NAME.members.M] tables")),

@@ -30,27 +30,14 @@ pub fn run(global: &Global, cmd: &RedisCmd) -> anyhow::Result<ExitCode> {
 
 /// The group `--group` names, or the only one configured.
 fn group(cfg: &Config, arg: &GroupArg) -> anyhow::Result<Group> {
-    let name = match &arg.group {
-        Some(n) => n.clone(),
-        None => match cfg.redis.keys().collect::<Vec<_>>().as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(user_error(
-                    "no Redis group is configured",
-                    "add a [redis.NAME] table with members and sentinels to the configuration (--config)",
-                ));
-            }
-            many => {
-                return Err(user_error(
-                    format!("{} Redis groups are configured", many.len()),
-                    format!(
-                        "name one with --group: {}",
-                        many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        },
-    };
+    let names: Vec<&String> = cfg.redis.keys().collect();
+    let name = crate::context::only_or_given(
+        arg.group.as_deref(),
+        &names,
+        ("Redis group", "Redis groups"),
+        "--group",
+        "add a [redis.NAME] table with members and sentinels to the configuration (--config)",
+    )?;
     let c = cfg.redis.get(&name).ok_or_else(|| {
         user_error(format!("no Redis group `{name}` in the configuration"), "add a [redis.NAME] table, or fix --group")
     })?;
