@@ -476,6 +476,10 @@ impl Group {
             if !changed.is_empty() {
                 self.wait_for_sentinel_priorities(&sentinel, &changed, Duration::from_secs(30))?;
             }
+            // A Sentinel that last saw the target run as a master (a
+            // restarted old master) turns it back into a replica the moment
+            // it is promoted, unless it has seen it as a replica since.
+            self.wait_seen_as_replica(&target_addr, Duration::from_secs(30))?;
             let mut mc = self.member(&old)?;
             let mut tc = self.member(&target_addr)?;
             let start = Instant::now();
@@ -529,6 +533,31 @@ impl Group {
             }
         }
         result
+    }
+
+    /// Waits until every Sentinel reports `target` as a replica.
+    fn wait_seen_as_replica(&self, target: &Addr, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self.sentinels.iter().all(|a| {
+                let Ok(v) = self.sentinel(a).and_then(|mut c| c.cmd(&["SENTINEL", "REPLICAS", &self.master_name]))
+                else {
+                    return false;
+                };
+                v.array().iter().map(|r| r.pairs()).any(|r| {
+                    r.get("ip").map(String::as_str) == Some(target.host.as_str())
+                        && r.get("port").and_then(|p| p.parse::<u16>().ok()) == Some(target.port)
+                        && r.get("role-reported").map(String::as_str) == Some("slave")
+                })
+            });
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("not every sentinel sees {target} as a replica yet (within {timeout:?})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until `sentinel` sees the replica priorities just set (it
