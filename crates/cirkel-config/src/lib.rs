@@ -149,6 +149,11 @@ pub struct PostgresConfig {
     /// CIRKEL_PRIMARY_HOST and CIRKEL_PRIMARY_PORT set: for DNS, secrets or
     /// application restarts.
     pub on_role_change: Option<String>,
+    /// Synchronous replication managed by `cirkel serve`: a commit is
+    /// acknowledged only once a standby of the synchronous set has flushed
+    /// it, and a failover promotes only a member of that set, so no
+    /// acknowledged commit is lost (default false).
+    pub synchronous: bool,
 }
 
 /// One member of a PostgreSQL cluster.
@@ -187,6 +192,7 @@ impl Default for PostgresConfig {
             proxy_listen: None,
             proxy_listen_ro: None,
             on_role_change: None,
+            synchronous: false,
         }
     }
 }

@@ -306,6 +306,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             proxy_listen: t.string("proxy_listen"),
             proxy_listen_ro: t.string("proxy_listen_ro"),
             on_role_change: t.string("on_role_change"),
+            synchronous: t.boolean("synchronous").unwrap_or(false),
         };
         t.finish();
         cfg.postgres.insert(name, pc);

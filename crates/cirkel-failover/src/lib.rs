@@ -14,10 +14,16 @@
 //!   those allowed to be promoted (priority > 0, not `no_failover`) and within
 //!   `max_lag_bytes` of the last LSN the primary was seen at; ties go to the
 //!   higher priority, then to the name;
+//! - in synchronous mode only a member of the synchronous set may be
+//!   promoted, and only when enough of the set answers that one of the
+//!   answering members must hold every acknowledged commit;
 //! - paused, nothing happens; two primaries at bootstrap is a
 //!   misconfiguration, and nothing happens either.
+//!
+//! Who runs the decider is a separate question ([`Leadership`]): one
+//! `cirkel serve` acts for a cluster at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -118,6 +124,30 @@ pub enum Decision {
     Misconfigured(String),
 }
 
+/// Synchronous replication as the primary enforces it: a commit is
+/// acknowledged once `k` members of `members` have flushed it. The set is
+/// what the executor recorded, a superset of what the primary was ever
+/// told since the last promotion: members join the record before the
+/// primary waits for them, and leave it only after the others have caught up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncSet {
+    pub members: BTreeSet<String>,
+    pub k: u32,
+}
+
+/// Who may act on a cluster. Several `cirkel serve` processes may watch
+/// one cluster; only the holder feeds decisions to the executor. The
+/// embedded default is a lock in the local state directory; a lease in a
+/// consensus store (etcd) fits the same shape.
+pub trait Leadership {
+    /// Takes leadership, or renews it; true while it is held.
+    fn acquire(&mut self) -> Result<bool, String>;
+    /// Gives it up (at a clean stop).
+    fn release(&mut self);
+    /// Who holds it, when known.
+    fn holder(&self) -> Option<String>;
+}
+
 #[derive(Clone, Debug, Default)]
 struct Seen {
     ok: bool,
@@ -136,6 +166,7 @@ pub struct Decider {
     primary_lsn: u64,
     last: BTreeMap<String, Seen>,
     paused: bool,
+    sync: Option<SyncSet>,
 }
 
 impl Decider {
@@ -159,6 +190,7 @@ impl Decider {
             primary_lsn: 0,
             last: BTreeMap::new(),
             paused: false,
+            sync: None,
         })
     }
 
@@ -168,6 +200,19 @@ impl Decider {
 
     pub fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
+    }
+
+    /// Synchronous mode on (with the recorded set) or off.
+    pub fn set_sync(&mut self, sync: Option<SyncSet>) {
+        self.sync = sync;
+    }
+
+    /// Starts from a primary known from an earlier run (persisted state),
+    /// rather than from the one member seen as primary.
+    pub fn assume_primary(&mut self, name: &str) {
+        if self.members.iter().any(|m| m.name == name) {
+            self.primary = Some(name.to_string());
+        }
     }
 
     /// The executor promoted `new`: it is the primary from now on.
@@ -231,8 +276,36 @@ impl Decider {
     pub fn choose(&self, old: &str) -> Result<(String, u64), Vec<Rejection>> {
         let mut rejections = Vec::new();
         let mut best: Option<(&Member, u64)> = None;
+        // Synchronous mode: an acknowledged commit is on k members of the
+        // set; unless fewer than k of them are silent, the one holding it
+        // may be among the silent.
+        let sync_block = self.sync.as_ref().and_then(|s| {
+            let silent = s
+                .members
+                .iter()
+                .filter(|n| n.as_str() != old && !self.last.get(*n).is_some_and(|x| x.ok))
+                .count();
+            if s.members.iter().all(|n| n == old) {
+                Some("synchronous mode: no standby is known to hold every acknowledged commit".to_string())
+            } else if silent as u32 >= s.k.max(1) {
+                Some(format!(
+                    "synchronous mode: {silent} member(s) of the synchronous set do not answer, and may hold acknowledged commits the others lack"
+                ))
+            } else {
+                None
+            }
+        });
         for m in self.members.iter().filter(|m| m.name != old) {
             let reject = |r: &str| Rejection { member: m.name.clone(), reason: r.to_string() };
+            if let Some(why) = &sync_block {
+                rejections.push(reject(why));
+                continue;
+            }
+            let in_sync_set = self.sync.as_ref().map(|s| s.members.contains(&m.name));
+            if in_sync_set == Some(false) {
+                rejections.push(reject("not in the synchronous set, so it may lack acknowledged commits"));
+                continue;
+            }
             let Some(s) = self.last.get(&m.name) else {
                 rejections.push(reject("never observed"));
                 continue;
@@ -249,8 +322,10 @@ impl Decider {
                 rejections.push(reject("never-promote (priority 0)"));
                 continue;
             }
+            // A member of the synchronous set lacks no acknowledged commit,
+            // however far behind the primary's unacknowledged WAL it is.
             let lag = self.primary_lsn.saturating_sub(s.lsn);
-            if lag > self.policy.max_lag_bytes {
+            if lag > self.policy.max_lag_bytes && in_sync_set.is_none() {
                 rejections
                     .push(reject(&format!("{lag} bytes behind, over the {} byte limit", self.policy.max_lag_bytes)));
                 continue;
@@ -364,6 +439,45 @@ mod tests {
         let r = fresh.observe(&[up("a", Role::Primary, 1), up("b", Role::Primary, 1)]);
         assert!(matches!(r, Decision::Misconfigured(ref s) if s.contains("2 members claim")), "{r:?}");
         assert!(Decider::new(vec![], Policy::default()).is_err());
+    }
+
+    fn sync(members: &[&str]) -> Option<SyncSet> {
+        Some(SyncSet { members: members.iter().map(|m| m.to_string()).collect(), k: 1 })
+    }
+
+    #[test]
+    fn synchronous_mode_promotes_only_a_member_of_the_set() {
+        let mut d = Decider::new(members(), Policy { unhealthy_threshold: 1, max_lag_bytes: 10 }).unwrap();
+        healthy(&mut d);
+        d.set_sync(sync(&["b"]));
+        // c is further ahead but not in the set; b is beyond the lag limit
+        // but holds every acknowledged commit.
+        let r = d.observe(&[down("a"), up("b", Role::Replica, 900), up("c", Role::Replica, 1000)]);
+        assert_eq!(r, Decision::Failover { old: "a".into(), new: "b".into(), lost_bytes: 100 });
+        let why = {
+            let mut d = d.clone();
+            d.set_sync(sync(&["c"]));
+            d.choose("a")
+        };
+        assert_eq!(why, Ok(("c".into(), 0)));
+    }
+
+    #[test]
+    fn synchronous_mode_waits_while_a_member_of_the_set_is_silent() {
+        let mut d = Decider::new(members(), Policy { unhealthy_threshold: 1, ..Default::default() }).unwrap();
+        healthy(&mut d);
+        d.set_sync(sync(&["b", "c"]));
+        // c may hold a commit b lacks: nobody is promoted.
+        let r = d.observe(&[down("a"), up("b", Role::Replica, 1000), down("c")]);
+        let Decision::NoCandidate { rejections, .. } = r else { panic!("{r:?}") };
+        assert!(rejections.iter().all(|r| r.reason.contains("do not answer")), "{rejections:?}");
+        // With both answering, the one further ahead is promoted.
+        let r = d.observe(&[down("a"), up("b", Role::Replica, 1000), up("c", Role::Replica, 990)]);
+        assert_eq!(r, Decision::Failover { old: "a".into(), new: "b".into(), lost_bytes: 0 });
+        // An empty set (no standby ever confirmed) promotes nobody.
+        d.set_sync(sync(&[]));
+        let r = d.observe(&[down("a"), up("b", Role::Replica, 1000), up("c", Role::Replica, 990)]);
+        assert!(matches!(r, Decision::NoCandidate { .. }), "{r:?}");
     }
 
     proptest! {

@@ -98,7 +98,9 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     // pg_rewind reads the new timeline from the source's control file, which
     // a freshly promoted primary updates only at its next checkpoint.
     PgConn::connect(Some(&member_conninfo(c, p, c.health.timeout)))?.execute("CHECKPOINT")?;
-    run(Command::new(&pg_ctl).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))?;
+    if pgdata.join("postmaster.pid").exists() {
+        run(Command::new(&pg_ctl).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))?;
+    }
     let source = primary_conninfo(c, p, name);
     let source = match &c.database {
         Some(d) => format!("{source} dbname={}", quote(d)),
@@ -153,4 +155,112 @@ pub fn start_member(
         .args(wait)
         .arg("start"))?;
     Ok(())
+}
+
+/// A finished planned switchover.
+#[derive(Clone, Debug)]
+pub struct Switched {
+    pub old: String,
+    pub new: String,
+    pub fenced: chrono::DateTime<chrono::Utc>,
+    pub stopped: chrono::DateTime<chrono::Utc>,
+    pub promoted: chrono::DateTime<chrono::Utc>,
+    /// WAL position of the old primary's shutdown checkpoint.
+    pub final_lsn: String,
+}
+
+/// The location of the last checkpoint of a stopped data directory, from
+/// `pg_controldata`, which must say it was shut down cleanly.
+fn shutdown_checkpoint(c: &PostgresConfig, pgdata: &Path) -> anyhow::Result<(String, u64)> {
+    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
+    let out = run(Command::new(bindir.join("pg_controldata")).arg("-D").arg(pgdata))?;
+    let field = |name: &str| {
+        out.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+    };
+    let state = field("Database cluster state").unwrap_or_default();
+    anyhow::ensure!(state == "shut down", "{} was not shut down cleanly (state: {state})", pgdata.display());
+    let lsn =
+        field("Latest checkpoint location").ok_or_else(|| anyhow::anyhow!("pg_controldata gave no checkpoint"))?;
+    let bytes = crate::conn::parse_lsn(&lsn).ok_or_else(|| anyhow::anyhow!("bad LSN {lsn}"))?;
+    Ok((lsn, bytes))
+}
+
+/// A planned switchover from the primary `old` (on this host) to the
+/// streaming standby `new`, with no acknowledged commit lost: `fence`
+/// stops routing clients (it is called with `None`), `old` is stopped
+/// cleanly so that its shutdown checkpoint reaches the standbys, `new` is
+/// promoted once it has replayed that far, and `fence(Some(new))` routes
+/// clients to it. Until the promotion every failure rolls back: `old` is
+/// started again and clients are routed to it. The caller points the other
+/// standbys at `new` and rejoins `old` afterwards.
+pub fn switchover(
+    c: &PostgresConfig,
+    old: &str,
+    new: &str,
+    fence: &dyn Fn(Option<&str>),
+    log_dir: &Path,
+) -> anyhow::Result<Switched> {
+    let o = member(c, old)?;
+    let n = member(c, new)?;
+    let pgdata = o.pgdata.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "a switchover stops the primary cleanly, so `{old}` needs its `pgdata` in the configuration, on this host"
+        )
+    })?;
+    let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
+    std::fs::create_dir_all(log_dir)?;
+    let log = log_dir.join(format!("switchover-{old}.log"));
+    let standby = PgConn::connect(Some(&member_conninfo(c, n, c.health.timeout)))?;
+    let rollback = |why: anyhow::Error| -> anyhow::Error {
+        match start_member(c, o, &pgdata, &log, true) {
+            Ok(()) => {
+                fence(Some(old));
+                why.context(format!("switchover rolled back: {old} is the primary again"))
+            }
+            Err(e) => {
+                why.context(format!("switchover failed, and {old} did not start again ({e:#}); start it by hand"))
+            }
+        }
+    };
+    let fenced = chrono::Utc::now();
+    fence(None);
+    if let Err(e) =
+        run(Command::new(bindir.join("pg_ctl")).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))
+    {
+        fence(Some(old));
+        return Err(e.context(format!("could not stop {old}; nothing changed")));
+    }
+    let stopped = chrono::Utc::now();
+    let (final_lsn, end) = match shutdown_checkpoint(c, &pgdata) {
+        Ok(v) => v,
+        Err(e) => return Err(rollback(e)),
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replayed = standby
+            .query_one("SELECT pg_last_wal_replay_lsn()::text")
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|l| crate::conn::parse_lsn(&l));
+        if replayed.is_some_and(|r| r > end) {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(rollback(anyhow::anyhow!(
+                "{new} did not replay {old}'s shutdown checkpoint at {final_lsn} within 30 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if c.synchronous
+        && let Err(e) = crate::ha::set_sync_names(c, new, "")
+    {
+        return Err(rollback(e));
+    }
+    if let Err(e) = promote(c, new) {
+        return Err(rollback(e));
+    }
+    let promoted = chrono::Utc::now();
+    fence(Some(new));
+    Ok(Switched { old: old.into(), new: new.into(), fenced, stopped, promoted, final_lsn })
 }

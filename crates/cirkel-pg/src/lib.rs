@@ -21,12 +21,14 @@ pub mod drill;
 pub mod dump;
 pub mod expire;
 pub mod failover;
+pub mod ha;
 pub mod members;
 pub mod proxy;
 pub mod restore;
 pub mod stream;
 pub mod verify;
 pub mod wal;
+pub mod watch;
 
 /// The snapshot kind of base backups.
 pub const KIND: &str = "pg";

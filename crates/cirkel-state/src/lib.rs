@@ -100,6 +100,31 @@ impl StateDir {
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
+    /// Replaces `name` (under the state directory) with `value`, atomically
+    /// and durably: a crash leaves the old or the new content, never a mix.
+    pub fn save_json<T: serde::Serialize>(&self, name: &str, value: &T) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        let path = self.root.join(name);
+        let tmp = self.root.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.root)?.sync_all()?;
+        Ok(())
+    }
+
+    /// What [`StateDir::save_json`] stored under `name`, or `None`.
+    pub fn load_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<Option<T>> {
+        let path = self.root.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{} is damaged ({e}); remove it to start afresh", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     /// Stores a report as `reports/<time>-<kind>.json` and returns its path.
     pub fn save_report(&self, kind: &str, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
         let dir = self.root.join("reports");

@@ -120,10 +120,31 @@ pub enum PgCmd {
     Expire(PgExpireArgs),
     /// Who would be promoted if the primary failed now, and why the other members would not.
     Failover(PgFailoverArgs),
+    /// Planned switchover to a standby with a short write pause and no lost commit: the primary is
+    /// stopped cleanly, the standby promoted once it has replayed everything, and the old primary
+    /// rejoins as a standby. Asks the running `cirkel serve` (which moves the endpoint), or does it
+    /// itself when none runs.
+    Switchover(PgSwitchoverArgs),
     /// Maintenance mode: `cirkel serve` keeps watching the cluster but takes no automatic action.
     Pause(PgClusterArg),
     /// End maintenance mode.
     Resume(PgClusterArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PgSwitchoverArgs {
+    /// The cluster: a [postgres.NAME] table with members (default: the only one with members).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The standby to promote (default: the one a failover would choose).
+    #[arg(long, value_name = "MEMBER")]
+    pub to: Option<String>,
+    /// When: RFC 3339 or "YYYY-MM-DD HH:MM:SS" UTC. Needs `cirkel serve`; the command returns at once.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// How long to wait for the watcher to finish it.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

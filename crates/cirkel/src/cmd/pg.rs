@@ -29,6 +29,7 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
         PgCmd::Verify(a) => verify(global, a),
         PgCmd::Expire(a) => expire(global, a),
         PgCmd::Failover(a) => failover(global, a),
+        PgCmd::Switchover(a) => switchover(global, a),
         PgCmd::Pause(a) => pause(global, a, true),
         PgCmd::Resume(a) => pause(global, a, false),
     }
@@ -557,6 +558,102 @@ fn failover(global: &Global, a: &crate::cli::PgFailoverArgs) -> anyhow::Result<E
         }
     }
     Ok(if ex.candidate.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Result<ExitCode> {
+    use cirkel_pg::ha::{self, SwitchoverRequest};
+    let cfg = load_config(global)?;
+    let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let state = crate::context::state_dir(&cfg);
+    let at =
+        a.at.as_deref()
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.with_timezone(&Utc))
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").map(|n| n.and_utc()))
+                    .map_err(|e| {
+                        user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T22:00:00Z")
+                    })
+            })
+            .transpose()?;
+    if at.is_some_and(|t| t < Utc::now() - chrono::Duration::minutes(1)) {
+        return Err(user_error("--at is in the past", "give a time to come, or leave --at out to switch over now"));
+    }
+    let st = cirkel_pg::members::status(&name, &c);
+    let Some(primary) = st.primary.clone() else {
+        return Err(user_error(
+            format!("cluster {name} has no single primary: {}", st.problems.join("; ")),
+            "a switchover needs a healthy primary; `cirkel status` shows the cluster",
+        ));
+    };
+    if let Some(to) = &a.to {
+        if *to == primary {
+            return Err(user_error(format!("{to} is already the primary"), "name a standby with --to"));
+        }
+        cirkel_pg::watch::check_target(&c, &st, to)
+            .map_err(|e| user_error(e, "name a streaming standby with --to; `cirkel status` lists them"))?;
+    }
+    let req = SwitchoverRequest {
+        id: format!("{}-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default(), std::process::id()),
+        to: a.to.clone(),
+        at,
+        requested: Utc::now(),
+    };
+    let outcome = if ha::watcher(&state, &name).is_some() {
+        state.save_json(&ha::request_file(&name), &req)?;
+        if let Some(t) = at {
+            if global.json {
+                print_json(&json!({ "cluster": name, "scheduled": t, "id": req.id, "to": req.to }));
+            } else {
+                println!("switchover of {name} scheduled for {t} (cirkel serve carries it out)");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let until = std::time::Instant::now() + a.timeout;
+        loop {
+            let done = state.events()?.into_iter().rev().find(|e| {
+                (e.kind == "switchover" || e.kind == "switchover-failed") && e.details["id"] == json!(req.id)
+            });
+            if let Some(e) = done {
+                break e;
+            }
+            if std::time::Instant::now() > until {
+                return Err(user_error(
+                    format!("cirkel serve did not carry out the switchover within {:?}", a.timeout),
+                    "`cirkel events --kind switchover` shows whether it happened since",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    } else {
+        if at.is_some() {
+            return Err(user_error(
+                "--at needs a running `cirkel serve` watching the cluster",
+                "start `cirkel serve`, or switch over now without --at",
+            ));
+        }
+        if let Err(why) = cirkel_pg::watch::switchover_now(&name, &c, &state, &req)? {
+            return Err(user_error(format!("switchover failed: {why}"), "`cirkel status` shows the cluster now"));
+        }
+        state
+            .events()?
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == "switchover" && e.details["id"] == json!(req.id))
+            .ok_or_else(|| anyhow::anyhow!("the switchover left no record"))?
+    };
+    if global.json {
+        print_json(&serde_json::to_value(&outcome)?);
+    } else {
+        println!("{}", outcome.message);
+        if let Some(s) = outcome.details["rejoin_s"].as_f64() {
+            println!("{} rejoined as a standby in {s:.1} s", outcome.details["old_primary"].as_str().unwrap_or("?"));
+        }
+        if let Some(e) = outcome.details["rejoin_error"].as_str() {
+            println!("rejoin failed: {e}");
+        }
+    }
+    Ok(if outcome.kind == "switchover" { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow::Result<ExitCode> {

@@ -233,7 +233,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
         for (name, c) in &clusters {
             let (state, stop) = (&state, stop.clone());
             s.spawn(move || {
-                if let Err(e) = cirkel_pg::members::watch(name, c, state, stop) {
+                if let Err(e) = cirkel_pg::watch::watch(name, c, state, stop) {
                     tracing::error!("watcher of postgres cluster {name} stopped: {e:#}");
                 }
             });

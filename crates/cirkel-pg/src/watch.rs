@@ -1,0 +1,648 @@
+//! `cirkel serve` for one PostgreSQL cluster: health checks every
+//! interval, the decision core's verdict, and the executor that carries it
+//! out (fence, promote, repoint, rejoin), the endpoints, planned
+//! switchovers and synchronous replication.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use cirkel_config::PostgresConfig;
+use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Member, Policy, Probe, SyncSet};
+use cirkel_state::{Event, StateDir};
+use serde_json::json;
+
+use crate::failover;
+use crate::ha::{self, InFlight, LocalLease, Record, SwitchoverRequest};
+use crate::members::{ClusterStatus, pause_flag, probes, status};
+use crate::proxy::{Router, Target};
+
+struct Watch<'a> {
+    cluster: &'a str,
+    c: &'a PostgresConfig,
+    state: &'a StateDir,
+    source: String,
+    router: Arc<Router>,
+    rec: Record,
+}
+
+impl Watch<'_> {
+    fn record(&self, e: Event) {
+        match e.severity.as_str() {
+            "info" => tracing::info!("{}: {}", e.source, e.message),
+            _ => tracing::warn!("{}: {}", e.source, e.message),
+        }
+        if let Err(err) = self.state.record(&e) {
+            tracing::error!("cannot record an event: {err:#}");
+        }
+    }
+
+    fn event(&self, kind: &str, severity: &str, message: impl Into<String>) -> Event {
+        Event::new(&self.source, kind, severity, message)
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.rec.save(self.state, self.cluster) {
+            self.record(self.event("state-not-saved", "critical", format!("{e:#}")));
+        }
+    }
+
+    fn target_of(&self, name: &str) -> Option<Target> {
+        self.c.members.get(name).map(|m| Target::new(&m.host, m.port))
+    }
+
+    /// Runs `on_role_change`.
+    fn hook(&self, event: &str, member: &str, primary: &str) {
+        let Some(cmd) = &self.c.on_role_change else { return };
+        let p = self.c.members.get(primary).cloned().unwrap_or_default();
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .env("CIRKEL_EVENT", event)
+            .env("CIRKEL_CLUSTER", self.cluster)
+            .env("CIRKEL_MEMBER", member)
+            .env("CIRKEL_PRIMARY", primary)
+            .env("CIRKEL_PRIMARY_HOST", &p.host)
+            .env("CIRKEL_PRIMARY_PORT", p.port.to_string())
+            .output();
+        let failed = match out {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => {
+                format!("on_role_change exited {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim())
+            }
+            Err(e) => format!("on_role_change: {e}"),
+        };
+        self.record(self.event("hook-failed", "warning", failed));
+    }
+
+    /// The first time the endpoint (or, without one, the member) takes a
+    /// write session, within 30 s.
+    fn writable_at(&self, new: &str) -> Option<chrono::DateTime<Utc>> {
+        let endpoint = self.c.proxy_listen.clone().or_else(|| {
+            self.c.members.get(new).filter(|m| !m.host.starts_with('/')).map(|m| format!("{}:{}", m.host, m.port))
+        })?;
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if failover::endpoint_writable(self.c, &endpoint) {
+                return Some(Utc::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Points every reachable standby but `skip` at `primary`.
+    fn repoint(&self, st: &ClusterStatus, primary: &str, skip: &str) -> Vec<String> {
+        let mut followed = Vec::new();
+        for m in st.members.iter().filter(|m| m.name != primary && m.name != skip && m.reachable) {
+            match failover::follow(self.c, &m.name, primary) {
+                Ok(()) => followed.push(m.name.clone()),
+                Err(e) => self.record(self.event(
+                    "follow-failed",
+                    "critical",
+                    format!("{} could not be pointed at {primary}: {e:#}", m.name),
+                )),
+            }
+        }
+        followed
+    }
+
+    fn rejoin(&mut self, old: &str, new: &str) -> Result<f64, String> {
+        match failover::rejoin(self.c, old, new, &self.state.root().join("logs")) {
+            Ok(took) => {
+                self.rec.fenced = None;
+                self.save();
+                self.record(
+                    self.event(
+                        "rejoined",
+                        "info",
+                        format!("{old} was rewound and follows {new} ({:.1} s)", took.as_secs_f64()),
+                    )
+                    .with(json!({ "member": old, "primary": new, "seconds": took.as_secs_f64() })),
+                );
+                self.hook("rejoin", old, new);
+                Ok(took.as_secs_f64())
+            }
+            Err(e) => Err(format!("{old}: {e:#}")),
+        }
+    }
+
+    /// Fences `old`, promotes `new`, repoints the others; every step
+    /// recorded so that a restart finishes or abandons it.
+    fn failover(
+        &mut self,
+        decider: &mut Decider,
+        st: &ClusterStatus,
+        (old, new, lost_bytes): (String, String, u64),
+        detected: chrono::DateTime<Utc>,
+    ) -> Result<(), String> {
+        let decided = Utc::now();
+        self.rec.failover = Some(InFlight { old: old.clone(), new: new.clone(), started: decided });
+        self.save();
+        self.router.set(None);
+        let fenced_at = Utc::now();
+        ha::failpoint("pg-failover-fenced");
+        if self.c.synchronous
+            && let Err(e) = ha::set_sync_names(self.c, &new, "")
+        {
+            return Err(format!("preparing {new} for synchronous mode failed: {e:#}"));
+        }
+        if let Err(e) = failover::promote(self.c, &new) {
+            self.rec.failover = None;
+            self.save();
+            return Err(format!("promoting {new} failed: {e:#}"));
+        }
+        let promoted_at = Utc::now();
+        ha::failpoint("pg-failover-promoted");
+        decider.promoted(&new);
+        self.router.set(self.target_of(&new));
+        self.rec.primary = Some(new.clone());
+        self.rec.fenced = Some(old.clone());
+        self.rec.failover = None;
+        if self.c.synchronous {
+            self.rec.sync = Some(Default::default());
+            self.rec.shrink = None;
+        }
+        self.save();
+        let followed = self.repoint(st, &new, &old);
+        let writable_at = self.c.proxy_listen.as_ref().and_then(|_| self.writable_at(&new));
+        let secs = |t: chrono::DateTime<Utc>| (t - detected).num_milliseconds() as f64 / 1000.0;
+        self.record(
+            self.event(
+                "failover",
+                "critical",
+                format!("failover {old} → {new}: {lost_bytes} bytes of WAL not received by {new}"),
+            )
+            .with(json!({
+                "old_primary": old,
+                "new_primary": new,
+                "lost_bytes": lost_bytes,
+                "synchronous": self.c.synchronous,
+                "detected": detected,
+                "decided": decided,
+                "fenced": fenced_at,
+                "promoted": promoted_at,
+                "endpoint_writable": writable_at,
+                "decided_after_s": secs(decided),
+                "promoted_after_s": secs(promoted_at),
+                "endpoint_writable_after_s": writable_at.map(secs),
+                "followers": followed,
+            })),
+        );
+        self.hook("failover", &new, &new);
+        Ok(())
+    }
+
+    /// A planned switchover asked by `cirkel pg switchover`.
+    fn switchover(&mut self, decider: &mut Decider, st: &ClusterStatus, req: &SwitchoverRequest) -> Result<(), String> {
+        let old = decider.primary().map(str::to_string).ok_or("no primary is known")?;
+        let healthy = st.members.iter().any(|m| m.name == old && m.reachable && m.role.as_deref() == Some("primary"));
+        if !healthy {
+            return Err(format!("the primary {old} does not answer as a primary; a switchover needs a healthy one"));
+        }
+        let new = match &req.to {
+            Some(to) => {
+                check_target(self.c, st, to)?;
+                to.clone()
+            }
+            None => decider.choose(&old).map(|(n, _)| n).map_err(|r| {
+                format!(
+                    "no standby qualifies: {}",
+                    r.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
+                )
+            })?,
+        };
+        let router = self.router.clone();
+        let targets: HashMap<String, Target> =
+            self.c.members.iter().map(|(n, m)| (n.clone(), Target::new(&m.host, m.port))).collect();
+        let fence = |to: Option<&str>| router.set(to.and_then(|n| targets.get(n).cloned()));
+        let sw = failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
+            .map_err(|e| format!("{e:#}"))?;
+        decider.promoted(&new);
+        self.rec.primary = Some(new.clone());
+        self.rec.fenced = Some(old.clone());
+        if self.c.synchronous {
+            self.rec.sync = Some(Default::default());
+            self.rec.shrink = None;
+        }
+        self.save();
+        let writable = self.writable_at(&new);
+        let followed = self.repoint(st, &new, &old);
+        self.hook("switchover", &new, &new);
+        let rejoin = self.rejoin(&old, &new);
+        let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
+        self.record(
+            self.event(
+                "switchover",
+                "warning",
+                format!(
+                    "switchover {old} → {new}: writes paused {}",
+                    pause.map(|p| format!("{p:.2} s")).unwrap_or_else(|| "(not measured)".into())
+                ),
+            )
+            .with(json!({
+                "id": req.id,
+                "old_primary": old,
+                "new_primary": new,
+                "fenced": sw.fenced,
+                "stopped": sw.stopped,
+                "promoted": sw.promoted,
+                "endpoint_writable": writable,
+                "write_pause_s": pause,
+                "final_lsn": sw.final_lsn,
+                "followers": followed,
+                "rejoin_s": rejoin.as_ref().ok(),
+                "rejoin_error": rejoin.as_ref().err(),
+            })),
+        );
+        Ok(())
+    }
+}
+
+/// Whether `to` can take over in a planned switchover.
+pub fn check_target(c: &PostgresConfig, st: &ClusterStatus, to: &str) -> Result<(), String> {
+    let m = st.members.iter().find(|m| m.name == to).ok_or_else(|| format!("no member `{to}`"))?;
+    if !m.reachable || m.role.as_deref() != Some("standby") {
+        return Err(format!("{to} is not a reachable standby"));
+    }
+    if !m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming")) {
+        return Err(format!("{to} is not streaming ({})", m.receiver.as_deref().unwrap_or("no WAL receiver")));
+    }
+    if c.members.get(to).is_some_and(|m| m.priority == 0) {
+        return Err(format!("{to} has priority 0 (never promote)"));
+    }
+    Ok(())
+}
+
+/// Watches a cluster until `stop`: health checks with the configured
+/// thresholds, primary changes, split brain, and the decision core's
+/// verdict, each recorded as an event. With `auto_failover` (the default)
+/// it also acts: the endpoint stops routing to a primary declared down
+/// (fencing it for every client of the endpoint), the chosen standby is
+/// promoted, the others follow it, and an old primary that comes back is
+/// rewound into a standby. With `proxy_listen` it serves the read-write
+/// endpoint. Only one watcher acts per cluster and state directory.
+pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let source = format!("postgres/{cluster}");
+    let mut lease = LocalLease::new(state, cluster);
+    let mut waiting = false;
+    while !lease.acquire().map_err(anyhow::Error::msg)? {
+        if !waiting {
+            let holder = lease.holder().unwrap_or_else(|| "another process".into());
+            let msg = format!("another cirkel serve ({holder}) acts on {cluster}; this one waits until it stops");
+            state.record(&Event::new(&source, "standing-by", "info", msg))?;
+            waiting = true;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        std::thread::sleep(c.health.interval.max(Duration::from_millis(200)));
+    }
+    let members: Vec<Member> =
+        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
+    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
+    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let router = Router::new();
+    let listen = |addr: &Option<String>, what: &str, router: &Arc<Router>| -> anyhow::Result<_> {
+        let Some(addr) = addr else { return Ok(None) };
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} of {cluster}: {e}"))?;
+        let (router, stop) = (router.clone(), stop.clone());
+        Ok(Some(std::thread::spawn(move || crate::proxy::run(listener, router, stop))))
+    };
+    let proxy = listen(&c.proxy_listen, "endpoint", &router)?;
+    let ro_router = Router::new();
+    let proxy_ro = listen(&c.proxy_listen_ro, "read-only endpoint", &ro_router)?;
+    let view: crate::api::SharedView = Default::default();
+    let mut apis = Vec::new();
+    for (name, m) in &c.members {
+        if let Some(addr) = &m.api_listen {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the health endpoints of {name}: {e}"))?;
+            let (name, view, stop) = (name.clone(), view.clone(), stop.clone());
+            apis.push(std::thread::spawn(move || crate::api::run(listener, name, view, stop)));
+        }
+    }
+    let mut w = Watch { cluster, c, state, source, router, rec: Record::load(state, cluster)? };
+    let paused_flag = pause_flag(state, cluster);
+    let requests = state.root().join(ha::request_file(cluster));
+    let mut health: HashMap<String, HealthCounter> = HashMap::new();
+    let mut strays: HashMap<String, Instant> = HashMap::new();
+    let mut ro_member: Option<String> = None;
+    let mut last_alarm = String::new();
+    let mut first_failure: Option<chrono::DateTime<Utc>> = None;
+    let mut first_round = true;
+    w.record(w.event("watch-started", "info", format!("watching {} members", c.members.len())));
+    while !stop.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        ha::beat(state, cluster, c.health.interval);
+        let st = status(cluster, c);
+        let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
+        if first_round {
+            first_round = false;
+            resume(&mut w, &mut decider, &st);
+        }
+        for m in &st.members {
+            let h = &c.health;
+            let change = health.entry(m.name.clone()).or_default().observe(
+                m.reachable,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            );
+            let details = json!({ "member": m.name, "zone": m.zone });
+            match change {
+                Some(false) => w.record(
+                    w.event(
+                        "member-down",
+                        "critical",
+                        format!(
+                            "member {} failed {} checks: {}",
+                            m.name,
+                            h.unhealthy_threshold,
+                            m.error.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .with(details),
+                ),
+                Some(true) => {
+                    w.record(w.event("member-up", "info", format!("member {} is healthy", m.name)).with(details))
+                }
+                None => {}
+            }
+        }
+        let paused = paused_flag.exists();
+        decider.set_paused(paused);
+        decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, decider.primary()), k: 1 }));
+        // The fenced old primary is invisible to the decision core: it is
+        // never routed to, promoted or counted, until it is a standby again.
+        let fenced = w.rec.fenced.clone();
+        if let Some(f) = &fenced
+            && is(f, "standby")
+        {
+            w.rec.fenced = None;
+            w.save();
+        }
+        let observed: Vec<Probe> = probes(&st)
+            .into_iter()
+            .map(|p| if Some(&p.member) == fenced.as_ref() { Probe { ok: false, role: None, ..p } } else { p })
+            .collect();
+        let mut alarm = (String::new(), "", String::new());
+        let decision = decider.observe(&observed);
+        match decision {
+            Decision::Steady { primary: p } => {
+                first_failure = None;
+                w.router.set(w.target_of(&p));
+                if w.rec.primary.as_deref() != Some(p.as_str()) {
+                    if let Some(old) = &w.rec.primary {
+                        w.record(w.event("primary-changed", "warning", format!("primary is now {p} (was {old})")));
+                    }
+                    w.rec.primary = Some(p.clone());
+                    w.save();
+                }
+                let planned =
+                    std::fs::read(&requests).ok().and_then(|b| serde_json::from_slice::<SwitchoverRequest>(&b).ok());
+                if let Some(req) = planned.filter(|r| r.at.is_none_or(|t| Utc::now() >= t)) {
+                    let _ = std::fs::remove_file(&requests);
+                    if let Err(why) = w.switchover(&mut decider, &st, &req) {
+                        w.record(
+                            w.event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
+                                .with(json!({ "id": req.id })),
+                        );
+                    }
+                } else if c.auto_failover && !paused {
+                    if let Some(f) = &fenced
+                        && is(f, "primary")
+                    {
+                        // The old primary is back, on its old timeline.
+                        if let Err(e) = w.rejoin(f, &p) {
+                            alarm = ("rejoin-failed".into(), "critical", e);
+                        }
+                    }
+                    repair_followers(&w, &st, &p, &mut strays);
+                    if c.synchronous {
+                        match ha::sync_round(c, &st, &p, &mut w.rec, state, cluster) {
+                            Ok(changes) => {
+                                for ch in changes {
+                                    w.record(w.event("synchronous-set", "warning", ch));
+                                }
+                            }
+                            Err(e) => alarm = ("synchronous-set-failed".into(), "critical", format!("{e:#}")),
+                        }
+                    } else if st.members.iter().any(|m| {
+                        m.name == p
+                            && m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty())
+                            && w.rec.sync.is_some()
+                    }) {
+                        // Synchronous mode was turned off.
+                        if ha::set_sync_names(c, &p, "").is_ok() {
+                            w.rec.sync = None;
+                            w.rec.shrink = None;
+                            w.save();
+                        }
+                    }
+                }
+            }
+            Decision::Suspect { .. } => {
+                first_failure.get_or_insert_with(Utc::now);
+            }
+            Decision::Failover { old, new, lost_bytes } if c.auto_failover => {
+                let detected = first_failure.take().unwrap_or_else(Utc::now);
+                if let Err(e) = w.failover(&mut decider, &st, (old, new, lost_bytes), detected) {
+                    alarm = ("failover-failed".into(), "critical", e);
+                }
+            }
+            Decision::Failover { old, new, lost_bytes } => {
+                alarm = (
+                    "failover-needed".into(),
+                    "critical",
+                    format!(
+                        "primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind); auto_failover is off"
+                    ),
+                );
+            }
+            Decision::Paused => {
+                alarm = (
+                    "paused-primary-down".into(),
+                    "critical",
+                    "the primary is down, and the cluster is paused: no automatic action (`cirkel pg resume`)".into(),
+                );
+            }
+            Decision::NoCandidate { old, rejections } => {
+                alarm = (
+                    "no-failover-candidate".into(),
+                    "critical",
+                    format!(
+                        "primary {old} is down and no standby qualifies: {}",
+                        rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
+                    ),
+                );
+            }
+            Decision::Misconfigured(why) => {
+                let why = match &fenced {
+                    Some(f) if is(f, "primary") => format!(
+                        "{why}; {f} runs as a primary but was fenced after a failover, so it is never routed to"
+                    ),
+                    _ => why,
+                };
+                alarm = ("cluster-misconfigured".into(), "critical", why);
+            }
+        }
+        // The read-only endpoint: keep the current standby while it streams
+        // within the lag limit, else take another, else the primary.
+        let eligible = |name: &str| {
+            st.members.iter().any(|m| {
+                m.name == name
+                    && m.reachable
+                    && m.role.as_deref() == Some("standby")
+                    && m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
+                    && m.lag_bytes.is_some_and(|l| l <= c.max_lag_bytes)
+            })
+        };
+        if !ro_member.as_deref().is_some_and(eligible) {
+            ro_member = st.members.iter().map(|m| m.name.clone()).find(|n| eligible(n));
+        }
+        let routed_primary = w.router.target().and(decider.primary().map(str::to_string));
+        match (&ro_member, &routed_primary) {
+            (Some(m), _) | (None, Some(m)) => ro_router.set(w.target_of(m)),
+            (None, None) => ro_router.set(None),
+        }
+        if let Ok(mut v) = view.lock() {
+            v.primary = routed_primary;
+            v.status = Some(st.clone());
+        }
+        if alarm.2 != last_alarm {
+            if !alarm.0.is_empty() {
+                w.record(w.event(&alarm.0, alarm.1, alarm.2.clone()));
+            }
+            last_alarm = alarm.2;
+        }
+        let left = c.health.interval.saturating_sub(round.elapsed());
+        let until = Instant::now() + left;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+    lease.release();
+    for t in [proxy, proxy_ro].into_iter().flatten() {
+        let _ = t.join();
+    }
+    for a in apis {
+        let _ = a.join();
+    }
+    Ok(())
+}
+
+/// After a restart: finishes a failover that got as far as the promotion,
+/// abandons one that did not (the decision core decides afresh), and takes
+/// the recorded primary as the primary while nothing contradicts it, so
+/// that a primary that died while cirkel was down is still failed over.
+fn resume(w: &mut Watch, decider: &mut Decider, st: &ClusterStatus) {
+    let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
+    if let Some(f) = w.rec.failover.take() {
+        let details = json!({ "old_primary": f.old, "new_primary": f.new, "started": f.started });
+        if is(&f.new, "primary") {
+            w.rec.primary = Some(f.new.clone());
+            w.rec.fenced = Some(f.old.clone());
+            if w.c.synchronous {
+                w.rec.sync = Some(Default::default());
+                w.rec.shrink = None;
+            }
+            let msg = format!("cirkel stopped after promoting {}; the failover from {} is finished now", f.new, f.old);
+            w.record(w.event("failover-resumed", "warning", msg).with(details));
+        } else {
+            let msg = format!(
+                "cirkel stopped during a failover from {} to {} before the promotion; nothing was promoted, and it decides afresh",
+                f.old, f.new
+            );
+            w.record(w.event("failover-abandoned", "warning", msg).with(details));
+        }
+        w.save();
+    }
+    if let Some(p) = w.rec.primary.clone() {
+        let other = st
+            .members
+            .iter()
+            .any(|m| m.name != p && Some(&m.name) != w.rec.fenced.as_ref() && m.role.as_deref() == Some("primary"));
+        if !is(&p, "standby") && !other {
+            decider.assume_primary(&p);
+        }
+    }
+}
+
+/// Points at the primary every standby that has not been streaming from
+/// it (under its member name, which synchronous mode relies on) for 5 s:
+/// the followers of a failover cirkel was stopped in, and standbys made by
+/// hand with another `application_name`.
+fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut HashMap<String, Instant>) {
+    let Some(p) = st.members.iter().find(|m| m.name == primary) else { return };
+    for m in &st.members {
+        if m.name == primary || !m.reachable || m.role.as_deref() != Some("standby") {
+            continue;
+        }
+        if p.replicas.iter().any(|l| l.name == m.name) {
+            strays.remove(&m.name);
+            continue;
+        }
+        let since = *strays.entry(m.name.clone()).or_insert_with(Instant::now);
+        if since.elapsed() >= Duration::from_secs(5) {
+            strays.insert(m.name.clone(), Instant::now());
+            match failover::follow(w.c, &m.name, primary) {
+                Ok(()) => w.record(w.event(
+                    "follower-repointed",
+                    "info",
+                    format!("{} did not stream from {primary} as `{}`; it was pointed at it", m.name, m.name),
+                )),
+                Err(e) => w.record(w.event(
+                    "follow-failed",
+                    "critical",
+                    format!("{} could not be pointed at {primary}: {e:#}", m.name),
+                )),
+            }
+        }
+    }
+}
+
+/// A planned switchover when no `cirkel serve` watches the cluster: the
+/// same steps, without an endpoint to move. Holds the cluster's lease
+/// meanwhile, so that a watcher starting now waits.
+pub fn switchover_now(
+    cluster: &str,
+    c: &PostgresConfig,
+    state: &StateDir,
+    req: &SwitchoverRequest,
+) -> anyhow::Result<Result<(), String>> {
+    let mut lease = LocalLease::new(state, cluster);
+    if !lease.acquire().map_err(anyhow::Error::msg)? {
+        anyhow::bail!(
+            "a cirkel serve ({}) acts on {cluster}; ask it (it reads requests every check interval)",
+            lease.holder().unwrap_or_default()
+        );
+    }
+    let members: Vec<Member> =
+        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
+    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
+    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let mut w = Watch {
+        cluster,
+        c,
+        state,
+        source: format!("postgres/{cluster}"),
+        router: Router::new(),
+        rec: Record::load(state, cluster)?,
+    };
+    let st = status(cluster, c);
+    decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, st.primary.as_deref()), k: 1 }));
+    if let Decision::Misconfigured(why) = decider.observe(&probes(&st)) {
+        return Ok(Err(why));
+    }
+    let outcome = w.switchover(&mut decider, &st, req);
+    if let Err(why) = &outcome {
+        w.record(
+            w.event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
+                .with(json!({ "id": req.id })),
+        );
+    }
+    lease.release();
+    Ok(outcome)
+}
