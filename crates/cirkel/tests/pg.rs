@@ -692,9 +692,28 @@ struct Daemon<'a> {
 
 impl<'a> Daemon<'a> {
     fn start(e: &'a PgEnv, cfg: &str) -> Daemon<'a> {
+        Daemon::start_with(e, cfg, &[])
+    }
+
+    fn start_with(e: &'a PgEnv, cfg: &str, env: &[(&str, &str)]) -> Daemon<'a> {
         let state = e.env.path("state");
-        let child = e.cmd(None, &["--config", cfg, "serve"]).env("CIRKEL_STATE_DIR", &state).spawn().unwrap();
+        let mut cmd = e.cmd(None, &["--config", cfg, "serve"]);
+        cmd.env("CIRKEL_STATE_DIR", &state);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
         Daemon { e, cfg: cfg.to_string(), state, child }
+    }
+
+    /// Runs a command that shares the daemon's configuration and state, and
+    /// returns its output whatever its exit.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.e
+            .cmd(None, &[&["--config", self.cfg.as_str()], args].concat())
+            .env("CIRKEL_STATE_DIR", &self.state)
+            .output()
+            .unwrap()
     }
 
     fn events(&self, kind: &str) -> Vec<serde_json::Value> {
@@ -723,8 +742,17 @@ impl<'a> Daemon<'a> {
     }
 
     fn wait_event(&self, kind: &str) -> serde_json::Value {
-        wait_until(&format!("a {kind} event"), &|| !self.events(kind).is_empty());
-        self.events(kind).pop().unwrap_or_default()
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.events(kind).pop() {
+                return e;
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                let all = std::fs::read_to_string(self.state.join("events.jsonl")).unwrap_or_default();
+                panic!("timed out waiting for a {kind} event; events:\n{all}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -800,6 +828,18 @@ impl Ha {
     fn cfg(&self) -> &str {
         self.config.to_str().unwrap()
     }
+
+    /// Adds settings to the cluster's table, or to a member's.
+    fn configure(&self, table: &str, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let header = format!("[{table}]\n");
+        assert!(text.contains(&header), "no [{table}] in {text}");
+        std::fs::write(&self.config, text.replacen(&header, &format!("{header}{lines}\n"), 1)).unwrap();
+    }
+}
+
+fn healthy(e: &PgEnv, cfg: &str) -> bool {
+    e.cmd(None, &["--config", cfg, "status"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 #[test]
@@ -896,4 +936,242 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
         assert!(start.elapsed() < Duration::from_secs(60), "the rejoined standby does not replay:\n{conf}\n{log}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let cfg = ha.cfg();
+    // Without a watcher, cirkel switches over by itself; wrong targets are refused first.
+    wait_until("a healthy cluster", &|| healthy(&e, cfg));
+    for (to, says) in [("a", "already the primary"), ("x", "no member"), ("c", "priority 0")] {
+        if to == "c" {
+            ha.configure("postgres.main.members.c", "priority = 0");
+        }
+        let err = e.fails(None, &["--config", cfg, "pg", "switchover", "--to", to]);
+        assert!(err.contains(says), "{to}: {err}");
+    }
+    let err = e.fails(None, &["--config", cfg, "pg", "switchover", "--at", "2030-01-01T00:00:00Z"]);
+    assert!(err.contains("needs a running `cirkel serve`"), "{err}");
+    ha.a.sql("INSERT INTO t (note) SELECT 'before' FROM generate_series(1, 100)");
+    let state = e.env.path("state");
+    let out = e
+        .cmd(None, &["--json", "--config", cfg, "pg", "switchover", "--to", "b"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["details"]["new_primary"], "b", "{ev:#}");
+    assert!(ev["details"]["rejoin_s"].as_f64().is_some(), "{ev:#}");
+    assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(ha.b.sql("SELECT count(*) FROM t WHERE note = 'before'"), "100", "no commit lost");
+
+    // With the watcher: it moves the endpoint, and every commit made through
+    // the endpoint before the switchover is on the new primary.
+    let daemon = Daemon::start(&e, cfg);
+    wait_until("the endpoint on b", &|| {
+        through(ha.proxy, "SHOW port").as_deref() == Ok(ha.b.port.to_string().as_str())
+    });
+    wait_until("a healthy cluster", &|| healthy(&e, cfg));
+    for _ in 0..10 {
+        through(ha.proxy, "INSERT INTO t (note) VALUES ('endpoint')").unwrap();
+    }
+    let out = daemon.run(&["--json", "pg", "switchover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["kind"], "switchover", "{ev:#}");
+    assert_eq!(ev["details"]["old_primary"], "b");
+    assert_eq!(ev["details"]["new_primary"], "a", "c has priority 0: {ev:#}");
+    assert!(ev["details"]["write_pause_s"].as_f64().is_some(), "{ev:#}");
+    assert_eq!(through(ha.proxy, "SHOW port").unwrap(), ha.a.port.to_string());
+    assert_eq!(through(ha.proxy, "SELECT count(*) FROM t WHERE note = 'endpoint'").unwrap(), "10");
+    wait_until("b streaming from a", &|| {
+        ha.b.try_sql("SELECT status FROM pg_stat_wal_receiver").as_deref() == Ok("streaming")
+    });
+    assert!(ha.b.try_sql("INSERT INTO t (note) VALUES ('old primary')").is_err());
+    // A scheduled switchover returns at once and happens at its time.
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    wait_until("a healthy cluster", &|| healthy(&e, cfg));
+    let said = daemon.ok(&["pg", "switchover", "--to", "b", "--at", &at]);
+    assert!(said.contains("scheduled"), "{said}");
+    assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "f", "not before its time");
+    // The first two were the one without a watcher and the one just before.
+    wait_until("the scheduled switchover", &|| daemon.events("switchover").len() == 3);
+    assert_eq!(daemon.events("switchover")[2]["details"]["new_primary"], "b");
+    assert_eq!(through(ha.proxy, "SHOW port").unwrap(), ha.b.port.to_string());
+}
+
+#[test]
+fn synchronous_mode_loses_no_acknowledged_commit_and_tracks_its_set() {
+    let e = PgEnv::new();
+    let mut ha = Ha::start(&e);
+    ha.configure("postgres.main", "synchronous = true");
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("both standbys in the synchronous set", &|| {
+        ha.a.try_sql(
+            "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication",
+        )
+        .as_deref()
+            == Ok("b:quorum,c:quorum")
+    });
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    // pgbench loads the primary through the endpoint while the drill's
+    // canary writes and the primary is killed.
+    let bench = std::process::Command::new("setpriv")
+        .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+        .arg(cirkel_testkit::pg::pg_bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &ha.proxy.to_string(), "-U", "postgres", "-i", "-s", "2", "-q", "postgres"])
+        .output()
+        .unwrap();
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let mut load = std::process::Command::new("setpriv")
+        .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+        .arg(cirkel_testkit::pg::pg_bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &ha.proxy.to_string(), "-U", "postgres", "-c", "4", "-T", "600", "-n"])
+        .arg("postgres")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = daemon.run(&["--json", "drill", "failover"]);
+    let _ = load.kill();
+    let _ = load.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(out.status.success(), "{report:#} {}", stderr(&out));
+    assert_eq!(report["writes_lost"], 0, "{report:#}");
+    assert!(report["writes_acknowledged"].as_u64().unwrap() > 20, "{report:#}");
+    let failover = daemon.wait_event("failover");
+    assert_eq!(failover["details"]["synchronous"], true);
+    let new = report["new_primary"].as_str().unwrap().to_string();
+    let (primary, other) = if new == "b" { (&ha.b, "c") } else { (&ha.c, "b") };
+    // The set regrows from nothing on the new primary.
+    wait_until("the set on the new primary", &|| {
+        primary.try_sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'").as_deref() == Ok("2")
+    });
+    // A standby that stops (the old primary, rejoined by the drill) leaves
+    // the set, and writes go on.
+    ha.a.kill9();
+    wait_until("the set to shrink", &|| {
+        daemon
+            .events("synchronous-set")
+            .iter()
+            .any(|e| e["message"].as_str().unwrap_or("").contains(&format!("shrinks to {{{other}}}")))
+    });
+    through(ha.proxy, "INSERT INTO t (note) VALUES ('after shrink')").unwrap();
+    assert_eq!(primary.sql("SHOW synchronous_standby_names"), format!("ANY 1 (\"{other}\")"));
+}
+
+#[test]
+fn cirkel_restarted_in_the_middle_of_a_failover_finishes_it() {
+    let e = PgEnv::new();
+    let Ha { mut a, b, c, proxy, config, .. } = Ha::start(&e);
+    let cfg = config.to_str().unwrap();
+    let mut daemon = Daemon::start_with(&e, cfg, &[("CIRKEL_FAILPOINT", "pg-failover-promoted")]);
+    wait_until("the endpoint", &|| through(proxy, "INSERT INTO t (note) VALUES ('before')").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, cfg));
+    a.kill9();
+    // cirkel stops right after promoting, before anything else.
+    let start = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the failpoint was never reached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    let new = record["failover"]["new"].as_str().expect("the failover in flight is recorded").to_string();
+    let (promoted, other) = if new == "b" { (&b, &c) } else { (&c, &b) };
+    assert_eq!(promoted.sql("SELECT pg_is_in_recovery()"), "f");
+    assert!(daemon.events("failover").is_empty());
+
+    // Started again, it finishes: the endpoint leads to the new primary, the
+    // other standby follows it, and the old primary rejoins when it returns.
+    drop(daemon);
+    let daemon = Daemon::start(&e, cfg);
+    let resumed = daemon.wait_event("failover-resumed");
+    assert_eq!(resumed["details"]["new_primary"], new.as_str(), "{resumed:#}");
+    wait_until("a write through the endpoint", &|| through(proxy, "INSERT INTO t (note) VALUES ('after')").is_ok());
+    assert_eq!(through(proxy, "SHOW port").unwrap(), promoted.port.to_string());
+    wait_until("the other standby to follow the new primary", &|| {
+        other.try_sql("SELECT count(*) FROM t WHERE note = 'after'").is_ok_and(|n| n != "0")
+    });
+    a.start_nowait();
+    wait_until("the old primary to rejoin", &|| !daemon.events("rejoined").is_empty());
+    wait_until("the old primary to be a standby", &|| a.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("t"));
+    assert_eq!(through(proxy, "SELECT count(*) FROM t WHERE note = 'before'").unwrap(), "1");
+}
+
+#[test]
+fn a_standby_beyond_the_lag_limit_is_not_promoted() {
+    let e = PgEnv::new();
+    let mut ha = Ha::start(&e);
+    ha.configure("postgres.main", "max_lag_bytes = 65536");
+    ha.configure("postgres.main.members.c", "priority = 0");
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    wait_until("the standbys streaming under their names", &|| {
+        ha.a.try_sql("SELECT string_agg(application_name, ',' ORDER BY 1) FROM pg_stat_replication").as_deref()
+            == Ok("b,c")
+    });
+    // b's WAL receiver freezes: b answers, but receives nothing more.
+    let receiver = ha.b.sql("SELECT pid FROM pg_stat_wal_receiver");
+    assert!(std::process::Command::new("kill").args(["-STOP", &receiver]).status().unwrap().success());
+    ha.a.sql("INSERT INTO t (note) SELECT repeat('x', 1000) FROM generate_series(1, 2000)");
+    let out = e.cmd(None, &["--json", "--config", ha.cfg(), "pg", "failover", "--explain"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "nobody to promote");
+    let ex: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = ex["explanation"]["rejections"].to_string();
+    assert!(ex["explanation"]["candidate"].is_null(), "{ex:#}");
+    assert!(why.contains("over the 65536 byte limit") && why.contains("priority 0"), "{why}");
+    // The watcher has seen it too (its Patroni-style endpoint says so).
+    wait_until("the watcher to see b lag", &|| http_status(ha.api[1], "/replica?lag=64kB") == 503);
+    ha.a.kill9();
+    let alarm = daemon.wait_event("no-failover-candidate");
+    let msg = alarm["message"].as_str().unwrap();
+    assert!(msg.contains("b ") && msg.contains("over the 65536 byte limit"), "{msg}");
+    assert!(daemon.events("failover").is_empty());
+    assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "t", "the lagging standby was not promoted");
+    let _ = std::process::Command::new("kill").args(["-CONT", &receiver]).status();
+}
+
+#[test]
+fn wrong_credentials_and_two_primaries_are_clear_errors_and_nothing_is_done() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let good = std::fs::read_to_string(&ha.config).unwrap();
+    std::fs::write(&ha.config, good.replace("user = \"postgres\"", "user = \"nobody\"")).unwrap();
+    let out = e.cmd(None, &["--config", ha.cfg(), "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(text.contains("role \"nobody\" does not exist"), "{text}");
+    let err = e.fails(None, &["--config", ha.cfg(), "pg", "switchover"]);
+    assert!(err.contains("no single primary"), "{err}");
+    {
+        let daemon = Daemon::start(&e, ha.cfg());
+        let alarm = daemon.wait_event("cluster-misconfigured");
+        assert!(alarm["message"].as_str().unwrap().contains("no member is a primary"), "{alarm:#}");
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(daemon.events("failover").is_empty());
+    }
+    assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "f");
+
+    // b promoted by hand before cirkel starts: two primaries, and no action.
+    std::fs::write(&ha.config, &good).unwrap();
+    std::fs::remove_dir_all(e.env.path("state")).unwrap();
+    ha.b.sql("SELECT pg_promote()");
+    let out = e.cmd(None, &["--config", ha.cfg(), "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("split brain"), "{}", stdout(&out));
+    let daemon = Daemon::start(&e, ha.cfg());
+    let alarm = daemon.wait_event("cluster-misconfigured");
+    assert!(alarm["message"].as_str().unwrap().contains("2 members claim to be primary"), "{alarm:#}");
+    assert!(through(ha.proxy, "SELECT 1").is_err());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(daemon.events("failover").is_empty() && daemon.events("rejoined").is_empty());
+    assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "f");
 }
