@@ -3,6 +3,10 @@
 //! acknowledged write through the endpoint) and RPO (acknowledged canary
 //! writes missing afterwards) measured, the old primary started again and
 //! left to `cirkel serve` to rejoin, and the cluster checked healthy.
+//!
+//! The same canary measures a planned switchover (`cirkel drill
+//! switchover`): the longest gap between acknowledged writes is the write
+//! pause clients saw.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +37,9 @@ pub struct FailoverReport {
     pub writes_failed: usize,
     /// Acknowledged canary writes missing on the new primary.
     pub writes_lost: usize,
+    /// The longest gap between two acknowledged canary writes across the
+    /// fault: what a client saw of the outage, at the canary's 10 ms pace.
+    pub write_pause_s: Option<f64>,
     /// Kill → the old primary streams from the new one again.
     pub rejoin_s: Option<f64>,
     pub healthy_after: bool,
@@ -55,9 +62,21 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The fault a drill injects.
+pub enum Fault<'a> {
+    /// SIGKILL of the primary's postmaster.
+    Kill,
+    /// A planned switchover asked of the watcher (to a member, or the best).
+    Switchover { state: &'a cirkel_state::StateDir, to: Option<String> },
+}
+
 /// Runs the drill. `cirkel serve` must be watching the cluster: it is what
 /// fails over and rejoins; the drill only injects the fault and measures.
 pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Result<FailoverReport> {
+    run_drill(cluster, c, timeout, Fault::Kill)
+}
+
+pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fault) -> anyhow::Result<FailoverReport> {
     let ep = endpoint(c)?;
     let before = status(cluster, c);
     if !before.healthy {
@@ -67,9 +86,14 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
     let old_cfg = c.members.get(&old).cloned().unwrap_or_default();
     let pgdata = old_cfg.pgdata.clone().ok_or_else(|| {
         anyhow::anyhow!(
-            "the primary {old} has no pgdata in the configuration: a drill kills it and must run on its host"
+            "the primary {old} has no pgdata in the configuration: a drill stops it and must run on its host"
         )
     })?;
+    if let Fault::Switchover { state, .. } = &fault
+        && crate::ha::watcher(state, cluster).is_none()
+    {
+        anyhow::bail!("no cirkel serve watches {cluster} with this state directory; the switchover drill asks it");
+    }
     let pid: u32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))?
         .lines()
         .next()
@@ -117,12 +141,32 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
         })
     };
     std::thread::sleep(Duration::from_secs(1));
+    let kind = match &fault {
+        Fault::Kill => "postgres-failover",
+        Fault::Switchover { .. } => "postgres-switchover",
+    };
+    let injected = match &fault {
+        // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
+        Fault::Kill => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error())),
+        },
+        Fault::Switchover { state, to } => {
+            let req = crate::ha::SwitchoverRequest {
+                id: format!("drill-{run}"),
+                to: to.clone(),
+                at: None,
+                requested: Utc::now(),
+            };
+            state.save_json(&crate::ha::request_file(cluster), &req)
+        }
+    };
+    let killed = matches!(fault, Fault::Kill);
     let fault = Instant::now();
-    // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+    if let Err(e) = injected {
         stop.store(true, Ordering::Relaxed);
         let _ = writer.join();
-        anyhow::bail!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error());
+        return Err(e);
     }
     let old_port = old_cfg.port.to_string();
     let mut failures = Vec::new();
@@ -143,6 +187,13 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
     let acked = std::mem::take(&mut *acked.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?);
+    let write_pause_s = first.and_then(|first| {
+        acked
+            .windows(2)
+            .filter(|w| w[1].1 > fault && w[0].1 <= first)
+            .map(|w| (w[1].1 - w[0].1).as_secs_f64())
+            .reduce(f64::max)
+    });
     let writes_failed = *failed.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?;
 
     let mut lost = 0;
@@ -163,7 +214,7 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
     // Start the old primary again; `cirkel serve` rewinds it into a standby.
     // Where nothing reaps orphans, the dead postmaster stays a zombie and its
     // lock files would keep the new one from starting.
-    if is_zombie(pid) {
+    if killed && is_zombie(pid) {
         let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
         if old_cfg.host.starts_with('/') {
             let _ = std::fs::remove_file(
@@ -172,7 +223,9 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
         }
     }
     let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
-    if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
+    if !killed {
+        // The watcher rejoins the old primary itself after a switchover.
+    } else if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
         failures.push(format!("could not start {old} again: {e:#} (log: {})", log.display()));
     }
     let mut rejoin_s = None;
@@ -194,7 +247,7 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
         failures.push(format!("{old} did not come back as a streaming standby: {}", after.problems.join("; ")));
     }
     Ok(FailoverReport {
-        kind: "postgres-failover".into(),
+        kind: kind.into(),
         cluster: cluster.to_string(),
         started,
         passed: failures.is_empty(),
@@ -205,6 +258,7 @@ pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Re
         writes_acknowledged: acked.len(),
         writes_failed,
         writes_lost: lost,
+        write_pause_s,
         rejoin_s,
         healthy_after: after.healthy,
         problems_after: after.problems,

@@ -572,6 +572,9 @@ pub enum DrillCmd {
     /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
     /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
     Failover(PgDrillArgs),
+    /// Ask `cirkel serve` for a planned PostgreSQL switchover under a canary writer on the endpoint;
+    /// measure the write pause clients see and lost writes; wait until the old primary streams again.
+    Switchover(PgSwitchoverDrillArgs),
     /// Kill the Redis master under a canary writer; measure RTO and lost writes; rejoin it.
     RedisFailover(RedisDrillArgs),
 }
@@ -584,6 +587,15 @@ pub struct PgDrillArgs {
     /// Longest wait for the failover (and twice this for the rejoin).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PgSwitchoverDrillArgs {
+    #[command(flatten)]
+    pub drill: PgDrillArgs,
+    /// The standby to promote (default: the one a failover would choose).
+    #[arg(long, value_name = "MEMBER")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

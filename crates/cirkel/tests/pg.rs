@@ -1002,6 +1002,15 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     wait_until("the scheduled switchover", &|| daemon.events("switchover").len() == 3);
     assert_eq!(daemon.events("switchover")[2]["details"]["new_primary"], "b");
     assert_eq!(through(ha.proxy, "SHOW port").unwrap(), ha.b.port.to_string());
+    // The switchover drill: a canary through the endpoint sees a pause and no loss.
+    wait_until("a healthy cluster", &|| healthy(&e, cfg));
+    let out = daemon.ok(&["--json", "drill", "switchover", "--to", "a"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["kind"], "postgres-switchover");
+    assert_eq!(report["new_primary"], "a", "{report:#}");
+    assert_eq!(report["writes_lost"], 0, "{report:#}");
+    assert!(report["write_pause_s"].as_f64().is_some(), "{report:#}");
 }
 
 #[test]

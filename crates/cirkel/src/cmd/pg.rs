@@ -690,13 +690,29 @@ fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn failover_drill(global: &Global, a: &crate::cli::PgDrillArgs) -> anyhow::Result<ExitCode> {
+pub fn failover_drill(
+    global: &Global,
+    a: &crate::cli::PgDrillArgs,
+    switchover: Option<Option<String>>,
+) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let state = crate::context::state_dir(&cfg);
+    let (fault, kind, what) = match switchover {
+        None => (cirkel_pg::drill::Fault::Kill, "postgres-failover", "failover drill"),
+        Some(to) => {
+            (cirkel_pg::drill::Fault::Switchover { state: &state, to }, "postgres-switchover", "switchover drill")
+        }
+    };
     if !global.quiet && !global.json {
-        eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…");
+        match fault {
+            cirkel_pg::drill::Fault::Kill => {
+                eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
+            }
+            _ => eprintln!("drill: switching `{name}` over under a canary writer on the endpoint…"),
+        }
     }
-    let report = cirkel_pg::drill::drill(&name, &c, a.timeout).map_err(|e| {
+    let report = cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault).map_err(|e| {
         user_error(
             format!("the drill did not run: {e:#}"),
             "run `cirkel status`; `cirkel serve` must be watching the cluster",
@@ -705,8 +721,8 @@ pub fn failover_drill(global: &Global, a: &crate::cli::PgDrillArgs) -> anyhow::R
     let value = serde_json::to_value(&report)?;
     let outcome = crate::context::DrillOutcome {
         source: &format!("postgres/{name}"),
-        kind: "postgres-failover",
-        what: "failover drill",
+        kind,
+        what,
         passed: report.passed,
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
@@ -715,22 +731,25 @@ pub fn failover_drill(global: &Global, a: &crate::cli::PgDrillArgs) -> anyhow::R
     if global.json {
         print_json(&value);
     } else {
-        println!("failover drill of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
-        println!("  killed primary  {}", report.killed);
+        println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
+        println!("  old primary     {}", report.killed);
         println!("  new primary     {}", report.new_primary.as_deref().unwrap_or("none"));
         println!(
             "  RTO             {}",
             report
                 .rto_s
-                .map(|s| format!("{s:.3} s (kill → first acknowledged write through the endpoint)"))
+                .map(|s| format!("{s:.3} s (fault → first acknowledged write through the endpoint)"))
                 .unwrap_or_else(|| "no failover".into())
         );
         println!(
             "  writes          {} acknowledged, {} failed during the outage, {} lost",
             report.writes_acknowledged, report.writes_failed, report.writes_lost
         );
+        if let Some(p) = report.write_pause_s {
+            println!("  write pause     {p:.3} s (longest gap between acknowledged writes)");
+        }
         if let Some(r) = report.rejoin_s {
-            println!("  rejoin          {r:.2} s after the kill (streaming from the new primary)");
+            println!("  rejoin          {r:.2} s after the fault (streaming from the new primary)");
         }
         for f in &report.failures {
             println!("  failure: {f}");
