@@ -379,6 +379,7 @@ def one_run(b, run_no, rto_timeout, rejoin_timeout):
     acks = list(canary.acks)
 
     lost = 0
+    lost_writes = []
     if new is not None:
         present, err = None, None
         for _ in range(20):
@@ -392,7 +393,15 @@ def one_run(b, run_no, rto_timeout, rejoin_timeout):
         if present is None:
             failures.append(f"could not read the canary rows on the new leader {new['name']}: {err}")
         else:
-            lost = sum(1 for (s, _, _) in acks if s not in present)
+            missing = [(s, t, p) for (s, t, p) in acks if s not in present]
+            lost = len(missing)
+            if lost:
+                failures.append(f"{lost} acknowledged canary writes are missing on the new leader {new['name']}")
+            # which writes: acknowledged how long before (-) or after the kill, by which node
+            lost_writes = [
+                {"seq": s, "acked_after_kill_s": round(t - fault, 4), "by": (b.node_by_port(p) or {}).get("name", p)}
+                for (s, t, p) in missing[:20]
+            ]
 
     # Start the killed node's Patroni again; with use_pg_rewind it rewinds the
     # old leader into a replica of the new one.
@@ -426,6 +435,7 @@ def one_run(b, run_no, rto_timeout, rejoin_timeout):
         "writes_acknowledged_before_kill": pre_kill,
         "writes_failed": canary.failed,
         "writes_lost": lost,
+        "lost_writes": lost_writes,
         "rejoin_s": (rejoin - fault) if rejoin else None,
         "rejoin_after_restart_s": (rejoin - restart) if rejoin else None,
         "restart_after_kill_s": restart - fault,

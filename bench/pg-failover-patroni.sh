@@ -5,7 +5,8 @@
 # leads clients to the new leader.
 #
 # One etcd, three Patroni 4.1.5 nodes (PostgreSQL 15, initdb -k, loopback,
-# pg_rewind and replication slots on, watchdog off) and HAProxy in front with
+# pg_rewind and replication slots on, watchdog off; wal_keep_size 512MB as in
+# bench/pg-failover.sh; free ports picked at start) and HAProxy in front with
 # Patroni's documented health check (OPTIONS /primary, shutdown-sessions when
 # a server is marked down). pgbench -i -s 10 through HAProxy; then for every
 # run pgbench (4 clients, through HAProxy) loads the leader; two seconds in,
@@ -29,6 +30,9 @@
 #   MODE=fast RUNS=10 bash bench/pg-failover-patroni.sh
 #   bash bench/pg-failover-patroni.sh               (MODE=default RUNS=10)
 # OUT=DIR puts the reports elsewhere; KEEP=1 keeps the data directories.
+# A run gives up after 180 s without a new leader taking canary writes and
+# 300 s without the rejoin; setup steps have their own limits. Everything it
+# started is stopped on exit. About 30 s a run in fast mode, 40 s by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -92,6 +96,7 @@ as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME="$
 
 ETCD=
 HAPROXY=
+DRV=
 is_live() { # pid: running and not a zombie
     [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*[ZX]' "/proc/$1/status" 2>/dev/null
 }
@@ -99,11 +104,16 @@ cleanup() {
     local rc=$? n pid
     set +e
     trap - EXIT INT TERM
+    [ -n "$DRV" ] && kill "$DRV" 2>/dev/null && sleep 0.5
     pid=$(cat "$WORK/pgbench.pid" 2>/dev/null)
     is_live "$pid" && kill -9 "$pid" 2>/dev/null
     for n in "${NODES[@]}"; do
         pid=$(cat "$WORK/$n/patroni.pid" 2>/dev/null)
         is_live "$pid" && kill -9 "$pid" 2>/dev/null
+        # and a Patroni the driver started but had no time to record
+        for pid in $(grep -l "$WORK/$n/patroni\.ym[l]" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+            kill -9 "$pid" 2>/dev/null
+        done
     done
     for n in "${NODES[@]}"; do
         pid=$(head -n1 "$WORK/$n/data/postmaster.pid" 2>/dev/null)
@@ -234,7 +244,14 @@ start_patroni() { # node; run straight through setpriv so that $! is Patroni's p
     echo $! >"$WORK/$1/patroni.pid"
     disown $! # no "Killed" job notice when a run kills it
 }
-driver() { "$PY" "$DRIVER" --config "$WORK/bench.json" "$@"; }
+driver() { # in the background, so that INT and TERM reach the trap at once
+    local rc=0
+    "$PY" "$DRIVER" --config "$WORK/bench.json" "$@" &
+    DRV=$!
+    wait "$DRV" || rc=$?
+    DRV=
+    return "$rc"
+}
 start_patroni a
 driver wait --what leader --timeout 120 >/dev/null ||
     { echo "Patroni did not bootstrap a leader within 120 s" >&2; exit 1; }

@@ -12,12 +12,19 @@
 # missing afterwards, starts the old primary again and waits until cirkel has
 # rewound it into a streaming standby.
 #
+# Then SWITCHOVERS planned switchovers (`cirkel drill switchover`) under the
+# same load: the longest gap between acknowledged canary writes is the write
+# pause a client saw.
+#
 # Usage (as root): bash bench/pg-failover.sh      (RUNS=10; INTERVAL=200ms, or
-# INTERVAL=default for the health-check defaults: every 1 s, 500 ms timeout)
+# INTERVAL=default for the health-check defaults: every 1 s, 500 ms timeout;
+# SYNC=1 for synchronous mode; SWITCHOVERS=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
 INTERVAL=${INTERVAL:-200ms}
+SYNC=${SYNC:-0}
+SWITCHOVERS=${SWITCHOVERS:-5}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 cargo build --release -q -p cirkel
 WORK=$(mktemp -d /tmp/cirkel-bench-pgfo.XXXXXX)
@@ -33,6 +40,9 @@ LOAD=
 cleanup() {
     [ -n "$LOAD" ] && kill "$LOAD" 2>/dev/null || true
     [ -n "$SERVE" ] && kill "$SERVE" 2>/dev/null || true
+    # as_pg runs in a subshell when put in the background: stop its children by name.
+    pkill -f "^$WORK/cirkel " 2>/dev/null || true
+    pkill -f "pgbench -h 127.0.0.1 -p $PROXY " 2>/dev/null || true
     for n in a b c; do
         [ -f "$WORK/$n/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$WORK/$n/data" -m immediate stop >/dev/null 2>&1 || true
     done
@@ -67,6 +77,7 @@ as_pg "$PGBIN/pgbench" -i -s 10 -q -h "$WORK/a/sock" -p "$PA" -U postgres postgr
     echo "[state]"; echo "dir = \"$WORK/state\""
     echo "[postgres.main]"; echo 'user = "postgres"'; echo 'database = "postgres"'
     echo "proxy_listen = \"127.0.0.1:$PROXY\""
+    if [ "$SYNC" = 1 ]; then echo "synchronous = true"; fi
     if [ "$INTERVAL" != default ]; then
         echo "[postgres.main.health]"; echo "interval = \"$INTERVAL\""; echo 'timeout = "1s"'; echo 'unhealthy_threshold = 3'
     fi
@@ -107,8 +118,27 @@ print(f"  run {sys.argv[2]:>2}: killed {r['killed']} -> {r['new_primary']}  RTO 
 EOF
     healthy
 done
-python3 - "$OUT" "$INTERVAL" <<'EOF'
+for run in $(seq "$SWITCHOVERS"); do
+    as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$PROXY" -U postgres -c 4 -T 600 -n postgres >/dev/null 2>&1 &
+    LOAD=$!
+    sleep 2
+    as_pg "$BIN" --config "$WORK/cirkel.toml" --json drill switchover >"$OUT/switchover-$run.json" 2>"$OUT/switchover-$run.err" || true
+    kill "$LOAD" 2>/dev/null || true
+    wait "$LOAD" 2>/dev/null || true
+    LOAD=
+    python3 - "$OUT/switchover-$run.json" "$run" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+nan = float("nan")
+print(f"  switchover {sys.argv[2]:>2}: {r['killed']} -> {r['new_primary']}  write pause {r['write_pause_s'] or nan:5.2f} s  "
+      f"lost writes {r['writes_lost']} of {r['writes_acknowledged']}  old primary streaming after {r['rejoin_s'] or nan:5.2f} s  passed {r['passed']}")
+EOF
+    healthy
+done
+python3 - "$OUT" "$INTERVAL" "$SYNC" <<'EOF'
 import glob, json, math, statistics, sys
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
 reps = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/cirkel-*.json"))]
 rto = sorted(r["rto_s"] for r in reps if r["rto_s"] is not None)
 p99 = rto[max(0, math.ceil(0.99 * len(rto)) - 1)] if rto else float("nan")
@@ -116,7 +146,16 @@ rejoin = [r["rejoin_s"] for r in reps if r["rejoin_s"] is not None]
 print()
 print("| endpoint | kills | RTO median | RTO p99 (= max) | lost acked writes | rejoin median | passed |")
 print("|---|---|---|---|---|---|---|")
-print(f"| cirkel serve (health interval {sys.argv[2]}, down after 3 failed checks) | {len(reps)} | {statistics.median(rto):.2f} s | {p99:.2f} s | "
+mode = ", synchronous" if sys.argv[3] == "1" else ""
+print(f"| cirkel serve (health interval {sys.argv[2]}, down after 3 failed checks{mode}) | {len(reps)} | {med(rto):.2f} s | {p99:.2f} s | "
       f"{sum(r['writes_lost'] for r in reps)} of {sum(r['writes_acknowledged'] for r in reps)} | "
       f"{statistics.median(rejoin) if rejoin else float('nan'):.2f} s | {sum(r['passed'] for r in reps)} of {len(reps)} |")
+sw = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/switchover-*.json"))]
+if sw:
+    pause = sorted(r["write_pause_s"] for r in sw if r["write_pause_s"] is not None)
+    print()
+    print("| planned switchover | runs | write pause median | write pause max | lost acked writes | passed |")
+    print("|---|---|---|---|---|---|")
+    print(f"| cirkel drill switchover{mode} | {len(sw)} | {med(pause):.2f} s | {max(pause, default=float('nan')):.2f} s | "
+          f"{sum(r['writes_lost'] for r in sw)} of {sum(r['writes_acknowledged'] for r in sw)} | {sum(r['passed'] for r in sw)} of {len(sw)} |")
 EOF

@@ -198,6 +198,15 @@ pub fn status(cluster: &str, c: &PostgresConfig) -> ClusterStatus {
             m.lag_bytes = primary_lsn.zip(m.lsn_bytes).map(|(p, s)| p.saturating_sub(s));
         }
     }
+    if c.synchronous
+        && let Some(p) = members.iter().find(|m| Some(&m.name) == primary.as_ref())
+        && p.synchronous_standby_names.as_deref().is_none_or(str::is_empty)
+    {
+        problems.push(format!(
+            "synchronous mode: {} waits for no standby yet, so no automatic failover is possible",
+            p.name
+        ));
+    }
     for m in &members {
         if !m.reachable {
             problems.push(format!("member {} unreachable: {}", m.name, m.error.as_deref().unwrap_or("")));

@@ -333,6 +333,7 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
     let mut last_alarm = String::new();
     let mut first_failure: Option<chrono::DateTime<Utc>> = None;
     let mut first_round = true;
+    let watch_started = Instant::now();
     w.record(w.event("watch-started", "info", format!("watching {} members", c.members.len())));
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
@@ -419,7 +420,7 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
                             alarm = ("rejoin-failed".into(), "critical", e);
                         }
                     }
-                    repair_followers(&w, &st, &p, &mut strays);
+                    repair_followers(&w, &st, &p, &mut strays, watch_started.elapsed() < Duration::from_secs(3));
                     if c.synchronous {
                         match ha::sync_round(c, &st, &p, &mut w.rec, state, cluster) {
                             Ok(changes) => {
@@ -574,7 +575,7 @@ fn resume(w: &mut Watch, decider: &mut Decider, st: &ClusterStatus) {
 /// it (under its member name, which synchronous mode relies on) for 5 s:
 /// the followers of a failover cirkel was stopped in, and standbys made by
 /// hand with another `application_name`.
-fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut HashMap<String, Instant>) {
+fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut HashMap<String, Instant>, fresh: bool) {
     let Some(p) = st.members.iter().find(|m| m.name == primary) else { return };
     for m in &st.members {
         if m.name == primary || !m.reachable || m.role.as_deref() != Some("standby") {
@@ -584,7 +585,11 @@ fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut H
             strays.remove(&m.name);
             continue;
         }
-        let since = *strays.entry(m.name.clone()).or_insert_with(Instant::now);
+        // At start every stray is repointed at once; later ones get 5 s to
+        // reconnect by themselves (after a failover they are already pointed).
+        let since = *strays
+            .entry(m.name.clone())
+            .or_insert_with(|| if fresh { Instant::now() - Duration::from_secs(5) } else { Instant::now() });
         if since.elapsed() >= Duration::from_secs(5) {
             strays.insert(m.name.clone(), Instant::now());
             match failover::follow(w.c, &m.name, primary) {
