@@ -40,17 +40,24 @@ fn member<'a>(c: &'a PostgresConfig, name: &str) -> anyhow::Result<&'a PgMemberC
     c.members.get(name).ok_or_else(|| anyhow::anyhow!("no member `{name}`"))
 }
 
-/// Promotes `name` and waits until it accepts writes.
+/// Promotes `name` and waits until it accepts writes. The request is
+/// repeated every second: a standby whose WAL receiver just lost its
+/// primary sometimes sits out `wal_retrieve_retry_interval` (5 s) before it
+/// looks at a single request.
 pub fn promote(c: &PostgresConfig, name: &str) -> anyhow::Result<()> {
     let m = member(c, name)?;
     let conn = PgConn::connect(Some(&member_conninfo(c, m, c.health.timeout)))?;
-    let row = conn.query_one("SELECT pg_promote(true, 60)")?;
-    let done: bool = row.get(0);
-    anyhow::ensure!(done, "{name} did not finish promoting within 60 s");
-    let row = conn.query_one("SELECT pg_is_in_recovery()")?;
-    let in_recovery: bool = row.get(0);
-    anyhow::ensure!(!in_recovery, "{name} is still in recovery after promotion");
-    Ok(())
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_recovery: bool = conn.query_one("SELECT pg_is_in_recovery()")?.get(0);
+        if !in_recovery {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < until, "{name} did not finish promoting within 60 s");
+        // Returns false after the second when not yet promoted; errors
+        // when another request finished meanwhile, which the loop then sees.
+        let _ = conn.query_one("SELECT pg_promote(true, 1)");
+    }
 }
 
 /// Points the standby `name` at `primary` (takes effect on reload).
