@@ -243,6 +243,8 @@ impl Watch<'_> {
             )
             .with(json!({
                 "id": req.id,
+                "requested": req.requested,
+                "scheduled": req.at,
                 "old_primary": old,
                 "new_primary": new,
                 "fenced": sw.fenced,
@@ -411,16 +413,21 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
                                 .with(json!({ "id": req.id })),
                         );
                     }
-                } else if c.auto_failover && !paused {
-                    if let Some(f) = &fenced
-                        && is(f, "primary")
-                    {
-                        // The old primary is back, on its old timeline.
-                        if let Err(e) = w.rejoin(f, &p) {
-                            alarm = ("rejoin-failed".into(), "critical", e);
+                } else {
+                    if c.auto_failover && !paused {
+                        if let Some(f) = &fenced
+                            && is(f, "primary")
+                        {
+                            // The old primary is back, on its old timeline.
+                            if let Err(e) = w.rejoin(f, &p) {
+                                alarm = ("rejoin-failed".into(), "critical", e);
+                            }
                         }
+                        let fresh = watch_started.elapsed() < Duration::from_secs(3);
+                        repair_followers(&w, &st, &p, &mut strays, fresh);
                     }
-                    repair_followers(&w, &st, &p, &mut strays, watch_started.elapsed() < Duration::from_secs(3));
+                    // Kept up even when paused or with auto_failover off: it
+                    // is what keeps the primary writable when a standby stops.
                     if c.synchronous {
                         match ha::sync_round(c, &st, &p, &mut w.rec, state, cluster) {
                             Ok(changes) => {
@@ -430,11 +437,11 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
                             }
                             Err(e) => alarm = ("synchronous-set-failed".into(), "critical", format!("{e:#}")),
                         }
-                    } else if st.members.iter().any(|m| {
-                        m.name == p
-                            && m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty())
-                            && w.rec.sync.is_some()
-                    }) {
+                    } else if w.rec.sync.is_some()
+                        && st.members.iter().any(|m| {
+                            m.name == p && m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty())
+                        })
+                    {
                         // Synchronous mode was turned off.
                         if ha::set_sync_names(c, &p, "").is_ok() {
                             w.rec.sync = None;

@@ -342,6 +342,18 @@ fn print_pg_status(s: &cirkel_pg::members::ClusterStatus) {
         ]);
     }
     println!("{t}");
+    if let Some(p) = s.members.iter().find(|m| Some(&m.name) == s.primary.as_ref()) {
+        let sync: Vec<String> = p
+            .replicas
+            .iter()
+            .filter(|l| l.sync_state != "async")
+            .map(|l| format!("{} {}", l.name, l.sync_state))
+            .collect();
+        match p.synchronous_standby_names.as_deref() {
+            Some(names) if !names.is_empty() => println!("  synchronous: {names}; {}", sync.join(", ")),
+            _ => {}
+        }
+    }
     for p in &s.problems {
         println!("  problem: {p}");
     }
