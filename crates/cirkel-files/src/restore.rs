@@ -180,16 +180,18 @@ pub fn restore(
         let end = pieces.iter().map(|p| p.offset as u64 + p.length as u64).max().unwrap_or(0);
         let mut buf = repo.read_pack_range(pack, start..end).unwrap_or_default();
         let mut sink = Sink::default();
+        let mut plain = AlignedBuf::default();
         for p in pieces {
             let lo = (p.offset as u64 - start) as usize;
+            let out = plain.get(p.raw_length as usize);
             let in_pack = match buf.get_mut(lo..lo + p.length as usize) {
-                Some(slot) => repo.decode_blob_in_place(&p.id, slot, p.raw_length, p.compressed).ok(),
-                None => None,
+                Some(slot) => repo.decode_blob_into(&p.id, slot, p.raw_length, p.compressed, out).is_ok(),
+                None => false,
             };
             // This copy is unreadable: any other copy of the blob serves.
             let data: std::borrow::Cow<'_, [u8]> = match in_pack {
-                Some(d) => d,
-                None => match repo.read_blob(&index, &p.id) {
+                true => std::borrow::Cow::Borrowed(&*out),
+                false => match repo.read_blob(&index, &p.id) {
                     Ok(d) => std::borrow::Cow::Owned(d),
                     Err(e) => {
                         for (i, _) in &p.targets {
@@ -308,37 +310,54 @@ const ALIGN: usize = 4096;
 /// the page cache with a restore costs several times what writing to the
 /// disk does, and a restore's data is not read back soon. Other pieces, and
 /// file systems without `O_DIRECT`, are written through the page cache.
+/// A reusable buffer whose slices start at a 4096-byte-aligned address, so
+/// that `O_DIRECT` writes take them as they are.
+#[derive(Default)]
+struct AlignedBuf {
+    bytes: Vec<u8>,
+}
+
+impl AlignedBuf {
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.bytes.len() < len + ALIGN {
+            self.bytes = vec![0; len + ALIGN];
+        }
+        let off = self.bytes.as_ptr().align_offset(ALIGN).min(ALIGN);
+        &mut self.bytes[off..off + len]
+    }
+}
+
 #[derive(Default)]
 struct Sink {
     buffered: HashMap<usize, File>,
     /// `None`: this file's file system refused `O_DIRECT`.
     direct: HashMap<usize, Option<File>>,
-    /// Room for one piece at a 4096-byte-aligned address.
-    aligned: Vec<u8>,
+    /// Room for a piece that does not start at an aligned address.
+    aligned: AlignedBuf,
 }
 
 impl Sink {
     fn write(&mut self, task: &FileTask, i: usize, data: &[u8], at: u64) -> Result<(), String> {
-        let aligned = at % ALIGN as u64 == 0 && data.len() % ALIGN == 0 && !data.is_empty();
+        let aligned = at.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty();
         if aligned && task.node.size >= DIRECT_MIN {
             if self.direct.len() >= 64 && !self.direct.contains_key(&i) {
                 self.direct.clear();
             }
             if let Some(f) = self.direct.entry(i).or_insert_with(|| open_direct(&task.path)) {
-                if self.aligned.len() < data.len() + ALIGN {
-                    self.aligned = vec![0; data.len() + ALIGN];
-                }
-                let off = self.aligned.as_ptr().align_offset(ALIGN);
-                if let Some(buf) = self.aligned.get_mut(off..off + data.len()) {
-                    buf.copy_from_slice(data);
-                    match f.write_all_at(buf, at) {
-                        Ok(()) => return Ok(()),
-                        // Alignment this file system does not take: buffered from now on.
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            self.direct.insert(i, None);
-                        }
-                        Err(e) => return Err(format!("write: {e}")),
+                let buf: &[u8] = if (data.as_ptr() as usize).is_multiple_of(ALIGN) {
+                    data
+                } else {
+                    let b = self.aligned.get(data.len());
+                    b.copy_from_slice(data);
+                    b
+                };
+                match f.write_all_at(buf, at) {
+                    Ok(()) => return Ok(()),
+                    // Alignment this file system does not take: buffered from now on.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct.insert(i, None);
                     }
+                    Err(e) => return Err(format!("write: {e}")),
                 }
             }
         }

@@ -107,6 +107,59 @@ pub(crate) fn decode_owned(
     Ok(data)
 }
 
+thread_local! {
+    /// One decompression context per thread: creating one per blob costs
+    /// more than decompressing a small blob.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses `src` into `out`, which must be exactly the plaintext's size.
+fn decompress_into(src: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress_to_buffer(src, out),
+            None => Err(std::io::Error::other("no decompression context")),
+        }
+    })
+}
+
+/// Authenticates `buf` (a sealed blob, decrypted in place) and writes the
+/// plaintext into `out` (`raw_length` bytes), with no allocation.
+pub(crate) fn decode_into(
+    crypto: &Crypto,
+    id: &Id,
+    buf: &mut [u8],
+    raw_length: u32,
+    compressed: bool,
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != raw_length as usize {
+        return Err(Error::Other(format!("output of {} bytes for a blob of {raw_length}", out.len())));
+    }
+    let range = crypto
+        .open_in_place(buf, &id.0)
+        .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
+    let n = if compressed {
+        decompress_into(&buf[range], out)
+            .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?
+    } else {
+        let src = &buf[range];
+        match out.get_mut(..src.len()) {
+            Some(dst) => dst.copy_from_slice(src),
+            None => return Err(Error::corrupt("blob", id, "content does not match its id")),
+        }
+        src.len()
+    };
+    if n != raw_length as usize || (!crypto.is_encrypted() && crypto.blob_id(out) != *id) {
+        return Err(Error::corrupt("blob", id, "content does not match its id"));
+    }
+    Ok(())
+}
+
 /// Decrypts a blob inside `buf` and decompresses it if needed.
 pub(crate) fn decode_in_place<'a>(
     crypto: &Crypto,

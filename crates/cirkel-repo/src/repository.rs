@@ -434,6 +434,20 @@ impl Repository {
         blob::decode_in_place(&self.crypto, id, buf, raw_length, compressed)
     }
 
+    /// Like [`Repository::decode_blob_in_place`], into `out` (exactly
+    /// `raw_length` bytes) without allocating: restores put it where it is
+    /// written from.
+    pub fn decode_blob_into(
+        &self,
+        id: &Id,
+        buf: &mut [u8],
+        raw_length: u32,
+        compressed: bool,
+        out: &mut [u8],
+    ) -> Result<()> {
+        blob::decode_into(&self.crypto, id, buf, raw_length, compressed, out)
+    }
+
     /// Reads, authenticates and decompresses a blob without extra copies
     /// (the restore path).
     pub fn read_blob_data(&self, index: &Index, id: &Id) -> Result<blob::BlobData> {
