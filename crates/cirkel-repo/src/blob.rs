@@ -39,29 +39,9 @@ pub(crate) struct EncodedBlob {
     pub compressed: bool,
 }
 
-/// Below this zstd level, a blob whose first page compresses more than
-/// [`DENSE_RATIO`] times is compressed at [`DENSE_LEVEL`] instead: on such
-/// data level 3 runs as fast as level 1 and stores up to a fifth less
-/// (nearly empty database pages, for one), while on ordinary data level 1
-/// stays twice as fast.
-const DENSE_LEVEL: i32 = 3;
-const DENSE_RATIO: usize = 8;
-const SAMPLE: usize = 8192;
-
-/// The zstd level for `plain` at the configured `level`.
-fn level_for(plain: &[u8], level: i32) -> i32 {
-    if level >= DENSE_LEVEL || plain.len() < 8 * SAMPLE {
-        return level;
-    }
-    match zstd::bulk::compress(&plain[..SAMPLE], level) {
-        Ok(c) if c.len() * DENSE_RATIO < SAMPLE => DENSE_LEVEL,
-        _ => level,
-    }
-}
-
 pub(crate) fn encode(crypto: &Crypto, id: &Id, plain: &[u8], level: i32) -> EncodedBlob {
     let compressed = if level > 0 && plain.len() > 64 {
-        zstd::bulk::compress(plain, level_for(plain, level)).ok().filter(|c| c.len() + 8 < plain.len())
+        zstd::bulk::compress(plain, level).ok().filter(|c| c.len() + 8 < plain.len())
     } else {
         None
     };
@@ -203,33 +183,4 @@ pub(crate) fn decode_in_place<'a>(
         return Err(Error::corrupt("blob", id, "content does not match its id"));
     }
     Ok(plain)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dense_blocks_get_the_denser_level_and_others_keep_theirs() {
-        // Nearly empty pages: a header and padding.
-        let mut dense = vec![b' '; 128 * 1024];
-        for (i, page) in dense.chunks_mut(8192).enumerate() {
-            page[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        }
-        assert_eq!(level_for(&dense, 1), DENSE_LEVEL);
-        // Pseudo-random text compresses about twice: level 1 stays.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let text: Vec<u8> = (0..128 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b"0123456789abcdef"[(x % 16) as usize]
-            })
-            .collect();
-        assert_eq!(level_for(&text, 1), 1);
-        // Small blobs and levels at or above the dense one are left alone.
-        assert_eq!(level_for(&dense[..4096], 1), 1);
-        assert_eq!(level_for(&dense, 6), 6);
-    }
 }
