@@ -790,9 +790,13 @@ impl Ha {
         let mut a = PgCluster::init(&["wal_keep_size = '256MB'"]);
         a.start();
         a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
+        // Standbys stream under their member names, as a deployment names
+        // them (cirkel renames any that do not).
         let mut b = PgCluster::standby_of(&a);
+        cirkel_testkit::pg::append_conf(&b.data, &["cluster_name = 'b'".to_string()]);
         b.start();
         let mut c = PgCluster::standby_of(&a);
+        cirkel_testkit::pg::append_conf(&c.data, &["cluster_name = 'c'".to_string()]);
         c.start();
         let proxy = cirkel_testkit::free_port();
         let proxy_ro = cirkel_testkit::free_port();
@@ -1121,10 +1125,14 @@ fn a_standby_beyond_the_lag_limit_is_not_promoted() {
     ha.configure("postgres.main.members.c", "priority = 0");
     let daemon = Daemon::start(&e, ha.cfg());
     wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
-    wait_until("the standbys streaming under their names", &|| {
-        ha.a.try_sql("SELECT string_agg(application_name, ',' ORDER BY 1) FROM pg_stat_replication").as_deref()
-            == Ok("b,c")
-    });
+    let names =
+        || ha.a.try_sql("SELECT string_agg(application_name || ' ' || state, ',' ORDER BY 1) FROM pg_stat_replication");
+    let start = Instant::now();
+    while names().as_deref() != Ok("b streaming,c streaming") {
+        let all = std::fs::read_to_string(daemon.state.join("events.jsonl")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(90), "standbys not streaming by name: {:?}\n{all}", names());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // b's WAL receiver freezes: b answers, but receives nothing more.
     let receiver = ha.b.sql("SELECT pid FROM pg_stat_wal_receiver");
     assert!(std::process::Command::new("kill").args(["-STOP", &receiver]).status().unwrap().success());
