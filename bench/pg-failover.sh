@@ -101,40 +101,29 @@ healthy() {
 }
 healthy
 echo "== cirkel (health interval $INTERVAL): $RUNS kills of the primary under pgbench load; work dir $WORK"
-for run in $(seq "$RUNS"); do
+# One drill (failover|switchover) under pgbench load through the endpoint;
+# the report goes to $OUT/<prefix>-<run>.json and a line to stdout.
+drill_under_load() { # kind prefix run
     as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$PROXY" -U postgres -c 4 -T 600 -n postgres >/dev/null 2>&1 &
     LOAD=$!
     sleep 2
-    as_pg "$BIN" --config "$WORK/cirkel.toml" --json drill failover >"$OUT/cirkel-$run.json" 2>"$OUT/cirkel-$run.err" || true
+    as_pg "$BIN" --config "$WORK/cirkel.toml" --json drill "$1" >"$OUT/$2-$3.json" 2>"$OUT/$2-$3.err" || true
     kill "$LOAD" 2>/dev/null || true
     wait "$LOAD" 2>/dev/null || true
     LOAD=
-    python3 - "$OUT/cirkel-$run.json" "$run" <<'EOF'
+    python3 - "$OUT/$2-$3.json" "$1" "$3" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 nan = float("nan")
-print(f"  run {sys.argv[2]:>2}: killed {r['killed']} -> {r['new_primary']}  RTO {r['rto_s'] or nan:5.2f} s  "
-      f"lost writes {r['writes_lost']} of {r['writes_acknowledged']}  rejoin {r['rejoin_s'] or nan:5.2f} s  passed {r['passed']}")
-EOF
-    healthy
-done
-for run in $(seq "$SWITCHOVERS"); do
-    as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$PROXY" -U postgres -c 4 -T 600 -n postgres >/dev/null 2>&1 &
-    LOAD=$!
-    sleep 2
-    as_pg "$BIN" --config "$WORK/cirkel.toml" --json drill switchover >"$OUT/switchover-$run.json" 2>"$OUT/switchover-$run.err" || true
-    kill "$LOAD" 2>/dev/null || true
-    wait "$LOAD" 2>/dev/null || true
-    LOAD=
-    python3 - "$OUT/switchover-$run.json" "$run" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-nan = float("nan")
-print(f"  switchover {sys.argv[2]:>2}: {r['killed']} -> {r['new_primary']}  write pause {r['write_pause_s'] or nan:5.2f} s  "
+what = "write pause" if sys.argv[2] == "switchover" else "RTO"
+value = r["write_pause_s"] if sys.argv[2] == "switchover" else r["rto_s"]
+print(f"  {sys.argv[2]} {sys.argv[3]:>2}: {r['killed']} -> {r['new_primary']}  {what} {value or nan:5.2f} s  "
       f"lost writes {r['writes_lost']} of {r['writes_acknowledged']}  old primary streaming after {r['rejoin_s'] or nan:5.2f} s  passed {r['passed']}")
 EOF
     healthy
-done
+}
+for run in $(seq "$RUNS"); do drill_under_load failover cirkel "$run"; done
+for run in $(seq "$SWITCHOVERS"); do drill_under_load switchover switchover "$run"; done
 python3 - "$OUT" "$INTERVAL" "$SYNC" <<'EOF'
 import glob, json, math, statistics, sys
 def med(xs):
