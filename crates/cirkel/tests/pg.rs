@@ -1025,7 +1025,7 @@ fn synchronous_mode_loses_no_acknowledged_commit_and_tracks_its_set() {
     let daemon = Daemon::start(&e, ha.cfg());
     wait_until("both standbys in the synchronous set", &|| {
         ha.a.try_sql(
-            "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication",
+            "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY application_name) FROM pg_stat_replication",
         )
         .as_deref()
             == Ok("b:quorum,c:quorum")
@@ -1125,8 +1125,9 @@ fn a_standby_beyond_the_lag_limit_is_not_promoted() {
     ha.configure("postgres.main.members.c", "priority = 0");
     let daemon = Daemon::start(&e, ha.cfg());
     wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
-    let names =
-        || ha.a.try_sql("SELECT string_agg(application_name || ' ' || state, ',' ORDER BY 1) FROM pg_stat_replication");
+    let names = || {
+        ha.a.try_sql("SELECT string_agg(application_name || ' ' || state, ',' ORDER BY application_name) FROM pg_stat_replication")
+    };
     let start = Instant::now();
     while names().as_deref() != Ok("b streaming,c streaming") {
         let all = std::fs::read_to_string(daemon.state.join("events.jsonl")).unwrap_or_default();
