@@ -223,13 +223,18 @@ pub fn status(cluster: &str, c: &PostgresConfig) -> ClusterStatus {
     ClusterStatus { cluster: cluster.to_string(), primary, healthy: problems.is_empty(), problems, members }
 }
 
-/// Whom a failover would promote if the primary failed now.
-pub fn explain(cluster: &str, c: &PostgresConfig) -> anyhow::Result<(ClusterStatus, Explanation)> {
-    let st = status(cluster, c);
+/// The decision core for a cluster's members and policy.
+pub fn decider(c: &PostgresConfig) -> anyhow::Result<Decider> {
     let members: Vec<Member> =
         c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
     let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
-    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    Decider::new(members, policy).map_err(anyhow::Error::msg)
+}
+
+/// Whom a failover would promote if the primary failed now.
+pub fn explain(cluster: &str, c: &PostgresConfig) -> anyhow::Result<(ClusterStatus, Explanation)> {
+    let st = status(cluster, c);
+    let mut decider = decider(c)?;
     decider.observe(&probes(&st));
     let mut ex = Explanation {
         cluster: cluster.to_string(),

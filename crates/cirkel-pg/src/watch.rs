@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cirkel_config::PostgresConfig;
-use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Member, Policy, Probe, SyncSet};
+use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Probe, SyncSet};
 use cirkel_state::{Event, StateDir};
 use serde_json::json;
 
@@ -301,10 +301,7 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
         }
         std::thread::sleep(c.health.interval.max(Duration::from_millis(200)));
     }
-    let members: Vec<Member> =
-        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
-    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
-    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let mut decider = crate::members::decider(c)?;
     let router = Router::new();
     let listen = |addr: &Option<String>, what: &str, router: &Arc<Router>| -> anyhow::Result<_> {
         let Some(addr) = addr else { return Ok(None) };
@@ -631,10 +628,7 @@ pub fn switchover_now(
             lease.holder().unwrap_or_default()
         );
     }
-    let members: Vec<Member> =
-        c.members.iter().map(|(n, m)| Member { name: n.clone(), zone: m.zone.clone(), priority: m.priority }).collect();
-    let policy = Policy { unhealthy_threshold: c.health.unhealthy_threshold.max(1), max_lag_bytes: c.max_lag_bytes };
-    let mut decider = Decider::new(members, policy).map_err(anyhow::Error::msg)?;
+    let mut decider = crate::members::decider(c)?;
     let mut w = Watch {
         cluster,
         c,

@@ -355,13 +355,17 @@ fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A time as users write it: RFC 3339, or "YYYY-MM-DD HH:MM:SS[.f]" in UTC.
+fn parse_time(t: &str) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
+        .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))
+}
+
 fn parse_target(a: &PgRestoreArgs) -> anyhow::Result<Target> {
     Ok(if let Some(t) = &a.target_time {
-        let parsed: DateTime<Utc> = DateTime::parse_from_rfc3339(t)
-            .map(|d| d.with_timezone(&Utc))
-            .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
-            .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))?;
-        Target::Time(parsed)
+        Target::Time(parse_time(t)?)
     } else if let Some(l) = &a.target_lsn {
         if cirkel_pg::conn::parse_lsn(l).is_none() {
             return Err(user_error(format!("`{l}` is not an LSN"), "an LSN looks like 0/3000060"));
@@ -565,17 +569,7 @@ fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Resu
     let cfg = load_config(global)?;
     let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
     let state = crate::context::state_dir(&cfg);
-    let at =
-        a.at.as_deref()
-            .map(|t| {
-                DateTime::parse_from_rfc3339(t)
-                    .map(|d| d.with_timezone(&Utc))
-                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").map(|n| n.and_utc()))
-                    .map_err(|e| {
-                        user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T22:00:00Z")
-                    })
-            })
-            .transpose()?;
+    let at = a.at.as_deref().map(parse_time).transpose()?;
     if at.is_some_and(|t| t < Utc::now() - chrono::Duration::minutes(1)) {
         return Err(user_error("--at is in the past", "give a time to come, or leave --at out to switch over now"));
     }
