@@ -127,8 +127,10 @@ pub fn push(repo: &Repository, ns: &str, path: &Path) -> anyhow::Result<PutOutco
         return Ok(repo.put_stream(ns, &kind.stream_name(&name), &[], WAL_ZSTD_LEVEL)?);
     }
     // SAFETY: PostgreSQL does not change a WAL file while it is being
-    // archived; mapping it spares copying 16 MiB out of the page cache.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+    // archived; mapping it spares copying 16 MiB out of the page cache. The
+    // pages are not populated up front: the workers fault them in, in
+    // parallel, as they compress.
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }
         .map_err(|e| anyhow::anyhow!("map {}: {e}", path.display()))?;
     Ok(repo.put_stream(ns, &kind.stream_name(&name), &map, WAL_ZSTD_LEVEL)?)
 }

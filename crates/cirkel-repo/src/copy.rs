@@ -61,6 +61,7 @@ pub fn copy(
 ) -> Result<CopyReport> {
     if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
         || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
+        || src.crypto.cipher() != dst.crypto.cipher()
     {
         return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
     }

@@ -36,6 +36,7 @@ pub mod verify;
 
 pub use backend::{Backend, BackendError, ObjectInfo};
 pub use blob::{BlobData, BlobKind};
+pub use crypto::Cipher;
 pub use error::{Error, Result, chain as error_chain};
 pub use id::Id;
 pub use repository::{ChunkerParams, InitOptions, RepoConfig, Repository};

@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 
 use crate::backend::{Backend, BackendError, Created};
 use crate::blob::{self, BlobKind};
-use crate::crypto::{Crypto, KdfParams, KeyFile, MasterKey};
+use crate::crypto::{Cipher, Crypto, KdfParams, KeyFile, MasterKey};
 use crate::index::{self, Index, PackRecord};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -79,6 +79,8 @@ mod opt_hex {
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     pub encrypt: bool,
+    /// The cipher of an encrypted repository.
+    pub cipher: Cipher,
     pub compression_level: i32,
     pub chunker: ChunkerParams,
     pub pack_size: u32,
@@ -92,6 +94,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             encrypt: true,
+            cipher: Cipher::fastest(),
             compression_level: 3,
             chunker: ChunkerParams::default(),
             pack_size: 16 * 1024 * 1024,
@@ -152,7 +155,7 @@ impl Repository {
             let key = opts.master_key.clone().unwrap_or_else(MasterKey::generate);
             let kf = KeyFile::wrap(&key, password, opts.kdf)?;
             let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
-            (Crypto::encrypted(key), Some(bytes))
+            (Crypto::encrypted(key, opts.cipher), Some(bytes))
         } else {
             (Crypto::Plain { mac: rand::random() }, None)
         };
@@ -160,7 +163,7 @@ impl Repository {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: Utc::now(),
-            encryption: if opts.encrypt { "xchacha20poly1305".into() } else { "none".into() },
+            encryption: if opts.encrypt { opts.cipher.config_name().into() } else { "none".into() },
             compression_level: opts.compression_level,
             chunker: opts.chunker,
             pack_size: opts.pack_size,
@@ -206,9 +209,9 @@ impl Repository {
                 }
                 Crypto::Plain { mac }
             }
-            ("xchacha20poly1305", None) => {
+            (name, None) if let Some(cipher) = Cipher::from_config_name(name) => {
                 let password = password.ok_or(Error::PasswordRequired)?;
-                Crypto::encrypted(Self::find_key(&rt, backend.as_ref(), password)?)
+                Crypto::encrypted(Self::find_key(&rt, backend.as_ref(), password)?, cipher)
             }
             (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
         };
@@ -228,11 +231,11 @@ impl Repository {
         let rt = runtime()?;
         let config = read_config(&rt, backend.as_ref())?;
         let cache_file = cache_dir.join(format!("{}.key", config.id));
-        if config.encryption == "xchacha20poly1305"
+        if let Some(cipher) = Cipher::from_config_name(&config.encryption)
             && let (Some(check), Ok(bytes)) = (config.key_check, std::fs::read(&cache_file))
             && let Some(key) = MasterKey::from_cache_bytes(&bytes)
         {
-            let crypto = Crypto::encrypted(key);
+            let crypto = Crypto::encrypted(key, cipher);
             if crypto.blob_id(KEY_CHECK) == check {
                 return Ok(Repository { backend, rt, config, crypto });
             }

@@ -5,8 +5,8 @@
 //! A stream lives at `streams/<namespace>/<name>` and is immutable like every
 //! other object: storing the same content again is a no-op, storing
 //! different content under an existing name is refused. The content is cut
-//! into parts that are compressed and sealed in parallel, so a 16 MiB segment
-//! costs a few milliseconds on two cores.
+//! into 1 MiB parts that are compressed and sealed in parallel, so a 16 MiB
+//! segment costs a few milliseconds on two cores.
 //!
 //! Layout (`CKS2`, written): `CKS2` | plaintext length (u64 LE) | part count
 //! (u32 LE) | per part: stored length (u32 LE) and the sealed zstd frame
@@ -25,7 +25,12 @@ use crate::{Error, Id, Repository, Result};
 
 const MAGIC_V1: &[u8; 4] = b"CKS1";
 const MAGIC: &[u8; 4] = b"CKS2";
-const PART: usize = 4 * 1024 * 1024;
+/// The size of the parts written now: small enough that two workers share a
+/// 16 MiB WAL segment evenly, well above zstd level 1's 512 KiB window.
+const PART: usize = 1024 * 1024;
+/// The largest part any layout holds (`CKS2` objects were once cut into
+/// 4 MiB parts).
+const MAX_PART: usize = 4 * 1024 * 1024;
 const HEADER_V1: usize = 4 + 8 + 32 + 4;
 const HEADER: usize = 4 + 8 + 4;
 const ID_LEN: usize = 32;
@@ -56,86 +61,127 @@ fn aad(name: &str, part: usize) -> Vec<u8> {
     a
 }
 
+/// What a worker finished.
+enum Done {
+    Id(Id),
+    Part(usize, Result<Vec<u8>>),
+}
+
+/// Gathers the workers' results in the order they are written.
+struct Collector {
+    rx: mpsc::Receiver<Done>,
+    ready: std::collections::BTreeMap<usize, Result<Vec<u8>>>,
+    checksum: Option<Id>,
+}
+
+impl Collector {
+    fn recv(&mut self) -> Result<()> {
+        match self.rx.recv() {
+            Ok(Done::Id(id)) => self.checksum = Some(id),
+            Ok(Done::Part(i, r)) => {
+                self.ready.insert(i, r);
+            }
+            Err(_) => return Err(Error::Other("a compression thread stopped".into())),
+        }
+        Ok(())
+    }
+
+    fn part(&mut self, i: usize) -> Result<Vec<u8>> {
+        loop {
+            if let Some(r) = self.ready.remove(&i) {
+                return r;
+            }
+            self.recv()?;
+        }
+    }
+
+    fn id(&mut self) -> Result<Id> {
+        loop {
+            if let Some(id) = self.checksum {
+                return Ok(id);
+            }
+            self.recv()?;
+        }
+    }
+}
+
 impl Repository {
+    /// Compresses (with this worker's context) and seals part `i`.
+    fn seal_part(
+        &self,
+        zstd: &mut Option<zstd::bulk::Compressor<'static>>,
+        level: i32,
+        part: &[u8],
+        name: &str,
+        i: usize,
+    ) -> Result<Vec<u8>> {
+        let z = match zstd {
+            Some(z) => z,
+            None => zstd.insert(zstd::bulk::Compressor::new(level).map_err(|e| Error::Other(e.to_string()))?),
+        };
+        let compressed = z.compress(part).map_err(|e| Error::Other(e.to_string()))?;
+        Ok(self.crypto.seal(&compressed, &aad(name, i)))
+    }
+
     /// Stores `data` as stream `name` in `namespace`. Parts are compressed
-    /// and sealed by two workers in order while the ones already done are
-    /// written, and the checksum of the whole is computed beside them.
+    /// and sealed by a worker per core in order while the ones already done
+    /// are written, and one of the workers computes the checksum of the whole
+    /// first.
     pub fn put_stream(&self, namespace: &str, name: &str, data: &[u8], level: i32) -> Result<PutOutcome> {
         let parts: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(PART).collect() };
         let k = key(namespace, name);
+        // One queue of tasks for every worker: the checksum of the whole
+        // first, then the parts in order.
         let next = AtomicUsize::new(0);
         let (created, id) = std::thread::scope(|s| -> Result<(Created, Id)> {
-            let id_thread = std::cell::RefCell::new(Some(s.spawn(|| self.crypto.blob_id(data))));
-            let id_done = std::cell::Cell::new(None::<Id>);
-            let take_id = || -> Result<Id> {
-                if let Some(id) = id_done.get() {
-                    return Ok(id);
-                }
-                let handle = id_thread.borrow_mut().take().ok_or_else(|| Error::Other("checksum thread".into()))?;
-                let id = handle.join().map_err(|_| Error::Other("checksum thread".into()))?;
-                id_done.set(Some(id));
-                Ok(id)
-            };
-            let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>>)>();
-            let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, parts.len());
+            let (tx, rx) = mpsc::channel::<Done>();
+            let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, parts.len() + 1);
             for _ in 0..workers {
                 let (tx, next, parts) = (tx.clone(), &next, &parts);
                 s.spawn(move || {
+                    let mut zstd = None;
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(part) = parts.get(i) else { return };
-                        let sealed = zstd::bulk::compress(part, level)
-                            .map(|z| self.crypto.seal(&z, &aad(name, i)))
-                            .map_err(|e| Error::Other(e.to_string()));
-                        if tx.send((i, sealed)).is_err() {
+                        let task = next.fetch_add(1, Ordering::Relaxed);
+                        let done = match task.checked_sub(1) {
+                            None => Done::Id(self.crypto.blob_id(data)),
+                            Some(i) => match parts.get(i) {
+                                Some(part) => Done::Part(i, self.seal_part(&mut zstd, level, part, name, i)),
+                                None => return,
+                            },
+                        };
+                        if tx.send(done).is_err() {
                             return;
                         }
                     }
                 });
             }
             drop(tx);
+            let mut done = Collector { rx, ready: std::collections::BTreeMap::new(), checksum: None };
             let mut header = Vec::with_capacity(HEADER);
             header.extend_from_slice(MAGIC);
             header.extend_from_slice(&(data.len() as u64).to_le_bytes());
             header.extend_from_slice(&(parts.len() as u32).to_le_bytes());
             // The pieces in order: the header, each part behind its length,
             // then the checksum once every part is out.
-            let mut ready = std::collections::BTreeMap::new();
             let mut want = 0;
             let mut failed = false;
             let mut body = std::iter::from_fn(|| {
                 if failed || want > parts.len() {
                     return None;
                 }
-                if want == parts.len() {
-                    want += 1;
-                    return Some(take_id().map(|id| id.0.to_vec()).map_err(|e| std::io::Error::other(e.to_string())));
-                }
-                while !ready.contains_key(&want) {
-                    match rx.recv() {
-                        Ok((i, r)) => {
-                            ready.insert(i, r);
-                        }
-                        Err(_) => {
-                            failed = true;
-                            return Some(Err(std::io::Error::other("compression thread")));
-                        }
-                    }
-                }
                 want += 1;
-                match ready.remove(&(want - 1)) {
-                    Some(Ok(sealed)) => {
+                let piece = if want - 1 == parts.len() {
+                    done.id().map(|id| id.0.to_vec())
+                } else {
+                    done.part(want - 1).map(|sealed| {
                         let mut piece = Vec::with_capacity(4 + sealed.len());
                         piece.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
                         piece.extend_from_slice(&sealed);
-                        Some(Ok(piece))
-                    }
-                    Some(Err(e)) => {
-                        failed = true;
-                        Some(Err(std::io::Error::other(e.to_string())))
-                    }
-                    None => None,
-                }
+                        piece
+                    })
+                };
+                failed = piece.is_err();
+                Some(piece.map_err(|e| std::io::Error::other(e.to_string())))
             });
             let mut pieces = std::iter::once(Ok(header)).chain(&mut body);
             let created = match self.backend.create_pieces(&k, &mut pieces) {
@@ -148,7 +194,7 @@ impl Repository {
                     self.block_on(self.backend.create(&k, Bytes::from(all)))?
                 }
             };
-            Ok((created, take_id()?))
+            Ok((created, done.id()?))
         })?;
         match created {
             Created::New => Ok(PutOutcome::Stored),
@@ -189,7 +235,7 @@ impl Repository {
         let stored = &stored[..body_end];
         let len = u64::from_le_bytes(stored[4..12].try_into().map_err(|_| bad("header"))?) as usize;
         let count = u32::from_le_bytes(stored[count_at..count_at + 4].try_into().map_err(|_| bad("header"))?) as usize;
-        if count > stored.len() / 4 || len > count.saturating_mul(PART) {
+        if count > stored.len() / 4 || len > count.saturating_mul(MAX_PART) {
             return Err(bad("header lengths are impossible"));
         }
         let mut pos = body_start;
@@ -200,22 +246,37 @@ impl Repository {
             spans.push(stored.get(pos + 4..pos + 4 + l).ok_or_else(|| bad("truncated"))?);
             pos += 4 + l;
         }
-        let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = spans
-                .iter()
-                .enumerate()
-                .map(|(i, sealed)| {
-                    s.spawn(move || {
-                        let z = self.crypto.open(sealed, &aad(name, i)).ok_or_else(|| bad("authentication failed"))?;
-                        zstd::bulk::decompress(&z, PART).map_err(|e| bad(&format!("decompression: {e}")))
+        // Parts are opened and decompressed by a worker per core.
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, count.max(1));
+        let open_part = |i: usize, sealed: &[u8]| -> Result<Vec<u8>> {
+            let z = self.crypto.open(sealed, &aad(name, i)).ok_or_else(|| bad("authentication failed"))?;
+            let size = zstd::zstd_safe::get_frame_content_size(&z).ok().flatten().unwrap_or(MAX_PART as u64);
+            zstd::bulk::decompress(&z, (size as usize).min(MAX_PART)).map_err(|e| bad(&format!("decompression: {e}")))
+        };
+        let mut parts: Vec<Option<Result<Vec<u8>>>> = (0..count).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(sealed) = spans.get(i) else { return done };
+                            done.push((i, open_part(i, sealed)));
+                        }
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("decompression thread")))).collect()
+            for h in handles {
+                for (i, r) in h.join().unwrap_or_default() {
+                    parts[i] = Some(r);
+                }
+            }
         });
         let mut out = Vec::with_capacity(len);
         for p in parts {
-            out.extend_from_slice(&p?);
+            out.extend_from_slice(&p.unwrap_or_else(|| Err(bad("decompression thread")))?);
         }
         if out.len() != len || self.crypto.blob_id(&out) != id {
             return Err(bad("content does not match its checksum"));
@@ -346,6 +407,26 @@ mod tests {
             old.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
             old.extend_from_slice(&sealed);
         }
+        r.block_on(r.backend.create(&key("ns", "old"), Bytes::from(old))).unwrap();
+        assert_eq!(r.get_stream("ns", "old").unwrap(), d);
+        assert_eq!(r.put_stream("ns", "old", &d, 1).unwrap(), PutOutcome::AlreadyPresent);
+    }
+
+    #[test]
+    fn streams_cut_into_larger_parts_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(Arc::new(LocalBackend::new(dir.path().join("a"))));
+        let d = data(2 * MAX_PART + 5);
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC);
+        old.extend_from_slice(&(d.len() as u64).to_le_bytes());
+        old.extend_from_slice(&3u32.to_le_bytes());
+        for (i, part) in d.chunks(MAX_PART).enumerate() {
+            let sealed = r.crypto.seal(&zstd::bulk::compress(part, 1).unwrap(), &aad("old", i));
+            old.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            old.extend_from_slice(&sealed);
+        }
+        old.extend_from_slice(&r.crypto.blob_id(&d).0);
         r.block_on(r.backend.create(&key("ns", "old"), Bytes::from(old))).unwrap();
         assert_eq!(r.get_stream("ns", "old").unwrap(), d);
         assert_eq!(r.put_stream("ns", "old", &d, 1).unwrap(), PutOutcome::AlreadyPresent);

@@ -268,6 +268,35 @@ fn copy_to_a_second_repository_is_idempotent_and_moves_only_missing_data() {
     assert_same_tree(&src, &restored(&out, &src));
 }
 
+#[test]
+fn either_cipher_backs_up_restores_and_copies_with_shared_keys() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    for (cipher, stored) in [("xchacha20-poly1305", "xchacha20poly1305"), ("aes-256-gcm", "aes256gcm")] {
+        let repo = env.path(cipher).display().to_string();
+        let v = env.json(&["repo", "init", "--repo", &repo, "--cipher", cipher]);
+        assert_eq!(v["encryption"], stored);
+        env.ok(&["--repo", &repo, "backup", "files", src.to_str().unwrap()]);
+        env.ok(&["--repo", &repo, "repo", "verify", "--read-data"]);
+        let out = env.path(&format!("out-{cipher}"));
+        env.ok(&["--repo", &repo, "restore", "files", "latest", "--to", out.to_str().unwrap()]);
+        assert_same_tree(&src, &restored(&out, &src));
+    }
+    // A repository sharing the master key takes the source's cipher, since
+    // sealed blobs move between the two verbatim.
+    let dr = env.path("dr").display().to_string();
+    let from = env.path("xchacha20-poly1305").display().to_string();
+    let err = env.fails(&["repo", "init", "--repo", &dr, "--copy-keys-from", &from, "--cipher", "aes-256-gcm"]);
+    assert!(err.contains("--cipher differs") && err.contains("xchacha20poly1305"), "{err}");
+    let v = env.json(&["repo", "init", "--repo", &dr, "--copy-keys-from", &from]);
+    assert_eq!(v["encryption"], "xchacha20poly1305");
+    env.ok(&["--repo", &from, "repo", "copy", "--to", &dr]);
+    let out = env.path("out-dr");
+    env.ok(&["--repo", &dr, "restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+}
+
 /// A snapshot crafted to escape the restore target: `..`, slashes, a
 /// duplicated name and a symlink that would redirect a later directory.
 #[test]

@@ -7,10 +7,10 @@ use cirkel_repo::crypto::KdfParams;
 use cirkel_repo::prune::{PruneOptions, prune};
 use cirkel_repo::retention::Policy;
 use cirkel_repo::verify::{VerifyOptions, verify};
-use cirkel_repo::{InitOptions, Repository, copy};
+use cirkel_repo::{Cipher, InitOptions, Repository, copy};
 use serde_json::json;
 
-use crate::cli::{Global, InitArgs, PolicyArgs, PruneArgs, RepoCmd};
+use crate::cli::{CipherArg, Global, InitArgs, PolicyArgs, PruneArgs, RepoCmd};
 use crate::context::{load_config, main_repo, resolve};
 use crate::output::{bytes_bar, human_bytes, print_json, user_error};
 
@@ -146,6 +146,11 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
 fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow::Result<ExitCode> {
     let target = main_repo(global, cfg)?;
     let mut opts = InitOptions { encrypt: !args.no_encryption, ..Default::default() };
+    match args.cipher {
+        CipherArg::Auto => {}
+        CipherArg::Aes256Gcm => opts.cipher = Cipher::Aes256Gcm,
+        CipherArg::Xchacha20Poly1305 => opts.cipher = Cipher::XChaCha20Poly1305,
+    }
     if let Some(level) = args.compression_level.or(target.compression_level) {
         opts.compression_level = level;
     }
@@ -159,7 +164,19 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
         let pw = args.from_password_file.as_deref().or(global.password_file.as_deref());
         let src = resolve(cfg, Some(src), pw)?.open().context("open the --copy-keys-from repository")?;
         match src.crypto().master_key() {
-            Some(k) if opts.encrypt => opts.master_key = Some(k.clone()),
+            Some(k) if opts.encrypt => {
+                // Sealed blobs move verbatim between the two, so they share the cipher too.
+                if let Some(cipher) = src.crypto().cipher() {
+                    if args.cipher != CipherArg::Auto && cipher != opts.cipher {
+                        return Err(user_error(
+                            "--cipher differs from the --copy-keys-from repository's",
+                            format!("drop --cipher: the new repository takes {}", cipher.config_name()),
+                        ));
+                    }
+                    opts.cipher = cipher;
+                }
+                opts.master_key = Some(k.clone());
+            }
             _ => {
                 return Err(user_error(
                     "--copy-keys-from needs both repositories encrypted",
@@ -179,7 +196,11 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
             "created repository {} at {} ({})",
             repo.config().id.short(),
             repo.location(),
-            if repo.crypto().is_encrypted() { "encrypted" } else { "NOT encrypted" }
+            match repo.crypto().cipher() {
+                Some(Cipher::Aes256Gcm) => "encrypted with AES-256-GCM",
+                Some(Cipher::XChaCha20Poly1305) => "encrypted with XChaCha20-Poly1305",
+                None => "NOT encrypted",
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
