@@ -322,6 +322,7 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
         inode: meta.ino(),
         size: if kind == NodeKind::File { meta.len() } else { 0 },
         content: Vec::new(),
+        content_lists: Vec::new(),
         subtree: None,
         link_target: None,
     }
@@ -366,7 +367,7 @@ fn parent_subtree(ctx: &Ctx<'_>, node: Option<&Node>) -> Option<Tree> {
 fn finish_tree(ctx: &mut Ctx<'_>, mut nodes: Vec<Node>) -> anyhow::Result<Id> {
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let tree = Tree { nodes };
-    Ok(ctx.writer.add(BlobKind::Tree, &tree.to_bytes())?)
+    Ok(ctx.writer.add_tree(&tree)?)
 }
 
 enum Pending {

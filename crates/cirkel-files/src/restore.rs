@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use cirkel_repo::{Id, Node, NodeKind, Repository, Snapshot};
 use filetime::FileTime;
@@ -105,20 +105,19 @@ pub fn restore(
         }
     }
 
-    // 2. Every file created at its final size; a file that fails here or
-    //    later is reported once and left out of what follows.
+    // 2. Each file is created at its final size by the first thread that
+    //    writes to it (so that creating a thousand files overlaps with
+    //    decompressing), or at the end when nothing is written to it; a file
+    //    that fails is reported once and left out of what follows.
     let failed: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
     let fail = |i: usize, msg: String| {
         if !failed[i].swap(true, Ordering::Relaxed) {
             push_err(&errors, &files[i].rel, msg);
         }
     };
+    let created: Vec<OnceLock<Result<(), String>>> = files.iter().map(|_| OnceLock::new()).collect();
+    let create = |i: usize| created[i].get_or_init(|| create_file(&files[i])).clone();
     let threads = opts.threads.max(1);
-    parallel(threads, files.len(), &|i| {
-        if let Err(e) = create_file(&files[i]) {
-            fail(i, e);
-        }
-    });
 
     // 3. Which blob goes where, grouped by pack.
     let mut by_pack: HashMap<Id, HashMap<Id, Piece>> = HashMap::new();
@@ -205,7 +204,7 @@ pub fn restore(
                 if failed[i].load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = sink.write(&files[i], i, &data, at) {
+                if let Err(e) = create(i).and_then(|()| sink.write(&files[i], i, &data, at)) {
                     fail(i, e);
                     continue;
                 }
@@ -222,7 +221,7 @@ pub fn restore(
         if failed[i].load(Ordering::Relaxed) {
             return;
         }
-        match finish_file(&files[i], is_root) {
+        match create(i).and_then(|()| finish_file(&files[i], is_root)) {
             Ok(()) => {
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -430,6 +429,7 @@ mod tests {
             inode: 0,
             size,
             content: Vec::new(),
+            content_lists: Vec::new(),
             subtree: None,
             link_target: None,
         };

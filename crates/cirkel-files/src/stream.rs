@@ -40,7 +40,7 @@ pub fn backup_reader(
     }
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
     let node = Node::synthetic_file(what.file_name.clone(), size, content, now_ns);
-    let tree = writer.add(BlobKind::Tree, &Tree { nodes: vec![node] }.to_bytes())?;
+    let tree = writer.add_tree(&Tree { nodes: vec![node] })?;
     let stats = writer.finish()?;
     check()?;
     let snapshot = Snapshot {

@@ -13,6 +13,8 @@ pub enum BlobKind {
     Data,
     /// A serialized directory tree.
     Tree,
+    /// Part of a long file's list of block ids (see `Node::content_lists`).
+    List,
 }
 
 impl BlobKind {
@@ -20,6 +22,7 @@ impl BlobKind {
         match self {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
+            BlobKind::List => 2,
         }
     }
 
@@ -27,6 +30,7 @@ impl BlobKind {
         match b {
             0 => Some(BlobKind::Data),
             1 => Some(BlobKind::Tree),
+            2 => Some(BlobKind::List),
             _ => None,
         }
     }

@@ -61,6 +61,7 @@ pub fn reachable(repo: &Repository, index: &Index, roots: impl IntoIterator<Item
         let tree = repo.load_tree(index, &tree_id)?;
         for node in tree.nodes {
             seen.extend(node.content);
+            seen.extend(node.content_lists);
             if let Some(sub) = node.subtree {
                 stack.push(sub);
             }

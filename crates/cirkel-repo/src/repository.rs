@@ -501,7 +501,32 @@ impl Repository {
             }
             _ => {}
         }
-        Tree::from_bytes(id, &self.read_blob(index, id)?)
+        let mut tree = Tree::from_bytes(id, &self.read_blob(index, id)?)?;
+        for node in &mut tree.nodes {
+            if node.content_lists.is_empty() {
+                continue;
+            }
+            if !node.content.is_empty() {
+                return Err(Error::corrupt("tree", id, format!("{} has both block ids and block lists", node.name)));
+            }
+            for list in &node.content_lists {
+                if let Some(l) = index.get(list)
+                    && l.kind != BlobKind::List
+                {
+                    return Err(Error::corrupt("block list", list, "blob is not a block list"));
+                }
+                let bytes = self.read_blob(index, list)?;
+                if bytes.len() % 32 != 0 {
+                    return Err(Error::corrupt("block list", list, "its length is not a whole number of ids"));
+                }
+                node.content.extend(bytes.chunks_exact(32).map(|c| {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(c);
+                    Id(id)
+                }));
+            }
+        }
+        Ok(tree)
     }
 
     // ---- snapshots -----------------------------------------------------

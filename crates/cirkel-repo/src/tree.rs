@@ -32,6 +32,12 @@ pub struct Node {
     /// File content, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<Id>,
+    /// Where a long `content` is stored: blobs of [`LIST_IDS`] ids each, so
+    /// that a backup of a changed file rewrites only the lists that changed.
+    /// [`Repository::load_tree`](crate::Repository::load_tree) fills
+    /// `content` from them; both are never stored together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_lists: Vec<Id>,
     /// A directory's tree blob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<Id>,
@@ -61,6 +67,7 @@ impl Node {
             inode: 0,
             size,
             content,
+            content_lists: Vec::new(),
             subtree: None,
             link_target: None,
         }
@@ -74,6 +81,10 @@ impl Node {
 }
 
 /// A directory's entries, sorted by name.
+/// Block ids per list blob: 8 KiB of ids, 32 MiB of a file cut into
+/// 128 KiB blocks.
+pub const LIST_IDS: usize = 256;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     pub nodes: Vec<Node>,

@@ -18,6 +18,7 @@ use crossbeam::channel::{Receiver, Sender, bounded};
 use crate::blob::{self, BlobKind};
 use crate::index::{Index, PackRecord};
 use crate::pack::PackBuilder;
+use crate::tree::{LIST_IDS, Tree};
 use crate::{Error, Id, Repository, Result};
 
 /// Packs written between index files, so an interrupted long write (a
@@ -134,6 +135,27 @@ impl BlobWriter {
         let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.level);
         self.push(id, kind, &enc.stored, enc.raw_length, enc.compressed)?;
         Ok(id)
+    }
+
+    /// Stores a tree. A file with more than [`LIST_IDS`] blocks keeps its
+    /// block ids in list blobs: an incremental backup of a large database
+    /// then stores a few lists for each changed file instead of every block
+    /// id of the whole directory again.
+    pub fn add_tree(&self, tree: &Tree) -> Result<Id> {
+        let mut stored = Tree { nodes: Vec::with_capacity(tree.nodes.len()) };
+        for node in &tree.nodes {
+            let mut node = node.clone();
+            node.content_lists.clear();
+            if node.content.len() > LIST_IDS {
+                for ids in node.content.chunks(LIST_IDS) {
+                    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+                    node.content_lists.push(self.add(BlobKind::List, &bytes)?);
+                }
+                node.content.clear();
+            }
+            stored.nodes.push(node);
+        }
+        self.add(BlobKind::Tree, &stored.to_bytes())
     }
 
     /// Stores an already sealed blob verbatim (for copies between

@@ -86,7 +86,7 @@ proptest! {
             let writer = BlobWriter::new(&repo, Arc::new(repo.load_index().unwrap()));
             let content: Vec<Id> = picks.iter().map(|&i| writer.add(BlobKind::Data, &pool[i]).unwrap()).collect();
             let tree = Tree { nodes: vec![Node::synthetic_file("f".into(), picks.iter().map(|&i| pool[i].len() as u64).sum(), content, 0)]};
-            let root = writer.add(BlobKind::Tree, &tree.to_bytes()).unwrap();
+            let root = writer.add_tree(&tree).unwrap();
             writer.finish().unwrap();
             let snap = Snapshot {
                 time: chrono::Utc::now() + chrono::Duration::seconds(n as i64),
@@ -112,6 +112,52 @@ proptest! {
         prop_assert!(report.ok(), "{:?}", report.errors);
         prop_assert!(report.notes.is_empty(), "prune leaves no orphans: {:?}", report.notes);
     }
+}
+
+/// A file of many blocks keeps its block ids in list blobs: a second tree
+/// whose file differs in one block stores one new list, shares the others,
+/// reads back whole, and prune keeps exactly what the kept tree needs.
+#[test]
+fn long_block_lists_are_shared_between_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), true);
+    let blocks: Vec<Vec<u8>> = (0..601u32).map(|i| i.to_le_bytes().repeat(50)).collect();
+    let mut roots = Vec::new();
+    let mut contents = Vec::new();
+    for changed in [None, Some(300)] {
+        let writer = BlobWriter::new(&repo, Arc::new(repo.load_index().unwrap()));
+        let mut content: Vec<Id> = blocks[..600].iter().map(|b| writer.add(BlobKind::Data, b).unwrap()).collect();
+        if let Some(at) = changed {
+            content[at] = writer.add(BlobKind::Data, &blocks[600]).unwrap();
+        }
+        let tree = Tree { nodes: vec![Node::synthetic_file("f".into(), 600 * 200, content.clone(), 0)] };
+        let root = writer.add_tree(&tree).unwrap();
+        let stats = writer.finish().unwrap();
+        if changed.is_some() {
+            // the changed block, the list holding it, and the tree
+            assert_eq!(stats.blobs_new, 3, "{stats:?}");
+        }
+        let snap = Snapshot {
+            time: chrono::Utc::now() + chrono::Duration::seconds(roots.len() as i64),
+            ..Snapshot::new("files", "h", vec!["/x".into()], root)
+        };
+        repo.save_snapshot(&snap).unwrap();
+        roots.push(root);
+        contents.push(content);
+    }
+    let index = repo.load_index().unwrap();
+    for (root, content) in roots.iter().zip(&contents) {
+        let tree = repo.load_tree(&index, root).unwrap();
+        assert_eq!(&tree.nodes[0].content, content);
+        assert_eq!(tree.nodes[0].content_lists.len(), 3);
+    }
+    let opts = PruneOptions { policy: Policy { keep_last: 1, ..Default::default() }, ..Default::default() };
+    prune(&repo, &opts).unwrap();
+    let index = repo.load_index().unwrap();
+    let tree = repo.load_tree(&index, &roots[1]).unwrap();
+    assert_eq!(tree.nodes[0].content, contents[1]);
+    let report = verify(&repo, &VerifyOptions { read_data: true }, &|_, _| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.errors);
 }
 
 /// Two writers that did not see each other store one blob twice; losing

@@ -319,6 +319,7 @@ fn restore_never_writes_outside_the_target() {
         inode: 0,
         size: 5,
         content: vec![data],
+        content_lists: Vec::new(),
         subtree: None,
         link_target: None,
     };
