@@ -38,6 +38,9 @@ pub struct BackupOptions {
     pub kind: String,
     /// Called with every block read under fixed-size chunking (page checks).
     pub block_check: Option<BlockCheck>,
+    /// Under fixed-size chunking, a zstd level for blocks that compress
+    /// better at a level of their own (`None`: the backup's level).
+    pub block_level: Option<BlockLevel>,
     /// Trust unchanged metadata only for files last modified at least this
     /// long before the parent backup started (files that change in place,
     /// where a write within the same timestamp tick would go unnoticed).
@@ -52,6 +55,16 @@ pub struct BlockCheck(pub Arc<BlockCheckFn>);
 
 /// The function behind a [`BlockCheck`].
 pub type BlockCheckFn = dyn Fn(&Path, u64, &[u8]) + Send + Sync;
+
+/// Chooses a zstd level for a block read under fixed-size chunking.
+#[derive(Clone)]
+pub struct BlockLevel(pub Arc<dyn Fn(&[u8]) -> Option<i32> + Send + Sync>);
+
+impl std::fmt::Debug for BlockLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockLevel")
+    }
+}
 
 impl std::fmt::Debug for BlockCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,6 +202,7 @@ pub fn backup_with(
         seed: repo.crypto().chunker_seed(),
         vanished_ok: opts.vanished_ok,
         block_check: opts.block_check.as_ref(),
+        block_level: opts.block_level.as_ref(),
         reuse_before_ns: match (&parent, opts.mtime_margin) {
             (Some((_, s)), Some(margin)) => {
                 let started = s.time - chrono::Duration::milliseconds(s.summary.duration_ms as i64);
@@ -510,6 +524,7 @@ struct ChunkSettings<'a> {
     seed: u64,
     vanished_ok: bool,
     block_check: Option<&'a BlockCheck>,
+    block_level: Option<&'a BlockLevel>,
     /// Reuse a parent's content only for files modified before this (ns).
     reuse_before_ns: Option<i64>,
 }
@@ -521,7 +536,7 @@ fn save_file(
     progress: &dyn Progress,
     files_read: &AtomicU64,
 ) -> Result<Node, FileError> {
-    let ChunkSettings { chunking, chunker, seed, vanished_ok, block_check, reuse_before_ns } = settings;
+    let ChunkSettings { chunking, chunker, seed, vanished_ok, block_check, block_level, reuse_before_ns } = settings;
     let src = |what: &str, e: std::io::Error| {
         if vanished_ok && e.kind() == std::io::ErrorKind::NotFound {
             FileError::Vanished
@@ -553,7 +568,11 @@ fn save_file(
                 (check.0)(&job.path, size, &buf[..n]);
             }
             size += n as u64;
-            node.content.push(writer.add(BlobKind::Data, &buf[..n]).map_err(FileError::Repo)?);
+            let id = match block_level.and_then(|choose| (choose.0)(&buf[..n])) {
+                Some(level) => writer.add_at_level(BlobKind::Data, &buf[..n], level),
+                None => writer.add(BlobKind::Data, &buf[..n]),
+            };
+            node.content.push(id.map_err(FileError::Repo)?);
             if n < buf.len() {
                 break;
             }

@@ -12,7 +12,8 @@ mod restore;
 mod stream;
 
 pub use backup::{
-    BackupOptions, BackupOutcome, BlockCheck, Chunking, Finish, FinishHook, Progress, SourceError, backup, backup_with,
+    BackupOptions, BackupOutcome, BlockCheck, BlockLevel, Chunking, Finish, FinishHook, Progress, SourceError, backup,
+    backup_with,
 };
 pub use exclude::Excludes;
 pub use restore::{RestoreOptions, RestoreReport, restore};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use cirkel_files::{BackupOptions, BlockCheck, Chunking, Excludes, Finish, Progress};
+use cirkel_files::{BackupOptions, BlockCheck, BlockLevel, Chunking, Excludes, Finish, Progress};
 use cirkel_repo::{Id, Repository, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,21 @@ use crate::{KIND, checksum};
 
 /// zstd level for data-directory blocks.
 pub const BLOCK_ZSTD_LEVEL: i32 = 1;
+/// zstd level for blocks of index pages: B-tree leaves of sorted keys
+/// compress a sixth to a third smaller at level 3, heap pages no better than
+/// at level 1 (see docs/benchmarks.md).
+pub const INDEX_ZSTD_LEVEL: i32 = 3;
+
+/// Whether a block starts with an index page: a valid page header whose
+/// special space (where every index access method keeps its page opaque
+/// data) is not empty. Heap pages have none.
+pub fn starts_with_index_page(block: &[u8]) -> bool {
+    let Some(h) = block.get(..24) else { return false };
+    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]) as usize;
+    let (lower, upper, special, size_version) = (u16_at(12), u16_at(14), u16_at(16), u16_at(18));
+    let page = crate::checksum::PAGE;
+    size_version & 0xFF00 == page && 24 <= lower && lower <= upper && upper <= special && special < page
+}
 
 /// Block size for relation files: 16 PostgreSQL pages.
 pub const BLOCK: u32 = 128 * 1024;
@@ -185,6 +200,9 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         vanished_ok: true,
         kind: KIND.into(),
         block_check,
+        block_level: Some(BlockLevel(Arc::new(|block: &[u8]| {
+            starts_with_index_page(block).then_some(INDEX_ZSTD_LEVEL)
+        }))),
         // Relation files change in place: trust metadata only for files
         // untouched since well before the previous backup began.
         mtime_margin: Some(std::time::Duration::from_secs(2)),
@@ -275,5 +293,23 @@ mod tests {
         assert_eq!(parse_size("1GB"), Some(1 << 30));
         let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n";
         assert_eq!(label_field(label, "START TIMELINE:"), Some("1"));
+    }
+
+    fn page(lower: u16, upper: u16, special: u16, size_version: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 8192];
+        for (at, v) in [(12, lower), (14, upper), (16, special), (18, size_version)] {
+            p[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn index_pages_are_told_from_heap_pages() {
+        assert!(starts_with_index_page(&page(40, 7000, 8176, 8192 | 4)), "B-tree page");
+        assert!(!starts_with_index_page(&page(40, 7000, 8192, 8192 | 4)), "heap page");
+        assert!(!starts_with_index_page(&page(0, 0, 0, 0)), "new, all-zero page");
+        assert!(!starts_with_index_page(&page(40, 7000, 8176, 4096 | 4)), "another page size");
+        assert!(!starts_with_index_page(&page(7000, 40, 8176, 8192 | 4)), "lower above upper");
+        assert!(!starts_with_index_page(&[1, 2, 3]), "short");
     }
 }

@@ -128,11 +128,18 @@ impl BlobWriter {
 
     /// Stores a blob unless the repository already has it; returns its id.
     pub fn add(&self, kind: BlobKind, plain: &[u8]) -> Result<Id> {
+        self.add_at_level(kind, plain, self.level)
+    }
+
+    /// Like [`BlobWriter::add`], compressing a new blob at `level` (0: not at
+    /// all when the writer's level is 0, since the repository asked for that).
+    pub fn add_at_level(&self, kind: BlobKind, plain: &[u8], level: i32) -> Result<Id> {
         let id = self.shared.repo.crypto.blob_id(plain);
         if !self.reserve(&id)? {
             return Ok(id);
         }
-        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, self.level);
+        let level = if self.level == 0 { 0 } else { level };
+        let enc = blob::encode(&self.shared.repo.crypto, &id, plain, level);
         self.push(id, kind, &enc.stored, enc.raw_length, enc.compressed)?;
         Ok(id)
     }
