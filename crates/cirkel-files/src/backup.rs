@@ -58,7 +58,10 @@ pub type BlockCheckFn = dyn Fn(&Path, u64, &[u8]) + Send + Sync;
 
 /// Chooses a zstd level for a block read under fixed-size chunking.
 #[derive(Clone)]
-pub struct BlockLevel(pub Arc<dyn Fn(&[u8]) -> Option<i32> + Send + Sync>);
+pub struct BlockLevel(pub Arc<BlockLevelFn>);
+
+/// The function behind a [`BlockLevel`].
+pub type BlockLevelFn = dyn Fn(&[u8]) -> Option<i32> + Send + Sync;
 
 impl std::fmt::Debug for BlockLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
