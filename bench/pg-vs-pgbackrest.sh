@@ -54,6 +54,13 @@
 #   BASE=/tmp/bench-pg   everything lives below it; removed at exit unless KEEP=1
 #   PORT=55432  RESTORE_PORT=55433
 #   KEEP=0           1: keep BASE (clusters are stopped anyway)
+#   FS=host          host: BASE on the file system it is on; ext4: BASE on a new,
+#                    journaled ext4 in a sparse image ($BASE.img, IMG_SIZE=24G) attached
+#                    with direct I/O, as a server's data disk would be. This machine's
+#                    root file system has no journal, so ext4 skips inodes freed in
+#                    the last 5 minutes when it allocates new ones: every restore made
+#                    right after deleting the previous one spends much of its time in
+#                    the kernel (find_inode_bit, recently_deleted), for both tools
 #   SKIP_BUILD=0     1: use the existing target/release/cirkel
 #   CIRKEL_BIN=...   another cirkel binary (add SKIP_BUILD=1); it is copied into BASE/bin
 #   PGBIN=/usr/lib/postgresql/15/bin
@@ -70,6 +77,8 @@ BASE=${BASE:-/tmp/bench-pg}
 PORT=${PORT:-55432}
 RESTORE_PORT=${RESTORE_PORT:-55433}
 KEEP=${KEEP:-0}
+FS=${FS:-host}
+IMG_SIZE=${IMG_SIZE:-24G}
 SKIP_BUILD=${SKIP_BUILD:-0}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 ARCHIVE_WAIT=${ARCHIVE_WAIT:-900}
@@ -86,6 +95,7 @@ die() { echo "pg-vs-pgbackrest: $*" >&2; exit 1; }
 [[ $SCALE =~ ^[1-9][0-9]*$ ]] || die "SCALE must be a positive integer"
 [[ $WALPUSH_N =~ ^[1-9][0-9]*$ && $WALPUSH_N -le 250 ]] || die "WALPUSH_N must be 1..250"
 [[ $PORT =~ ^[0-9]+$ && $RESTORE_PORT =~ ^[0-9]+$ && $PORT != "$RESTORE_PORT" ]] || die "bad PORT/RESTORE_PORT"
+[[ $FS == host || $FS == ext4 ]] || die "FS must be host or ext4"
 case $FILLER in
     both) FILLERS=(blank random) ;;
     *) read -r -a FILLERS <<<"$FILLER" ;;
@@ -165,6 +175,11 @@ cleanup() {
     done
     if [[ $KEEP == 1 ]]; then
         echo "# kept $BASE (logs in $LOGS)"
+    elif [[ -n ${LOOP_DEV:-} ]]; then
+        mountpoint -q -- "$BASE" && umount -- "$BASE"
+        losetup -d "$LOOP_DEV"
+        rm -f -- "$BASE.img"
+        rmdir -- "$BASE"
     elif [[ -e $MARK ]]; then # only a BASE this script set up
         rm -rf -- "$BASE"
     fi
@@ -281,7 +296,16 @@ set_archive_command() {
 
 mkdir -p -- "$BASE"
 for d in "$BASE"/restore-* "$PGDATA"; do [[ -d $d ]] && stop_cluster "$d"; done
+mountpoint -q -- "$BASE" && die "$BASE is a mount point (left by an earlier FS=ext4 run?): umount it first"
 find "$BASE" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+if [[ $FS == ext4 ]]; then
+    rm -f -- "$BASE.img"
+    truncate -s "$IMG_SIZE" -- "$BASE.img"
+    mkfs.ext4 -q -F -- "$BASE.img"
+    LOOP_DEV=$(losetup --direct-io=on -f --show -- "$BASE.img")
+    mount -- "$LOOP_DEV" "$BASE"
+    echo "# BASE on a new journaled ext4 ($IMG_SIZE image on $LOOP_DEV, direct I/O)"
+fi
 touch "$MARK"
 mkdir -p -- "$LOGS" "$SOCK" "$BASE/bin" "$BASE/pgbr-log" "$BASE/pgbr-lock" "$BASE/pgbr-spool"
 cp -- "$CIRKEL_SRC" "$CIRKEL" # a stable copy: a rebuild during the run cannot swap it
@@ -343,7 +367,7 @@ write_pgbr_conf "$SCRATCH_CONF" scratch "$BASE/scratch-pgbr"
 
 echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
 echo "# $("$CIRKEL" --version) | $("$PGBACKREST" version) | $("$PGBIN/postgres" --version)"
-echo "# BASE=$BASE FILLER=${FILLERS[*]} SCALE=$SCALE RUNS=$RUNS BLOCK=$BLOCK WALPUSH_N=$WALPUSH_N PORT=$PORT RESTORE_PORT=$RESTORE_PORT"
+echo "# BASE=$BASE FS=$FS FILLER=${FILLERS[*]} SCALE=$SCALE RUNS=$RUNS BLOCK=$BLOCK WALPUSH_N=$WALPUSH_N PORT=$PORT RESTORE_PORT=$RESTORE_PORT"
 echo "# cirkel: encrypted repo (default), zstd-3 for data, zstd-1 for WAL (its built-in choice), $(nproc) threads"
 echo "# pgbackrest: aes-256-cbc, compress-type=zst compress-level=3, process-max=2, start-fast=y, archive-async=n"
 
