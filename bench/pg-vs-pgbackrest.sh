@@ -176,6 +176,7 @@ cleanup() {
     if [[ $KEEP == 1 ]]; then
         echo "# kept $BASE (logs in $LOGS)"
     elif [[ -n ${LOOP_DEV:-} ]]; then
+        cd / # the script works inside BASE
         mountpoint -q -- "$BASE" && umount -- "$BASE"
         losetup -d "$LOOP_DEV"
         rm -f -- "$BASE.img"
@@ -368,7 +369,7 @@ write_pgbr_conf "$SCRATCH_CONF" scratch "$BASE/scratch-pgbr"
 echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
 echo "# $("$CIRKEL" --version) | $("$PGBACKREST" version) | $("$PGBIN/postgres" --version)"
 echo "# BASE=$BASE FS=$FS FILLER=${FILLERS[*]} SCALE=$SCALE RUNS=$RUNS BLOCK=$BLOCK WALPUSH_N=$WALPUSH_N PORT=$PORT RESTORE_PORT=$RESTORE_PORT"
-echo "# cirkel: encrypted repo (default), zstd-3 for data, zstd-1 for WAL (its built-in choice), $(nproc) threads"
+echo "# cirkel: encrypted repo (default), zstd-1 for heap and zstd-3 for index blocks, zstd-1 for WAL (its built-in choices), $(nproc) threads"
 echo "# pgbackrest: aes-256-cbc, compress-type=zst compress-level=3, process-max=2, start-fast=y, archive-async=n"
 
 # ------------------------------------------------------------------ the source cluster
