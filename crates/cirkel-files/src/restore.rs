@@ -220,53 +220,28 @@ pub fn restore(
                 }
                 let Some(r) = pending.as_mut() else { continue };
                 let out = &mut run.get(COALESCE)[r.len..r.len + raw];
-                let in_pack = match buf.get_mut(lo..lo + p.length as usize) {
-                    Some(slot) => repo.decode_blob_into(&p.id, slot, p.raw_length, p.compressed, out).is_ok(),
-                    None => false,
-                };
-                // This copy is unreadable: any other copy of the blob serves.
-                if !in_pack {
-                    match repo.read_blob(&index, &p.id) {
-                        Ok(d) if d.len() == raw => out.copy_from_slice(&d),
-                        Ok(_) => {
-                            fail(i, format!("blob {}: its other copy has the wrong length", p.id.to_hex()));
-                            pending = None;
-                            continue;
-                        }
-                        Err(e) => {
-                            fail(i, format!("{e}"));
-                            pending = None;
-                            continue;
-                        }
-                    }
+                if let Err(e) = decode_piece(repo, &index, p, buf.get_mut(lo..lo + p.length as usize), out) {
+                    fail(i, e);
+                    pending = None;
+                    continue;
                 }
                 r.len += raw;
                 continue;
             }
             flush(&mut pending, &mut run, &mut sink);
-            let out = plain.get(raw);
-            let in_pack = match buf.get_mut(lo..lo + p.length as usize) {
-                Some(slot) => repo.decode_blob_into(&p.id, slot, p.raw_length, p.compressed, out).is_ok(),
-                None => false,
-            };
-            // This copy is unreadable: any other copy of the blob serves.
-            let data: std::borrow::Cow<'_, [u8]> = match in_pack {
-                true => std::borrow::Cow::Borrowed(&*out),
-                false => match repo.read_blob(&index, &p.id) {
-                    Ok(d) => std::borrow::Cow::Owned(d),
-                    Err(e) => {
-                        for (i, _) in &p.targets {
-                            fail(*i, format!("{e}"));
-                        }
-                        continue;
-                    }
-                },
-            };
+            let data = plain.get(raw);
+            if let Err(e) = decode_piece(repo, &index, p, buf.get_mut(lo..lo + p.length as usize), data) {
+                for (i, _) in &p.targets {
+                    fail(*i, e.clone());
+                }
+                continue;
+            }
+            let data = &*data;
             for &(i, at) in &p.targets {
                 if failed[i].load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = create(i).and_then(|()| sink.write(&files[i], i, &data, at)) {
+                if let Err(e) = create(i).and_then(|()| sink.write(&files[i], i, data, at)) {
                     fail(i, e);
                     continue;
                 }
@@ -301,6 +276,29 @@ pub fn restore(
     report.errors = errors.into_inner().unwrap_or_default();
     report.errors.sort();
     Ok(report)
+}
+
+/// Decodes a piece from its sealed copy in the pack range read (`sealed`)
+/// into `out`, which holds exactly its plaintext; when that copy is
+/// unreadable, any other copy of the blob serves.
+fn decode_piece(
+    repo: &Repository,
+    index: &cirkel_repo::index::Index,
+    p: &Piece,
+    sealed: Option<&mut [u8]>,
+    out: &mut [u8],
+) -> Result<(), String> {
+    if let Some(slot) = sealed
+        && repo.decode_blob_into(&p.id, slot, p.raw_length, p.compressed, out).is_ok()
+    {
+        return Ok(());
+    }
+    let other = repo.read_blob(index, &p.id).map_err(|e| e.to_string())?;
+    if other.len() != out.len() {
+        return Err(format!("blob {}: its other copy holds {} bytes, not {}", p.id.to_hex(), other.len(), out.len()));
+    }
+    out.copy_from_slice(&other);
+    Ok(())
 }
 
 /// Runs `f(0..n)` on `threads` threads.
