@@ -185,16 +185,22 @@ impl Repository {
             });
             let mut pieces = std::iter::once(Ok(header)).chain(&mut body);
             let created = match self.backend.create_pieces(&k, &mut pieces) {
-                Some(r) => r?,
-                None => {
+                Some(r) => r.map_err(Error::from),
+                None => (|| {
                     let mut all = Vec::with_capacity(HEADER + data.len() / 2);
                     for p in pieces.by_ref() {
                         all.extend_from_slice(&p.map_err(|e| Error::Other(e.to_string()))?);
                     }
-                    self.block_on(self.backend.create(&k, Bytes::from(all)))?
-                }
+                    Ok(self.block_on(self.backend.create(&k, Bytes::from(all)))?)
+                })(),
             };
-            Ok((created, done.id()?))
+            // Nothing more is written (the name existed, or writing failed):
+            // the workers take no further parts.
+            next.fetch_max(parts.len() + 1, Ordering::Relaxed);
+            let created = created?;
+            // The checksum, unless no worker started on it before they stopped.
+            let id = done.id().unwrap_or_else(|_| self.crypto.blob_id(data));
+            Ok((created, id))
         })?;
         match created {
             Created::New => Ok(PutOutcome::Stored),
