@@ -47,6 +47,9 @@ pub struct BackupOptions {
     pub mtime_margin: Option<std::time::Duration>,
     /// zstd level for this backup (default: the repository's).
     pub compression_level: Option<i32>,
+    /// Symbolic links below the paths that are backed up as the directories
+    /// they point to (a database's tablespaces), not as links.
+    pub follow_links: Vec<PathBuf>,
 }
 
 /// A check run on every block a fixed-size backup reads: `(path, offset, data)`.
@@ -145,6 +148,7 @@ struct Ctx<'a> {
     errors: Vec<SnapshotError>,
     progress: &'a dyn Progress,
     vanished_ok: bool,
+    follow_links: &'a [PathBuf],
     files: u64,
     dirs: u64,
     bytes: u64,
@@ -237,6 +241,7 @@ pub fn backup_with(
             errors: Vec::new(),
             progress,
             vanished_ok: opts.vanished_ok,
+            follow_links: &opts.follow_links,
             files: 0,
             dirs: 0,
             bytes: 0,
@@ -444,6 +449,22 @@ fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Resu
     } else if ft.is_dir() {
         let sub_parent = parent_subtree(ctx, parent.as_ref());
         let mut node = node_from_meta(name, &meta, NodeKind::Dir);
+        node.subtree = Some(save_dir(ctx, path, sub_parent)?);
+        Ok(Some(Pending::Ready(node)))
+    } else if ft.is_symlink() && ctx.follow_links.iter().any(|l| l == path) {
+        let target_meta = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => {
+                record_error(ctx, path, "the link to follow does not point to a directory".into());
+                return Ok(None);
+            }
+            Err(e) => {
+                record_error(ctx, path, format!("follow the link: {e}"));
+                return Ok(None);
+            }
+        };
+        let sub_parent = parent_subtree(ctx, parent.as_ref());
+        let mut node = node_from_meta(name, &target_meta, NodeKind::Dir);
         node.subtree = Some(save_dir(ctx, path, sub_parent)?);
         Ok(Some(Pending::Ready(node)))
     } else if ft.is_symlink() {

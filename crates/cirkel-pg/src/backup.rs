@@ -41,6 +41,46 @@ pub fn starts_with_index_page(block: &[u8]) -> bool {
 /// Block size for relation files: 16 PostgreSQL pages.
 pub const BLOCK: u32 = 128 * 1024;
 
+/// A tablespace the backup followed out of the data directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tablespace {
+    pub oid: String,
+    /// Where `pg_tblspc/<oid>` pointed when the backup was taken.
+    pub location: String,
+}
+
+/// The tablespaces whose `pg_tblspc` entries are links out of the data
+/// directory (entries that are directories are inside it already).
+fn linked_tablespaces(pgdata: &Path) -> anyhow::Result<Vec<Tablespace>> {
+    let dir = pgdata.join("pg_tblspc");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => anyhow::bail!("read {}: {e}", dir.display()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_symlink() {
+            continue;
+        }
+        let location = std::fs::read_link(entry.path())?;
+        if !std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
+            anyhow::bail!(
+                "tablespace {} points to {}, which is not a readable directory here; run cirkel on the database host",
+                entry.file_name().to_string_lossy(),
+                location.display()
+            );
+        }
+        out.push(Tablespace {
+            oid: entry.file_name().to_string_lossy().into_owned(),
+            location: location.display().to_string(),
+        });
+    }
+    out.sort_by(|a, b| a.oid.cmp(&b.oid));
+    Ok(out)
+}
+
 /// What a base backup records about itself.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackupMeta {
@@ -68,6 +108,10 @@ pub struct BackupMeta {
     pub checksum_error_count: u64,
     #[serde(default)]
     pub data_checksums: bool,
+    /// Tablespaces outside the data directory, stored below
+    /// `pg_tblspc/<oid>` as directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
 }
 
 impl BackupMeta {
@@ -158,16 +202,7 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
             conn.describe
         );
     }
-    let tablespaces: Vec<String> = std::fs::read_dir(pgdata.join("pg_tblspc"))
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
-        .unwrap_or_default();
-    if !tablespaces.is_empty() {
-        anyhow::bail!(
-            "the cluster has tablespaces outside its data directory (pg_tblspc: {}), which cirkel cannot back up yet; \
-             a backup without them would restore incomplete. Move them into the default tablespace to use cirkel",
-            tablespaces.join(", ")
-        );
-    }
+    let tablespaces = linked_tablespaces(&pgdata)?;
     let wal_segment_size = parse_size(&seg_size_text).unwrap_or(16 * 1024 * 1024);
     let owner = std::fs::metadata(&pgdata)?;
     let label = opts.label.clone().unwrap_or_else(|| format!("cirkel {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")));
@@ -209,17 +244,16 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         // Database pages compress as well at level 1 as at 3 (often better)
         // and twice as fast: see docs/benchmarks.md.
         compression_level: Some(if repo.config().compression_level == 0 { 0 } else { BLOCK_ZSTD_LEVEL }),
+        follow_links: tablespaces.iter().map(|t| pgdata.join("pg_tblspc").join(&t.oid)).collect(),
         ..Default::default()
     };
     let wait = archive_mode != "off";
     let pgdata_s = pgdata.display().to_string();
     let finish = || -> anyhow::Result<Finish> {
-        let row = conn.query_one(&format!(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => {wait})"
-        ))?;
+        let row =
+            conn.query_one(&format!("SELECT lsn::text, labelfile FROM pg_backup_stop(wait_for_archive => {wait})"))?;
         let stop_lsn: String = row.get(0);
         let labelfile: String = row.get(1);
-        let spcmap: Option<String> = row.get(2);
         let timeline: u32 = label_field(&labelfile, "START TIMELINE:").and_then(|t| t.parse().ok()).unwrap_or(1);
         let start_loc = label_field(&labelfile, "START WAL LOCATION:").unwrap_or_default();
         let start_lsn = start_loc.split_whitespace().next().unwrap_or_default().to_string();
@@ -246,11 +280,12 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
             checksum_errors: bad_pages.lock().map(|b| b.1.clone()).unwrap_or_default(),
             checksum_error_count: bad_pages.lock().map(|b| b.0).unwrap_or_default(),
             data_checksums,
+            tablespaces: tablespaces.clone(),
         };
-        let mut extra = vec![("backup_label".to_string(), labelfile.into_bytes())];
-        if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
-            extra.push(("tablespace_map".to_string(), map.into_bytes()));
-        }
+        // No `tablespace_map`: the tablespaces are stored as directories, and
+        // restores put them in place or where they are mapped; PostgreSQL
+        // would replace them with links to where they were.
+        let extra = vec![("backup_label".to_string(), labelfile.into_bytes())];
         Ok(Finish { extra_files: extra, meta: serde_json::to_value(meta)? })
     };
     let outcome = cirkel_files::backup_with(repo, &files, progress, Some(&finish))?;

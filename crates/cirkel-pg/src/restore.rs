@@ -153,13 +153,49 @@ pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: 
     })
 }
 
+/// Where tablespaces go: `(old, new)` pairs, `old` being a tablespace's
+/// location when the backup was taken or its oid. Checked against the
+/// backup's tablespaces; returns `(oid, new)` for each mapped one.
+pub fn map_tablespaces(meta: &BackupMeta, map: &[(String, PathBuf)]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let known =
+        || meta.tablespaces.iter().map(|t| format!("{} ({})", t.location, t.oid)).collect::<Vec<_>>().join(", ");
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for (old, new) in map {
+        let Some(ts) = meta.tablespaces.iter().find(|t| &t.oid == old || Path::new(&t.location) == Path::new(old))
+        else {
+            anyhow::bail!(
+                "the backup has no tablespace at {old}; its tablespaces: {}",
+                if meta.tablespaces.is_empty() { "none".to_string() } else { known() }
+            );
+        };
+        if !new.is_absolute() {
+            anyhow::bail!("tablespace directory {} must be an absolute path", new.display());
+        }
+        if new.exists() && std::fs::read_dir(new)?.next().is_some() {
+            anyhow::bail!(
+                "{} is not empty; refusing to restore tablespace {} over existing data",
+                new.display(),
+                ts.oid
+            );
+        }
+        if out.iter().any(|(oid, n)| oid == &ts.oid || n == new) {
+            anyhow::bail!("tablespace {} or directory {} is mapped twice", ts.oid, new.display());
+        }
+        out.push((ts.oid.clone(), new.clone()));
+    }
+    Ok(out)
+}
+
 /// Restores the plan's backup into `to` and writes the recovery settings.
-/// `restore_command` is what PostgreSQL will run to fetch WAL.
+/// `restore_command` is what PostgreSQL will run to fetch WAL. Tablespaces
+/// are restored as directories below `pg_tblspc`, except those `tablespaces`
+/// maps elsewhere (see [`map_tablespaces`]): they are moved there and linked.
 pub fn restore(
     repo: &Repository,
     plan: &Plan,
     to: &Path,
     restore_command: &str,
+    tablespaces: &[(String, PathBuf)],
     threads: usize,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<cirkel_files::RestoreReport> {
@@ -169,6 +205,7 @@ pub fn restore(
             to.display()
         );
     }
+    let moves = map_tablespaces(&plan.meta, tablespaces)?;
     let snap: Snapshot = repo.load_snapshot(&plan.backup)?;
     let report = cirkel_files::restore(
         repo,
@@ -183,8 +220,39 @@ pub fn restore(
     if is_root() {
         chown_tree(to, plan.meta.owner_uid, plan.meta.owner_gid)?;
     }
-    write_recovery(to, plan, restore_command)?;
+    for (oid, new) in &moves {
+        place_tablespace(to, oid, new, &plan.meta)?;
+    }
+    // Tablespaces left in place are directories in pg_tblspc, which
+    // PostgreSQL accepts only with this setting (it refuses them in recovery).
+    let in_place = plan.meta.tablespaces.len() > moves.len();
+    write_recovery(to, plan, restore_command, in_place)?;
     Ok(report)
+}
+
+/// Moves a tablespace restored below `pg_tblspc` to `new` and links it there.
+fn place_tablespace(to: &Path, oid: &str, new: &Path, meta: &BackupMeta) -> anyhow::Result<()> {
+    let link = to.join("pg_tblspc").join(oid);
+    if new.exists() {
+        std::fs::remove_dir(new).map_err(|e| anyhow::anyhow!("replace the empty directory {}: {e}", new.display()))?;
+    } else if let Some(parent) = new.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::rename(&link, new) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => anyhow::bail!(
+            "{} is on another file system than {}; map the tablespace to a directory on the same file system, \
+             or restore it in place (without --tablespace-map) and move it yourself",
+            new.display(),
+            to.display()
+        ),
+        Err(e) => anyhow::bail!("move tablespace {oid} to {}: {e}", new.display()),
+    }
+    std::os::unix::fs::symlink(new, &link)?;
+    if is_root() {
+        std::os::unix::fs::lchown(&link, Some(meta.owner_uid), Some(meta.owner_gid))?;
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -221,7 +289,7 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn write_recovery(to: &Path, plan: &Plan, restore_command: &str) -> anyhow::Result<()> {
+fn write_recovery(to: &Path, plan: &Plan, restore_command: &str, in_place_tablespaces: bool) -> anyhow::Result<()> {
     let mut lines = vec![
         String::new(),
         format!("# cirkel pg restore of backup {} ({})", plan.backup.short(), Utc::now().to_rfc3339()),
@@ -245,6 +313,12 @@ fn write_recovery(to: &Path, plan: &Plan, restore_command: &str) -> anyhow::Resu
     }
     if plan.target != Target::Latest {
         lines.push("recovery_target_action = 'promote'".into());
+    }
+    if in_place_tablespaces {
+        lines.push(
+            "# tablespaces restored as directories in pg_tblspc (cirkel pg restore --tablespace-map moves them)".into(),
+        );
+        lines.push("allow_in_place_tablespaces = on".into());
     }
     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(to.join("postgresql.auto.conf"))?;
     for l in lines {

@@ -289,6 +289,18 @@ pub struct PgRestoreArgs {
     /// Only explain which backup and WAL range would be used.
     #[arg(long)]
     pub dry_run: bool,
+    /// Put the tablespace that was at OLD (a directory, or the tablespace's oid) into the empty or absent
+    /// directory NEW, linked from pg_tblspc as PostgreSQL expects (repeatable; like pg_basebackup -T).
+    /// Tablespaces not mapped are restored as directories inside the new data directory.
+    #[arg(long = "tablespace-map", value_name = "OLD=NEW", value_parser = parse_tablespace_map)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
+}
+
+fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), PathBuf::from(new))),
+        _ => Err(format!("`{s}` is not OLD=NEW (e.g. /srv/ts1=/restore/ts1, or 16414=/restore/ts1)")),
+    }
 }
 
 #[derive(Debug, Args)]

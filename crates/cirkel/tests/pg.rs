@@ -170,6 +170,49 @@ fn point_in_time_restore_is_exact() {
 }
 
 #[test]
+fn tablespaces_restore_in_place_or_where_they_are_mapped() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loc = outside.path().join("ts");
+    std::fs::create_dir(&loc).unwrap();
+    chown_postgres(outside.path());
+    pg.sql(&format!("CREATE TABLESPACE ts LOCATION '{}'", loc.display()));
+    pg.sql("CREATE TABLE big (id int, note text) TABLESPACE ts");
+    pg.sql("INSERT INTO big SELECT g, repeat('y', 100) FROM generate_series(1, 20000) g");
+    let v = e.json(Some(&pg), &["pg", "backup", "--type", "full"]);
+    let ts = &v["snapshot"]["meta"]["tablespaces"][0];
+    assert_eq!(ts["location"], loc.display().to_string(), "{v}");
+    let oid = ts["oid"].as_str().unwrap().to_string();
+    pg.sql("INSERT INTO big SELECT g, 'later' FROM generate_series(20001, 20100) g");
+    let v = e.json(Some(&pg), &["pg", "backup", "--type", "incr"]);
+    assert!(v["snapshot"]["summary"]["bytes_added"].as_u64().unwrap() < 2_000_000, "only changed blocks: {v}");
+    switch_and_archive(&pg);
+
+    // Not mapped: a directory below pg_tblspc of the new data directory.
+    let in_place = e.restore_and_start(&["--latest"]);
+    assert_eq!(in_place.sql("SELECT count(*) FROM big"), "20100");
+    let entry = in_place.data.join("pg_tblspc").join(&oid);
+    assert!(std::fs::symlink_metadata(&entry).unwrap().is_dir(), "a directory, not a link back to {}", loc.display());
+
+    // Mapped: moved where asked and linked from pg_tblspc; the original is untouched.
+    let moved = outside.path().join("moved");
+    let map = format!("{}={}", loc.display(), moved.display());
+    let mapped = e.restore_and_start(&["--latest", "--tablespace-map", &map]);
+    assert_eq!(mapped.sql("SELECT count(*) FROM big"), "20100");
+    assert_eq!(std::fs::read_link(mapped.data.join("pg_tblspc").join(&oid)).unwrap(), moved);
+    mapped.sql("INSERT INTO big VALUES (0, 'written to the moved tablespace')");
+    assert_eq!(pg.sql("SELECT count(*) FROM big"), "20100");
+
+    let err = e.fails(None, &["pg", "restore", "--to", "/nonexistent/x", "--tablespace-map", "/nope=/tmp/y"]);
+    assert!(err.contains("no tablespace at /nope") && err.contains(&oid), "{err}");
+    let err = e.fails(None, &["pg", "restore", "--to", "/nonexistent/x", "--tablespace-map", &format!("{oid}=/tmp")]);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
 fn targets_outside_the_window_and_bad_names_are_clear_errors() {
     let e = PgEnv::new();
     e.ok(None, &["repo", "init"]);

@@ -402,11 +402,26 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
             p.wal_to.clone().unwrap_or_else(|| "(none archived yet)".into())
         )
     };
+    let moves = cirkel_pg::restore::map_tablespaces(&plan.meta, &a.tablespace_map).map_err(|e| {
+        user_error(
+            e.to_string(),
+            "`cirkel pg restore --dry-run` lists the backup's tablespaces; map each to an empty or absent directory",
+        )
+    })?;
     if a.dry_run {
         if global.json {
             print_json(&plan);
         } else {
             println!("would restore {} into {}", describe(&plan), a.to.display());
+            for t in &plan.meta.tablespaces {
+                match moves.iter().find(|(oid, _)| oid == &t.oid) {
+                    Some((_, new)) => println!("tablespace {} (was {}) into {}", t.oid, t.location, new.display()),
+                    None => println!(
+                        "tablespace {} (was {}) into pg_tblspc/{} of the new data directory",
+                        t.oid, t.location, t.oid
+                    ),
+                }
+            }
             for n in &plan.notes {
                 println!("note: {n}");
             }
@@ -415,7 +430,8 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let cmd = restore_command(global, &target_repo, &repo)?;
     let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
-    let report = cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, threads() * 2, &|n| bar.inc(n))?;
+    let report =
+        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &a.tablespace_map, threads() * 2, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
@@ -430,6 +446,15 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         print_json(&json!({ "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes }));
     } else {
         println!("restored {} into {}", describe(&plan), a.to.display());
+        for t in &plan.meta.tablespaces {
+            match moves.iter().find(|(oid, _)| oid == &t.oid) {
+                Some((_, new)) => println!("tablespace {} (was {}) is in {}", t.oid, t.location, new.display()),
+                None => println!(
+                    "tablespace {} (was {}) is in pg_tblspc/{} of the data directory (allow_in_place_tablespaces = on)",
+                    t.oid, t.location, t.oid
+                ),
+            }
+        }
         println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
     }
     Ok(ExitCode::SUCCESS)
