@@ -347,7 +347,9 @@ fn canary_loop(group: &Group, canary: &Mutex<Canary>, stop: &AtomicBool, run: &s
     }
 }
 
-/// Restarts `old` and waits until it replicates from `new`.
+/// Restarts `old` and waits until it replicates from the group's master:
+/// `new`, or whichever member Sentinel promoted after it (under load
+/// Sentinel sometimes fails over a second time before the old master is back).
 fn rejoin(group: &Group, old: &Addr, new: &Addr, command: &str, timeout: Duration) -> anyhow::Result<f64> {
     let cmd = command.replace("{host}", &old.host).replace("{port}", &old.port.to_string());
     let start = Instant::now();
@@ -355,20 +357,26 @@ fn rejoin(group: &Group, old: &Addr, new: &Addr, command: &str, timeout: Duratio
     if !out.status.success() {
         anyhow::bail!("restart_command `{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
+    let mut master = new.clone();
     while start.elapsed() < timeout {
         let m = group.probe_member(old);
         if m.reachable {
-            if m.role.as_deref() == Some("slave") && m.master.as_ref() == Some(new) && m.link_up == Some(true) {
+            // The master the Sentinels agree on now, if they do.
+            let agreed = group.current_master().filter(|c| c != old);
+            if let Some(a) = &agreed {
+                master = a.clone();
+            }
+            let follows = m.role.as_deref() == Some("slave") && m.master.as_ref() == Some(&master);
+            if follows && m.link_up == Some(true) {
                 return Ok(start.elapsed().as_secs_f64());
             }
-            let follows_new = m.role.as_deref() == Some("slave") && m.master.as_ref() == Some(new);
-            if !follows_new && group.current_master().as_ref() == Some(new) {
-                group.demote_stray_master(&m, new);
+            if !follows && agreed.is_some() {
+                group.demote_stray_master(&m, &master);
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    anyhow::bail!("{old} did not replicate from {new} within {timeout:?}")
+    anyhow::bail!("{old} did not replicate from the group's master ({master}) within {timeout:?}")
 }
 
 fn wait_healthy(group: &Group, timeout: Duration) -> crate::group::GroupStatus {

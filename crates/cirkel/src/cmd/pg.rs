@@ -413,14 +413,8 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
             print_json(&plan);
         } else {
             println!("would restore {} into {}", describe(&plan), a.to.display());
-            for t in &plan.meta.tablespaces {
-                match moves.iter().find(|(oid, _)| oid == &t.oid) {
-                    Some((_, new)) => println!("tablespace {} (was {}) into {}", t.oid, t.location, new.display()),
-                    None => println!(
-                        "tablespace {} (was {}) into pg_tblspc/{} of the new data directory",
-                        t.oid, t.location, t.oid
-                    ),
-                }
+            for line in tablespace_lines(&plan, &moves) {
+                println!("would put {line}");
             }
             for n in &plan.notes {
                 println!("note: {n}");
@@ -446,18 +440,27 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         print_json(&json!({ "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes }));
     } else {
         println!("restored {} into {}", describe(&plan), a.to.display());
-        for t in &plan.meta.tablespaces {
-            match moves.iter().find(|(oid, _)| oid == &t.oid) {
-                Some((_, new)) => println!("tablespace {} (was {}) is in {}", t.oid, t.location, new.display()),
-                None => println!(
-                    "tablespace {} (was {}) is in pg_tblspc/{} of the data directory (allow_in_place_tablespaces = on)",
-                    t.oid, t.location, t.oid
-                ),
-            }
+        for line in tablespace_lines(&plan, &moves) {
+            println!("put {line}");
         }
         println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where each of the plan's tablespaces goes, for a restore's report.
+fn tablespace_lines(plan: &cirkel_pg::restore::Plan, moves: &[(String, PathBuf)]) -> Vec<String> {
+    plan.meta
+        .tablespaces
+        .iter()
+        .map(|t| match moves.iter().find(|(oid, _)| oid == &t.oid) {
+            Some((_, new)) => format!("tablespace {} (was {}) into {}", t.oid, t.location, new.display()),
+            None => format!(
+                "tablespace {} (was {}) into pg_tblspc/{} of the data directory (allow_in_place_tablespaces = on)",
+                t.oid, t.location, t.oid
+            ),
+        })
+        .collect()
 }
 
 fn shell_quote(s: &str) -> String {
