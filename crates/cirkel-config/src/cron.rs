@@ -95,6 +95,21 @@ impl Schedule {
         if weekdays & (1 << 7) != 0 {
             weekdays |= 1;
         }
+        // Restricted to days of the month alone, a schedule fires only if one
+        // of its months has one of its days (`0 0 31 2 *` never does).
+        if days_restricted && !weekdays_restricted {
+            let longest = |m: u32| match m {
+                2 => 29,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            let possible = (1..=12).filter(|m| months & (1 << m) != 0).any(|m| days.trailing_zeros() <= longest(m));
+            if !possible {
+                return Err(format!(
+                    "`{text}` never fires: none of its months has that day of the month; pick a day the month has (1-28 exist in every month)"
+                ));
+            }
+        }
         Ok(Schedule {
             text: text.trim().to_string(),
             minutes,
@@ -179,5 +194,13 @@ mod tests {
         assert!(Schedule::parse("*/0 * * * *").unwrap_err().contains("step"));
         assert!(Schedule::parse("a * * * *").unwrap_err().contains("not a number"));
         assert!(Schedule::parse("5-1 * * * *").is_err());
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 30-31 2 *"] {
+            assert!(Schedule::parse(never).unwrap_err().contains("never fires"), "{never}");
+        }
+        // Every schedule that parses fires within the search window.
+        for fires in ["0 0 29 2 *", "0 0 31 1-12 *", "0 0 31 2 1", "0 0 31 2,3 *"] {
+            let s = Schedule::parse(fires).unwrap();
+            assert!(s.next_after(at(2026, 3, 1, 0, 0)).is_some(), "{fires}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! environment, and [`Secret`] never prints its value.
 
 pub mod cron;
+pub mod exclude;
 mod reader;
 mod secret;
 

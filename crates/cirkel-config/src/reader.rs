@@ -123,6 +123,15 @@ impl<'a, 'i> Table<'a, 'i> {
                 );
                 None
             }
+            // An integer TOML accepts that does not fit in 64 bits.
+            None if v.get_ref().as_integer().is_some() => {
+                self.cx.error(
+                    v.span(),
+                    &self.key_path(key),
+                    format!("out of range; expected {}..={}", range.start, range.end - 1),
+                );
+                None
+            }
             None => {
                 self.wrong(key, v, "an integer");
                 None
@@ -354,7 +363,19 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {
     let cfg = S3Config {
-        endpoint: t.string("endpoint"),
+        endpoint: t.string("endpoint").filter(|e| {
+            let credentials =
+                e.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().is_some_and(|a| a.contains('@')));
+            if credentials {
+                let span = t.value_span("endpoint").unwrap_or(0..0);
+                t.cx.error(
+                    span,
+                    &t.key_path("endpoint"),
+                    "the URL contains credentials; remove them and use access_key_id and secret_access_key_file",
+                );
+            }
+            !credentials
+        }),
         region: t.string("region"),
         access_key_id: t.string("access_key_id"),
         secret_access_key: t.secret_file("secret_access_key", "secret_access_key_file").0,
@@ -373,7 +394,13 @@ fn read_retention(mut t: Table<'_, '_>) -> RetentionConfig {
         keep_weekly: t.count("keep_weekly"),
         keep_monthly: t.count("keep_monthly"),
         keep_yearly: t.count("keep_yearly"),
-        keep_within: t.duration("keep_within"),
+        keep_within: t.duration("keep_within").filter(|d| {
+            if d.is_zero() {
+                let span = t.value_span("keep_within").unwrap_or(0..0);
+                t.cx.error(span, &t.key_path("keep_within"), "a duration of 0 keeps nothing; expected e.g. \"7d\"");
+            }
+            !d.is_zero()
+        }),
         keep_tags: t.strings("keep_tags"),
     };
     t.finish();
@@ -385,16 +412,38 @@ fn read_fileset(mut t: Table<'_, '_>) -> (FileSetConfig, Range<usize>) {
     if paths.is_empty() && !t.used.contains("paths") {
         t.cx.error(t.span.clone(), &t.key_path("paths"), "missing; expected e.g. paths = [\"/srv/static\"]");
     }
+    let exclude = t.strings("exclude");
+    if let Some(span) = t.value_span("exclude") {
+        for p in &exclude {
+            if let Err(e) = crate::exclude::check_pattern(p) {
+                t.cx.error(span.clone(), &t.key_path("exclude"), e);
+            }
+        }
+    }
+    let exclude_file = t.string("exclude_file").map(|p| t.cx.resolve(&p));
+    if let (Some(file), Some(span)) = (&exclude_file, t.value_span("exclude_file")) {
+        match crate::exclude::read_pattern_file(file) {
+            Ok(patterns) => {
+                for p in &patterns {
+                    if let Err(e) = crate::exclude::check_pattern(p) {
+                        t.cx.error(span.clone(), &t.key_path("exclude_file"), format!("{}: {e}", file.display()));
+                    }
+                }
+            }
+            Err(e) => t.cx.error(span, &t.key_path("exclude_file"), e),
+        }
+    }
     let cfg = FileSetConfig {
         paths,
-        exclude: t.strings("exclude"),
-        exclude_file: t.string("exclude_file").map(|p| t.cx.resolve(&p)),
+        exclude,
+        exclude_file,
         exclude_if_present: t.strings("exclude_if_present"),
         tags: t.strings("tags"),
         schedule: t.schedule("schedule"),
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
+    retention_needs_tags(&t, cfg.retention.is_some(), &cfg.tags);
     let copy_span = t.value_span("copy_to").unwrap_or(t.span.clone());
     t.finish();
     (cfg, copy_span)
@@ -471,9 +520,25 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
         copy_to: t.strings("copy_to"),
         retention: t.table("retention").map(read_retention),
     };
+    retention_needs_tags(&t, cfg.retention.is_some(), &cfg.tags);
     let copy_span = t.value_span("copy_to").unwrap_or(t.span.clone());
     t.finish();
     (cfg, copy_span)
+}
+
+/// A scheduled backup's retention judges only the snapshots carrying its
+/// first tag, so that it never forgets another set's snapshots; without a
+/// tag it could never run, which must not pass unnoticed.
+fn retention_needs_tags(t: &Table<'_, '_>, has_retention: bool, tags: &[String]) {
+    if has_retention && tags.is_empty() {
+        let span = t.value_span("retention").unwrap_or(t.span.clone());
+        let name = t.path.rsplit('.').next().unwrap_or("NAME");
+        t.cx.error(
+            span,
+            &t.key_path("retention"),
+            format!("a retention needs a tag to select the snapshots it judges; add tags = [\"{name}\"]"),
+        );
+    }
 }
 
 /// `90s` → "1m 30s", as humantime writes it.

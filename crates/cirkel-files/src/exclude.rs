@@ -7,7 +7,8 @@
 
 use std::path::Path;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use cirkel_config::exclude;
+use globset::{GlobSet, GlobSetBuilder};
 
 #[derive(Clone, Debug, Default)]
 pub struct Excludes {
@@ -23,12 +24,8 @@ impl Excludes {
         let mut paths = GlobSetBuilder::new();
         let (mut n_names, mut n_paths) = (0, 0);
         for p in patterns {
-            let p = p.trim();
-            if p.is_empty() || p.starts_with('#') {
-                continue;
-            }
-            let p = p.trim_end_matches('/');
-            let glob = Glob::new(p).map_err(|e| format!("bad exclude pattern `{p}`: {e}"))?;
+            let Some(p) = exclude::normalise(p) else { continue };
+            let glob = exclude::glob(p)?;
             if p.contains('/') {
                 paths.add(glob);
                 n_paths += 1;
@@ -50,8 +47,7 @@ impl Excludes {
 
     /// Reads patterns from a file, one per line; `#` starts a comment.
     pub fn read_pattern_file(path: &Path) -> Result<Vec<String>, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("read exclude file {}: {e}", path.display()))?;
-        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+        exclude::read_pattern_file(path)
     }
 
     pub fn patterns(&self) -> &[String] {

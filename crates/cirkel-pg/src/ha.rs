@@ -74,13 +74,16 @@ impl Record {
 /// one `cirkel serve` acts on a cluster per state directory. The lock goes
 /// with the process, however it ends.
 pub struct LocalLease {
+    state: StateDir,
+    name: String,
     path: PathBuf,
     file: Option<std::fs::File>,
 }
 
 impl LocalLease {
     pub fn new(state: &StateDir, cluster: &str) -> LocalLease {
-        LocalLease { path: state.root().join(format!("lock-postgres-{cluster}")), file: None }
+        let name = format!("lock-postgres-{cluster}");
+        LocalLease { state: state.clone(), path: state.root().join(&name), name, file: None }
     }
 }
 
@@ -90,16 +93,7 @@ impl Leadership for LocalLease {
         if self.file.is_some() {
             return Ok(true);
         }
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut f = self.state.open_private(&self.name, false).map_err(|e| format!("{e:#}"))?;
         match f.try_lock() {
             Ok(()) => {
                 let _ = f.set_len(0).and_then(|_| write!(f, "pid {}", std::process::id()));
@@ -239,10 +233,8 @@ fn heartbeat_file(cluster: &str) -> String {
 
 pub fn beat(state: &StateDir, cluster: &str, interval: std::time::Duration) {
     let hb = Heartbeat { pid: std::process::id(), time: Utc::now(), interval_ms: interval.as_millis() as u64 };
-    let path = state.root().join(heartbeat_file(cluster));
-    let tmp = path.with_extension("tmp");
     if let Ok(bytes) = serde_json::to_vec(&hb) {
-        let _ = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path));
+        let _ = state.replace(&heartbeat_file(cluster), &bytes, false);
     }
 }
 

@@ -84,6 +84,19 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// The `keep_tags` of `policy` that kept no snapshot: most likely misspelt.
+pub fn unmatched_keep_tags<'a>(policy: &'a Policy, decisions: &[Decision]) -> Vec<&'a str> {
+    policy
+        .keep_tags
+        .iter()
+        .filter(|t| {
+            let reason = format!("tag {t}");
+            !decisions.iter().any(|d| d.reasons.contains(&reason))
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 /// Snapshots are grouped by kind, host and paths; each group is judged on its own.
 fn group_key(s: &Snapshot) -> (String, String, Vec<String>) {
     let mut paths = s.paths.clone();
@@ -92,7 +105,10 @@ fn group_key(s: &Snapshot) -> (String, String, Vec<String>) {
 }
 
 /// Applies `policy` to `snapshots`. Snapshots not matching `only_tag` (when
-/// given) are left out of the decision and always kept.
+/// given) are left out of the decision and always kept. The newest snapshot
+/// of each group is always kept, whatever the policy says: a mistyped tag or
+/// a window shorter than the time since the last backup must never leave a
+/// source with nothing to restore.
 pub fn apply(
     policy: &Policy,
     snapshots: &[(Id, Snapshot)],
@@ -147,8 +163,11 @@ pub fn apply(
                     reasons[i].push("within".into());
                 }
             }
-            if s.tags.iter().any(|t| policy.keep_tags.contains(t)) {
-                reasons[i].push("tag".into());
+            for t in policy.keep_tags.iter().filter(|t| s.tags.contains(t)) {
+                reasons[i].push(format!("tag {t}"));
+            }
+            if i == 0 && reasons[i].is_empty() {
+                reasons[i].push("newest".into());
             }
             let r = std::mem::take(&mut reasons[i]);
             out.push(Decision { id, keep: !r.is_empty(), reasons: r });
@@ -187,16 +206,35 @@ mod tests {
     fn within_tags_and_only_tag() {
         let now = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
         let old = snap(now - chrono::Duration::days(10), &["pre-deploy"]);
+        let older = snap(now - chrono::Duration::days(8), &["pre-deploy"]);
         let young = snap(now - chrono::Duration::days(1), &[]);
         let other = snap(now - chrono::Duration::days(20), &["weekly"]);
         let p = Policy { keep_within: Some(Duration::from_secs(7 * 86400)), ..Default::default() };
-        let d = apply(&p, &[old.clone(), young.clone(), other.clone()], now, Some("pre-deploy"));
+        let d = apply(&p, &[old.clone(), older.clone(), young.clone(), other.clone()], now, Some("pre-deploy"));
         let keep = |id: Id| d.iter().find(|x| x.id == id).unwrap().keep;
         assert!(!keep(old.0));
+        assert!(keep(older.0), "the newest of its group is kept even outside the window");
         assert!(keep(other.0), "not selected by tag: untouched");
         let p = Policy { keep_tags: vec!["pre-deploy".into()], ..Default::default() };
         let d = apply(&p, std::slice::from_ref(&old), now, None);
         assert!(d[0].keep);
+    }
+
+    #[test]
+    fn the_newest_snapshot_survives_any_policy() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
+        let snaps: Vec<_> = (1..=3).map(|d| snap(now - chrono::Duration::days(d), &["daily"])).collect();
+        for p in [
+            Policy { keep_tags: vec!["dialy".into()], ..Default::default() },
+            Policy { keep_within: Some(Duration::from_secs(1)), ..Default::default() },
+        ] {
+            let d = apply(&p, &snaps, now, None);
+            let kept: Vec<_> = d.iter().filter(|d| d.keep).collect();
+            assert_eq!(kept.len(), 1, "{p:?}");
+            assert_eq!(kept[0].id, snaps[0].0);
+            assert_eq!(kept[0].reasons, vec!["newest".to_string()]);
+            assert_eq!(unmatched_keep_tags(&p, &d), p.keep_tags.iter().map(String::as_str).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -3,8 +3,15 @@
 //!
 //! A line is appended with a single `write` on an `O_APPEND` file and then
 //! synced, so a crash leaves at most one torn last line, which readers skip.
+//!
+//! The directory is the owner's alone (0700, files 0600): events name hosts
+//! and members, and requests placed there steer the daemon. Files are
+//! opened without following symlinks, and replaced through temporary files
+//! with fresh, unpredictable names, so nobody can redirect a write of ours.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -79,15 +86,43 @@ impl StateDir {
         self.root.join("events.jsonl")
     }
 
+    /// Creates the directory (0700) if needed; one of ours that others can
+    /// read or enter is closed to them.
+    pub fn ensure(&self) -> anyhow::Result<()> {
+        private_dir(&self.root)
+    }
+
+    /// Opens `name` below the directory for appending or rewriting in
+    /// place, created 0600, never through a symlink.
+    pub fn open_private(&self, name: &str, append: bool) -> anyhow::Result<File> {
+        self.ensure()?;
+        let path = self.root.join(name);
+        let mut o = OpenOptions::new();
+        o.create(true).read(true).mode(0o600).custom_flags(libc_nofollow());
+        if append {
+            o.append(true);
+        } else {
+            o.write(true);
+        }
+        o.open(&path).map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))
+    }
+
     /// Appends an event durably.
     pub fn record(&self, event: &Event) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
         let mut line = serde_json::to_vec(event)?;
         line.push(b'\n');
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.events_file())?;
+        let mut f = self.open_private("events.jsonl", true)?;
         f.write_all(&line)?;
         f.sync_data()?;
         Ok(())
+    }
+
+    /// Replaces `name` with `bytes` atomically (a temporary file with a
+    /// fresh name, renamed over it); `durable` also syncs the file and the
+    /// directory, so the new content survives a power loss.
+    pub fn replace(&self, name: &str, bytes: &[u8], durable: bool) -> anyhow::Result<PathBuf> {
+        self.ensure()?;
+        replace_in(&self.root, name, bytes, durable)
     }
 
     /// Every recorded event, oldest first; a torn line is skipped.
@@ -103,14 +138,7 @@ impl StateDir {
     /// Replaces `name` (under the state directory) with `value`, atomically
     /// and durably: a crash leaves the old or the new content, never a mix.
     pub fn save_json<T: serde::Serialize>(&self, name: &str, value: &T) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
-        let path = self.root.join(name);
-        let tmp = self.root.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.root)?.sync_all()?;
-        Ok(())
+        self.replace(name, &serde_json::to_vec_pretty(value)?, true).map(drop)
     }
 
     /// What [`StateDir::save_json`] stored under `name`, or `None`.
@@ -127,16 +155,59 @@ impl StateDir {
 
     /// Stores a report as `reports/<time>-<kind>.json` and returns its path.
     pub fn save_report(&self, kind: &str, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
+        self.ensure()?;
         let dir = self.root.join("reports");
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let name = format!("{}-{kind}.json", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
-        let path = dir.join(name);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(report)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(path)
+        replace_in(&dir, &name, &serde_json::to_vec_pretty(report)?, true)
     }
+}
+
+fn libc_nofollow() -> i32 {
+    libc::O_NOFOLLOW | libc::O_CLOEXEC
+}
+
+/// Creates `dir` 0700 (its missing parents as usual), or closes an existing
+/// one of ours to group and others.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("create {}: {e}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(anyhow::anyhow!("create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory; remove it or configure [state] dir elsewhere", dir.display());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("restrict {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn replace_in(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    // tempfile creates with O_EXCL and mode 0600 under a random name.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| anyhow::anyhow!("create a temporary file in {}: {e}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
+    tmp.persist(&path).map_err(|e| anyhow::anyhow!("replace {}: {}", path.display(), e.error))?;
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -157,5 +228,45 @@ mod tests {
         let p = state.save_report("drill", &serde_json::json!({"ok": true})).unwrap();
         assert!(p.exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_directory_and_its_files_are_the_owners_alone() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = StateDir::new(&dir);
+        state.record(&Event::new("redis/a", "failover", "warning", "one")).unwrap();
+        state.save_json("record.json", &serde_json::json!({"a": 1})).unwrap();
+        let report = state.save_report("drill", &serde_json::json!({})).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "an existing directory of ours is closed");
+        assert_eq!(mode(&dir.join("events.jsonl")), 0o600);
+        assert_eq!(mode(&dir.join("record.json")), 0o600);
+        assert_eq!(mode(&dir.join("reports")), 0o700);
+        assert_eq!(mode(&report), 0o600);
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{left:?}");
+    }
+
+    #[test]
+    fn symlinks_planted_in_the_directory_are_not_followed() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("state");
+        let victim = top.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let state = StateDir::new(&dir);
+        state.ensure().unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("events.jsonl")).unwrap();
+        // The old fixed temporary name of a record, planted as a symlink.
+        std::os::unix::fs::symlink(&victim, dir.join(".record.json.tmp")).unwrap();
+        assert!(state.record(&Event::new("redis/a", "failover", "warning", "one")).is_err());
+        state.save_json("record.json", &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(dir.join("record.json")).unwrap().file_type().is_symlink());
+        // A file standing for the directory itself is refused.
+        assert!(StateDir::new(&victim).ensure().is_err());
     }
 }

@@ -296,6 +296,15 @@ pub struct PgRestoreArgs {
     pub tablespace_map: Vec<(String, PathBuf)>,
 }
 
+/// A duration longer than zero: a window of zero keeps nothing.
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("a duration of 0 keeps nothing; give e.g. 7d".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((old, new)) if !old.is_empty() && !new.is_empty() => Ok((old.to_string(), PathBuf::from(new))),
@@ -402,7 +411,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot younger than this ("7d", "36h").
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub keep_within: Option<std::time::Duration>,
     /// Keep every snapshot carrying this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]

@@ -161,3 +161,117 @@ fn help_explains_and_every_command_has_json() {
     let err = env.fails(&["snapshots", "--repo", "/nonexistent/cirkel"]);
     assert!(err.contains("no cirkel repository"));
 }
+
+/// Settings that would be silent no-ops are refused when the configuration
+/// is read: a schedule that never fires, a retention that can never run,
+/// exclusions a backup would reject, a window of zero, credentials in an
+/// endpoint URL and an integer too large for any setting.
+#[test]
+fn settings_that_would_do_nothing_are_refused() {
+    let env = Env::new();
+    let cfg = env.path("cirkel.toml");
+    let missing = env.path("no-such-excludes");
+    let bad_file = env.path("bad-excludes");
+    std::fs::write(&bad_file, "# cache\n*.tmp\nsrc/[\n").unwrap();
+    let text = format!(
+        r#"[repository]
+url = "/tmp/x"
+
+[repository.s3]
+endpoint = "http://admin:hunter2@127.0.0.1:9000"
+
+[files.static]
+paths = ["/srv/static"]
+schedule = "0 0 31 2 *"
+exclude = ["ok", "a[b"]
+exclude_file = "{missing}"
+
+[files.static.retention]
+keep_daily = 7
+
+[files.logs]
+paths = ["/srv/logs"]
+tags = ["logs"]
+exclude_file = "{bad}"
+
+[files.logs.retention]
+keep_within = "0s"
+keep_last = 99999999999999999999
+"#,
+        missing = missing.display(),
+        bad = bad_file.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let expect = [
+        "`repository.s3.endpoint`: the URL contains credentials",
+        "`files.static.schedule`: `0 0 31 2 *` never fires",
+        "`files.static.exclude`: bad exclude pattern `a[b`",
+        "`files.static.exclude_file`: read exclude file",
+        "`files.static.retention`: a retention needs a tag",
+        "tags = [\"static\"]",
+        "`files.logs.exclude_file`:",
+        "bad exclude pattern `src/[`",
+        "`files.logs.retention.keep_within`: a duration of 0 keeps nothing",
+        "`files.logs.retention.keep_last`: out of range; expected 0..=1000000",
+    ];
+    for e in expect {
+        assert!(err.contains(e), "missing `{e}` in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "the endpoint's password is printed:\n{err}");
+    assert!(!err.contains("found integer"), "{err}");
+}
+
+/// Locations that are not repositories are refused instead of becoming
+/// directories; a relative path that does not exist yet works.
+#[test]
+fn repository_locations_are_read_as_users_mean_them() {
+    let env = Env::new();
+    for (location, expect) in [
+        ("http://example.invalid/repo", "`http://` is not a repository location"),
+        ("https://example.invalid/repo", "`https://` is not a repository location"),
+        ("S3://", "an S3 location needs a bucket"),
+    ] {
+        let err = env.fails(&["--repo", location, "repo", "init"]);
+        assert!(err.contains(expect), "{location}: {err}");
+    }
+    assert!(std::fs::read_dir(env.dir.path()).unwrap().all(|e| {
+        let n = e.unwrap().file_name();
+        n == "password"
+    }));
+    // A relative path below a directory that does not exist yet.
+    let out = env.cmd(&["--repo", "new/repo", "-q", "repo", "init"]).current_dir(env.dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "-q silences repo init");
+    assert!(env.path("new/repo/config").exists());
+    let out = env.cmd(&["--repo", "new/repo", "snapshots"]).current_dir(env.dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `repo prune` with a mistyped `--keep-tag` or a window shorter than the
+/// time since the last backup keeps the newest snapshot and says why;
+/// `--keep-within 0s` is refused.
+#[test]
+fn prune_never_forgets_the_newest_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap(), "--tag", "daily"]);
+    std::fs::write(src.join("new"), b"x").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap(), "--tag", "daily"]);
+    let ids = env.snapshot_ids();
+    assert_eq!(ids.len(), 2);
+
+    let err = stderr(&env.run(&["repo", "prune", "--keep-within", "0s"]));
+    assert!(err.contains("a duration of 0 keeps nothing"), "{err}");
+    assert_eq!(env.snapshot_ids().len(), 2);
+
+    let out = env.run(&["repo", "prune", "--keep-tag", "dialy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--keep-tag dialy: no snapshot carries this tag"), "{}", stderr(&out));
+    assert_eq!(env.snapshot_ids(), vec![ids[1].clone()], "the newest is kept");
+    assert!(stdout(&out).contains("newest"), "{}", stdout(&out));
+}

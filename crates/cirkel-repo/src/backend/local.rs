@@ -23,8 +23,11 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// A repository at `root`; a relative path is taken from the current
+    /// directory now, so that later changes of directory do not move it.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        let root = root.into();
+        LocalBackend { root: std::path::absolute(&root).unwrap_or(root) }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -117,7 +120,7 @@ impl LocalBackend {
 /// Creates a directory (and its missing parents), syncing each new entry's
 /// parent so that the directory survives a power loss with what it holds.
 fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {

@@ -114,22 +114,41 @@ pub struct BackendOptions {
 /// Opens the backend a location names: `s3://bucket[/prefix]` or a local path
 /// (optionally `file://`).
 pub fn open(location: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>, BackendError> {
-    if let Some(rest) = location.strip_prefix("s3://") {
+    let refuse =
+        |detail: String| BackendError::Fatal { location: location.into(), op: "open", key: String::new(), detail };
+    // A scheme is matched without regard to case, as URLs are; any scheme but
+    // `s3` and `file` is refused rather than taken as a directory name.
+    let scheme = location
+        .split_once("://")
+        .map(|(s, _)| s)
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')));
+    let rest = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("s3") => Some(&location[s.len() + 3..]),
+        Some(s) if s.eq_ignore_ascii_case("file") => None,
+        Some(s) => {
+            return Err(refuse(format!(
+                "`{s}://` is not a repository location: use a local path, file:///PATH or s3://BUCKET[/PREFIX] (an S3 server's URL goes in [repository.s3] endpoint)"
+            )));
+        }
+        None => None,
+    };
+    if let Some(rest) = rest {
         let (bucket, prefix) = match rest.split_once('/') {
             Some((b, p)) => (b, p.trim_matches('/')),
             None => (rest, ""),
         };
         if bucket.is_empty() {
-            return Err(BackendError::Fatal {
-                location: location.into(),
-                op: "open",
-                key: String::new(),
-                detail: "an S3 location needs a bucket: s3://BUCKET[/PREFIX]".into(),
-            });
+            return Err(refuse("an S3 location needs a bucket: s3://BUCKET[/PREFIX]".into()));
         }
         Ok(Arc::new(S3Backend::new(bucket, prefix, &opts.s3)?))
     } else {
-        let path = location.strip_prefix("file://").unwrap_or(location);
+        let path = match scheme {
+            Some(s) => &location[s.len() + 3..],
+            None => location,
+        };
+        if path.is_empty() {
+            return Err(refuse("an empty path names no repository".into()));
+        }
         Ok(Arc::new(LocalBackend::new(path)))
     }
 }

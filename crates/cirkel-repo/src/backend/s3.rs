@@ -48,6 +48,22 @@ impl fmt::Debug for S3Options {
     }
 }
 
+/// An endpoint URL with a user or password in it would carry a secret into
+/// every error message and log line that names the endpoint: refused, with
+/// the place credentials belong. The URL itself is not repeated.
+fn refuse_credentials_in_url(endpoint: &str, bucket: &str, prefix: &str) -> Result<(), BackendError> {
+    let has_userinfo = url::Url::parse(endpoint).is_ok_and(|u| !u.username().is_empty() || u.password().is_some());
+    if has_userinfo {
+        return Err(BackendError::Fatal {
+            location: format!("s3://{bucket}/{prefix}"),
+            op: "open",
+            key: String::new(),
+            detail: "the S3 endpoint URL contains credentials; remove them from the URL and set access_key_id and secret_access_key_file (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into(),
+        });
+    }
+    Ok(())
+}
+
 pub struct S3Backend {
     store: AmazonS3,
     bucket: String,
@@ -63,6 +79,10 @@ impl fmt::Debug for S3Backend {
 impl S3Backend {
     pub fn new(bucket: &str, prefix: &str, opts: &S3Options) -> Result<Self, BackendError> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let env_endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
+        if let Some(e) = opts.endpoint.as_ref().or(env_endpoint.as_ref()) {
+            refuse_credentials_in_url(e, bucket, prefix)?;
+        }
         if let Some(e) = &opts.endpoint {
             builder = builder.with_endpoint(e);
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use cirkel_repo::crypto::KdfParams;
 use cirkel_repo::prune::{PruneOptions, prune};
-use cirkel_repo::retention::Policy;
+use cirkel_repo::retention::{Policy, unmatched_keep_tags};
 use cirkel_repo::verify::{VerifyOptions, verify};
 use cirkel_repo::{Cipher, InitOptions, Repository, copy};
 use serde_json::json;
@@ -191,7 +191,7 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
         print_json(
             &json!({ "location": repo.location(), "id": repo.config().id, "encryption": repo.config().encryption }),
         );
-    } else {
+    } else if !global.quiet {
         println!(
             "created repository {} at {} ({})",
             repo.config().id.short(),
@@ -244,6 +244,11 @@ fn prune_cmd(global: &Global, cfg: &cirkel_config::Config, args: &PruneArgs) -> 
     let opts =
         PruneOptions { policy, only_tag: args.tag.clone(), dry_run: args.dry_run, max_unused: args.max_unused / 100.0 };
     let report = prune(&repo, &opts)?;
+    for tag in unmatched_keep_tags(&opts.policy, &report.decisions) {
+        eprintln!(
+            "warning: --keep-tag {tag}: no snapshot carries this tag; check its spelling (`cirkel snapshots` lists tags)"
+        );
+    }
     if global.json {
         print_json(&report);
     } else {
