@@ -22,6 +22,7 @@ pub mod dump;
 pub mod expire;
 pub mod failover;
 pub mod ha;
+pub mod lineage;
 pub mod members;
 pub mod proxy;
 pub mod restore;

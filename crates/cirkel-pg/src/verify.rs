@@ -81,7 +81,16 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
     let sock = scratch.path().to_path_buf();
     let mut report = VerifyReport { backup: Some(plan.backup), ..Default::default() };
     let started = Instant::now();
-    let restored = restore::restore(repo, &plan, &data, &opts.restore_command, &[], opts.threads, &|_| {})?;
+    let restored = restore::restore(
+        repo,
+        &plan,
+        &data,
+        &opts.restore_command,
+        &restore::Archiving::Off,
+        &[],
+        opts.threads,
+        &|_| {},
+    )?;
     if !restored.errors.is_empty() {
         report.problems.extend(restored.errors.iter().map(|(p, e)| format!("{p}: {e}")));
         return Ok(report);

@@ -80,6 +80,10 @@ pub enum Command {
 pub struct WalPushArgs {
     /// The WAL file (PostgreSQL's %p, relative to the data directory).
     pub path: PathBuf,
+    /// Accept a timeline that forks from the archived one (this cluster is the new primary and the old
+    /// one is gone for good). Without it, WAL from a diverged copy is refused.
+    #[arg(long)]
+    pub new_lineage: bool,
     /// Data directory of the cluster (default: the current directory, then PGDATA).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
@@ -294,6 +298,21 @@ pub struct PgRestoreArgs {
     /// Tablespaces not mapped are restored as directories inside the new data directory.
     #[arg(long = "tablespace-map", value_name = "OLD=NEW", value_parser = parse_tablespace_map)]
     pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Let the restored cluster archive its WAL into this other repository (default: archive_mode = off,
+    /// so a copy never writes into the repository it came from).
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["standby", "take_over"])]
+    pub archive_to: Option<String>,
+    /// The restore replaces the cluster it came from, whose primary is gone for good: keep archiving
+    /// into this repository (wal-push still refuses WAL while the old primary writes).
+    #[arg(long, conflicts_with = "standby")]
+    pub take_over: bool,
+    /// Build a standby: standby.signal instead of recovery.signal, the source's archive settings kept
+    /// (a standby archives only with archive_mode = always). Replays to the latest WAL.
+    #[arg(long)]
+    pub standby: bool,
+    /// With --standby: the primary to stream from (primary_conninfo); without it the standby follows the archive.
+    #[arg(long, value_name = "CONNINFO", requires = "standby")]
+    pub primary_conninfo: Option<String>,
 }
 
 fn parse_tablespace_map(s: &str) -> Result<(String, PathBuf), String> {

@@ -296,7 +296,8 @@ fn restore_follows_the_timeline_after_a_promotion() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     chown_postgres(dir.path());
     let data = dir.path().join("data");
-    e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    // The primary is gone for good: the restore takes its place and archives on.
+    e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest", "--take-over"]);
     let mut promoted = PgCluster::adopt(dir, data);
     promoted.start();
     // At the end of the archived WAL recovery promotes onto a new timeline.
@@ -314,6 +315,94 @@ fn restore_follows_the_timeline_after_a_promotion() {
     // The backup is on timeline 1; --latest follows the history to timeline 2.
     let again = e.restore_and_start(&["--latest"]);
     assert_eq!(again.sql("SELECT count(*) FROM t"), "20");
+}
+
+/// A copy restored next to production: by default it archives nowhere; with
+/// archiving turned back on by hand, wal-push refuses its diverged timeline.
+/// Either way production's archiving and its `--latest` restore are untouched.
+#[test]
+fn a_restored_copy_never_touches_production() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    let t10 = pg.sql(
+        "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE id = 10",
+    );
+    switch_and_archive(&pg);
+
+    // The default: the restore says it turned archiving off, and the copy
+    // promotes, writes and switches segments without reaching the repository.
+    let new_dir = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        (dir, data)
+    };
+    let (dir, data) = new_dir();
+    let out = e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    assert!(out.contains("archiving: off"), "{out}");
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.trim_end().ends_with("archive_mode = off"), "{auto}");
+    let mut copy = PgCluster::adopt(dir, data);
+    copy.start_and_wait_promoted(Duration::from_secs(120));
+    copy.sql("INSERT INTO t VALUES (1000, 'only on the copy')");
+    copy.sql("SELECT pg_switch_wal()");
+    copy.sql("CHECKPOINT");
+
+    // A second copy, to a time in the past, whose archive_command was put back.
+    let (dir2, data2) = new_dir();
+    e.ok(None, &["pg", "restore", "--to", data2.to_str().unwrap(), "--target-time", &t10]);
+    {
+        use std::io::Write;
+        let mut auto = std::fs::OpenOptions::new().append(true).open(data2.join("postgresql.auto.conf")).unwrap();
+        writeln!(auto, "archive_mode = on\narchive_command = '{}'", e.archive_command()).unwrap();
+    }
+    // Production writes on, past the point where the copy will branch off.
+    insert_rows(&pg, 11, 20);
+    switch_and_archive(&pg);
+    insert_rows(&pg, 21, 30);
+    switch_and_archive(&pg);
+    let mut forgotten = PgCluster::adopt(dir2, data2.clone());
+    forgotten.start_and_wait_promoted(Duration::from_secs(120));
+    forgotten.sql("INSERT INTO t VALUES (2000, 'only on the forgotten copy')");
+    forgotten.sql("SELECT pg_switch_wal()");
+    wait_until("the forgotten copy's archiving to fail", &|| {
+        forgotten.try_sql("SELECT failed_count > 0 FROM pg_stat_archiver").as_deref() == Ok("t")
+    });
+    let tli: u32 = forgotten.sql("SELECT timeline_id FROM pg_control_checkpoint()").parse().unwrap();
+    let history = data2.join("pg_wal").join(format!("{tli:08X}.history"));
+    let pgdata = data2.display().to_string();
+    let err = e.fails(None, &["wal-push", "--pgdata", &pgdata, history.to_str().unwrap()]);
+    assert!(err.contains("diverged") && err.contains("archive_mode = off"), "{err}");
+    let history_objects = e.env.path("repo").join("streams");
+    let found = walkdir(&history_objects).into_iter().any(|p| p.ends_with(format!("{tli:08X}.history")));
+    assert!(!found, "no history of the copy in the repository");
+
+    // Production archives on, and --latest restores exactly its rows.
+    insert_rows(&pg, 31, 40);
+    switch_and_archive(&pg);
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    e.ok(None, &["pg", "check"]);
+    let latest = e.restore_and_start(&["--latest"]);
+    assert_eq!(latest.sql("SELECT count(*) FROM t"), "40");
+    assert_eq!(latest.sql("SELECT count(*) FROM t WHERE id >= 1000"), "0");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

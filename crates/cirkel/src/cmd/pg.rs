@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use cirkel_pg::restore::{PlanError, Target};
+use cirkel_pg::restore::{Archiving, PlanError, Target};
 use cirkel_pg::wal::Fetched;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
@@ -162,9 +162,14 @@ fn restore_command(
     target: &crate::context::RepoTarget,
     repo: &cirkel_repo::Repository,
 ) -> anyhow::Result<String> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = format!("{} --repo {}", shell_quote(&exe.display().to_string()), shell_quote(&repo.location()));
-    if let Some(pf) = &target.password_file {
+    Ok(wal_command(global, &repo.location(), target.password_file.as_deref(), "wal-fetch %f %p"))
+}
+
+/// `cirkel --repo LOCATION ... SUBCOMMAND`, as PostgreSQL runs it.
+fn wal_command(global: &Global, location: &str, password_file: Option<&std::path::Path>, sub: &str) -> String {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "cirkel".into());
+    let mut cmd = format!("{} --repo {}", shell_quote(&exe), shell_quote(location));
+    if let Some(pf) = password_file {
         cmd.push_str(&format!(" --password-file {}", shell_quote(&pf.display().to_string())));
     }
     if let Some(c) = &global.config {
@@ -174,8 +179,9 @@ fn restore_command(
     if let Some(dir) = crate::context::cache_dir() {
         cmd = format!("CIRKEL_CACHE_DIR={} {cmd}", shell_quote(&dir.display().to_string()));
     }
-    cmd.push_str(" wal-fetch %f %p");
-    Ok(cmd)
+    cmd.push(' ');
+    cmd.push_str(sub);
+    cmd
 }
 
 fn pg_error(e: anyhow::Error) -> anyhow::Error {
@@ -185,6 +191,10 @@ fn pg_error(e: anyhow::Error) -> anyhow::Error {
     }
     if let Some(p) = e.downcast_ref::<PlanError>() {
         let (msg, hint) = (p.to_string(), p.hint());
+        return user_error(msg, hint);
+    }
+    if let Some(l) = e.downcast_ref::<cirkel_pg::lineage::LineageError>() {
+        let (msg, hint) = (l.to_string(), l.hint());
         return user_error(msg, hint);
     }
     if let Some(b) = e.downcast_ref::<cirkel_pg::wal::BadWalName>() {
@@ -422,10 +432,13 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let archiving = archiving(global, a, &target_repo, &repo, &plan)?;
     let cmd = restore_command(global, &target_repo, &repo)?;
     let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
     let report =
-        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &a.tablespace_map, threads() * 2, &|n| bar.inc(n))?;
+        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &archiving, &a.tablespace_map, threads() * 2, &|n| {
+            bar.inc(n)
+        })?;
     bar.finish_and_clear();
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
@@ -437,15 +450,71 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     if global.json {
-        print_json(&json!({ "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes }));
+        print_json(&json!({
+            "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes, "archiving": archiving
+        }));
     } else {
         println!("restored {} into {}", describe(&plan), a.to.display());
         for line in tablespace_lines(&plan, &moves) {
             println!("put {line}");
         }
-        println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
+        match &archiving {
+            Archiving::Off => println!(
+                "archiving: off (archive_mode = off), so this copy never writes into {}; --archive-to REPO archives it elsewhere",
+                repo.location()
+            ),
+            Archiving::To(_) => {
+                println!("archiving: on, into {}", a.archive_to.clone().unwrap_or_else(|| repo.location()))
+            }
+            Archiving::Standby { .. } => {
+                println!("archiving: as the source's standby would (only with archive_mode = always)")
+            }
+        }
+        if a.standby {
+            println!("start PostgreSQL on {} to run it as a standby", a.to.display());
+        } else {
+            println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the restored cluster does with its WAL: nothing unless told.
+fn archiving(
+    global: &Global,
+    a: &PgRestoreArgs,
+    target: &crate::context::RepoTarget,
+    repo: &cirkel_repo::Repository,
+    plan: &cirkel_pg::restore::Plan,
+) -> anyhow::Result<Archiving> {
+    if a.standby {
+        if plan.target != Target::Latest {
+            return Err(user_error(
+                "a standby replays to the latest WAL; a recovery target makes no sense with --standby",
+                "leave out --target-*/--immediate, or restore a copy without --standby",
+            ));
+        }
+        return Ok(Archiving::Standby { primary_conninfo: a.primary_conninfo.clone() });
+    }
+    let dest = match (&a.archive_to, a.take_over) {
+        (Some(other), _) => {
+            if same_location(other, &repo.location()) {
+                return Err(user_error(
+                    format!("--archive-to {other} is the repository this restore comes from"),
+                    "archive a copy into another repository; if this restore replaces a primary that is gone for good, pass --take-over instead",
+                ));
+            }
+            other.clone()
+        }
+        (None, true) => repo.location(),
+        (None, false) => return Ok(Archiving::Off),
+    };
+    Ok(Archiving::To(wal_command(global, &dest, target.password_file.as_deref(), "wal-push %p")))
+}
+
+fn same_location(a: &str, b: &str) -> bool {
+    let canon = |s: &str| std::fs::canonicalize(s).map(|p| p.display().to_string()).unwrap_or_else(|_| s.to_string());
+    canon(a.trim_end_matches('/')) == canon(b.trim_end_matches('/'))
 }
 
 /// Where each of the plan's tablespaces goes, for a restore's report.
@@ -477,6 +546,10 @@ pub fn wal_push(global: &Global, a: &WalPushArgs) -> anyhow::Result<ExitCode> {
     let pgdata = cirkel_pg::control::find_pgdata(a.pgdata.as_deref())?;
     let ns = cirkel_pg::namespace(cirkel_pg::control::system_identifier(&pgdata)?);
     let path = if a.path.is_absolute() { a.path.clone() } else { std::env::current_dir()?.join(&a.path) };
+    let system_id = cirkel_pg::control::system_identifier(&pgdata)?;
+    if !a.new_lineage {
+        cirkel_pg::lineage::check(&repo, &ns, &path, &pgdata, system_id).map_err(pg_error)?;
+    }
     let outcome = cirkel_pg::wal::push(&repo, &ns, &path).map_err(pg_error)?;
     if global.json {
         print_json(&json!({ "file": a.path, "outcome": format!("{outcome:?}") }));
