@@ -38,6 +38,11 @@ pub struct ClusterInfo {
     /// Missing segments that cut the window short, with what they affect.
     pub gaps: Vec<String>,
     pub problems: Vec<String>,
+    /// The server's own view of archiving, when a server was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiver: Option<crate::archiver::ArchiverHealth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiver_error: Option<String>,
 }
 
 pub fn backups(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
@@ -113,6 +118,8 @@ pub fn info(repo: &Repository) -> anyhow::Result<Vec<ClusterInfo>> {
             timelines: tlis,
             gaps,
             problems,
+            archiver: None,
+            archiver_error: None,
         });
     }
     Ok(out)

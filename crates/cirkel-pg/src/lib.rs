@@ -12,6 +12,7 @@
 //! - [`catalog`]: backups and the recoverable window.
 
 pub mod api;
+pub mod archiver;
 pub mod backup;
 pub mod catalog;
 pub mod checksum;

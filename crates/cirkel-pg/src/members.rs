@@ -223,6 +223,27 @@ pub fn status(cluster: &str, c: &PostgresConfig) -> ClusterStatus {
     ClusterStatus { cluster: cluster.to_string(), primary, healthy: problems.is_empty(), problems, members }
 }
 
+/// The primary's archiver, and the problem it makes for the cluster's
+/// status when archiving fails (`cirkel status` reports it as degraded).
+pub fn check_archiving(c: &PostgresConfig, st: &mut ClusterStatus) -> Option<crate::archiver::ArchiverHealth> {
+    let p = st.primary.as_ref().and_then(|p| c.members.get(p))?;
+    let info = conninfo(c, &p.host, p.port, c.health.timeout);
+    let read = PgConn::connect(Some(&info)).and_then(|conn| crate::archiver::ArchiverHealth::read(&conn));
+    match read {
+        Ok(h) => {
+            if let Some(problem) = h.problem() {
+                st.problems.push(format!("primary: {problem}"));
+                st.healthy = false;
+            }
+            Some(h)
+        }
+        Err(e) => {
+            st.problems.push(format!("cannot read the primary's archiver: {e:#}"));
+            None
+        }
+    }
+}
+
 /// The decision core for a cluster's members and policy.
 pub fn decider(c: &PostgresConfig) -> anyhow::Result<Decider> {
     let members: Vec<Member> =

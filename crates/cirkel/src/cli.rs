@@ -106,10 +106,12 @@ pub enum PgCmd {
     Backup(PgBackupArgs),
     /// List base backups.
     Backups,
-    /// Show each cluster's recoverable window (earliest → latest restore point).
-    Info,
-    /// Check WAL continuity: name every missing segment and broken timeline.
-    Check,
+    /// Show each cluster's recoverable window (earliest → latest restore point), and the server's
+    /// archiving health when it can be reached.
+    Info(PgServerArgs),
+    /// Check WAL continuity (every missing segment and broken timeline) and, when the server can be
+    /// reached, that archiving works (pg_stat_archiver); non-zero exit on any problem.
+    Check(PgServerArgs),
     /// Restore a base backup and set up recovery to a target.
     Restore(PgRestoreArgs),
     /// Stream WAL continuously through a replication slot (runs until stopped).
@@ -238,6 +240,17 @@ pub struct PgConnArgs {
     pub pgdata: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct PgServerArgs {
+    /// A [postgres.NAME] cluster from the configuration whose archiver to read.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// libpq connection string of the server whose archiver to read (default: PGHOST/PGPORT when set;
+    /// without any, only the repository is checked).
+    #[arg(long, value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackupType {
     /// Read every file.
@@ -258,6 +271,9 @@ pub struct PgBackupArgs {
     /// Tag the backup (repeatable).
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,
+    /// Give up when the backup's last WAL segment is not archived within this long.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub archive_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

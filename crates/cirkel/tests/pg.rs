@@ -434,6 +434,56 @@ fn an_unreachable_repository_stalls_archiving_without_losing_wal() {
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "10", "nothing lost");
 }
 
+/// An archive_command that fails on every try is reported by `pg check`,
+/// `pg info`, `status` and `pg backup`, which says what it waits for and
+/// gives up after its timeout.
+#[test]
+fn a_stopped_archive_never_goes_unnoticed() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "check"]);
+    let out = e.ok(Some(&pg), &["pg", "info"]);
+    assert!(out.contains("server archiving: working"), "{out}");
+
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'");
+    pg.sql("SELECT pg_reload_conf()");
+    insert_rows(&pg, 11, 20);
+    pg.sql("SELECT pg_switch_wal()");
+    wait_until("archiving to fail", &|| pg.sql("SELECT failed_count > 0 FROM pg_stat_archiver") == "t");
+
+    let err = e.fails(Some(&pg), &["pg", "check"]);
+    assert!(err.contains("archiving does not work") && err.contains("archive_command"), "{err}");
+    let info = e.json(Some(&pg), &["pg", "info"]);
+    assert_eq!(info[0]["archiver"]["failing"], true, "{info}");
+    assert!(info[0]["archiver"]["last_failed_wal"].as_str().unwrap().len() == 24, "{info}");
+
+    let cfg = e.env.path("status.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\n\
+             [postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = {}\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    chown_postgres(&cfg);
+    let out = e.cmd(None, &["--config", cfg.to_str().unwrap(), "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "degraded: {}", stdout(&out));
+    assert!(stdout(&out).contains("archiving fails"), "{}", stdout(&out));
+
+    let out = e.cmd(Some(&pg), &["pg", "backup", "--archive-timeout", "2s"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("waiting for WAL segment"), "says what it waits for: {err}");
+    assert!(err.contains("was not archived within") && err.contains("hint: "), "{err}");
+}
+
 #[test]
 fn streaming_loses_seconds_at_most_when_the_primary_is_destroyed() {
     let e = PgEnv::new();

@@ -20,8 +20,8 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PgCmd::Backup(a) => backup(global, a),
         PgCmd::Backups => backups(global),
-        PgCmd::Info => info(global, false),
-        PgCmd::Check => info(global, true),
+        PgCmd::Info(a) => info(global, a, false),
+        PgCmd::Check(a) => info(global, a, true),
         PgCmd::Restore(a) => restore(global, a),
         PgCmd::StreamWal(a) => stream_wal(global, a),
         PgCmd::Dump(a) => dump(global, a),
@@ -197,6 +197,14 @@ fn pg_error(e: anyhow::Error) -> anyhow::Error {
         let (msg, hint) = (l.to_string(), l.hint());
         return user_error(msg, hint);
     }
+    if let Some(t) = e.downcast_ref::<cirkel_pg::backup::ArchiveWaitTimeout>() {
+        let msg = t.to_string();
+        return user_error(
+            msg,
+            "fix archive_command (the server log names its error) or the repository's reachability, then take the \
+             backup again; --archive-timeout waits longer",
+        );
+    }
     if let Some(b) = e.downcast_ref::<cirkel_pg::wal::BadWalName>() {
         let msg = b.to_string();
         return user_error(msg, "PostgreSQL passes %p to wal-push and %f %p to wal-fetch");
@@ -240,10 +248,17 @@ fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
         full: a.backup_type == BackupType::Full,
         tags,
         threads: threads(),
+        archive_timeout: a.archive_timeout,
     };
     let bar = spinner(global, "pg backup");
     let progress = crate::cmd::files::BarProgress::new(bar.clone());
-    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &progress).map_err(pg_error)?;
+    let quiet = global.quiet;
+    let notify = |m: &str| {
+        if !quiet {
+            bar.suspend(|| eprintln!("{m}"));
+        }
+    };
+    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &progress, &notify).map_err(pg_error)?;
     bar.finish_and_clear();
     let meta = cirkel_pg::backup::BackupMeta::of(&snap);
     if global.json {
@@ -315,13 +330,68 @@ fn backups(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
+/// The archiver of the server `--cluster`/`--conninfo` names, or of the one
+/// PGHOST/PGPORT point at; `None` when nothing names a server.
+fn archiver(
+    cfg: &cirkel_config::Config,
+    a: &crate::cli::PgServerArgs,
+) -> Option<Result<cirkel_pg::archiver::ArchiverHealth, String>> {
+    let env_names_one = ["PGHOST", "PGPORT"].iter().any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    if a.cluster.is_none() && a.conninfo.is_none() && !env_names_one {
+        return None;
+    }
+    let conn_args = crate::cli::PgConnArgs { cluster: a.cluster.clone(), conninfo: a.conninfo.clone(), pgdata: None };
+    let read = || -> anyhow::Result<cirkel_pg::archiver::ArchiverHealth> {
+        let cl = cluster(cfg, &conn_args)?;
+        let conn = cirkel_pg::conn::PgConn::connect(cl.conninfo.as_deref())?;
+        cirkel_pg::archiver::ArchiverHealth::read(&conn)
+    };
+    Some(read().map_err(|e| format!("{e:#}")))
+}
+
+fn info(global: &Global, a: &crate::cli::PgServerArgs, strict: bool) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
-    let clusters = cirkel_pg::catalog::info(&repo)?;
+    let mut clusters = cirkel_pg::catalog::info(&repo)?;
+    let archiving = archiver(&cfg, a);
+    let mut server_problems = Vec::new();
+    match &archiving {
+        Some(Ok(h)) => server_problems.extend(h.problem()),
+        Some(Err(e)) if strict => server_problems.push(format!("cannot read the server's archiver: {e}")),
+        _ => {}
+    }
+    for c in &mut clusters {
+        c.problems.extend(server_problems.iter().cloned());
+        match &archiving {
+            Some(Ok(h)) => c.archiver = Some(h.clone()),
+            Some(Err(e)) => c.archiver_error = Some(e.clone()),
+            None => {}
+        }
+    }
     if global.json {
         print_json(&clusters);
     } else {
+        match &archiving {
+            Some(Ok(h)) if !h.archives() => println!(
+                "server archiving: off here (archive_mode = {}{})",
+                h.archive_mode,
+                if h.in_recovery { ", a standby" } else { "" }
+            ),
+            Some(Ok(h)) => println!(
+                "server archiving: {}; last archived {}; {} failed attempt(s){}",
+                if h.failing { "FAILING" } else { "working" },
+                h.last_archived(),
+                h.failed_count,
+                h.last_failed_wal.as_ref().map(|w| format!(", the last on {w}")).unwrap_or_default()
+            ),
+            Some(Err(e)) => println!("server archiving: unknown ({e})"),
+            None => {}
+        }
+        if clusters.is_empty() && !server_problems.is_empty() {
+            for p in &server_problems {
+                println!("problem: {p}");
+            }
+        }
         if clusters.is_empty() {
             println!("no PostgreSQL backups in {}", repo.location());
         }
@@ -351,7 +421,15 @@ fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let problems: usize = clusters.iter().map(|c| c.problems.len()).sum();
+    let problems: usize = clusters.iter().map(|c| c.problems.len()).sum::<usize>()
+        + if clusters.is_empty() { server_problems.len() } else { 0 };
+    if strict && !server_problems.is_empty() {
+        return Err(user_error(
+            format!("archiving does not work: {}", server_problems.join("; ")),
+            "every segment not archived is lost to point-in-time restore: fix archive_command (the server log \
+             names its error) and check the repository is reachable and writable by the server's user",
+        ));
+    }
     if strict && problems > 0 {
         return Err(user_error(
             format!("{problems} problem(s) in the WAL archive (listed above)"),

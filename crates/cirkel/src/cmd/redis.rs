@@ -302,7 +302,9 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let mut postgres = Vec::new();
     for n in &pg_names {
         let (name, c) = crate::cmd::pg::member_cluster(&cfg, Some(n))?;
-        postgres.push(cirkel_pg::members::status(&name, &c));
+        let mut st = cirkel_pg::members::status(&name, &c);
+        let _ = cirkel_pg::members::check_archiving(&c, &mut st);
+        postgres.push(st);
     }
     let healthy = redis.iter().all(|s| s.healthy) && postgres.iter().all(|s| s.healthy);
     if global.json {
