@@ -1141,6 +1141,8 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     let err = e.fails(None, &["--config", cfg, "pg", "switchover", "--at", "2030-01-01T00:00:00Z"]);
     assert!(err.contains("needs a running `cirkel serve`"), "{err}");
     ha.a.sql("INSERT INTO t (note) SELECT 'before' FROM generate_series(1, 100)");
+    // A setting of a's own, which the rejoin after pg_rewind must keep.
+    cirkel_testkit::pg::append_conf(&ha.a.data, &["cluster_name = 'a'".to_string()]);
     let state = e.env.path("state");
     let out = e
         .cmd(None, &["--json", "--config", cfg, "pg", "switchover", "--to", "b"])
@@ -1154,6 +1156,10 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "f");
     assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(ha.b.sql("SELECT count(*) FROM t WHERE note = 'before'"), "100", "no commit lost");
+    assert_eq!(ha.a.sql("SHOW cluster_name"), "a", "the rejoined member keeps its own configuration");
+    let conf = std::fs::read_to_string(ha.a.data.join("postgresql.conf")).unwrap();
+    assert!(!conf.contains("cluster_name = 'b'"), "not b's postgresql.conf");
+    assert_eq!(ha.a.sql("SHOW port"), ha.a.port.to_string());
 
     // With the watcher: it moves the endpoint, and every commit made through
     // the endpoint before the switchover is on the new primary.
