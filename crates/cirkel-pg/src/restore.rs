@@ -204,6 +204,11 @@ pub enum Archiving {
     Standby { primary_conninfo: Option<String> },
 }
 
+/// The restore's target directory holds data already.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is not empty; refusing to restore over existing data", .0.display())]
+pub struct NotEmpty(pub PathBuf);
+
 /// Restores the plan's backup into `to` and writes the recovery settings.
 /// `restore_command` is what PostgreSQL will run to fetch WAL. Tablespaces
 /// are restored as directories below `pg_tblspc`, except those `tablespaces`
@@ -219,10 +224,7 @@ pub fn restore(
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<cirkel_files::RestoreReport> {
     if to.exists() && std::fs::read_dir(to)?.next().is_some() {
-        anyhow::bail!(
-            "{} is not empty; refusing to restore over existing data (remove it or choose another --to)",
-            to.display()
-        );
+        return Err(NotEmpty(to.to_path_buf()).into());
     }
     let moves = map_tablespaces(&plan.meta, tablespaces)?;
     let snap: Snapshot = repo.load_snapshot(&plan.backup)?;

@@ -122,7 +122,8 @@ pub enum PgCmd {
     DumpRestore(PgDumpRestoreArgs),
     /// Restore drill: restore a backup into a scratch directory, start it, check it, time it, remove it.
     Verify(PgVerifyArgs),
-    /// Apply the retention plan: daily 35 d, weekly 90 d, pre-deploy 7 d, WAL 7 d beyond what kept backups need.
+    /// Delete the backups and WAL the retention plan no longer keeps (daily 35 d, weekly 90 d, pre-deploy
+    /// 7 d, WAL 7 d beyond what kept backups need), then prune their data; --dry-run only lists them.
     Expire(PgExpireArgs),
     /// Who would be promoted if the primary failed now, and why the other members would not.
     Failover(PgFailoverArgs),
@@ -145,7 +146,7 @@ pub struct PgSwitchoverArgs {
     /// The standby to promote (default: the one a failover would choose).
     #[arg(long, value_name = "MEMBER")]
     pub to: Option<String>,
-    /// When: RFC 3339 or "YYYY-MM-DD HH:MM:SS" UTC. Needs `cirkel serve`; the command returns at once.
+    /// When: RFC 3339, or "YYYY-MM-DD HH:MM:SS" in this host's local time (said on stderr). Needs `cirkel serve`; the command returns at once.
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// How long to wait for the watcher to finish it.
@@ -282,7 +283,8 @@ pub struct PgRestoreArgs {
     /// New data directory (must be empty or absent).
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
-    /// Recover to this time (RFC 3339, e.g. 2026-11-26T08:00:00Z).
+    /// Recover to this time (RFC 3339, e.g. 2026-11-26T08:00:00Z; without a zone it is this host's
+    /// local time, and the command says so).
     #[arg(long, value_name = "TIME")]
     pub target_time: Option<String>,
     /// Recover to this LSN (e.g. 0/3000060).
@@ -354,6 +356,10 @@ pub struct StreamWalArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Keep the replication slot when stopping (default: drop it, so that it holds no WAL back on the
+    /// server; keep it when streaming resumes soon and must not miss a segment).
+    #[arg(long)]
+    pub keep_slot: bool,
 }
 
 #[derive(Debug, Subcommand)]

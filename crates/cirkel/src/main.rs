@@ -13,6 +13,7 @@ use crate::cli::{Cli, Command};
 use crate::output::{Failure, report_failure};
 
 fn main() -> ExitCode {
+    output::quiet_broken_pipe();
     let cli = Cli::parse();
     output::init_logging(&cli.global);
     let result = match &cli.command {

@@ -245,8 +245,17 @@ fn targets_outside_the_window_and_bad_names_are_clear_errors() {
     std::fs::create_dir_all(&occupied).unwrap();
     std::fs::write(occupied.join("PG_VERSION"), "15").unwrap();
     chown_postgres(&occupied);
-    let err = stderr(&e.cmd(None, &["pg", "restore", "--to", occupied.to_str().unwrap()]).output().unwrap());
-    assert!(err.contains("not empty"), "{err}");
+    let err = e.fails(None, &["pg", "restore", "--to", occupied.to_str().unwrap()]);
+    assert!(err.contains("not empty") && err.contains("empty or absent --to"), "{err}");
+
+    // A time without a zone is this host's local time, and the command says so.
+    let tokyo = (chrono::Utc::now() - chrono::Duration::hours(1) + chrono::Duration::hours(9)).naive_utc();
+    let naive = tokyo.format("%Y-%m-%d %H:%M:%S").to_string();
+    let out =
+        e.cmd(None, &["pg", "restore", "--to", "/tmp/x", "--target-time", &naive]).env("TZ", "Asia/Tokyo").output();
+    let err = stderr(&out.unwrap());
+    assert!(err.contains("taken as this host's local time (UTC+09:00)"), "{err}");
+    assert!(err.contains("before the end of the oldest usable backup"), "an hour ago, not eight hours ahead: {err}");
 }
 
 #[test]
@@ -547,6 +556,7 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
     // SAFETY: signalling our own child (setpriv execs cirkel in place).
     unsafe { libc::kill(streamer.id() as i32, libc::SIGTERM) };
     assert!(streamer.wait().unwrap().success(), "SIGTERM is a clean stop");
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0", "a clean stop drops the slot");
     let info = e.json(None, &["pg", "info"]);
     assert!(info[0]["archived_segments"].as_u64().unwrap() >= 1, "{info}");
     e.ok(None, &["pg", "check"]);

@@ -197,6 +197,13 @@ fn pg_error(e: anyhow::Error) -> anyhow::Error {
         let (msg, hint) = (l.to_string(), l.hint());
         return user_error(msg, hint);
     }
+    if let Some(n) = e.downcast_ref::<cirkel_pg::restore::NotEmpty>() {
+        let msg = n.to_string();
+        return user_error(
+            msg,
+            "choose an empty or absent --to; if the old data is not needed any more, move it away first (cirkel never deletes it)",
+        );
+    }
     if let Some(t) = e.downcast_ref::<cirkel_pg::backup::ArchiveWaitTimeout>() {
         let msg = t.to_string();
         return user_error(
@@ -443,12 +450,33 @@ fn info(global: &Global, a: &crate::cli::PgServerArgs, strict: bool) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// A time as users write it: RFC 3339, or "YYYY-MM-DD HH:MM:SS[.f]" in UTC.
+/// A time as users write it: RFC 3339, or "YYYY-MM-DD HH:MM:SS[.f]" without
+/// a zone, taken as this host's local time and said so on stderr (a silent
+/// UTC would put a restore hours away from the moment meant).
 fn parse_time(t: &str) -> anyhow::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t)
-        .map(|d| d.with_timezone(&Utc))
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
-        .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f"))
+        .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))?;
+    use chrono::TimeZone;
+    let local = match chrono::Local.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(d) => d,
+        _ => {
+            return Err(user_error(
+                format!("`{t}` does not exist or is ambiguous in this host's time zone (a daylight-saving change)"),
+                "give the offset, e.g. 2026-11-26T08:00:00+01:00, or UTC with a trailing Z",
+            ));
+        }
+    };
+    let utc = local.with_timezone(&Utc);
+    eprintln!(
+        "note: `{t}` has no time zone; taken as this host's local time ({}), i.e. {}",
+        local.format("UTC%:z"),
+        utc.to_rfc3339()
+    );
+    Ok(utc)
 }
 
 fn parse_target(a: &PgRestoreArgs) -> anyhow::Result<Target> {
@@ -516,7 +544,8 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
     let report =
         cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &archiving, &a.tablespace_map, threads() * 2, &|n| {
             bar.inc(n)
-        })?;
+        })
+        .map_err(pg_error)?;
     bar.finish_and_clear();
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
@@ -683,6 +712,7 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         bindir: cl.bindir,
         conninfo: cl.conninfo,
         run_for: a.duration,
+        keep_slot: a.keep_slot,
     };
     let stop = crate::context::stop_on_signal();
     if !global.quiet && !global.json {
@@ -693,8 +723,12 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         print_json(&stats);
     } else if !global.quiet {
         eprintln!(
-            "stopped: {} segments archived, {} partial uploads, {} receiver restarts",
-            stats.segments_archived, stats.partial_uploads, stats.receiver_restarts
+            "stopped: {} segments archived, {} partial uploads, {} receiver restarts; slot {} {}",
+            stats.segments_archived,
+            stats.partial_uploads,
+            stats.receiver_restarts,
+            a.slot,
+            if a.keep_slot { "kept (--keep-slot)" } else { "dropped" }
         );
     }
     Ok(ExitCode::SUCCESS)
