@@ -36,6 +36,10 @@ pub struct Global {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// As root, write a local repository another user owns, and give what was written to that owner
+    /// when the command ends (without it, commands that write refuse to run as anyone but the owner).
+    #[arg(long, global = true)]
+    pub fix_owner: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -493,6 +493,45 @@ fn a_stopped_archive_never_goes_unnoticed() {
     assert!(err.contains("was not archived within") && err.contains("hint: "), "{err}");
 }
 
+/// Root writing a repository that postgres owns would leave root-owned
+/// directories that postgres's wal-push cannot write into later: refused,
+/// with the right user named, or fixed up with --fix-owner.
+#[test]
+fn commands_refuse_to_write_a_repository_as_another_user() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let as_root = |args: &[&str]| {
+        let mut c = Command::new(shared_bin());
+        c.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CIRKEL_") || k.starts_with("PG") {
+                c.env_remove(k);
+            }
+        }
+        c.env("CIRKEL_REPO", &e.env.repo).env("CIRKEL_PASSWORD_FILE", &e.env.password_file).envs(pg.env());
+        c.output().unwrap()
+    };
+    let out = as_root(&["pg", "backup"]);
+    assert!(!out.status.success(), "root may not write postgres's repository");
+    let err = stderr(&out);
+    assert!(err.contains("belongs to postgres"), "{err}");
+    assert!(err.contains("hint: run it as the repository's owner: `runuser -u postgres -- cirkel pg backup`"), "{err}");
+
+    let out = as_root(&["--fix-owner", "pg", "backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (uid, _) = cirkel_testkit::pg::postgres_ids();
+    for p in walkdir(std::path::Path::new(&e.env.repo)) {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().uid(), uid, "{} belongs to postgres", p.display());
+    }
+    // postgres archives into it as before.
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "check"]);
+}
+
 #[test]
 fn streaming_loses_seconds_at_most_when_the_primary_is_destroyed() {
     let e = PgEnv::new();

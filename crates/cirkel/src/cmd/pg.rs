@@ -37,7 +37,9 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
 
 fn dump(global: &Global, a: &PgDumpArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let bindir = cirkel_pg::stream::find_bindir();
     let (id, snap) = cirkel_pg::dump::dump(&repo, &bindir, &a.table, a.conninfo.as_deref(), &a.tag).map_err(|e| {
         let msg = format!("{e:#}");
@@ -125,7 +127,9 @@ fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn expire(global: &Global, a: &PgExpireArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = if a.dry_run { None } else { crate::owner::check_writer(global, &target)? };
+    let repo = target.open()?;
     let policy = cirkel_pg::expire::ExpirePolicy {
         daily: a.daily,
         weekly: a.weekly,
@@ -243,7 +247,9 @@ fn cluster(cfg: &cirkel_config::Config, a: &crate::cli::PgConnArgs) -> anyhow::R
 fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let cl = cluster(&cfg, &a.conn)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let mut tags = a.tag.clone();
     if let Some(l) = &a.label {
         tags.push(l.clone());
@@ -649,7 +655,9 @@ fn shell_quote(s: &str) -> String {
 
 pub fn wal_push(global: &Global, a: &WalPushArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open_cached()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open_cached()?;
     let pgdata = cirkel_pg::control::find_pgdata(a.pgdata.as_deref())?;
     let ns = cirkel_pg::namespace(cirkel_pg::control::system_identifier(&pgdata)?);
     let path = if a.path.is_absolute() { a.path.clone() } else { std::env::current_dir()?.join(&a.path) };
@@ -692,7 +700,9 @@ pub fn wal_fetch(global: &Global, a: &WalFetchArgs) -> anyhow::Result<ExitCode> 
 
 fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let cl = cluster(&cfg, &a.conn)?;
     let conn = cirkel_pg::conn::PgConn::connect(cl.conninfo.as_deref()).map_err(pg_error)?;
     let row = conn.query_one("SELECT system_identifier::text FROM pg_control_system()")?;
