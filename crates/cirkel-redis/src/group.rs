@@ -33,6 +33,8 @@ pub struct Group {
     pub health: cirkel_config::HealthConfig,
     pub restart_command: Option<String>,
     password: Option<String>,
+    /// The ACL user `password` belongs to.
+    user: Option<String>,
 }
 
 impl std::fmt::Debug for Group {
@@ -68,6 +70,7 @@ impl Group {
             health: c.health.clone(),
             restart_command: c.restart_command.clone(),
             password,
+            user: c.user.clone(),
         })
     }
 
@@ -77,7 +80,19 @@ impl Group {
     }
 
     pub fn member(&self, addr: &Addr) -> Result<Conn, RespError> {
-        Conn::connect(addr, self.timeout, self.password.as_deref())
+        match (&self.user, &self.password) {
+            (Some(user), Some(p)) => {
+                let mut c = Conn::connect(addr, self.timeout, None)?;
+                c.cmd(&["AUTH", user, p])?;
+                Ok(c)
+            }
+            _ => Conn::connect(addr, self.timeout, self.password.as_deref()),
+        }
+    }
+
+    /// The credentials for the data nodes: (ACL user, password).
+    pub fn credentials(&self) -> (Option<&str>, Option<&str>) {
+        (self.user.as_deref(), self.password.as_deref())
     }
 
     pub fn sentinel(&self, addr: &Addr) -> Result<Conn, RespError> {
@@ -366,6 +381,9 @@ impl Group {
                 &quorum,
             ];
             actions.push(format!("{addr}: {}", args.join(" ")));
+            if let Some(u) = &self.user {
+                args.extend(["auth-user", u.as_str()]);
+            }
             if let Some(p) = &self.password {
                 args.extend(["auth-pass", p.as_str()]);
             }

@@ -54,7 +54,22 @@ impl From<&anyhow::Error> for Failure {
             }
         }
         // anyhow's alternate form joins the context chain: "open repo: wrong passphrase".
-        Failure { error: format!("{e:#}"), hint }
+        let error = format!("{e:#}");
+        // Whatever command met it, a Redis authentication error has one remedy.
+        if error.contains("NOAUTH") {
+            hint = Some(
+                "the Redis server requires a password: set password_file (and user, for an ACL user) in the \
+                 [redis.NAME] table and pass --group NAME, or export REDISCLI_AUTH; see README \"Redis authentication\""
+                    .into(),
+            );
+        } else if error.contains("WRONGPASS") {
+            hint = Some(
+                "Redis refused the password or ACL user: check password_file and user in the [redis.NAME] table \
+                 (or REDISCLI_AUTH) against the server's requirepass / ACL; see README \"Redis authentication\""
+                    .into(),
+            );
+        }
+        Failure { error, hint }
     }
 }
 

@@ -70,7 +70,11 @@ fn backup(global: &Global, a: &RedisBackupArgs) -> anyhow::Result<ExitCode> {
         _ => (a.host.clone().unwrap_or_else(|| "127.0.0.1".into()), a.port.unwrap_or(6379), Vec::new()),
     };
     tags.extend(a.tag.iter().cloned());
-    let source = cirkel_redis::Source { host: host.clone(), port, group: a.group.clone(), tags };
+    let (user, password) = match configured {
+        Some((_, c)) => (c.user.clone(), c.password.as_ref().map(|s| s.expose().to_string())),
+        None => (None, None),
+    };
+    let source = cirkel_redis::Source { host: host.clone(), port, group: a.group.clone(), tags, user, password };
     let (id, snap) = cirkel_redis::backup(&repo, &source).map_err(|e| {
         let msg = format!("{e:#}");
         if e.downcast_ref::<cirkel_redis::rdb::RdbError>().is_some() {
