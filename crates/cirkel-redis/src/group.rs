@@ -250,9 +250,11 @@ impl Group {
                 (false, _) => {
                     problems.push(format!("member {} unreachable: {}", m.addr, m.error.as_deref().unwrap_or("")))
                 }
-                (true, Some("master")) if Some(&m.addr) != master.as_ref() => {
-                    problems.push(format!("member {} runs as a master but the sentinels name {:?}", m.addr, master))
-                }
+                (true, Some("master")) if Some(&m.addr) != master.as_ref() => problems.push(format!(
+                    "member {} runs as a master but the sentinels name {}",
+                    m.addr,
+                    master.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into())
+                )),
                 (true, Some("slave")) if m.link_up != Some(true) => {
                     problems.push(format!("replica {} has its master link down", m.addr))
                 }
@@ -343,9 +345,9 @@ impl Group {
                         m.get("ip").zip(m.get("port").and_then(|p| p.parse().ok())).map(|(h, p)| Addr::new(h, p));
                     if watched.as_ref() != Some(&master) {
                         anyhow::bail!(
-                            "sentinel {addr} watches `{}` at {:?}, the others at {master}; run SENTINEL RESET there or fix it by hand",
+                            "sentinel {addr} watches `{}` at {}, the others at {master}; run SENTINEL RESET there or fix it by hand",
                             self.master_name,
-                            watched
+                            watched.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into())
                         );
                     }
                 }

@@ -1249,6 +1249,8 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["kind"], "postgres-switchover");
+    assert_eq!(report["old_primary"], "b", "{report:#}");
+    assert!(report.get("killed").is_none(), "a switchover kills nobody: {report:#}");
     assert_eq!(report["new_primary"], "a", "{report:#}");
     assert_eq!(report["writes_lost"], 0, "{report:#}");
     assert!(report["write_pause_s"].as_f64().is_some(), "{report:#}");

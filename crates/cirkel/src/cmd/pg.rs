@@ -949,7 +949,11 @@ pub fn failover_drill(
         print_json(&value);
     } else {
         println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
-        println!("  old primary     {}", report.killed);
+        println!(
+            "  old primary     {}{}",
+            report.old_primary,
+            if report.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
+        );
         println!("  new primary     {}", report.new_primary.as_deref().unwrap_or("none"));
         println!(
             "  RTO             {}",

@@ -205,6 +205,13 @@ fn switchover(global: &Global, a: &RedisSwitchoverArgs) -> anyhow::Result<ExitCo
     let cfg = load_config(global)?;
     let g = group(&cfg, &a.group)?;
     let to = a.to.as_deref().map(Addr::parse).transpose().map_err(|e| user_error(e, "--to takes HOST:PORT"))?;
+    // Tell a running watcher that the master change it will see is planned.
+    if let Some(old) = g.status().master {
+        let marker = cirkel_redis::watch::PlannedSwitchover { old, requested: chrono::Utc::now() };
+        if let Err(e) = state_dir(&cfg).save_json(&cirkel_redis::watch::switchover_marker(&g.name), &marker) {
+            tracing::warn!("cannot mark the switchover as planned for the watcher: {e:#}");
+        }
+    }
     let done = g.switchover(to.as_ref(), a.max_pause).map_err(|e| {
         user_error(
             format!("switchover failed: {e:#}"),
