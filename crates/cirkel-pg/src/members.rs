@@ -98,7 +98,9 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
          ELSE pg_current_wal_lsn()::text END, \
     pg_last_wal_replay_lsn()::text, \
-    (SELECT timeline_id FROM pg_control_checkpoint()), \
+    CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), \
+              (SELECT timeline_id FROM pg_control_checkpoint())) \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     (SELECT status || ' from ' || COALESCE(sender_host, '?') || ':' || COALESCE(sender_port::text, '?') \
        FROM pg_stat_wal_receiver LIMIT 1)";
 

@@ -139,7 +139,8 @@ pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: 
         );
     }
     let partial = wal::partials(repo, &ns, None)?;
-    if let Some(p) = partial.last() {
+    let newest = archived.last();
+    if let Some(p) = partial.iter().rfind(|p| crate::catalog::partial_segment(p).is_some_and(|s| newest < Some(&s))) {
         notes.push(format!("the newest WAL is a partial segment from the streamer ({p})"));
     }
     Ok(Plan {

@@ -453,6 +453,11 @@ fn a_stopped_archive_never_goes_unnoticed() {
     let pg = e.archiving_cluster(&[]);
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
     e.ok(Some(&pg), &["pg", "backup"]);
+    // Right after the first backup: it is a full one, and the window runs forwards.
+    assert_eq!(e.json(None, &["pg", "backups"])[0]["meta"]["backup_type"], "full");
+    let info = e.json(None, &["pg", "info"]);
+    let time = |k: &str| chrono::DateTime::parse_from_rfc3339(info[0][k].as_str().unwrap()).unwrap();
+    assert!(time("earliest_time") <= time("latest_time"), "{info}");
     insert_rows(&pg, 1, 10);
     switch_and_archive(&pg);
     e.ok(Some(&pg), &["pg", "check"]);
@@ -653,6 +658,13 @@ fn verify_drills_a_restore_and_cleans_up() {
     // A failing check fails the drill.
     let err = e.fails(None, &["pg", "verify", "--query", "SELECT count(*) FROM missing_table"]);
     assert!(err.contains("missing_table"), "{err}");
+    // A table created after the backup is not in it: the query failed on the
+    // backup's state, which is no fault of the backup.
+    pg.sql("CREATE TABLE later (id int)");
+    switch_and_archive(&pg);
+    let err = e.fails(None, &["pg", "verify", "--query", "SELECT count(*) FROM later"]);
+    assert!(err.contains("failed on the backup's state"), "{err}");
+    assert!(!err.contains("may be unusable"), "the backup is not blamed: {err}");
 }
 
 #[test]
@@ -1148,6 +1160,15 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     wait("the other standby to stream from the new primary", &|| {
         other.try_sql("SELECT count(*) FROM t WHERE note = 'after'").map(|n| n != "0").unwrap_or(false)
     });
+    // Its timeline is the one it receives, not the one of its last restartpoint.
+    let other_name = if new == "b" { "c" } else { "b" };
+    let out = e.cmd(None, &["--json", "--config", cfg, "status"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tl = |m: &str| {
+        st["postgres"][0]["members"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["timeline"].clone()
+    };
+    assert_eq!(tl(&new), serde_json::json!(2), "{st:#}");
+    assert_eq!(tl(other_name), serde_json::json!(2), "{st:#}");
 
     // The old primary comes back (as a primary, on the old timeline): it is
     // never routed to, and is rewound into a standby.

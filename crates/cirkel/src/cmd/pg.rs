@@ -113,6 +113,18 @@ fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
             println!("query result: {q}");
         }
     }
+    if report.problems.is_empty()
+        && let Some(q) = &report.query_error
+    {
+        return Err(user_error(
+            format!(
+                "the --query failed on the backup's state as of {} (the drill replays no WAL written after the backup): {q}",
+                report.stop_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "its end".into())
+            ),
+            "the backup itself restored and passed its checks; objects created after it are not in it. \
+             Query what the backup holds, or test later changes with `cirkel pg restore --latest`",
+        ));
+    }
     if !report.ok {
         for p in &report.problems {
             eprintln!("  {p}");
