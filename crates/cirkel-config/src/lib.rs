@@ -277,6 +277,8 @@ pub struct RedisGroupConfig {
     /// AUTH password of the data nodes.
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
+    /// ACL user the password belongs to (default: Redis's `default` user).
+    pub user: Option<String>,
     pub health: HealthConfig,
     /// Shell command that starts a stopped member again (`{host}`, `{port}`
     /// are substituted); drills use it to bring a killed master back.

@@ -513,6 +513,7 @@ fn read_redis(name: String, mut t: Table<'_, '_>) -> (crate::RedisGroupConfig, R
         on_lag,
         password,
         password_file,
+        user: t.string("user"),
         health: t.table("health").map(read_health).unwrap_or_default(),
         restart_command: t.string("restart_command"),
         tags: t.strings("tags"),

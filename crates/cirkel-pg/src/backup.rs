@@ -140,6 +140,17 @@ pub struct PgBackupOptions {
     pub full: bool,
     pub tags: Vec<String>,
     pub threads: usize,
+    /// How long to wait for the backup's last WAL segment to be archived.
+    pub archive_timeout: std::time::Duration,
+}
+
+/// The backup's last WAL segment did not reach the archive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("WAL segment {segment} was not archived within {waited:?}; without it the backup cannot be restored{why}")]
+pub struct ArchiveWaitTimeout {
+    pub segment: String,
+    pub waited: std::time::Duration,
+    pub why: String,
 }
 
 /// Paths below the data directory that a backup leaves out, as PostgreSQL's
@@ -170,7 +181,15 @@ fn label_field<'a>(label: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Takes a base backup of the cluster; returns the snapshot.
-pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress) -> anyhow::Result<(Id, Snapshot)> {
+///
+/// `notify` hears what the backup waits for (the archiving of its last WAL
+/// segment), so that a wait is never silent.
+pub fn backup(
+    repo: &Repository,
+    opts: &PgBackupOptions,
+    progress: &dyn Progress,
+    notify: &dyn Fn(&str),
+) -> anyhow::Result<(Id, Snapshot)> {
     let conn = PgConn::connect(opts.conninfo.as_deref())?;
     let row = conn.query_one(
         "SELECT current_setting('server_version_num')::int, current_setting('data_directory'),
@@ -247,11 +266,14 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         follow_links: tablespaces.iter().map(|t| pgdata.join("pg_tblspc").join(&t.oid)).collect(),
         ..Default::default()
     };
-    let wait = archive_mode != "off";
+    // PostgreSQL waits for the archive without a word and without end;
+    // cirkel waits itself, says so, and gives up after the timeout.
+    let wait = archive_mode == "always" || (archive_mode == "on" && !in_recovery);
+    // The first backup of a cluster stores every block, whatever was asked.
+    let first = list(repo)?.iter().all(|(_, s, m)| s.incomplete || m.system_id != system_id);
     let pgdata_s = pgdata.display().to_string();
     let finish = || -> anyhow::Result<Finish> {
-        let row =
-            conn.query_one(&format!("SELECT lsn::text, labelfile FROM pg_backup_stop(wait_for_archive => {wait})"))?;
+        let row = conn.query_one("SELECT lsn::text, labelfile FROM pg_backup_stop(wait_for_archive => false)")?;
         let stop_lsn: String = row.get(0);
         let labelfile: String = row.get(1);
         let timeline: u32 = label_field(&labelfile, "START TIMELINE:").and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -260,6 +282,9 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
         let start_wal = start_loc.rsplit("file ").next().unwrap_or_default().trim_end_matches(')').to_string();
         let stop = parse_lsn(&stop_lsn).unwrap_or(0);
         let stop_wal = Segment::containing(timeline, stop.saturating_sub(1), wal_segment_size).to_string();
+        if wait {
+            wait_archived(&conn, &pgdata, &stop_wal, opts.archive_timeout, notify)?;
+        }
         let meta = BackupMeta {
             system_id: system_id.clone(),
             pg_version: version,
@@ -271,7 +296,7 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
             start_time,
             stop_time: Utc::now(),
             label: label.clone(),
-            backup_type: if opts.full { "full".into() } else { "incr".into() },
+            backup_type: if opts.full || first { "full".into() } else { "incr".into() },
             wal_segment_size,
             pgdata: pgdata_s.clone(),
             from_standby: in_recovery,
@@ -290,6 +315,53 @@ pub fn backup(repo: &Repository, opts: &PgBackupOptions, progress: &dyn Progress
     };
     let outcome = cirkel_files::backup_with(repo, &files, progress, Some(&finish))?;
     Ok((outcome.id, outcome.snapshot))
+}
+
+/// Waits until `segment` is archived (its `.done` status file exists, or
+/// it is gone from `pg_wal`), telling `notify` once what it waits for and
+/// again whenever the archiver reports a new failure.
+fn wait_archived(
+    conn: &PgConn,
+    pgdata: &Path,
+    segment: &str,
+    timeout: std::time::Duration,
+    notify: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    let status = pgdata.join("pg_wal/archive_status");
+    let done = || status.join(format!("{segment}.done")).exists() || !pgdata.join("pg_wal").join(segment).exists();
+    let start = std::time::Instant::now();
+    let mut told = false;
+    let mut failures_told = 0;
+    loop {
+        if done() {
+            return Ok(());
+        }
+        let health = crate::archiver::ArchiverHealth::read(conn).ok();
+        if !told && start.elapsed() >= std::time::Duration::from_secs(1) {
+            notify(&format!("waiting for WAL segment {segment} to be archived by archive_command (up to {timeout:?})"));
+            told = true;
+        }
+        if told
+            && let Some(h) = &health
+            && h.failing
+            && h.failed_count > failures_told
+        {
+            failures_told = h.failed_count;
+            notify(&format!(
+                "archive_command fails: {} failed attempt(s), the last on {}",
+                h.failed_count,
+                h.last_failed_wal.as_deref().unwrap_or("?")
+            ));
+        }
+        if start.elapsed() >= timeout {
+            let why = health
+                .and_then(|h| h.problem())
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_else(|| " (the archiver reports no failure: is archive_command slow?)".into());
+            return Err(ArchiveWaitTimeout { segment: segment.to_string(), waited: timeout, why }.into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// `16MB` → bytes, as PostgreSQL shows sizes.

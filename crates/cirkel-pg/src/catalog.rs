@@ -38,6 +38,11 @@ pub struct ClusterInfo {
     /// Missing segments that cut the window short, with what they affect.
     pub gaps: Vec<String>,
     pub problems: Vec<String>,
+    /// The server's own view of archiving, when a server was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiver: Option<crate::archiver::ArchiverHealth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiver_error: Option<String>,
 }
 
 pub fn backups(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
@@ -69,12 +74,21 @@ pub fn info(repo: &Repository) -> anyhow::Result<Vec<ClusterInfo>> {
         let archived = wal::archived_segments(repo, &ns)?;
         let timelines = wal::history_timelines(repo, &ns)?;
         let partials = wal::partials(repo, &ns, None)?;
+        // A restore reaches at least the end of the newest backup, whose
+        // last segment may have reached the repository a moment before the
+        // backup recorded its stop time.
+        let newest_stop = mine.iter().map(|m| m.stop_time).max();
         let latest_time = repo
             .list_streams(&ns, "wal/")?
             .into_iter()
             .chain(repo.list_streams(&ns, "partial/")?)
             .filter_map(|s| s.modified)
+            .chain(newest_stop)
             .max();
+        // A partial is the growing end of the WAL only while no archived
+        // segment is newer: one left behind on an old timeline is history.
+        let partials: Vec<String> =
+            partials.into_iter().filter(|p| partial_segment(p).is_some_and(|s| archived.last() < Some(&s))).collect();
         let mut problems = Vec::new();
         let mut gaps = Vec::new();
         let seg_size = mine.first().map(|m| m.wal_segment_size).unwrap_or(16 * 1024 * 1024);
@@ -113,7 +127,28 @@ pub fn info(repo: &Repository) -> anyhow::Result<Vec<ClusterInfo>> {
             timelines: tlis,
             gaps,
             problems,
+            archiver: None,
+            archiver_error: None,
         });
     }
     Ok(out)
+}
+
+/// The segment a streamer partial (`partial/<segment>.<millis>`) belongs to.
+pub fn partial_segment(name: &str) -> Option<Segment> {
+    Segment::parse(name.strip_prefix("partial/")?.split('.').next()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_name_their_segment() {
+        let s = partial_segment("partial/000000010000000000000005.0001733000000000").unwrap();
+        assert_eq!(s.to_string(), "000000010000000000000005");
+        let newer = Segment { tli: 2, log: 0, seg: 3 };
+        assert!(s < newer, "a timeline-1 partial is older than any timeline-2 segment");
+        assert_eq!(partial_segment("wal/x"), None);
+    }
 }

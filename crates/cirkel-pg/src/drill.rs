@@ -29,7 +29,11 @@ pub struct FailoverReport {
     pub started: DateTime<Utc>,
     pub passed: bool,
     pub failures: Vec<String>,
-    pub killed: String,
+    /// The primary when the drill began.
+    pub old_primary: String,
+    /// The member killed with SIGKILL (failover drills only; a switchover kills nobody).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed: Option<String>,
     pub new_primary: Option<String>,
     /// Kill → first canary write acknowledged through the endpoint.
     pub rto_s: Option<f64>,
@@ -252,7 +256,8 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         started,
         passed: failures.is_empty(),
         failures,
-        killed: old,
+        killed: killed.then(|| old.clone()),
+        old_primary: old,
         new_primary,
         rto_s: first.map(|t| (t - fault).as_secs_f64()),
         writes_acknowledged: acked.len(),

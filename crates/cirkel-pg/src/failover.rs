@@ -113,6 +113,9 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
         Some(d) => format!("{source} dbname={}", quote(d)),
         None => source,
     };
+    // pg_rewind copies the source's configuration files over the target's;
+    // the member keeps its own (port, listen_addresses, memory, access).
+    let saved = save_config(&pgdata)?;
     let mut rewind = Command::new(bindir.join("pg_rewind"));
     rewind.arg("--target-pgdata").arg(&pgdata).arg(format!("--source-server={source}")).arg("--write-recovery-conf");
     // WAL the target recycled since the fork comes from the archive when it
@@ -122,12 +125,16 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     if restore_command.is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).trim().is_empty()) {
         rewind.arg("--restore-target-wal");
     }
-    if let Err(e) = run(&mut rewind) {
+    let rewound = run(&mut rewind);
+    restore_config(&pgdata, &saved)?;
+    if let Err(e) = rewound {
         anyhow::bail!(
             "{e:#}; {name} stays stopped with its data. If WAL was missing, keep more (wal_keep_size) or give it a restore_command; else rebuild it with `pg_basebackup -R` from {primary} into a new directory"
         );
     }
-    // pg_rewind wrote standby.signal and a primary_conninfo; name the standby.
+    // pg_rewind wrote standby.signal; the member's own postgresql.auto.conf
+    // is back, so the standby settings go after it.
+    std::fs::write(pgdata.join("standby.signal"), b"")?;
     let auto = pgdata.join("postgresql.auto.conf");
     let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
     conf.push_str(&format!("primary_conninfo = '{}'\n", primary_conninfo(c, p, name).replace('\'', "''")));
@@ -135,6 +142,30 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     std::fs::create_dir_all(log_dir)?;
     start_member(c, m, &pgdata, &log_dir.join(format!("rejoin-{name}.log")), true)?;
     Ok(start.elapsed())
+}
+
+/// The configuration files a member keeps across `pg_rewind`.
+const OWN_CONFIG: [&str; 4] = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"];
+
+/// The member's configuration files, as they are before a rewind.
+fn save_config(pgdata: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut saved = Vec::new();
+    for f in OWN_CONFIG {
+        match std::fs::read(pgdata.join(f)) {
+            Ok(bytes) => saved.push((f, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("save {} before pg_rewind: {e}", pgdata.join(f).display()),
+        }
+    }
+    Ok(saved)
+}
+
+fn restore_config(pgdata: &Path, saved: &[(&'static str, Vec<u8>)]) -> anyhow::Result<()> {
+    for (f, bytes) in saved {
+        std::fs::write(pgdata.join(f), bytes)
+            .map_err(|e| anyhow::anyhow!("put back {} after pg_rewind: {e}", pgdata.join(f).display()))?;
+    }
+    Ok(())
 }
 
 /// Starts a member on this host on its configured port (and socket

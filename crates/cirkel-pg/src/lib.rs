@@ -12,6 +12,7 @@
 //! - [`catalog`]: backups and the recoverable window.
 
 pub mod api;
+pub mod archiver;
 pub mod backup;
 pub mod catalog;
 pub mod checksum;
@@ -22,6 +23,7 @@ pub mod dump;
 pub mod expire;
 pub mod failover;
 pub mod ha;
+pub mod lineage;
 pub mod members;
 pub mod proxy;
 pub mod restore;

@@ -98,7 +98,9 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
          ELSE pg_current_wal_lsn()::text END, \
     pg_last_wal_replay_lsn()::text, \
-    (SELECT timeline_id FROM pg_control_checkpoint()), \
+    CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), \
+              (SELECT timeline_id FROM pg_control_checkpoint())) \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     (SELECT status || ' from ' || COALESCE(sender_host, '?') || ':' || COALESCE(sender_port::text, '?') \
        FROM pg_stat_wal_receiver LIMIT 1)";
 
@@ -221,6 +223,27 @@ pub fn status(cluster: &str, c: &PostgresConfig) -> ClusterStatus {
         }
     }
     ClusterStatus { cluster: cluster.to_string(), primary, healthy: problems.is_empty(), problems, members }
+}
+
+/// The primary's archiver, and the problem it makes for the cluster's
+/// status when archiving fails (`cirkel status` reports it as degraded).
+pub fn check_archiving(c: &PostgresConfig, st: &mut ClusterStatus) -> Option<crate::archiver::ArchiverHealth> {
+    let p = st.primary.as_ref().and_then(|p| c.members.get(p))?;
+    let info = conninfo(c, &p.host, p.port, c.health.timeout);
+    let read = PgConn::connect(Some(&info)).and_then(|conn| crate::archiver::ArchiverHealth::read(&conn));
+    match read {
+        Ok(h) => {
+            if let Some(problem) = h.problem() {
+                st.problems.push(format!("primary: {problem}"));
+                st.healthy = false;
+            }
+            Some(h)
+        }
+        Err(e) => {
+            st.problems.push(format!("cannot read the primary's archiver: {e:#}"));
+            None
+        }
+    }
 }
 
 /// The decision core for a cluster's members and policy.

@@ -139,7 +139,8 @@ pub fn plan(repo: &Repository, system_id: Option<&str>, target: Target, backup: 
         );
     }
     let partial = wal::partials(repo, &ns, None)?;
-    if let Some(p) = partial.last() {
+    let newest = archived.last();
+    if let Some(p) = partial.iter().rfind(|p| crate::catalog::partial_segment(p).is_some_and(|s| newest < Some(&s))) {
         notes.push(format!("the newest WAL is a partial segment from the streamer ({p})"));
     }
     Ok(Plan {
@@ -186,6 +187,29 @@ pub fn map_tablespaces(meta: &BackupMeta, map: &[(String, PathBuf)]) -> anyhow::
     Ok(out)
 }
 
+/// What the restored cluster does with its WAL once it runs.
+///
+/// A restore inherits the source's `archive_mode` and `archive_command`:
+/// left alone, a copy started next to production would archive its own
+/// timeline into production's repository. So a restore decides explicitly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", content = "command", rename_all = "kebab-case")]
+pub enum Archiving {
+    /// `archive_mode = off`: the copy archives nowhere (the default).
+    Off,
+    /// Archive with this command (into another repository, or into the
+    /// source's when the restore replaces a lost primary).
+    To(String),
+    /// Build a standby: `standby.signal`, the source's archive settings kept
+    /// (a standby archives only with `archive_mode = always`).
+    Standby { primary_conninfo: Option<String> },
+}
+
+/// The restore's target directory holds data already.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is not empty; refusing to restore over existing data", .0.display())]
+pub struct NotEmpty(pub PathBuf);
+
 /// Restores the plan's backup into `to` and writes the recovery settings.
 /// `restore_command` is what PostgreSQL will run to fetch WAL. Tablespaces
 /// are restored as directories below `pg_tblspc`, except those `tablespaces`
@@ -195,15 +219,13 @@ pub fn restore(
     plan: &Plan,
     to: &Path,
     restore_command: &str,
+    archiving: &Archiving,
     tablespaces: &[(String, PathBuf)],
     threads: usize,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<cirkel_files::RestoreReport> {
     if to.exists() && std::fs::read_dir(to)?.next().is_some() {
-        anyhow::bail!(
-            "{} is not empty; refusing to restore over existing data (remove it or choose another --to)",
-            to.display()
-        );
+        return Err(NotEmpty(to.to_path_buf()).into());
     }
     let moves = map_tablespaces(&plan.meta, tablespaces)?;
     let snap: Snapshot = repo.load_snapshot(&plan.backup)?;
@@ -226,7 +248,7 @@ pub fn restore(
     // Tablespaces left in place are directories in pg_tblspc, which
     // PostgreSQL accepts only with this setting (it refuses them in recovery).
     let in_place = plan.meta.tablespaces.len() > moves.len();
-    write_recovery(to, plan, restore_command, in_place)?;
+    write_recovery(to, plan, restore_command, archiving, in_place)?;
     Ok(report)
 }
 
@@ -289,7 +311,13 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn write_recovery(to: &Path, plan: &Plan, restore_command: &str, in_place_tablespaces: bool) -> anyhow::Result<()> {
+fn write_recovery(
+    to: &Path,
+    plan: &Plan,
+    restore_command: &str,
+    archiving: &Archiving,
+    in_place_tablespaces: bool,
+) -> anyhow::Result<()> {
     let mut lines = vec![
         String::new(),
         format!("# cirkel pg restore of backup {} ({})", plan.backup.short(), Utc::now().to_rfc3339()),
@@ -314,6 +342,21 @@ fn write_recovery(to: &Path, plan: &Plan, restore_command: &str, in_place_tables
     if plan.target != Target::Latest {
         lines.push("recovery_target_action = 'promote'".into());
     }
+    match archiving {
+        Archiving::Off => {
+            lines.push("# a restored copy archives nowhere: it must not write into its source's repository".into());
+            lines.push("archive_mode = off".into());
+        }
+        Archiving::To(cmd) => {
+            lines.push("archive_mode = on".into());
+            lines.push(format!("archive_command = {}", quote(cmd)));
+        }
+        Archiving::Standby { primary_conninfo } => {
+            if let Some(c) = primary_conninfo {
+                lines.push(format!("primary_conninfo = {}", quote(c)));
+            }
+        }
+    }
     if in_place_tablespaces {
         lines.push(
             "# tablespaces restored as directories in pg_tblspc (cirkel pg restore --tablespace-map moves them)".into(),
@@ -324,9 +367,10 @@ fn write_recovery(to: &Path, plan: &Plan, restore_command: &str, in_place_tables
     for l in lines {
         writeln!(f, "{l}")?;
     }
-    std::fs::write(to.join("recovery.signal"), "")?;
+    let signal = if matches!(archiving, Archiving::Standby { .. }) { "standby.signal" } else { "recovery.signal" };
+    std::fs::write(to.join(signal), "")?;
     if is_root() {
-        for f in ["postgresql.auto.conf", "recovery.signal"] {
+        for f in ["postgresql.auto.conf", signal] {
             std::os::unix::fs::lchown(to.join(f), Some(plan.meta.owner_uid), Some(plan.meta.owner_gid))?;
         }
     }

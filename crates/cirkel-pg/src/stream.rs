@@ -26,6 +26,9 @@ pub struct StreamOptions {
     pub conninfo: Option<String>,
     /// Stop after this long (for drills and tests); run until stopped otherwise.
     pub run_for: Option<Duration>,
+    /// Leave the replication slot on a clean stop. Without it the slot is
+    /// dropped: an unused slot holds WAL back on the server until its disk fills.
+    pub keep_slot: bool,
 }
 
 /// Counters of one streaming session.
@@ -56,6 +59,17 @@ fn create_slot(opts: &StreamOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("run {}: {e}", opts.bindir.join("pg_receivewal").display()))?;
     if !out.status.success() {
         anyhow::bail!("create replication slot {}: {}", opts.slot, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn drop_slot(opts: &StreamOptions) -> anyhow::Result<()> {
+    let out = receivewal(opts)
+        .args(["--drop-slot", "--slot", &opts.slot, "--no-password"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("run {}: {e}", opts.bindir.join("pg_receivewal").display()))?;
+    if !out.status.success() {
+        anyhow::bail!("drop replication slot {}: {}", opts.slot, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -114,6 +128,9 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
             }
             if let Some(e) = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats).into_iter().next() {
                 return Err(e.context("final WAL upload before stopping"));
+            }
+            if !opts.keep_slot {
+                drop_slot(opts)?;
             }
             return Ok(stats);
         }

@@ -33,6 +33,8 @@ pub struct Group {
     pub health: cirkel_config::HealthConfig,
     pub restart_command: Option<String>,
     password: Option<String>,
+    /// The ACL user `password` belongs to.
+    user: Option<String>,
 }
 
 impl std::fmt::Debug for Group {
@@ -68,6 +70,7 @@ impl Group {
             health: c.health.clone(),
             restart_command: c.restart_command.clone(),
             password,
+            user: c.user.clone(),
         })
     }
 
@@ -77,7 +80,19 @@ impl Group {
     }
 
     pub fn member(&self, addr: &Addr) -> Result<Conn, RespError> {
-        Conn::connect(addr, self.timeout, self.password.as_deref())
+        match (&self.user, &self.password) {
+            (Some(user), Some(p)) => {
+                let mut c = Conn::connect(addr, self.timeout, None)?;
+                c.cmd(&["AUTH", user, p])?;
+                Ok(c)
+            }
+            _ => Conn::connect(addr, self.timeout, self.password.as_deref()),
+        }
+    }
+
+    /// The credentials for the data nodes: (ACL user, password).
+    pub fn credentials(&self) -> (Option<&str>, Option<&str>) {
+        (self.user.as_deref(), self.password.as_deref())
     }
 
     pub fn sentinel(&self, addr: &Addr) -> Result<Conn, RespError> {
@@ -235,9 +250,11 @@ impl Group {
                 (false, _) => {
                     problems.push(format!("member {} unreachable: {}", m.addr, m.error.as_deref().unwrap_or("")))
                 }
-                (true, Some("master")) if Some(&m.addr) != master.as_ref() => {
-                    problems.push(format!("member {} runs as a master but the sentinels name {:?}", m.addr, master))
-                }
+                (true, Some("master")) if Some(&m.addr) != master.as_ref() => problems.push(format!(
+                    "member {} runs as a master but the sentinels name {}",
+                    m.addr,
+                    master.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into())
+                )),
                 (true, Some("slave")) if m.link_up != Some(true) => {
                     problems.push(format!("replica {} has its master link down", m.addr))
                 }
@@ -328,9 +345,9 @@ impl Group {
                         m.get("ip").zip(m.get("port").and_then(|p| p.parse().ok())).map(|(h, p)| Addr::new(h, p));
                     if watched.as_ref() != Some(&master) {
                         anyhow::bail!(
-                            "sentinel {addr} watches `{}` at {:?}, the others at {master}; run SENTINEL RESET there or fix it by hand",
+                            "sentinel {addr} watches `{}` at {}, the others at {master}; run SENTINEL RESET there or fix it by hand",
                             self.master_name,
-                            watched
+                            watched.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into())
                         );
                     }
                 }
@@ -366,6 +383,9 @@ impl Group {
                 &quorum,
             ];
             actions.push(format!("{addr}: {}", args.join(" ")));
+            if let Some(u) = &self.user {
+                args.extend(["auth-user", u.as_str()]);
+            }
             if let Some(p) = &self.password {
                 args.extend(["auth-pass", p.as_str()]);
             }

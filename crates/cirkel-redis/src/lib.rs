@@ -37,8 +37,12 @@ pub struct RedisMeta {
 pub struct Source {
     pub host: String,
     pub port: u16,
-    /// Read from `REDISCLI_AUTH` by redis-cli itself when set; never on the command line.
     pub group: Option<String>,
+    /// The ACL user for redis-cli's `--user` (default: Redis's `default`).
+    pub user: Option<String>,
+    /// Handed to redis-cli in `REDISCLI_AUTH`, never on its command line;
+    /// without it redis-cli reads `REDISCLI_AUTH` from cirkel's environment.
+    pub password: Option<String>,
     pub tags: Vec<String>,
 }
 
@@ -50,8 +54,16 @@ fn redis_cli() -> PathBuf {
 pub fn backup(repo: &Repository, source: &Source) -> anyhow::Result<(Id, Snapshot)> {
     let scratch = tempfile::Builder::new().prefix("cirkel-rdb-").tempdir()?;
     let file = scratch.path().join("dump.rdb");
-    let out = Command::new(redis_cli())
-        .args(["-h", &source.host, "-p", &source.port.to_string(), "--rdb"])
+    let mut cli = Command::new(redis_cli());
+    cli.args(["-h", &source.host, "-p", &source.port.to_string()]);
+    if let Some(u) = &source.user {
+        cli.args(["--user", u]);
+    }
+    if let Some(p) = &source.password {
+        cli.env("REDISCLI_AUTH", p);
+    }
+    let out = cli
+        .arg("--rdb")
         .arg(&file)
         .output()
         .map_err(|e| anyhow::anyhow!("run redis-cli (package redis-tools): {e}"))?;

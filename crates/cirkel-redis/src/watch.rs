@@ -69,7 +69,19 @@ pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::
         timeline: Timeline::default(),
         health: HashMap::new(),
     };
-    w.record(Event::new(&group.source(), "watch-started", "info", format!("watching, master {:?}", status.master)));
+    w.record(Event::new(
+        &group.source(),
+        "watch-started",
+        "info",
+        format!(
+            "watching, master {}",
+            status
+                .master
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "unknown (the sentinels do not agree)".into())
+        ),
+    ));
     let mut next_health = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         while let Ok(ev) = rx.try_recv() {
@@ -237,6 +249,28 @@ impl Watch<'_> {
     }
 
     fn on_switch(&mut self, at: DateTime<Utc>, old: Addr, new: Addr) {
+        if let Some(planned) = planned_switchover(self.state, self.group, &old, at) {
+            // The master was paused and the replica caught up before
+            // Sentinel switched: nothing was lost, whatever the offsets
+            // say (the old master keeps sending pings to its replicas).
+            self.timeline = Default::default();
+            self.record(
+                Event::new(
+                    &self.group.source(),
+                    "master-changed",
+                    "info",
+                    format!("master {old} → {new} by a planned switchover: no acknowledged write lost"),
+                )
+                .with(json!({ "old_master": old, "new_master": new, "planned": planned })),
+            );
+            self.master = Some(new);
+            self.last_ok = None;
+            self.outage_evaluated = false;
+            if self.held {
+                self.release("a planned switchover changed the master");
+            }
+            return;
+        }
         let t = std::mem::take(&mut self.timeline);
         let promoted = self.group.probe_member(&new);
         let last = self.last_ok;
@@ -336,4 +370,23 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// The file `cirkel redis switchover` writes before it starts, so that the
+/// watcher records the master change it sees as planned, not as a failover.
+pub fn switchover_marker(group: &str) -> String {
+    format!("redis-switchover-{group}.json")
+}
+
+/// A switchover of `group` away from `old` requested shortly before `at`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PlannedSwitchover {
+    pub old: Addr,
+    pub requested: DateTime<Utc>,
+}
+
+fn planned_switchover(state: &StateDir, group: &Group, old: &Addr, at: DateTime<Utc>) -> Option<PlannedSwitchover> {
+    let p: PlannedSwitchover = state.load_json(&switchover_marker(&group.name)).ok()??;
+    let window = chrono::Duration::from_std(group.failover_timeout).unwrap_or_default() + chrono::Duration::minutes(1);
+    (p.old == *old && p.requested <= at && at - p.requested <= window).then_some(p)
 }

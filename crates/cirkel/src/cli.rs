@@ -36,6 +36,10 @@ pub struct Global {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// As root, write a local repository another user owns, and give what was written to that owner
+    /// when the command ends (without it, commands that write refuse to run as anyone but the owner).
+    #[arg(long, global = true)]
+    pub fix_owner: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +84,10 @@ pub enum Command {
 pub struct WalPushArgs {
     /// The WAL file (PostgreSQL's %p, relative to the data directory).
     pub path: PathBuf,
+    /// Accept a timeline that forks from the archived one (this cluster is the new primary and the old
+    /// one is gone for good). Without it, WAL from a diverged copy is refused.
+    #[arg(long)]
+    pub new_lineage: bool,
     /// Data directory of the cluster (default: the current directory, then PGDATA).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
@@ -102,10 +110,12 @@ pub enum PgCmd {
     Backup(PgBackupArgs),
     /// List base backups.
     Backups,
-    /// Show each cluster's recoverable window (earliest → latest restore point).
-    Info,
-    /// Check WAL continuity: name every missing segment and broken timeline.
-    Check,
+    /// Show each cluster's recoverable window (earliest → latest restore point), and the server's
+    /// archiving health when it can be reached.
+    Info(PgServerArgs),
+    /// Check WAL continuity (every missing segment and broken timeline) and, when the server can be
+    /// reached, that archiving works (pg_stat_archiver); non-zero exit on any problem.
+    Check(PgServerArgs),
     /// Restore a base backup and set up recovery to a target.
     Restore(PgRestoreArgs),
     /// Stream WAL continuously through a replication slot (runs until stopped).
@@ -116,7 +126,8 @@ pub enum PgCmd {
     DumpRestore(PgDumpRestoreArgs),
     /// Restore drill: restore a backup into a scratch directory, start it, check it, time it, remove it.
     Verify(PgVerifyArgs),
-    /// Apply the retention plan: daily 35 d, weekly 90 d, pre-deploy 7 d, WAL 7 d beyond what kept backups need.
+    /// Delete the backups and WAL the retention plan no longer keeps (daily 35 d, weekly 90 d, pre-deploy
+    /// 7 d, WAL 7 d beyond what kept backups need), then prune their data; --dry-run only lists them.
     Expire(PgExpireArgs),
     /// Who would be promoted if the primary failed now, and why the other members would not.
     Failover(PgFailoverArgs),
@@ -139,7 +150,7 @@ pub struct PgSwitchoverArgs {
     /// The standby to promote (default: the one a failover would choose).
     #[arg(long, value_name = "MEMBER")]
     pub to: Option<String>,
-    /// When: RFC 3339 or "YYYY-MM-DD HH:MM:SS" UTC. Needs `cirkel serve`; the command returns at once.
+    /// When: RFC 3339, or "YYYY-MM-DD HH:MM:SS" in this host's local time (said on stderr). Needs `cirkel serve`; the command returns at once.
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// How long to wait for the watcher to finish it.
@@ -234,6 +245,17 @@ pub struct PgConnArgs {
     pub pgdata: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct PgServerArgs {
+    /// A [postgres.NAME] cluster from the configuration whose archiver to read.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// libpq connection string of the server whose archiver to read (default: PGHOST/PGPORT when set;
+    /// without any, only the repository is checked).
+    #[arg(long, value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackupType {
     /// Read every file.
@@ -254,6 +276,9 @@ pub struct PgBackupArgs {
     /// Tag the backup (repeatable).
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,
+    /// Give up when the backup's last WAL segment is not archived within this long.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub archive_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -262,7 +287,8 @@ pub struct PgRestoreArgs {
     /// New data directory (must be empty or absent).
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
-    /// Recover to this time (RFC 3339, e.g. 2026-11-26T08:00:00Z).
+    /// Recover to this time (RFC 3339, e.g. 2026-11-26T08:00:00Z; without a zone it is this host's
+    /// local time, and the command says so).
     #[arg(long, value_name = "TIME")]
     pub target_time: Option<String>,
     /// Recover to this LSN (e.g. 0/3000060).
@@ -294,6 +320,21 @@ pub struct PgRestoreArgs {
     /// Tablespaces not mapped are restored as directories inside the new data directory.
     #[arg(long = "tablespace-map", value_name = "OLD=NEW", value_parser = parse_tablespace_map)]
     pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Let the restored cluster archive its WAL into this other repository (default: archive_mode = off,
+    /// so a copy never writes into the repository it came from).
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["standby", "take_over"])]
+    pub archive_to: Option<String>,
+    /// The restore replaces the cluster it came from, whose primary is gone for good: keep archiving
+    /// into this repository (wal-push still refuses WAL while the old primary writes).
+    #[arg(long, conflicts_with = "standby")]
+    pub take_over: bool,
+    /// Build a standby: standby.signal instead of recovery.signal, the source's archive settings kept
+    /// (a standby archives only with archive_mode = always). Replays to the latest WAL.
+    #[arg(long)]
+    pub standby: bool,
+    /// With --standby: the primary to stream from (primary_conninfo); without it the standby follows the archive.
+    #[arg(long, value_name = "CONNINFO", requires = "standby")]
+    pub primary_conninfo: Option<String>,
 }
 
 /// A duration longer than zero: a window of zero keeps nothing.
@@ -328,6 +369,10 @@ pub struct StreamWalArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Keep the replication slot when stopping (default: drop it, so that it holds no WAL back on the
+    /// server; keep it when streaming resumes soon and must not miss a segment).
+    #[arg(long)]
+    pub keep_slot: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -86,8 +86,11 @@ pub fn resolve(cfg: &Config, spec: Option<&str>, password_file: Option<&Path>) -
     } else if let Ok(p) = std::env::var("CIRKEL_PASSWORD") {
         Some(p)
     } else {
-        used_file = rc.and_then(|rc| rc.password_file.clone());
-        rc.and_then(|rc| rc.password.as_ref()).map(|s| s.expose().to_string())
+        // A --repo the configuration does not name still takes the
+        // configuration's passphrase, as --password-file's help promises.
+        let pw = rc.or(cfg.repository.as_ref());
+        used_file = pw.and_then(|rc| rc.password_file.clone());
+        pw.and_then(|rc| rc.password.as_ref()).map(|s| s.expose().to_string())
     };
     Ok(RepoTarget {
         location,

@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod context;
 mod output;
+mod owner;
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::output::{Failure, report_failure};
 
 fn main() -> ExitCode {
+    output::quiet_broken_pipe();
     let cli = Cli::parse();
     output::init_logging(&cli.global);
     let result = match &cli.command {

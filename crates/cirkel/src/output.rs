@@ -54,7 +54,22 @@ impl From<&anyhow::Error> for Failure {
             }
         }
         // anyhow's alternate form joins the context chain: "open repo: wrong passphrase".
-        Failure { error: format!("{e:#}"), hint }
+        let error = format!("{e:#}");
+        // Whatever command met it, a Redis authentication error has one remedy.
+        if error.contains("NOAUTH") {
+            hint = Some(
+                "the Redis server requires a password: set password_file (and user, for an ACL user) in the \
+                 [redis.NAME] table and pass --group NAME, or export REDISCLI_AUTH; see README \"Redis authentication\""
+                    .into(),
+            );
+        } else if error.contains("WRONGPASS") {
+            hint = Some(
+                "Redis refused the password or ACL user: check password_file and user in the [redis.NAME] table \
+                 (or REDISCLI_AUTH) against the server's requirepass / ACL; see README \"Redis authentication\""
+                    .into(),
+            );
+        }
+        Failure { error, hint }
     }
 }
 
@@ -66,6 +81,25 @@ pub fn report_failure(global: &Global, f: &Failure) {
     if let Some(h) = &f.hint {
         eprintln!("hint: {h}");
     }
+}
+
+/// Makes a closed stdout (`cirkel status | head`) a quiet exit instead of a
+/// panic, for every command: `println!` panics on EPIPE, and the hook ends
+/// the process with the status a shell expects from a broken pipe.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 pub fn print_json<T: Serialize + ?Sized>(value: &T) {
@@ -87,8 +121,14 @@ pub fn init_logging(global: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CIRKEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // Colour codes only for a terminal: logs redirected to a file stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// A byte-counting progress bar on stderr, hidden for --json, -q and non-terminals.

@@ -275,3 +275,40 @@ fn prune_never_forgets_the_newest_snapshot() {
     assert_eq!(env.snapshot_ids(), vec![ids[1].clone()], "the newest is kept");
     assert!(stdout(&out).contains("newest"), "{}", stdout(&out));
 }
+
+/// `--repo` naming a repository the configuration does not list still takes
+/// the configuration's `password_file`, as `--password-file`'s help says.
+#[test]
+fn repo_flag_falls_back_to_the_configured_password_file() {
+    let env = Env::new();
+    env.init();
+    let cfg = env.path("cirkel.toml");
+    std::fs::write(
+        &cfg,
+        format!("[repository]\nurl = \"/elsewhere\"\npassword_file = \"{}\"\n", env.password_file.display()),
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["--config", cfg.to_str().unwrap(), "--repo", &env.repo, "snapshots"])
+        .env_remove("CIRKEL_PASSWORD_FILE")
+        .env_remove("CIRKEL_REPO")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A closed stdout (`cirkel … | head`) ends the command quietly, whatever it prints.
+#[test]
+fn a_closed_stdout_is_a_quiet_exit() {
+    let env = Env::new();
+    let cfg = env.path("cirkel.toml");
+    std::fs::write(&cfg, "[repository]\nurl = \"/tmp/x\"\n").unwrap();
+    for args in [vec!["--config", cfg.to_str().unwrap(), "config", "show"], vec!["--help"]] {
+        let mut child =
+            env.cmd(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -245,8 +245,17 @@ fn targets_outside_the_window_and_bad_names_are_clear_errors() {
     std::fs::create_dir_all(&occupied).unwrap();
     std::fs::write(occupied.join("PG_VERSION"), "15").unwrap();
     chown_postgres(&occupied);
-    let err = stderr(&e.cmd(None, &["pg", "restore", "--to", occupied.to_str().unwrap()]).output().unwrap());
-    assert!(err.contains("not empty"), "{err}");
+    let err = e.fails(None, &["pg", "restore", "--to", occupied.to_str().unwrap()]);
+    assert!(err.contains("not empty") && err.contains("empty or absent --to"), "{err}");
+
+    // A time without a zone is this host's local time, and the command says so.
+    let tokyo = (chrono::Utc::now() - chrono::Duration::hours(1) + chrono::Duration::hours(9)).naive_utc();
+    let naive = tokyo.format("%Y-%m-%d %H:%M:%S").to_string();
+    let out =
+        e.cmd(None, &["pg", "restore", "--to", "/tmp/x", "--target-time", &naive]).env("TZ", "Asia/Tokyo").output();
+    let err = stderr(&out.unwrap());
+    assert!(err.contains("taken as this host's local time (UTC+09:00)"), "{err}");
+    assert!(err.contains("before the end of the oldest usable backup"), "an hour ago, not eight hours ahead: {err}");
 }
 
 #[test]
@@ -296,7 +305,8 @@ fn restore_follows_the_timeline_after_a_promotion() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     chown_postgres(dir.path());
     let data = dir.path().join("data");
-    e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    // The primary is gone for good: the restore takes its place and archives on.
+    e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest", "--take-over"]);
     let mut promoted = PgCluster::adopt(dir, data);
     promoted.start();
     // At the end of the archived WAL recovery promotes onto a new timeline.
@@ -314,6 +324,94 @@ fn restore_follows_the_timeline_after_a_promotion() {
     // The backup is on timeline 1; --latest follows the history to timeline 2.
     let again = e.restore_and_start(&["--latest"]);
     assert_eq!(again.sql("SELECT count(*) FROM t"), "20");
+}
+
+/// A copy restored next to production: by default it archives nowhere; with
+/// archiving turned back on by hand, wal-push refuses its diverged timeline.
+/// Either way production's archiving and its `--latest` restore are untouched.
+#[test]
+fn a_restored_copy_never_touches_production() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    let t10 = pg.sql(
+        "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE id = 10",
+    );
+    switch_and_archive(&pg);
+
+    // The default: the restore says it turned archiving off, and the copy
+    // promotes, writes and switches segments without reaching the repository.
+    let new_dir = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        (dir, data)
+    };
+    let (dir, data) = new_dir();
+    let out = e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    assert!(out.contains("archiving: off"), "{out}");
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.trim_end().ends_with("archive_mode = off"), "{auto}");
+    let mut copy = PgCluster::adopt(dir, data);
+    copy.start_and_wait_promoted(Duration::from_secs(120));
+    copy.sql("INSERT INTO t VALUES (1000, 'only on the copy')");
+    copy.sql("SELECT pg_switch_wal()");
+    copy.sql("CHECKPOINT");
+
+    // A second copy, to a time in the past, whose archive_command was put back.
+    let (dir2, data2) = new_dir();
+    e.ok(None, &["pg", "restore", "--to", data2.to_str().unwrap(), "--target-time", &t10]);
+    {
+        use std::io::Write;
+        let mut auto = std::fs::OpenOptions::new().append(true).open(data2.join("postgresql.auto.conf")).unwrap();
+        writeln!(auto, "archive_mode = on\narchive_command = '{}'", e.archive_command()).unwrap();
+    }
+    // Production writes on, past the point where the copy will branch off.
+    insert_rows(&pg, 11, 20);
+    switch_and_archive(&pg);
+    insert_rows(&pg, 21, 30);
+    switch_and_archive(&pg);
+    let mut forgotten = PgCluster::adopt(dir2, data2.clone());
+    forgotten.start_and_wait_promoted(Duration::from_secs(120));
+    forgotten.sql("INSERT INTO t VALUES (2000, 'only on the forgotten copy')");
+    forgotten.sql("SELECT pg_switch_wal()");
+    wait_until("the forgotten copy's archiving to fail", &|| {
+        forgotten.try_sql("SELECT failed_count > 0 FROM pg_stat_archiver").as_deref() == Ok("t")
+    });
+    let tli: u32 = forgotten.sql("SELECT timeline_id FROM pg_control_checkpoint()").parse().unwrap();
+    let history = data2.join("pg_wal").join(format!("{tli:08X}.history"));
+    let pgdata = data2.display().to_string();
+    let err = e.fails(None, &["wal-push", "--pgdata", &pgdata, history.to_str().unwrap()]);
+    assert!(err.contains("diverged") && err.contains("archive_mode = off"), "{err}");
+    let history_objects = e.env.path("repo").join("streams");
+    let found = walkdir(&history_objects).into_iter().any(|p| p.ends_with(format!("{tli:08X}.history")));
+    assert!(!found, "no history of the copy in the repository");
+
+    // Production archives on, and --latest restores exactly its rows.
+    insert_rows(&pg, 31, 40);
+    switch_and_archive(&pg);
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    e.ok(None, &["pg", "check"]);
+    let latest = e.restore_and_start(&["--latest"]);
+    assert_eq!(latest.sql("SELECT count(*) FROM t"), "40");
+    assert_eq!(latest.sql("SELECT count(*) FROM t WHERE id >= 1000"), "0");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]
@@ -343,6 +441,100 @@ fn an_unreachable_repository_stalls_archiving_without_losing_wal() {
     }
     let restored = e.restore_and_start(&["--latest"]);
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "10", "nothing lost");
+}
+
+/// An archive_command that fails on every try is reported by `pg check`,
+/// `pg info`, `status` and `pg backup`, which says what it waits for and
+/// gives up after its timeout.
+#[test]
+fn a_stopped_archive_never_goes_unnoticed() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    // Right after the first backup: it is a full one, and the window runs forwards.
+    assert_eq!(e.json(None, &["pg", "backups"])[0]["meta"]["backup_type"], "full");
+    let info = e.json(None, &["pg", "info"]);
+    let time = |k: &str| chrono::DateTime::parse_from_rfc3339(info[0][k].as_str().unwrap()).unwrap();
+    assert!(time("earliest_time") <= time("latest_time"), "{info}");
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "check"]);
+    let out = e.ok(Some(&pg), &["pg", "info"]);
+    assert!(out.contains("server archiving: working"), "{out}");
+
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'");
+    pg.sql("SELECT pg_reload_conf()");
+    insert_rows(&pg, 11, 20);
+    pg.sql("SELECT pg_switch_wal()");
+    wait_until("archiving to fail", &|| pg.sql("SELECT failed_count > 0 FROM pg_stat_archiver") == "t");
+
+    let err = e.fails(Some(&pg), &["pg", "check"]);
+    assert!(err.contains("archiving does not work") && err.contains("archive_command"), "{err}");
+    let info = e.json(Some(&pg), &["pg", "info"]);
+    assert_eq!(info[0]["archiver"]["failing"], true, "{info}");
+    assert!(info[0]["archiver"]["last_failed_wal"].as_str().unwrap().len() == 24, "{info}");
+
+    let cfg = e.env.path("status.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\n\
+             [postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = {}\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    chown_postgres(&cfg);
+    let out = e.cmd(None, &["--config", cfg.to_str().unwrap(), "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "degraded: {}", stdout(&out));
+    assert!(stdout(&out).contains("archiving fails"), "{}", stdout(&out));
+
+    let out = e.cmd(Some(&pg), &["pg", "backup", "--archive-timeout", "2s"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("waiting for WAL segment"), "says what it waits for: {err}");
+    assert!(err.contains("was not archived within") && err.contains("hint: "), "{err}");
+}
+
+/// Root writing a repository that postgres owns would leave root-owned
+/// directories that postgres's wal-push cannot write into later: refused,
+/// with the right user named, or fixed up with --fix-owner.
+#[test]
+fn commands_refuse_to_write_a_repository_as_another_user() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let as_root = |args: &[&str]| {
+        let mut c = Command::new(shared_bin());
+        c.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CIRKEL_") || k.starts_with("PG") {
+                c.env_remove(k);
+            }
+        }
+        c.env("CIRKEL_REPO", &e.env.repo).env("CIRKEL_PASSWORD_FILE", &e.env.password_file).envs(pg.env());
+        c.output().unwrap()
+    };
+    let out = as_root(&["pg", "backup"]);
+    assert!(!out.status.success(), "root may not write postgres's repository");
+    let err = stderr(&out);
+    assert!(err.contains("belongs to postgres"), "{err}");
+    assert!(err.contains("hint: run it as the repository's owner: `runuser -u postgres -- cirkel pg backup`"), "{err}");
+
+    let out = as_root(&["--fix-owner", "pg", "backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (uid, _) = cirkel_testkit::pg::postgres_ids();
+    for p in walkdir(std::path::Path::new(&e.env.repo)) {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().uid(), uid, "{} belongs to postgres", p.display());
+    }
+    // postgres archives into it as before.
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "check"]);
 }
 
 #[test]
@@ -408,6 +600,7 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
     // SAFETY: signalling our own child (setpriv execs cirkel in place).
     unsafe { libc::kill(streamer.id() as i32, libc::SIGTERM) };
     assert!(streamer.wait().unwrap().success(), "SIGTERM is a clean stop");
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0", "a clean stop drops the slot");
     let info = e.json(None, &["pg", "info"]);
     assert!(info[0]["archived_segments"].as_u64().unwrap() >= 1, "{info}");
     e.ok(None, &["pg", "check"]);
@@ -465,6 +658,13 @@ fn verify_drills_a_restore_and_cleans_up() {
     // A failing check fails the drill.
     let err = e.fails(None, &["pg", "verify", "--query", "SELECT count(*) FROM missing_table"]);
     assert!(err.contains("missing_table"), "{err}");
+    // A table created after the backup is not in it: the query failed on the
+    // backup's state, which is no fault of the backup.
+    pg.sql("CREATE TABLE later (id int)");
+    switch_and_archive(&pg);
+    let err = e.fails(None, &["pg", "verify", "--query", "SELECT count(*) FROM later"]);
+    assert!(err.contains("failed on the backup's state"), "{err}");
+    assert!(!err.contains("may be unusable"), "the backup is not blamed: {err}");
 }
 
 #[test]
@@ -960,6 +1160,15 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
     wait("the other standby to stream from the new primary", &|| {
         other.try_sql("SELECT count(*) FROM t WHERE note = 'after'").map(|n| n != "0").unwrap_or(false)
     });
+    // Its timeline is the one it receives, not the one of its last restartpoint.
+    let other_name = if new == "b" { "c" } else { "b" };
+    let out = e.cmd(None, &["--json", "--config", cfg, "status"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tl = |m: &str| {
+        st["postgres"][0]["members"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["timeline"].clone()
+    };
+    assert_eq!(tl(&new), serde_json::json!(2), "{st:#}");
+    assert_eq!(tl(other_name), serde_json::json!(2), "{st:#}");
 
     // The old primary comes back (as a primary, on the old timeline): it is
     // never routed to, and is rewound into a standby.
@@ -1002,6 +1211,8 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     let err = e.fails(None, &["--config", cfg, "pg", "switchover", "--at", "2030-01-01T00:00:00Z"]);
     assert!(err.contains("needs a running `cirkel serve`"), "{err}");
     ha.a.sql("INSERT INTO t (note) SELECT 'before' FROM generate_series(1, 100)");
+    // A setting of a's own, which the rejoin after pg_rewind must keep.
+    cirkel_testkit::pg::append_conf(&ha.a.data, &["cluster_name = 'a'".to_string()]);
     let state = e.env.path("state");
     let out = e
         .cmd(None, &["--json", "--config", cfg, "pg", "switchover", "--to", "b"])
@@ -1015,6 +1226,10 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "f");
     assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(ha.b.sql("SELECT count(*) FROM t WHERE note = 'before'"), "100", "no commit lost");
+    assert_eq!(ha.a.sql("SHOW cluster_name"), "a", "the rejoined member keeps its own configuration");
+    let conf = std::fs::read_to_string(ha.a.data.join("postgresql.conf")).unwrap();
+    assert!(!conf.contains("cluster_name = 'b'"), "not b's postgresql.conf");
+    assert_eq!(ha.a.sql("SHOW port"), ha.a.port.to_string());
 
     // With the watcher: it moves the endpoint, and every commit made through
     // the endpoint before the switchover is on the new primary.
@@ -1055,6 +1270,8 @@ fn switchover_moves_the_endpoint_and_the_old_primary_follows() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["kind"], "postgres-switchover");
+    assert_eq!(report["old_primary"], "b", "{report:#}");
+    assert!(report.get("killed").is_none(), "a switchover kills nobody: {report:#}");
     assert_eq!(report["new_primary"], "a", "{report:#}");
     assert_eq!(report["writes_lost"], 0, "{report:#}");
     assert!(report["write_pause_s"].as_f64().is_some(), "{report:#}");

@@ -108,3 +108,54 @@ fn restore_into_a_running_server() {
     env.ok(&["redis", "restore", "latest", "--to", &to, "--force"]);
     assert_eq!(target.cli(&["DBSIZE"]), "200");
 }
+
+/// A server with a password or an ACL user: the group's `password_file`
+/// (and `user`) reach redis-cli without appearing on its command line, and a
+/// missing or wrong password gets a hint that names them.
+#[test]
+fn password_file_and_acl_user_authenticate_and_failures_name_them() {
+    let env = Env::new();
+    env.init();
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "k", "v"]);
+    redis.cli(&["ACL", "SETUSER", "backup", "on", ">backup-secret", "~*", "+@all"]);
+    redis.cli(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let port = redis.port.to_string();
+
+    let err = env.fails(&["redis", "backup", "--host", "127.0.0.1", "--port", &port]);
+    assert!(err.contains("NOAUTH") || err.contains("Authentication required"), "{err}");
+    assert!(err.contains("password_file") && err.contains("Redis authentication"), "{err}");
+
+    let write_cfg = |user: Option<&str>, password: &str| {
+        let pw = env.path("redis-password");
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let cfg = env.path("redis.toml");
+        let user = user.map(|u| format!("user = \"{u}\"\n")).unwrap_or_default();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[redis.cache]\nmembers = [\"127.0.0.1:{port}\"]\nsentinels = [\"127.0.0.1:1\"]\n\
+                 password_file = \"{}\"\n{user}",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        cfg.display().to_string()
+    };
+    let backup = |cfg: &str| {
+        env.run(&["--config", cfg, "redis", "backup", "--group", "cache", "--host", "127.0.0.1", "--port", &port])
+    };
+    let cfg = write_cfg(None, "s3cret");
+    let out = backup(&cfg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = write_cfg(Some("backup"), "backup-secret");
+    let out = backup(&cfg);
+    assert!(out.status.success(), "the ACL user: {}", stderr(&out));
+    let cfg = write_cfg(Some("backup"), "wrong");
+    let err =
+        env.fails(&["--config", &cfg, "redis", "backup", "--group", "cache", "--host", "127.0.0.1", "--port", &port]);
+    assert!(err.contains("WRONGPASS"), "{err}");
+    assert!(err.contains("check password_file and user"), "{err}");
+    assert_eq!(env.json(&["redis", "backups"]).as_array().unwrap().len(), 2);
+}

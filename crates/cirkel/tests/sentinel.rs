@@ -66,6 +66,9 @@ impl Setup {
             assert!(start.elapsed() < Duration::from_secs(30), "the watcher did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let started = self.events("watch-started").pop().unwrap();
+        let message = started["message"].as_str().unwrap();
+        assert!(!message.contains("Some(") && message.contains("127.0.0.1:"), "addresses as host:port: {message}");
         child
     }
 }
@@ -150,6 +153,15 @@ fn drill_fails_over_and_the_old_master_rejoins_as_a_replica() {
     assert!(back["write_pause_ms"].as_u64().is_some());
     let info = s.group.cli(new["port"].as_u64().unwrap() as u16, &["INFO", "replication"]);
     assert!(info.contains("role:slave"), "the previous master was fenced at once: {info}");
+    // The watcher records the planned switch as such, not as a lossy failover.
+    let start = Instant::now();
+    while s.events("master-changed").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no master-changed event");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = s.events("master-changed").pop().unwrap();
+    assert!(seen["message"].as_str().unwrap().contains("planned switchover"), "{seen:#}");
+    assert_eq!(s.events("failover").len(), 1, "only the drill's failover is a failover");
     s.wait_healthy();
 }
 

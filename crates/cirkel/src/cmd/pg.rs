@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use cirkel_pg::restore::{PlanError, Target};
+use cirkel_pg::restore::{Archiving, PlanError, Target};
 use cirkel_pg::wal::Fetched;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
@@ -20,8 +20,8 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PgCmd::Backup(a) => backup(global, a),
         PgCmd::Backups => backups(global),
-        PgCmd::Info => info(global, false),
-        PgCmd::Check => info(global, true),
+        PgCmd::Info(a) => info(global, a, false),
+        PgCmd::Check(a) => info(global, a, true),
         PgCmd::Restore(a) => restore(global, a),
         PgCmd::StreamWal(a) => stream_wal(global, a),
         PgCmd::Dump(a) => dump(global, a),
@@ -37,7 +37,9 @@ pub fn run(global: &Global, cmd: &PgCmd) -> anyhow::Result<ExitCode> {
 
 fn dump(global: &Global, a: &PgDumpArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let bindir = cirkel_pg::stream::find_bindir();
     let (id, snap) = cirkel_pg::dump::dump(&repo, &bindir, &a.table, a.conninfo.as_deref(), &a.tag).map_err(|e| {
         let msg = format!("{e:#}");
@@ -111,6 +113,18 @@ fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
             println!("query result: {q}");
         }
     }
+    if report.problems.is_empty()
+        && let Some(q) = &report.query_error
+    {
+        return Err(user_error(
+            format!(
+                "the --query failed on the backup's state as of {} (the drill replays no WAL written after the backup): {q}",
+                report.stop_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "its end".into())
+            ),
+            "the backup itself restored and passed its checks; objects created after it are not in it. \
+             Query what the backup holds, or test later changes with `cirkel pg restore --latest`",
+        ));
+    }
     if !report.ok {
         for p in &report.problems {
             eprintln!("  {p}");
@@ -125,7 +139,9 @@ fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn expire(global: &Global, a: &PgExpireArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = if a.dry_run { None } else { crate::owner::check_writer(global, &target)? };
+    let repo = target.open()?;
     let policy = cirkel_pg::expire::ExpirePolicy {
         daily: a.daily,
         weekly: a.weekly,
@@ -162,9 +178,14 @@ fn restore_command(
     target: &crate::context::RepoTarget,
     repo: &cirkel_repo::Repository,
 ) -> anyhow::Result<String> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = format!("{} --repo {}", shell_quote(&exe.display().to_string()), shell_quote(&repo.location()));
-    if let Some(pf) = &target.password_file {
+    Ok(wal_command(global, &repo.location(), target.password_file.as_deref(), "wal-fetch %f %p"))
+}
+
+/// `cirkel --repo LOCATION ... SUBCOMMAND`, as PostgreSQL runs it.
+fn wal_command(global: &Global, location: &str, password_file: Option<&std::path::Path>, sub: &str) -> String {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "cirkel".into());
+    let mut cmd = format!("{} --repo {}", shell_quote(&exe), shell_quote(location));
+    if let Some(pf) = password_file {
         cmd.push_str(&format!(" --password-file {}", shell_quote(&pf.display().to_string())));
     }
     if let Some(c) = &global.config {
@@ -174,8 +195,9 @@ fn restore_command(
     if let Some(dir) = crate::context::cache_dir() {
         cmd = format!("CIRKEL_CACHE_DIR={} {cmd}", shell_quote(&dir.display().to_string()));
     }
-    cmd.push_str(" wal-fetch %f %p");
-    Ok(cmd)
+    cmd.push(' ');
+    cmd.push_str(sub);
+    cmd
 }
 
 fn pg_error(e: anyhow::Error) -> anyhow::Error {
@@ -186,6 +208,25 @@ fn pg_error(e: anyhow::Error) -> anyhow::Error {
     if let Some(p) = e.downcast_ref::<PlanError>() {
         let (msg, hint) = (p.to_string(), p.hint());
         return user_error(msg, hint);
+    }
+    if let Some(l) = e.downcast_ref::<cirkel_pg::lineage::LineageError>() {
+        let (msg, hint) = (l.to_string(), l.hint());
+        return user_error(msg, hint);
+    }
+    if let Some(n) = e.downcast_ref::<cirkel_pg::restore::NotEmpty>() {
+        let msg = n.to_string();
+        return user_error(
+            msg,
+            "choose an empty or absent --to; if the old data is not needed any more, move it away first (cirkel never deletes it)",
+        );
+    }
+    if let Some(t) = e.downcast_ref::<cirkel_pg::backup::ArchiveWaitTimeout>() {
+        let msg = t.to_string();
+        return user_error(
+            msg,
+            "fix archive_command (the server log names its error) or the repository's reachability, then take the \
+             backup again; --archive-timeout waits longer",
+        );
     }
     if let Some(b) = e.downcast_ref::<cirkel_pg::wal::BadWalName>() {
         let msg = b.to_string();
@@ -218,7 +259,9 @@ fn cluster(cfg: &cirkel_config::Config, a: &crate::cli::PgConnArgs) -> anyhow::R
 fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let cl = cluster(&cfg, &a.conn)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let mut tags = a.tag.clone();
     if let Some(l) = &a.label {
         tags.push(l.clone());
@@ -230,10 +273,17 @@ fn backup(global: &Global, a: &PgBackupArgs) -> anyhow::Result<ExitCode> {
         full: a.backup_type == BackupType::Full,
         tags,
         threads: threads(),
+        archive_timeout: a.archive_timeout,
     };
     let bar = spinner(global, "pg backup");
     let progress = crate::cmd::files::BarProgress::new(bar.clone());
-    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &progress).map_err(pg_error)?;
+    let quiet = global.quiet;
+    let notify = |m: &str| {
+        if !quiet {
+            bar.suspend(|| eprintln!("{m}"));
+        }
+    };
+    let (id, snap) = cirkel_pg::backup::backup(&repo, &opts, &progress, &notify).map_err(pg_error)?;
     bar.finish_and_clear();
     let meta = cirkel_pg::backup::BackupMeta::of(&snap);
     if global.json {
@@ -305,13 +355,68 @@ fn backups(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
+/// The archiver of the server `--cluster`/`--conninfo` names, or of the one
+/// PGHOST/PGPORT point at; `None` when nothing names a server.
+fn archiver(
+    cfg: &cirkel_config::Config,
+    a: &crate::cli::PgServerArgs,
+) -> Option<Result<cirkel_pg::archiver::ArchiverHealth, String>> {
+    let env_names_one = ["PGHOST", "PGPORT"].iter().any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    if a.cluster.is_none() && a.conninfo.is_none() && !env_names_one {
+        return None;
+    }
+    let conn_args = crate::cli::PgConnArgs { cluster: a.cluster.clone(), conninfo: a.conninfo.clone(), pgdata: None };
+    let read = || -> anyhow::Result<cirkel_pg::archiver::ArchiverHealth> {
+        let cl = cluster(cfg, &conn_args)?;
+        let conn = cirkel_pg::conn::PgConn::connect(cl.conninfo.as_deref())?;
+        cirkel_pg::archiver::ArchiverHealth::read(&conn)
+    };
+    Some(read().map_err(|e| format!("{e:#}")))
+}
+
+fn info(global: &Global, a: &crate::cli::PgServerArgs, strict: bool) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
-    let clusters = cirkel_pg::catalog::info(&repo)?;
+    let mut clusters = cirkel_pg::catalog::info(&repo)?;
+    let archiving = archiver(&cfg, a);
+    let mut server_problems = Vec::new();
+    match &archiving {
+        Some(Ok(h)) => server_problems.extend(h.problem()),
+        Some(Err(e)) if strict => server_problems.push(format!("cannot read the server's archiver: {e}")),
+        _ => {}
+    }
+    for c in &mut clusters {
+        c.problems.extend(server_problems.iter().cloned());
+        match &archiving {
+            Some(Ok(h)) => c.archiver = Some(h.clone()),
+            Some(Err(e)) => c.archiver_error = Some(e.clone()),
+            None => {}
+        }
+    }
     if global.json {
         print_json(&clusters);
     } else {
+        match &archiving {
+            Some(Ok(h)) if !h.archives() => println!(
+                "server archiving: off here (archive_mode = {}{})",
+                h.archive_mode,
+                if h.in_recovery { ", a standby" } else { "" }
+            ),
+            Some(Ok(h)) => println!(
+                "server archiving: {}; last archived {}; {} failed attempt(s){}",
+                if h.failing { "FAILING" } else { "working" },
+                h.last_archived(),
+                h.failed_count,
+                h.last_failed_wal.as_ref().map(|w| format!(", the last on {w}")).unwrap_or_default()
+            ),
+            Some(Err(e)) => println!("server archiving: unknown ({e})"),
+            None => {}
+        }
+        if clusters.is_empty() && !server_problems.is_empty() {
+            for p in &server_problems {
+                println!("problem: {p}");
+            }
+        }
         if clusters.is_empty() {
             println!("no PostgreSQL backups in {}", repo.location());
         }
@@ -341,7 +446,15 @@ fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let problems: usize = clusters.iter().map(|c| c.problems.len()).sum();
+    let problems: usize = clusters.iter().map(|c| c.problems.len()).sum::<usize>()
+        + if clusters.is_empty() { server_problems.len() } else { 0 };
+    if strict && !server_problems.is_empty() {
+        return Err(user_error(
+            format!("archiving does not work: {}", server_problems.join("; ")),
+            "every segment not archived is lost to point-in-time restore: fix archive_command (the server log \
+             names its error) and check the repository is reachable and writable by the server's user",
+        ));
+    }
     if strict && problems > 0 {
         return Err(user_error(
             format!("{problems} problem(s) in the WAL archive (listed above)"),
@@ -355,12 +468,33 @@ fn info(global: &Global, strict: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A time as users write it: RFC 3339, or "YYYY-MM-DD HH:MM:SS[.f]" in UTC.
+/// A time as users write it: RFC 3339, or "YYYY-MM-DD HH:MM:SS[.f]" without
+/// a zone, taken as this host's local time and said so on stderr (a silent
+/// UTC would put a restore hours away from the moment meant).
 fn parse_time(t: &str) -> anyhow::Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t)
-        .map(|d| d.with_timezone(&Utc))
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
-        .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f"))
+        .map_err(|e| user_error(format!("`{t}` is not a time ({e})"), "use RFC 3339, e.g. 2026-11-26T08:00:00Z"))?;
+    use chrono::TimeZone;
+    let local = match chrono::Local.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(d) => d,
+        _ => {
+            return Err(user_error(
+                format!("`{t}` does not exist or is ambiguous in this host's time zone (a daylight-saving change)"),
+                "give the offset, e.g. 2026-11-26T08:00:00+01:00, or UTC with a trailing Z",
+            ));
+        }
+    };
+    let utc = local.with_timezone(&Utc);
+    eprintln!(
+        "note: `{t}` has no time zone; taken as this host's local time ({}), i.e. {}",
+        local.format("UTC%:z"),
+        utc.to_rfc3339()
+    );
+    Ok(utc)
 }
 
 fn parse_target(a: &PgRestoreArgs) -> anyhow::Result<Target> {
@@ -422,10 +556,14 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let archiving = archiving(global, a, &target_repo, &repo, &plan)?;
     let cmd = restore_command(global, &target_repo, &repo)?;
     let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
     let report =
-        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &a.tablespace_map, threads() * 2, &|n| bar.inc(n))?;
+        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &archiving, &a.tablespace_map, threads() * 2, &|n| {
+            bar.inc(n)
+        })
+        .map_err(pg_error)?;
     bar.finish_and_clear();
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
@@ -437,15 +575,71 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     if global.json {
-        print_json(&json!({ "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes }));
+        print_json(&json!({
+            "plan": plan, "to": a.to, "files": report.files, "bytes": report.bytes, "archiving": archiving
+        }));
     } else {
         println!("restored {} into {}", describe(&plan), a.to.display());
         for line in tablespace_lines(&plan, &moves) {
             println!("put {line}");
         }
-        println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
+        match &archiving {
+            Archiving::Off => println!(
+                "archiving: off (archive_mode = off), so this copy never writes into {}; --archive-to REPO archives it elsewhere",
+                repo.location()
+            ),
+            Archiving::To(_) => {
+                println!("archiving: on, into {}", a.archive_to.clone().unwrap_or_else(|| repo.location()))
+            }
+            Archiving::Standby { .. } => {
+                println!("archiving: as the source's standby would (only with archive_mode = always)")
+            }
+        }
+        if a.standby {
+            println!("start PostgreSQL on {} to run it as a standby", a.to.display());
+        } else {
+            println!("start PostgreSQL on {} to replay WAL and promote", a.to.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the restored cluster does with its WAL: nothing unless told.
+fn archiving(
+    global: &Global,
+    a: &PgRestoreArgs,
+    target: &crate::context::RepoTarget,
+    repo: &cirkel_repo::Repository,
+    plan: &cirkel_pg::restore::Plan,
+) -> anyhow::Result<Archiving> {
+    if a.standby {
+        if plan.target != Target::Latest {
+            return Err(user_error(
+                "a standby replays to the latest WAL; a recovery target makes no sense with --standby",
+                "leave out --target-*/--immediate, or restore a copy without --standby",
+            ));
+        }
+        return Ok(Archiving::Standby { primary_conninfo: a.primary_conninfo.clone() });
+    }
+    let dest = match (&a.archive_to, a.take_over) {
+        (Some(other), _) => {
+            if same_location(other, &repo.location()) {
+                return Err(user_error(
+                    format!("--archive-to {other} is the repository this restore comes from"),
+                    "archive a copy into another repository; if this restore replaces a primary that is gone for good, pass --take-over instead",
+                ));
+            }
+            other.clone()
+        }
+        (None, true) => repo.location(),
+        (None, false) => return Ok(Archiving::Off),
+    };
+    Ok(Archiving::To(wal_command(global, &dest, target.password_file.as_deref(), "wal-push %p")))
+}
+
+fn same_location(a: &str, b: &str) -> bool {
+    let canon = |s: &str| std::fs::canonicalize(s).map(|p| p.display().to_string()).unwrap_or_else(|_| s.to_string());
+    canon(a.trim_end_matches('/')) == canon(b.trim_end_matches('/'))
 }
 
 /// Where each of the plan's tablespaces goes, for a restore's report.
@@ -473,10 +667,16 @@ fn shell_quote(s: &str) -> String {
 
 pub fn wal_push(global: &Global, a: &WalPushArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open_cached()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open_cached()?;
     let pgdata = cirkel_pg::control::find_pgdata(a.pgdata.as_deref())?;
     let ns = cirkel_pg::namespace(cirkel_pg::control::system_identifier(&pgdata)?);
     let path = if a.path.is_absolute() { a.path.clone() } else { std::env::current_dir()?.join(&a.path) };
+    let system_id = cirkel_pg::control::system_identifier(&pgdata)?;
+    if !a.new_lineage {
+        cirkel_pg::lineage::check(&repo, &ns, &path, &pgdata, system_id).map_err(pg_error)?;
+    }
     let outcome = cirkel_pg::wal::push(&repo, &ns, &path).map_err(pg_error)?;
     if global.json {
         print_json(&json!({ "file": a.path, "outcome": format!("{outcome:?}") }));
@@ -512,7 +712,9 @@ pub fn wal_fetch(global: &Global, a: &WalFetchArgs) -> anyhow::Result<ExitCode> 
 
 fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let target = main_repo(global, &cfg)?;
+    let _owner = crate::owner::check_writer(global, &target)?;
+    let repo = target.open()?;
     let cl = cluster(&cfg, &a.conn)?;
     let conn = cirkel_pg::conn::PgConn::connect(cl.conninfo.as_deref()).map_err(pg_error)?;
     let row = conn.query_one("SELECT system_identifier::text FROM pg_control_system()")?;
@@ -532,6 +734,7 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         bindir: cl.bindir,
         conninfo: cl.conninfo,
         run_for: a.duration,
+        keep_slot: a.keep_slot,
     };
     let stop = crate::context::stop_on_signal();
     if !global.quiet && !global.json {
@@ -542,8 +745,12 @@ fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<ExitCode> {
         print_json(&stats);
     } else if !global.quiet {
         eprintln!(
-            "stopped: {} segments archived, {} partial uploads, {} receiver restarts",
-            stats.segments_archived, stats.partial_uploads, stats.receiver_restarts
+            "stopped: {} segments archived, {} partial uploads, {} receiver restarts; slot {} {}",
+            stats.segments_archived,
+            stats.partial_uploads,
+            stats.receiver_restarts,
+            a.slot,
+            if a.keep_slot { "kept (--keep-slot)" } else { "dropped" }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -754,7 +961,11 @@ pub fn failover_drill(
         print_json(&value);
     } else {
         println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
-        println!("  old primary     {}", report.killed);
+        println!(
+            "  old primary     {}{}",
+            report.old_primary,
+            if report.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
+        );
         println!("  new primary     {}", report.new_primary.as_deref().unwrap_or("none"));
         println!(
             "  RTO             {}",

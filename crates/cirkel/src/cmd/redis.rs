@@ -70,7 +70,11 @@ fn backup(global: &Global, a: &RedisBackupArgs) -> anyhow::Result<ExitCode> {
         _ => (a.host.clone().unwrap_or_else(|| "127.0.0.1".into()), a.port.unwrap_or(6379), Vec::new()),
     };
     tags.extend(a.tag.iter().cloned());
-    let source = cirkel_redis::Source { host: host.clone(), port, group: a.group.clone(), tags };
+    let (user, password) = match configured {
+        Some((_, c)) => (c.user.clone(), c.password.as_ref().map(|s| s.expose().to_string())),
+        None => (None, None),
+    };
+    let source = cirkel_redis::Source { host: host.clone(), port, group: a.group.clone(), tags, user, password };
     let (id, snap) = cirkel_redis::backup(&repo, &source).map_err(|e| {
         let msg = format!("{e:#}");
         if e.downcast_ref::<cirkel_redis::rdb::RdbError>().is_some() {
@@ -201,6 +205,13 @@ fn switchover(global: &Global, a: &RedisSwitchoverArgs) -> anyhow::Result<ExitCo
     let cfg = load_config(global)?;
     let g = group(&cfg, &a.group)?;
     let to = a.to.as_deref().map(Addr::parse).transpose().map_err(|e| user_error(e, "--to takes HOST:PORT"))?;
+    // Tell a running watcher that the master change it will see is planned.
+    if let Some(old) = g.status().master {
+        let marker = cirkel_redis::watch::PlannedSwitchover { old, requested: chrono::Utc::now() };
+        if let Err(e) = state_dir(&cfg).save_json(&cirkel_redis::watch::switchover_marker(&g.name), &marker) {
+            tracing::warn!("cannot mark the switchover as planned for the watcher: {e:#}");
+        }
+    }
     let done = g.switchover(to.as_ref(), a.max_pause).map_err(|e| {
         user_error(
             format!("switchover failed: {e:#}"),
@@ -302,7 +313,9 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let mut postgres = Vec::new();
     for n in &pg_names {
         let (name, c) = crate::cmd::pg::member_cluster(&cfg, Some(n))?;
-        postgres.push(cirkel_pg::members::status(&name, &c));
+        let mut st = cirkel_pg::members::status(&name, &c);
+        let _ = cirkel_pg::members::check_archiving(&c, &mut st);
+        postgres.push(st);
     }
     let healthy = redis.iter().all(|s| s.healthy) && postgres.iter().all(|s| s.healthy);
     if global.json {
