@@ -32,6 +32,7 @@ mod writer;
 
 pub mod copy;
 pub mod prune;
+pub mod repair;
 pub mod verify;
 
 pub use backend::{Backend, BackendError, ObjectInfo};
@@ -39,7 +40,7 @@ pub use blob::{BlobData, BlobKind};
 pub use crypto::Cipher;
 pub use error::{Error, Result, chain as error_chain};
 pub use id::Id;
-pub use repository::{ChunkerParams, InitOptions, RepoConfig, Repository};
+pub use repository::{ChunkerParams, InitOptions, RepoConfig, Repository, Unreadable};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotSummary};
 pub use tree::{Node, NodeKind, Tree};
 pub use writer::{BlobWriter, WriterStats};

@@ -92,25 +92,37 @@ impl PackBuilder {
 
 /// Reads the header of a whole pack.
 pub fn parse_header(crypto: &Crypto, pack_id: &Id, pack: &[u8]) -> Result<Vec<BlobEntry>> {
-    let bad = |d: &str| Error::corrupt("pack", pack_id, d);
-    if pack.len() < 4 {
-        return Err(bad("too short"));
-    }
     let n = pack.len();
-    let hlen = u32::from_le_bytes([pack[n - 4], pack[n - 3], pack[n - 2], pack[n - 1]]) as usize;
+    let hlen = header_length(pack_id, pack)? as usize;
     if hlen + 4 > n {
-        return Err(bad("header length out of range"));
+        return Err(Error::corrupt("pack", pack_id, "header length out of range"));
     }
-    let header_start = n - 4 - hlen;
-    let header =
-        crypto.open(&pack[header_start..n - 4], HEADER_AAD).ok_or_else(|| bad("header authentication failed"))?;
+    parse_sealed_header(crypto, pack_id, n as u64, &pack[n - 4 - hlen..n - 4])
+}
+
+/// The length of the sealed header, from a pack's last four bytes (or the
+/// whole pack).
+pub fn header_length(pack_id: &Id, tail: &[u8]) -> Result<u32> {
+    match tail.len().checked_sub(4).and_then(|at| tail.get(at..)) {
+        Some(&[a, b, c, d]) => Ok(u32::from_le_bytes([a, b, c, d])),
+        _ => Err(Error::corrupt("pack", pack_id, "too short")),
+    }
+}
+
+/// Opens and parses a pack's sealed header, given the pack's total length:
+/// what `repo repair index` reads from each pack without reading its data.
+pub fn parse_sealed_header(crypto: &Crypto, pack_id: &Id, pack_len: u64, sealed: &[u8]) -> Result<Vec<BlobEntry>> {
+    let bad = |d: &str| Error::corrupt("pack", pack_id, d);
+    let header_start =
+        pack_len.checked_sub(4 + sealed.len() as u64).ok_or_else(|| bad("header length out of range"))?;
+    let header = crypto.open(sealed, HEADER_AAD).ok_or_else(|| bad("header authentication failed"))?;
     if header.len() % ENTRY_LEN != 0 {
         return Err(bad("header has a partial entry"));
     }
     let mut out = Vec::with_capacity(header.len() / ENTRY_LEN);
     for chunk in header.chunks(ENTRY_LEN) {
         let e = read_entry(chunk).ok_or_else(|| bad("header entry malformed"))?;
-        if e.offset as usize + e.length as usize > header_start {
+        if e.offset as u64 + e.length as u64 > header_start {
             return Err(bad("blob extends past the data section"));
         }
         out.push(e);

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::blob::BlobKind;
 use crate::index::{Index, PackRecord};
 use crate::retention::{self, Decision, Policy};
+use crate::snapshot::Snapshot;
 use crate::writer::BlobWriter;
 use crate::{Error, Id, Repository, Result};
 
@@ -70,15 +71,68 @@ pub fn reachable(repo: &Repository, index: &Index, roots: impl IntoIterator<Item
     Ok(seen)
 }
 
+/// Walks every kept snapshot and returns the blobs they reach; fails,
+/// naming the snapshot, when one of them reaches a blob no index lists or a
+/// tree that cannot be read. Deleting anything on the strength of an
+/// incomplete index could remove the only copy of that blob.
+pub fn reachable_complete(repo: &Repository, index: &Index, kept: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
+    let mut seen = HashSet::new();
+    for (snap_id, snap) in kept {
+        let incomplete = |what: String| {
+            Error::Failed {
+            message: format!(
+                "prune stopped before deleting anything: kept snapshot {} {what}",
+                snap_id.short()
+            ),
+            hint: Some(
+                "run `cirkel repo repair index` to rebuild the index from the packs; if data is really lost, `cirkel repo repair snapshots` or `cirkel repo forget ID`".into(),
+            ),
+        }
+        };
+        let mut stack = vec![snap.tree];
+        while let Some(tree_id) = stack.pop() {
+            if !index.contains(&tree_id) {
+                return Err(incomplete(format!("references tree {tree_id}, which no index lists")));
+            }
+            if !seen.insert(tree_id) {
+                continue;
+            }
+            let tree = repo.load_tree(index, &tree_id).map_err(|e| incomplete(format!("cannot be read ({e})")))?;
+            for node in tree.nodes {
+                for blob in node.content.iter().chain(&node.content_lists) {
+                    if !index.contains(blob) {
+                        return Err(incomplete(format!(
+                            "references blob {blob} (of {}), which no index lists",
+                            node.name
+                        )));
+                    }
+                }
+                seen.extend(node.content);
+                seen.extend(node.content_lists);
+                if let Some(sub) = node.subtree {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let (_guard, writers) = repo.lock_exclusive("prune")?;
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
 
-    let snapshots = repo.snapshots()?;
+    // Nothing is deleted until every snapshot and index reads and every
+    // kept snapshot finds all its blobs in the index.
+    let snapshots = repo.snapshots_strict()?;
     if !opts.policy.is_empty() {
         report.decisions = retention::apply(&opts.policy, &snapshots, chrono::Utc::now(), opts.only_tag.as_deref());
     }
     let forget: HashSet<Id> = report.decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    let index = repo.load_index_strict()?;
+    let kept: Vec<(Id, Snapshot)> = snapshots.into_iter().filter(|(id, _)| !forget.contains(id)).collect();
+    let used = reachable_complete(repo, &index, &kept)?;
+
     if !opts.dry_run {
         for id in &forget {
             repo.delete_snapshot(id)?;
@@ -94,12 +148,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         ));
         return Ok(report);
     }
-
-    let index = repo.load_index()?;
-    let kept_roots = snapshots.iter().filter(|(id, _)| !forget.contains(id)).map(|(_, s)| s.tree);
-    let used = reachable(repo, &index, kept_roots).map_err(|e| {
-        Error::Other(format!("prune stopped before deleting anything: a kept snapshot cannot be read ({e})"))
-    })?;
 
     // Classify packs by how much of them is still used.
     let mut to_delete: Vec<&PackRecord> = Vec::new();

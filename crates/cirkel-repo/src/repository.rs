@@ -112,6 +112,19 @@ pub struct Repository {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) config: RepoConfig,
     pub(crate) crypto: Crypto,
+    /// Objects readers skipped because they could not be read; commands
+    /// show them beside their results.
+    warnings: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The readable snapshots, oldest first, and the objects that were not.
+pub type SnapshotsRead = (Vec<(Id, Snapshot)>, Vec<Unreadable>);
+
+/// An object a reader could not read, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unreadable {
+    pub key: String,
+    pub error: String,
 }
 
 /// Reads and checks the `config` object.
@@ -141,6 +154,25 @@ fn runtime() -> Result<Arc<Runtime>> {
 }
 
 impl Repository {
+    fn assemble(backend: Arc<dyn Backend>, rt: Arc<Runtime>, config: RepoConfig, crypto: Crypto) -> Self {
+        Repository { backend, rt, config, crypto, warnings: Arc::default() }
+    }
+
+    /// What readers skipped so far (unreadable indexes and snapshots), one
+    /// sentence each; also logged as warnings when they happen.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    fn warn(&self, message: String) {
+        tracing::warn!("{message}");
+        if let Ok(mut w) = self.warnings.lock()
+            && !w.contains(&message)
+        {
+            w.push(message);
+        }
+    }
+
     /// Creates a repository at the backend's location.
     pub fn init(backend: Arc<dyn Backend>, password: Option<&[u8]>, opts: InitOptions) -> Result<Self> {
         let rt = runtime()?;
@@ -188,7 +220,7 @@ impl Repository {
             }
             return Err(Error::AlreadyInitialized(location));
         }
-        Ok(Repository { backend, rt, config, crypto })
+        Ok(Repository::assemble(backend, rt, config, crypto))
     }
 
     /// Opens an existing repository, trying the password on each key.
@@ -215,7 +247,7 @@ impl Repository {
             }
             (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
         };
-        Ok(Repository { backend, rt, config, crypto })
+        Ok(Repository::assemble(backend, rt, config, crypto))
     }
 
     /// Like [`Repository::open`], but remembers the unwrapped master key in
@@ -237,7 +269,7 @@ impl Repository {
         {
             let crypto = Crypto::encrypted(key, cipher);
             if crypto.blob_id(KEY_CHECK) == check {
-                return Ok(Repository { backend, rt, config, crypto });
+                return Ok(Repository::assemble(backend, rt, config, crypto));
             }
         }
         drop(rt);
@@ -360,10 +392,38 @@ impl Repository {
         index::decode(id, &plain)
     }
 
-    /// Loads and merges every index file.
+    /// Loads and merges every readable index file. An index that cannot be
+    /// read is skipped with a warning: what it listed is then stored again
+    /// by the next backup instead of being deduplicated against. Anything
+    /// that deletes uses [`Repository::load_index_strict`] instead.
     pub fn load_index(&self) -> Result<Index> {
+        let (index, skipped) = self.load_index_report()?;
+        for u in skipped {
+            self.warn(format!("skipped unreadable index {}: {}; run `cirkel repo repair index`", u.key, u.error));
+        }
+        Ok(index)
+    }
+
+    /// Like [`Repository::load_index`], but refuses when any index file
+    /// cannot be read: deleting on the strength of a partial index could
+    /// remove data a snapshot needs.
+    pub fn load_index_strict(&self) -> Result<Index> {
+        let (index, skipped) = self.load_index_report()?;
+        if let Some(u) = skipped.first() {
+            return Err(Error::Failed {
+                message: format!("index {} cannot be read: {}", u.key, u.error),
+                hint: Some("run `cirkel repo repair index` to rebuild the index from the packs, then try again".into()),
+            });
+        }
+        Ok(index)
+    }
+
+    /// The readable indexes merged, and the index files that could not be
+    /// read (damaged, or not an index at all).
+    pub fn load_index_report(&self) -> Result<(Index, Vec<Unreadable>)> {
         let ids = self.list_ids("index")?;
         let mut index = Index::default();
+        let mut skipped = Vec::new();
         let backend = self.backend.clone();
         let fetched: Vec<(Id, std::result::Result<Bytes, BackendError>)> = self.block_on(async move {
             let futs = ids.into_iter().map(|(id, _)| {
@@ -381,13 +441,22 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let plain = self.decode_object("index", "index", &id, &stored)?;
-            for rec in index::decode(&id, &plain)? {
-                index.add_pack(rec);
+            let records =
+                self.decode_object("index", "index", &id, &stored).and_then(|plain| index::decode(&id, &plain));
+            match records {
+                Ok(records) => {
+                    for rec in records {
+                        index.add_pack(rec);
+                    }
+                    index.files.push(id);
+                }
+                Err(e @ Error::Corrupt { .. }) => {
+                    skipped.push(Unreadable { key: format!("index/{id}"), error: e.to_string() })
+                }
+                Err(e) => return Err(e),
             }
-            index.files.push(id);
         }
-        Ok(index)
+        Ok((index, skipped))
     }
 
     // ---- blobs ---------------------------------------------------------
@@ -541,23 +610,57 @@ impl Repository {
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt("snapshot", id, e))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. A snapshot object that cannot
+    /// be read is skipped with a warning, so one damaged object does not
+    /// hide the others; deleting commands use
+    /// [`Repository::snapshots_strict`].
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (out, skipped) = self.snapshots_report()?;
+        for u in skipped {
+            self.warn(format!("skipped unreadable snapshot {}: {}; `cirkel repo forget` removes it", u.key, u.error));
+        }
+        Ok(out)
+    }
+
+    /// Like [`Repository::snapshots`], but refuses when any snapshot object
+    /// cannot be read: its data would look unused to a prune.
+    pub fn snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (out, skipped) = self.snapshots_report()?;
+        if let Some(u) = skipped.first() {
+            let id = u.key.trim_start_matches("snapshots/");
+            return Err(Error::Failed {
+                message: format!("snapshot {id} cannot be read: {}", u.error),
+                hint: Some(format!(
+                    "restore the object from a second repository, or forget it with `cirkel repo forget {id}`"
+                )),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every readable snapshot, oldest first, and the snapshot objects that
+    /// could not be read.
+    pub fn snapshots_report(&self) -> Result<SnapshotsRead> {
         let ids = self.list_ids("snapshots")?;
         let mut out = Vec::with_capacity(ids.len());
+        let mut skipped = Vec::new();
         for (id, _) in ids {
             match self.load_snapshot(&id) {
                 Ok(s) => out.push((id, s)),
                 Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(e @ Error::Corrupt { .. }) => {
+                    skipped.push(Unreadable { key: format!("snapshots/{id}"), error: e.to_string() })
+                }
                 Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, skipped))
     }
 
     /// Finds a snapshot by id, unique id prefix, or `latest` (optionally of a kind).
     pub fn find_snapshot(&self, spec: &str, kind: Option<&str>) -> Result<(Id, Snapshot)> {
+        check_spec(spec)?;
         let all = self.snapshots()?;
         let mut matching: Vec<_> = all.into_iter().filter(|(_, s)| kind.is_none_or(|k| s.kind == k)).collect();
         if spec == "latest" {
@@ -568,19 +671,41 @@ impl Repository {
                 ))
             });
         }
+        one_match(spec, matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec.to_ascii_lowercase())))
+    }
+
+    /// Finds a snapshot object by id or unique id prefix without reading
+    /// it, so that an unreadable snapshot can still be named (to forget it).
+    pub fn find_snapshot_id(&self, spec: &str) -> Result<Id> {
+        check_spec(spec)?;
         let spec_lc = spec.to_ascii_lowercase();
-        let found: Vec<_> = matching.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
-        let n = found.len();
-        let mut found = found.into_iter();
-        match (found.next(), n) {
-            (Some(one), 1) => Ok(one),
-            (None, _) => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
-            _ => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
-        }
+        let ids = self.list_ids("snapshots")?.into_iter().map(|(id, _)| id);
+        one_match(spec, ids.filter(|id| id.to_hex().starts_with(&spec_lc)))
     }
 
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         Ok(self.block_on(self.backend.delete(&format!("snapshots/{id}")))?)
+    }
+}
+
+/// Refuses snapshot specs that would select by accident: an empty prefix
+/// matches every snapshot.
+fn check_spec(spec: &str) -> Result<()> {
+    if spec.trim().is_empty() {
+        return Err(Error::SnapshotLookup("an empty snapshot id names no snapshot".into()));
+    }
+    Ok(())
+}
+
+/// The only item a prefix selected, or why there is not exactly one.
+fn one_match<T>(spec: &str, found: impl Iterator<Item = T>) -> Result<T> {
+    let found: Vec<T> = found.collect();
+    let n = found.len();
+    let mut found = found.into_iter();
+    match (found.next(), n) {
+        (Some(one), 1) => Ok(one),
+        (None, _) => Err(Error::SnapshotLookup(format!("no snapshot matches `{spec}`"))),
+        _ => Err(Error::SnapshotLookup(format!("`{spec}` matches {n} snapshots; give more digits"))),
     }
 }
 

@@ -38,8 +38,9 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// No error, and every snapshot restorable in full.
     pub fn ok(&self) -> bool {
-        self.errors.is_empty()
+        self.errors.is_empty() && self.damaged.is_empty()
     }
 }
 
@@ -72,7 +73,11 @@ pub fn walk(
 pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let _lock = repo.lock_reader("verify")?;
-    let index = repo.load_index().map_err(|e| Error::Other(format!("cannot load the index: {e}")))?;
+    // Each unreadable index is an error; the others are still checked.
+    let (index, unreadable) = repo.load_index_report()?;
+    for u in unreadable {
+        report.errors.push(format!("{}: {}; `cirkel repo repair index` rebuilds the index", u.key, u.error));
+    }
     let stored: HashMap<Id, u64> = list_packs(repo)?.into_iter().collect();
     report.packs = stored.len();
     report.blobs = index.blob_count();
@@ -190,8 +195,15 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
                 },
             );
         }
-        report.errors.extend(errors);
         let mut paths = paths.into_inner();
+        if errors.is_empty() && !paths.is_empty() {
+            errors.push(format!(
+                "snapshot {}: {} path(s) reference data that is missing from the index or damaged",
+                id.short(),
+                paths.len()
+            ));
+        }
+        report.errors.extend(errors);
         if !paths.is_empty() {
             paths.sort();
             paths.dedup();

@@ -397,6 +397,53 @@ pub enum RepoCmd {
     Unlock,
     /// Add a passphrase that also opens the repository.
     AddKey(AddKeyArgs),
+    /// Forget snapshots by id (or unique id prefix); prune then removes their data.
+    Forget(ForgetArgs),
+    /// Rebuild the index from the packs, or rewrite snapshots that reference lost data.
+    #[command(subcommand)]
+    Repair(RepairCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// List the keys: id, when and where each was created, and which one opened the repository.
+    List,
+    /// Remove a key (never the last one; the one in use only with --force).
+    Remove(KeyRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    /// The key's id, or a unique prefix of it.
+    pub id: String,
+    /// Also remove the key the current passphrase opens.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshot ids or unique prefixes.
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+    /// Show what would be forgotten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCmd {
+    /// Rebuild the index from the headers of the packs, replacing every index object.
+    Index(DryRunArgs),
+    /// Rewrite snapshots that reference missing or damaged data without the affected files.
+    Snapshots(DryRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DryRunArgs {
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -387,3 +387,192 @@ fn two_concurrent_backups_both_complete() {
     let v = env.json(&["repo", "verify", "--read-data"]);
     assert_eq!(v["ok"], true, "{v}");
 }
+
+fn objects(env: &Env, dir: &str) -> Vec<std::path::PathBuf> {
+    let mut v = walk_files(&env.path(&format!("repo/{dir}")));
+    v.sort();
+    v
+}
+
+/// A lost index object must not make prune delete the pack a kept snapshot
+/// needs; `repo repair index` rebuilds the index from the packs.
+#[test]
+fn prune_refuses_while_a_kept_snapshot_needs_an_unindexed_blob() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    cirkel_testkit::write_random_file(&src.join("kept.bin"), 1_000_000, 7);
+    std::fs::write(src.join("changing.txt"), "one").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let first_index = objects(&env, "index");
+    assert_eq!(first_index.len(), 1);
+    std::fs::write(src.join("changing.txt"), "two").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    std::fs::remove_file(&first_index[0]).unwrap();
+    let packs_before = packs(&env);
+
+    let err = env.fails(&["repo", "prune", "--keep-last", "1"]);
+    assert!(err.contains("prune stopped before deleting anything") && err.contains("repo repair index"), "{err}");
+    assert_eq!(packs(&env), packs_before, "no pack removed");
+    assert_eq!(env.snapshot_ids().len(), 2, "no snapshot forgotten");
+
+    let out = env.run(&["repo", "verify", "--read-data"]);
+    assert!(!out.status.success(), "verify fails on damaged snapshots: {}", stdout(&out));
+    assert!(!stdout(&out).contains("no errors found"), "{}", stdout(&out));
+
+    let v = env.json(&["repo", "repair", "index", "--dry-run"]);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(objects(&env, "index").len(), 1, "a dry run writes nothing");
+    let v = env.json(&["repo", "repair", "index"]);
+    assert_eq!(v["packs"].as_u64().unwrap() as usize, packs_before.len(), "{v}");
+    env.ok(&["repo", "verify", "--read-data"]);
+    let v = env.json(&["repo", "prune", "--keep-last", "1"]);
+    assert_eq!(v["snapshots_removed"], 1, "{v}");
+    env.ok(&["repo", "verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+}
+
+/// After a lost pack the index still names it; rebuilt from the packs it
+/// does not, so the next backup stores the data again.
+#[test]
+fn after_a_lost_pack_repair_index_makes_the_next_backup_store_the_data_again() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    for p in packs(&env) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let old = env.snapshot_ids().remove(0);
+    env.ok(&["repo", "repair", "index"]);
+    env.ok(&["backup", "files", "--force", src.to_str().unwrap()]);
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+    // At most the snapshot whose data was lost is reported (its root tree
+    // may differ from the new one's, by a directory's time).
+    let out = env.run(&["--json", "repo", "verify", "--read-data"]);
+    let text = stdout(&out);
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&text).into_iter().next().unwrap().unwrap();
+    for d in v["report"]["damaged"].as_array().unwrap() {
+        assert_eq!(d["snapshot"], old.as_str(), "{v}");
+    }
+    env.ok(&["repo", "forget", &old]);
+    env.ok(&["repo", "verify", "--read-data"]);
+}
+
+/// A snapshot whose data is partly lost is rewritten without the lost
+/// files, tagged `repaired`, and the original forgotten.
+#[test]
+fn repair_snapshots_drops_lost_files_and_keeps_the_rest() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("small.txt"), "small").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let first = env.snapshot_ids();
+    cirkel_testkit::write_random_file(&src.join("sub/big.bin"), 20_000_000, 11);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let original = env.snapshot_ids();
+    // The largest pack holds only blocks of big.bin, which only the second snapshot has.
+    let mut all = packs(&env);
+    all.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    std::fs::remove_file(all.last().unwrap()).unwrap();
+    env.ok(&["repo", "repair", "index"]);
+    assert!(!env.run(&["repo", "verify"]).status.success());
+
+    let v = env.json(&["repo", "repair", "snapshots", "--dry-run"]);
+    let repaired = v["report"]["snapshots"].as_array().unwrap();
+    assert_eq!(repaired.len(), 1, "{v}");
+    assert_eq!(repaired[0]["original"], original[1].as_str(), "{v}");
+    let dropped = repaired[0]["dropped"].as_array().unwrap();
+    assert!(dropped.len() == 1 && dropped[0].as_str().unwrap().ends_with("/src/sub/big.bin"), "{v}");
+    assert_eq!(env.snapshot_ids(), original, "a dry run changes nothing");
+
+    let out = env.ok(&["repo", "repair", "snapshots"]);
+    assert!(out.contains("/src/sub/big.bin"), "{out}");
+    env.ok(&["repo", "verify", "--read-data"]);
+    let list = env.json(&["snapshots"]);
+    assert_eq!(list[0]["id"], first[0].as_str(), "the intact snapshot is untouched");
+    assert!(!env.snapshot_ids().contains(&original[1]), "the original is forgotten");
+    let snap = &list[1]["snapshot"];
+    assert!(snap["tags"].as_array().unwrap().contains(&"repaired".into()), "{snap}");
+    assert_eq!(snap["incomplete"], true);
+    assert!(snap["errors"][0]["path"].as_str().unwrap().ends_with("/src/sub/big.bin"), "{snap}");
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    let r = restored(&out, &src);
+    assert_eq!(std::fs::read_to_string(r.join("small.txt")).unwrap(), "small");
+    assert!(!r.join("sub/big.bin").exists());
+}
+
+/// One damaged snapshot and junk under `snapshots/` and `index/` do not stop
+/// listing, backing up, restoring other snapshots or verifying; deleting
+/// refuses until they are dealt with.
+#[test]
+fn one_bad_object_does_not_stop_the_repository() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let old = env.snapshot_ids().remove(0);
+    std::fs::write(src.join("docs/readme.txt"), "changed").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+
+    let victim = env.path(&format!("repo/snapshots/{old}"));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let junk = "ab".repeat(32);
+    std::fs::write(env.path(&format!("repo/snapshots/{junk}")), "junk").unwrap();
+    std::fs::write(env.path(&format!("repo/index/{junk}")), "junk").unwrap();
+
+    let out = env.run(&["--json", "snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(stderr(&out).contains(&format!("skipped unreadable snapshot snapshots/{old}")), "{}", stderr(&out));
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+
+    let out = env.run(&["--json", "repo", "verify"]);
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains(&format!("snapshot {old}")) && text.contains(&format!("index/{junk}")), "{text}");
+
+    let err = env.fails(&["repo", "prune"]);
+    assert!(err.contains("cannot be read") && err.contains("repo forget"), "{err}");
+    env.fails(&["repo", "repair", "snapshots"]);
+    env.ok(&["repo", "forget", &old[..12], &junk]);
+    let err = env.fails(&["repo", "prune"]);
+    assert!(err.contains(&format!("index {junk}")) || err.contains(&format!("index/{junk}")), "{err}");
+    assert!(err.contains("repo repair index"), "{err}");
+    env.ok(&["repo", "repair", "index"]);
+    env.ok(&["repo", "prune"]);
+    env.ok(&["repo", "verify", "--read-data"]);
+}
+
+/// An empty id selects no snapshot, anywhere one is looked up.
+#[test]
+fn an_empty_snapshot_id_selects_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let err = env.fails(&["restore", "files", "", "--to", env.path("out").to_str().unwrap()]);
+    assert!(err.contains("empty snapshot id"), "{err}");
+    let err = env.fails(&["repo", "forget", ""]);
+    assert!(err.contains("empty snapshot id"), "{err}");
+    let err = env.fails(&["repo", "forget", "zz"]);
+    assert!(err.contains("no snapshot matches"), "{err}");
+    assert_eq!(env.snapshot_ids().len(), 1);
+}

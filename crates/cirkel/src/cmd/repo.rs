@@ -1,4 +1,4 @@
-//! `cirkel repo ...`: init, verify, prune, copy, unlock, add-key.
+//! `cirkel repo ...`: init, verify, prune, forget, repair, copy, unlock, keys.
 
 use std::process::ExitCode;
 
@@ -7,10 +7,10 @@ use cirkel_repo::crypto::KdfParams;
 use cirkel_repo::prune::{PruneOptions, prune};
 use cirkel_repo::retention::{Policy, unmatched_keep_tags};
 use cirkel_repo::verify::{VerifyOptions, verify};
-use cirkel_repo::{Cipher, InitOptions, Repository, copy};
+use cirkel_repo::{Cipher, InitOptions, Repository, copy, repair};
 use serde_json::json;
 
-use crate::cli::{CipherArg, Global, InitArgs, PolicyArgs, PruneArgs, RepoCmd};
+use crate::cli::{CipherArg, Global, InitArgs, PolicyArgs, PruneArgs, RepairCmd, RepoCmd};
 use crate::context::{load_config, main_repo, resolve};
 use crate::output::{bytes_bar, human_bytes, print_json, user_error};
 
@@ -27,7 +27,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             })?;
             bar.finish_and_clear();
             if global.json {
-                print_json(&json!({ "ok": report.ok(), "report": report }));
+                print_json(&json!({ "ok": report.ok(), "report": report, "warnings": repo.warnings() }));
             } else {
                 println!(
                     "checked {} snapshots, {} packs, {} blobs{}",
@@ -125,6 +125,77 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
                 for (_, l) in live {
                     println!("  {} by pid {} on {} since {}", l.operation, l.pid, l.host, l.time);
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Forget(args) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let ids = repair::forget(&repo, &args.snapshots, args.dry_run)?;
+            if global.json {
+                print_json(&json!({ "forgotten": ids, "dry_run": args.dry_run }));
+            } else {
+                let verb = if args.dry_run { "would forget" } else { "forgot" };
+                for id in &ids {
+                    println!("{verb} snapshot {}", id.short());
+                }
+                if !args.dry_run {
+                    println!("`cirkel repo prune` removes the data only they used");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Repair(RepairCmd::Index(args)) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let report = repair::repair_index(&repo, args.dry_run)?;
+            if global.json {
+                print_json(&report);
+            } else {
+                for p in &report.unreadable_packs {
+                    println!("warning: left out: {p}");
+                }
+                println!(
+                    "{} an index of {} pack(s) and {} blob(s), replacing {} index object(s)",
+                    if args.dry_run { "would write" } else { "wrote" },
+                    report.packs,
+                    report.blobs,
+                    report.old_indexes
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Repair(RepairCmd::Snapshots(args)) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let report = repair::repair_snapshots(&repo, args.dry_run)?;
+            let unrepairable = report.snapshots.iter().filter(|s| s.error.is_some()).count();
+            if global.json {
+                print_json(&json!({ "report": report, "warnings": repo.warnings() }));
+            } else {
+                for s in &report.snapshots {
+                    match (&s.error, s.repaired) {
+                        (Some(e), _) => println!("snapshot {}: cannot be repaired: {e}", s.original.short()),
+                        (None, Some(new)) => {
+                            println!(
+                                "snapshot {} repaired as {} (tag `{}`)",
+                                s.original.short(),
+                                new.short(),
+                                repair::REPAIRED_TAG
+                            )
+                        }
+                        (None, None) => println!("snapshot {} would be repaired", s.original.short()),
+                    }
+                    for p in s.dropped.iter().filter(|_| s.error.is_none()) {
+                        println!("  dropped {p}");
+                    }
+                }
+                if report.snapshots.is_empty() {
+                    println!("every snapshot's data is present; nothing to repair");
+                }
+            }
+            if unrepairable > 0 {
+                return Err(user_error(
+                    format!("{unrepairable} snapshot(s) cannot be repaired"),
+                    "forget them with `cirkel repo forget ID`, listed above",
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }
