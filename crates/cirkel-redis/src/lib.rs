@@ -7,6 +7,7 @@
 pub mod drill;
 pub mod events;
 pub mod group;
+mod load;
 pub mod rdb;
 pub mod resp;
 pub mod watch;
@@ -143,6 +144,7 @@ pub fn list(repo: &Repository) -> anyhow::Result<Vec<(Id, Snapshot, RedisMeta)>>
 /// redis-server is started on the RDB, the target replicates from it, and
 /// is then detached. The target must be able to reach this host. A target
 /// that holds keys is refused unless `force` (its keys are then replaced).
+/// The target's password, if it has one, comes from `REDISCLI_AUTH`.
 pub fn restore_to_server(
     repo: &Repository,
     snapshot: &Snapshot,
@@ -150,68 +152,5 @@ pub fn restore_to_server(
     port: u16,
     force: bool,
 ) -> anyhow::Result<u64> {
-    let cli = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(redis_cli()).args(["-h", host, "-p", &port.to_string()]).args(args).output()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || text.starts_with("ERR") || text.starts_with("(error)") {
-            anyhow::bail!(
-                "redis {host}:{port} {}: {text}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(text)
-    };
-    let keys: u64 = cli(&["DBSIZE"])?.parse().unwrap_or(0);
-    if keys > 0 && !force {
-        return Err(anyhow::Error::new(TargetHasData(format!("{host}:{port} holds {keys} keys"))));
-    }
-    let scratch = tempfile::Builder::new().prefix("cirkel-redis-restore-").tempdir()?;
-    let bytes = restore_to_dir(repo, snapshot, scratch.path(), false)?;
-    // The address the target will use to reach us: the local end of a route to it.
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    probe.connect((host, port))?;
-    let local = probe.local_addr()?.ip().to_string();
-    let listener = std::net::TcpListener::bind((local.as_str(), 0))?;
-    let source_port = listener.local_addr()?.port();
-    drop(listener);
-    let password = format!("{:032x}", rand::random::<u128>());
-    let server = std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("redis-server"));
-    let mut source = Command::new(server)
-        .args(["--port", &source_port.to_string(), "--bind", &local, "--save", "", "--appendonly", "no"])
-        .args(["--requirepass", &password, "--dir"])
-        .arg(scratch.path())
-        .args(["--dbfilename", "dump.rdb"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("start redis-server (package redis-server): {e}"))?;
-    let result = (|| -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect((local.as_str(), source_port)).is_err() {
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the private redis-server did not start");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let old_auth = cli(&["CONFIG", "GET", "masterauth"])?.lines().nth(1).unwrap_or_default().to_string();
-        cli(&["CONFIG", "SET", "masterauth", &password])?;
-        cli(&["REPLICAOF", &local, &source_port.to_string()])?;
-        let synced = loop {
-            let info = cli(&["INFO", "replication"])?;
-            if info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0") {
-                break true;
-            }
-            if std::time::Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        cli(&["REPLICAOF", "NO", "ONE"])?;
-        cli(&["CONFIG", "SET", "masterauth", &old_auth])?;
-        anyhow::ensure!(synced, "{host}:{port} did not finish loading the backup within 60 s");
-        Ok(())
-    })();
-    let _ = source.kill();
-    let _ = source.wait();
-    result?;
-    Ok(bytes)
+    load::restore_to_server(repo, snapshot, host, port, force)
 }

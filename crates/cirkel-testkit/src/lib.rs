@@ -221,11 +221,18 @@ impl RedisServer {
 
     /// Runs one redis-cli command and returns its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(require_program("redis-cli", "apt-get install redis-tools"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
+        self.cli_with(None, args)
+    }
+
+    /// Runs one redis-cli command, authenticated with `password` (passed
+    /// in `REDISCLI_AUTH`, never as an argument), and returns its output.
+    pub fn cli_with(&self, password: Option<&str>, args: &[&str]) -> String {
+        let mut cmd = Command::new(require_program("redis-cli", "apt-get install redis-tools"));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args);
+        if let Some(p) = password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd.output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }

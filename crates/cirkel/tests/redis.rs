@@ -159,3 +159,112 @@ fn password_file_and_acl_user_authenticate_and_failures_name_them() {
     assert!(err.contains("check password_file and user"), "{err}");
     assert_eq!(env.json(&["redis", "backups"]).as_array().unwrap().len(), 2);
 }
+
+/// Every process's command line, with its parent pid.
+fn command_lines() -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state, ppid, …
+        let ppid =
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+    }
+    out
+}
+
+/// A program that records its arguments in `log`, then runs `real`.
+fn recording_wrapper(env: &Env, name: &str, real: &str, log: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.path(name);
+    std::fs::write(&path, format!("#!/bin/sh\necho \"$0 $*\" >> '{}'\nexec {real} \"$@\"\n", log.display())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Tokens that look like the private server's password (32 hex digits).
+fn hex32_tokens(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_hexdigit()).filter(|t| t.len() == 32).map(str::to_string).collect()
+}
+
+#[test]
+fn restore_into_a_server_keeps_passwords_out_of_process_arguments() {
+    let mut env = Env::new();
+    env.init();
+    let source = RedisServer::start();
+    // Enough data that the load takes a moment to watch.
+    source.cli(&["EVAL", "for i=1,200000 do redis.call('SET','k:'..i,string.rep('v',64)) end", "0"]);
+    env.ok(&["redis", "backup", "--port", &source.port.to_string()]);
+    let target = RedisServer::start();
+    let secret = "target-secret-4d1f9e";
+    target.cli(&["CONFIG", "SET", "masterauth", "old-masterauth-77"]);
+    target.cli(&["CONFIG", "SET", "requirepass", secret]);
+    // Wrappers record the arguments of every redis program cirkel starts.
+    let args_log = env.path("args.log");
+    let server = recording_wrapper(&env, "redis-server-wrapper", "redis-server", &args_log);
+    let cli = recording_wrapper(&env, "redis-cli-wrapper", "redis-cli", &args_log);
+    env.extra_env.push(("REDIS_SERVER".into(), server.display().to_string()));
+    env.extra_env.push(("REDIS_CLI".into(), cli.display().to_string()));
+    env.extra_env.push(("REDISCLI_AUTH".into(), secret.into()));
+    let to = format!("127.0.0.1:{}", target.port);
+    let mut child = env
+        .cmd(&["redis", "restore", "latest", "--to", &to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Read every command line while the restore runs.
+    let (mut saw_private_server, mut leaks) = (false, Vec::new());
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "the restore hangs");
+        for (_, ppid, line) in command_lines() {
+            if ppid == pid && line.contains("redis-server") {
+                saw_private_server = true;
+            }
+            if line.contains(secret) || line.contains("requirepass") || line.contains("masterauth") {
+                leaks.push(line);
+            }
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
+    assert!(leaks.is_empty(), "passwords in process arguments: {leaks:?}");
+    assert!(saw_private_server, "the private redis-server was never seen running");
+    let recorded = std::fs::read_to_string(&args_log).unwrap();
+    assert!(recorded.contains("redis-server"), "{recorded}");
+    assert!(!recorded.contains("requirepass") && !recorded.contains("masterauth"), "{recorded}");
+    assert!(hex32_tokens(&recorded).is_empty() && !recorded.contains(secret), "{recorded}");
+    // The data arrived, the target is detached and its masterauth is back.
+    assert_eq!(target.cli_with(Some(secret), &["DBSIZE"]), "200000");
+    assert!(target.cli_with(Some(secret), &["INFO", "replication"]).contains("role:master"));
+    assert!(target.cli_with(Some(secret), &["CONFIG", "GET", "masterauth"]).contains("old-masterauth-77"));
+}
+
+#[test]
+fn a_failing_restore_call_does_not_print_a_password() {
+    let env = Env::new();
+    env.init();
+    let source = RedisServer::start();
+    source.cli(&["SET", "k", "v"]);
+    env.ok(&["redis", "backup", "--port", &source.port.to_string()]);
+    let target = RedisServer::start();
+    let secret = "target-secret-90ab2c";
+    // The target refuses CONFIG SET, the call that carries the private password.
+    target.cli(&["CONFIG", "SET", "requirepass", secret]);
+    target.cli_with(Some(secret), &["ACL", "SETUSER", "default", "-config|set"]);
+    let to = format!("127.0.0.1:{}", target.port);
+    let out = env.cmd(&["redis", "restore", "latest", "--to", &to]).env("REDISCLI_AUTH", secret).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("error: ") && err.contains("CONFIG SET masterauth") && err.contains("NOPERM"), "{err}");
+    assert!(hex32_tokens(&err).is_empty() && !err.contains(secret), "a password in: {err}");
+    // A wrong password is refused without being printed either.
+    let out =
+        env.cmd(&["redis", "restore", "latest", "--to", &to]).env("REDISCLI_AUTH", "wrong-pass-31c7").output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && !err.contains("wrong-pass-31c7") && !err.contains(secret), "{err}");
+}
