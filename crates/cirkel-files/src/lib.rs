@@ -8,6 +8,7 @@
 
 mod backup;
 mod exclude;
+mod fsat;
 mod restore;
 mod stream;
 

@@ -1,21 +1,28 @@
 //! Restoring a snapshot's tree below a target directory.
 //!
-//! Every name is checked to be a single safe path component before it is
-//! joined onto the target, directories are created by us and checked not to
-//! be symlinks before we descend, and files are opened with `O_NOFOLLOW`, so
-//! nothing in a snapshot can make a restore write outside `--to`. A file
-//! whose data cannot be read is reported and the rest still restore.
+//! Every name is checked to be a single safe path component, and no path of
+//! more than one component is ever resolved below the target: the target is
+//! opened once, each directory below it through its parent's descriptor
+//! with `O_NOFOLLOW`, and every file, symlink and directory is created,
+//! replaced, opened and given its owner, mode and times relative to its
+//! directory's descriptor (see [`crate::fsat`]). Neither a crafted snapshot
+//! nor a local user who swaps a directory they own for a symlink during the
+//! restore can make it write outside `--to`. A file whose data cannot be
+//! read is reported and the rest still restore.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cirkel_repo::{Id, Node, NodeKind, Repository, Snapshot};
-use filetime::FileTime;
 use serde::Serialize;
+
+use crate::fsat;
 
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
@@ -35,8 +42,103 @@ pub struct RestoreReport {
 
 struct FileTask {
     rel: String,
-    path: PathBuf,
+    /// Its directory in [`Dirs`].
+    dir: usize,
+    name: CString,
     node: Node,
+}
+
+/// What identifies a file created by this restore: (device, inode).
+type FileId = (u64, u64);
+
+/// The directories of a restore, each reached from the target through its
+/// parent's descriptor. Up to [`OPEN_DIRS`] stay open; the others are opened
+/// again through the same chain, and a directory that is no longer the one
+/// created or entered before (someone moved another one in its place) is
+/// refused.
+struct Dirs {
+    root: Arc<OwnedFd>,
+    entries: Vec<DirEntry>,
+    open: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+}
+
+struct DirEntry {
+    parent: usize,
+    name: CString,
+    id: FileId,
+}
+
+/// Directory descriptors kept open at once.
+const OPEN_DIRS: usize = 256;
+
+impl Dirs {
+    /// Opens the target (created if missing), whose index is 0.
+    fn open_target(target: &Path) -> anyhow::Result<Dirs> {
+        std::fs::create_dir_all(target)
+            .map_err(|e| anyhow::anyhow!("create restore target {}: {e}", target.display()))?;
+        let canonical = std::fs::canonicalize(target)?;
+        let fd = fsat::open_dir_path(&canonical)
+            .map_err(|e| anyhow::anyhow!("open restore target {}: {e}", canonical.display()))?;
+        let id = fsat::identity(&fsat::fstat(fd.as_fd())?);
+        Ok(Dirs {
+            root: Arc::new(fd),
+            entries: vec![DirEntry { parent: 0, name: CString::default(), id }],
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn fd(&self, i: usize) -> Result<Arc<OwnedFd>, String> {
+        if i == 0 {
+            return Ok(self.root.clone());
+        }
+        if let Some(fd) = self.open.lock().ok().and_then(|m| m.get(&i).cloned()) {
+            return Ok(fd);
+        }
+        let e = self.entries.get(i).ok_or("no such directory")?;
+        let parent = self.fd(e.parent)?;
+        let fd = fsat::open_dir_at(parent.as_fd(), &e.name).map_err(dir_error)?;
+        let st = fsat::fstat(fd.as_fd()).map_err(|e| format!("stat directory: {e}"))?;
+        if fsat::identity(&st) != e.id {
+            return Err("the directory was replaced during the restore (not entered)".into());
+        }
+        let fd = Arc::new(fd);
+        self.remember(i, fd.clone());
+        Ok(fd)
+    }
+
+    fn remember(&self, i: usize, fd: Arc<OwnedFd>) {
+        if let Ok(mut m) = self.open.lock() {
+            if m.len() >= OPEN_DIRS {
+                m.clear();
+            }
+            m.insert(i, fd);
+        }
+    }
+
+    /// Creates (or enters an existing) directory `name` below directory
+    /// `parent`; never follows a symlink in its place.
+    fn make(&mut self, parent: usize, name: CString) -> Result<usize, String> {
+        let pfd = self.fd(parent)?;
+        match fsat::mkdir_at(pfd.as_fd(), &name, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create directory: {e}")),
+        }
+        let fd = fsat::open_dir_at(pfd.as_fd(), &name).map_err(dir_error)?;
+        let st = fsat::fstat(fd.as_fd()).map_err(|e| format!("stat directory: {e}"))?;
+        self.entries.push(DirEntry { parent, name, id: fsat::identity(&st) });
+        let i = self.entries.len() - 1;
+        self.remember(i, Arc::new(fd));
+        Ok(i)
+    }
+}
+
+fn dir_error(e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => "a symlink is in the way (not followed)".into(),
+        Some(libc::ENOTDIR) => "a non-directory is in the way (not replaced)".into(),
+        _ => format!("open directory: {e}"),
+    }
 }
 
 /// One blob of one pack, and every place its content goes.
@@ -58,17 +160,15 @@ pub fn restore(
 ) -> anyhow::Result<RestoreReport> {
     let _lock = repo.lock_reader("restore")?;
     let index = repo.load_index()?;
-    std::fs::create_dir_all(&opts.target)
-        .map_err(|e| anyhow::anyhow!("create restore target {}: {e}", opts.target.display()))?;
-    let target = std::fs::canonicalize(&opts.target)?;
+    let mut dirs = Dirs::open_target(&opts.target)?;
     let errors = Mutex::new(Vec::new());
     let mut report = RestoreReport::default();
-    let mut dirs_meta: Vec<(PathBuf, Node)> = Vec::new();
+    let mut dirs_meta: Vec<(usize, String, Node)> = Vec::new();
     let mut files: Vec<FileTask> = Vec::new();
     let is_root = unsafe_is_root();
 
     // 1. The tree: directories and symlinks now, files listed.
-    let mut stack: Vec<(String, PathBuf, Id)> = vec![(String::new(), target.clone(), snapshot.tree)];
+    let mut stack: Vec<(String, usize, Id)> = vec![(String::new(), 0, snapshot.tree)];
     while let Some((rel, dir, tree_id)) = stack.pop() {
         let tree = match repo.load_tree(&index, &tree_id) {
             Ok(t) => t,
@@ -84,20 +184,26 @@ pub fn restore(
                 push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
                 continue;
             }
-            let path = dir.join(&node.name);
+            let name = match fsat::c_name(node.name.as_bytes()) {
+                Ok(n) => n,
+                Err(e) => {
+                    push_err(&errors, &child_rel, e);
+                    continue;
+                }
+            };
             match node.kind {
-                NodeKind::Dir => match make_dir(&path) {
-                    Ok(()) => {
+                NodeKind::Dir => match dirs.make(dir, name) {
+                    Ok(i) => {
                         report.dirs += 1;
                         if let Some(sub) = node.subtree {
-                            stack.push((child_rel, path.clone(), sub));
+                            stack.push((child_rel.clone(), i, sub));
                         }
-                        dirs_meta.push((path, node));
+                        dirs_meta.push((i, child_rel, node));
                     }
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
-                NodeKind::File => files.push(FileTask { rel: child_rel, path, node }),
-                NodeKind::Symlink => match restore_symlink(&path, &node, is_root) {
+                NodeKind::File => files.push(FileTask { rel: child_rel, dir, name, node }),
+                NodeKind::Symlink => match restore_symlink(&dirs, dir, &name, &node, is_root) {
                     Ok(()) => report.symlinks += 1,
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
@@ -115,8 +221,9 @@ pub fn restore(
             push_err(&errors, &files[i].rel, msg);
         }
     };
-    let created: Vec<OnceLock<Result<(), String>>> = files.iter().map(|_| OnceLock::new()).collect();
-    let create = |i: usize| created[i].get_or_init(|| create_file(&files[i])).clone();
+    let dirs = &dirs;
+    let created: Vec<OnceLock<Result<FileId, String>>> = files.iter().map(|_| OnceLock::new()).collect();
+    let create = |i: usize| created[i].get_or_init(|| create_file(dirs, &files[i])).clone();
     let threads = opts.threads.max(1);
 
     // 3. Which blob goes where, grouped by pack.
@@ -190,7 +297,7 @@ pub fn restore(
                 return;
             }
             let data = &run.get(COALESCE)[..r.len];
-            match create(r.file).and_then(|()| sink.write(&files[r.file], r.file, data, r.at)) {
+            match create(r.file).and_then(|id| sink.write(dirs, &files[r.file], r.file, id, data, r.at)) {
                 Ok(()) => {
                     written.fetch_add(r.len as u64, Ordering::Relaxed);
                     on_bytes(r.len as u64);
@@ -241,7 +348,7 @@ pub fn restore(
                 if failed[i].load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = create(i).and_then(|()| sink.write(&files[i], i, data, at)) {
+                if let Err(e) = create(i).and_then(|id| sink.write(dirs, &files[i], i, id, data, at)) {
                     fail(i, e);
                     continue;
                 }
@@ -259,16 +366,17 @@ pub fn restore(
         if failed[i].load(Ordering::Relaxed) {
             return;
         }
-        match create(i).and_then(|()| finish_file(&files[i], is_root)) {
+        match create(i).and_then(|id| finish_file(dirs, &files[i], id, is_root)) {
             Ok(()) => {
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => fail(i, e),
         }
     });
-    for (path, node) in dirs_meta.iter().rev() {
-        if let Err(e) = apply_meta(path, node, is_root) {
-            push_err(&errors, &path.strip_prefix(&target).unwrap_or(path).display().to_string(), e);
+    for (i, rel, node) in dirs_meta.iter().rev() {
+        let owner = is_root.then_some((node.uid, node.gid));
+        if let Err(e) = dirs.fd(*i).and_then(|fd| fsat::set_meta(fd.as_fd(), owner, node.mode, node.mtime_ns)) {
+            push_err(&errors, rel, e);
         }
     }
     report.files = done.load(Ordering::Relaxed);
@@ -330,33 +438,39 @@ fn unsafe_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn make_dir(path: &Path) -> Result<(), String> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_dir() => Ok(()),
-        Ok(_) => Err("a non-directory is in the way (not replaced)".into()),
-        Err(_) => std::fs::create_dir(path).map_err(|e| format!("create directory: {e}")),
-    }
-}
-
 /// Removes a file or symlink in the way; never a directory.
-fn clear_way(path: &Path) -> Result<(), String> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_dir() => Err("a directory is in the way (not replaced)".into()),
-        Ok(_) => std::fs::remove_file(path).map_err(|e| format!("replace existing file: {e}")),
-        Err(_) => Ok(()),
-    }
+fn clear_way(dir: &OwnedFd, name: &CString) -> Result<(), String> {
+    fsat::unlink_at(dir.as_fd(), name).map_err(|e| match e.raw_os_error() {
+        Some(libc::EISDIR) => "a directory is in the way (not replaced)".to_string(),
+        _ => format!("replace existing file: {e}"),
+    })
 }
 
-fn create_file(task: &FileTask) -> Result<(), String> {
-    clear_way(&task.path)?;
-    let f: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&task.path)
-        .map_err(|e| format!("create: {e}"))?;
-    f.set_len(task.node.size).map_err(|e| format!("size: {e}"))
+/// Creates a file at its final size; what identifies it is checked on
+/// every later open, so that nothing put in its place is written to.
+fn create_file(dirs: &Dirs, task: &FileTask) -> Result<FileId, String> {
+    let dir = dirs.fd(task.dir)?;
+    clear_way(&dir, &task.name)?;
+    let f = fsat::create_at(dir.as_fd(), &task.name, 0o600).map_err(|e| format!("create: {e}"))?;
+    f.set_len(task.node.size).map_err(|e| format!("size: {e}"))?;
+    let st = fsat::fstat(f.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    Ok(fsat::identity(&st))
+}
+
+/// Opens a file this restore created, by name in its directory; `Ok(None)`
+/// when `O_DIRECT` is wanted and the file system refuses it.
+fn open_created(dirs: &Dirs, task: &FileTask, id: FileId, direct: bool) -> Result<Option<File>, String> {
+    let dir = dirs.fd(task.dir)?;
+    let f = match fsat::open_write_at(dir.as_fd(), &task.name, direct) {
+        Ok(f) => f,
+        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    let st = fsat::fstat(f.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    if fsat::identity(&st) != id {
+        return Err("the file was replaced during the restore (not written)".into());
+    }
+    Ok(Some(f))
 }
 
 /// Files of at least this size get their page-aligned pieces written with
@@ -406,13 +520,25 @@ struct Sink {
 }
 
 impl Sink {
-    fn write(&mut self, task: &FileTask, i: usize, data: &[u8], at: u64) -> Result<(), String> {
+    fn write(
+        &mut self,
+        dirs: &Dirs,
+        task: &FileTask,
+        i: usize,
+        id: FileId,
+        data: &[u8],
+        at: u64,
+    ) -> Result<(), String> {
         let aligned = at.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty();
         if aligned && task.node.size >= DIRECT_MIN {
             if self.direct.len() >= 64 && !self.direct.contains_key(&i) {
                 self.direct.clear();
             }
-            if let Some(f) = self.direct.entry(i).or_insert_with(|| open_direct(&task.path)) {
+            let slot = match self.direct.entry(i) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(open_created(dirs, task, id, true)?),
+            };
+            if let Some(f) = slot {
                 let buf: &[u8] = if (data.as_ptr() as usize).is_multiple_of(ALIGN) {
                     data
                 } else {
@@ -435,59 +561,37 @@ impl Sink {
         }
         let f = match self.buffered.entry(i) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(open_for_write(&task.path)?),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(open_created(dirs, task, id, false)?.ok_or("open: refused")?)
+            }
         };
         f.write_all_at(data, at).map_err(|e| format!("write: {e}"))
     }
 }
 
-fn open_direct(path: &Path) -> Option<File> {
-    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT).open(path).ok()
+fn finish_file(dirs: &Dirs, task: &FileTask, id: FileId, is_root: bool) -> Result<(), String> {
+    let f = open_created(dirs, task, id, false)?.ok_or("open: refused")?;
+    let owner = is_root.then_some((task.node.uid, task.node.gid));
+    fsat::set_meta(f.as_fd(), owner, task.node.mode, task.node.mtime_ns)
 }
 
-fn open_for_write(path: &Path) -> Result<File, String> {
-    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| format!("open: {e}"))
-}
-
-fn finish_file(task: &FileTask, is_root: bool) -> Result<(), String> {
-    let f = open_for_write(&task.path)?;
-    if is_root {
-        std::os::unix::fs::fchown(&f, Some(task.node.uid), Some(task.node.gid)).map_err(|e| format!("chown: {e}"))?;
-    }
-    f.set_permissions(std::fs::Permissions::from_mode(task.node.mode)).map_err(|e| format!("chmod: {e}"))?;
-    let mtime = ns_to_filetime(task.node.mtime_ns);
-    filetime::set_file_handle_times(&f, Some(mtime), Some(mtime)).map_err(|e| format!("set mtime: {e}"))
-}
-
-fn restore_symlink(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
+fn restore_symlink(dirs: &Dirs, dir: usize, name: &CString, node: &Node, is_root: bool) -> Result<(), String> {
     let target = node.link_target.as_deref().ok_or("symlink without a target")?;
-    clear_way(path)?;
-    std::os::unix::fs::symlink(target, path).map_err(|e| format!("create symlink: {e}"))?;
+    let target = fsat::c_name(target.as_bytes())?;
+    let dir = dirs.fd(dir)?;
+    clear_way(&dir, name)?;
+    fsat::symlink_at(&target, dir.as_fd(), name).map_err(|e| format!("create symlink: {e}"))?;
     if is_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| format!("chown: {e}"))?;
+        fsat::lchown_at(dir.as_fd(), name, node.uid, node.gid).map_err(|e| format!("chown: {e}"))?;
     }
-    let mtime = ns_to_filetime(node.mtime_ns);
-    filetime::set_symlink_file_times(path, mtime, mtime).map_err(|e| format!("set mtime: {e}"))
-}
-
-fn apply_meta(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
-    if is_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(|e| format!("chown: {e}"))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)).map_err(|e| format!("chmod: {e}"))?;
-    let mtime = ns_to_filetime(node.mtime_ns);
-    filetime::set_file_times(path, mtime, mtime).map_err(|e| format!("set mtime: {e}"))
-}
-
-fn ns_to_filetime(ns: i64) -> FileTime {
-    FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+    fsat::set_times_at(dir.as_fd(), name, node.mtime_ns).map_err(|e| format!("set mtime: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn task(path: PathBuf, size: u64) -> FileTask {
+    fn task(size: u64) -> FileTask {
         let node = Node {
             name: "f".into(),
             kind: NodeKind::File,
@@ -503,7 +607,7 @@ mod tests {
             subtree: None,
             link_target: None,
         };
-        FileTask { rel: "f".into(), path, node }
+        FileTask { rel: "f".into(), dir: 0, name: fsat::c_name(b"f").unwrap(), node }
     }
 
     /// Aligned pieces of a big file go around the page cache, unaligned ones
@@ -512,21 +616,22 @@ mod tests {
     fn aligned_and_unaligned_pieces_land_where_they_belong() {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
         let size = 3 * 128 * 1024 + 8192 + 100;
-        let t = task(dir.path().join("f"), size as u64);
-        create_file(&t).unwrap();
+        let t = task(size as u64);
+        let dirs = Dirs::open_target(dir.path()).unwrap();
+        let id = create_file(&dirs, &t).unwrap();
         let want: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         let mut sink = Sink::default();
         // Out of order, as work units finish: aligned 128 KiB blocks, an
         // aligned 8 KiB tail block, and an unaligned remainder.
         let cuts = [(128 * 1024, 256 * 1024), (0, 128 * 1024), (3 * 128 * 1024, 3 * 128 * 1024 + 8192)];
         for (lo, hi) in cuts {
-            sink.write(&t, 0, &want[lo..hi], lo as u64).unwrap();
+            sink.write(&dirs, &t, 0, id, &want[lo..hi], lo as u64).unwrap();
         }
-        sink.write(&t, 0, &want[256 * 1024..3 * 128 * 1024], 256 * 1024).unwrap();
-        sink.write(&t, 0, &want[3 * 128 * 1024 + 8192..], (3 * 128 * 1024 + 8192) as u64).unwrap();
+        sink.write(&dirs, &t, 0, id, &want[256 * 1024..3 * 128 * 1024], 256 * 1024).unwrap();
+        sink.write(&dirs, &t, 0, id, &want[3 * 128 * 1024 + 8192..], (3 * 128 * 1024 + 8192) as u64).unwrap();
         assert!(sink.buffered.contains_key(&0), "the unaligned tail went through the page cache");
         drop(sink);
-        assert_eq!(std::fs::read(&t.path).unwrap(), want);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), want);
     }
 
     /// Consecutive blocks of a big file are written in runs; a block whose

@@ -165,3 +165,113 @@ fn unreadable_file_marks_snapshot_incomplete() {
     let table = stdout(&run(&["snapshots"]));
     assert!(table.contains(" !"), "incomplete snapshots are flagged: {table}");
 }
+
+/// Name, inode, mode, owner, size, mtime and content of a directory and of
+/// everything below it: what a restore must not touch outside its target.
+fn fingerprint(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = p.symlink_metadata().unwrap();
+        let content = if m.is_file() {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&p).unwrap().hash(&mut h);
+            format!("content={:x}", h.finish())
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{} ino={} mode={:o} owner={}:{} size={} mtime={}.{} {content}",
+            p.display(),
+            m.ino(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        ));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A restore as root into a target where an unprivileged user owns a
+/// directory: that user swaps the directory for a symlink to an outside
+/// directory over and over while the restore runs. Nothing outside the
+/// target may be created, replaced, chowned, chmodded or written.
+#[test]
+fn root_restore_never_follows_a_directory_swapped_for_a_symlink() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test restores as root against an unprivileged user");
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let sub = src.join("home/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for i in 0..3000 {
+        std::fs::write(sub.join(format!("f{i:04}")), format!("restored file {i}\n")).unwrap();
+    }
+    cirkel_testkit::write_random_file(&sub.join("f0001"), 3 << 20, 1);
+    cirkel_testkit::write_random_file(&sub.join("f0002"), 5 << 20, 2);
+    std::os::unix::fs::symlink("f0003", sub.join("link-f0003")).unwrap();
+    // The user's own directories stay theirs in the snapshot, and so in the restore.
+    chown(src.join("home"), Some(65534), Some(65534)).unwrap();
+    chown(&sub, Some(65534), Some(65534)).unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+
+    // Outside: root's files, some with names the snapshot holds.
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..30 {
+        std::fs::write(outside.join(format!("f{i:04}")), "root's own file\n").unwrap();
+        std::fs::set_permissions(outside.join(format!("f{i:04}")), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = fingerprint(&outside);
+
+    // The target already holds the user's directories (a restore over a home).
+    let target = env.path("target");
+    let home = restored(&target, &src).join("home");
+    std::fs::create_dir_all(home.join("sub")).unwrap();
+    chown(&home, Some(65534), Some(65534)).unwrap();
+    chown(home.join("sub"), Some(65534), Some(65534)).unwrap();
+    // The directory is in place most of the time (so that the restore
+    // enters it) and a symlink now and then.
+    let swapper = "chdir $ARGV[0] or die; symlink($ARGV[1], 'link') or die; \
+                   while (1) { rename('sub', 'real'); rename('link', 'sub'); rename('sub', 'link'); rename('real', 'sub'); \
+                               lstat('sub') for 1..500; }";
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "perl", "-e", swapper])
+        .arg(&home)
+        .arg(&outside)
+        .spawn()
+        .unwrap();
+    // The swapper is running once its link exists.
+    while home.join("link").symlink_metadata().is_err() && home.join("sub").read_link().is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the swapper stopped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = env.run(&["restore", "files", "latest", "--to", target.to_str().unwrap()]);
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_running, "the swapper ran through the whole restore");
+    let after = fingerprint(&outside);
+    let changed: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    assert!(
+        changed.is_empty() && gone.is_empty(),
+        "the restore changed {} entries outside its target: {changed:#?}\nwas: {gone:#?}\nrestore: {}",
+        changed.len(),
+        stderr(&out)
+    );
+}
