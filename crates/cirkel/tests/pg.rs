@@ -354,6 +354,20 @@ fn a_restored_copy_never_touches_production() {
     let (dir, data) = new_dir();
     let out = e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
     assert!(out.contains("archiving: off"), "{out}");
+    // The same repository is no place for a copy's WAL; a standby keeps its archive settings.
+    let err = e.fails(None, &["pg", "restore", "--to", "/tmp/unused", "--archive-to", &e.env.repo]);
+    assert!(err.contains("the repository this restore comes from") && err.contains("--take-over"), "{err}");
+    let (_sdir, sdata) = new_dir();
+    let out = e.ok(None, &["pg", "restore", "--to", sdata.to_str().unwrap(), "--standby"]);
+    assert!(out.contains("as a standby"), "{out}");
+    assert!(sdata.join("standby.signal").exists() && !sdata.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(sdata.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("archive_mode = off"), "{auto}");
+    let (_odir, odata) = new_dir();
+    let other = e.env.path("other-repo").display().to_string();
+    e.ok(None, &["pg", "restore", "--to", odata.to_str().unwrap(), "--archive-to", &other]);
+    let auto = std::fs::read_to_string(odata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("archive_mode = on") && auto.contains(&format!("--repo {other} ")), "{auto}");
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.trim_end().ends_with("archive_mode = off"), "{auto}");
     let mut copy = PgCluster::adopt(dir, data);
