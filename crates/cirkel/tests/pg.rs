@@ -1186,6 +1186,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
 
     // The old primary comes back (as a primary, on the old timeline): it is
     // never routed to, and is rewound into a standby.
+    // A setting of a's own: pg_rewind copies the new primary's configuration
+    // files, and the rejoin must put a's back.
+    cirkel_testkit::pg::append_conf(&a.data, &["cluster_name = 'a'".to_string()]);
     a.start_nowait();
     wait("the old primary to rejoin", &|| {
         let failed = events("rejoin-failed");
@@ -1206,6 +1209,10 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
         assert!(start.elapsed() < Duration::from_secs(60), "the rejoined standby does not replay:\n{conf}\n{log}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(a.sql("SHOW cluster_name"), "a", "the rejoined member keeps its own postgresql.conf");
+    assert_eq!(a.sql("SHOW port"), a.port.to_string());
+    let conf = std::fs::read_to_string(a.data.join("postgresql.conf")).unwrap();
+    assert!(conf.contains("cluster_name = 'a'"), "{conf}");
 }
 
 #[test]
