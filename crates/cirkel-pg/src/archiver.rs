@@ -101,3 +101,33 @@ pub fn human_age(s: f64) -> String {
         format!("{:.1} d", s / 86_400.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(mode: &str, in_recovery: bool, failing: bool) -> ArchiverHealth {
+        ArchiverHealth {
+            archive_mode: mode.into(),
+            in_recovery,
+            archived_count: 3,
+            last_archived_wal: Some("000000010000000000000003".into()),
+            last_archived_time: None,
+            last_archived_age_s: Some(30.0),
+            failed_count: if failing { 2 } else { 0 },
+            last_failed_wal: failing.then(|| "000000010000000000000004".into()),
+            last_failed_time: None,
+            failing,
+        }
+    }
+
+    #[test]
+    fn only_a_failing_archiver_that_should_archive_is_a_problem() {
+        assert!(health("on", false, true).problem().is_some_and(|p| p.contains("000000010000000000000004")));
+        assert_eq!(health("on", false, false).problem(), None);
+        assert_eq!(health("on", true, true).problem(), None, "a standby with archive_mode = on archives nothing");
+        assert!(health("always", true, true).problem().is_some());
+        assert_eq!(health("off", false, true).problem(), None);
+        assert_eq!(health("on", false, false).last_archived(), "000000010000000000000003 30 s ago");
+    }
+}

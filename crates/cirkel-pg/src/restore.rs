@@ -210,16 +210,23 @@ pub enum Archiving {
 #[error("{} is not empty; refusing to restore over existing data", .0.display())]
 pub struct NotEmpty(pub PathBuf);
 
-/// Restores the plan's backup into `to` and writes the recovery settings.
-/// `restore_command` is what PostgreSQL will run to fetch WAL. Tablespaces
+/// How the restored cluster gets its WAL and what it does with its own.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// What PostgreSQL will run to fetch WAL.
+    pub restore_command: String,
+    pub archiving: Archiving,
+}
+
+/// Restores the plan's backup into `to` and writes the recovery settings
+/// (see [`Recovery`]). Tablespaces
 /// are restored as directories below `pg_tblspc`, except those `tablespaces`
 /// maps elsewhere (see [`map_tablespaces`]): they are moved there and linked.
 pub fn restore(
     repo: &Repository,
     plan: &Plan,
     to: &Path,
-    restore_command: &str,
-    archiving: &Archiving,
+    recovery: &Recovery,
     tablespaces: &[(String, PathBuf)],
     threads: usize,
     on_bytes: &(dyn Fn(u64) + Sync),
@@ -248,7 +255,7 @@ pub fn restore(
     // Tablespaces left in place are directories in pg_tblspc, which
     // PostgreSQL accepts only with this setting (it refuses them in recovery).
     let in_place = plan.meta.tablespaces.len() > moves.len();
-    write_recovery(to, plan, restore_command, archiving, in_place)?;
+    write_recovery(to, plan, &recovery.restore_command, &recovery.archiving, in_place)?;
     Ok(report)
 }
 

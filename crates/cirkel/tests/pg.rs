@@ -354,6 +354,20 @@ fn a_restored_copy_never_touches_production() {
     let (dir, data) = new_dir();
     let out = e.ok(None, &["pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
     assert!(out.contains("archiving: off"), "{out}");
+    // The same repository is no place for a copy's WAL; a standby keeps its archive settings.
+    let err = e.fails(None, &["pg", "restore", "--to", "/tmp/unused", "--archive-to", &e.env.repo]);
+    assert!(err.contains("the repository this restore comes from") && err.contains("--take-over"), "{err}");
+    let (_sdir, sdata) = new_dir();
+    let out = e.ok(None, &["pg", "restore", "--to", sdata.to_str().unwrap(), "--standby"]);
+    assert!(out.contains("as a standby"), "{out}");
+    assert!(sdata.join("standby.signal").exists() && !sdata.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(sdata.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("archive_mode = off"), "{auto}");
+    let (_odir, odata) = new_dir();
+    let other = e.env.path("other-repo").display().to_string();
+    e.ok(None, &["pg", "restore", "--to", odata.to_str().unwrap(), "--archive-to", &other]);
+    let auto = std::fs::read_to_string(odata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("archive_mode = on") && auto.contains(&format!("--repo {other} ")), "{auto}");
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.trim_end().ends_with("archive_mode = off"), "{auto}");
     let mut copy = PgCluster::adopt(dir, data);
@@ -1172,6 +1186,9 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
 
     // The old primary comes back (as a primary, on the old timeline): it is
     // never routed to, and is rewound into a standby.
+    // A setting of a's own: pg_rewind copies the new primary's configuration
+    // files, and the rejoin must put a's back.
+    cirkel_testkit::pg::append_conf(&a.data, &["cluster_name = 'a'".to_string()]);
     a.start_nowait();
     wait("the old primary to rejoin", &|| {
         let failed = events("rejoin-failed");
@@ -1192,6 +1209,10 @@ fn kill9_of_the_primary_fails_over_through_the_endpoint_and_the_old_primary_rejo
         assert!(start.elapsed() < Duration::from_secs(60), "the rejoined standby does not replay:\n{conf}\n{log}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(a.sql("SHOW cluster_name"), "a", "the rejoined member keeps its own postgresql.conf");
+    assert_eq!(a.sql("SHOW port"), a.port.to_string());
+    let conf = std::fs::read_to_string(a.data.join("postgresql.conf")).unwrap();
+    assert!(conf.contains("cluster_name = 'a'"), "{conf}");
 }
 
 #[test]

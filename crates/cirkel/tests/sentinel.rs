@@ -69,6 +69,10 @@ impl Setup {
         let started = self.events("watch-started").pop().unwrap();
         let message = started["message"].as_str().unwrap();
         assert!(!message.contains("Some(") && message.contains("127.0.0.1:"), "addresses as host:port: {message}");
+        // Logs written to a file carry no colour codes.
+        let log = std::fs::read_to_string(self.env.path("watch.log")).unwrap();
+        assert!(log.contains("watch-started") || log.contains("watching"), "{log}");
+        assert!(!log.contains('\u{1b}'), "ANSI codes in a log file: {log:?}");
         child
     }
 }

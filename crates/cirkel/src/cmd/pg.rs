@@ -557,13 +557,14 @@ fn restore(global: &Global, a: &PgRestoreArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let archiving = archiving(global, a, &target_repo, &repo, &plan)?;
-    let cmd = restore_command(global, &target_repo, &repo)?;
+    let recovery = cirkel_pg::restore::Recovery {
+        restore_command: restore_command(global, &target_repo, &repo)?,
+        archiving: archiving.clone(),
+    };
     let bar = bytes_bar(global, repo.load_snapshot(&plan.backup)?.summary.bytes, "restore");
     let report =
-        cirkel_pg::restore::restore(&repo, &plan, &a.to, &cmd, &archiving, &a.tablespace_map, threads() * 2, &|n| {
-            bar.inc(n)
-        })
-        .map_err(pg_error)?;
+        cirkel_pg::restore::restore(&repo, &plan, &a.to, &recovery, &a.tablespace_map, threads() * 2, &|n| bar.inc(n))
+            .map_err(pg_error)?;
     bar.finish_and_clear();
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
