@@ -368,6 +368,9 @@ mod tests {
         async fn delete(&self, key: &str) -> std::result::Result<(), BackendError> {
             self.0.delete(key).await
         }
+        async fn replace(&self, key: &str, data: Bytes) -> std::result::Result<(), BackendError> {
+            self.0.replace(key, data).await
+        }
     }
 
     fn repo(backend: Arc<dyn Backend>) -> Repository {

@@ -343,6 +343,9 @@ pub enum RepoCmd {
     Unlock,
     /// Add a passphrase that also opens the repository.
     AddKey(AddKeyArgs),
+    /// List or remove the repository's keys (passphrases).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Forget snapshots by id (or unique id prefix); prune then removes their data.
     Forget(ForgetArgs),
     /// Rebuild the index from the packs, or rewrite snapshots that reference lost data.
@@ -383,6 +386,8 @@ pub enum RepairCmd {
     Index(DryRunArgs),
     /// Rewrite snapshots that reference missing or damaged data without the affected files.
     Snapshots(DryRunArgs),
+    /// Authenticate the config with the master key (repositories created before configs carried a MAC).
+    Config,
 }
 
 #[derive(Debug, Args)]

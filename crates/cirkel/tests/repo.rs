@@ -576,3 +576,181 @@ fn an_empty_snapshot_id_selects_nothing() {
     assert!(err.contains("no snapshot matches"), "{err}");
     assert_eq!(env.snapshot_ids().len(), 1);
 }
+
+fn edit_config(env: &Env, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = env.path("repo/config");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Out-of-range parameters are refused by name and range (no panic, no
+/// out-of-memory, no hang); an in-range change fails authentication; an
+/// old config without a MAC still opens and `repo repair config` adds one.
+#[test]
+fn repository_config_is_bounded_and_authenticated() {
+    let env = Env::new();
+    env.init();
+    let original = std::fs::read(env.path("repo/config")).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 6] = [
+        ("/chunker/min", 1.into(), "chunker.min is 1"),
+        ("/chunker/max", 0.into(), "chunker.max is 0"),
+        ("/chunker/avg", 4_000_000_000u32.into(), "chunker.avg is 4000000000"),
+        ("/pack_size", 1.into(), "pack_size is 1"),
+        ("/pack_size", u32::MAX.into(), "pack_size is 4294967295"),
+        ("/compression_level", 1000.into(), "compression_level is 1000"),
+    ];
+    for (field, value, expect) in cases {
+        edit_config(&env, |v| *v.pointer_mut(field).unwrap() = value.clone());
+        let out = env.run(&["snapshots"]);
+        assert_eq!(out.status.code(), Some(1), "{field}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(expect) && err.contains("allowed") && err.contains("hint:"), "{field}: {err}");
+        std::fs::write(env.path("repo/config"), &original).unwrap();
+    }
+    // In range, but not what the repository was created with.
+    edit_config(&env, |v| v["compression_level"] = 19.into());
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("authentication code does not match"), "{err}");
+
+    // A config written before configs carried a MAC.
+    std::fs::write(env.path("repo/config"), &original).unwrap();
+    edit_config(&env, |v| {
+        v.as_object_mut().unwrap().remove("mac");
+    });
+    let out = env.run(&["snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("repo repair config"), "{}", stderr(&out));
+    let v = env.json(&["repo", "repair", "config"]);
+    assert_eq!(v["authenticated"], true);
+    let out = env.run(&["snapshots"]);
+    assert!(out.status.success() && !stderr(&out).contains("not authenticated"), "{}", stderr(&out));
+    edit_config(&env, |v| v["pack_size"] = (1 << 20).into());
+    assert!(env.fails(&["snapshots"]).contains("authentication code does not match"));
+}
+
+/// Argon2 costs in a key file are bounded before deriving, and a changed
+/// key file is told apart from a wrong passphrase.
+#[test]
+fn key_file_costs_are_bounded_and_damage_is_not_a_wrong_passphrase() {
+    let env = Env::new();
+    env.init();
+    let key = walk_files(&env.path("repo/keys")).remove(0);
+    let original = std::fs::read(&key).unwrap();
+    let mut kf: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    kf["params"]["m_cost"] = u32::MAX.into();
+    kf["params"]["t_cost"] = u32::MAX.into();
+    let edited = serde_json::to_vec_pretty(&kf).unwrap();
+
+    // Edited in place: its content no longer matches its name.
+    std::fs::write(&key, &edited).unwrap();
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("damaged") && err.contains("does not match its name"), "{err}");
+    assert!(err.contains("either the passphrase is wrong or its key file is damaged"), "{err}");
+
+    // Renamed to its new hash: the costs themselves are refused.
+    std::fs::remove_file(&key).unwrap();
+    let renamed = key.with_file_name(cirkel_repo::Id::of(&edited).to_hex());
+    std::fs::write(&renamed, &edited).unwrap();
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("damaged") && err.contains("allowed 1 to 64"), "{err}");
+
+    std::fs::remove_file(&renamed).unwrap();
+    std::fs::write(&key, &original).unwrap();
+    env.ok(&["snapshots"]);
+}
+
+#[test]
+fn empty_passphrases_are_refused_and_password_files_are_bounded() {
+    let env = Env::new();
+    std::fs::write(env.path("empty"), "\n").unwrap();
+    let empty = env.path("empty").display().to_string();
+    let err = env.fails(&["--password-file", &empty, "repo", "init"]);
+    assert!(err.contains("empty passphrase"), "{err}");
+    assert!(!env.path("repo/config").exists());
+
+    let out = env.run(&["repo", "init"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("can be read by other users"), "{}", stderr(&out));
+    let err = env.fails(&["repo", "add-key", "--new-password-file", &empty]);
+    assert!(err.contains("empty"), "{err}");
+
+    let err = env.fails(&["--password-file", "/dev/zero", "snapshots"]);
+    assert!(err.contains("longer than 4096 bytes"), "{err}");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert!(out.status.success() && !stderr(&out).contains("other users"), "{}", stderr(&out));
+}
+
+/// Key files and every other object are readable by their owner only.
+#[test]
+fn local_repository_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let mut stack = vec![env.path("repo")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(files > 4);
+}
+
+#[test]
+fn keys_are_listed_and_removed_but_never_the_last_or_the_one_in_use_by_accident() {
+    let env = Env::new();
+    env.init();
+    std::fs::write(env.path("pw2"), "second passphrase").unwrap();
+    let pw2 = env.path("pw2").display().to_string();
+    env.ok(&["repo", "add-key", "--new-password-file", &pw2]);
+    let keys = env.json(&["repo", "key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let in_use: Vec<_> = keys.iter().filter(|k| k["in_use"] == true).collect();
+    assert_eq!(in_use.len(), 1);
+    assert!(keys.iter().all(|k| k["created"].is_string() && k["host"].is_string()), "{keys:?}");
+    let mine = in_use[0]["id"].as_str().unwrap().to_string();
+    let other = keys.iter().find(|k| k["in_use"] == false).unwrap()["id"].as_str().unwrap().to_string();
+
+    let err = env.fails(&["repo", "key", "remove", &mine[..10]]);
+    assert!(err.contains("--force"), "{err}");
+    env.fails(&["repo", "key", "remove", ""]);
+    env.ok(&["repo", "key", "remove", &other[..10]]);
+    let err = env.fails(&["--password-file", &pw2, "snapshots"]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let err = env.fails(&["repo", "key", "remove", &mine, "--force"]);
+    assert!(err.contains("only key"), "{err}");
+    env.ok(&["snapshots"]);
+}
+
+/// Temporary files a killed writer left in `.tmp/` are removed by prune
+/// once they are older than any live write could be.
+#[test]
+fn prune_removes_temporary_files_left_by_killed_writers() {
+    let env = Env::new();
+    env.init();
+    let tmp = env.path("repo/.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (old, fresh) = (tmp.join("1234-left"), tmp.join("1234-fresh"));
+    std::fs::write(&old, vec![0u8; 1000]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 1000]).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+    let v = env.json(&["repo", "prune"]);
+    assert_eq!(v["temp_files_removed"], 1, "{v}");
+    assert!(!old.exists() && fresh.exists());
+}
