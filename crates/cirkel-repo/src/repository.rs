@@ -559,8 +559,8 @@ impl Repository {
         if body.len() < 8 {
             return Err(Error::corrupt(kind, id, "too short"));
         }
-        let len = u64::from_le_bytes(body[..8].try_into().unwrap_or_default()) as usize;
-        zstd::bulk::decompress(&body[8..], len).map_err(|e| Error::corrupt(kind, id, e))
+        let len = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+        blob::decompress_bounded(kind, id, &body[8..], len)
     }
 
     pub(crate) fn load_object(&self, kind: &'static str, prefix: &str, id: &Id) -> Result<Vec<u8>> {
