@@ -538,7 +538,9 @@ fn one_bad_object_does_not_stop_the_repository() {
     let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(stderr(&out).contains(&format!("skipped unreadable snapshot snapshots/{old}")), "{}", stderr(&out));
-    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let v = env.json(&["backup", "files", src.to_str().unwrap()]);
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains(&format!("index/{junk}"))), "{v}");
     let out = env.path("out");
     env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
     assert_same_tree(&src, &restored(&out, &src));
@@ -658,6 +660,18 @@ fn key_file_costs_are_bounded_and_damage_is_not_a_wrong_passphrase() {
     std::fs::remove_file(&renamed).unwrap();
     std::fs::write(&key, &original).unwrap();
     env.ok(&["snapshots"]);
+
+    // With a second, intact key the repository opens; verify names the damaged one.
+    std::fs::write(env.path("pw2"), "second passphrase").unwrap();
+    env.ok(&["repo", "add-key", "--new-password-file", env.path("pw2").to_str().unwrap()]);
+    std::fs::write(&key, &edited).unwrap();
+    let out = env.run(&["--password-file", env.path("pw2").to_str().unwrap(), "repo", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("is damaged") && stdout(&out).contains("does not match its name"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
