@@ -385,9 +385,19 @@ pub enum RepairCmd {
     /// Rebuild the index from the headers of the packs, replacing every index object.
     Index(DryRunArgs),
     /// Rewrite snapshots that reference missing or damaged data without the affected files.
-    Snapshots(DryRunArgs),
+    Snapshots(RepairSnapshotsArgs),
     /// Authenticate the config with the master key (repositories created before configs carried a MAC).
     Config,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also read and authenticate every blob, to find damaged data (not only missing data).
+    #[arg(long)]
+    pub read_data: bool,
 }
 
 #[derive(Debug, Args)]

@@ -768,3 +768,39 @@ fn prune_removes_temporary_files_left_by_killed_writers() {
     assert_eq!(v["temp_files_removed"], 1, "{v}");
     assert!(!old.exists() && fresh.exists());
 }
+
+/// Damaged (not only missing) data is found with --read-data: the file it
+/// belongs to is dropped, and prune then removes the damaged pack.
+#[test]
+fn repair_snapshots_with_read_data_drops_files_with_damaged_data() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    cirkel_testkit::write_random_file(&src.join("a.bin"), 20_000_000, 1);
+    cirkel_testkit::write_random_file(&src.join("b.bin"), 20_000_000, 2);
+    std::fs::write(src.join("small.txt"), "small").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let mut all = packs(&env);
+    all.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let victim = all.last().unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x10;
+    std::fs::write(victim, bytes).unwrap();
+
+    let v = env.json(&["repo", "repair", "snapshots"]);
+    assert!(v["report"]["snapshots"].as_array().unwrap().is_empty(), "nothing is missing: {v}");
+    let v = env.json(&["repo", "repair", "snapshots", "--read-data"]);
+    let dropped = v["report"]["snapshots"][0]["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{v}");
+    let bad = if dropped[0].as_str().unwrap().ends_with("/a.bin") { "a.bin" } else { "b.bin" };
+    let good = if bad == "a.bin" { "b.bin" } else { "a.bin" };
+    env.ok(&["repo", "prune"]);
+    env.ok(&["repo", "verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    let r = restored(&out, &src);
+    assert!(!r.join(bad).exists());
+    assert_eq!(std::fs::read(r.join(good)).unwrap(), std::fs::read(src.join(good)).unwrap());
+    assert_eq!(std::fs::read_to_string(r.join("small.txt")).unwrap(), "small");
+}

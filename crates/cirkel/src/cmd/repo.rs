@@ -213,7 +213,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         }
         RepoCmd::Repair(RepairCmd::Snapshots(args)) => {
             let repo = main_repo(global, &cfg)?.open()?;
-            let report = repair::repair_snapshots(&repo, args.dry_run)?;
+            let report = repair::repair_snapshots(&repo, args.dry_run, args.read_data)?;
             let unrepairable = report.snapshots.iter().filter(|s| s.error.is_some()).count();
             if global.json {
                 print_json(&json!({ "report": report, "warnings": repo.warnings() }));
