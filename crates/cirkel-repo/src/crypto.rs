@@ -141,6 +141,22 @@ pub struct KeyFile {
     /// Who created the key, where known (older key files lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The authentication code of the config this key was made for, bound
+    /// into the sealed key (its associated data): a config whose code was
+    /// removed or changed is refused by every key made since configs carry
+    /// one. Older key files lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_mac: Option<Id>,
+}
+
+/// Associated data of the sealed master key.
+fn key_aad(config_mac: Option<Id>) -> Vec<u8> {
+    let mut aad = b"cirkel key".to_vec();
+    if let Some(m) = config_mac {
+        aad.extend_from_slice(b" for config ");
+        aad.extend_from_slice(&m.0);
+    }
+    aad
 }
 
 fn derive_kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305> {
@@ -185,12 +201,23 @@ impl KeyFile {
         self.params.check()
     }
 
-    /// Wraps `key` under `password`.
+    /// Wraps `key` under `password`, bound to no config.
     pub fn wrap(key: &MasterKey, password: &[u8], params: KdfParams) -> Result<Self> {
+        Self::wrap_for_config(key, password, params, None)
+    }
+
+    /// Wraps `key` under `password`, bound to the config with this
+    /// authentication code.
+    pub fn wrap_for_config(
+        key: &MasterKey,
+        password: &[u8],
+        params: KdfParams,
+        config_mac: Option<Id>,
+    ) -> Result<Self> {
         let salt: [u8; 16] = rand::random();
         let kek = derive_kek(password, &salt, params)?;
         let mut bytes = key.to_bytes();
-        let wrapped = seal_with(&kek, &bytes, b"cirkel key");
+        let wrapped = seal_with(&kek, &bytes, &key_aad(config_mac));
         bytes.zeroize();
         Ok(KeyFile {
             kdf: "argon2id".into(),
@@ -203,6 +230,7 @@ impl KeyFile {
                 // SAFETY: getuid has no preconditions.
                 Some(format!("uid {}", unsafe { libc::getuid() }))
             }),
+            config_mac,
         })
     }
 
@@ -213,7 +241,7 @@ impl KeyFile {
         }
         self.check().map_err(|e| Error::Other(format!("damaged key file: {e}")))?;
         let kek = derive_kek(password, &self.salt, self.params)?;
-        match open_with(&kek, &self.wrapped, b"cirkel key") {
+        match open_with(&kek, &self.wrapped, &key_aad(self.config_mac)) {
             Some(mut bytes) => {
                 let key = MasterKey::from_bytes(&bytes);
                 bytes.zeroize();

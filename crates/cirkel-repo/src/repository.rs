@@ -277,13 +277,11 @@ impl Repository {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        let (crypto, key_object) = if opts.encrypt {
+        let (crypto, master_key) = if opts.encrypt {
             let password = password.ok_or(Error::PasswordRequired)?;
             refuse_empty(password)?;
             let key = opts.master_key.clone().unwrap_or_else(MasterKey::generate);
-            let kf = KeyFile::wrap(&key, password, opts.kdf)?;
-            let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
-            (Crypto::encrypted(key, opts.cipher), Some(bytes))
+            (Crypto::encrypted(key.clone(), opts.cipher), Some((key, password)))
         } else {
             (Crypto::Plain { mac: rand::random() }, None)
         };
@@ -303,8 +301,11 @@ impl Repository {
             mac: None,
         };
         config.check_bounds().map_err(|detail| Error::BadConfig { location: location.clone(), detail })?;
-        if crypto.is_encrypted() {
+        let mut key_object = None;
+        if let Some((key, password)) = master_key {
             config.mac = Some(config.compute_mac(&crypto));
+            let kf = KeyFile::wrap_for_config(&key, password, opts.kdf, config.mac)?;
+            key_object = Some(serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?);
         }
         // The key goes first: a crash before the config leaves no repository
         // (init can simply run again), never a repository without a key.
@@ -345,7 +346,7 @@ impl Repository {
             }
             (name, None) if let Some(cipher) = Cipher::from_config_name(name) => {
                 let password = password.ok_or(Error::PasswordRequired)?;
-                let (key, name) = Self::find_key(&rt, backend.as_ref(), password)?;
+                let (key, name) = Self::find_key(&rt, backend.as_ref(), password, config.mac)?;
                 key_in_use = Some(name);
                 Crypto::encrypted(key, cipher)
             }
@@ -370,7 +371,10 @@ impl Repository {
         let rt = runtime()?;
         let config = read_config(&rt, backend.as_ref())?;
         let cache_file = cache_dir.join(format!("{}.key", config.id));
+        // A config without its code may have been stripped of it; only the
+        // key files can tell, so such a config takes the full open.
         if let Some(cipher) = Cipher::from_config_name(&config.encryption)
+            && config.mac.is_some()
             && let (Some(check), Ok(bytes)) = (config.key_check, std::fs::read(&cache_file))
             && let Some(key) = MasterKey::from_cache_bytes(&bytes)
         {
@@ -392,12 +396,18 @@ impl Repository {
     /// Key files whose content does not match their name, or whose structure
     /// or costs are out of range, are damaged: they are not tried, and are
     /// named if no other key opens.
-    fn find_key(rt: &Runtime, backend: &dyn Backend, password: &[u8]) -> Result<(MasterKey, String)> {
+    fn find_key(
+        rt: &Runtime,
+        backend: &dyn Backend,
+        password: &[u8],
+        config_mac: Option<Id>,
+    ) -> Result<(MasterKey, String)> {
         let keys = rt.block_on(backend.list("keys/"))?;
         if keys.is_empty() {
             return Err(Error::corrupt("repository", backend.location(), "it has no key objects"));
         }
         let mut damaged = Vec::new();
+        let mut other_config = false;
         for k in keys {
             let bytes = rt.block_on(backend.read(&k.key))?;
             let kf = match KeyFile::parse(&k.key, &bytes) {
@@ -409,8 +419,19 @@ impl Repository {
                 }
             };
             if let Some(key) = kf.unwrap_key(password)? {
+                // A key made for a config with a code opens only that config.
+                if kf.config_mac.is_some() && kf.config_mac != config_mac {
+                    other_config = true;
+                    continue;
+                }
                 return Ok((key, k.key));
             }
+        }
+        if other_config {
+            return Err(Error::BadConfig {
+                location: backend.location(),
+                detail: "its authentication code was removed or replaced: the key was made for another config".into(),
+            });
         }
         if damaged.is_empty() { Err(Error::WrongPassword) } else { Err(Error::WrongPasswordOrDamagedKey(damaged)) }
     }
@@ -420,8 +441,8 @@ impl Repository {
         refuse_empty(password)?;
         let key =
             self.crypto.master_key().ok_or_else(|| Error::Other("an unencrypted repository has no keys".into()))?;
-        let bytes =
-            serde_json::to_vec_pretty(&KeyFile::wrap(key, password, kdf)?).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&KeyFile::wrap_for_config(key, password, kdf, self.config.mac)?)
+            .map_err(|e| Error::Other(e.to_string()))?;
         let name = format!("keys/{}", Id::of(&bytes));
         self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
         Ok(name)
@@ -490,23 +511,46 @@ impl Repository {
     }
 
     /// Adds the authentication code to a config written before configs
-    /// carried one. Returns false when it already had one.
-    pub fn repair_config(&mut self) -> Result<bool> {
-        if !self.crypto.is_encrypted() {
+    /// carried one, and replaces the key `password` opens with one bound to
+    /// it (so that removing the code again is noticed). Returns false when
+    /// there was nothing to do.
+    pub fn repair_config(&mut self, password: &[u8], kdf: KdfParams) -> Result<bool> {
+        let Some(key) = self.crypto.master_key().cloned() else {
             return Err(Error::Failed {
                 message:
                     "an unencrypted repository's config cannot be authenticated (its hash key is stored in the clear)"
                         .into(),
                 hint: Some("its parameters are checked against their bounds on every open".into()),
             });
-        }
-        if self.config.mac.is_some() {
+        };
+        let old_key = self.key_in_use.clone();
+        let bound = match &old_key {
+            Some(name) => {
+                let bytes = self.block_on(self.backend.read(name))?;
+                KeyFile::parse(name, &bytes).ok().and_then(|kf| kf.config_mac)
+            }
+            None => None,
+        };
+        if self.config.mac.is_some() && bound == self.config.mac {
             return Ok(false);
         }
         let mut config = self.config.clone();
         config.mac = Some(config.compute_mac(&self.crypto));
-        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
-        self.block_on(self.backend.replace(CONFIG_KEY, Bytes::from(bytes)))?;
+        // The new key first: until the config is replaced, opening skips it
+        // (it is bound to a code the config does not carry yet) and the old
+        // key still opens; a crash leaves one of the two working.
+        let kf = KeyFile::wrap_for_config(&key, password, kdf, config.mac)?;
+        let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
+        let name = format!("keys/{}", Id::of(&bytes));
+        self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
+        if self.config.mac.is_none() {
+            let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+            self.block_on(self.backend.replace(CONFIG_KEY, Bytes::from(config_bytes)))?;
+        }
+        if let Some(old) = old_key {
+            self.block_on(self.backend.delete(&old))?;
+        }
+        self.key_in_use = Some(name);
         self.config = config;
         Ok(true)
     }

@@ -615,18 +615,49 @@ fn repository_config_is_bounded_and_authenticated() {
     let err = env.fails(&["snapshots"]);
     assert!(err.contains("authentication code does not match"), "{err}");
 
-    // A config written before configs carried a MAC.
+    // Removing the code does not help: the key was made for the config with it.
     std::fs::write(env.path("repo/config"), &original).unwrap();
+    let strip = |env: &Env| {
+        edit_config(env, |v| {
+            v.as_object_mut().unwrap().remove("mac");
+            v["chunker"]["min"] = 64.into();
+        })
+    };
+    strip(&env);
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("removed or replaced"), "{err}");
+
+    // A repository from before configs carried a code: no code, a key bound
+    // to none. It opens, within bounds, with a warning; `repo repair config`
+    // authenticates it and binds the key.
+    std::fs::write(env.path("repo/config"), &original).unwrap();
+    let repo = Repository::open(Arc::new(LocalBackend::new(&env.repo)), Some(b"correct horse battery staple")).unwrap();
+    let fast = cirkel_repo::crypto::KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 };
+    let old_key =
+        cirkel_repo::crypto::KeyFile::wrap(repo.crypto().master_key().unwrap(), b"old passphrase", fast).unwrap();
+    let bytes = serde_json::to_vec_pretty(&old_key).unwrap();
+    std::fs::write(env.path(&format!("repo/keys/{}", cirkel_repo::Id::of(&bytes))), bytes).unwrap();
+    drop(repo);
+    std::fs::write(env.path("old-pw"), "old passphrase").unwrap();
+    let old_pw = env.path("old-pw").display().to_string();
     edit_config(&env, |v| {
         v.as_object_mut().unwrap().remove("mac");
     });
-    let out = env.run(&["snapshots"]);
+    let out = env.run(&["--password-file", &old_pw, "snapshots"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("repo repair config"), "{}", stderr(&out));
-    let v = env.json(&["repo", "repair", "config"]);
+    let v = env.json(&["--password-file", &old_pw, "repo", "repair", "config"]);
     assert_eq!(v["authenticated"], true);
-    let out = env.run(&["snapshots"]);
+    let out = env.run(&["--password-file", &old_pw, "snapshots"]);
     assert!(out.status.success() && !stderr(&out).contains("not authenticated"), "{}", stderr(&out));
+    env.ok(&["snapshots"]);
+    let again = env.json(&["--password-file", &old_pw, "repo", "repair", "config"]);
+    assert_eq!(again["authenticated"], false);
+    // Now every key refuses a stripped or edited config.
+    let authenticated = std::fs::read(env.path("repo/config")).unwrap();
+    strip(&env);
+    assert!(env.fails(&["--password-file", &old_pw, "snapshots"]).contains("removed or replaced"));
+    std::fs::write(env.path("repo/config"), &authenticated).unwrap();
     edit_config(&env, |v| v["pack_size"] = (1 << 20).into());
     assert!(env.fails(&["snapshots"]).contains("authentication code does not match"));
 }

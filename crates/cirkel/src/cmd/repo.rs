@@ -165,8 +165,10 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RepoCmd::Repair(RepairCmd::Config) => {
-            let mut repo = main_repo(global, &cfg)?.open()?;
-            let changed = repo.repair_config()?;
+            let target = main_repo(global, &cfg)?;
+            let mut repo = target.open()?;
+            let password = target.password.clone().unwrap_or_default();
+            let changed = repo.repair_config(password.as_bytes(), KdfParams::default())?;
             if global.json {
                 print_json(&json!({ "authenticated": changed }));
             } else if changed {
