@@ -494,9 +494,10 @@ impl Repository {
                 ));
             }
         };
-        if keys.len() <= 1 {
+        let usable_others = keys.iter().filter(|k| k.id != key.id && k.damaged.is_none()).count();
+        if keys.len() <= 1 || (key.damaged.is_none() && usable_others == 0) {
             return Err(refuse(
-                format!("key {} is the repository's only key", key.id),
+                format!("key {} is the repository's only usable key", key.id),
                 "add another with `cirkel repo add-key` first; without a key the repository cannot be opened",
             ));
         }

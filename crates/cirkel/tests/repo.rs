@@ -778,7 +778,16 @@ fn keys_are_listed_and_removed_but_never_the_last_or_the_one_in_use_by_accident(
     let err = env.fails(&["--password-file", &pw2, "snapshots"]);
     assert!(err.contains("wrong passphrase"), "{err}");
     let err = env.fails(&["repo", "key", "remove", &mine, "--force"]);
-    assert!(err.contains("only key"), "{err}");
+    assert!(err.contains("only usable key"), "{err}");
+    // A damaged key file does not count as another key, and can be removed.
+    let junk = b"not a key";
+    let junk_id = cirkel_repo::Id::of(junk).to_hex();
+    std::fs::write(env.path(&format!("repo/keys/{junk_id}")), junk).unwrap();
+    let keys = env.json(&["repo", "key", "list"]);
+    assert!(keys.as_array().unwrap().iter().any(|k| k["id"] == junk_id.as_str() && k["damaged"].is_string()), "{keys}");
+    let err = env.fails(&["repo", "key", "remove", &mine, "--force"]);
+    assert!(err.contains("only usable key"), "{err}");
+    env.ok(&["repo", "key", "remove", &junk_id]);
     env.ok(&["snapshots"]);
 }
 
