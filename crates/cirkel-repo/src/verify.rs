@@ -204,6 +204,8 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
             );
         }
         let mut paths = paths.into_inner();
+        paths.sort();
+        paths.dedup();
         if errors.is_empty() && !paths.is_empty() {
             errors.push(format!(
                 "snapshot {}: {} path(s) reference data that is missing from the index or damaged",
@@ -213,8 +215,6 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
         }
         report.errors.extend(errors);
         if !paths.is_empty() {
-            paths.sort();
-            paths.dedup();
             report.damaged.push(Damage { snapshot: id, paths });
         }
     }
