@@ -54,17 +54,36 @@ pub(crate) fn encode(crypto: &Crypto, id: &Id, plain: &[u8], level: i32) -> Enco
     EncodedBlob { stored: crypto.seal(body, &id.0), raw_length: plain.len() as u32, compressed: is_compressed }
 }
 
+/// More than any zstd frame can expand to (a 128 KiB block takes at least
+/// four bytes): a declared size beyond this many times the compressed
+/// length is a lie, refused before anything is allocated for it.
+const MAX_EXPANSION: u64 = 1 << 16;
+
+/// Decompresses `src`, whose plaintext is declared to be `declared` bytes,
+/// refusing declared sizes no zstd input of this length can produce.
+pub(crate) fn decompress_bounded(
+    kind: &'static str,
+    name: &dyn std::fmt::Display,
+    src: &[u8],
+    declared: u64,
+) -> Result<Vec<u8>> {
+    if declared > (src.len() as u64).saturating_mul(MAX_EXPANSION) || declared > isize::MAX as u64 {
+        return Err(Error::corrupt(
+            kind,
+            name,
+            format!("declared size {declared} is impossible for {} compressed bytes", src.len()),
+        ));
+    }
+    zstd::bulk::decompress(src, declared as usize)
+        .map_err(|e| Error::corrupt(kind, name, format!("decompression failed: {e}")))
+}
+
 /// Opens, decompresses and checks a stored blob against its id.
 pub(crate) fn decode(crypto: &Crypto, id: &Id, stored: &[u8], raw_length: u32, compressed: bool) -> Result<Vec<u8>> {
     let body = crypto
         .open(stored, &id.0)
         .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
-    let plain = if compressed {
-        zstd::bulk::decompress(&body, raw_length as usize)
-            .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?
-    } else {
-        body
-    };
+    let plain = if compressed { decompress_bounded("blob", id, &body, raw_length as u64)? } else { body };
     if plain.len() != raw_length as usize || crypto.blob_id(&plain) != *id {
         return Err(Error::corrupt("blob", id, "content does not match its id"));
     }
@@ -98,8 +117,7 @@ pub(crate) fn decode_owned(
         .open_in_place(&mut stored, &id.0)
         .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
     let data = if compressed {
-        let plain = zstd::bulk::decompress(&stored[range], raw_length as usize)
-            .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?;
+        let plain = decompress_bounded("blob", id, &stored[range], raw_length as u64)?;
         let n = plain.len();
         BlobData { buf: plain, range: 0..n }
     } else {
@@ -176,10 +194,7 @@ pub(crate) fn decode_in_place<'a>(
         .open_in_place(buf, &id.0)
         .ok_or_else(|| Error::corrupt("blob", id, "authentication failed (data was altered or damaged)"))?;
     let plain: std::borrow::Cow<'a, [u8]> = if compressed {
-        std::borrow::Cow::Owned(
-            zstd::bulk::decompress(&buf[range], raw_length as usize)
-                .map_err(|e| Error::corrupt("blob", id, format!("decompression failed: {e}")))?,
-        )
+        std::borrow::Cow::Owned(decompress_bounded("blob", id, &buf[range], raw_length as u64)?)
     } else {
         std::borrow::Cow::Borrowed(&buf[range])
     };

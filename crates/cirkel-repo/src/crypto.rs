@@ -95,6 +95,31 @@ pub struct KdfParams {
     pub p_cost: u32,
 }
 
+/// Largest Argon2 costs a key file may ask for: a key file is read before
+/// anything is authenticated, so its costs are bounded before deriving.
+pub const KDF_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+pub const KDF_MAX_TIME: u32 = 64;
+pub const KDF_MAX_LANES: u32 = 64;
+/// The sealed master key: nonce, 64 key bytes, tag.
+const WRAPPED_LEN: usize = NONCE_LEN + 64 + TAG_LEN;
+
+impl KdfParams {
+    /// Checks the costs against the bounds; the error names the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(1..=KDF_MAX_LANES).contains(&self.p_cost) {
+            return Err(format!("params.p_cost is {}; allowed 1 to {KDF_MAX_LANES}", self.p_cost));
+        }
+        if !(1..=KDF_MAX_TIME).contains(&self.t_cost) {
+            return Err(format!("params.t_cost is {}; allowed 1 to {KDF_MAX_TIME}", self.t_cost));
+        }
+        let min_mem = 8 * self.p_cost;
+        if !(min_mem..=KDF_MAX_MEMORY_KIB).contains(&self.m_cost) {
+            return Err(format!("params.m_cost is {} KiB; allowed {min_mem} to {KDF_MAX_MEMORY_KIB} KiB", self.m_cost));
+        }
+        Ok(())
+    }
+}
+
 impl Default for KdfParams {
     fn default() -> Self {
         KdfParams { m_cost: 64 * 1024, t_cost: 2, p_cost: 1 }
@@ -113,9 +138,29 @@ pub struct KeyFile {
     pub wrapped: Vec<u8>,
     pub created: chrono::DateTime<chrono::Utc>,
     pub host: String,
+    /// Who created the key, where known (older key files lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The authentication code of the config this key was made for, bound
+    /// into the sealed key (its associated data): a config whose code was
+    /// removed or changed is refused by every key made since configs carry
+    /// one. Older key files lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_mac: Option<Id>,
+}
+
+/// Associated data of the sealed master key.
+fn key_aad(config_mac: Option<Id>) -> Vec<u8> {
+    let mut aad = b"cirkel key".to_vec();
+    if let Some(m) = config_mac {
+        aad.extend_from_slice(b" for config ");
+        aad.extend_from_slice(&m.0);
+    }
+    aad
 }
 
 fn derive_kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305> {
+    p.check().map_err(|e| Error::Other(format!("invalid key derivation parameters: {e}")))?;
     let params = Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32))
         .map_err(|e| Error::Other(format!("invalid key derivation parameters: {e}")))?;
     let mut kek = [0u8; 32];
@@ -128,12 +173,51 @@ fn derive_kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Pol
 }
 
 impl KeyFile {
-    /// Wraps `key` under `password`.
+    /// Parses a stored key file and checks its structure, before any costly
+    /// key derivation: its content must match its name (the hash of its
+    /// bytes), and its salt, sealed key and costs must be in range. The
+    /// error says what is damaged.
+    pub fn parse(name: &str, bytes: &[u8]) -> std::result::Result<KeyFile, String> {
+        if let Some(Ok(id)) = name.rsplit('/').next().map(str::parse::<Id>)
+            && Id::of(bytes) != id
+        {
+            return Err("its content does not match its name (changed after it was written)".into());
+        }
+        let kf: KeyFile = serde_json::from_slice(bytes).map_err(|e| format!("not a key file: {e}"))?;
+        kf.check()?;
+        Ok(kf)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.kdf != "argon2id" {
+            return Err(format!("unknown key derivation function {:?}", self.kdf));
+        }
+        if !(8..=64).contains(&self.salt.len()) {
+            return Err(format!("its salt has {} bytes; allowed 8 to 64", self.salt.len()));
+        }
+        if self.wrapped.len() != WRAPPED_LEN {
+            return Err(format!("its sealed key has {} bytes, not {WRAPPED_LEN}", self.wrapped.len()));
+        }
+        self.params.check()
+    }
+
+    /// Wraps `key` under `password`, bound to no config.
     pub fn wrap(key: &MasterKey, password: &[u8], params: KdfParams) -> Result<Self> {
+        Self::wrap_for_config(key, password, params, None)
+    }
+
+    /// Wraps `key` under `password`, bound to the config with this
+    /// authentication code.
+    pub fn wrap_for_config(
+        key: &MasterKey,
+        password: &[u8],
+        params: KdfParams,
+        config_mac: Option<Id>,
+    ) -> Result<Self> {
         let salt: [u8; 16] = rand::random();
         let kek = derive_kek(password, &salt, params)?;
         let mut bytes = key.to_bytes();
-        let wrapped = seal_with(&kek, &bytes, b"cirkel key");
+        let wrapped = seal_with(&kek, &bytes, &key_aad(config_mac));
         bytes.zeroize();
         Ok(KeyFile {
             kdf: "argon2id".into(),
@@ -142,6 +226,11 @@ impl KeyFile {
             wrapped,
             created: chrono::Utc::now(),
             host: hostname(),
+            user: std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(|| {
+                // SAFETY: getuid has no preconditions.
+                Some(format!("uid {}", unsafe { libc::getuid() }))
+            }),
+            config_mac,
         })
     }
 
@@ -150,8 +239,9 @@ impl KeyFile {
         if self.kdf != "argon2id" {
             return Err(Error::Unsupported(format!("key derivation function {}", self.kdf)));
         }
+        self.check().map_err(|e| Error::Other(format!("damaged key file: {e}")))?;
         let kek = derive_kek(password, &self.salt, self.params)?;
-        match open_with(&kek, &self.wrapped, b"cirkel key") {
+        match open_with(&kek, &self.wrapped, &key_aad(self.config_mac)) {
             Some(mut bytes) => {
                 let key = MasterKey::from_bytes(&bytes);
                 bytes.zeroize();
@@ -338,6 +428,12 @@ impl Crypto {
     /// The id of a blob with this plaintext.
     pub fn blob_id(&self, plain: &[u8]) -> Id {
         Id(*blake3::keyed_hash(self.mac_key(), plain).as_bytes())
+    }
+
+    /// The authentication code of the repository config's bytes.
+    pub(crate) fn config_mac(&self, bytes: &[u8]) -> Id {
+        let key = blake3::derive_key("cirkel 2026 config mac", self.mac_key());
+        Id(*blake3::keyed_hash(&key, bytes).as_bytes())
     }
 
     /// A per-repository seed for the content-defined chunker, so chunk

@@ -20,6 +20,17 @@ pub enum Error {
     /// No key file could be opened with the given passphrase.
     #[error("wrong passphrase: no key of the repository opens with it")]
     WrongPassword,
+    /// No key opened with the passphrase, and some key files are damaged:
+    /// the passphrase may be right and its key file the damaged one.
+    #[error(
+        "no key of the repository opens with this passphrase, and {} key file(s) are damaged ({}): either the passphrase is wrong or its key file is damaged",
+        .0.len(), .0.join("; ")
+    )]
+    WrongPasswordOrDamagedKey(Vec<String>),
+    /// A repository parameter is out of range, or the config fails its
+    /// authentication: it was changed outside cirkel.
+    #[error("invalid repository config at {location}: {detail}")]
+    BadConfig { location: String, detail: String },
     /// The repository is encrypted but no passphrase was given.
     #[error("the repository is encrypted and no passphrase was given")]
     PasswordRequired,
@@ -72,6 +83,12 @@ impl Error {
             Error::AlreadyInitialized(_) => "use the existing repository, or choose another --repo".into(),
             Error::WrongPassword => {
                 "check --password-file / CIRKEL_PASSWORD_FILE / CIRKEL_PASSWORD; the passphrase cannot be recovered".into()
+            }
+            Error::WrongPasswordOrDamagedKey(_) => {
+                "check the passphrase; if it is right, restore the damaged key file from a copy of the repository, or open it with another key's passphrase and `cirkel repo key remove` the damaged one".into()
+            }
+            Error::BadConfig { .. } => {
+                "the config object was changed outside cirkel; restore it from a copy of the repository (its values are fixed at `repo init`)".into()
             }
             Error::PasswordRequired => {
                 "pass --password-file FILE, or set CIRKEL_PASSWORD_FILE or CIRKEL_PASSWORD".into()

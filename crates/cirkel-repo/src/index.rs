@@ -21,7 +21,8 @@ pub struct PackRecord {
     pub blobs: Vec<BlobEntry>,
 }
 
-pub(crate) fn encode(packs: &[PackRecord]) -> Vec<u8> {
+/// An index file's plaintext.
+pub fn encode(packs: &[PackRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + packs.iter().map(|p| 44 + p.blobs.len() * ENTRY_LEN).sum::<usize>());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
@@ -36,7 +37,8 @@ pub(crate) fn encode(packs: &[PackRecord]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
+/// Parses an index file's plaintext (public for the property tests).
+pub fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
     let bad = || Error::corrupt("index", name, "malformed");
     if b.len() < 8 || &b[..4] != MAGIC {
         return Err(bad());
@@ -46,7 +48,8 @@ pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
     };
     let npacks = u32_at(4)? as usize;
     let mut pos = 8;
-    let mut out = Vec::with_capacity(npacks.min(1 << 20));
+    // Capacities come from the input's length, never from its counts alone.
+    let mut out = Vec::with_capacity(npacks.min((b.len() - 8) / 44));
     for _ in 0..npacks {
         let idb = b.get(pos..pos + 32).ok_or_else(bad)?;
         let mut id = [0u8; 32];
@@ -54,7 +57,7 @@ pub(crate) fn decode(name: &Id, b: &[u8]) -> Result<Vec<PackRecord>> {
         let size = u64::from_le_bytes(b.get(pos + 32..pos + 40).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
         let nblobs = u32_at(pos + 40)? as usize;
         pos += 44;
-        let mut blobs = Vec::with_capacity(nblobs.min(1 << 20));
+        let mut blobs = Vec::with_capacity(nblobs.min(b.len().saturating_sub(pos) / ENTRY_LEN));
         for _ in 0..nblobs {
             blobs.push(read_entry(b.get(pos..pos + ENTRY_LEN).ok_or_else(bad)?).ok_or_else(bad)?);
             pos += ENTRY_LEN;

@@ -40,7 +40,7 @@ pub use blob::{BlobData, BlobKind};
 pub use crypto::Cipher;
 pub use error::{Error, Result, chain as error_chain};
 pub use id::Id;
-pub use repository::{ChunkerParams, InitOptions, RepoConfig, Repository, Unreadable};
+pub use repository::{ChunkerParams, InitOptions, KeyInfo, RepoConfig, Repository, Unreadable, limits};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotSummary};
 pub use tree::{Node, NodeKind, Tree};
 pub use writer::{BlobWriter, WriterStats};

@@ -22,6 +22,9 @@ use crate::snapshot::Snapshot;
 use crate::writer::BlobWriter;
 use crate::{Error, Id, Repository, Result};
 
+/// Age after which a temporary file with no live writer is a leftover.
+pub const TEMP_FILES_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
     pub policy: Policy,
@@ -46,6 +49,8 @@ pub struct PruneReport {
     pub packs_repacked: usize,
     pub bytes_freed: u64,
     pub orphan_packs_removed: usize,
+    /// Temporary files left by killed writers, removed.
+    pub temp_files_removed: usize,
     /// Set when data removal was skipped, with the reason.
     pub deferred: Option<String>,
     pub dry_run: bool,
@@ -168,6 +173,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         } else {
             keep.push(pack.clone());
         }
+    }
+    // No writer is live: temporary files older than any write in progress
+    // could be were left by a killed one.
+    if !opts.dry_run {
+        report.temp_files_removed = repo.backend.clean_temp(TEMP_FILES_AFTER)?;
     }
     let indexed: HashSet<Id> = index.packs().map(|p| p.id).collect();
     let orphans: Vec<(Id, u64)> = list_packs(repo)?.into_iter().filter(|(id, _)| !indexed.contains(id)).collect();

@@ -139,13 +139,15 @@ struct TreeFixer<'a> {
     repo: &'a Repository,
     index: &'a Index,
     stored: HashSet<Id>,
+    /// Copies found damaged, as (pack, blob).
+    damaged: HashSet<(Id, Id)>,
     writer: Option<BlobWriter>,
 }
 
 impl TreeFixer<'_> {
-    /// A blob is usable when some copy of it lies in a pack that exists.
+    /// A blob is usable when some copy of it lies undamaged in a pack that exists.
     fn usable(&self, id: &Id) -> bool {
-        self.index.locations(id).any(|l| self.stored.contains(&l.pack))
+        self.index.locations(id).any(|l| self.stored.contains(&l.pack) && !self.damaged.contains(&(l.pack, *id)))
     }
 
     fn fix(&self, tree_id: Id, path: &str, dropped: &mut Vec<String>) -> Result<Fixed> {
@@ -190,16 +192,43 @@ impl TreeFixer<'_> {
     }
 }
 
-/// Rewrites every snapshot that references missing or damaged data without
-/// the affected files, and forgets the originals.
-pub fn repair_snapshots(repo: &Repository, dry_run: bool) -> Result<SnapshotRepair> {
+/// Every copy in an existing pack that does not read back, as (pack, blob).
+fn damaged_copies(repo: &Repository, index: &Index, stored: &HashSet<Id>) -> HashSet<(Id, Id)> {
+    let mut bad = HashSet::new();
+    for pack in index.packs().filter(|p| stored.contains(&p.id)) {
+        let bytes = repo.read_pack(&pack.id).ok();
+        for b in &pack.blobs {
+            let ok = bytes
+                .as_ref()
+                .and_then(|bytes| bytes.get(b.offset as usize..b.offset as usize + b.length as usize))
+                .is_some_and(|s| repo.decode_blob(&b.id, s, b.raw_length, b.compressed).is_ok());
+            if !ok {
+                bad.insert((pack.id, b.id));
+            }
+        }
+    }
+    bad
+}
+
+/// Rewrites every snapshot that references missing data (or, with
+/// `read_data`, damaged data) without the affected files, and forgets the
+/// originals.
+pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Result<SnapshotRepair> {
     let _lock = repo.lock_exclusive("repair snapshots")?;
     // A file whose data is listed only in an unreadable index is not lost:
     // the index has to be repaired first.
     let index = repo.load_index_strict()?;
     let stored: HashSet<Id> = list_packs(repo)?.into_iter().map(|(id, _)| id).collect();
-    let writer = (!dry_run).then(|| BlobWriter::new(repo, Arc::new(index.clone())));
-    let fixer = TreeFixer { repo, index: &index, stored, writer };
+    let damaged = if read_data { damaged_copies(repo, &index, &stored) } else { HashSet::new() };
+    // New trees deduplicate only against copies that are really there.
+    let mut usable = Index::default();
+    for pack in index.packs().filter(|p| stored.contains(&p.id)) {
+        let mut pack = pack.clone();
+        pack.blobs.retain(|b| !damaged.contains(&(pack.id, b.id)));
+        usable.add_pack(pack);
+    }
+    let writer = (!dry_run).then(|| BlobWriter::new(repo, Arc::new(usable)));
+    let fixer = TreeFixer { repo, index: &index, stored, damaged, writer };
     let mut report = SnapshotRepair { dry_run, ..Default::default() };
     let mut rewrites = Vec::new();
     for (id, snap) in repo.snapshots()? {

@@ -52,6 +52,63 @@ pub struct RepoConfig {
     /// belongs to this repository, without revealing anything about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_check: Option<Id>,
+    /// Keyed hash of the rest of the config under a key derived from the
+    /// master key, so that no parameter changes unnoticed. Absent in
+    /// unencrypted repositories (their hash key is public) and in those
+    /// created before it existed (`repo repair config` adds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Id>,
+}
+
+/// Allowed ranges of the repository parameters. A config is read before
+/// anything is authenticated, so every value is checked before it sizes a
+/// buffer, a chunker or a pack.
+pub mod limits {
+    /// The content-defined chunker's own limits (FastCDC 2020).
+    pub const CHUNK_MIN: (u32, u32) = (64, 1024 * 1024);
+    pub const CHUNK_AVG: (u32, u32) = (256, 4 * 1024 * 1024);
+    pub const CHUNK_MAX: (u32, u32) = (1024, 16 * 1024 * 1024);
+    pub const PACK_SIZE: (u32, u32) = (64 * 1024, 1024 * 1024 * 1024);
+    pub const COMPRESSION_LEVEL: (i32, i32) = (0, 22);
+}
+
+impl RepoConfig {
+    /// Checks every parameter against [`limits`]; the error names the field
+    /// and the allowed range.
+    pub fn check_bounds(&self) -> std::result::Result<(), String> {
+        use limits::*;
+        if self.version != FORMAT_VERSION {
+            return Err(format!("version is {}; this build reads version {FORMAT_VERSION}", self.version));
+        }
+        let (lo, hi) = COMPRESSION_LEVEL;
+        if !(lo..=hi).contains(&self.compression_level) {
+            return Err(format!("compression_level is {}; allowed {lo} to {hi}", self.compression_level));
+        }
+        let c = &self.chunker;
+        for (name, v, (lo, hi)) in
+            [("chunker.min", c.min, CHUNK_MIN), ("chunker.avg", c.avg, CHUNK_AVG), ("chunker.max", c.max, CHUNK_MAX)]
+        {
+            if !(lo..=hi).contains(&v) || v % 2 != 0 {
+                return Err(format!("{name} is {v}; allowed an even number from {lo} to {hi}"));
+            }
+        }
+        if !(c.min <= c.avg && c.avg <= c.max) {
+            return Err(format!("chunker sizes must grow: min {} <= avg {} <= max {}", c.min, c.avg, c.max));
+        }
+        let (lo, hi) = PACK_SIZE;
+        if !(lo..=hi).contains(&self.pack_size) {
+            return Err(format!("pack_size is {}; allowed {lo} to {hi}", self.pack_size));
+        }
+        Ok(())
+    }
+
+    /// The config's authentication code under `crypto`'s keys.
+    pub(crate) fn compute_mac(&self, crypto: &Crypto) -> Id {
+        let mut unsigned = self.clone();
+        unsigned.mac = None;
+        let bytes = serde_json::to_vec(&unsigned).unwrap_or_default();
+        crypto.config_mac(&bytes)
+    }
 }
 
 mod opt_hex {
@@ -115,10 +172,25 @@ pub struct Repository {
     /// Objects readers skipped because they could not be read; commands
     /// show them beside their results.
     warnings: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The key object the passphrase opened, when it was looked up.
+    key_in_use: Option<String>,
 }
 
 /// The readable snapshots, oldest first, and the objects that were not.
 pub type SnapshotsRead = (Vec<(Id, Snapshot)>, Vec<Unreadable>);
+
+/// A key object, as `repo key list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub created: Option<DateTime<Utc>>,
+    pub host: Option<String>,
+    pub user: Option<String>,
+    /// Whether this key opened the repository.
+    pub in_use: bool,
+    /// Why the key file is unusable, when it is.
+    pub damaged: Option<String>,
+}
 
 /// An object a reader could not read, and why.
 #[derive(Clone, Debug, Serialize)]
@@ -140,7 +212,30 @@ fn read_config(rt: &Runtime, backend: &dyn Backend) -> Result<RepoConfig> {
     if config.version != FORMAT_VERSION {
         return Err(Error::Unsupported(format!("format version {}", config.version)));
     }
+    config.check_bounds().map_err(|detail| Error::BadConfig { location, detail })?;
     Ok(config)
+}
+
+/// Checks the config's authentication code, once the master key is known.
+/// A config without one (written before it existed) is accepted, since its
+/// values are within bounds, with a warning.
+fn authenticate_config(config: &RepoConfig, crypto: &Crypto, location: &str) -> Result<()> {
+    if !crypto.is_encrypted() {
+        return Ok(());
+    }
+    match config.mac {
+        Some(mac) if mac == config.compute_mac(crypto) => Ok(()),
+        Some(_) => Err(Error::BadConfig {
+            location: location.into(),
+            detail: "its authentication code does not match: a parameter was changed outside cirkel".into(),
+        }),
+        None => {
+            tracing::warn!(
+                "the repository config at {location} is not authenticated (written by an older cirkel); `cirkel repo repair config` authenticates it"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn runtime() -> Result<Arc<Runtime>> {
@@ -155,7 +250,7 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 impl Repository {
     fn assemble(backend: Arc<dyn Backend>, rt: Arc<Runtime>, config: RepoConfig, crypto: Crypto) -> Self {
-        Repository { backend, rt, config, crypto, warnings: Arc::default() }
+        Repository { backend, rt, config, crypto, warnings: Arc::default(), key_in_use: None }
     }
 
     /// What readers skipped so far (unreadable indexes and snapshots), one
@@ -182,16 +277,15 @@ impl Repository {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        let (crypto, key_object) = if opts.encrypt {
+        let (crypto, master_key) = if opts.encrypt {
             let password = password.ok_or(Error::PasswordRequired)?;
+            refuse_empty(password)?;
             let key = opts.master_key.clone().unwrap_or_else(MasterKey::generate);
-            let kf = KeyFile::wrap(&key, password, opts.kdf)?;
-            let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
-            (Crypto::encrypted(key, opts.cipher), Some(bytes))
+            (Crypto::encrypted(key.clone(), opts.cipher), Some((key, password)))
         } else {
             (Crypto::Plain { mac: rand::random() }, None)
         };
-        let config = RepoConfig {
+        let mut config = RepoConfig {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: Utc::now(),
@@ -204,7 +298,15 @@ impl Repository {
                 Crypto::Encrypted { .. } => None,
             },
             key_check: Some(crypto.blob_id(KEY_CHECK)),
+            mac: None,
         };
+        config.check_bounds().map_err(|detail| Error::BadConfig { location: location.clone(), detail })?;
+        let mut key_object = None;
+        if let Some((key, password)) = master_key {
+            config.mac = Some(config.compute_mac(&crypto));
+            let kf = KeyFile::wrap_for_config(&key, password, opts.kdf, config.mac)?;
+            key_object = Some(serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?);
+        }
         // The key goes first: a crash before the config leaves no repository
         // (init can simply run again), never a repository without a key.
         let mut key_name = None;
@@ -228,6 +330,7 @@ impl Repository {
         let rt = runtime()?;
         let location = backend.location();
         let config = read_config(&rt, backend.as_ref())?;
+        let mut key_in_use = None;
         let crypto = match (config.encryption.as_str(), config.mac_key) {
             ("none", Some(mac)) => {
                 // Key objects exist only in encrypted repositories: a config
@@ -243,11 +346,16 @@ impl Repository {
             }
             (name, None) if let Some(cipher) = Cipher::from_config_name(name) => {
                 let password = password.ok_or(Error::PasswordRequired)?;
-                Crypto::encrypted(Self::find_key(&rt, backend.as_ref(), password)?, cipher)
+                let (key, name) = Self::find_key(&rt, backend.as_ref(), password, config.mac)?;
+                key_in_use = Some(name);
+                Crypto::encrypted(key, cipher)
             }
             (other, _) => return Err(Error::Unsupported(format!("encryption {other}"))),
         };
-        Ok(Repository::assemble(backend, rt, config, crypto))
+        authenticate_config(&config, &crypto, &location)?;
+        let mut repo = Repository::assemble(backend, rt, config, crypto);
+        repo.key_in_use = key_in_use;
+        Ok(repo)
     }
 
     /// Like [`Repository::open`], but remembers the unwrapped master key in
@@ -263,12 +371,16 @@ impl Repository {
         let rt = runtime()?;
         let config = read_config(&rt, backend.as_ref())?;
         let cache_file = cache_dir.join(format!("{}.key", config.id));
+        // A config without its code may have been stripped of it; only the
+        // key files can tell, so such a config takes the full open.
         if let Some(cipher) = Cipher::from_config_name(&config.encryption)
+            && config.mac.is_some()
             && let (Some(check), Ok(bytes)) = (config.key_check, std::fs::read(&cache_file))
             && let Some(key) = MasterKey::from_cache_bytes(&bytes)
         {
             let crypto = Crypto::encrypted(key, cipher);
             if crypto.blob_id(KEY_CHECK) == check {
+                authenticate_config(&config, &crypto, &backend.location())?;
                 return Ok(Repository::assemble(backend, rt, config, crypto));
             }
         }
@@ -280,36 +392,168 @@ impl Repository {
         Ok(repo)
     }
 
-    fn find_key(rt: &Runtime, backend: &dyn Backend, password: &[u8]) -> Result<MasterKey> {
+    /// The master key the passphrase opens, and the key object it came from.
+    /// Key files whose content does not match their name, or whose structure
+    /// or costs are out of range, are damaged: they are not tried, and are
+    /// named if no other key opens.
+    fn find_key(
+        rt: &Runtime,
+        backend: &dyn Backend,
+        password: &[u8],
+        config_mac: Option<Id>,
+    ) -> Result<(MasterKey, String)> {
         let keys = rt.block_on(backend.list("keys/"))?;
         if keys.is_empty() {
             return Err(Error::corrupt("repository", backend.location(), "it has no key objects"));
         }
+        let mut damaged = Vec::new();
+        let mut other_config = false;
         for k in keys {
             let bytes = rt.block_on(backend.read(&k.key))?;
-            let kf: KeyFile = match serde_json::from_slice(&bytes) {
+            let kf = match KeyFile::parse(&k.key, &bytes) {
                 Ok(kf) => kf,
-                Err(e) => {
-                    tracing::warn!("skipping unreadable key {}: {e}", k.key);
+                Err(why) => {
+                    tracing::warn!("key {} is damaged: {why}", k.key);
+                    damaged.push(format!("{}: {why}", k.key));
                     continue;
                 }
             };
             if let Some(key) = kf.unwrap_key(password)? {
-                return Ok(key);
+                // A key made for a config with a code opens only that config.
+                if kf.config_mac.is_some() && kf.config_mac != config_mac {
+                    other_config = true;
+                    continue;
+                }
+                return Ok((key, k.key));
             }
         }
-        Err(Error::WrongPassword)
+        if other_config {
+            return Err(Error::BadConfig {
+                location: backend.location(),
+                detail: "its authentication code was removed or replaced: the key was made for another config".into(),
+            });
+        }
+        if damaged.is_empty() { Err(Error::WrongPassword) } else { Err(Error::WrongPasswordOrDamagedKey(damaged)) }
     }
 
     /// Adds a key object that opens this repository with another password.
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        refuse_empty(password)?;
         let key =
             self.crypto.master_key().ok_or_else(|| Error::Other("an unencrypted repository has no keys".into()))?;
-        let bytes =
-            serde_json::to_vec_pretty(&KeyFile::wrap(key, password, kdf)?).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&KeyFile::wrap_for_config(key, password, kdf, self.config.mac)?)
+            .map_err(|e| Error::Other(e.to_string()))?;
         let name = format!("keys/{}", Id::of(&bytes));
         self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
         Ok(name)
+    }
+
+    /// Every key object: its id, when, where and by whom it was created,
+    /// whether it opened this repository, or why it is damaged.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for o in self.block_on(self.backend.list("keys/"))? {
+            let id = o.key.trim_start_matches("keys/").to_string();
+            let in_use = self.key_in_use.as_deref() == Some(o.key.as_str());
+            let info = match self.block_on(self.backend.read(&o.key)) {
+                Ok(bytes) => match KeyFile::parse(&o.key, &bytes) {
+                    Ok(kf) => KeyInfo {
+                        id,
+                        created: Some(kf.created),
+                        host: Some(kf.host),
+                        user: kf.user,
+                        in_use,
+                        damaged: None,
+                    },
+                    Err(why) => KeyInfo { id, created: None, host: None, user: None, in_use, damaged: Some(why) },
+                },
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Removes a key by id or unique id prefix; never the last key, and the
+    /// one the passphrase opened only with `force`. Returns its id.
+    pub fn remove_key(&self, spec: &str, force: bool) -> Result<String> {
+        let refuse = |message: String, hint: &str| Error::Failed { message, hint: Some(hint.into()) };
+        if spec.trim().is_empty() {
+            return Err(refuse("an empty key id names no key".into(), "list keys with `cirkel repo key list`"));
+        }
+        let keys = self.keys()?;
+        let found: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.starts_with(spec)).collect();
+        let key = match found.as_slice() {
+            [one] => *one,
+            [] => return Err(refuse(format!("no key matches `{spec}`"), "list keys with `cirkel repo key list`")),
+            many => {
+                return Err(refuse(
+                    format!("`{spec}` matches {} keys", many.len()),
+                    "give more digits; list keys with `cirkel repo key list`",
+                ));
+            }
+        };
+        let usable_others = keys.iter().filter(|k| k.id != key.id && k.damaged.is_none()).count();
+        if keys.len() <= 1 || (key.damaged.is_none() && usable_others == 0) {
+            return Err(refuse(
+                format!("key {} is the repository's only usable key", key.id),
+                "add another with `cirkel repo add-key` first; without a key the repository cannot be opened",
+            ));
+        }
+        if key.in_use && !force {
+            return Err(refuse(
+                format!("key {} is the one this passphrase opens", key.id),
+                "pass --force to remove it anyway; afterwards only the other keys' passphrases open the repository",
+            ));
+        }
+        self.block_on(self.backend.delete(&format!("keys/{}", key.id)))?;
+        Ok(key.id.clone())
+    }
+
+    /// Adds the authentication code to a config written before configs
+    /// carried one, and replaces the key `password` opens with one bound to
+    /// it (so that removing the code again is noticed). Returns false when
+    /// there was nothing to do.
+    pub fn repair_config(&mut self, password: &[u8], kdf: KdfParams) -> Result<bool> {
+        let Some(key) = self.crypto.master_key().cloned() else {
+            return Err(Error::Failed {
+                message:
+                    "an unencrypted repository's config cannot be authenticated (its hash key is stored in the clear)"
+                        .into(),
+                hint: Some("its parameters are checked against their bounds on every open".into()),
+            });
+        };
+        let old_key = self.key_in_use.clone();
+        let bound = match &old_key {
+            Some(name) => {
+                let bytes = self.block_on(self.backend.read(name))?;
+                KeyFile::parse(name, &bytes).ok().and_then(|kf| kf.config_mac)
+            }
+            None => None,
+        };
+        if self.config.mac.is_some() && bound == self.config.mac {
+            return Ok(false);
+        }
+        let mut config = self.config.clone();
+        config.mac = Some(config.compute_mac(&self.crypto));
+        // The new key first: until the config is replaced, opening skips it
+        // (it is bound to a code the config does not carry yet) and the old
+        // key still opens; a crash leaves one of the two working.
+        let kf = KeyFile::wrap_for_config(&key, password, kdf, config.mac)?;
+        let bytes = serde_json::to_vec_pretty(&kf).map_err(|e| Error::Other(e.to_string()))?;
+        let name = format!("keys/{}", Id::of(&bytes));
+        self.block_on(self.backend.create(&name, Bytes::from(bytes)))?;
+        if self.config.mac.is_none() {
+            let config_bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+            self.block_on(self.backend.replace(CONFIG_KEY, Bytes::from(config_bytes)))?;
+        }
+        if let Some(old) = old_key {
+            self.block_on(self.backend.delete(&old))?;
+        }
+        self.key_in_use = Some(name);
+        self.config = config;
+        Ok(true)
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -360,8 +604,8 @@ impl Repository {
         if body.len() < 8 {
             return Err(Error::corrupt(kind, id, "too short"));
         }
-        let len = u64::from_le_bytes(body[..8].try_into().unwrap_or_default()) as usize;
-        zstd::bulk::decompress(&body[8..], len).map_err(|e| Error::corrupt(kind, id, e))
+        let len = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+        blob::decompress_bounded(kind, id, &body[8..], len)
     }
 
     pub(crate) fn load_object(&self, kind: &'static str, prefix: &str, id: &Id) -> Result<Vec<u8>> {
@@ -686,6 +930,17 @@ impl Repository {
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
         Ok(self.block_on(self.backend.delete(&format!("snapshots/{id}")))?)
     }
+}
+
+/// A key anyone could guess protects nothing.
+fn refuse_empty(password: &[u8]) -> Result<()> {
+    if password.is_empty() {
+        return Err(Error::Failed {
+            message: "an empty passphrase is refused".into(),
+            hint: Some("put a passphrase in the password file (one line)".into()),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses snapshot specs that would select by accident: an empty prefix

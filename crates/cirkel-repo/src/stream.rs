@@ -258,7 +258,7 @@ impl Repository {
         let open_part = |i: usize, sealed: &[u8]| -> Result<Vec<u8>> {
             let z = self.crypto.open(sealed, &aad(name, i)).ok_or_else(|| bad("authentication failed"))?;
             let size = zstd::zstd_safe::get_frame_content_size(&z).ok().flatten().unwrap_or(MAX_PART as u64);
-            zstd::bulk::decompress(&z, (size as usize).min(MAX_PART)).map_err(|e| bad(&format!("decompression: {e}")))
+            crate::blob::decompress_bounded("stream", &k, &z, size.min(MAX_PART as u64))
         };
         let mut parts: Vec<Option<Result<Vec<u8>>>> = (0..count).map(|_| None).collect();
         std::thread::scope(|s| {
@@ -280,9 +280,12 @@ impl Repository {
                 }
             }
         });
-        let mut out = Vec::with_capacity(len);
+        // Sized by what the parts hold, not by the header's claim.
+        let parts: Vec<Vec<u8>> =
+            parts.into_iter().map(|p| p.unwrap_or_else(|| Err(bad("decompression thread")))).collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>().min(len));
         for p in parts {
-            out.extend_from_slice(&p.unwrap_or_else(|| Err(bad("decompression thread")))?);
+            out.extend_from_slice(&p);
         }
         if out.len() != len || self.crypto.blob_id(&out) != id {
             return Err(bad("content does not match its checksum"));
@@ -367,6 +370,9 @@ mod tests {
         }
         async fn delete(&self, key: &str) -> std::result::Result<(), BackendError> {
             self.0.delete(key).await
+        }
+        async fn replace(&self, key: &str, data: Bytes) -> std::result::Result<(), BackendError> {
+            self.0.replace(key, data).await
         }
     }
 

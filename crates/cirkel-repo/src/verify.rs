@@ -78,6 +78,14 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
     for u in unreadable {
         report.errors.push(format!("{}: {}; `cirkel repo repair index` rebuilds the index", u.key, u.error));
     }
+    for k in repo.keys()? {
+        if let Some(why) = &k.damaged {
+            report.errors.push(format!("key keys/{} is damaged: {why}; `cirkel repo key remove` removes it", k.id));
+        }
+    }
+    if repo.crypto.is_encrypted() && repo.config.mac.is_none() {
+        report.notes.push("the config is not authenticated (written by an older cirkel); `cirkel repo repair config` authenticates it".into());
+    }
     let stored: HashMap<Id, u64> = list_packs(repo)?.into_iter().collect();
     report.packs = stored.len();
     report.blobs = index.blob_count();
@@ -196,6 +204,8 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
             );
         }
         let mut paths = paths.into_inner();
+        paths.sort();
+        paths.dedup();
         if errors.is_empty() && !paths.is_empty() {
             errors.push(format!(
                 "snapshot {}: {} path(s) reference data that is missing from the index or damaged",
@@ -205,8 +215,6 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Fn(u64, u6
         }
         report.errors.extend(errors);
         if !paths.is_empty() {
-            paths.sort();
-            paths.dedup();
             report.damaged.push(Damage { snapshot: id, paths });
         }
     }

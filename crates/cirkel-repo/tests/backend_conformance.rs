@@ -49,6 +49,11 @@ async fn suite(b: Arc<dyn Backend>) {
     let got = b.read("race").await.unwrap();
     assert!(got.iter().all(|&x| x == got[0]) && got.len() == 1000);
 
+    // replace (the config, by `repo repair config`) swaps the whole object
+    b.create("config", Bytes::from_static(b"old config")).await.unwrap();
+    b.replace("config", Bytes::from_static(b"new")).await.unwrap();
+    assert_eq!(&b.read("config").await.unwrap()[..], b"new");
+
     // larger objects round-trip byte for byte
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     b.create("data/ee/big", Bytes::from(big.clone())).await.unwrap();

@@ -191,3 +191,229 @@ fn any_copy_of_a_duplicated_blob_serves() {
     assert!(!report.ok(), "the missing pack is reported");
     assert!(report.damaged.is_empty(), "but no snapshot is damaged: {:?}", report.damaged);
 }
+
+// ---- parsers of untrusted bytes -----------------------------------------
+//
+// Everything below reads bytes an attacker with write access to the storage
+// controls. Arbitrary and mutated inputs must never panic, and never make the
+// reader allocate more than the input could justify: a counting allocator
+// records the largest single allocation, which must stay far below what a
+// trusted length field could ask for.
+
+struct Counting;
+
+static LARGEST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only records sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout contract is passed on unchanged.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The largest allocation any test here legitimately makes is a few MiB
+/// (zstd contexts, 100 kB blobs); a length field trusted blindly asks for
+/// hundreds of MiB or more.
+const ALLOCATION_LIMIT: usize = 48 << 20;
+
+fn assert_bounded() {
+    let largest = LARGEST.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(largest < ALLOCATION_LIMIT, "an allocation of {largest} bytes");
+}
+
+/// Bytes: arbitrary, or a valid seed with some bytes overwritten, some
+/// little-endian u32/u64 fields set to extreme values, and maybe truncated.
+fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let len = seed.len().max(1);
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        (
+            proptest::collection::vec((0..len, any::<u8>()), 0..8),
+            proptest::collection::vec((0..len, prop_oneof![Just(u32::MAX), Just(1u32 << 30), any::<u32>()]), 0..3),
+            proptest::option::of(0..len + 1),
+        )
+            .prop_map(move |(bytes, words, cut)| {
+                let mut b = seed.clone();
+                for (at, v) in bytes {
+                    if let Some(x) = b.get_mut(at) {
+                        *x = v;
+                    }
+                }
+                for (at, v) in words {
+                    if let Some(w) = b.get_mut(at..at + 4) {
+                        w.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                if let Some(c) = cut {
+                    b.truncate(c);
+                }
+                b
+            }),
+    ]
+}
+
+fn plain_crypto() -> cirkel_repo::crypto::Crypto {
+    cirkel_repo::crypto::Crypto::Plain { mac: [7; 32] }
+}
+
+fn valid_index_plain() -> Vec<u8> {
+    let blobs = (0..3u32)
+        .map(|i| cirkel_repo::pack::BlobEntry {
+            id: Id::of(&i.to_le_bytes()),
+            kind: BlobKind::Data,
+            offset: i * 100,
+            length: 100,
+            raw_length: 200,
+            compressed: true,
+        })
+        .collect();
+    cirkel_repo::index::encode(&[cirkel_repo::index::PackRecord { id: Id::of(b"pack"), size: 400, blobs }])
+}
+
+/// A metadata object as an unencrypted repository stores it: the declared
+/// plaintext length, then zstd; `declared` replaces the honest length.
+fn object_bytes(plain: &[u8], declared: Option<u64>) -> Vec<u8> {
+    let mut out = declared.unwrap_or(plain.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&zstd::bulk::compress(plain, 3).unwrap());
+    out
+}
+
+fn valid_snapshot_json() -> Vec<u8> {
+    serde_json::to_vec(&Snapshot::new("files", "host", vec!["/a".into()], Id::of(b"tree"))).unwrap()
+}
+
+fn valid_tree_json() -> Vec<u8> {
+    let mut node = Node::synthetic_file("f".into(), 3, vec![Id::of(b"x")], 0);
+    node.content_lists = vec![Id::of(b"l")];
+    Tree { nodes: vec![node] }.to_bytes()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn index_codec_never_panics_or_over_allocates(b in mutated(valid_index_plain())) {
+        let _ = cirkel_repo::index::decode(&Id::of(b"i"), &b);
+        assert_bounded();
+    }
+
+    #[test]
+    fn pack_headers_never_panic_or_over_allocate(b in mutated({
+        let mut p = vec![0u8; 300];
+        let mut header = Vec::new();
+        for i in 0..4u8 {
+            header.extend_from_slice(&[i; 32]);
+            header.extend_from_slice(&[0, 1]);
+            header.extend_from_slice(&(u32::from(i) * 50).to_le_bytes());
+            header.extend_from_slice(&50u32.to_le_bytes());
+            header.extend_from_slice(&90u32.to_le_bytes());
+        }
+        p.extend_from_slice(&header);
+        p.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        p
+    })) {
+        let _ = cirkel_repo::pack::parse_header(&plain_crypto(), &Id::of(b"p"), &b);
+        if b.len() >= 4 {
+            let _ = cirkel_repo::pack::parse_sealed_header(&plain_crypto(), &Id::of(b"p"), b.len() as u64, &b[..b.len() - 4]);
+        }
+        assert_bounded();
+    }
+
+    #[test]
+    fn tree_and_snapshot_json_never_panic(t in mutated(valid_tree_json()), s in mutated(valid_snapshot_json())) {
+        let _ = Tree::from_bytes(&Id::of(b"t"), &t);
+        let _ = serde_json::from_slice::<Snapshot>(&s);
+        assert_bounded();
+    }
+
+    #[test]
+    fn key_files_are_checked_before_any_derivation(b in mutated({
+        let key = cirkel_repo::crypto::MasterKey::generate();
+        let kf = cirkel_repo::crypto::KeyFile::wrap(&key, b"pw", KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 }).unwrap();
+        serde_json::to_vec_pretty(&kf).unwrap()
+    })) {
+        if let Ok(kf) = cirkel_repo::crypto::KeyFile::parse("keys/not-a-hash", &b) {
+            // Parsed key files have bounded costs; derive only cheap ones here.
+            prop_assert!(kf.params.m_cost <= cirkel_repo::crypto::KDF_MAX_MEMORY_KIB);
+            prop_assert!(kf.params.t_cost <= 64 && kf.params.p_cost <= 64);
+            if kf.params.m_cost <= 4096 && kf.params.t_cost <= 2 {
+                let _ = kf.unwrap_key(b"pw");
+            }
+        }
+        assert_bounded();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Index and snapshot objects, and the config, read through a real
+    /// (unencrypted, so unauthenticated) repository.
+    #[test]
+    fn stored_objects_and_config_never_panic_or_over_allocate(
+        index_plain in mutated(valid_index_plain()),
+        snap_plain in mutated(valid_snapshot_json()),
+        declared in proptest::option::of(prop_oneof![Just(u64::MAX), Just(1u64 << 40), any::<u64>()]),
+        raw in mutated(object_bytes(&valid_snapshot_json(), None)),
+        config_edit in (0usize..4, prop_oneof![Just(0u64), Just(1), Just(u64::from(u32::MAX)), any::<u32>().prop_map(u64::from)]),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        new_repo(dir.path(), false);
+        let write = |prefix: &str, bytes: &[u8]| {
+            let id = Id::of(bytes);
+            std::fs::create_dir_all(root.join(prefix)).unwrap();
+            std::fs::write(root.join(format!("{prefix}/{id}")), bytes).unwrap();
+            id
+        };
+        write("index", &object_bytes(&index_plain, declared));
+        let snap = write("snapshots", &object_bytes(&snap_plain, declared));
+        let raw_snap = write("snapshots", &raw);
+
+        let repo = Repository::open(Arc::new(LocalBackend::new(&root)), None).unwrap();
+        let _ = repo.load_index_report();
+        let _ = repo.load_snapshot(&snap);
+        let _ = repo.load_snapshot(&raw_snap);
+        let _ = repo.snapshots_report().unwrap();
+        assert_bounded();
+
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("config")).unwrap()).unwrap();
+        let field = ["/chunker/min", "/chunker/avg", "/chunker/max", "/pack_size"][config_edit.0];
+        *config.pointer_mut(field).unwrap() = config_edit.1.into();
+        std::fs::write(root.join("config"), serde_json::to_vec(&config).unwrap()).unwrap();
+        if let Ok(r) = Repository::open(Arc::new(LocalBackend::new(&root)), None) {
+            prop_assert!(r.config().check_bounds().is_ok());
+        }
+    }
+
+    /// Stream objects (WAL): header counts and lengths are checked against
+    /// the object's size before anything is sized by them.
+    #[test]
+    fn stream_objects_never_panic_or_over_allocate(b in mutated({
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path(), false);
+        repo.put_stream("ns", "seed", &[5u8; 3000], 3).unwrap();
+        std::fs::read(dir.path().join("repo/streams/ns/seed")).unwrap()
+    })) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path(), false);
+        std::fs::create_dir_all(dir.path().join("repo/streams/ns")).unwrap();
+        std::fs::write(dir.path().join("repo/streams/ns/x"), &b).unwrap();
+        let _ = repo.get_stream("ns", "x");
+        assert_bounded();
+    }
+}

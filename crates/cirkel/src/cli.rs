@@ -397,6 +397,9 @@ pub enum RepoCmd {
     Unlock,
     /// Add a passphrase that also opens the repository.
     AddKey(AddKeyArgs),
+    /// List or remove the repository's keys (passphrases).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Forget snapshots by id (or unique id prefix); prune then removes their data.
     Forget(ForgetArgs),
     /// Rebuild the index from the packs, or rewrite snapshots that reference lost data.
@@ -436,7 +439,19 @@ pub enum RepairCmd {
     /// Rebuild the index from the headers of the packs, replacing every index object.
     Index(DryRunArgs),
     /// Rewrite snapshots that reference missing or damaged data without the affected files.
-    Snapshots(DryRunArgs),
+    Snapshots(RepairSnapshotsArgs),
+    /// Authenticate the config with the master key (repositories created before configs carried a MAC).
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also read and authenticate every blob, to find damaged data (not only missing data).
+    #[arg(long)]
+    pub read_data: bool,
 }
 
 #[derive(Debug, Args)]

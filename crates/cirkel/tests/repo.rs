@@ -538,7 +538,9 @@ fn one_bad_object_does_not_stop_the_repository() {
     let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(stderr(&out).contains(&format!("skipped unreadable snapshot snapshots/{old}")), "{}", stderr(&out));
-    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let v = env.json(&["backup", "files", src.to_str().unwrap()]);
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains(&format!("index/{junk}"))), "{v}");
     let out = env.path("out");
     env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
     assert_same_tree(&src, &restored(&out, &src));
@@ -575,4 +577,270 @@ fn an_empty_snapshot_id_selects_nothing() {
     let err = env.fails(&["repo", "forget", "zz"]);
     assert!(err.contains("no snapshot matches"), "{err}");
     assert_eq!(env.snapshot_ids().len(), 1);
+}
+
+fn edit_config(env: &Env, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = env.path("repo/config");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Out-of-range parameters are refused by name and range (no panic, no
+/// out-of-memory, no hang); an in-range change fails authentication; an
+/// old config without a MAC still opens and `repo repair config` adds one.
+#[test]
+fn repository_config_is_bounded_and_authenticated() {
+    let env = Env::new();
+    env.init();
+    let original = std::fs::read(env.path("repo/config")).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 6] = [
+        ("/chunker/min", 1.into(), "chunker.min is 1"),
+        ("/chunker/max", 0.into(), "chunker.max is 0"),
+        ("/chunker/avg", 4_000_000_000u32.into(), "chunker.avg is 4000000000"),
+        ("/pack_size", 1.into(), "pack_size is 1"),
+        ("/pack_size", u32::MAX.into(), "pack_size is 4294967295"),
+        ("/compression_level", 1000.into(), "compression_level is 1000"),
+    ];
+    for (field, value, expect) in cases {
+        edit_config(&env, |v| *v.pointer_mut(field).unwrap() = value.clone());
+        let out = env.run(&["snapshots"]);
+        assert_eq!(out.status.code(), Some(1), "{field}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(expect) && err.contains("allowed") && err.contains("hint:"), "{field}: {err}");
+        std::fs::write(env.path("repo/config"), &original).unwrap();
+    }
+    // In range, but not what the repository was created with.
+    edit_config(&env, |v| v["compression_level"] = 19.into());
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("authentication code does not match"), "{err}");
+
+    // Removing the code does not help: the key was made for the config with it.
+    std::fs::write(env.path("repo/config"), &original).unwrap();
+    let strip = |env: &Env| {
+        edit_config(env, |v| {
+            v.as_object_mut().unwrap().remove("mac");
+            v["chunker"]["min"] = 64.into();
+        })
+    };
+    strip(&env);
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("removed or replaced"), "{err}");
+
+    // A repository from before configs carried a code: no code, a key bound
+    // to none. It opens, within bounds, with a warning; `repo repair config`
+    // authenticates it and binds the key.
+    std::fs::write(env.path("repo/config"), &original).unwrap();
+    let repo = Repository::open(Arc::new(LocalBackend::new(&env.repo)), Some(b"correct horse battery staple")).unwrap();
+    let fast = cirkel_repo::crypto::KdfParams { m_cost: 256, t_cost: 1, p_cost: 1 };
+    let old_key =
+        cirkel_repo::crypto::KeyFile::wrap(repo.crypto().master_key().unwrap(), b"old passphrase", fast).unwrap();
+    let bytes = serde_json::to_vec_pretty(&old_key).unwrap();
+    std::fs::write(env.path(&format!("repo/keys/{}", cirkel_repo::Id::of(&bytes))), bytes).unwrap();
+    drop(repo);
+    std::fs::write(env.path("old-pw"), "old passphrase").unwrap();
+    let old_pw = env.path("old-pw").display().to_string();
+    edit_config(&env, |v| {
+        v.as_object_mut().unwrap().remove("mac");
+    });
+    let out = env.run(&["--password-file", &old_pw, "snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("repo repair config"), "{}", stderr(&out));
+    let v = env.json(&["--password-file", &old_pw, "repo", "repair", "config"]);
+    assert_eq!(v["authenticated"], true);
+    let out = env.run(&["--password-file", &old_pw, "snapshots"]);
+    assert!(out.status.success() && !stderr(&out).contains("not authenticated"), "{}", stderr(&out));
+    env.ok(&["snapshots"]);
+    let again = env.json(&["--password-file", &old_pw, "repo", "repair", "config"]);
+    assert_eq!(again["authenticated"], false);
+    // Now every key refuses a stripped or edited config.
+    let authenticated = std::fs::read(env.path("repo/config")).unwrap();
+    strip(&env);
+    assert!(env.fails(&["--password-file", &old_pw, "snapshots"]).contains("removed or replaced"));
+    std::fs::write(env.path("repo/config"), &authenticated).unwrap();
+    edit_config(&env, |v| v["pack_size"] = (1 << 20).into());
+    assert!(env.fails(&["snapshots"]).contains("authentication code does not match"));
+}
+
+/// Argon2 costs in a key file are bounded before deriving, and a changed
+/// key file is told apart from a wrong passphrase.
+#[test]
+fn key_file_costs_are_bounded_and_damage_is_not_a_wrong_passphrase() {
+    let env = Env::new();
+    env.init();
+    let key = walk_files(&env.path("repo/keys")).remove(0);
+    let original = std::fs::read(&key).unwrap();
+    let mut kf: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    kf["params"]["m_cost"] = u32::MAX.into();
+    kf["params"]["t_cost"] = u32::MAX.into();
+    let edited = serde_json::to_vec_pretty(&kf).unwrap();
+
+    // Edited in place: its content no longer matches its name.
+    std::fs::write(&key, &edited).unwrap();
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("damaged") && err.contains("does not match its name"), "{err}");
+    assert!(err.contains("either the passphrase is wrong or its key file is damaged"), "{err}");
+
+    // Renamed to its new hash: the costs themselves are refused.
+    std::fs::remove_file(&key).unwrap();
+    let renamed = key.with_file_name(cirkel_repo::Id::of(&edited).to_hex());
+    std::fs::write(&renamed, &edited).unwrap();
+    let err = env.fails(&["snapshots"]);
+    assert!(err.contains("damaged") && err.contains("allowed 1 to 64"), "{err}");
+
+    std::fs::remove_file(&renamed).unwrap();
+    std::fs::write(&key, &original).unwrap();
+    env.ok(&["snapshots"]);
+
+    // With a second, intact key the repository opens; verify names the damaged one.
+    std::fs::write(env.path("pw2"), "second passphrase").unwrap();
+    env.ok(&["repo", "add-key", "--new-password-file", env.path("pw2").to_str().unwrap()]);
+    std::fs::write(&key, &edited).unwrap();
+    let out = env.run(&["--password-file", env.path("pw2").to_str().unwrap(), "repo", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("is damaged") && stdout(&out).contains("does not match its name"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn empty_passphrases_are_refused_and_password_files_are_bounded() {
+    let env = Env::new();
+    std::fs::write(env.path("empty"), "\n").unwrap();
+    let empty = env.path("empty").display().to_string();
+    let err = env.fails(&["--password-file", &empty, "repo", "init"]);
+    assert!(err.contains("empty passphrase"), "{err}");
+    assert!(!env.path("repo/config").exists());
+
+    let out = env.run(&["repo", "init"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("can be read by other users"), "{}", stderr(&out));
+    let err = env.fails(&["repo", "add-key", "--new-password-file", &empty]);
+    assert!(err.contains("empty"), "{err}");
+
+    let err = env.fails(&["--password-file", "/dev/zero", "snapshots"]);
+    assert!(err.contains("longer than 4096 bytes"), "{err}");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert!(out.status.success() && !stderr(&out).contains("other users"), "{}", stderr(&out));
+}
+
+/// Key files and every other object are readable by their owner only.
+#[test]
+fn local_repository_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let mut stack = vec![env.path("repo")];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+            }
+        }
+    }
+    assert!(files > 4);
+}
+
+#[test]
+fn keys_are_listed_and_removed_but_never_the_last_or_the_one_in_use_by_accident() {
+    let env = Env::new();
+    env.init();
+    std::fs::write(env.path("pw2"), "second passphrase").unwrap();
+    let pw2 = env.path("pw2").display().to_string();
+    env.ok(&["repo", "add-key", "--new-password-file", &pw2]);
+    let keys = env.json(&["repo", "key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let in_use: Vec<_> = keys.iter().filter(|k| k["in_use"] == true).collect();
+    assert_eq!(in_use.len(), 1);
+    assert!(keys.iter().all(|k| k["created"].is_string() && k["host"].is_string()), "{keys:?}");
+    let mine = in_use[0]["id"].as_str().unwrap().to_string();
+    let other = keys.iter().find(|k| k["in_use"] == false).unwrap()["id"].as_str().unwrap().to_string();
+
+    let err = env.fails(&["repo", "key", "remove", &mine[..10]]);
+    assert!(err.contains("--force"), "{err}");
+    env.fails(&["repo", "key", "remove", ""]);
+    env.ok(&["repo", "key", "remove", &other[..10]]);
+    let err = env.fails(&["--password-file", &pw2, "snapshots"]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let err = env.fails(&["repo", "key", "remove", &mine, "--force"]);
+    assert!(err.contains("only usable key"), "{err}");
+    // A damaged key file does not count as another key, and can be removed.
+    let junk = b"not a key";
+    let junk_id = cirkel_repo::Id::of(junk).to_hex();
+    std::fs::write(env.path(&format!("repo/keys/{junk_id}")), junk).unwrap();
+    let keys = env.json(&["repo", "key", "list"]);
+    assert!(keys.as_array().unwrap().iter().any(|k| k["id"] == junk_id.as_str() && k["damaged"].is_string()), "{keys}");
+    let err = env.fails(&["repo", "key", "remove", &mine, "--force"]);
+    assert!(err.contains("only usable key"), "{err}");
+    env.ok(&["repo", "key", "remove", &junk_id]);
+    env.ok(&["snapshots"]);
+}
+
+/// Temporary files a killed writer left in `.tmp/` are removed by prune
+/// once they are older than any live write could be.
+#[test]
+fn prune_removes_temporary_files_left_by_killed_writers() {
+    let env = Env::new();
+    env.init();
+    let tmp = env.path("repo/.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (old, fresh) = (tmp.join("1234-left"), tmp.join("1234-fresh"));
+    std::fs::write(&old, vec![0u8; 1000]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 1000]).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+    let v = env.json(&["repo", "prune"]);
+    assert_eq!(v["temp_files_removed"], 1, "{v}");
+    assert!(!old.exists() && fresh.exists());
+}
+
+/// Damaged (not only missing) data is found with --read-data: the file it
+/// belongs to is dropped, and prune then removes the damaged pack.
+#[test]
+fn repair_snapshots_with_read_data_drops_files_with_damaged_data() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    cirkel_testkit::write_random_file(&src.join("a.bin"), 20_000_000, 1);
+    cirkel_testkit::write_random_file(&src.join("b.bin"), 20_000_000, 2);
+    std::fs::write(src.join("small.txt"), "small").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let mut all = packs(&env);
+    all.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let victim = all.last().unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x10;
+    std::fs::write(victim, bytes).unwrap();
+
+    let v = env.json(&["repo", "repair", "snapshots"]);
+    assert!(v["report"]["snapshots"].as_array().unwrap().is_empty(), "nothing is missing: {v}");
+    let v = env.json(&["repo", "repair", "snapshots", "--read-data"]);
+    let dropped = v["report"]["snapshots"][0]["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{v}");
+    let bad = if dropped[0].as_str().unwrap().ends_with("/a.bin") { "a.bin" } else { "b.bin" };
+    let good = if bad == "a.bin" { "b.bin" } else { "a.bin" };
+    env.ok(&["repo", "prune"]);
+    env.ok(&["repo", "verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    let r = restored(&out, &src);
+    assert!(!r.join(bad).exists());
+    assert_eq!(std::fs::read(r.join(good)).unwrap(), std::fs::read(src.join(good)).unwrap());
+    assert_eq!(std::fs::read_to_string(r.join("small.txt")).unwrap(), "small");
 }

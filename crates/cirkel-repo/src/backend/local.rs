@@ -8,6 +8,7 @@
 
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -67,7 +68,7 @@ impl LocalBackend {
         }
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = new_private_file(&tmp)?;
             write(&mut f)?;
             f.sync_all()?;
             drop(f);
@@ -82,6 +83,25 @@ impl LocalBackend {
         })();
         let _ = std::fs::remove_file(&tmp);
         result.map_err(|e| self.err("create", key, e))
+    }
+
+    /// Writes a temporary file, syncs it and renames it over the target.
+    fn replace_blocking(&self, key: &str, data: &[u8]) -> Result<(), BackendError> {
+        let target = self.path(key);
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp_dir = self.root.join(TMP_DIR);
+        create_dir_durable(&tmp_dir).map_err(|e| self.err("replace", key, e))?;
+        let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
+        let result = (|| {
+            let mut f = new_private_file(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &target)?;
+            sync_dir(&parent)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.map_err(|e| self.err("replace", key, e))
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -117,6 +137,14 @@ impl LocalBackend {
     }
 }
 
+/// Creates a file only its owner can read or write, never through a
+/// symlink: key files must not be readable by other local users (an offline
+/// guess at the passphrase needs only them), and the rest need not be.
+fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
 /// Creates a directory (and its missing parents), syncing each new entry's
 /// parent so that the directory survives a power loss with what it holds.
 fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
@@ -126,7 +154,9 @@ fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dir_durable(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    // Owner-only: whoever creates the repository (root, or the `postgres`
+    // user archiving WAL) is the only one who reads it.
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
@@ -170,6 +200,25 @@ impl Backend for LocalBackend {
         tokio::task::spawn_blocking(move || this.create_blocking(&key, &data)).await.map_err(|e| {
             BackendError::Fatal { location: self.location(), op: "create", key: String::new(), detail: e.to_string() }
         })?
+    }
+
+    fn clean_temp(&self, older_than: std::time::Duration) -> Result<usize, BackendError> {
+        let dir = self.root.join(TMP_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.err("clean", TMP_DIR, e)),
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age > older_than);
+            if meta.is_file() && old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn create_pieces(
@@ -227,6 +276,14 @@ impl Backend for LocalBackend {
             op: "list",
             key: String::new(),
             detail: e.to_string(),
+        })?
+    }
+
+    async fn replace(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
+        let this = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || this.replace_blocking(&key, &data)).await.map_err(|e| {
+            BackendError::Fatal { location: self.location(), op: "replace", key: String::new(), detail: e.to_string() }
         })?
     }
 

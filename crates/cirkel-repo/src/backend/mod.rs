@@ -92,6 +92,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Deletes an object; deleting an absent object succeeds.
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
 
+    /// Replaces an object atomically: readers see the old bytes or the new,
+    /// never neither. Only `repo repair config` uses it, the one object that
+    /// is ever rewritten.
+    async fn replace(&self, key: &str, data: Bytes) -> Result<(), BackendError>;
+
+    /// Removes temporary files older than `older_than` that a killed writer
+    /// left behind (the local backend writes each object to a temporary
+    /// file first); returns how many. Backends without any: nothing to do.
+    fn clean_temp(&self, _older_than: std::time::Duration) -> Result<usize, BackendError> {
+        Ok(0)
+    }
+
     /// Writes an object whose bytes come piece by piece, in order, unless
     /// one exists under `key`, so that writing overlaps producing. `None`
     /// means this backend cannot, and nothing was consumed: the caller

@@ -171,6 +171,12 @@ impl Backend for S3Backend {
         }
     }
 
+    async fn replace(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
+        // A PUT replaces an S3 object atomically.
+        self.store.put(&self.path(key), PutPayload::from_bytes(data)).await.map_err(|e| self.err("replace", key, e))?;
+        Ok(())
+    }
+
     async fn read(&self, key: &str) -> Result<Bytes, BackendError> {
         let res = self.store.get(&self.path(key)).await.map_err(|e| self.err("read", key, e))?;
         res.bytes().await.map_err(|e| self.err("read", key, e))

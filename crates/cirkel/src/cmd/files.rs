@@ -83,7 +83,7 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
     bar.0.finish_and_clear();
     let s = &outcome.snapshot;
     if global.json {
-        print_json(&json!({ "id": outcome.id, "snapshot": s }));
+        print_json(&json!({ "id": outcome.id, "snapshot": s, "warnings": repo.warnings() }));
     } else {
         println!(
             "snapshot {} saved: {} files, {} dirs, {} ({} files read, {} added to the repository) in {:.1}s",
@@ -127,7 +127,7 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
     )?;
     bar.finish_and_clear();
     if global.json {
-        print_json(&json!({ "snapshot": id, "report": report }));
+        print_json(&json!({ "snapshot": id, "report": report, "warnings": repo.warnings() }));
     } else {
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {}",

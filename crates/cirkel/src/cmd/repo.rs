@@ -10,8 +10,8 @@ use cirkel_repo::verify::{VerifyOptions, verify};
 use cirkel_repo::{Cipher, InitOptions, Repository, copy, repair};
 use serde_json::json;
 
-use crate::cli::{CipherArg, Global, InitArgs, PolicyArgs, PruneArgs, RepairCmd, RepoCmd};
-use crate::context::{load_config, main_repo, resolve};
+use crate::cli::{CipherArg, Global, InitArgs, KeyCmd, PolicyArgs, PruneArgs, RepairCmd, RepoCmd};
+use crate::context::{load_config, main_repo, read_password_file, resolve};
 use crate::output::{bytes_bar, human_bytes, print_json, user_error};
 
 pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
@@ -128,6 +128,56 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        RepoCmd::Key(KeyCmd::List) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let keys = repo.keys()?;
+            if global.json {
+                print_json(&keys);
+            } else {
+                for k in &keys {
+                    let made = match (&k.created, &k.host) {
+                        (Some(t), Some(h)) => format!(
+                            "created {} on {h}{}",
+                            t.format("%Y-%m-%d %H:%M:%S"),
+                            k.user.as_ref().map(|u| format!(" by {u}")).unwrap_or_default()
+                        ),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{} {}  {made}{}",
+                        if k.in_use { "*" } else { " " },
+                        &k.id[..k.id.len().min(16)],
+                        k.damaged.as_ref().map(|d| format!("DAMAGED: {d}")).unwrap_or_default()
+                    );
+                }
+                println!("{} key(s); * = opened with this passphrase", keys.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Key(KeyCmd::Remove(args)) => {
+            let repo = main_repo(global, &cfg)?.open()?;
+            let id = repo.remove_key(&args.id, args.force)?;
+            if global.json {
+                print_json(&json!({ "removed": id }));
+            } else {
+                println!("removed key {id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCmd::Repair(RepairCmd::Config) => {
+            let target = main_repo(global, &cfg)?;
+            let mut repo = target.open()?;
+            let password = target.password.clone().unwrap_or_default();
+            let changed = repo.repair_config(password.as_bytes(), KdfParams::default())?;
+            if global.json {
+                print_json(&json!({ "authenticated": changed }));
+            } else if changed {
+                println!("the config is now authenticated by the master key");
+            } else {
+                println!("the config was already authenticated; nothing to do");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         RepoCmd::Forget(args) => {
             let repo = main_repo(global, &cfg)?.open()?;
             let ids = repair::forget(&repo, &args.snapshots, args.dry_run)?;
@@ -165,7 +215,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         }
         RepoCmd::Repair(RepairCmd::Snapshots(args)) => {
             let repo = main_repo(global, &cfg)?.open()?;
-            let report = repair::repair_snapshots(&repo, args.dry_run)?;
+            let report = repair::repair_snapshots(&repo, args.dry_run, args.read_data)?;
             let unrepairable = report.snapshots.iter().filter(|s| s.error.is_some()).count();
             if global.json {
                 print_json(&json!({ "report": report, "warnings": repo.warnings() }));
@@ -201,9 +251,14 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         }
         RepoCmd::AddKey(args) => {
             let repo = main_repo(global, &cfg)?.open()?;
-            let pw = std::fs::read_to_string(&args.new_password_file)
-                .with_context(|| format!("read {}", args.new_password_file.display()))?;
-            let name = repo.add_key(pw.trim_end_matches(['\n', '\r']).as_bytes(), KdfParams::default())?;
+            let pw = read_password_file(&args.new_password_file)?;
+            if pw.is_empty() {
+                return Err(user_error(
+                    format!("the new password file {} is empty", args.new_password_file.display()),
+                    "an empty passphrase is refused: put the passphrase in the file (one line)",
+                ));
+            }
+            let name = repo.add_key(pw.as_bytes(), KdfParams::default())?;
             if global.json {
                 print_json(&json!({ "key": name }));
             } else {
@@ -224,6 +279,12 @@ fn init(global: &Global, cfg: &cirkel_config::Config, args: &InitArgs) -> anyhow
     }
     if let Some(level) = args.compression_level.or(target.compression_level) {
         opts.compression_level = level;
+    }
+    if opts.encrypt && target.password.as_deref() == Some("") {
+        return Err(user_error(
+            "an empty passphrase is refused",
+            "put the passphrase in the password file (one line), or set CIRKEL_PASSWORD",
+        ));
     }
     if opts.encrypt && target.password.is_none() {
         return Err(user_error(
