@@ -380,14 +380,18 @@ fn parse_size(s: &str) -> Option<u64> {
 
 /// Base backups in the repository, oldest first.
 pub fn list(repo: &Repository) -> anyhow::Result<Vec<(Id, Snapshot, BackupMeta)>> {
-    Ok(repo
-        .snapshots()?
+    Ok(of_snapshots(repo.snapshots()?))
+}
+
+/// The base backups among `snapshots`, with their metadata.
+pub fn of_snapshots(snapshots: Vec<(Id, Snapshot)>) -> Vec<(Id, Snapshot, BackupMeta)> {
+    snapshots
         .into_iter()
         .filter_map(|(id, s)| {
             let m = BackupMeta::of(&s)?;
             Some((id, s, m))
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

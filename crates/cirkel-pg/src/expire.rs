@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use cirkel_repo::{Id, Repository};
 use serde::Serialize;
 
-use crate::backup::{BackupMeta, list};
+use crate::backup::{BackupMeta, of_snapshots};
 use crate::wal::Segment;
 
 #[derive(Clone, Debug)]
@@ -88,7 +88,9 @@ pub struct ExpireReport {
 
 pub fn expire(repo: &Repository, policy: &ExpirePolicy, dry_run: bool) -> anyhow::Result<ExpireReport> {
     let now = Utc::now();
-    let backups = list(repo)?;
+    // An unreadable snapshot may be a kept backup whose WAL must stay:
+    // nothing is deleted until every snapshot reads.
+    let backups = of_snapshots(repo.snapshots_strict()?);
     // Incomplete backups cannot be restored: they neither protect the newest
     // slot nor hold WAL back; they simply age out.
     let input: Vec<_> = backups

@@ -552,6 +552,10 @@ fn one_bad_object_does_not_stop_the_repository() {
 
     let err = env.fails(&["repo", "prune"]);
     assert!(err.contains("cannot be read") && err.contains("repo forget"), "{err}");
+    // PostgreSQL expiry deletes backups and WAL: it refuses too, since the
+    // unreadable snapshot may be a kept backup whose WAL must stay.
+    let err = env.fails(&["pg", "expire"]);
+    assert!(err.contains("cannot be read") && err.contains("repo forget"), "{err}");
     env.fails(&["repo", "repair", "snapshots"]);
     env.ok(&["repo", "forget", &old[..12], &junk]);
     let err = env.fails(&["repo", "prune"]);
