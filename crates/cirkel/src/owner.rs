@@ -66,6 +66,16 @@ fn local_root(location: &str) -> Option<PathBuf> {
     root.join("config").exists().then_some(root)
 }
 
+/// Opens a repository for a command that writes it, after [`check_writer`];
+/// keep the guard until the command ends.
+pub fn open_writer(
+    global: &Global,
+    target: &RepoTarget,
+) -> anyhow::Result<(cirkel_repo::Repository, Option<OwnerFix>)> {
+    let fix = check_writer(global, target)?;
+    Ok((target.open()?, fix))
+}
+
 /// Checks that this process may write the repository: it runs as the
 /// repository's owner, or as root with `--fix-owner` (then the returned
 /// guard fixes ownership when the command ends).

@@ -848,3 +848,44 @@ fn repair_snapshots_with_read_data_drops_files_with_damaged_data() {
     assert_eq!(std::fs::read(r.join(good)).unwrap(), std::fs::read(src.join(good)).unwrap());
     assert_eq!(std::fs::read_to_string(r.join("small.txt")).unwrap(), "small");
 }
+
+/// File backups and repository maintenance refuse to write a repository
+/// another user owns, as PostgreSQL commands do: the hint names the owner,
+/// and `--fix-owner` hands what root wrote back to them.
+#[test]
+fn file_backups_and_prune_write_only_as_the_repository_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut init = std::process::Command::new("setpriv");
+    init.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(shared_bin()).args(["repo", "init"]);
+    for (k, v) in env.cmd(&[]).get_envs() {
+        match v {
+            Some(v) => init.env(k, v),
+            None => init.env_remove(k),
+        };
+    }
+    let out = init.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = env.path("src");
+    make_tree(&src);
+
+    for args in [vec!["backup", "files", src.to_str().unwrap()], vec!["repo", "prune", "--keep-last", "1"]] {
+        let err = env.fails(&args);
+        assert!(err.contains("belongs to nobody"), "{args:?}: {err}");
+        assert!(err.contains("runuser -u nobody -- cirkel"), "{args:?}: {err}");
+    }
+    env.ok(&["--fix-owner", "backup", "files", src.to_str().unwrap()]);
+    let mut stack = vec![std::path::PathBuf::from(&env.repo)];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), 65534, "{} belongs to nobody", p.display());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    assert_eq!(env.snapshot_ids().len(), 1);
+}

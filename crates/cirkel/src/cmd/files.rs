@@ -63,7 +63,7 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
     }
     let excludes =
         Excludes::new(&patterns, &markers).map_err(|e| user_error(e, "patterns use glob syntax: *, **, ?, [abc]"))?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, &cfg)?)?;
     let parent = match &args.parent {
         Some(p) => Some(repo.find_snapshot(p, Some(cirkel_files::KIND))?.0),
         None => None,

@@ -46,7 +46,7 @@ fn group(cfg: &Config, arg: &GroupArg) -> anyhow::Result<Group> {
 
 fn backup(global: &Global, a: &RedisBackupArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
-    let repo = main_repo(global, &cfg)?.open()?;
+    let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, &cfg)?)?;
     let configured = a.group.as_ref().and_then(|g| cfg.redis.get(g).map(|c| (g, c)));
     let (host, port, mut tags) = match (configured, &a.host, a.port) {
         (Some((name, c)), None, None) => {

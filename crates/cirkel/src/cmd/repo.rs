@@ -66,6 +66,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             let src = main_repo(global, &cfg)?.open()?;
             let dst_pw = args.to_password_file.as_deref().or(global.password_file.as_deref());
             let dst = resolve(&cfg, Some(&args.to), dst_pw)?;
+            let _owner = crate::owner::check_writer(global, &dst)?;
             let dst = dst.open().context("open the destination of the copy")?;
             let mut ids = Vec::new();
             for s in &args.snapshots {
@@ -166,6 +167,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
         }
         RepoCmd::Repair(RepairCmd::Config) => {
             let target = main_repo(global, &cfg)?;
+            let _owner = crate::owner::check_writer(global, &target)?;
             let mut repo = target.open()?;
             let password = target.password.clone().unwrap_or_default();
             let changed = repo.repair_config(password.as_bytes(), KdfParams::default())?;
@@ -195,7 +197,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RepoCmd::Repair(RepairCmd::Index(args)) => {
-            let repo = main_repo(global, &cfg)?.open()?;
+            let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, &cfg)?)?;
             let report = repair::repair_index(&repo, args.dry_run)?;
             if global.json {
                 print_json(&report);
@@ -214,7 +216,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RepoCmd::Repair(RepairCmd::Snapshots(args)) => {
-            let repo = main_repo(global, &cfg)?.open()?;
+            let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, &cfg)?)?;
             let report = repair::repair_snapshots(&repo, args.dry_run, args.read_data)?;
             let unrepairable = report.snapshots.iter().filter(|s| s.error.is_some()).count();
             if global.json {
@@ -250,7 +252,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RepoCmd::AddKey(args) => {
-            let repo = main_repo(global, &cfg)?.open()?;
+            let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, &cfg)?)?;
             let pw = read_password_file(&args.new_password_file)?;
             if pw.is_empty() {
                 return Err(user_error(
@@ -368,7 +370,7 @@ pub fn policy_from(args: &PolicyArgs, cfg: Option<&cirkel_config::RetentionConfi
 }
 
 fn prune_cmd(global: &Global, cfg: &cirkel_config::Config, args: &PruneArgs) -> anyhow::Result<ExitCode> {
-    let repo = main_repo(global, cfg)?.open()?;
+    let (repo, _owner) = crate::owner::open_writer(global, &main_repo(global, cfg)?)?;
     let policy = policy_from(&args.policy, cfg.retention.as_ref());
     if !(0.0..=100.0).contains(&args.max_unused) {
         return Err(user_error("--max-unused must be a percentage from 0 to 100", "e.g. --max-unused 20"));
