@@ -26,7 +26,8 @@ pub fn check_pattern(line: &str) -> Result<(), String> {
 
 /// Reads patterns from a file, one per line; `#` starts a comment.
 pub fn read_pattern_file(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("read exclude file {}: {e}", path.display()))?;
+    let text = crate::read_bounded(path, crate::CONFIG_MAX)
+        .map_err(|e| format!("read exclude file {}: {e}", path.display()))?;
     Ok(text.lines().filter_map(normalise).map(String::from).collect())
 }
 

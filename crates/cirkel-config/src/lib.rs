@@ -315,10 +315,29 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// The longest configuration file read, and the longest secret or exclude
+/// file: a path such as `/dev/zero` gets an error, not all the memory.
+pub const CONFIG_MAX: u64 = 16 << 20;
+pub const SECRET_FILE_MAX: u64 = 64 << 10;
+
+/// Reads a text file of at most `max` bytes.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {max} bytes; is this the right file?"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_bounded(path, CONFIG_MAX).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: path.display().to_string(),
                 line: 0,

@@ -209,7 +209,7 @@ impl<'a, 'i> Table<'a, 'i> {
             return (None, None);
         };
         let resolved = self.cx.resolve(&path);
-        match std::fs::read_to_string(&resolved) {
+        match crate::read_bounded(&resolved, crate::SECRET_FILE_MAX) {
             Ok(s) => (Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())), Some(resolved)),
             Err(e) => {
                 let span = self.value_span(file_key).unwrap_or(0..0);

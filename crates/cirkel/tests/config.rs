@@ -221,6 +221,13 @@ keep_last = 99999999999999999999
         assert!(err.contains(e), "missing `{e}` in:\n{err}");
     }
     assert!(!err.contains("hunter2"), "the endpoint's password is printed:\n{err}");
+
+    // Files that never end are refused, not read into memory.
+    std::fs::write(&cfg, "[repository]\nurl = \"/tmp/x\"\npassword_file = \"/dev/zero\"\n").unwrap();
+    let err = stderr(&env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]));
+    assert!(err.contains("`repository.password_file`: cannot read /dev/zero: longer than"), "{err}");
+    let err = stderr(&env.run(&["--config", "/dev/zero", "config", "check"]));
+    assert!(err.contains("longer than"), "{err}");
     assert!(!err.contains("found integer"), "{err}");
 }
 
