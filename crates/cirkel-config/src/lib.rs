@@ -144,6 +144,9 @@ pub struct PostgresConfig {
     /// Address of the read-only endpoint: a streaming standby within
     /// `max_lag_bytes`, else the primary.
     pub proxy_listen_ro: Option<String>,
+    /// Sessions each endpoint carries at once; connections beyond are
+    /// closed at once and logged (default 1,000).
+    pub proxy_max_connections: usize,
     /// Shell command run after every role change (failover, rejoin), with
     /// CIRKEL_EVENT, CIRKEL_CLUSTER, CIRKEL_MEMBER, CIRKEL_PRIMARY,
     /// CIRKEL_PRIMARY_HOST and CIRKEL_PRIMARY_PORT set: for DNS, secrets or
@@ -191,6 +194,7 @@ impl Default for PostgresConfig {
             auto_failover: true,
             proxy_listen: None,
             proxy_listen_ro: None,
+            proxy_max_connections: 1000,
             on_role_change: None,
             synchronous: false,
         }

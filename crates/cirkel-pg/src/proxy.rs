@@ -2,15 +2,21 @@
 //! the current primary. When the primary changes or is fenced, every
 //! session to the old one is cut at once; while no primary is known, new
 //! connections are closed instead of being sent anywhere.
+//!
+//! Each session costs two threads and two sockets, so the endpoint carries
+//! at most `max_connections` at once: beyond that a new connection is
+//! closed at once and the refusal logged, and the sessions already open
+//! keep working. A client flood thus cannot exhaust the daemon's threads
+//! or file descriptors, which the watcher needs to fail over.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the endpoint sends connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,15 +165,52 @@ impl Router {
     }
 }
 
+/// Releases a session's place under the connection cap when it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections on `listener` until `stop`, each piped to the
-/// router's current target.
-pub fn run(listener: TcpListener, router: Arc<Router>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// router's current target, at most `max_connections` at once.
+pub fn run(
+    listener: TcpListener,
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+    max_connections: usize,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    let open = Arc::new(AtomicUsize::new(0));
+    let (mut refused, mut last_warning): (u64, Option<Instant>) = (0, None);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
+                if open.load(Ordering::Relaxed) >= max_connections {
+                    let _ = client.shutdown(Shutdown::Both);
+                    refused += 1;
+                    // One line per burst, not one per refused connection.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            "endpoint {}: {max_connections} sessions open (proxy_max_connections); refused {refused} connection(s), the last from {peer}",
+                            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                        );
+                        (refused, last_warning) = (0, Some(Instant::now()));
+                    }
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(open.clone());
                 let router = router.clone();
-                std::thread::spawn(move || session(client, &router));
+                let spawned = std::thread::Builder::new().name("cirkel-proxy".into()).spawn(move || {
+                    let _slot = slot;
+                    session(client, &router);
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!("proxy session thread: {e}");
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
