@@ -186,7 +186,9 @@ async fn serve(
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_head_bytes.max(8192))
                 .max_headers(limits.max_headers)
-                .keep_alive(false);
+                .keep_alive(false)
+                // A checker may shut its side down once its request is sent.
+                .half_close(true);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             if let Ok(Err(e)) = tokio::time::timeout(limits.connection_timeout, connection).await {
                 tracing::debug!("health endpoint connection from {peer}: {e}");
