@@ -350,3 +350,19 @@ impl Config {
         self.repositories.get(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_connection_cap_is_read_and_bounded() {
+        let cfg = |extra: &str| {
+            Config::parse(&format!("[postgres.main]\n{extra}\n[postgres.main.members.a]\nhost = \"h\"\n"), "c.toml", None)
+        };
+        assert_eq!(cfg("").unwrap().postgres["main"].proxy_max_connections, 1000);
+        assert_eq!(cfg("proxy_max_connections = 50").unwrap().postgres["main"].proxy_max_connections, 50);
+        let err = cfg("proxy_max_connections = 0").err().unwrap().to_string();
+        assert!(err.contains("proxy_max_connections") && err.contains("c.toml:2"), "{err}");
+    }
+}
