@@ -358,7 +358,11 @@ mod tests {
     #[test]
     fn the_endpoint_connection_cap_is_read_and_bounded() {
         let cfg = |extra: &str| {
-            Config::parse(&format!("[postgres.main]\n{extra}\n[postgres.main.members.a]\nhost = \"h\"\n"), "c.toml", None)
+            Config::parse(
+                &format!("[postgres.main]\n{extra}\n[postgres.main.members.a]\nhost = \"h\"\n"),
+                "c.toml",
+                None,
+            )
         };
         assert_eq!(cfg("").unwrap().postgres["main"].proxy_max_connections, 1000);
         assert_eq!(cfg("proxy_max_connections = 50").unwrap().postgres["main"].proxy_max_connections, 50);
