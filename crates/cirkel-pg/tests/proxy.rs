@@ -35,6 +35,11 @@ fn echo(s: &mut TcpStream, msg: &str) -> Option<String> {
     Some(String::from_utf8(buf).unwrap())
 }
 
+/// Descriptors this process holds.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
 /// Whether the proxy closed `s` without sending anything.
 fn closed(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -58,10 +63,16 @@ fn connections_beyond_the_cap_are_refused_while_the_first_keep_working() {
         let (router, stop) = (router.clone(), stop.clone());
         std::thread::spawn(move || run(listener, router, stop, 3))
     };
+    let fds_before = open_fds();
     let mut first: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     for (i, s) in first.iter_mut().enumerate() {
         assert_eq!(echo(s, &format!("hello {i}")).as_deref(), Some(format!("hello {i}").as_str()));
     }
+    // Per session: the test's socket, the echo server's two, and the
+    // proxy's client and server sides, not duplicates of them.
+    let per_session = 3 + cirkel_pg::proxy::FDS_PER_SESSION as usize;
+    let used = open_fds() - fds_before;
+    assert!(used <= 3 * per_session, "{used} descriptors for 3 sessions");
     // Beyond the cap: closed at once, without reaching the backend.
     for _ in 0..5 {
         let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
