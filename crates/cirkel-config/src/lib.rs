@@ -145,6 +145,9 @@ pub struct PostgresConfig {
     /// Address of the read-only endpoint: a streaming standby within
     /// `max_lag_bytes`, else the primary.
     pub proxy_listen_ro: Option<String>,
+    /// Sessions each endpoint carries at once; connections beyond are
+    /// closed at once and logged (default 1,000).
+    pub proxy_max_connections: usize,
     /// Shell command run after every role change (failover, rejoin), with
     /// CIRKEL_EVENT, CIRKEL_CLUSTER, CIRKEL_MEMBER, CIRKEL_PRIMARY,
     /// CIRKEL_PRIMARY_HOST and CIRKEL_PRIMARY_PORT set: for DNS, secrets or
@@ -192,6 +195,7 @@ impl Default for PostgresConfig {
             auto_failover: true,
             proxy_listen: None,
             proxy_listen_ro: None,
+            proxy_max_connections: 1000,
             on_role_change: None,
             synchronous: false,
         }
@@ -366,5 +370,25 @@ impl Config {
     /// A named repository: `default`/empty gives `[repository]`.
     pub fn repository_named(&self, name: &str) -> Option<&RepositoryConfig> {
         self.repositories.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_connection_cap_is_read_and_bounded() {
+        let cfg = |extra: &str| {
+            Config::parse(
+                &format!("[postgres.main]\n{extra}\n[postgres.main.members.a]\nhost = \"h\"\n"),
+                "c.toml",
+                None,
+            )
+        };
+        assert_eq!(cfg("").unwrap().postgres["main"].proxy_max_connections, 1000);
+        assert_eq!(cfg("proxy_max_connections = 50").unwrap().postgres["main"].proxy_max_connections, 50);
+        let err = cfg("proxy_max_connections = 0").err().unwrap().to_string();
+        assert!(err.contains("proxy_max_connections") && err.contains("c.toml:2"), "{err}");
     }
 }

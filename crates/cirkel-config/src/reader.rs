@@ -314,6 +314,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             auto_failover: t.boolean("auto_failover").unwrap_or(true),
             proxy_listen: t.string("proxy_listen"),
             proxy_listen_ro: t.string("proxy_listen_ro"),
+            proxy_max_connections: t.integer("proxy_max_connections", 1..1_000_001).map(|n| n as usize).unwrap_or(1000),
             on_role_change: t.string("on_role_change"),
             synchronous: t.boolean("synchronous").unwrap_or(false),
         };

@@ -7,13 +7,26 @@
 //! streaming standby at most N behind (bytes, or `16MB`, `1kB`). `/read-only`:
 //! either. `/health`: the member answers. `/patroni`: the member's state as
 //! JSON. Anything else is 404; every check that fails is 503.
+//!
+//! A load balancer marks a member down when its check does not answer in
+//! time, so no client may hold the endpoints up for others: connections are
+//! served concurrently by hyper on a small runtime of the API's own, each
+//! with a deadline for its request head and for the whole connection, a
+//! bound on the size of the head (431 beyond it) and of a request body
+//! (413; bodies are never read), and at most `max_connections` connections
+//! at once (more are closed at once).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
 use crate::members::ClusterStatus;
@@ -77,55 +90,141 @@ pub fn answer(view: &View, member: &str, path: &str) -> (u16, String) {
     (if ok { 200 } else { 503 }, body.to_string())
 }
 
-/// Serves `member`'s endpoints on `listener` until `stop`.
-pub fn run(listener: TcpListener, member: String, view: SharedView, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                let _ = handle(conn, &member, &view);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                tracing::warn!("health endpoint accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+/// Bounds on what one client may cost the endpoints.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time to send the request line and headers.
+    pub header_read_timeout: Duration,
+    /// Time a connection may stay open in all.
+    pub connection_timeout: Duration,
+    /// Bytes of request line and headers (hyper's read buffer; at least 8 KiB).
+    pub max_head_bytes: usize,
+    /// Number of header fields.
+    pub max_headers: usize,
+    /// Largest request body announced with `Content-Length` (never read).
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(15),
+            max_head_bytes: 16 << 10,
+            max_headers: 64,
+            max_body_bytes: 64 << 10,
         }
+    }
+}
+
+/// Serves `member`'s endpoints on `listener` until `stop`, with the default
+/// [`Limits`].
+pub fn run(listener: TcpListener, member: String, view: SharedView, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    run_with(listener, member, view, stop, Limits::default())
+}
+
+/// Serves `member`'s endpoints on `listener` until `stop`. The API runs on a
+/// runtime of its own, on a thread of its own, so it never nests inside a
+/// caller's runtime.
+pub fn run_with(
+    listener: TcpListener,
+    member: String,
+    view: SharedView,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let thread = std::thread::Builder::new().name(format!("cirkel-api-{member}")).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(serve(listener, member, view, stop, limits))
+    })?;
+    thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the health endpoint thread panicked")))
+}
+
+async fn serve(
+    listener: TcpListener,
+    member: String,
+    view: SharedView,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let member: Arc<str> = member.into();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("health endpoint accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = tick.tick() => continue,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "health endpoint of {member}: {} connections open, closing one from {peer}",
+                limits.max_connections
+            );
+            drop(stream);
+            continue;
+        };
+        let (member, view) = (member.clone(), view.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &member, &view, &limits);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_head_bytes.max(8192))
+                .max_headers(limits.max_headers)
+                .keep_alive(false)
+                // A checker may shut its side down once its request is sent.
+                .half_close(true);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(limits.connection_timeout, connection).await {
+                tracing::debug!("health endpoint connection from {peer}: {e}");
+            }
+            drop(slot);
+        });
     }
     Ok(())
 }
 
-fn handle(conn: TcpStream, member: &str, view: &SharedView) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Read (and ignore) the headers.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let mut parts = request.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("/");
-    let (code, body) = match view.lock() {
-        Ok(v) => answer(&v, member, path),
-        Err(_) => (503, "{}".to_string()),
+/// The response to one request: [`answer`] as JSON, no body for `HEAD` and
+/// `OPTIONS`, 413 for a body announced larger than the limit.
+fn respond(req: &Request<Incoming>, member: &str, view: &SharedView, limits: &Limits) -> Response<Full<Bytes>> {
+    let too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > limits.max_body_bytes);
+    let (code, body) = if too_large {
+        (413, json!({ "error": "request body too large" }).to_string())
+    } else {
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        match view.lock() {
+            Ok(v) => answer(&v, member, path),
+            Err(_) => (503, "{}".to_string()),
+        }
     };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Service Unavailable",
+    let body = if req.method() == hyper::Method::HEAD || req.method() == hyper::Method::OPTIONS {
+        String::new()
+    } else {
+        body
     };
-    let body = if method == "HEAD" || method == "OPTIONS" { String::new() } else { body };
-    let mut out = conn;
-    write!(
-        out,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    out.flush()
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
 }
 
 #[cfg(test)]

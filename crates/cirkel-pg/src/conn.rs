@@ -109,6 +109,117 @@ pub struct ConnectError {
     pub detail: String,
 }
 
+/// A connection string without its password, and the password, so that a
+/// PostgreSQL program gets the password in `PGPASSWORD` (its environment,
+/// readable only by its owner) instead of in its arguments, which every
+/// local user reads in `/proc/*/cmdline`. Handles `key=value` strings
+/// (quoted values included) and `postgres://user:password@…?password=…`
+/// URIs; anything else is returned unchanged.
+pub fn split_password(conninfo: &str) -> (String, Option<String>) {
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        return split_uri_password(conninfo);
+    }
+    let mut rest = conninfo;
+    let mut kept: Vec<&str> = Vec::new();
+    let mut password = None;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        let start = conninfo.len() - rest.len();
+        let Some(eq) = rest.find('=') else { return (conninfo.to_string(), None) };
+        let key = rest[..eq].trim();
+        let mut value = rest[eq + 1..].trim_start();
+        let mut text = String::new();
+        if let Some(quoted) = value.strip_prefix('\'') {
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, e)) => text.push(e),
+                        None => return (conninfo.to_string(), None),
+                    },
+                    '\'' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => text.push(c),
+                }
+            }
+            let Some(end) = end else { return (conninfo.to_string(), None) };
+            value = &quoted[end..];
+        } else {
+            let end = value.find(char::is_whitespace).unwrap_or(value.len());
+            text.push_str(&value[..end]);
+            value = &value[end..];
+        }
+        let pair = &conninfo[start..conninfo.len() - value.len()];
+        if key == "password" {
+            password = Some(text);
+        } else {
+            kept.push(pair);
+        }
+        rest = value;
+    }
+    (kept.join(" "), password)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn split_uri_password(uri: &str) -> (String, Option<String>) {
+    let Some((scheme, after)) = uri.split_once("://") else { return (uri.to_string(), None) };
+    let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, tail) = after.split_at(authority_end);
+    let mut password = None;
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, pw)) => {
+                password = Some(percent_decode(pw));
+                format!("{user}@{hosts}")
+            }
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<&str> = query
+                .split('&')
+                .filter(|kv| match kv.strip_prefix("password=") {
+                    Some(pw) => {
+                        password = Some(percent_decode(pw));
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            if params.is_empty() { path.to_string() } else { format!("{path}?{}", params.join("&")) }
+        }
+        None => tail.to_string(),
+    };
+    (format!("{scheme}://{authority}{tail}"), password)
+}
+
 /// Parses `X/Y` LSN text.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
@@ -128,5 +239,26 @@ mod tests {
         assert_eq!(parse_lsn("1/3000028"), Some(0x1_0300_0028));
         assert_eq!(format_lsn(0x1_0300_0028), "1/3000028");
         assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn passwords_are_split_from_connection_strings() {
+        let split = |s: &str| split_password(s);
+        assert_eq!(split("host=a password=s3 user=u"), ("host=a user=u".into(), Some("s3".into())));
+        assert_eq!(
+            split("host = a password = 'it\\'s a secret' dbname=x"),
+            ("host = a dbname=x".into(), Some("it's a secret".into()))
+        );
+        assert_eq!(split("host=a user=u"), ("host=a user=u".into(), None));
+        assert_eq!(split("postgres"), ("postgres".into(), None));
+        assert_eq!(
+            split("postgresql://u:p%40ss@h:5432/db?sslmode=disable"),
+            ("postgresql://u@h:5432/db?sslmode=disable".into(), Some("p@ss".into()))
+        );
+        assert_eq!(
+            split("postgres://h/db?password=x&application_name=y"),
+            ("postgres://h/db?application_name=y".into(), Some("x".into()))
+        );
+        assert_eq!(split("password='unterminated"), ("password='unterminated".into(), None));
     }
 }

@@ -11,8 +11,13 @@ use cirkel_repo::{Id, Repository, Snapshot};
 /// The snapshot kind of table exports.
 pub const KIND: &str = "pg-dump";
 
-fn dbname(conninfo: Option<&str>) -> String {
-    conninfo.map(str::to_string).or_else(|| std::env::var("PGDATABASE").ok()).unwrap_or_else(|| "postgres".into())
+/// The `--dbname` argument and the password to pass in `PGPASSWORD`
+/// instead (never in the arguments).
+fn dbname(conninfo: Option<&str>) -> (String, Option<String>) {
+    match conninfo {
+        Some(c) => crate::conn::split_password(c),
+        None => (std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()), None),
+    }
 }
 
 /// Dumps one table into the repository.
@@ -23,8 +28,12 @@ pub fn dump(
     conninfo: Option<&str>,
     tags: &[String],
 ) -> anyhow::Result<(Id, Snapshot)> {
-    let db = dbname(conninfo);
-    let mut child = Command::new(bindir.join("pg_dump"))
+    let (db, password) = dbname(conninfo);
+    let mut cmd = Command::new(bindir.join("pg_dump"));
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let mut child = cmd
         .args(["--format=custom", "--no-password", "--table", table, "--dbname", &db])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -73,9 +82,12 @@ pub fn restore(
     if snapshot.kind != KIND {
         anyhow::bail!("snapshot is a `{}` snapshot, not a table export", snapshot.kind);
     }
-    let db = dbname(conninfo);
+    let (db, password) = dbname(conninfo);
     let mut cmd = Command::new(bindir.join("pg_restore"));
     cmd.args(["--no-password", "--exit-on-error", "--dbname", &db]);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
     if clean {
         cmd.args(["--clean", "--if-exists"]);
     }

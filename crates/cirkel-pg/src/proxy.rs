@@ -2,15 +2,21 @@
 //! the current primary. When the primary changes or is fenced, every
 //! session to the old one is cut at once; while no primary is known, new
 //! connections are closed instead of being sent anywhere.
+//!
+//! Each session costs two threads and two sockets, so the endpoint carries
+//! at most `max_connections` at once: beyond that a new connection is
+//! closed at once and the refusal logged, and the sessions already open
+//! keep working. A client flood thus cannot exhaust the daemon's threads
+//! or file descriptors, which the watcher needs to fail over.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the endpoint sends connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,23 +44,24 @@ impl Target {
                     .ok_or_else(|| std::io::Error::other("no address"))?;
                 let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                Ok(Stream::Tcp(Arc::new(s)))
             }
-            Target::Unix(dir, p) => Ok(Stream::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))?)),
+            Target::Unix(dir, p) => Ok(Stream::Unix(Arc::new(UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))?))),
         }
     }
 }
 
 enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    // Shared, not duplicated: a session costs one descriptor per side.
+    Tcp(Arc<TcpStream>),
+    Unix(Arc<UnixStream>),
 }
 
 impl Stream {
     fn try_clone(&self) -> std::io::Result<Stream> {
         Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.clone()),
+            Stream::Unix(s) => Stream::Unix(s.clone()),
         })
     }
 
@@ -69,8 +76,8 @@ impl Stream {
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => (&**s).read(buf),
+            Stream::Unix(s) => (&**s).read(buf),
         }
     }
 }
@@ -78,14 +85,14 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => (&**s).write(buf),
+            Stream::Unix(s) => (&**s).write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => (&**s).flush(),
+            Stream::Unix(s) => (&**s).flush(),
         }
     }
 }
@@ -134,7 +141,7 @@ impl Router {
         self.state.lock().map(|s| s.sessions.len()).unwrap_or(0)
     }
 
-    fn open(&self, client: &TcpStream) -> Option<(u64, Stream)> {
+    fn open(&self, client: &Stream) -> Option<(u64, Stream)> {
         let (target, generation) = {
             let st = self.state.lock().ok()?;
             (st.target.clone()?, st.generation)
@@ -147,7 +154,7 @@ impl Router {
             server.shutdown();
             return None;
         }
-        let (c, s) = (Stream::Tcp(client.try_clone().ok()?), server.try_clone().ok()?);
+        let (c, s) = (client.try_clone().ok()?, server.try_clone().ok()?);
         st.sessions.insert(id, (generation, c, s));
         Some((id, server))
     }
@@ -159,15 +166,78 @@ impl Router {
     }
 }
 
+/// Releases a session's place under the connection cap when it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Descriptors one session holds: its client side and its server side.
+pub const FDS_PER_SESSION: u64 = 2;
+
+/// Raises the soft limit on open files toward the hard one when the cap
+/// needs more (the common soft default, 1,024, would otherwise run out
+/// before the cap and starve the watcher's own probes), and says so when
+/// even the hard limit is too low.
+fn make_room(max_connections: usize) {
+    let need = (max_connections as u64).saturating_mul(FDS_PER_SESSION).saturating_add(256);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: need.min(lim.rlim_max), rlim_max: lim.rlim_max };
+    // SAFETY: setrlimit only reads the struct it is given.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    if !ok || raised.rlim_cur < need {
+        tracing::warn!(
+            "proxy_max_connections = {max_connections} needs about {need} open files, but the limit is {}: raise it (ulimit -n, LimitNOFILE=) or lower the cap",
+            if ok { raised.rlim_cur } else { lim.rlim_cur }
+        );
+    }
+}
+
 /// Accepts connections on `listener` until `stop`, each piped to the
-/// router's current target.
-pub fn run(listener: TcpListener, router: Arc<Router>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// router's current target, at most `max_connections` at once.
+pub fn run(
+    listener: TcpListener,
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+    max_connections: usize,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    make_room(max_connections);
+    let open = Arc::new(AtomicUsize::new(0));
+    let (mut refused, mut last_warning): (u64, Option<Instant>) = (0, None);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
+                if open.load(Ordering::Relaxed) >= max_connections {
+                    let _ = client.shutdown(Shutdown::Both);
+                    refused += 1;
+                    // One line per burst, not one per refused connection.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            "endpoint {}: {max_connections} sessions open (proxy_max_connections); refused {refused} connection(s), the last from {peer}",
+                            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                        );
+                        (refused, last_warning) = (0, Some(Instant::now()));
+                    }
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(open.clone());
                 let router = router.clone();
-                std::thread::spawn(move || session(client, &router));
+                let spawned = std::thread::Builder::new().name("cirkel-proxy".into()).spawn(move || {
+                    let _slot = slot;
+                    session(client, &router);
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!("proxy session thread: {e}");
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
@@ -183,8 +253,9 @@ pub fn run(listener: TcpListener, router: Arc<Router>, stop: Arc<AtomicBool>) ->
 fn session(client: TcpStream, router: &Router) {
     let _ = client.set_nonblocking(false);
     let _ = client.set_nodelay(true);
+    let client = Stream::Tcp(Arc::new(client));
     let Some((id, server)) = router.open(&client) else {
-        let _ = client.shutdown(Shutdown::Both);
+        client.shutdown();
         return;
     };
     let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone()) else {
@@ -198,7 +269,7 @@ fn session(client: TcpStream, router: &Router) {
         s_write.shutdown();
     });
     let _ = std::io::copy(&mut s_read, &mut c_write);
-    let _ = c_write.shutdown(Shutdown::Both);
+    c_write.shutdown();
     let _ = upstream.join();
     router.close(id);
 }

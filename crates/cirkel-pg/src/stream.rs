@@ -47,7 +47,11 @@ struct Receiver {
 fn receivewal(opts: &StreamOptions) -> Command {
     let mut c = Command::new(opts.bindir.join("pg_receivewal"));
     if let Some(ci) = &opts.conninfo {
-        c.args(["-d", ci]);
+        let (ci, password) = crate::conn::split_password(ci);
+        c.args(["-d", &ci]);
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
     }
     c
 }

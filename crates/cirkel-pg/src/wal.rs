@@ -35,12 +35,13 @@ impl Segment {
 
     /// Segments per log file for a segment size (256 for 16 MiB).
     pub fn per_log(seg_size: u64) -> u64 {
-        0x1_0000_0000 / seg_size
+        // A size of 0 or above 4 GiB is no PostgreSQL's; never divide by zero.
+        (0x1_0000_0000 / seg_size.max(1)).max(1)
     }
 
     /// The segment holding `lsn` on timeline `tli`.
     pub fn containing(tli: u32, lsn: u64, seg_size: u64) -> Segment {
-        let segno = lsn / seg_size;
+        let segno = lsn / seg_size.max(1);
         let per = Self::per_log(seg_size);
         Segment { tli, log: (segno / per) as u32, seg: (segno % per) as u32 }
     }
@@ -50,9 +51,12 @@ impl Segment {
     }
 
     pub fn next(&self, seg_size: u64) -> Segment {
-        let n = self.segno(seg_size) + 1;
+        Self::from_segno(self.tli, self.segno(seg_size) + 1, seg_size)
+    }
+
+    fn from_segno(tli: u32, n: u64, seg_size: u64) -> Segment {
         let per = Self::per_log(seg_size);
-        Segment { tli: self.tli, log: (n / per) as u32, seg: (n % per) as u32 }
+        Segment { tli, log: (n / per) as u32, seg: (n % per) as u32 }
     }
 
     fn stream_name(&self) -> String {
@@ -203,19 +207,37 @@ pub fn history_timelines(repo: &Repository, ns: &str) -> anyhow::Result<Vec<u32>
         .collect())
 }
 
+/// The most missing segments [`gaps`] lists (the earliest): a crafted
+/// name far ahead in the archive must not make it list billions.
+pub const MAX_GAPS: usize = 1000;
+
 /// Missing segments between `from` and the newest archived segment of its
-/// timeline (and of later timelines that branch from it).
+/// timeline, at most [`MAX_GAPS`] of them. Names whose segment number does
+/// not exist for `seg_size` are not segments of this cluster and count as
+/// absent.
 pub fn gaps(archived: &[Segment], from: Segment, seg_size: u64) -> Vec<Segment> {
-    let on_tli: Vec<&Segment> = archived.iter().filter(|s| s.tli == from.tli && **s >= from).collect();
-    let Some(last) = on_tli.last() else { return vec![from] };
-    let have: std::collections::HashSet<u64> = on_tli.iter().map(|s| s.segno(seg_size)).collect();
+    let per = Segment::per_log(seg_size);
+    let mut have: Vec<u64> = archived
+        .iter()
+        .filter(|s| s.tli == from.tli && **s >= from && u64::from(s.seg) < per)
+        .map(|s| s.segno(seg_size))
+        .collect();
+    have.sort_unstable();
+    have.dedup();
+    if have.is_empty() {
+        return vec![from];
+    }
     let mut missing = Vec::new();
-    let mut cur = from;
-    while cur.segno(seg_size) <= last.segno(seg_size) {
-        if !have.contains(&cur.segno(seg_size)) {
-            missing.push(cur);
+    let mut expect = from.segno(seg_size);
+    for n in have {
+        while expect < n && missing.len() < MAX_GAPS {
+            missing.push(Segment::from_segno(from.tli, expect, seg_size));
+            expect += 1;
         }
-        cur = cur.next(seg_size);
+        if missing.len() >= MAX_GAPS {
+            break;
+        }
+        expect = n + 1;
     }
     missing
 }

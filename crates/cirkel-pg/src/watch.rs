@@ -308,7 +308,8 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} of {cluster}: {e}"))?;
         let (router, stop) = (router.clone(), stop.clone());
-        Ok(Some(std::thread::spawn(move || crate::proxy::run(listener, router, stop))))
+        let cap = c.proxy_max_connections;
+        Ok(Some(std::thread::spawn(move || crate::proxy::run(listener, router, stop, cap))))
     };
     let proxy = listen(&c.proxy_listen, "endpoint", &router)?;
     let ro_router = Router::new();

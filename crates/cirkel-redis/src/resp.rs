@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -146,14 +146,11 @@ impl Conn {
 
     /// Sends one command without reading a reply (pipelining, SUBSCRIBE).
     pub fn send(&mut self, args: &[&str]) -> Result<(), RespError> {
-        let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
-        self.reader.get_mut().write_all(&buf).map_err(|source| RespError::Io { addr: self.addr.clone(), source })
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.reader
+            .get_mut()
+            .write_all(&encode(&args))
+            .map_err(|source| RespError::Io { addr: self.addr.clone(), source })
     }
 
     /// Changes the reply timeout (`None`: wait forever, for event channels).
@@ -166,9 +163,9 @@ impl Conn {
 
     /// Reads one reply.
     pub fn read(&mut self) -> Result<Value, RespError> {
-        read_value(&mut self.reader, 0).map_err(|e| match e {
-            ReadError::Io(source) => RespError::Io { addr: self.addr.clone(), source },
-            ReadError::Protocol(message) => RespError::Protocol { addr: self.addr.clone(), message },
+        read_reply(&mut self.reader).map_err(|e| match e {
+            ReplyError::Io(source) => RespError::Io { addr: self.addr.clone(), source },
+            ReplyError::Protocol(message) => RespError::Protocol { addr: self.addr.clone(), message },
         })
     }
 
@@ -188,27 +185,45 @@ pub fn parse_info(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-enum ReadError {
+/// Why a reply could not be read.
+#[derive(Debug)]
+pub enum ReplyError {
     Io(std::io::Error),
     Protocol(String),
 }
 
-const MAX_BULK: i64 = 512 << 20;
+/// The longest bulk reply taken (a server's INFO or an RDB-sized value).
+pub const MAX_BULK: i64 = 512 << 20;
+/// The most elements of one array reply.
+pub const MAX_ARRAY: i64 = 1 << 20;
+/// The longest reply line (status, error, integer, length).
+pub const MAX_LINE: usize = 64 << 10;
+/// How deeply arrays may nest.
+pub const MAX_DEPTH: usize = 16;
 
-fn read_value(r: &mut BufReader<TcpStream>, depth: usize) -> Result<Value, ReadError> {
-    if depth > 16 {
-        return Err(ReadError::Protocol("replies nested too deeply".into()));
+/// Reads one reply. Lengths and counts are checked against the limits
+/// above before anything is allocated, and memory grows only with the
+/// bytes actually received, so a peer that announces a huge reply and
+/// sends little costs little.
+pub fn read_reply<R: BufRead>(r: &mut R) -> Result<Value, ReplyError> {
+    read_value(r, 0)
+}
+
+fn read_value<R: BufRead>(r: &mut R, depth: usize) -> Result<Value, ReplyError> {
+    if depth > MAX_DEPTH {
+        return Err(ReplyError::Protocol("replies nested too deeply".into()));
     }
     let mut line = Vec::new();
-    let n = r.read_until(b'\n', &mut line).map_err(ReadError::Io)?;
+    let n = r.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line).map_err(ReplyError::Io)?;
     if n == 0 {
-        return Err(ReadError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")));
+        return Err(ReplyError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")));
     }
     if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(ReadError::Protocol(format!("bad reply line {:?}", String::from_utf8_lossy(&line))));
+        let shown: String = String::from_utf8_lossy(&line).chars().take(80).collect();
+        return Err(ReplyError::Protocol(format!("bad reply line {shown:?}")));
     }
     let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let number = || body.parse::<i64>().map_err(|_| ReadError::Protocol(format!("bad length `{body}`")));
+    let number = || body.parse::<i64>().map_err(|_| ReplyError::Protocol(format!("bad length `{body}`")));
     match line[0] {
         b'+' => Ok(Value::Status(body)),
         b'-' => Ok(Value::Error(body)),
@@ -219,10 +234,20 @@ fn read_value(r: &mut BufReader<TcpStream>, depth: usize) -> Result<Value, ReadE
                 return Ok(Value::Nil);
             }
             if len > MAX_BULK {
-                return Err(ReadError::Protocol(format!("bulk reply of {len} bytes")));
+                return Err(ReplyError::Protocol(format!("bulk reply of {len} bytes")));
             }
-            let mut buf = vec![0; len as usize + 2];
-            std::io::Read::read_exact(r, &mut buf).map_err(ReadError::Io)?;
+            let want = len as u64 + 2;
+            let mut buf = Vec::with_capacity(want.min(64 << 10) as usize);
+            r.by_ref().take(want).read_to_end(&mut buf).map_err(ReplyError::Io)?;
+            if buf.len() as u64 != want {
+                return Err(ReplyError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "bulk reply cut short",
+                )));
+            }
+            if !buf.ends_with(b"\r\n") {
+                return Err(ReplyError::Protocol("bulk reply not followed by CRLF".into()));
+            }
             buf.truncate(len as usize);
             Ok(Value::Bulk(buf))
         }
@@ -231,10 +256,29 @@ fn read_value(r: &mut BufReader<TcpStream>, depth: usize) -> Result<Value, ReadE
             if len < 0 {
                 return Ok(Value::Nil);
             }
-            (0..len.min(1 << 20)).map(|_| read_value(r, depth + 1)).collect::<Result<_, _>>().map(Value::Array)
+            if len > MAX_ARRAY {
+                return Err(ReplyError::Protocol(format!("array reply of {len} elements")));
+            }
+            let mut items = Vec::with_capacity(len.min(1024) as usize);
+            for _ in 0..len {
+                items.push(read_value(r, depth + 1)?);
+            }
+            Ok(Value::Array(items))
         }
-        other => Err(ReadError::Protocol(format!("unknown reply type {:?}", other as char))),
+        other => Err(ReplyError::Protocol(format!("unknown reply type {:?}", other as char))),
     }
+}
+
+/// A command encoded as a RESP array of bulk strings.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf
 }
 
 #[cfg(test)]
