@@ -35,9 +35,24 @@ pub struct RestoreReport {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Files restored as further hard links of a file restored before.
+    pub hardlinks: u64,
+    /// Device nodes and FIFOs.
+    pub special: u64,
     pub bytes: u64,
     /// Paths (relative to the target) that could not be restored, with why.
     pub errors: Vec<(String, String)>,
+    /// Entries left out on purpose (sockets, which their server recreates), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<(String, String)>,
+}
+
+/// A file to restore as a hard link of `files[first]`.
+struct LinkTask {
+    rel: String,
+    dir: usize,
+    name: CString,
+    first: usize,
 }
 
 struct FileTask {
@@ -165,6 +180,9 @@ pub fn restore(
     let mut report = RestoreReport::default();
     let mut dirs_meta: Vec<(usize, String, Node)> = Vec::new();
     let mut files: Vec<FileTask> = Vec::new();
+    let mut links: Vec<LinkTask> = Vec::new();
+    // (device, inode) of a multiply linked file → its first file in `files`.
+    let mut link_groups: HashMap<(u64, u64), usize> = HashMap::new();
     let is_root = unsafe_is_root();
 
     // 1. The tree: directories and symlinks now, files listed.
@@ -180,11 +198,11 @@ pub fn restore(
         let mut seen = std::collections::HashSet::new();
         for node in tree.nodes {
             let child_rel = format!("{rel}/{}", node.name);
-            if !Node::name_is_safe(&node.name) || !seen.insert(node.name.clone()) {
+            if !Node::raw_name_is_safe(node.raw_name()) || !seen.insert(node.raw_name().to_vec()) {
                 push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
                 continue;
             }
-            let name = match fsat::c_name(node.name.as_bytes()) {
+            let name = match fsat::c_name(node.raw_name()) {
                 Ok(n) => n,
                 Err(e) => {
                     push_err(&errors, &child_rel, e);
@@ -202,11 +220,29 @@ pub fn restore(
                     }
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
+                NodeKind::File if node.links > 1 => match link_groups.entry((node.device, node.inode)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        links.push(LinkTask { rel: child_rel, dir, name, first: *first.get() })
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(files.len());
+                        files.push(FileTask { rel: child_rel, dir, name, node });
+                    }
+                },
                 NodeKind::File => files.push(FileTask { rel: child_rel, dir, name, node }),
                 NodeKind::Symlink => match restore_symlink(&dirs, dir, &name, &node, is_root) {
                     Ok(()) => report.symlinks += 1,
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
+                NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                    match restore_special(&dirs, dir, &name, &node, is_root) {
+                        Ok(()) => report.special += 1,
+                        Err(e) => push_err(&errors, &child_rel, e),
+                    }
+                }
+                NodeKind::Socket => report
+                    .notes
+                    .push((child_rel, "a socket is not restored; the program that listens on it creates it".into())),
             }
         }
     }
@@ -373,9 +409,23 @@ pub fn restore(
             Err(e) => fail(i, e),
         }
     });
+    // Further hard links of files restored, before their directories get
+    // their times.
+    for l in &links {
+        let res = match created[l.first].get() {
+            Some(Ok(id)) if !failed[l.first].load(Ordering::Relaxed) => link_file(dirs, &files[l.first], *id, l),
+            _ => Err(format!("its first link {} was not restored", files[l.first].rel)),
+        };
+        match res {
+            Ok(()) => report.hardlinks += 1,
+            Err(e) => push_err(&errors, &l.rel, e),
+        }
+    }
     for (i, rel, node) in dirs_meta.iter().rev() {
         let owner = is_root.then_some((node.uid, node.gid));
-        if let Err(e) = dirs.fd(*i).and_then(|fd| fsat::set_meta(fd.as_fd(), owner, node.mode, node.mtime_ns)) {
+        if let Err(e) =
+            dirs.fd(*i).and_then(|fd| fsat::set_meta(fd.as_fd(), owner, &node.xattrs, node.mode, node.mtime_ns))
+        {
             push_err(&errors, rel, e);
         }
     }
@@ -529,6 +579,11 @@ impl Sink {
         data: &[u8],
         at: u64,
     ) -> Result<(), String> {
+        // The file was created at its size as one hole: zeros need no write,
+        // and a sparse file restores sparse.
+        if is_zero(data) {
+            return Ok(());
+        }
         let aligned = at.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty();
         if aligned && task.node.size >= DIRECT_MIN {
             if self.direct.len() >= 64 && !self.direct.contains_key(&i) {
@@ -569,22 +624,72 @@ impl Sink {
     }
 }
 
+fn is_zero(data: &[u8]) -> bool {
+    let (head, words, tail) = unsafe_align_words(data);
+    head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}
+
+fn unsafe_align_words(data: &[u8]) -> (&[u8], &[u64], &[u8]) {
+    // SAFETY: every bit pattern is a valid u64.
+    unsafe { data.align_to::<u64>() }
+}
+
 fn finish_file(dirs: &Dirs, task: &FileTask, id: FileId, is_root: bool) -> Result<(), String> {
     let f = open_created(dirs, task, id, false)?.ok_or("open: refused")?;
     let owner = is_root.then_some((task.node.uid, task.node.gid));
-    fsat::set_meta(f.as_fd(), owner, task.node.mode, task.node.mtime_ns)
+    fsat::set_meta(f.as_fd(), owner, &task.node.xattrs, task.node.mode, task.node.mtime_ns)
+}
+
+/// Links a further name to a file this restore created, through the open
+/// file itself, so that nothing put in the first name's place is linked.
+fn link_file(dirs: &Dirs, first: &FileTask, id: FileId, l: &LinkTask) -> Result<(), String> {
+    let src_dir = dirs.fd(first.dir)?;
+    let src = fsat::open_path_at(src_dir.as_fd(), &first.name).map_err(|e| format!("open its first link: {e}"))?;
+    let st = fsat::fstat(src.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    if fsat::identity(&st) != id {
+        return Err("its first link was replaced during the restore (not linked)".into());
+    }
+    let dir = dirs.fd(l.dir)?;
+    clear_way(&dir, &l.name)?;
+    fsat::link_fd_at(src.as_fd(), dir.as_fd(), &l.name).map_err(|e| format!("link: {e}"))
+}
+
+/// A FIFO or device node: created with `mknodat`, then given its owner,
+/// attributes, mode and times through a descriptor that refers to it alone.
+fn restore_special(dirs: &Dirs, dir: usize, name: &CString, node: &Node, is_root: bool) -> Result<(), String> {
+    let (format, rdev) = match node.kind {
+        NodeKind::Fifo => (libc::S_IFIFO, 0),
+        NodeKind::CharDevice => (libc::S_IFCHR, node.rdev),
+        NodeKind::BlockDevice => (libc::S_IFBLK, node.rdev),
+        _ => return Err("not a FIFO or device node".into()),
+    };
+    if format != libc::S_IFIFO && !is_root {
+        return Err("device nodes are restored by root only (not created)".into());
+    }
+    let dir = dirs.fd(dir)?;
+    clear_way(&dir, name)?;
+    fsat::mknod_at(dir.as_fd(), name, format | 0o600, rdev).map_err(|e| format!("create: {e}"))?;
+    let fd = fsat::open_path_at(dir.as_fd(), name).map_err(|e| format!("open: {e}"))?;
+    let st = fsat::fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    if st.st_mode & libc::S_IFMT != format || st.st_rdev != rdev {
+        return Err("replaced during the restore (left alone)".into());
+    }
+    let owner = is_root.then_some((node.uid, node.gid));
+    fsat::set_meta_path_fd(fd.as_fd(), owner, &node.xattrs, node.mode, node.mtime_ns)
 }
 
 fn restore_symlink(dirs: &Dirs, dir: usize, name: &CString, node: &Node, is_root: bool) -> Result<(), String> {
-    let target = node.link_target.as_deref().ok_or("symlink without a target")?;
-    let target = fsat::c_name(target.as_bytes())?;
+    let target = node.raw_link_target().ok_or("symlink without a target")?;
+    let target = fsat::c_name(target)?;
     let dir = dirs.fd(dir)?;
     clear_way(&dir, name)?;
     fsat::symlink_at(&target, dir.as_fd(), name).map_err(|e| format!("create symlink: {e}"))?;
     if is_root {
         fsat::lchown_at(dir.as_fd(), name, node.uid, node.gid).map_err(|e| format!("chown: {e}"))?;
     }
-    fsat::set_times_at(dir.as_fd(), name, node.mtime_ns).map_err(|e| format!("set mtime: {e}"))
+    let attrs = fsat::set_xattrs_at(dir.as_fd(), name, &node.xattrs);
+    fsat::set_times_at(dir.as_fd(), name, node.mtime_ns).map_err(|e| format!("set mtime: {e}"))?;
+    attrs
 }
 
 #[cfg(test)]
@@ -592,21 +697,7 @@ mod tests {
     use super::*;
 
     fn task(size: u64) -> FileTask {
-        let node = Node {
-            name: "f".into(),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size,
-            content: Vec::new(),
-            content_lists: Vec::new(),
-            subtree: None,
-            link_target: None,
-        };
+        let node = Node::synthetic_file("f".into(), size, Vec::new(), 0);
         FileTask { rel: "f".into(), dir: 0, name: fsat::c_name(b"f").unwrap(), node }
     }
 
