@@ -579,11 +579,29 @@ impl Sink {
         data: &[u8],
         at: u64,
     ) -> Result<(), String> {
-        // The file was created at its size as one hole: zeros need no write,
-        // and a sparse file restores sparse.
-        if is_zero(data) {
-            return Ok(());
+        // The file was created at its size as one hole: long runs of zeros
+        // need no write, and a sparse file restores sparse.
+        let runs = data_runs(data, at);
+        if let [only] = &runs[..]
+            && only.len() == data.len()
+        {
+            return self.write_run(dirs, task, i, id, data, at);
         }
+        for r in runs {
+            self.write_run(dirs, task, i, id, &data[r.clone()], at + r.start as u64)?;
+        }
+        Ok(())
+    }
+
+    fn write_run(
+        &mut self,
+        dirs: &Dirs,
+        task: &FileTask,
+        i: usize,
+        id: FileId,
+        data: &[u8],
+        at: u64,
+    ) -> Result<(), String> {
         let aligned = at.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty();
         if aligned && task.node.size >= DIRECT_MIN {
             if self.direct.len() >= 64 && !self.direct.contains_key(&i) {
@@ -622,6 +640,44 @@ impl Sink {
         };
         f.write_all_at(data, at).map_err(|e| format!("write: {e}"))
     }
+}
+
+/// Zero runs at least this long (on 4 KiB file boundaries) are left as
+/// holes inside a piece; shorter ones are written, so that pages with a
+/// zeroed middle do not split a write into many.
+const HOLE_MIN: usize = 64 * 1024;
+
+/// The parts of `data`, to be written at file offset `at`, that hold more
+/// than zeros: an all-zero piece has none, and zero runs of at least
+/// [`HOLE_MIN`] bytes on 4 KiB file boundaries are cut out.
+fn data_runs(data: &[u8], at: u64) -> Vec<std::ops::Range<usize>> {
+    if is_zero(data) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut zeros_from: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let block_end = ((at + pos as u64) / ALIGN as u64 + 1) * ALIGN as u64 - at;
+        let end = (block_end as usize).min(data.len());
+        if is_zero(&data[pos..end]) {
+            zeros_from.get_or_insert(pos);
+        } else if let Some(z) = zeros_from.take()
+            && pos - z >= HOLE_MIN
+        {
+            if z > start {
+                out.push(start..z);
+            }
+            start = pos;
+        }
+        pos = end;
+    }
+    match zeros_from {
+        Some(z) if data.len() - z >= HOLE_MIN => out.push(start..z),
+        _ => out.push(start..data.len()),
+    }
+    out
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -699,6 +755,24 @@ mod tests {
     fn task(size: u64) -> FileTask {
         let node = Node::synthetic_file("f".into(), size, Vec::new(), 0);
         FileTask { rel: "f".into(), dir: 0, name: fsat::c_name(b"f").unwrap(), node }
+    }
+
+    /// Long zero runs inside a piece become holes, on 4 KiB file
+    /// boundaries; short ones and unaligned edges are written.
+    #[test]
+    fn zero_runs_are_cut_out_on_block_boundaries() {
+        let mut d = vec![1u8; 300 * 1024];
+        d[4096..200 * 1024].fill(0);
+        assert_eq!(data_runs(&d, 0), vec![0..4096, 200 * 1024..300 * 1024]);
+        // Written at an unaligned offset, the hole starts at the next boundary.
+        assert_eq!(data_runs(&d, 100), vec![0..8192 - 100, 200 * 1024 - 100..300 * 1024]);
+        // A short zero run stays; trailing zeros become a hole.
+        let mut e = vec![1u8; 200 * 1024];
+        e[8192..16384].fill(0);
+        e[100 * 1024..].fill(0);
+        assert_eq!(data_runs(&e, 0), vec![0..100 * 1024]);
+        assert!(data_runs(&[0; 5000], 7).is_empty());
+        assert_eq!(data_runs(&[3; 10], 0), vec![0..10]);
     }
 
     /// Aligned pieces of a big file go around the page cache, unaligned ones

@@ -500,6 +500,6 @@ fn sparse_files_restore_sparse() {
     assert!(std::fs::read(&r).unwrap() == std::fs::read(src.join("disk.img")).unwrap(), "same content");
     let ours = r.metadata().unwrap().blocks() * 512;
     let theirs = restic_round_trip(&env, &src, &[]).join("disk.img").metadata().unwrap().blocks() * 512;
-    assert!(ours < 32 << 20, "{ours} bytes allocated for 3 MiB of data in {size}");
+    assert!(ours < 6 << 20, "{ours} bytes allocated for 3 MiB of data in {size}");
     assert!(ours < theirs, "{ours} bytes allocated, restic: {theirs}");
 }
