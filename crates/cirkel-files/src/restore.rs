@@ -67,7 +67,7 @@ struct FileTask {
 type FileId = (u64, u64);
 
 /// The directories of a restore, each reached from the target through its
-/// parent's descriptor. Up to [`OPEN_DIRS`] stay open; the others are opened
+/// parent's descriptor. Up to `keep_open` stay open; the others are opened
 /// again through the same chain, and a directory that is no longer the one
 /// created or entered before (someone moved another one in its place) is
 /// refused.
@@ -75,6 +75,7 @@ struct Dirs {
     root: Arc<OwnedFd>,
     entries: Vec<DirEntry>,
     open: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+    keep_open: usize,
 }
 
 struct DirEntry {
@@ -83,8 +84,14 @@ struct DirEntry {
     id: FileId,
 }
 
-/// Directory descriptors kept open at once.
-const OPEN_DIRS: usize = 256;
+/// How many directory descriptors to keep open: a quarter of the process's
+/// descriptor limit (workers keep files open too), within bounds.
+fn dirs_kept_open() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+    (soft / 4).clamp(64, 16384) as usize
+}
 
 impl Dirs {
     /// Opens the target (created if missing), whose index is 0.
@@ -99,6 +106,7 @@ impl Dirs {
             root: Arc::new(fd),
             entries: vec![DirEntry { parent: 0, name: CString::default(), id }],
             open: Mutex::new(HashMap::new()),
+            keep_open: dirs_kept_open(),
         })
     }
 
@@ -123,7 +131,7 @@ impl Dirs {
 
     fn remember(&self, i: usize, fd: Arc<OwnedFd>) {
         if let Ok(mut m) = self.open.lock() {
-            if m.len() >= OPEN_DIRS {
+            if m.len() >= self.keep_open {
                 m.clear();
             }
             m.insert(i, fd);
@@ -150,8 +158,8 @@ impl Dirs {
 
 fn dir_error(e: std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ELOOP) => "a symlink is in the way (not followed)".into(),
-        Some(libc::ENOTDIR) => "a non-directory is in the way (not replaced)".into(),
+        // With O_DIRECTORY a symlink fails as ENOTDIR, like a file.
+        Some(libc::ELOOP | libc::ENOTDIR) => "a symlink or other non-directory is in the way (not followed)".into(),
         _ => format!("open directory: {e}"),
     }
 }
@@ -755,6 +763,31 @@ mod tests {
     fn task(size: u64) -> FileTask {
         let node = Node::synthetic_file("f".into(), size, Vec::new(), 0);
         FileTask { rel: "f".into(), dir: 0, name: fsat::c_name(b"f").unwrap(), node }
+    }
+
+    /// A directory reopened through its parents after its descriptor was
+    /// let go must be the one entered before: one moved into its place, or
+    /// a symlink there, is refused.
+    #[test]
+    fn directories_reopened_through_the_chain_must_be_the_same() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let mut dirs = Dirs::open_target(dir.path()).unwrap();
+        dirs.keep_open = 1;
+        let a = dirs.make(0, fsat::c_name(b"a").unwrap()).unwrap();
+        let b = dirs.make(a, fsat::c_name(b"b").unwrap()).unwrap();
+        let c = dirs.make(b, fsat::c_name(b"c").unwrap()).unwrap();
+        dirs.open.lock().unwrap().clear();
+        assert!(dirs.fd(c).is_ok(), "reopened through a and b");
+        std::fs::rename(dir.path().join("a/b"), dir.path().join("a/moved")).unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        dirs.open.lock().unwrap().clear();
+        let e = dirs.fd(c).unwrap_err();
+        assert!(e.contains("replaced"), "{e}");
+        std::fs::remove_dir_all(dir.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a/moved"), dir.path().join("a/b")).unwrap();
+        dirs.open.lock().unwrap().clear();
+        let e = dirs.fd(c).unwrap_err();
+        assert!(e.contains("not followed"), "{e}");
     }
 
     /// Long zero runs inside a piece become holes, on 4 KiB file
