@@ -332,9 +332,8 @@ fn find_parent(
     Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| s.kind == kind && s.host == host && s.paths == paths))
 }
 
-fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
-    Node {
-        name,
+fn node_from_meta(name: &[u8], meta: &Metadata, kind: NodeKind) -> Node {
+    let mut node = Node {
         kind,
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
@@ -343,15 +342,75 @@ fn node_from_meta(name: String, meta: &Metadata, kind: NodeKind) -> Node {
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
         size: if kind == NodeKind::File { meta.len() } else { 0 },
-        content: Vec::new(),
-        content_lists: Vec::new(),
-        subtree: None,
-        link_target: None,
-    }
+        device: if kind == NodeKind::File && meta.nlink() > 1 { meta.dev() } else { 0 },
+        links: if kind == NodeKind::File && meta.nlink() > 1 { meta.nlink() } else { 0 },
+        rdev: if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) { meta.rdev() } else { 0 },
+        ..Node::default()
+    };
+    node.set_raw_name(name);
+    node
 }
 
-fn name_of(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into())
+fn name_of(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"/".to_vec())
+}
+
+/// The extended attributes of `path` itself (not of a symlink's target),
+/// POSIX ACLs included; a file system without them has none.
+fn read_xattrs(path: &Path) -> Result<Vec<cirkel_repo::Xattr>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| "a path with a NUL byte".to_string())?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: `p` is a C string and `names` a buffer of the given length.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(format!("list extended attributes: {e}")),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let text = std::str::from_utf8(name).map_err(|_| {
+            format!("extended attribute {:?} has a name that is not UTF-8", String::from_utf8_lossy(name))
+        })?;
+        let c = std::ffi::CString::new(name).map_err(|_| "an attribute name with a NUL byte".to_string())?;
+        let mut value = vec![0u8; 256];
+        loop {
+            // SAFETY: both are C strings and `value` a buffer of the given length.
+            let n = unsafe { libc::lgetxattr(p.as_ptr(), c.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if n >= 0 {
+                value.truncate(n as usize);
+                out.push(cirkel_repo::Xattr { name: text.to_string(), value });
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 16, 0),
+                // Removed since it was listed.
+                Some(libc::ENODATA) => break,
+                _ => return Err(format!("read extended attribute {text}: {e}")),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Adds the extended attributes of `path` to its node; one that cannot be
+/// read marks the snapshot incomplete.
+fn add_xattrs(ctx: &mut Ctx<'_>, path: &Path, node: &mut Node) {
+    match read_xattrs(path) {
+        Ok(x) => node.xattrs = x,
+        Err(e) if ctx.vanished_ok && e.contains("No such file") => {}
+        Err(e) => record_error(ctx, path, e),
+    }
 }
 
 /// A directory on the way to a backed-up path: only the listed children.
@@ -374,7 +433,8 @@ fn save_virtual_nodes(ctx: &mut Ctx<'_>, path: &Path, trie: &Trie, parent: Optio
         let meta = std::fs::symlink_metadata(&child_path)
             .map_err(|e| anyhow::anyhow!("stat {}: {e}", child_path.display()))?;
         let sub_parent = parent_subtree(ctx, parent_node.as_ref());
-        let mut node = node_from_meta(name.clone(), &meta, NodeKind::Dir);
+        let mut node = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
+        add_xattrs(ctx, &child_path, &mut node);
         node.subtree = Some(save_virtual(ctx, &child_path, child, sub_parent)?);
         nodes.push(node);
     }
@@ -386,14 +446,14 @@ fn parent_subtree(ctx: &Ctx<'_>, node: Option<&Node>) -> Option<Tree> {
     ctx.repo.load_tree(ctx.writer.index(), &id).ok()
 }
 
-fn finish_tree(ctx: &mut Ctx<'_>, mut nodes: Vec<Node>) -> anyhow::Result<Id> {
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let tree = Tree { nodes };
+fn finish_tree(ctx: &mut Ctx<'_>, nodes: Vec<Node>) -> anyhow::Result<Id> {
+    let mut tree = Tree { nodes };
+    tree.sort();
     Ok(ctx.writer.add_tree(&tree)?)
 }
 
 enum Pending {
-    Ready(Node),
+    Ready(Box<Node>),
     File(Receiver<Result<Node, FileError>>, PathBuf),
 }
 
@@ -401,16 +461,17 @@ enum Pending {
 fn save_entry(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Result<Option<Node>> {
     match prepare(ctx, path, parent)? {
         None => Ok(None),
-        Some(Pending::Ready(n)) => Ok(Some(n)),
+        Some(Pending::Ready(n)) => Ok(Some(*n)),
         Some(Pending::File(rx, p)) => collect(ctx, rx, &p),
     }
 }
 
 fn collect(ctx: &mut Ctx<'_>, rx: Receiver<Result<Node, FileError>>, path: &Path) -> anyhow::Result<Option<Node>> {
     match rx.recv() {
-        Ok(Ok(n)) => {
+        Ok(Ok(mut n)) => {
             ctx.files += 1;
             ctx.bytes += n.size;
+            add_xattrs(ctx, path, &mut n);
             Ok(Some(n))
         }
         Ok(Err(FileError::Vanished)) => Ok(None),
@@ -448,9 +509,10 @@ fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Resu
         Ok(Some(Pending::File(rx, path.to_path_buf())))
     } else if ft.is_dir() {
         let sub_parent = parent_subtree(ctx, parent.as_ref());
-        let mut node = node_from_meta(name, &meta, NodeKind::Dir);
+        let mut node = node_from_meta(&name, &meta, NodeKind::Dir);
+        add_xattrs(ctx, path, &mut node);
         node.subtree = Some(save_dir(ctx, path, sub_parent)?);
-        Ok(Some(Pending::Ready(node)))
+        Ok(Some(Pending::Ready(Box::new(node))))
     } else if ft.is_symlink() && ctx.follow_links.iter().any(|l| l == path) {
         let target_meta = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => m,
@@ -464,23 +526,37 @@ fn prepare(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Node>) -> anyhow::Resu
             }
         };
         let sub_parent = parent_subtree(ctx, parent.as_ref());
-        let mut node = node_from_meta(name, &target_meta, NodeKind::Dir);
+        let mut node = node_from_meta(&name, &target_meta, NodeKind::Dir);
         node.subtree = Some(save_dir(ctx, path, sub_parent)?);
-        Ok(Some(Pending::Ready(node)))
+        Ok(Some(Pending::Ready(Box::new(node))))
     } else if ft.is_symlink() {
-        let mut node = node_from_meta(name, &meta, NodeKind::Symlink);
+        let mut node = node_from_meta(&name, &meta, NodeKind::Symlink);
         match std::fs::read_link(path) {
-            Ok(t) => node.link_target = Some(t.to_string_lossy().into_owned()),
+            Ok(t) => node.set_raw_link_target(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
             Err(e) => {
                 record_error(ctx, path, format!("read link: {e}"));
                 return Ok(None);
             }
         }
-        Ok(Some(Pending::Ready(node)))
+        add_xattrs(ctx, path, &mut node);
+        Ok(Some(Pending::Ready(Box::new(node))))
     } else {
-        // Sockets, FIFOs and device nodes carry no data to restore.
-        tracing::info!("skipping special file {}", path.display());
-        Ok(None)
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_fifo() {
+            NodeKind::Fifo
+        } else if ft.is_socket() {
+            NodeKind::Socket
+        } else if ft.is_char_device() {
+            NodeKind::CharDevice
+        } else if ft.is_block_device() {
+            NodeKind::BlockDevice
+        } else {
+            record_error(ctx, path, "a file of an unknown type (not saved)".into());
+            return Ok(None);
+        };
+        let mut node = node_from_meta(&name, &meta, kind);
+        add_xattrs(ctx, path, &mut node);
+        Ok(Some(Pending::Ready(Box::new(node))))
     }
 }
 
@@ -518,7 +594,8 @@ fn save_dir_nodes(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyho
         if ctx.excludes.dir_has_marker(&child) && child.is_dir() {
             continue;
         }
-        let parent_node = parent.as_ref().and_then(|t| t.find(&name.to_string_lossy())).cloned();
+        let parent_node =
+            parent.as_ref().and_then(|t| t.find_raw(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))).cloned();
         if let Some(p) = prepare(ctx, &child, parent_node)? {
             pending.push(p);
         }
@@ -526,7 +603,7 @@ fn save_dir_nodes(ctx: &mut Ctx<'_>, path: &Path, parent: Option<Tree>) -> anyho
     let mut nodes = Vec::with_capacity(pending.len());
     for p in pending {
         match p {
-            Pending::Ready(n) => nodes.push(n),
+            Pending::Ready(n) => nodes.push(*n),
             Pending::File(rx, path) => nodes.extend(collect(ctx, rx, &path)?),
         }
     }
@@ -568,7 +645,7 @@ fn save_file(
             FileError::Source(format!("{what}: {e}"))
         }
     };
-    let mut node = node_from_meta(name_of(&job.path), &job.meta, NodeKind::File);
+    let mut node = node_from_meta(&name_of(&job.path), &job.meta, NodeKind::File);
     if let Some(p) = &job.parent
         && unchanged(p, &job.meta)
         && reuse_before_ns.is_none_or(|t| p.mtime_ns < t)

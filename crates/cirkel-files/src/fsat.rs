@@ -141,18 +141,130 @@ pub(crate) fn set_times_at(dir: BorrowedFd<'_>, name: &CStr, mtime_ns: i64) -> i
         .map(drop)
 }
 
+/// Opens `name` in `dir` itself, whatever its type, without following a
+/// symlink and without the side effects of opening a device or FIFO.
+pub(crate) fn open_path_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is a valid C string and `dir` an open descriptor.
+    let fd = retry(|| unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates a FIFO or device node `name` in `dir`.
+pub(crate) fn mknod_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: `name` is a valid C string and `dir` an open descriptor.
+    retry(|| unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+        .map(drop)
+}
+
+/// The path through which the kernel reaches exactly the file open as `fd`
+/// (not a name someone could change).
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Links the open file `fd` as `name` in `dir`.
+pub(crate) fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let p = proc_path(fd);
+    // SAFETY: both are valid C strings and `dir` an open descriptor.
+    retry(|| unsafe {
+        libc::linkat(libc::AT_FDCWD, p.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+    })
+    .map(drop)
+}
+
+fn set_xattrs(set: &dyn Fn(&CStr, &[u8]) -> libc::c_int, xattrs: &[cirkel_repo::Xattr]) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for x in xattrs {
+        let Ok(n) = CString::new(x.name.as_bytes()) else {
+            failed.push(format!("{}: a name with a NUL byte", x.name));
+            continue;
+        };
+        if let Err(e) = retry(|| set(&n, &x.value)) {
+            failed.push(format!("{}: {e}", x.name));
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("set extended attributes: {}", failed.join(", "))) }
+}
+
+/// Sets the extended attributes of `name` in `dir` itself (a symlink).
+pub(crate) fn set_xattrs_at(dir: BorrowedFd<'_>, name: &CStr, xattrs: &[cirkel_repo::Xattr]) -> Result<(), String> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    // The directory is reached through its descriptor, and the last
+    // component is not followed.
+    let mut p = proc_path(dir).into_bytes();
+    p.push(b'/');
+    p.extend_from_slice(name.to_bytes());
+    let p = CString::new(p).map_err(|_| "a name with a NUL byte".to_string())?;
+    set_xattrs(
+        // SAFETY: all are valid C strings / buffers of the given lengths.
+        &|n, v| unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
+        xattrs,
+    )
+}
+
 /// Owner, permission bits and times of an open file or directory, in the
 /// order that keeps setuid/setgid bits (a chown clears them).
-pub(crate) fn set_meta(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>, mode: u32, mtime_ns: i64) -> Result<(), String> {
+/// Extended attributes (ACLs) go after the owner (a chown clears file
+/// capabilities) and before the mode; an attribute that cannot be set is
+/// reported once the rest is done.
+pub(crate) fn set_meta(
+    fd: BorrowedFd<'_>,
+    owner: Option<(u32, u32)>,
+    xattrs: &[cirkel_repo::Xattr],
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<(), String> {
     let raw = fd.as_raw_fd();
     if let Some((uid, gid)) = owner {
         // SAFETY: `raw` is an open descriptor.
         retry(|| unsafe { libc::fchown(raw, uid, gid) }).map_err(|e| format!("chown: {e}"))?;
     }
+    let attrs = set_xattrs(
+        // SAFETY: `raw` is an open descriptor, the others valid C strings / buffers.
+        &|n, v| unsafe { libc::fsetxattr(raw, n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
+        xattrs,
+    );
     // SAFETY: `raw` is an open descriptor.
     retry(|| unsafe { libc::fchmod(raw, mode as libc::mode_t) }).map_err(|e| format!("chmod: {e}"))?;
     let ts = timespecs(mtime_ns);
     // SAFETY: `ts` holds two timespecs and `raw` is an open descriptor.
     retry(|| unsafe { libc::futimens(raw, ts.as_ptr()) }).map_err(|e| format!("set mtime: {e}"))?;
-    Ok(())
+    attrs
+}
+
+/// [`set_meta`] for an `O_PATH` descriptor (a FIFO or device node, which is
+/// not opened for real): the calls go through `/proc/self/fd`, which leads
+/// to that very inode.
+pub(crate) fn set_meta_path_fd(
+    fd: BorrowedFd<'_>,
+    owner: Option<(u32, u32)>,
+    xattrs: &[cirkel_repo::Xattr],
+    mode: u32,
+    mtime_ns: i64,
+) -> Result<(), String> {
+    let raw = fd.as_raw_fd();
+    let p = proc_path(fd);
+    if let Some((uid, gid)) = owner {
+        // SAFETY: `raw` is an open descriptor and the path an empty C string.
+        retry(|| unsafe {
+            libc::fchownat(raw, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        })
+        .map_err(|e| format!("chown: {e}"))?;
+    }
+    let attrs = set_xattrs(
+        // SAFETY: all are valid C strings / buffers of the given lengths.
+        &|n, v| unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
+        xattrs,
+    );
+    // SAFETY: `p` is a valid C string.
+    retry(|| unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) }).map_err(|e| format!("chmod: {e}"))?;
+    let ts = timespecs(mtime_ns);
+    // SAFETY: `p` is a valid C string and `ts` two timespecs.
+    retry(|| unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) })
+        .map_err(|e| format!("set mtime: {e}"))?;
+    attrs
 }

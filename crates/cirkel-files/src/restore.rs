@@ -35,9 +35,24 @@ pub struct RestoreReport {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Files restored as further hard links of a file restored before.
+    pub hardlinks: u64,
+    /// Device nodes and FIFOs.
+    pub special: u64,
     pub bytes: u64,
     /// Paths (relative to the target) that could not be restored, with why.
     pub errors: Vec<(String, String)>,
+    /// Entries left out on purpose (sockets, which their server recreates), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<(String, String)>,
+}
+
+/// A file to restore as a hard link of `files[first]`.
+struct LinkTask {
+    rel: String,
+    dir: usize,
+    name: CString,
+    first: usize,
 }
 
 struct FileTask {
@@ -52,7 +67,7 @@ struct FileTask {
 type FileId = (u64, u64);
 
 /// The directories of a restore, each reached from the target through its
-/// parent's descriptor. Up to [`OPEN_DIRS`] stay open; the others are opened
+/// parent's descriptor. Up to `keep_open` stay open; the others are opened
 /// again through the same chain, and a directory that is no longer the one
 /// created or entered before (someone moved another one in its place) is
 /// refused.
@@ -60,6 +75,7 @@ struct Dirs {
     root: Arc<OwnedFd>,
     entries: Vec<DirEntry>,
     open: Mutex<HashMap<usize, Arc<OwnedFd>>>,
+    keep_open: usize,
 }
 
 struct DirEntry {
@@ -68,8 +84,14 @@ struct DirEntry {
     id: FileId,
 }
 
-/// Directory descriptors kept open at once.
-const OPEN_DIRS: usize = 256;
+/// How many directory descriptors to keep open: a quarter of the process's
+/// descriptor limit (workers keep files open too), within bounds.
+fn dirs_kept_open() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+    (soft / 4).clamp(64, 16384) as usize
+}
 
 impl Dirs {
     /// Opens the target (created if missing), whose index is 0.
@@ -84,6 +106,7 @@ impl Dirs {
             root: Arc::new(fd),
             entries: vec![DirEntry { parent: 0, name: CString::default(), id }],
             open: Mutex::new(HashMap::new()),
+            keep_open: dirs_kept_open(),
         })
     }
 
@@ -108,7 +131,7 @@ impl Dirs {
 
     fn remember(&self, i: usize, fd: Arc<OwnedFd>) {
         if let Ok(mut m) = self.open.lock() {
-            if m.len() >= OPEN_DIRS {
+            if m.len() >= self.keep_open {
                 m.clear();
             }
             m.insert(i, fd);
@@ -135,8 +158,8 @@ impl Dirs {
 
 fn dir_error(e: std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ELOOP) => "a symlink is in the way (not followed)".into(),
-        Some(libc::ENOTDIR) => "a non-directory is in the way (not replaced)".into(),
+        // With O_DIRECTORY a symlink fails as ENOTDIR, like a file.
+        Some(libc::ELOOP | libc::ENOTDIR) => "a symlink or other non-directory is in the way (not followed)".into(),
         _ => format!("open directory: {e}"),
     }
 }
@@ -165,6 +188,9 @@ pub fn restore(
     let mut report = RestoreReport::default();
     let mut dirs_meta: Vec<(usize, String, Node)> = Vec::new();
     let mut files: Vec<FileTask> = Vec::new();
+    let mut links: Vec<LinkTask> = Vec::new();
+    // (device, inode) of a multiply linked file → its first file in `files`.
+    let mut link_groups: HashMap<(u64, u64), usize> = HashMap::new();
     let is_root = unsafe_is_root();
 
     // 1. The tree: directories and symlinks now, files listed.
@@ -180,11 +206,11 @@ pub fn restore(
         let mut seen = std::collections::HashSet::new();
         for node in tree.nodes {
             let child_rel = format!("{rel}/{}", node.name);
-            if !Node::name_is_safe(&node.name) || !seen.insert(node.name.clone()) {
+            if !Node::raw_name_is_safe(node.raw_name()) || !seen.insert(node.raw_name().to_vec()) {
                 push_err(&errors, &child_rel, format!("refused unsafe or duplicate name {:?}", node.name));
                 continue;
             }
-            let name = match fsat::c_name(node.name.as_bytes()) {
+            let name = match fsat::c_name(node.raw_name()) {
                 Ok(n) => n,
                 Err(e) => {
                     push_err(&errors, &child_rel, e);
@@ -202,11 +228,29 @@ pub fn restore(
                     }
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
+                NodeKind::File if node.links > 1 => match link_groups.entry((node.device, node.inode)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        links.push(LinkTask { rel: child_rel, dir, name, first: *first.get() })
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(files.len());
+                        files.push(FileTask { rel: child_rel, dir, name, node });
+                    }
+                },
                 NodeKind::File => files.push(FileTask { rel: child_rel, dir, name, node }),
                 NodeKind::Symlink => match restore_symlink(&dirs, dir, &name, &node, is_root) {
                     Ok(()) => report.symlinks += 1,
                     Err(e) => push_err(&errors, &child_rel, e),
                 },
+                NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                    match restore_special(&dirs, dir, &name, &node, is_root) {
+                        Ok(()) => report.special += 1,
+                        Err(e) => push_err(&errors, &child_rel, e),
+                    }
+                }
+                NodeKind::Socket => report
+                    .notes
+                    .push((child_rel, "a socket is not restored; the program that listens on it creates it".into())),
             }
         }
     }
@@ -373,9 +417,23 @@ pub fn restore(
             Err(e) => fail(i, e),
         }
     });
+    // Further hard links of files restored, before their directories get
+    // their times.
+    for l in &links {
+        let res = match created[l.first].get() {
+            Some(Ok(id)) if !failed[l.first].load(Ordering::Relaxed) => link_file(dirs, &files[l.first], *id, l),
+            _ => Err(format!("its first link {} was not restored", files[l.first].rel)),
+        };
+        match res {
+            Ok(()) => report.hardlinks += 1,
+            Err(e) => push_err(&errors, &l.rel, e),
+        }
+    }
     for (i, rel, node) in dirs_meta.iter().rev() {
         let owner = is_root.then_some((node.uid, node.gid));
-        if let Err(e) = dirs.fd(*i).and_then(|fd| fsat::set_meta(fd.as_fd(), owner, node.mode, node.mtime_ns)) {
+        if let Err(e) =
+            dirs.fd(*i).and_then(|fd| fsat::set_meta(fd.as_fd(), owner, &node.xattrs, node.mode, node.mtime_ns))
+        {
             push_err(&errors, rel, e);
         }
     }
@@ -529,6 +587,29 @@ impl Sink {
         data: &[u8],
         at: u64,
     ) -> Result<(), String> {
+        // The file was created at its size as one hole: long runs of zeros
+        // need no write, and a sparse file restores sparse.
+        let runs = data_runs(data, at);
+        if let [only] = &runs[..]
+            && only.len() == data.len()
+        {
+            return self.write_run(dirs, task, i, id, data, at);
+        }
+        for r in runs {
+            self.write_run(dirs, task, i, id, &data[r.clone()], at + r.start as u64)?;
+        }
+        Ok(())
+    }
+
+    fn write_run(
+        &mut self,
+        dirs: &Dirs,
+        task: &FileTask,
+        i: usize,
+        id: FileId,
+        data: &[u8],
+        at: u64,
+    ) -> Result<(), String> {
         let aligned = at.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty();
         if aligned && task.node.size >= DIRECT_MIN {
             if self.direct.len() >= 64 && !self.direct.contains_key(&i) {
@@ -569,22 +650,110 @@ impl Sink {
     }
 }
 
+/// Zero runs at least this long (on 4 KiB file boundaries) are left as
+/// holes inside a piece; shorter ones are written, so that pages with a
+/// zeroed middle do not split a write into many.
+const HOLE_MIN: usize = 64 * 1024;
+
+/// The parts of `data`, to be written at file offset `at`, that hold more
+/// than zeros: an all-zero piece has none, and zero runs of at least
+/// [`HOLE_MIN`] bytes on 4 KiB file boundaries are cut out.
+fn data_runs(data: &[u8], at: u64) -> Vec<std::ops::Range<usize>> {
+    if is_zero(data) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut zeros_from: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let block_end = ((at + pos as u64) / ALIGN as u64 + 1) * ALIGN as u64 - at;
+        let end = (block_end as usize).min(data.len());
+        if is_zero(&data[pos..end]) {
+            zeros_from.get_or_insert(pos);
+        } else if let Some(z) = zeros_from.take()
+            && pos - z >= HOLE_MIN
+        {
+            if z > start {
+                out.push(start..z);
+            }
+            start = pos;
+        }
+        pos = end;
+    }
+    match zeros_from {
+        Some(z) if data.len() - z >= HOLE_MIN => out.push(start..z),
+        _ => out.push(start..data.len()),
+    }
+    out
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let (head, words, tail) = unsafe_align_words(data);
+    head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}
+
+fn unsafe_align_words(data: &[u8]) -> (&[u8], &[u64], &[u8]) {
+    // SAFETY: every bit pattern is a valid u64.
+    unsafe { data.align_to::<u64>() }
+}
+
 fn finish_file(dirs: &Dirs, task: &FileTask, id: FileId, is_root: bool) -> Result<(), String> {
     let f = open_created(dirs, task, id, false)?.ok_or("open: refused")?;
     let owner = is_root.then_some((task.node.uid, task.node.gid));
-    fsat::set_meta(f.as_fd(), owner, task.node.mode, task.node.mtime_ns)
+    fsat::set_meta(f.as_fd(), owner, &task.node.xattrs, task.node.mode, task.node.mtime_ns)
+}
+
+/// Links a further name to a file this restore created, through the open
+/// file itself, so that nothing put in the first name's place is linked.
+fn link_file(dirs: &Dirs, first: &FileTask, id: FileId, l: &LinkTask) -> Result<(), String> {
+    let src_dir = dirs.fd(first.dir)?;
+    let src = fsat::open_path_at(src_dir.as_fd(), &first.name).map_err(|e| format!("open its first link: {e}"))?;
+    let st = fsat::fstat(src.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    if fsat::identity(&st) != id {
+        return Err("its first link was replaced during the restore (not linked)".into());
+    }
+    let dir = dirs.fd(l.dir)?;
+    clear_way(&dir, &l.name)?;
+    fsat::link_fd_at(src.as_fd(), dir.as_fd(), &l.name).map_err(|e| format!("link: {e}"))
+}
+
+/// A FIFO or device node: created with `mknodat`, then given its owner,
+/// attributes, mode and times through a descriptor that refers to it alone.
+fn restore_special(dirs: &Dirs, dir: usize, name: &CString, node: &Node, is_root: bool) -> Result<(), String> {
+    let (format, rdev) = match node.kind {
+        NodeKind::Fifo => (libc::S_IFIFO, 0),
+        NodeKind::CharDevice => (libc::S_IFCHR, node.rdev),
+        NodeKind::BlockDevice => (libc::S_IFBLK, node.rdev),
+        _ => return Err("not a FIFO or device node".into()),
+    };
+    if format != libc::S_IFIFO && !is_root {
+        return Err("device nodes are restored by root only (not created)".into());
+    }
+    let dir = dirs.fd(dir)?;
+    clear_way(&dir, name)?;
+    fsat::mknod_at(dir.as_fd(), name, format | 0o600, rdev).map_err(|e| format!("create: {e}"))?;
+    let fd = fsat::open_path_at(dir.as_fd(), name).map_err(|e| format!("open: {e}"))?;
+    let st = fsat::fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?;
+    if st.st_mode & libc::S_IFMT != format || st.st_rdev != rdev {
+        return Err("replaced during the restore (left alone)".into());
+    }
+    let owner = is_root.then_some((node.uid, node.gid));
+    fsat::set_meta_path_fd(fd.as_fd(), owner, &node.xattrs, node.mode, node.mtime_ns)
 }
 
 fn restore_symlink(dirs: &Dirs, dir: usize, name: &CString, node: &Node, is_root: bool) -> Result<(), String> {
-    let target = node.link_target.as_deref().ok_or("symlink without a target")?;
-    let target = fsat::c_name(target.as_bytes())?;
+    let target = node.raw_link_target().ok_or("symlink without a target")?;
+    let target = fsat::c_name(target)?;
     let dir = dirs.fd(dir)?;
     clear_way(&dir, name)?;
     fsat::symlink_at(&target, dir.as_fd(), name).map_err(|e| format!("create symlink: {e}"))?;
     if is_root {
         fsat::lchown_at(dir.as_fd(), name, node.uid, node.gid).map_err(|e| format!("chown: {e}"))?;
     }
-    fsat::set_times_at(dir.as_fd(), name, node.mtime_ns).map_err(|e| format!("set mtime: {e}"))
+    let attrs = fsat::set_xattrs_at(dir.as_fd(), name, &node.xattrs);
+    fsat::set_times_at(dir.as_fd(), name, node.mtime_ns).map_err(|e| format!("set mtime: {e}"))?;
+    attrs
 }
 
 #[cfg(test)]
@@ -592,22 +761,51 @@ mod tests {
     use super::*;
 
     fn task(size: u64) -> FileTask {
-        let node = Node {
-            name: "f".into(),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size,
-            content: Vec::new(),
-            content_lists: Vec::new(),
-            subtree: None,
-            link_target: None,
-        };
+        let node = Node::synthetic_file("f".into(), size, Vec::new(), 0);
         FileTask { rel: "f".into(), dir: 0, name: fsat::c_name(b"f").unwrap(), node }
+    }
+
+    /// A directory reopened through its parents after its descriptor was
+    /// let go must be the one entered before: one moved into its place, or
+    /// a symlink there, is refused.
+    #[test]
+    fn directories_reopened_through_the_chain_must_be_the_same() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let mut dirs = Dirs::open_target(dir.path()).unwrap();
+        dirs.keep_open = 1;
+        let a = dirs.make(0, fsat::c_name(b"a").unwrap()).unwrap();
+        let b = dirs.make(a, fsat::c_name(b"b").unwrap()).unwrap();
+        let c = dirs.make(b, fsat::c_name(b"c").unwrap()).unwrap();
+        dirs.open.lock().unwrap().clear();
+        assert!(dirs.fd(c).is_ok(), "reopened through a and b");
+        std::fs::rename(dir.path().join("a/b"), dir.path().join("a/moved")).unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        dirs.open.lock().unwrap().clear();
+        let e = dirs.fd(c).unwrap_err();
+        assert!(e.contains("replaced"), "{e}");
+        std::fs::remove_dir_all(dir.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a/moved"), dir.path().join("a/b")).unwrap();
+        dirs.open.lock().unwrap().clear();
+        let e = dirs.fd(c).unwrap_err();
+        assert!(e.contains("not followed"), "{e}");
+    }
+
+    /// Long zero runs inside a piece become holes, on 4 KiB file
+    /// boundaries; short ones and unaligned edges are written.
+    #[test]
+    fn zero_runs_are_cut_out_on_block_boundaries() {
+        let mut d = vec![1u8; 300 * 1024];
+        d[4096..200 * 1024].fill(0);
+        assert_eq!(data_runs(&d, 0), vec![0..4096, 200 * 1024..300 * 1024]);
+        // Written at an unaligned offset, the hole starts at the next boundary.
+        assert_eq!(data_runs(&d, 100), vec![0..8192 - 100, 200 * 1024 - 100..300 * 1024]);
+        // A short zero run stays; trailing zeros become a hole.
+        let mut e = vec![1u8; 200 * 1024];
+        e[8192..16384].fill(0);
+        e[100 * 1024..].fill(0);
+        assert_eq!(data_runs(&e, 0), vec![0..100 * 1024]);
+        assert!(data_runs(&[0; 5000], 7).is_empty());
+        assert_eq!(data_runs(&[3; 10], 0), vec![0..10]);
     }
 
     /// Aligned pieces of a big file go around the page cache, unaligned ones

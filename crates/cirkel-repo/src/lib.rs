@@ -42,5 +42,5 @@ pub use error::{Error, Result, chain as error_chain};
 pub use id::Id;
 pub use repository::{ChunkerParams, InitOptions, KeyInfo, RepoConfig, Repository, Unreadable, limits};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotSummary};
-pub use tree::{Node, NodeKind, Tree};
+pub use tree::{Node, NodeKind, Tree, Xattr};
 pub use writer::{BlobWriter, WriterStats};

@@ -322,6 +322,7 @@ fn restore_never_writes_outside_the_target() {
         content_lists: Vec::new(),
         subtree: None,
         link_target: None,
+        ..Node::default()
     };
     let inner = Tree { nodes: vec![file("victim")] };
     let inner_id = writer.add(BlobKind::Tree, &inner.to_bytes()).unwrap();

@@ -139,6 +139,11 @@ pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
             human_bytes(report.bytes)
         );
     }
+    if !global.quiet {
+        for (p, why) in &report.notes {
+            eprintln!("note: {p}: {why}");
+        }
+    }
     if !report.errors.is_empty() {
         for (p, e) in &report.errors {
             eprintln!("  {p}: {e}");
