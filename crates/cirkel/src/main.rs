@@ -5,6 +5,7 @@ mod cmd;
 mod context;
 mod output;
 mod owner;
+mod scheduler;
 
 use std::process::ExitCode;
 

@@ -26,10 +26,16 @@ fn serve_runs_a_scheduled_backup_with_its_copy_and_retention() {
     .unwrap();
     env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("CIRKEL_STATE_DIR".into(), env.path("state").display().to_string()));
+    // The daemon's clock starts ten simulated seconds before a minute
+    // boundary and runs a minute per real second.
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_START".into(), "2026-11-26T09:59:50Z".into()));
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_SPEED".into(), "60".into()));
     let mut serve = env.cmd(&["serve"]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    // The schedule fires at the next minute boundary, then again a minute later.
+    // The schedule fires at the next simulated minute boundary, then again a
+    // simulated minute later.
     let start = Instant::now();
     let done = loop {
+        // (a bound on a hung daemon, not a timing under test)
         let events = env.json(&["events", "--kind", "job-done"]);
         let failed = env.json(&["events", "--kind", "job-failed"]);
         assert!(failed.as_array().unwrap().is_empty(), "{failed:#}");
@@ -49,6 +55,7 @@ fn serve_runs_a_scheduled_backup_with_its_copy_and_retention() {
     assert_eq!(there.as_array().unwrap().len(), 2, "{there:#}");
     let started = env.json(&["events", "--kind", "serve-started"]);
     assert_eq!(started[0]["details"]["jobs"][0]["job"], "files/site");
+    assert_eq!(started[0]["details"]["jobs"][0]["next"], "2026-11-26T10:00:00Z");
 }
 
 #[test]

@@ -10,10 +10,9 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
-use chrono::Utc;
 use cirkel_config::cron::Schedule;
 use cirkel_config::{Config, RetentionConfig};
 use cirkel_redis::group::Group;
@@ -23,6 +22,7 @@ use serde_json::json;
 use crate::cli::Global;
 use crate::context::{load_config, state_dir};
 use crate::output::user_error;
+use crate::scheduler::{Clock, ScaledClock, SystemClock, run_schedule};
 
 /// A scheduled job: cirkel commands run one after the other.
 #[derive(Debug, Clone)]
@@ -167,18 +167,15 @@ fn record(state: &StateDir, event: &Event) {
 }
 
 /// Runs `job` at each time its schedule names until `stop`.
-fn schedule_loop(exe: PathBuf, global: Vec<String>, job: Job, state: StateDir, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Some(next) = job.schedule.next_after(Utc::now()) else { return };
-        while Utc::now() < next {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let left = (next - Utc::now()).to_std().unwrap_or_default();
-            std::thread::sleep(left.min(Duration::from_millis(250)));
-        }
-        run_job(&exe, &global, &job, &state);
-    }
+fn schedule_loop(
+    exe: PathBuf,
+    global: Vec<String>,
+    job: Job,
+    state: StateDir,
+    clock: Arc<dyn Clock>,
+    stop: Arc<AtomicBool>,
+) {
+    run_schedule(&job.schedule, clock.as_ref(), &stop, |_| run_job(&exe, &global, &job, &state));
 }
 
 pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
@@ -197,6 +194,10 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
     let exe = std::env::current_exe()?;
     let gargs = global_args(global, &cfg);
+    let clock: Arc<dyn Clock> = match ScaledClock::from_env()? {
+        Some(c) => Arc::new(c),
+        None => Arc::new(SystemClock),
+    };
     record(
         &state,
         &Event::new(
@@ -210,7 +211,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
                 jobs.len()
             ),
         )
-        .with(json!({ "jobs": jobs.iter().map(|j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(Utc::now()) })).collect::<Vec<_>>() })),
+        .with(json!({ "jobs": jobs.iter().map(|j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(clock.now()) })).collect::<Vec<_>>() })),
     );
     if !global.quiet && !global.json {
         eprintln!(
@@ -239,8 +240,9 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
             });
         }
         for job in &jobs {
-            let (exe, gargs, job, state, stop) = (exe.clone(), gargs.clone(), job.clone(), state.clone(), stop.clone());
-            s.spawn(move || schedule_loop(exe, gargs, job, state, stop));
+            let (exe, gargs, job, state, clock, stop) =
+                (exe.clone(), gargs.clone(), job.clone(), state.clone(), clock.clone(), stop.clone());
+            s.spawn(move || schedule_loop(exe, gargs, job, state, clock, stop));
         }
     });
     Ok(ExitCode::SUCCESS)
