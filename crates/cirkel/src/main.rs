@@ -6,6 +6,7 @@ mod context;
 mod output;
 mod owner;
 mod scheduler;
+mod systemd;
 
 use std::process::ExitCode;
 
