@@ -5,9 +5,12 @@
 #     (PostgreSQL refuses to run as root; root would bypass file permissions)
 #   - postgresql-15: the clusters the PostgreSQL tests create and destroy
 #   - redis-server, redis-sentinel, redis-tools: the servers the Redis tests start
+#   - cargo-nextest: runs the tests of every binary side by side, each in its
+#     own process, with the limits of .config/nextest.toml
 # A missing service makes the tests that need it fail; none are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -16,14 +19,18 @@ fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'
 fi
-# cargo prints one result line per test binary; the last one can be a crate
-# without doc tests ("0 passed"), so close with the totals of the whole run.
+if ! command -v cargo-nextest >/dev/null; then
+    cargo install cargo-nextest --locked
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo nextest run --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# nextest closes with "Summary [ time] N tests run: P passed, F failed, …".
+elapsed=$((SECONDS - started))
+printf 'elapsed: %dm %02ds\n' $((elapsed / 60)) $((elapsed % 60))
+awk '/Summary \[/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^run:/) r = $(i-1); if ($(i+1) ~ /^passed/) p = $i } }
+     END { printf "tests: %d passed, %d failed\n", p, r - p }' "$log"
 exit "$status"

@@ -33,6 +33,9 @@ pub struct Global {
     /// More log output (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as plain text or as one JSON object each (for journald and log shippers).
+    #[arg(long, global = true, env = "CIRKEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Only errors; no progress bars.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -40,6 +43,13 @@ pub struct Global {
     /// when the command ends (without it, commands that write refuse to run as anyone but the owner).
     #[arg(long, global = true)]
     pub fix_owner: bool,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

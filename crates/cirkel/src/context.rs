@@ -195,6 +195,22 @@ pub fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     stop
 }
 
+static HUNG_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_hangup(_: libc::c_int) {
+    HUNG_UP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A flag that turns true on SIGHUP (the daemon's "reload your
+/// configuration"); whoever acts on it sets it back to false.
+pub fn hangup_flag() -> &'static std::sync::atomic::AtomicBool {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGHUP, on_hangup as *const () as libc::sighandler_t);
+    }
+    &HUNG_UP
+}
+
 /// cirkel's state directory (events, reports).
 pub fn state_dir(cfg: &cirkel_config::Config) -> cirkel_state::StateDir {
     cirkel_state::StateDir::resolve(cfg.state.dir.as_deref())

@@ -5,6 +5,8 @@ mod cmd;
 mod context;
 mod output;
 mod owner;
+mod scheduler;
+mod systemd;
 
 use std::process::ExitCode;
 

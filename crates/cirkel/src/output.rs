@@ -121,6 +121,15 @@ pub fn init_logging(global: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CIRKEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if global.log_format == crate::cli::LogFormat::Json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+        return;
+    }
     // Colour codes only for a terminal: logs redirected to a file stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

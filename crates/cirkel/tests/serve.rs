@@ -26,10 +26,16 @@ fn serve_runs_a_scheduled_backup_with_its_copy_and_retention() {
     .unwrap();
     env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("CIRKEL_STATE_DIR".into(), env.path("state").display().to_string()));
+    // The daemon's clock starts ten simulated seconds before a minute
+    // boundary and runs a minute per real second.
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_START".into(), "2026-11-26T09:59:50Z".into()));
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_SPEED".into(), "60".into()));
     let mut serve = env.cmd(&["serve"]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    // The schedule fires at the next minute boundary, then again a minute later.
+    // The schedule fires at the next simulated minute boundary, then again a
+    // simulated minute later.
     let start = Instant::now();
     let done = loop {
+        // (a bound on a hung daemon, not a timing under test)
         let events = env.json(&["events", "--kind", "job-done"]);
         let failed = env.json(&["events", "--kind", "job-failed"]);
         assert!(failed.as_array().unwrap().is_empty(), "{failed:#}");
@@ -49,6 +55,7 @@ fn serve_runs_a_scheduled_backup_with_its_copy_and_retention() {
     assert_eq!(there.as_array().unwrap().len(), 2, "{there:#}");
     let started = env.json(&["events", "--kind", "serve-started"]);
     assert_eq!(started[0]["details"]["jobs"][0]["job"], "files/site");
+    assert_eq!(started[0]["details"]["jobs"][0]["next"], "2026-11-26T10:00:00Z");
 }
 
 #[test]
@@ -58,4 +65,126 @@ fn serve_with_nothing_to_do_says_so() {
     std::fs::write(&config, "").unwrap();
     let err = env.fails(&["--config", config.to_str().unwrap(), "serve"]);
     assert!(err.contains("nothing to serve") && err.contains("schedule"), "{err}");
+}
+
+/// Polls the event log until `kind` has at least `n` events (the bound only
+/// catches a hung daemon).
+fn wait_events(env: &Env, kind: &str, n: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let events = env.json(&["events", "--kind", kind]);
+        let events = events.as_array().unwrap().clone();
+        if events.len() >= n {
+            return events;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no {n} {kind} event(s): {events:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn files_set(env: &Env, name: &str, schedule: &str) -> String {
+    let src = env.path(name);
+    if !src.exists() {
+        make_tree(&src);
+    }
+    format!("[files.{name}]\npaths = [\"{}\"]\ntags = [\"{name}\"]\nschedule = \"{schedule}\"\n", src.display())
+}
+
+/// Kills the daemon when a test fails halfway.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let mut env = Env::new();
+    env.init();
+    let config = env.path("cirkel.toml");
+    std::fs::write(&config, files_set(&env, "site", "0 0 1 1 *")).unwrap();
+    let socket_path = env.path("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
+    env.extra_env.push(("CIRKEL_STATE_DIR".into(), env.path("state").display().to_string()));
+    env.extra_env.push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    env.extra_env.push(("WATCHDOG_USEC".into(), "200000".into()));
+    let mut serve = Daemon(env.cmd(&["serve"]).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.iter().any(|m: &String| m.starts_with("READY=1")) && seen.iter().any(|m| m == "WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("a notice from cirkel serve");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // Ready comes before the first watchdog ping.
+    assert!(seen[0].starts_with("READY=1\nSTATUS="), "{seen:?}");
+    signal(&serve.0, libc::SIGTERM);
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1 from cirkel serve");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(serve.0.wait().unwrap().success());
+}
+
+#[test]
+fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_for_a_bad_one() {
+    let mut env = Env::new();
+    env.init();
+    let config = env.path("cirkel.toml");
+    std::fs::write(&config, files_set(&env, "old", "* * * * *")).unwrap();
+    env.extra_env.push(("CIRKEL_STATE_DIR".into(), env.path("state").display().to_string()));
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_START".into(), "2026-11-26T09:59:50Z".into()));
+    env.extra_env.push(("CIRKEL_TEST_CLOCK_SPEED".into(), "60".into()));
+    let log = env.path("serve.log");
+    // The file is named on the command line: `cirkel events` below reads
+    // the state directory without it, whatever the file holds.
+    let mut serve = Daemon(
+        env.cmd(&["--config", config.to_str().unwrap(), "--log-format", "json", "-v", "serve"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_events(&env, "job-done", 1);
+
+    // A broken file: the daemon says why and keeps the old job.
+    std::fs::write(&config, "[files.old\npaths = 1\n").unwrap();
+    signal(&serve.0, libc::SIGHUP);
+    let failed = wait_events(&env, "config-reload-failed", 1);
+    assert!(failed[0]["message"].as_str().unwrap().contains("not reloaded"), "{failed:#?}");
+    // The old job stays scheduled; its command reads the file when it runs,
+    // so this run fails on the broken file, and says so.
+    let ran = wait_events(&env, "job-failed", 1);
+    assert_eq!(ran[0]["source"], "schedule/files/old");
+
+    // A good file replaces the jobs.
+    std::fs::write(&config, files_set(&env, "new", "* * * * *")).unwrap();
+    signal(&serve.0, libc::SIGHUP);
+    let reloaded = wait_events(&env, "config-reloaded", 1);
+    assert_eq!(reloaded[0]["details"]["jobs"][0]["job"], "files/new");
+    let start = Instant::now();
+    while env.json(&["snapshots", "--tag", "new"]).as_array().unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the new job never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&serve.0, libc::SIGTERM);
+    assert!(serve.0.wait().unwrap().success());
+
+    // Every log line is one JSON object; events carry their kind.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["kind"] == "config-reload-failed" && l["level"] == "WARN"), "{text}");
+    assert!(lines.iter().any(|l| l["fields"]["kind"] == "config-reloaded"), "{text}");
 }

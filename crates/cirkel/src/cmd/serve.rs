@@ -3,6 +3,13 @@
 //! PostgreSQL clusters), each followed by its copies to second repositories
 //! and its retention, until SIGINT or SIGTERM.
 //!
+//! SIGHUP reloads the configuration file: a file that does not load keeps
+//! the running one (an event says why); one that does replaces the
+//! scheduled jobs. The watchers keep running with the configuration they
+//! started with (a change to a group or cluster needs a restart). Under
+//! systemd (`Type=notify`) it reports readiness, watchdog pings and stopping
+//! through `NOTIFY_SOCKET`.
+//!
 //! A scheduled job runs cirkel's own commands as child processes, so a
 //! failing or crashing job never takes the daemon down, and what runs is
 //! exactly what a person would type.
@@ -13,16 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use cirkel_config::cron::Schedule;
 use cirkel_config::{Config, RetentionConfig};
 use cirkel_redis::group::Group;
 use cirkel_state::{Event, StateDir};
 use serde_json::json;
 
-use crate::cli::Global;
+use crate::cli::{Global, LogFormat};
 use crate::context::{load_config, state_dir};
 use crate::output::user_error;
+use crate::scheduler::{Clock, ScaledClock, SystemClock, run_schedule};
+use crate::systemd::Notifier;
 
 /// A scheduled job: cirkel commands run one after the other.
 #[derive(Debug, Clone)]
@@ -127,7 +135,14 @@ fn run_job(exe: &PathBuf, global: &[String], job: &Job, state: &StateDir) {
     let source = format!("schedule/{}", job.name);
     let start = Instant::now();
     for step in &job.steps {
-        let out = Command::new(exe).args(global).args(step).output();
+        // The service manager's variables are the daemon's alone.
+        let out = Command::new(exe)
+            .args(global)
+            .args(step)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .output();
         let failed = match &out {
             Ok(o) if o.status.success() => None,
             Ok(o) => Some((o.status.code(), String::from_utf8_lossy(&o.stderr).trim().to_string())),
@@ -157,9 +172,10 @@ fn run_job(exe: &PathBuf, global: &[String], job: &Job, state: &StateDir) {
 }
 
 fn record(state: &StateDir, event: &Event) {
+    // One log line per event, with its kind as a field for JSON logs.
     match event.severity.as_str() {
-        "info" => tracing::info!("{}: {}", event.source, event.message),
-        _ => tracing::warn!("{}: {}", event.source, event.message),
+        "info" => tracing::info!(kind = %event.kind, "{}: {}", event.source, event.message),
+        _ => tracing::warn!(kind = %event.kind, "{}: {}", event.source, event.message),
     }
     if let Err(e) = state.record(event) {
         tracing::error!("cannot record an event: {e:#}");
@@ -167,18 +183,52 @@ fn record(state: &StateDir, event: &Event) {
 }
 
 /// Runs `job` at each time its schedule names until `stop`.
-fn schedule_loop(exe: PathBuf, global: Vec<String>, job: Job, state: StateDir, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Some(next) = job.schedule.next_after(Utc::now()) else { return };
-        while Utc::now() < next {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let left = (next - Utc::now()).to_std().unwrap_or_default();
-            std::thread::sleep(left.min(Duration::from_millis(250)));
+fn schedule_loop(
+    exe: PathBuf,
+    global: Vec<String>,
+    job: Job,
+    state: StateDir,
+    clock: Arc<dyn Clock>,
+    stop: Arc<AtomicBool>,
+) {
+    run_schedule(&job.schedule, clock.as_ref(), &stop, |_| run_job(&exe, &global, &job, &state));
+}
+
+/// What every scheduled job's thread needs, whatever the configuration.
+#[derive(Clone)]
+struct Runner {
+    exe: PathBuf,
+    global: Vec<String>,
+    state: StateDir,
+    clock: Arc<dyn Clock>,
+}
+
+impl Runner {
+    /// Starts one thread per job; they stop when `stop` turns true (a
+    /// running job finishes first).
+    fn spawn<'scope>(&self, s: &'scope std::thread::Scope<'scope, '_>, jobs: &[Job], stop: &Arc<AtomicBool>) {
+        for job in jobs {
+            let (r, job, stop) = (self.clone(), job.clone(), stop.clone());
+            s.spawn(move || schedule_loop(r.exe, r.global, job, r.state, r.clock, stop));
         }
-        run_job(&exe, &global, &job, &state);
     }
+
+    fn job_list(&self, jobs: &[Job]) -> serde_json::Value {
+        let now = self.clock.now();
+        json!(
+            jobs.iter()
+                .map(
+                    |j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(now) })
+                )
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+/// The jobs of the configuration file as it reads now.
+fn reload(global: &Global) -> anyhow::Result<Vec<Job>> {
+    let cfg = load_config(global)?;
+    jobs(&cfg)
 }
 
 pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
@@ -194,33 +244,29 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     }
     let state = state_dir(&cfg);
     let stop = crate::context::stop_on_signal();
+    let hangup = crate::context::hangup_flag();
     let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
-    let exe = std::env::current_exe()?;
-    let gargs = global_args(global, &cfg);
+    let clock: Arc<dyn Clock> = match ScaledClock::from_env()? {
+        Some(c) => Arc::new(c),
+        None => Arc::new(SystemClock),
+    };
+    let runner =
+        Runner { exe: std::env::current_exe()?, global: global_args(global, &cfg), state: state.clone(), clock };
+    let summary = format!(
+        "watching {} redis group(s) and {} postgres cluster(s), {} scheduled job(s)",
+        groups.len(),
+        clusters.len(),
+        jobs.len()
+    );
     record(
         &state,
-        &Event::new(
-            "serve",
-            "serve-started",
-            "info",
-            format!(
-                "watching {} redis group(s) and {} postgres cluster(s), {} scheduled job(s)",
-                groups.len(),
-                clusters.len(),
-                jobs.len()
-            ),
-        )
-        .with(json!({ "jobs": jobs.iter().map(|j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(Utc::now()) })).collect::<Vec<_>>() })),
+        &Event::new("serve", "serve-started", "info", summary.clone()).with(json!({ "jobs": runner.job_list(&jobs) })),
     );
-    if !global.quiet && !global.json {
-        eprintln!(
-            "cirkel serve: {} redis group(s), {} postgres cluster(s), {} scheduled job(s); events go to {}",
-            groups.len(),
-            clusters.len(),
-            jobs.len(),
-            state.root().display()
-        );
+    if !global.quiet && !global.json && global.log_format == LogFormat::Text {
+        eprintln!("cirkel serve: {summary}; events go to {}", state.root().display());
     }
+    let notifier = Notifier::from_env();
+    let watchdog = Notifier::watchdog_interval();
     std::thread::scope(|s| {
         for g in &groups {
             let (state, stop) = (&state, stop.clone());
@@ -238,10 +284,47 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        for job in &jobs {
-            let (exe, gargs, job, state, stop) = (exe.clone(), gargs.clone(), job.clone(), state.clone(), stop.clone());
-            s.spawn(move || schedule_loop(exe, gargs, job, state, stop));
+        // The jobs of the configuration in force; a reload stops them and starts the new ones.
+        let mut jobs_stop = Arc::new(AtomicBool::new(false));
+        runner.spawn(s, &jobs, &jobs_stop);
+        notifier.notify(&format!("READY=1\nSTATUS={summary}"));
+        let mut pinged = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if hangup.swap(false, Ordering::Relaxed) {
+                notifier.notify("RELOADING=1");
+                match reload(global) {
+                    Ok(new) => {
+                        jobs_stop.store(true, Ordering::Relaxed);
+                        jobs_stop = Arc::new(AtomicBool::new(false));
+                        runner.spawn(s, &new, &jobs_stop);
+                        let message = format!("configuration reloaded: {} scheduled job(s)", new.len());
+                        record(
+                            &state,
+                            &Event::new("serve", "config-reloaded", "info", message)
+                                .with(json!({ "jobs": runner.job_list(&new) })),
+                        );
+                    }
+                    Err(e) => {
+                        let message = format!("the configuration was not reloaded, the running one stays: {e:#}");
+                        record(
+                            &state,
+                            &Event::new("serve", "config-reload-failed", "warning", message)
+                                .with(json!({ "error": format!("{e:#}") })),
+                        );
+                    }
+                }
+                notifier.notify("READY=1");
+            }
+            if let Some(every) = watchdog
+                && pinged.elapsed() >= every
+            {
+                notifier.notify("WATCHDOG=1");
+                pinged = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        notifier.notify("STOPPING=1");
+        jobs_stop.store(true, Ordering::Relaxed);
     });
     Ok(ExitCode::SUCCESS)
 }
