@@ -246,11 +246,16 @@ pub fn restore(
         return Ok(report);
     }
     std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    if is_root() {
-        chown_tree(to, plan.meta.owner_uid, plan.meta.owner_gid)?;
-    }
+    // Tablespaces move while root still owns the whole tree, so nobody
+    // can swap `pg_tblspc` or an entry in it under the move.
     for (oid, new) in &moves {
-        place_tablespace(to, oid, new, &plan.meta)?;
+        place_tablespace(to, oid, new)?;
+    }
+    if is_root() {
+        for (_, new) in &moves {
+            chown_tree(new, plan.meta.owner_uid, plan.meta.owner_gid)?;
+        }
+        chown_tree(to, plan.meta.owner_uid, plan.meta.owner_gid)?;
     }
     // Tablespaces left in place are directories in pg_tblspc, which
     // PostgreSQL accepts only with this setting (it refuses them in recovery).
@@ -260,7 +265,7 @@ pub fn restore(
 }
 
 /// Moves a tablespace restored below `pg_tblspc` to `new` and links it there.
-fn place_tablespace(to: &Path, oid: &str, new: &Path, meta: &BackupMeta) -> anyhow::Result<()> {
+fn place_tablespace(to: &Path, oid: &str, new: &Path) -> anyhow::Result<()> {
     let link = to.join("pg_tblspc").join(oid);
     if new.exists() {
         std::fs::remove_dir(new).map_err(|e| anyhow::anyhow!("replace the empty directory {}: {e}", new.display()))?;
@@ -278,9 +283,6 @@ fn place_tablespace(to: &Path, oid: &str, new: &Path, meta: &BackupMeta) -> anyh
         Err(e) => anyhow::bail!("move tablespace {oid} to {}: {e}", new.display()),
     }
     std::os::unix::fs::symlink(new, &link)?;
-    if is_root() {
-        std::os::unix::fs::lchown(&link, Some(meta.owner_uid), Some(meta.owner_gid))?;
-    }
     Ok(())
 }
 
@@ -289,8 +291,11 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Gives a restored tree to the cluster's user, deepest entries first: a
+/// directory changes hands only after everything below it has, so while
+/// root walks it, it and all its ancestors in the tree are still root's and
+/// nobody else can swap an entry for a symlink on the way.
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path: PathBuf = entry.path();
@@ -300,6 +305,7 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
         }
     }
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
     Ok(())
 }
 

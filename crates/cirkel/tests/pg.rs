@@ -206,6 +206,36 @@ fn tablespaces_restore_in_place_or_where_they_are_mapped() {
     mapped.sql("INSERT INTO big VALUES (0, 'written to the moved tablespace')");
     assert_eq!(pg.sql("SELECT count(*) FROM big"), "20100");
 
+    // As root: the tree, the moved tablespace and its link go to postgres,
+    // and the cluster starts on them.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let moved = outside.path().join("moved-by-root");
+    let mut root = Command::new(shared_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CIRKEL_") || k.starts_with("PG") {
+            root.env_remove(k);
+        }
+    }
+    let map = format!("{oid}={}", moved.display());
+    let out = root
+        .args(["pg", "restore", "--latest", "--to", data.to_str().unwrap(), "--tablespace-map", &map])
+        .env("CIRKEL_REPO", &e.env.repo)
+        .env("CIRKEL_PASSWORD_FILE", &e.env.password_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (uid, _) = cirkel_testkit::pg::postgres_ids();
+    for p in walkdir(&data).into_iter().chain(walkdir(&moved)).chain([data.clone(), moved.clone()]) {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), uid, "{} belongs to postgres", p.display());
+    }
+    cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
+    let mut by_root = PgCluster::adopt(dir, data);
+    by_root.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(by_root.sql("SELECT count(*) FROM big"), "20100");
+
     let err = e.fails(None, &["pg", "restore", "--to", "/nonexistent/x", "--tablespace-map", "/nope=/tmp/y"]);
     assert!(err.contains("no tablespace at /nope") && err.contains(&oid), "{err}");
     let err = e.fails(None, &["pg", "restore", "--to", "/nonexistent/x", "--tablespace-map", &format!("{oid}=/tmp")]);
