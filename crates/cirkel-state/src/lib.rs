@@ -9,6 +9,8 @@
 //! opened without following symlinks, and replaced through temporary files
 //! with fresh, unpredictable names, so nobody can redirect a write of ours.
 
+pub mod control;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
