@@ -8,7 +8,8 @@
 //! - `failover`: written before fencing and cleared once the promotion is
 //!   recorded, so a restarted `cirkel serve` finishes or abandons it;
 //! - `sync`: the synchronous set, a superset of every set the primary has
-//!   waited for since the last promotion (see [`sync_round`]).
+//!   waited for since the last promotion (see [`sync_round`]);
+//! - `paused`: maintenance mode, which outlives a restart.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -42,6 +43,10 @@ pub struct Record {
     /// A smaller set the primary already waits for, and the primary's LSN
     /// once it did: the record shrinks to it when all of it has flushed there.
     pub shrink: Option<(BTreeSet<String>, u64)>,
+    /// Paused (`cirkel pg pause`): no automatic action until resumed, across
+    /// restarts of `cirkel serve`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Record {
@@ -247,7 +252,8 @@ pub fn watcher(state: &StateDir, cluster: &str) -> Option<Heartbeat> {
     (fresh && alive).then_some(hb)
 }
 
-/// A planned switchover, asked of the watcher (`cirkel pg switchover`).
+/// A planned switchover, asked of the watcher through the control socket
+/// (`cirkel pg switchover`), or carried out alone without one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SwitchoverRequest {
     pub id: String,
@@ -256,6 +262,10 @@ pub struct SwitchoverRequest {
     pub requested: DateTime<Utc>,
 }
 
-pub fn request_file(cluster: &str) -> String {
-    format!("switchover-postgres-{cluster}.json")
+/// Pauses or resumes `cluster` while no `cirkel serve` watches it: the
+/// watcher reads the record when it starts.
+pub fn set_paused(state: &StateDir, cluster: &str, paused: bool) -> anyhow::Result<()> {
+    let mut rec = Record::load(state, cluster)?;
+    rec.paused = paused;
+    rec.save(state, cluster)
 }
