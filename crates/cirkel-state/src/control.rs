@@ -300,12 +300,21 @@ pub struct Client {
 
 impl Client {
     /// Connects when a daemon answers; `None` when none does (no socket,
-    /// or a stale one).
+    /// or a stale one) or none can be reached (a directory or socket this
+    /// user may not enter: no daemon of theirs, so they act alone, as far
+    /// as their own rights go).
     pub fn connect(state: &StateDir) -> anyhow::Result<Option<Client>> {
         let path = socket_path(state);
         match UnixStream::connect(&path) {
             Ok(stream) => Ok(Some(Client { stream })),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(anyhow::anyhow!("connect to {}: {e}", path.display())),
