@@ -332,6 +332,12 @@ impl Watch<'_> {
                     }
                     let reply = match req.at {
                         Some(at) if at > Utc::now() => {
+                            self.rec.scheduled = Some(req.clone());
+                            if let Err(e) = self.rec.save(self.state, self.cluster) {
+                                self.rec.scheduled = None;
+                                let _ = reply.send(Reply::Error { message: format!("{e:#}") });
+                                continue;
+                            }
                             let _ = reply.send(Reply::Scheduled { at });
                             None
                         }
@@ -428,7 +434,8 @@ pub fn watch(
         }
     }
     let mut w = Watch { cluster, c, state, source, router, rec: Record::load(state, cluster)? };
-    let mut pending: Option<Pending> = None;
+    // A switchover scheduled before a restart is still due.
+    let mut pending: Option<Pending> = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
     let legacy = crate::members::legacy_pause_flag(state, cluster);
     if legacy.exists() {
         w.rec.paused = true;
@@ -445,7 +452,6 @@ pub fn watch(
     w.record(w.event("watch-started", "info", format!("watching {} members", c.members.len())));
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
-        ha::beat(state, cluster, c.health.interval);
         let st = status(cluster, c);
         let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
         if first_round {
@@ -512,6 +518,9 @@ pub fn watch(
                 }
                 let due = pending.as_ref().is_some_and(|p| p.req.at.is_none_or(|t| Utc::now() >= t));
                 if let Some(Pending { req, reply }) = pending.take_if(|_| due) {
+                    if w.rec.scheduled.take().is_some() {
+                        w.save();
+                    }
                     let outcome = w.switchover_recorded(&mut decider, &st, &req);
                     if let Some(r) = reply {
                         let _ = r.send(Reply::Outcome { event: outcome });

@@ -1560,6 +1560,12 @@ fn the_control_socket_serves_its_user_refuses_others_and_pauses_durably() {
     let rec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
     assert_eq!(rec["paused"], true, "{rec:#}");
+    // A switchover for later is kept in the same record.
+    let said = daemon.ok(&["pg", "switchover", "--at", "2030-01-01T00:00:00Z"]);
+    assert!(said.contains("scheduled"), "{said}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    assert_eq!(rec["scheduled"]["at"], "2030-01-01T00:00:00Z", "{rec:#}");
     drop(daemon);
     // Killed, it left its socket behind: the next one replaces it.
     assert!(sock.exists());
@@ -1568,6 +1574,9 @@ fn the_control_socket_serves_its_user_refuses_others_and_pauses_durably() {
         std::os::unix::net::UnixStream::connect(&sock).is_ok()
             && control_line(&sock, b"{\"v\":1,\"type\":\"status\"}\n")["pid"] == daemon.child.id()
     });
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    assert!(rec["scheduled"].is_object(), "still scheduled after a restart: {rec:#}");
     primary.kill9();
     daemon.wait_event("paused-primary-down");
     assert!(daemon.ok(&["pg", "resume"]).contains("resumed"));
