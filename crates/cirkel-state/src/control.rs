@@ -32,6 +32,9 @@ pub const VERSION: u32 = 1;
 /// The longest request or reply line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Connections served at once; more are told to come back.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// The socket's name in the state directory.
 pub const SOCKET: &str = "control.sock";
 
@@ -229,11 +232,23 @@ impl Server {
     ) {
         // SAFETY: geteuid cannot fail.
         let own = unsafe { libc::geteuid() };
+        let open = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             while !stop.load(Ordering::Relaxed) {
                 match self.listener.accept() {
+                    Ok((mut conn, _)) if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                        let busy = Reply::Error { message: "too many control connections; try again".into() };
+                        let _ = conn.write_all(&encode(&busy));
+                    }
                     Ok((conn, _)) => {
-                        s.spawn(move || serve_one(conn, own, handle, refused));
+                        open.fetch_add(1, Ordering::SeqCst);
+                        let open = &open;
+                        s.spawn(move || {
+                            serve_one(conn, own, handle, refused);
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        });
                     }
                     // Nothing waiting (or a connection gone before its
                     // accept): look again shortly.

@@ -319,6 +319,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_requests_go_to_their_clusters_watcher() {
+        let status = Reply::Status { pid: 1, config: None, clusters: vec!["main".into()], groups: vec![] };
+        let (tx, rx) = mpsc::channel();
+        let watchers = HashMap::from([("main".to_string(), tx)]);
+        assert_eq!(control(Request::Status, &watchers, &status), status);
+        let r = control(Request::Pause { cluster: "other".into() }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("does not watch")));
+        let watcher = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    WatchCommand::Pause(p, reply) => {
+                        seen.push(p);
+                        reply.send(Reply::Done { message: format!("paused {p}") }).unwrap();
+                    }
+                    // Dropped unanswered, as a watcher that stops would.
+                    WatchCommand::Switchover(req, _) => {
+                        seen.push(req.to.is_some());
+                        return seen;
+                    }
+                }
+            }
+            seen
+        });
+        let r = control(Request::Resume { cluster: "main".into() }, &watchers, &status);
+        assert_eq!(r, Reply::Done { message: "paused false".into() });
+        let r =
+            control(Request::Switchover { cluster: "main".into(), to: Some("b".into()), at: None }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("stopped before answering")));
+        assert_eq!(watcher.join().unwrap(), [false, true]);
+        let r = control(Request::Pause { cluster: "main".into() }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("has stopped")));
+    }
+
+    #[test]
     fn the_plans_jobs_come_from_the_configuration() {
         let cfg = Config::parse(
             r#"
