@@ -93,10 +93,14 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
             "the primary {old} has no pgdata in the configuration: a drill stops it and must run on its host"
         )
     })?;
-    if let Fault::Switchover { state, .. } = &fault
-        && crate::ha::watcher(state, cluster).is_none()
-    {
-        anyhow::bail!("no cirkel serve watches {cluster} with this state directory; the switchover drill asks it");
+    let mut client = None;
+    if let Fault::Switchover { state, .. } = &fault {
+        client = cirkel_state::control::Client::connect(state)?;
+        if client.is_none() {
+            anyhow::bail!(
+                "no cirkel serve answers on this state directory's control socket; the switchover drill asks it"
+            );
+        }
     }
     let pid: u32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))?
         .lines()
@@ -149,21 +153,26 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         Fault::Kill => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
+    let mut asked = None;
     let injected = match &fault {
         // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
         Fault::Kill => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error())),
         },
-        Fault::Switchover { state, to } => {
-            let req = crate::ha::SwitchoverRequest {
-                id: format!("drill-{run}"),
-                to: to.clone(),
-                at: None,
-                requested: Utc::now(),
-            };
-            state.save_json(&crate::ha::request_file(cluster), &req)
-        }
+        Fault::Switchover { to, .. } => match client.take() {
+            // The reply comes once the switchover is done; the canary measures meanwhile.
+            Some(mut client) => {
+                let req = cirkel_state::control::Request::Switchover {
+                    cluster: cluster.to_string(),
+                    to: to.clone(),
+                    at: None,
+                };
+                asked = Some(std::thread::spawn(move || client.call(&req, Some(timeout * 2))));
+                Ok(())
+            }
+            None => Err(anyhow::anyhow!("no control socket to ask")),
+        },
     };
     let killed = matches!(fault, Fault::Kill);
     let fault = Instant::now();
@@ -249,6 +258,16 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     }
     if rejoin_s.is_none() {
         failures.push(format!("{old} did not come back as a streaming standby: {}", after.problems.join("; ")));
+    }
+    if let Some(asked) = asked {
+        use cirkel_state::control::Reply;
+        match asked.join() {
+            Ok(Ok(Reply::Outcome { event })) if event.kind == "switchover" => {}
+            Ok(Ok(Reply::Outcome { event })) => failures.push(event.message),
+            Ok(Ok(other)) => failures.push(format!("cirkel serve answered the switchover with {other:?}")),
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(_) => failures.push("the switchover request panicked".into()),
+        }
     }
     Ok(FailoverReport {
         kind: kind.into(),

@@ -8,7 +8,9 @@
 //! - `failover`: written before fencing and cleared once the promotion is
 //!   recorded, so a restarted `cirkel serve` finishes or abandons it;
 //! - `sync`: the synchronous set, a superset of every set the primary has
-//!   waited for since the last promotion (see [`sync_round`]).
+//!   waited for since the last promotion (see [`sync_round`]);
+//! - `paused`: maintenance mode, and `scheduled`: a switchover asked for a
+//!   time to come; both outlive a restart.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -42,6 +44,13 @@ pub struct Record {
     /// A smaller set the primary already waits for, and the primary's LSN
     /// once it did: the record shrinks to it when all of it has flushed there.
     pub shrink: Option<(BTreeSet<String>, u64)>,
+    /// Paused (`cirkel pg pause`): no automatic action until resumed, across
+    /// restarts of `cirkel serve`.
+    #[serde(default)]
+    pub paused: bool,
+    /// A switchover asked for a time to come (`--at`), kept until then.
+    #[serde(default)]
+    pub scheduled: Option<SwitchoverRequest>,
 }
 
 impl Record {
@@ -218,37 +227,9 @@ fn list(set: &BTreeSet<String>) -> String {
     if set.is_empty() { "{}".into() } else { format!("{{{}}}", set.iter().cloned().collect::<Vec<_>>().join(", ")) }
 }
 
-/// What a running `cirkel serve` writes every round, so that commands know
-/// a watcher acts on the cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub pid: u32,
-    pub time: DateTime<Utc>,
-    pub interval_ms: u64,
-}
-
-fn heartbeat_file(cluster: &str) -> String {
-    format!("watch-postgres-{cluster}.json")
-}
-
-pub fn beat(state: &StateDir, cluster: &str, interval: std::time::Duration) {
-    let hb = Heartbeat { pid: std::process::id(), time: Utc::now(), interval_ms: interval.as_millis() as u64 };
-    if let Ok(bytes) = serde_json::to_vec(&hb) {
-        let _ = state.replace(&heartbeat_file(cluster), &bytes, false);
-    }
-}
-
-/// The watcher acting on `cluster`, when one has beaten recently.
-pub fn watcher(state: &StateDir, cluster: &str) -> Option<Heartbeat> {
-    let hb: Heartbeat = state.load_json(&heartbeat_file(cluster)).ok().flatten()?;
-    let fresh = (Utc::now() - hb.time).to_std().unwrap_or_default()
-        < std::time::Duration::from_millis((hb.interval_ms * 5).max(5000));
-    let alive = std::path::Path::new(&format!("/proc/{}", hb.pid)).exists();
-    (fresh && alive).then_some(hb)
-}
-
-/// A planned switchover, asked of the watcher (`cirkel pg switchover`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A planned switchover, asked of the watcher through the control socket
+/// (`cirkel pg switchover`), or carried out alone without one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwitchoverRequest {
     pub id: String,
     pub to: Option<String>,
@@ -256,6 +237,10 @@ pub struct SwitchoverRequest {
     pub requested: DateTime<Utc>,
 }
 
-pub fn request_file(cluster: &str) -> String {
-    format!("switchover-postgres-{cluster}.json")
+/// Pauses or resumes `cluster` while no `cirkel serve` watches it: the
+/// watcher reads the record when it starts.
+pub fn set_paused(state: &StateDir, cluster: &str, paused: bool) -> anyhow::Result<()> {
+    let mut rec = Record::load(state, cluster)?;
+    rec.paused = paused;
+    rec.save(state, cluster)
 }

@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::conn::{PgConn, parse_lsn};
 
-/// The file whose presence pauses automatic action on `cluster`
-/// (`cirkel pg pause`); `cirkel serve` checks it every round.
-pub fn pause_flag(state: &cirkel_state::StateDir, cluster: &str) -> std::path::PathBuf {
+/// The file whose presence paused `cluster` before the pause moved into
+/// the watcher's record; a watcher that finds one carries it over.
+pub fn legacy_pause_flag(state: &cirkel_state::StateDir, cluster: &str) -> std::path::PathBuf {
     state.root().join(format!("paused-postgres-{cluster}"))
 }
 

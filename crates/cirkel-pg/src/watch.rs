@@ -2,22 +2,44 @@
 //! interval, the decision core's verdict, and the executor that carries it
 //! out (fence, promote, repoint, rejoin), the endpoints, planned
 //! switchovers and synchronous replication.
+//!
+//! Commands reach the watcher as [`Command`]s over a channel from the
+//! daemon's control socket; each is answered on its own reply channel once
+//! done, so a switchover's caller learns its outcome without polling.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cirkel_config::PostgresConfig;
 use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Probe, SyncSet};
+use cirkel_state::control::Reply;
 use cirkel_state::{Event, StateDir};
 use serde_json::json;
 
 use crate::failover;
 use crate::ha::{self, InFlight, LocalLease, Record, SwitchoverRequest};
-use crate::members::{ClusterStatus, pause_flag, probes, status};
+use crate::members::{ClusterStatus, probes, status};
 use crate::proxy::{Router, Target};
+
+/// What the daemon hands a cluster's watcher, with where to answer.
+pub enum Command {
+    /// Pause (`true`) or resume automatic action; answered at once.
+    Pause(bool, Sender<Reply>),
+    /// A planned switchover; answered with its outcome (or, with `at`,
+    /// once scheduled).
+    Switchover(SwitchoverRequest, Sender<Reply>),
+}
+
+/// A switchover waiting for its time or for a steady cluster, and who
+/// waits for its outcome.
+struct Pending {
+    req: SwitchoverRequest,
+    reply: Option<Sender<Reply>>,
+}
 
 struct Watch<'a> {
     cluster: &'a str,
@@ -195,7 +217,12 @@ impl Watch<'_> {
     }
 
     /// A planned switchover asked by `cirkel pg switchover`.
-    fn switchover(&mut self, decider: &mut Decider, st: &ClusterStatus, req: &SwitchoverRequest) -> Result<(), String> {
+    fn switchover(
+        &mut self,
+        decider: &mut Decider,
+        st: &ClusterStatus,
+        req: &SwitchoverRequest,
+    ) -> Result<Event, String> {
         let old = decider.primary().map(str::to_string).ok_or("no primary is known")?;
         let healthy = st.members.iter().any(|m| m.name == old && m.reachable && m.role.as_deref() == Some("primary"));
         if !healthy {
@@ -232,8 +259,8 @@ impl Watch<'_> {
         self.hook("switchover", &new, &new);
         let rejoin = self.rejoin(&old, &new);
         let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
-        self.record(
-            self.event(
+        let done = self
+            .event(
                 "switchover",
                 "warning",
                 format!(
@@ -256,9 +283,70 @@ impl Watch<'_> {
                 "followers": followed,
                 "rejoin_s": rejoin.as_ref().ok(),
                 "rejoin_error": rejoin.as_ref().err(),
-            })),
-        );
-        Ok(())
+            }));
+        self.record(done.clone());
+        Ok(done)
+    }
+
+    /// Carries out a switchover and records a failure: the event that
+    /// says how it went.
+    fn switchover_recorded(&mut self, decider: &mut Decider, st: &ClusterStatus, req: &SwitchoverRequest) -> Event {
+        self.switchover(decider, st, req).unwrap_or_else(|why| {
+            let failed = self
+                .event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
+                .with(json!({ "id": req.id }));
+            self.record(failed.clone());
+            failed
+        })
+    }
+
+    /// Pauses or resumes, durably.
+    fn set_paused(&mut self, paused: bool) -> Reply {
+        if self.rec.paused != paused {
+            self.rec.paused = paused;
+            if let Err(e) = self.rec.save(self.state, self.cluster) {
+                self.rec.paused = !paused;
+                return Reply::Error { message: format!("{e:#}") };
+            }
+        }
+        let what = if paused { "paused" } else { "resumed" };
+        let message =
+            format!("cluster {} {what}: automatic action {}", self.cluster, if paused { "off" } else { "on" });
+        self.record(self.event(what, "warning", message.clone()));
+        Reply::Done { message }
+    }
+
+    /// Takes the commands that arrived: pauses at once, switchovers into
+    /// `pending` (a newer request replaces an older one, as it always has).
+    fn take_commands(&mut self, commands: &Receiver<Command>, pending: &mut Option<Pending>) {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Pause(paused, reply) => {
+                    let _ = reply.send(self.set_paused(paused));
+                }
+                Command::Switchover(req, reply) => {
+                    if let Some(old) = pending.take()
+                        && let Some(r) = old.reply
+                    {
+                        let _ = r.send(Reply::Error { message: "replaced by a newer switchover request".into() });
+                    }
+                    let reply = match req.at {
+                        Some(at) if at > Utc::now() => {
+                            self.rec.scheduled = Some(req.clone());
+                            if let Err(e) = self.rec.save(self.state, self.cluster) {
+                                self.rec.scheduled = None;
+                                let _ = reply.send(Reply::Error { message: format!("{e:#}") });
+                                continue;
+                            }
+                            let _ = reply.send(Reply::Scheduled { at });
+                            None
+                        }
+                        _ => Some(reply),
+                    };
+                    *pending = Some(Pending { req, reply });
+                }
+            }
+        }
     }
 }
 
@@ -285,7 +373,13 @@ pub fn check_target(c: &PostgresConfig, st: &ClusterStatus, to: &str) -> Result<
 /// promoted, the others follow it, and an old primary that comes back is
 /// rewound into a standby. With `proxy_listen` it serves the read-write
 /// endpoint. Only one watcher acts per cluster and state directory.
-pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn watch(
+    cluster: &str,
+    c: &PostgresConfig,
+    state: &StateDir,
+    stop: Arc<AtomicBool>,
+    commands: Receiver<Command>,
+) -> anyhow::Result<()> {
     let source = format!("postgres/{cluster}");
     let mut lease = LocalLease::new(state, cluster);
     let mut waiting = false;
@@ -298,6 +392,21 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
         }
         if stop.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        // Another process acts: pausing only changes the record it reads,
+        // and a switchover is its to make.
+        while let Ok(cmd) = commands.try_recv() {
+            let _ = match cmd {
+                Command::Pause(paused, reply) => reply.send(match ha::set_paused(state, cluster, paused) {
+                    Ok(()) => Reply::Done {
+                        message: format!("cluster {cluster} {}", if paused { "paused" } else { "resumed" }),
+                    },
+                    Err(e) => Reply::Error { message: format!("{e:#}") },
+                }),
+                Command::Switchover(_, reply) => reply.send(Reply::Error {
+                    message: format!("this cirkel serve waits while another acts on {cluster}; ask that one"),
+                }),
+            };
         }
         std::thread::sleep(c.health.interval.max(Duration::from_millis(200)));
     }
@@ -325,8 +434,14 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
         }
     }
     let mut w = Watch { cluster, c, state, source, router, rec: Record::load(state, cluster)? };
-    let paused_flag = pause_flag(state, cluster);
-    let requests = state.root().join(ha::request_file(cluster));
+    // A switchover scheduled before a restart is still due.
+    let mut pending: Option<Pending> = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
+    let legacy = crate::members::legacy_pause_flag(state, cluster);
+    if legacy.exists() {
+        w.rec.paused = true;
+        w.save();
+        let _ = std::fs::remove_file(&legacy);
+    }
     let mut health: HashMap<String, HealthCounter> = HashMap::new();
     let mut strays: HashMap<String, Instant> = HashMap::new();
     let mut ro_member: Option<String> = None;
@@ -337,7 +452,6 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
     w.record(w.event("watch-started", "info", format!("watching {} members", c.members.len())));
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
-        ha::beat(state, cluster, c.health.interval);
         let st = status(cluster, c);
         let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
         if first_round {
@@ -372,7 +486,8 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
                 None => {}
             }
         }
-        let paused = paused_flag.exists();
+        w.take_commands(&commands, &mut pending);
+        let paused = w.rec.paused;
         decider.set_paused(paused);
         decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, decider.primary()), k: 1 }));
         // The fenced old primary is invisible to the decision core: it is
@@ -401,15 +516,14 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
                     w.rec.primary = Some(p.clone());
                     w.save();
                 }
-                let planned =
-                    std::fs::read(&requests).ok().and_then(|b| serde_json::from_slice::<SwitchoverRequest>(&b).ok());
-                if let Some(req) = planned.filter(|r| r.at.is_none_or(|t| Utc::now() >= t)) {
-                    let _ = std::fs::remove_file(&requests);
-                    if let Err(why) = w.switchover(&mut decider, &st, &req) {
-                        w.record(
-                            w.event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
-                                .with(json!({ "id": req.id })),
-                        );
+                let due = pending.as_ref().is_some_and(|p| p.req.at.is_none_or(|t| Utc::now() >= t));
+                if let Some(Pending { req, reply }) = pending.take_if(|_| due) {
+                    if w.rec.scheduled.take().is_some() {
+                        w.save();
+                    }
+                    let outcome = w.switchover_recorded(&mut decider, &st, &req);
+                    if let Some(r) = reply {
+                        let _ = r.send(Reply::Outcome { event: outcome });
                     }
                 } else {
                     if c.auto_failover && !paused {
@@ -527,6 +641,7 @@ pub fn watch(cluster: &str, c: &PostgresConfig, state: &StateDir, stop: Arc<Atom
         let until = Instant::now() + left;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(left.min(Duration::from_millis(50)));
+            w.take_commands(&commands, &mut pending);
         }
     }
     lease.release();
@@ -621,11 +736,11 @@ pub fn switchover_now(
     c: &PostgresConfig,
     state: &StateDir,
     req: &SwitchoverRequest,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Result<Event, String>> {
     let mut lease = LocalLease::new(state, cluster);
     if !lease.acquire().map_err(anyhow::Error::msg)? {
         anyhow::bail!(
-            "a cirkel serve ({}) acts on {cluster}; ask it (it reads requests every check interval)",
+            "a cirkel serve ({}) acts on {cluster} but does not answer on its control socket",
             lease.holder().unwrap_or_default()
         );
     }

@@ -5,9 +5,12 @@
 //! synced, so a crash leaves at most one torn last line, which readers skip.
 //!
 //! The directory is the owner's alone (0700, files 0600): events name hosts
-//! and members, and requests placed there steer the daemon. Files are
+//! and members. Commands steer the daemon through its control socket
+//! (`control`), never through files here. Files are
 //! opened without following symlinks, and replaced through temporary files
 //! with fresh, unpredictable names, so nobody can redirect a write of ours.
+
+pub mod control;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

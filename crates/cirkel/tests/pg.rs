@@ -1504,3 +1504,111 @@ fn wrong_credentials_and_two_primaries_are_clear_errors_and_nothing_is_done() {
     assert_eq!(ha.a.sql("SELECT pg_is_in_recovery()"), "f");
     assert_eq!(ha.b.sql("SELECT pg_is_in_recovery()"), "f");
 }
+
+/// Sends raw lines to the daemon's control socket and reads one reply line.
+fn control_line(path: &std::path::Path, line: &[u8]) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // A daemon may stop reading once a line is too long; what it says counts.
+    let _ = s.write_all(line);
+    let mut reply = String::new();
+    std::io::BufReader::new(&s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+#[test]
+fn the_control_socket_serves_its_user_refuses_others_and_pauses_durably() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let e = PgEnv::new();
+    let mut primary = PgCluster::init(&[]);
+    primary.start();
+    let config = e.env.path("one.toml");
+    let text = format!(
+        "[postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\n[postgres.main.health]\ninterval = \"200ms\"\n[postgres.main.members.a]\nhost = \"{}\"\nport = {}\n",
+        primary.socket_dir.display(),
+        primary.port
+    );
+    std::fs::write(&config, &text).unwrap();
+    chown_postgres(&config);
+    let cfg = config.to_str().unwrap();
+    let daemon = Daemon::start(&e, cfg);
+    daemon.wait_event("watch-started");
+    let sock = daemon.state.join("control.sock");
+    wait_until("the control socket", &|| std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600);
+
+    // Typed, versioned status; bad and oversized requests get an error reply.
+    let st = control_line(&sock, b"{\"v\":1,\"type\":\"status\"}\n");
+    assert_eq!(st["type"], "status", "{st:#}");
+    assert_eq!(st["pid"], daemon.child.id(), "{st:#}");
+    assert_eq!(st["clusters"], serde_json::json!(["main"]), "{st:#}");
+    assert_eq!(st["v"], 1);
+    for bad in [&b"hello\n"[..], b"{\"v\":1,\"type\":\"explode\"}\n", b"{\"type\":\"status\"}\n"] {
+        let r = control_line(&sock, bad);
+        assert_eq!(r["type"], "error", "{r:#}");
+    }
+    let r = control_line(&sock, &vec![b'{'; 1 << 20]);
+    assert_eq!(r["type"], "error", "{r:#}");
+    assert!(r["message"].as_str().unwrap().contains("longer than"), "{r:#}");
+    let r = control_line(&sock, b"{\"v\":1,\"type\":\"pause\",\"cluster\":\"nope\"}\n");
+    assert!(r["message"].as_str().unwrap().contains("does not watch"), "{r:#}");
+
+    // A second daemon does not take the live one's socket.
+    let out = daemon.run(&["serve"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another cirkel serve answers"), "{}", stderr(&out));
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok(), "the first still answers");
+
+    // Another user is refused even where file permissions let them reach the socket.
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::hard_link(&sock, open.path().join("control.sock")).unwrap();
+    std::fs::set_permissions(open.path().join("control.sock"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let copy = open.path().join("cirkel.toml");
+    std::fs::write(&copy, &text).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", shared_bin().as_str()])
+        .args(["--config", copy.to_str().unwrap(), "pg", "pause"])
+        .env("CIRKEL_STATE_DIR", open.path())
+        .env("HOME", open.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error: cirkel serve refused") && err.contains("hint: "), "{err}");
+    let refused = daemon.wait_event("control-refused");
+    assert_eq!(refused["details"]["uid"], 65534, "{refused:#}");
+    assert!(daemon.events("paused").is_empty(), "nobody paused nothing");
+
+    // Pause through the socket; it outlives the daemon.
+    assert!(daemon.ok(&["pg", "pause"]).contains("paused"));
+    assert_eq!(daemon.events("paused").len(), 1);
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    assert_eq!(rec["paused"], true, "{rec:#}");
+    // A switchover for later is kept in the same record.
+    let said = daemon.ok(&["pg", "switchover", "--at", "2030-01-01T00:00:00Z"]);
+    assert!(said.contains("scheduled"), "{said}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    assert_eq!(rec["scheduled"]["at"], "2030-01-01T00:00:00Z", "{rec:#}");
+    drop(daemon);
+    // Killed, it left its socket behind: the next one replaces it.
+    assert!(sock.exists());
+    let daemon = Daemon::start(&e, cfg);
+    wait_until("the new daemon's status", &|| {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            && control_line(&sock, b"{\"v\":1,\"type\":\"status\"}\n")["pid"] == daemon.child.id()
+    });
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.state.join("postgres-main.json")).unwrap()).unwrap();
+    assert!(rec["scheduled"].is_object(), "still scheduled after a restart: {rec:#}");
+    primary.kill9();
+    daemon.wait_event("paused-primary-down");
+    assert!(daemon.ok(&["pg", "resume"]).contains("resumed"));
+    assert_eq!(daemon.events("resumed").len(), 1);
+}

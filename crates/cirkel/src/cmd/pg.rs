@@ -801,7 +801,7 @@ fn failover(global: &Global, a: &crate::cli::PgFailoverArgs) -> anyhow::Result<E
 }
 
 fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Result<ExitCode> {
-    use cirkel_pg::ha::{self, SwitchoverRequest};
+    use cirkel_state::control::{Reply, Request};
     let cfg = load_config(global)?;
     let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
     let state = crate::context::state_dir(&cfg);
@@ -823,37 +823,23 @@ fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Resu
         cirkel_pg::watch::check_target(&c, &st, to)
             .map_err(|e| user_error(e, "name a streaming standby with --to; `cirkel status` lists them"))?;
     }
-    let req = SwitchoverRequest {
-        id: format!("{}-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default(), std::process::id()),
-        to: a.to.clone(),
-        at,
-        requested: Utc::now(),
-    };
-    let outcome = if ha::watcher(&state, &name).is_some() {
-        state.save_json(&ha::request_file(&name), &req)?;
-        if let Some(t) = at {
-            if global.json {
-                print_json(&json!({ "cluster": name, "scheduled": t, "id": req.id, "to": req.to }));
-            } else {
-                println!("switchover of {name} scheduled for {t} (cirkel serve carries it out)");
+    let daemon = cirkel_state::control::Client::connect(&state)?;
+    let outcome = if let Some(mut daemon) = daemon {
+        let req = Request::Switchover { cluster: name.clone(), to: a.to.clone(), at };
+        let timeout = if at.is_some() { std::time::Duration::from_secs(60) } else { a.timeout };
+        match daemon.call(&req, Some(timeout)).map_err(|e| {
+            user_error(format!("{e:#}"), "`cirkel events --kind switchover` shows whether it happened since")
+        })? {
+            Reply::Outcome { event } => event,
+            Reply::Scheduled { at } => {
+                if global.json {
+                    print_json(&json!({ "cluster": name, "scheduled": at, "to": a.to }));
+                } else {
+                    println!("switchover of {name} scheduled for {at} (cirkel serve carries it out)");
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            return Ok(ExitCode::SUCCESS);
-        }
-        let until = std::time::Instant::now() + a.timeout;
-        loop {
-            let done = state.events()?.into_iter().rev().find(|e| {
-                (e.kind == "switchover" || e.kind == "switchover-failed") && e.details["id"] == json!(req.id)
-            });
-            if let Some(e) = done {
-                break e;
-            }
-            if std::time::Instant::now() > until {
-                return Err(user_error(
-                    format!("cirkel serve did not carry out the switchover within {:?}", a.timeout),
-                    "`cirkel events --kind switchover` shows whether it happened since",
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            other => return Err(refused_by_daemon(other)),
         }
     } else {
         if at.is_some() {
@@ -862,15 +848,18 @@ fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Resu
                 "start `cirkel serve`, or switch over now without --at",
             ));
         }
-        if let Err(why) = cirkel_pg::watch::switchover_now(&name, &c, &state, &req)? {
-            return Err(user_error(format!("switchover failed: {why}"), "`cirkel status` shows the cluster now"));
+        let req = cirkel_pg::ha::SwitchoverRequest {
+            id: format!("{}-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default(), std::process::id()),
+            to: a.to.clone(),
+            at,
+            requested: Utc::now(),
+        };
+        match cirkel_pg::watch::switchover_now(&name, &c, &state, &req)? {
+            Ok(event) => event,
+            Err(why) => {
+                return Err(user_error(format!("switchover failed: {why}"), "`cirkel status` shows the cluster now"));
+            }
         }
-        state
-            .events()?
-            .into_iter()
-            .rev()
-            .find(|e| e.kind == "switchover" && e.details["id"] == json!(req.id))
-            .ok_or_else(|| anyhow::anyhow!("the switchover left no record"))?
     };
     if global.json {
         print_json(&serde_json::to_value(&outcome)?);
@@ -886,32 +875,49 @@ fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> anyhow::Resu
     Ok(if outcome.kind == "switchover" { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// A reply that is not the answer asked for, as the error to show.
+fn refused_by_daemon(reply: cirkel_state::control::Reply) -> anyhow::Error {
+    use cirkel_state::control::Reply;
+    match reply {
+        Reply::Refused { message } => user_error(
+            format!("cirkel serve refused: {message}"),
+            "run the command as the user `cirkel serve` runs as, or as root",
+        ),
+        Reply::Error { message } => {
+            user_error(format!("cirkel serve: {message}"), "`cirkel events` and the daemon's log say more")
+        }
+        other => anyhow::anyhow!("cirkel serve answered {other:?}"),
+    }
+}
+
 fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow::Result<ExitCode> {
+    use cirkel_state::control::{Client, Reply, Request};
     let cfg = load_config(global)?;
     let (name, _) = member_cluster(&cfg, a.cluster.as_deref())?;
     let state = crate::context::state_dir(&cfg);
-    let flag = cirkel_pg::members::pause_flag(&state, &name);
-    let changed = if paused {
-        std::fs::create_dir_all(state.root()).and_then(|_| std::fs::write(&flag, b""))
-    } else {
-        match std::fs::remove_file(&flag) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    };
-    changed.map_err(|e| {
-        user_error(
-            format!("cannot {} {}: {e}", if paused { "create" } else { "remove" }, flag.display()),
-            "cirkel serve and this command must share a writable state directory: set CIRKEL_STATE_DIR or [state] dir",
-        )
-    })?;
     let what = if paused { "paused" } else { "resumed" };
-    state.record(&cirkel_state::Event::new(
-        &format!("postgres/{name}"),
-        what,
-        "warning",
-        format!("cluster {name} {what}: automatic action {}", if paused { "off" } else { "on" }),
-    ))?;
+    if let Some(mut daemon) = Client::connect(&state)? {
+        // The watcher changes its record and records the event.
+        let req =
+            if paused { Request::Pause { cluster: name.clone() } } else { Request::Resume { cluster: name.clone() } };
+        match daemon.call(&req, Some(std::time::Duration::from_secs(120)))? {
+            Reply::Done { .. } => {}
+            other => return Err(refused_by_daemon(other)),
+        }
+    } else {
+        cirkel_pg::ha::set_paused(&state, &name, paused).map_err(|e| {
+            user_error(
+                format!("cannot record that {name} is {what}: {e:#}"),
+                "cirkel serve and this command must share a writable state directory: set CIRKEL_STATE_DIR or [state] dir",
+            )
+        })?;
+        state.record(&cirkel_state::Event::new(
+            &format!("postgres/{name}"),
+            what,
+            "warning",
+            format!("cluster {name} {what}: automatic action {}", if paused { "off" } else { "on" }),
+        ))?;
+    }
     if global.json {
         print_json(&json!({ "cluster": name, "paused": paused }));
     } else {

@@ -13,16 +13,25 @@
 //! A scheduled job runs cirkel's own commands as child processes, so a
 //! failing or crashing job never takes the daemon down, and what runs is
 //! exactly what a person would type.
+//!
+//! Commands reach the daemon through its control socket
+//! (`cirkel_state::control`); requests for a PostgreSQL cluster go to its
+//! watcher over a channel, which answers when it is done.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use cirkel_config::cron::Schedule;
 use cirkel_config::{Config, RetentionConfig};
+use cirkel_pg::watch::Command as WatchCommand;
 use cirkel_redis::group::Group;
+use cirkel_state::control::{Reply, Request, Server};
 use cirkel_state::{Event, StateDir};
 use serde_json::json;
 
@@ -243,6 +252,12 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
         ));
     }
     let state = state_dir(&cfg);
+    let server = Server::bind(&state).map_err(|e| {
+        user_error(
+            format!("cannot open the control socket: {e:#}"),
+            "stop the other `cirkel serve` of this state directory, or give this one its own (CIRKEL_STATE_DIR)",
+        )
+    })?;
     let stop = crate::context::stop_on_signal();
     let hangup = crate::context::hangup_flag();
     let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
@@ -267,7 +282,30 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     }
     let notifier = Notifier::from_env();
     let watchdog = Notifier::watchdog_interval();
+    let mut watchers: HashMap<String, Sender<WatchCommand>> = HashMap::new();
+    let mut inboxes = Vec::new();
+    for (name, c) in &clusters {
+        let (tx, rx) = mpsc::channel();
+        watchers.insert(name.clone(), tx);
+        inboxes.push((name, c, rx));
+    }
+    let status = Reply::Status {
+        pid: std::process::id(),
+        config: global.config.clone().or_else(|| cfg.source.clone()),
+        clusters: clusters.iter().map(|(n, _)| n.clone()).collect(),
+        groups: groups.iter().map(|g| g.name.clone()).collect(),
+    };
+    let handle = |req: Request| control(req, &watchers, &status);
+    let refused = |pid: u32, uid: u32| {
+        let msg = format!("refused a control connection from uid {uid} (pid {pid})");
+        record(&state, &Event::new("serve", "control-refused", "warning", msg).with(json!({ "pid": pid, "uid": uid })));
+    };
     std::thread::scope(|s| {
+        {
+            let stop = stop.clone();
+            let (handle, refused) = (&handle, &refused);
+            s.spawn(move || server.run(stop, handle, refused));
+        }
         for g in &groups {
             let (state, stop) = (&state, stop.clone());
             s.spawn(move || {
@@ -276,10 +314,10 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        for (name, c) in &clusters {
+        for (name, c, inbox) in inboxes {
             let (state, stop) = (&state, stop.clone());
             s.spawn(move || {
-                if let Err(e) = cirkel_pg::watch::watch(name, c, state, stop) {
+                if let Err(e) = cirkel_pg::watch::watch(name, c, state, stop, inbox) {
                     tracing::error!("watcher of postgres cluster {name} stopped: {e:#}");
                 }
             });
@@ -329,9 +367,75 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Answers one control request; those for a cluster are its watcher's to answer.
+fn control(req: Request, watchers: &HashMap<String, Sender<WatchCommand>>, status: &Reply) -> Reply {
+    let ask = |cluster: &str, cmd: Box<dyn FnOnce(Sender<Reply>) -> WatchCommand>| {
+        let Some(w) = watchers.get(cluster) else {
+            return Reply::Error {
+                message: format!("this cirkel serve does not watch a postgres cluster `{cluster}`"),
+            };
+        };
+        let (tx, rx) = mpsc::channel();
+        if w.send(cmd(tx)).is_err() {
+            return Reply::Error { message: format!("the watcher of {cluster} has stopped (see the daemon's log)") };
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Reply::Error { message: format!("the watcher of {cluster} stopped before answering") })
+    };
+    match req {
+        Request::Status => status.clone(),
+        Request::Pause { cluster } => ask(&cluster, Box::new(|r| WatchCommand::Pause(true, r))),
+        Request::Resume { cluster } => ask(&cluster, Box::new(|r| WatchCommand::Pause(false, r))),
+        Request::Switchover { cluster, to, at } => {
+            let req = cirkel_pg::ha::SwitchoverRequest {
+                id: format!("{}-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default(), std::process::id()),
+                to,
+                at,
+                requested: Utc::now(),
+            };
+            ask(&cluster, Box::new(move |r| WatchCommand::Switchover(req, r)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_requests_go_to_their_clusters_watcher() {
+        let status = Reply::Status { pid: 1, config: None, clusters: vec!["main".into()], groups: vec![] };
+        let (tx, rx) = mpsc::channel();
+        let watchers = HashMap::from([("main".to_string(), tx)]);
+        assert_eq!(control(Request::Status, &watchers, &status), status);
+        let r = control(Request::Pause { cluster: "other".into() }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("does not watch")));
+        let watcher = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    WatchCommand::Pause(p, reply) => {
+                        seen.push(p);
+                        reply.send(Reply::Done { message: format!("paused {p}") }).unwrap();
+                    }
+                    // Dropped unanswered, as a watcher that stops would.
+                    WatchCommand::Switchover(req, _) => {
+                        seen.push(req.to.is_some());
+                        return seen;
+                    }
+                }
+            }
+            seen
+        });
+        let r = control(Request::Resume { cluster: "main".into() }, &watchers, &status);
+        assert_eq!(r, Reply::Done { message: "paused false".into() });
+        let r =
+            control(Request::Switchover { cluster: "main".into(), to: Some("b".into()), at: None }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("stopped before answering")));
+        assert_eq!(watcher.join().unwrap(), [false, true]);
+        let r = control(Request::Pause { cluster: "main".into() }, &watchers, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("has stopped")));
+    }
 
     #[test]
     fn the_plans_jobs_come_from_the_configuration() {
