@@ -104,6 +104,18 @@ impl PgEnv {
     }
 }
 
+/// Waits until the streamer's replication slot is in use. A checkpoint
+/// taken while the slot is new and not yet streamed from can invalidate it
+/// in PostgreSQL 15 (it terminates the receiver "to release" the slot), so
+/// the tests start their base backup only once streaming runs.
+fn wait_for_streaming(pg: &PgCluster) {
+    let start = Instant::now();
+    while pg.sql("SELECT count(*) FROM pg_stat_replication") != "1" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the streamer never connected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Forces a segment switch and waits until the archiver has pushed it.
 fn switch_and_archive(pg: &PgCluster) {
     let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
@@ -595,6 +607,7 @@ fn streaming_loses_seconds_at_most_when_the_primary_is_destroyed() {
         )
         .spawn()
         .unwrap();
+    wait_for_streaming(&pg);
     e.ok(Some(&pg), &["pg", "backup"]);
     // A canary writer: one transaction per row, acknowledged rows remembered.
     let mut acked: Vec<(i32, Instant)> = Vec::new();
@@ -637,6 +650,7 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
         )
         .spawn()
         .unwrap();
+    wait_for_streaming(&pg);
     e.ok(Some(&pg), &["pg", "backup"]);
     pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
     pg.sql("SELECT pg_switch_wal()");
