@@ -98,6 +98,7 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
     let mut uploaded: HashMap<String, blake3::Hash> = HashMap::new();
     let began = Instant::now();
     let mut failing_sweeps = 0u32;
+    let mut quick_failures = 0u32;
     loop {
         let stopping = stop.load(Ordering::Relaxed) || opts.run_for.is_some_and(|d| began.elapsed() >= d);
         if let Some(child) = rx.child.as_mut()
@@ -105,6 +106,21 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
         {
             tracing::warn!("pg_receivewal exited ({status}); archiving what it wrote and restarting");
             rx.child = None;
+            // A receiver that keeps failing as soon as it starts will not
+            // recover by itself (a dropped or invalidated slot, WAL already
+            // removed, a refused login): WAL is not being archived, so say so
+            // loudly instead of retrying forever.
+            quick_failures = if rx.started.elapsed() < QUICK_FAILURE { quick_failures + 1 } else { 0 };
+            if quick_failures >= MAX_QUICK_FAILURES && !stopping {
+                let _ = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats);
+                anyhow::bail!(
+                    "pg_receivewal failed {quick_failures} times in a row right after starting (its messages are above): \
+                     WAL is not being streamed. If the server says the requested WAL segment was removed or the slot \
+                     does not exist, replication slot `{}` was dropped or invalidated (max_slot_wal_keep_size) and WAL \
+                     may be missing from the archive: run `cirkel pg check`, then take a new base backup",
+                    opts.slot
+                );
+            }
         }
         let errors = sweep(repo, ns, &opts.spool, &mut uploaded, &mut stats);
         if errors.is_empty() {
@@ -153,6 +169,11 @@ pub fn run(repo: &Repository, ns: &str, opts: &StreamOptions, stop: Arc<AtomicBo
 
 /// How many passes in a row may fail before the streamer gives up loudly.
 const MAX_FAILING_SWEEPS: u32 = 60;
+
+/// A receiver that exits this soon after starting has failed to stream.
+const QUICK_FAILURE: Duration = Duration::from_secs(5);
+/// How many such failures in a row end the streamer with an error.
+const MAX_QUICK_FAILURES: u32 = 10;
 
 /// One pass over the spool; every file is tried, and the errors returned.
 fn sweep(

@@ -665,6 +665,44 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
     pg.kill9();
 }
 
+/// A streamer whose replication slot is gone stops with an error that says
+/// WAL is not being archived, instead of retrying quietly forever.
+#[test]
+fn the_streamer_fails_loudly_when_its_slot_is_gone() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let mut pg = PgCluster::init(&[]);
+    pg.start();
+    let mut streamer = e
+        .cmd(
+            Some(&pg),
+            &["-q", "pg", "stream-wal", "--interval", "100ms", "--spool", e.env.path("spool").to_str().unwrap()],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_streaming(&pg);
+    pg.sql(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cirkel'; \
+         SELECT pg_sleep(0.2); SELECT pg_drop_replication_slot('cirkel')",
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = streamer.try_wait().unwrap() {
+            break s;
+        }
+        // (a bound on a hung streamer, not a timing under test)
+        assert!(start.elapsed() < Duration::from_secs(120), "the streamer kept retrying");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(streamer.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("WAL is not being streamed") && err.contains("replication slot `cirkel`"), "{err}");
+    assert!(err.contains("hint: ") || err.contains("cirkel pg check"), "{err}");
+    pg.kill9();
+}
+
 #[test]
 fn table_export_round_trip() {
     let e = PgEnv::new();
