@@ -104,6 +104,12 @@ impl PgEnv {
     }
 }
 
+/// `cirkel pg stream-wal` on `pg`, spooling in the test's directory.
+fn streamer(e: &PgEnv, pg: &PgCluster, interval: &str) -> Command {
+    let spool = e.env.path("spool");
+    e.cmd(Some(pg), &["-q", "pg", "stream-wal", "--interval", interval, "--spool", spool.to_str().unwrap()])
+}
+
 /// Waits until the streamer's replication slot is in use. A checkpoint
 /// taken while the slot is new and not yet streamed from can invalidate it
 /// in PostgreSQL 15 (it terminates the receiver "to release" the slot), so
@@ -600,13 +606,7 @@ fn streaming_loses_seconds_at_most_when_the_primary_is_destroyed() {
     let mut pg = PgCluster::init(&["track_commit_timestamp = on"]);
     pg.start();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, at timestamptz)");
-    let mut streamer = e
-        .cmd(
-            Some(&pg),
-            &["-q", "pg", "stream-wal", "--interval", "500ms", "--spool", e.env.path("spool").to_str().unwrap()],
-        )
-        .spawn()
-        .unwrap();
+    let mut streamer = streamer(&e, &pg, "500ms").spawn().unwrap();
     wait_for_streaming(&pg);
     e.ok(Some(&pg), &["pg", "backup"]);
     // A canary writer: one transaction per row, acknowledged rows remembered.
@@ -643,13 +643,7 @@ fn the_streamer_stops_cleanly_and_archives_completed_segments() {
     e.ok(None, &["repo", "init"]);
     let mut pg = PgCluster::init(&[]);
     pg.start();
-    let mut streamer = e
-        .cmd(
-            Some(&pg),
-            &["-q", "pg", "stream-wal", "--interval", "200ms", "--spool", e.env.path("spool").to_str().unwrap()],
-        )
-        .spawn()
-        .unwrap();
+    let mut streamer = streamer(&e, &pg, "200ms").spawn().unwrap();
     wait_for_streaming(&pg);
     e.ok(Some(&pg), &["pg", "backup"]);
     pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
@@ -673,14 +667,7 @@ fn the_streamer_fails_loudly_when_its_slot_is_gone() {
     e.ok(None, &["repo", "init"]);
     let mut pg = PgCluster::init(&[]);
     pg.start();
-    let mut streamer = e
-        .cmd(
-            Some(&pg),
-            &["-q", "pg", "stream-wal", "--interval", "100ms", "--spool", e.env.path("spool").to_str().unwrap()],
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut streamer = streamer(&e, &pg, "100ms").stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for_streaming(&pg);
     pg.sql(
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cirkel'; \
