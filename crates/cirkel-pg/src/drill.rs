@@ -13,41 +13,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cirkel_config::{PgMemberConfig, PostgresConfig};
+use cirkel_state::DrillReport;
 use serde::Serialize;
 
 use crate::conn::PgConn;
 use crate::failover::member_conninfo;
 use crate::members::status;
 
-/// What a failover drill measured.
+/// What a failover or switchover drill measured.
+pub type FailoverReport = DrillReport<PgDrill>;
+
+/// What only a PostgreSQL drill knows, beside [`DrillReport`]'s measures.
 #[derive(Clone, Debug, Serialize)]
-pub struct FailoverReport {
-    pub kind: String,
+pub struct PgDrill {
     pub cluster: String,
-    pub started: DateTime<Utc>,
-    pub passed: bool,
-    pub failures: Vec<String>,
     /// The primary when the drill began.
     pub old_primary: String,
     /// The member killed with SIGKILL (failover drills only; a switchover kills nobody).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<String>,
     pub new_primary: Option<String>,
-    /// Kill → first canary write acknowledged through the endpoint.
-    pub rto_s: Option<f64>,
-    pub writes_acknowledged: usize,
-    pub writes_failed: usize,
-    /// Acknowledged canary writes missing on the new primary.
-    pub writes_lost: usize,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
     pub write_pause_s: Option<f64>,
-    /// Kill → the old primary streams from the new one again.
-    pub rejoin_s: Option<f64>,
-    pub healthy_after: bool,
-    pub problems_after: Vec<String>,
 }
 
 fn endpoint(c: &PostgresConfig) -> anyhow::Result<PgMemberConfig> {
@@ -269,20 +259,29 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
             Err(_) => failures.push("the switchover request panicked".into()),
         }
     }
-    Ok(FailoverReport {
+    // Kill → first canary write acknowledged through the endpoint.
+    let rto_s = first.map(|t| (t - fault).as_secs_f64());
+    let timeline_s = [("writable", rto_s), ("rejoined", rejoin_s)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+    Ok(DrillReport {
         kind: kind.into(),
-        cluster: cluster.to_string(),
         started,
         passed: failures.is_empty(),
         failures,
-        killed: killed.then(|| old.clone()),
-        old_primary: old,
-        new_primary,
-        rto_s: first.map(|t| (t - fault).as_secs_f64()),
+        engine: PgDrill {
+            cluster: cluster.to_string(),
+            killed: killed.then(|| old.clone()),
+            old_primary: old,
+            new_primary,
+            write_pause_s,
+        },
+        rto_s,
         writes_acknowledged: acked.len(),
         writes_failed,
         writes_lost: lost,
-        write_pause_s,
+        timeline_s,
         rejoin_s,
         healthy_after: after.healthy,
         problems_after: after.problems,

@@ -17,7 +17,7 @@ use chrono::Utc;
 use cirkel_config::PostgresConfig;
 use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Probe, SyncSet};
 use cirkel_state::control::Reply;
-use cirkel_state::{Event, StateDir};
+use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
 use crate::failover;
@@ -52,8 +52,8 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     fn record(&self, e: Event) {
-        match e.severity.as_str() {
-            "info" => tracing::info!("{}: {}", e.source, e.message),
+        match e.severity {
+            Severity::Low => tracing::info!("{}: {}", e.source, e.message),
             _ => tracing::warn!("{}: {}", e.source, e.message),
         }
         if let Err(err) = self.state.record(&e) {
@@ -61,13 +61,13 @@ impl Watch<'_> {
         }
     }
 
-    fn event(&self, kind: &str, severity: &str, message: impl Into<String>) -> Event {
-        Event::new(&self.source, kind, severity, message)
+    fn event(&self, kind: EventKind, message: impl Into<String>) -> Event {
+        Event::new(&self.source, kind, message)
     }
 
     fn save(&self) {
         if let Err(e) = self.rec.save(self.state, self.cluster) {
-            self.record(self.event("state-not-saved", "critical", format!("{e:#}")));
+            self.record(self.event(EventKind::StateNotSaved, format!("{e:#}")));
         }
     }
 
@@ -95,7 +95,7 @@ impl Watch<'_> {
             }
             Err(e) => format!("on_role_change: {e}"),
         };
-        self.record(self.event("hook-failed", "warning", failed));
+        self.record(self.event(EventKind::HookFailed, failed));
     }
 
     /// The first time the endpoint (or, without one, the member) takes a
@@ -120,11 +120,9 @@ impl Watch<'_> {
         for m in st.members.iter().filter(|m| m.name != primary && m.name != skip && m.reachable) {
             match failover::follow(self.c, &m.name, primary) {
                 Ok(()) => followed.push(m.name.clone()),
-                Err(e) => self.record(self.event(
-                    "follow-failed",
-                    "critical",
-                    format!("{} could not be pointed at {primary}: {e:#}", m.name),
-                )),
+                Err(e) => self.record(
+                    self.event(EventKind::FollowFailed, format!("{} could not be pointed at {primary}: {e:#}", m.name)),
+                ),
             }
         }
         followed
@@ -137,8 +135,7 @@ impl Watch<'_> {
                 self.save();
                 self.record(
                     self.event(
-                        "rejoined",
-                        "info",
+                        EventKind::Rejoined,
                         format!("{old} was rewound and follows {new} ({:.1} s)", took.as_secs_f64()),
                     )
                     .with(json!({ "member": old, "primary": new, "seconds": took.as_secs_f64() })),
@@ -192,8 +189,7 @@ impl Watch<'_> {
         let secs = |t: chrono::DateTime<Utc>| (t - detected).num_milliseconds() as f64 / 1000.0;
         self.record(
             self.event(
-                "failover",
-                "critical",
+                EventKind::Failover,
                 format!("failover {old} → {new}: {lost_bytes} bytes of WAL not received by {new}"),
             )
             .with(json!({
@@ -261,8 +257,7 @@ impl Watch<'_> {
         let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
         let done = self
             .event(
-                "switchover",
-                "warning",
+                EventKind::Switchover,
                 format!(
                     "switchover {old} → {new}: writes paused {}",
                     pause.map(|p| format!("{p:.2} s")).unwrap_or_else(|| "(not measured)".into())
@@ -293,7 +288,7 @@ impl Watch<'_> {
     fn switchover_recorded(&mut self, decider: &mut Decider, st: &ClusterStatus, req: &SwitchoverRequest) -> Event {
         self.switchover(decider, st, req).unwrap_or_else(|why| {
             let failed = self
-                .event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
+                .event(EventKind::SwitchoverFailed, format!("switchover refused or failed: {why}"))
                 .with(json!({ "id": req.id }));
             self.record(failed.clone());
             failed
@@ -309,10 +304,10 @@ impl Watch<'_> {
                 return Reply::Error { message: format!("{e:#}") };
             }
         }
-        let what = if paused { "paused" } else { "resumed" };
+        let (what, kind) = if paused { ("paused", EventKind::Paused) } else { ("resumed", EventKind::Resumed) };
         let message =
             format!("cluster {} {what}: automatic action {}", self.cluster, if paused { "off" } else { "on" });
-        self.record(self.event(what, "warning", message.clone()));
+        self.record(self.event(kind, message.clone()));
         Reply::Done { message }
     }
 
@@ -387,7 +382,7 @@ pub fn watch(
         if !waiting {
             let holder = lease.holder().unwrap_or_else(|| "another process".into());
             let msg = format!("another cirkel serve ({holder}) acts on {cluster}; this one waits until it stops");
-            state.record(&Event::new(&source, "standing-by", "info", msg))?;
+            state.record(&Event::new(&source, EventKind::StandingBy, msg))?;
             waiting = true;
         }
         if stop.load(Ordering::Relaxed) {
@@ -449,7 +444,7 @@ pub fn watch(
     let mut first_failure: Option<chrono::DateTime<Utc>> = None;
     let mut first_round = true;
     let watch_started = Instant::now();
-    w.record(w.event("watch-started", "info", format!("watching {} members", c.members.len())));
+    w.record(w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len())));
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
         let st = status(cluster, c);
@@ -469,8 +464,7 @@ pub fn watch(
             match change {
                 Some(false) => w.record(
                     w.event(
-                        "member-down",
-                        "critical",
+                        EventKind::MemberDown,
                         format!(
                             "member {} failed {} checks: {}",
                             m.name,
@@ -481,7 +475,7 @@ pub fn watch(
                     .with(details),
                 ),
                 Some(true) => {
-                    w.record(w.event("member-up", "info", format!("member {} is healthy", m.name)).with(details))
+                    w.record(w.event(EventKind::MemberUp, format!("member {} is healthy", m.name)).with(details))
                 }
                 None => {}
             }
@@ -503,7 +497,7 @@ pub fn watch(
             .into_iter()
             .map(|p| if Some(&p.member) == fenced.as_ref() { Probe { ok: false, role: None, ..p } } else { p })
             .collect();
-        let mut alarm = (String::new(), "", String::new());
+        let mut alarm: (Option<EventKind>, String) = (None, String::new());
         let decision = decider.observe(&observed);
         match decision {
             Decision::Steady { primary: p } => {
@@ -511,7 +505,7 @@ pub fn watch(
                 w.router.set(w.target_of(&p));
                 if w.rec.primary.as_deref() != Some(p.as_str()) {
                     if let Some(old) = &w.rec.primary {
-                        w.record(w.event("primary-changed", "warning", format!("primary is now {p} (was {old})")));
+                        w.record(w.event(EventKind::PrimaryChanged, format!("primary is now {p} (was {old})")));
                     }
                     w.rec.primary = Some(p.clone());
                     w.save();
@@ -532,7 +526,7 @@ pub fn watch(
                         {
                             // The old primary is back, on its old timeline.
                             if let Err(e) = w.rejoin(f, &p) {
-                                alarm = ("rejoin-failed".into(), "critical", e);
+                                alarm = (Some(EventKind::RejoinFailed), e);
                             }
                         }
                         let fresh = watch_started.elapsed() < Duration::from_secs(3);
@@ -544,10 +538,10 @@ pub fn watch(
                         match ha::sync_round(c, &st, &p, &mut w.rec, state, cluster) {
                             Ok(changes) => {
                                 for ch in changes {
-                                    w.record(w.event("synchronous-set", "warning", ch));
+                                    w.record(w.event(EventKind::SynchronousSet, ch));
                                 }
                             }
-                            Err(e) => alarm = ("synchronous-set-failed".into(), "critical", format!("{e:#}")),
+                            Err(e) => alarm = (Some(EventKind::SynchronousSetFailed), format!("{e:#}")),
                         }
                     } else if w.rec.sync.is_some()
                         && st.members.iter().any(|m| {
@@ -569,13 +563,12 @@ pub fn watch(
             Decision::Failover { old, new, lost_bytes } if c.auto_failover => {
                 let detected = first_failure.take().unwrap_or_else(Utc::now);
                 if let Err(e) = w.failover(&mut decider, &st, (old, new, lost_bytes), detected) {
-                    alarm = ("failover-failed".into(), "critical", e);
+                    alarm = (Some(EventKind::FailoverFailed), e);
                 }
             }
             Decision::Failover { old, new, lost_bytes } => {
                 alarm = (
-                    "failover-needed".into(),
-                    "critical",
+                    Some(EventKind::FailoverNeeded),
                     format!(
                         "primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind); auto_failover is off"
                     ),
@@ -583,15 +576,13 @@ pub fn watch(
             }
             Decision::Paused => {
                 alarm = (
-                    "paused-primary-down".into(),
-                    "critical",
+                    Some(EventKind::PausedPrimaryDown),
                     "the primary is down, and the cluster is paused: no automatic action (`cirkel pg resume`)".into(),
                 );
             }
             Decision::NoCandidate { old, rejections } => {
                 alarm = (
-                    "no-failover-candidate".into(),
-                    "critical",
+                    Some(EventKind::NoFailoverCandidate),
                     format!(
                         "primary {old} is down and no standby qualifies: {}",
                         rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
@@ -605,7 +596,7 @@ pub fn watch(
                     ),
                     _ => why,
                 };
-                alarm = ("cluster-misconfigured".into(), "critical", why);
+                alarm = (Some(EventKind::ClusterMisconfigured), why);
             }
         }
         // The read-only endpoint: keep the current standby while it streams
@@ -631,11 +622,11 @@ pub fn watch(
             v.primary = routed_primary;
             v.status = Some(st.clone());
         }
-        if alarm.2 != last_alarm {
-            if !alarm.0.is_empty() {
-                w.record(w.event(&alarm.0, alarm.1, alarm.2.clone()));
+        if alarm.1 != last_alarm {
+            if let Some(kind) = alarm.0 {
+                w.record(w.event(kind, alarm.1.clone()));
             }
-            last_alarm = alarm.2;
+            last_alarm = alarm.1;
         }
         let left = c.health.interval.saturating_sub(round.elapsed());
         let until = Instant::now() + left;
@@ -670,13 +661,13 @@ fn resume(w: &mut Watch, decider: &mut Decider, st: &ClusterStatus) {
                 w.rec.shrink = None;
             }
             let msg = format!("cirkel stopped after promoting {}; the failover from {} is finished now", f.new, f.old);
-            w.record(w.event("failover-resumed", "warning", msg).with(details));
+            w.record(w.event(EventKind::FailoverResumed, msg).with(details));
         } else {
             let msg = format!(
                 "cirkel stopped during a failover from {} to {} before the promotion; nothing was promoted, and it decides afresh",
                 f.old, f.new
             );
-            w.record(w.event("failover-abandoned", "warning", msg).with(details));
+            w.record(w.event(EventKind::FailoverAbandoned, msg).with(details));
         }
         w.save();
     }
@@ -714,15 +705,12 @@ fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut H
             strays.insert(m.name.clone(), Instant::now());
             match failover::follow(w.c, &m.name, primary) {
                 Ok(()) => w.record(w.event(
-                    "follower-repointed",
-                    "info",
+                    EventKind::FollowerRepointed,
                     format!("{} did not stream from {primary} as `{}`; it was pointed at it", m.name, m.name),
                 )),
-                Err(e) => w.record(w.event(
-                    "follow-failed",
-                    "critical",
-                    format!("{} could not be pointed at {primary}: {e:#}", m.name),
-                )),
+                Err(e) => w.record(
+                    w.event(EventKind::FollowFailed, format!("{} could not be pointed at {primary}: {e:#}", m.name)),
+                ),
             }
         }
     }
@@ -761,7 +749,7 @@ pub fn switchover_now(
     let outcome = w.switchover(&mut decider, &st, req);
     if let Err(why) = &outcome {
         w.record(
-            w.event("switchover-failed", "critical", format!("switchover refused or failed: {why}"))
+            w.event(EventKind::SwitchoverFailed, format!("switchover refused or failed: {why}"))
                 .with(json!({ "id": req.id })),
         );
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 
 use crate::events::{SentinelEvent, follow};
@@ -35,33 +35,22 @@ impl Default for DrillOptions {
 }
 
 /// What a drill measured.
+pub type DrillReport = cirkel_state::DrillReport<RedisDrill>;
+
+/// What only a Redis drill knows, beside the shared measures; the
+/// timeline holds the Sentinel events after the fault: first `+sdown`,
+/// `+odown`, … `+switch-master`.
 #[derive(Clone, Debug, Serialize)]
-pub struct DrillReport {
-    pub kind: String,
+pub struct RedisDrill {
     pub group: String,
-    pub started: DateTime<Utc>,
-    pub passed: bool,
-    pub failures: Vec<String>,
     pub killed: Addr,
     pub killed_pid: u32,
     pub new_master: Option<Addr>,
-    /// Fault → first canary write acknowledged by the new master.
-    pub rto_s: Option<f64>,
-    pub writes_acknowledged: usize,
-    pub writes_failed: usize,
-    /// Acknowledged canary writes missing on the new master.
-    pub writes_lost: usize,
     /// Writes the killed master acknowledged after its process was gone (split brain).
     pub acknowledged_by_old_after_kill: usize,
     /// The old master's last offset seen minus the promoted replica's offset at promotion.
     pub lost_bytes_at_least: Option<u64>,
     pub max_lag_bytes: u64,
-    /// Sentinel events after the fault, in seconds: first `+sdown`, `+odown`, … `+switch-master`.
-    pub timeline_s: BTreeMap<String, f64>,
-    /// Restart of the killed master → it replicates from the new master.
-    pub rejoin_s: Option<f64>,
-    pub healthy_after: bool,
-    pub problems_after: Vec<String>,
 }
 
 #[derive(Default)]
@@ -246,20 +235,22 @@ pub fn drill(group: &Group, opts: &DrillOptions) -> anyhow::Result<DrillReport> 
     }
     Ok(DrillReport {
         kind: "redis-failover".into(),
-        group: group.name.clone(),
         started,
         passed: failures.is_empty(),
         failures,
-        killed: old,
-        killed_pid: pid,
-        new_master,
+        engine: RedisDrill {
+            group: group.name.clone(),
+            killed: old,
+            killed_pid: pid,
+            new_master,
+            acknowledged_by_old_after_kill: by_old_after,
+            lost_bytes_at_least: lost_bytes,
+            max_lag_bytes: group.max_lag_bytes,
+        },
         rto_s: first_new_ack.map(|(t, _)| (t - fault).as_secs_f64()),
         writes_acknowledged: canary.acked.len(),
         writes_failed: canary.failed,
         writes_lost: lost,
-        acknowledged_by_old_after_kill: by_old_after,
-        lost_bytes_at_least: lost_bytes,
-        max_lag_bytes: group.max_lag_bytes,
         timeline_s: timeline,
         rejoin_s,
         healthy_after: after.healthy,

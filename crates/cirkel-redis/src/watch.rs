@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cirkel_config::OnLag;
-use cirkel_state::{Event, StateDir};
+use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
 use crate::events::{SentinelEvent, follow};
@@ -71,8 +71,7 @@ pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::
     };
     w.record(Event::new(
         &group.source(),
-        "watch-started",
-        "info",
+        EventKind::WatchStarted,
         format!(
             "watching, master {}",
             status
@@ -102,8 +101,8 @@ pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::
 
 impl Watch<'_> {
     fn record(&self, event: Event) {
-        match event.severity.as_str() {
-            "info" => tracing::info!("{}: {}", event.source, event.message),
+        match event.severity {
+            Severity::Low => tracing::info!("{}: {}", event.source, event.message),
             _ => tracing::warn!("{}: {}", event.source, event.message),
         }
         if let Err(e) = self.state.record(&event) {
@@ -173,8 +172,7 @@ impl Watch<'_> {
                 self.record(
                     Event::new(
                         &self.group.source(),
-                        "failover-held",
-                        "critical",
+                        EventKind::FailoverHeld,
                         format!(
                             "master {master} unreachable and {what} (limit {} bytes): failover held back; restart the master, or run `cirkel redis failover --group {} --allow-data-loss`",
                             self.group.max_lag_bytes, self.group.name
@@ -186,8 +184,7 @@ impl Watch<'_> {
             OnLag::Warn => self.record(
                 Event::new(
                     &self.group.source(),
-                    "loss-limit-warning",
-                    "warning",
+                    EventKind::LossLimitWarning,
                     format!("master {master} unreachable and {what} (limit {} bytes)", self.group.max_lag_bytes),
                 )
                 .with(details),
@@ -199,13 +196,8 @@ impl Watch<'_> {
         let failed = self.group.release();
         self.held = !failed.is_empty();
         self.record(
-            Event::new(
-                &self.group.source(),
-                "failover-hold-released",
-                "info",
-                format!("failover hold released: {why}"),
-            )
-            .with(json!({ "sentinels_not_told": failed })),
+            Event::new(&self.group.source(), EventKind::FailoverHoldReleased, format!("failover hold released: {why}"))
+                .with(json!({ "sentinels_not_told": failed })),
         );
     }
 
@@ -233,8 +225,7 @@ impl Watch<'_> {
             }
             "-failover-abort-no-good-slave" => self.record(Event::new(
                 &self.group.source(),
-                "failover-aborted",
-                "critical",
+                EventKind::FailoverAborted,
                 format!("sentinel {}: no replica qualifies for promotion", ev.sentinel),
             )),
             "+switch-master" => {
@@ -257,8 +248,7 @@ impl Watch<'_> {
             self.record(
                 Event::new(
                     &self.group.source(),
-                    "master-changed",
-                    "info",
+                    EventKind::MasterChanged,
                     format!("master {old} → {new} by a planned switchover: no acknowledged write lost"),
                 )
                 .with(json!({ "old_master": old, "new_master": new, "planned": planned })),
@@ -298,13 +288,14 @@ impl Watch<'_> {
             "switched_after_s": secs(Some(at)),
             "offset_poll_ms": OFFSET_POLL.as_millis() as u64,
         });
-        let severity = if within == Some(false) { "critical" } else { "warning" };
+        let severity = if within == Some(false) { Severity::Critical } else { Severity::High };
         let loss = match lost {
             Some(l) => format!("{l} bytes of replication stream lost at least"),
             None => "loss unknown".into(),
         };
         self.record(
-            Event::new(&self.group.source(), "failover", severity, format!("failover {old} → {new}: {loss}"))
+            Event::new(&self.group.source(), EventKind::Failover, format!("failover {old} → {new}: {loss}"))
+                .with_severity(severity)
                 .with(details),
         );
         self.master = Some(new);
@@ -328,8 +319,7 @@ impl Watch<'_> {
                 Some(false) => self.record(
                     Event::new(
                         &self.group.source(),
-                        "member-down",
-                        "critical",
+                        EventKind::MemberDown,
                         format!(
                             "member {} failed {} checks: {}",
                             m.addr,
@@ -340,7 +330,7 @@ impl Watch<'_> {
                     .with(json!({ "member": m.addr })),
                 ),
                 Some(true) => self.record(
-                    Event::new(&self.group.source(), "member-up", "info", format!("member {} is healthy", m.addr))
+                    Event::new(&self.group.source(), EventKind::MemberUp, format!("member {} is healthy", m.addr))
                         .with(json!({ "member": m.addr })),
                 ),
                 None => {}
@@ -357,8 +347,7 @@ impl Watch<'_> {
                 self.record(
                     Event::new(
                         &self.group.source(),
-                        "member-repointed",
-                        "warning",
+                        EventKind::MemberRepointed,
                         format!(
                             "{} ran as {} while the sentinels name {agreed} as master; made it a replica of {agreed}",
                             m.addr,

@@ -713,6 +713,9 @@ pub struct EventsArgs {
     /// Only events of this kind (`failover`, `failover-held`, `member-down`, …).
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
+    /// Only events of this severity or a more urgent one (`critical`, `high`, `medium`, `low`).
+    #[arg(long, value_name = "LEVEL")]
+    pub severity: Option<cirkel_state::Severity>,
     /// Only the last N events.
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,

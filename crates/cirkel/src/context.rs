@@ -243,7 +243,8 @@ pub fn store_drill(
         d.writes_lost
     );
     state.record(
-        &cirkel_state::Event::new(d.source, "drill", if d.passed { "info" } else { "warning" }, message)
+        &cirkel_state::Event::new(d.source, cirkel_state::EventKind::Drill, message)
+            .with_severity(if d.passed { cirkel_state::Severity::Low } else { cirkel_state::Severity::High })
             .with(serde_json::json!({ "report": path })),
     )?;
     Ok(path)

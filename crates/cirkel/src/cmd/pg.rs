@@ -895,7 +895,11 @@ fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow:
     let cfg = load_config(global)?;
     let (name, _) = member_cluster(&cfg, a.cluster.as_deref())?;
     let state = crate::context::state_dir(&cfg);
-    let what = if paused { "paused" } else { "resumed" };
+    let (what, kind) = if paused {
+        ("paused", cirkel_state::EventKind::Paused)
+    } else {
+        ("resumed", cirkel_state::EventKind::Resumed)
+    };
     if let Some(mut daemon) = Client::connect(&state)? {
         // The watcher changes its record and records the event.
         let req =
@@ -913,8 +917,7 @@ fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow:
         })?;
         state.record(&cirkel_state::Event::new(
             &format!("postgres/{name}"),
-            what,
-            "warning",
+            kind,
             format!("cluster {name} {what}: automatic action {}", if paused { "off" } else { "on" }),
         ))?;
     }
@@ -970,10 +973,10 @@ pub fn failover_drill(
         println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
         println!(
             "  old primary     {}{}",
-            report.old_primary,
-            if report.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
+            report.engine.old_primary,
+            if report.engine.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
         );
-        println!("  new primary     {}", report.new_primary.as_deref().unwrap_or("none"));
+        println!("  new primary     {}", report.engine.new_primary.as_deref().unwrap_or("none"));
         println!(
             "  RTO             {}",
             report
@@ -985,7 +988,7 @@ pub fn failover_drill(
             "  writes          {} acknowledged, {} failed during the outage, {} lost",
             report.writes_acknowledged, report.writes_failed, report.writes_lost
         );
-        if let Some(p) = report.write_pause_s {
+        if let Some(p) = report.engine.write_pause_s {
             println!("  write pause     {p:.3} s (longest gap between acknowledged writes)");
         }
         if let Some(r) = report.rejoin_s {

@@ -220,10 +220,10 @@ fn switchover(global: &Global, a: &RedisSwitchoverArgs) -> anyhow::Result<ExitCo
     })?;
     let event = cirkel_state::Event::new(
         &g.source(),
-        "switchover",
-        "info",
+        cirkel_state::EventKind::Switchover,
         format!("switchover {} → {}: writes paused {} ms", done.old, done.new, done.write_pause_ms),
     )
+    .with_severity(cirkel_state::Severity::Low)
     .with(serde_json::to_value(&done)?);
     state_dir(&cfg).record(&event)?;
     if global.json {
@@ -262,8 +262,7 @@ fn failover(global: &Global, a: &RedisFailoverArgs) -> anyhow::Result<ExitCode> 
         })?;
     state_dir(&cfg).record(&cirkel_state::Event::new(
         &g.source(),
-        "forced-failover",
-        "warning",
+        cirkel_state::EventKind::ForcedFailover,
         format!("forced failover {old} → {new} (asked {by}), data loss allowed"),
     ))?;
     if global.json {
@@ -422,7 +421,8 @@ pub fn events(global: &Global, a: &EventsArgs) -> anyhow::Result<ExitCode> {
         .events()?
         .into_iter()
         .filter(|e| a.source.as_ref().is_none_or(|s| &e.source == s))
-        .filter(|e| a.kind.as_ref().is_none_or(|k| &e.kind == k))
+        .filter(|e| a.kind.as_ref().is_none_or(|k| e.kind == k.as_str()))
+        .filter(|e| a.severity.is_none_or(|s| e.severity >= s))
         .collect();
     if let Some(n) = a.last {
         list = list.split_off(list.len().saturating_sub(n));
@@ -434,7 +434,7 @@ pub fn events(global: &Global, a: &EventsArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{} {:8} {:14} {:22} {}",
                 e.time.format("%Y-%m-%d %H:%M:%S%.3f"),
-                e.severity,
+                e.severity.as_str().to_uppercase(),
                 e.source,
                 e.kind,
                 e.message
@@ -476,10 +476,10 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         print_json(&value);
     } else {
         println!("redis failover drill of `{}`: {}", g.name, if report.passed { "PASSED" } else { "FAILED" });
-        println!("  killed master      {} (pid {})", report.killed, report.killed_pid);
+        println!("  killed master      {} (pid {})", report.engine.killed, report.engine.killed_pid);
         println!(
             "  new master         {}",
-            report.new_master.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "none".into())
+            report.engine.new_master.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "none".into())
         );
         println!(
             "  RTO                {}",
@@ -494,8 +494,8 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         );
         println!(
             "  replication loss   {} (limit {})",
-            report.lost_bytes_at_least.map(|b| format!("≥ {b} bytes")).unwrap_or_else(|| "unknown".into()),
-            human_bytes(report.max_lag_bytes)
+            report.engine.lost_bytes_at_least.map(|b| format!("≥ {b} bytes")).unwrap_or_else(|| "unknown".into()),
+            human_bytes(report.engine.max_lag_bytes)
         );
         for (k, v) in &report.timeline_s {
             println!("  {k:18} {v:.3}");

@@ -32,7 +32,7 @@ use cirkel_config::{Config, RetentionConfig};
 use cirkel_pg::watch::Command as WatchCommand;
 use cirkel_redis::group::Group;
 use cirkel_state::control::{Reply, Request, Server};
-use cirkel_state::{Event, StateDir};
+use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
 use crate::cli::{Global, LogFormat};
@@ -163,8 +163,7 @@ fn run_job(exe: &PathBuf, global: &[String], job: &Job, state: &StateDir) {
                 stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             let event = Event::new(
                 &source,
-                "job-failed",
-                "critical",
+                EventKind::JobFailed,
                 format!("`cirkel {}` failed (exit {code:?}): {}", step.join(" "), tail.lines().next().unwrap_or("")),
             )
             .with(json!({ "job": job.name, "step": step, "exit_code": code, "stderr": tail }));
@@ -175,16 +174,18 @@ fn run_job(exe: &PathBuf, global: &[String], job: &Job, state: &StateDir) {
         }
     }
     let event =
-        Event::new(&source, "job-done", "info", format!("{} done in {:.1} s", job.name, start.elapsed().as_secs_f64()))
+        Event::new(&source, EventKind::JobDone, format!("{} done in {:.1} s", job.name, start.elapsed().as_secs_f64()))
             .with(json!({ "job": job.name, "steps": job.steps, "seconds": start.elapsed().as_secs_f64() }));
     record(state, &event);
 }
 
 fn record(state: &StateDir, event: &Event) {
     // One log line per event, with its kind as a field for JSON logs.
-    match event.severity.as_str() {
-        "info" => tracing::info!(kind = %event.kind, "{}: {}", event.source, event.message),
-        _ => tracing::warn!(kind = %event.kind, "{}: {}", event.source, event.message),
+    match event.severity {
+        Severity::Low => {
+            tracing::info!(kind = %event.kind, severity = %event.severity, "{}: {}", event.source, event.message)
+        }
+        _ => tracing::warn!(kind = %event.kind, severity = %event.severity, "{}: {}", event.source, event.message),
     }
     if let Err(e) = state.record(event) {
         tracing::error!("cannot record an event: {e:#}");
@@ -275,7 +276,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     );
     record(
         &state,
-        &Event::new("serve", "serve-started", "info", summary.clone()).with(json!({ "jobs": runner.job_list(&jobs) })),
+        &Event::new("serve", EventKind::ServeStarted, summary.clone()).with(json!({ "jobs": runner.job_list(&jobs) })),
     );
     if !global.quiet && !global.json && global.log_format == LogFormat::Text {
         eprintln!("cirkel serve: {summary}; events go to {}", state.root().display());
@@ -298,7 +299,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     let handle = |req: Request| control(req, &watchers, &status);
     let refused = |pid: u32, uid: u32| {
         let msg = format!("refused a control connection from uid {uid} (pid {pid})");
-        record(&state, &Event::new("serve", "control-refused", "warning", msg).with(json!({ "pid": pid, "uid": uid })));
+        record(&state, &Event::new("serve", EventKind::ControlRefused, msg).with(json!({ "pid": pid, "uid": uid })));
     };
     std::thread::scope(|s| {
         {
@@ -338,7 +339,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
                         let message = format!("configuration reloaded: {} scheduled job(s)", new.len());
                         record(
                             &state,
-                            &Event::new("serve", "config-reloaded", "info", message)
+                            &Event::new("serve", EventKind::ConfigReloaded, message)
                                 .with(json!({ "jobs": runner.job_list(&new) })),
                         );
                     }
@@ -346,7 +347,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
                         let message = format!("the configuration was not reloaded, the running one stays: {e:#}");
                         record(
                             &state,
-                            &Event::new("serve", "config-reload-failed", "warning", message)
+                            &Event::new("serve", EventKind::ConfigReloadFailed, message)
                                 .with(json!({ "error": format!("{e:#}") })),
                         );
                     }
