@@ -9,6 +9,7 @@
 //! keep working. A client flood thus cannot exhaust the daemon's threads
 //! or file descriptors, which the watcher needs to fail over.
 
+use cirkel_failover::{EpochGate, StaleEpoch};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -101,6 +102,8 @@ impl Write for Stream {
 struct State {
     target: Option<Target>,
     generation: u64,
+    /// The newest lease epoch a switch was made under.
+    epochs: EpochGate,
     /// Open sessions: generation, client side, server side.
     sessions: HashMap<u64, (u64, Stream, Stream)>,
 }
@@ -130,6 +133,18 @@ impl Router {
             client.shutdown();
             server.shutdown();
         }
+    }
+
+    /// Routes to `target` under the lease of epoch `epoch`, as [`Router::set`]
+    /// does, unless a switch was already made under a newer epoch: a
+    /// watcher that lost its lease cannot take the endpoint back.
+    pub fn switch(&self, epoch: u64, target: Option<Target>) -> Result<(), StaleEpoch> {
+        {
+            let Ok(mut st) = self.state.lock() else { return Ok(()) };
+            st.epochs.admit(epoch)?;
+        }
+        self.set(target);
+        Ok(())
     }
 
     pub fn target(&self) -> Option<Target> {

@@ -11,6 +11,7 @@
 //! with fresh, unpredictable names, so nobody can redirect a write of ours.
 
 pub mod control;
+pub mod election;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
