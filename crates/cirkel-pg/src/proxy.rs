@@ -288,3 +288,28 @@ fn session(client: TcpStream, router: &Router) {
     let _ = upstream.join();
     router.close(id);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirkel_failover::{Leadership, MemoryElection};
+
+    #[test]
+    fn a_stale_lease_epoch_stops_a_router_switch() {
+        let election = MemoryElection::new();
+        let (mut a, mut b) = (election.contender("a"), election.contender("b"));
+        let router = Router::new();
+        let la = a.acquire().unwrap().expect("a takes the free lease");
+        router.switch(la.epoch, Some(Target::new("127.0.0.1", 5432))).unwrap();
+        // a stalls past its lease; b is handed it and fails over.
+        let lb = election.hand_to("b");
+        assert!(b.still_held(&lb).unwrap());
+        router.switch(lb.epoch, Some(Target::new("127.0.0.1", 5433))).unwrap();
+        // a wakes and, before its next check, switches back: refused.
+        let refused = router.switch(la.epoch, Some(Target::new("127.0.0.1", 5432)));
+        assert_eq!(refused, Err(StaleEpoch { epoch: la.epoch, newest: lb.epoch }));
+        assert_eq!(router.target(), Some(Target::new("127.0.0.1", 5433)));
+        // Its next check sees the lease lost.
+        assert!(!a.still_held(&la).unwrap());
+    }
+}
