@@ -866,3 +866,67 @@ pub fn switchover_now(
     election.release(lease);
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirkel_failover::MemoryElection;
+
+    fn config() -> PostgresConfig {
+        let text = "[postgres.main]\n[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 5432\n";
+        let mut cfg = cirkel_config::Config::parse(text, "c.toml", None).unwrap();
+        cfg.postgres.remove("main").unwrap()
+    }
+
+    fn kinds(state: &StateDir) -> Vec<String> {
+        state.events().unwrap().into_iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn a_stale_lease_epoch_stops_a_promotion() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path().join("state"));
+        let c = config();
+        let election = MemoryElection::new();
+        let (mut a, mut b) = (election.contender("a"), election.contender("b"));
+        let la = a.acquire().unwrap().unwrap();
+        let watch = |epoch| Watch {
+            cluster: "main",
+            c: &c,
+            state: &state,
+            source: "postgres/main".into(),
+            router: Router::new(),
+            rec: Record::default(),
+            epoch,
+        };
+        let mut wa = watch(la.epoch);
+        let mut lease = Some(la.clone());
+        assert!(hold(&mut wa, &mut a, &mut lease), "the holder acts");
+        wa.admit("failover").expect("its epoch is the newest");
+        wa.route(wa.target_of("a"));
+        assert!(wa.router.target().is_some());
+        // The lease goes to b, which acts and records its epoch.
+        let lb = election.hand_to("b");
+        let mut wb = watch(lb.epoch);
+        let mut lease_b = Some(lb);
+        assert!(hold(&mut wb, &mut b, &mut lease_b));
+        wb.admit("failover").unwrap();
+        assert_eq!(Record::load(&state, "main").unwrap().epoch, election.epoch());
+        // a, before its next check, would promote: refused, and recorded.
+        assert!(wa.admit("failover a → b").is_err());
+        assert!(kinds(&state).contains(&"stale-epoch".to_string()));
+        // At its next round a sees the lease lost, cuts its endpoint and
+        // does not act while b holds it.
+        assert!(!hold(&mut wa, &mut a, &mut lease));
+        assert!(lease.is_none());
+        assert_eq!(wa.router.target(), None);
+        assert!(kinds(&state).contains(&"leadership-lost".to_string()));
+        assert!(!hold(&mut wa, &mut a, &mut lease), "b still holds it");
+        // Revoked from b, it is a's again under a newer epoch.
+        election.revoke();
+        assert!(hold(&mut wa, &mut a, &mut lease));
+        assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
+        assert!(wa.epoch > la.epoch);
+        wa.admit("failover").expect("a newer epoch acts again");
+    }
+}
