@@ -21,7 +21,12 @@
 //!   misconfiguration, and nothing happens either.
 //!
 //! Who runs the decider is a separate question ([`Leadership`]): one
-//! `cirkel serve` acts for a cluster at a time.
+//! `cirkel serve` acts for a cluster at a time, under a lease whose epoch
+//! fences every action it takes (`election`).
+
+pub mod election;
+
+pub use election::{ElectionError, EpochGate, Leadership, Lease, MemoryElection, StaleEpoch};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -133,19 +138,6 @@ pub enum Decision {
 pub struct SyncSet {
     pub members: BTreeSet<String>,
     pub k: u32,
-}
-
-/// Who may act on a cluster. Several `cirkel serve` processes may watch
-/// one cluster; only the holder feeds decisions to the executor. The
-/// embedded default is a lock in the local state directory; a lease in a
-/// consensus store (etcd) fits the same shape.
-pub trait Leadership {
-    /// Takes leadership, or renews it; true while it is held.
-    fn acquire(&mut self) -> Result<bool, String>;
-    /// Gives it up (at a clean stop).
-    fn release(&mut self);
-    /// Who holds it, when known.
-    fn holder(&self) -> Option<String>;
 }
 
 #[derive(Clone, Debug, Default)]

@@ -10,15 +10,16 @@
 //! - `sync`: the synchronous set, a superset of every set the primary has
 //!   waited for since the last promotion (see [`sync_round`]);
 //! - `paused`: maintenance mode, and `scheduled`: a switchover asked for a
-//!   time to come; both outlive a restart.
+//!   time to come; both outlive a restart;
+//! - `epoch`: the newest lease epoch acted under, the fencing token an
+//!   executor under an older lease is refused by.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use cirkel_config::PostgresConfig;
-use cirkel_failover::Leadership;
 use cirkel_state::StateDir;
+use cirkel_state::election::LocalLock;
 use serde::{Deserialize, Serialize};
 
 use crate::conn::PgConn;
@@ -51,6 +52,10 @@ pub struct Record {
     /// A switchover asked for a time to come (`--at`), kept until then.
     #[serde(default)]
     pub scheduled: Option<SwitchoverRequest>,
+    /// The newest lease epoch an action (promotion, router switch, rejoin)
+    /// was taken under: an action under an older one is refused.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Record {
@@ -79,50 +84,11 @@ impl Record {
     }
 }
 
-/// Leadership held through a lock on a file in the local state directory:
-/// one `cirkel serve` acts on a cluster per state directory. The lock goes
-/// with the process, however it ends.
-pub struct LocalLease {
-    state: StateDir,
-    name: String,
-    path: PathBuf,
-    file: Option<std::fs::File>,
-}
-
-impl LocalLease {
-    pub fn new(state: &StateDir, cluster: &str) -> LocalLease {
-        let name = format!("lock-postgres-{cluster}");
-        LocalLease { state: state.clone(), path: state.root().join(&name), name, file: None }
-    }
-}
-
-impl Leadership for LocalLease {
-    fn acquire(&mut self) -> Result<bool, String> {
-        use std::io::Write;
-        if self.file.is_some() {
-            return Ok(true);
-        }
-        let mut f = self.state.open_private(&self.name, false).map_err(|e| format!("{e:#}"))?;
-        match f.try_lock() {
-            Ok(()) => {
-                let _ = f.set_len(0).and_then(|_| write!(f, "pid {}", std::process::id()));
-                self.file = Some(f);
-                Ok(true)
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-            Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", self.path.display())),
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(f) = self.file.take() {
-            let _ = f.unlock();
-        }
-    }
-
-    fn holder(&self) -> Option<String> {
-        std::fs::read_to_string(&self.path).ok().filter(|s| !s.is_empty())
-    }
+/// The cluster's election in the local state directory (`lock-postgres-NAME`,
+/// its epochs in `epoch-postgres-NAME`): one `cirkel serve` acts on a cluster
+/// per state directory.
+pub fn local_lease(state: &StateDir, cluster: &str) -> LocalLock {
+    LocalLock::new(state, &format!("postgres-{cluster}"))
 }
 
 /// Stops the process at a named point when `CIRKEL_FAILPOINT` names it:

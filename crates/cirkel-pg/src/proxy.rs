@@ -9,6 +9,7 @@
 //! keep working. A client flood thus cannot exhaust the daemon's threads
 //! or file descriptors, which the watcher needs to fail over.
 
+use cirkel_failover::{EpochGate, StaleEpoch};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -101,6 +102,8 @@ impl Write for Stream {
 struct State {
     target: Option<Target>,
     generation: u64,
+    /// The newest lease epoch a switch was made under.
+    epochs: EpochGate,
     /// Open sessions: generation, client side, server side.
     sessions: HashMap<u64, (u64, Stream, Stream)>,
 }
@@ -130,6 +133,18 @@ impl Router {
             client.shutdown();
             server.shutdown();
         }
+    }
+
+    /// Routes to `target` under the lease of epoch `epoch`, as [`Router::set`]
+    /// does, unless a switch was already made under a newer epoch: a
+    /// watcher that lost its lease cannot take the endpoint back.
+    pub fn switch(&self, epoch: u64, target: Option<Target>) -> Result<(), StaleEpoch> {
+        {
+            let Ok(mut st) = self.state.lock() else { return Ok(()) };
+            st.epochs.admit(epoch)?;
+        }
+        self.set(target);
+        Ok(())
     }
 
     pub fn target(&self) -> Option<Target> {
@@ -272,4 +287,29 @@ fn session(client: TcpStream, router: &Router) {
     c_write.shutdown();
     let _ = upstream.join();
     router.close(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirkel_failover::{Leadership, MemoryElection};
+
+    #[test]
+    fn a_stale_lease_epoch_stops_a_router_switch() {
+        let election = MemoryElection::new();
+        let (mut a, mut b) = (election.contender("a"), election.contender("b"));
+        let router = Router::new();
+        let la = a.acquire().unwrap().expect("a takes the free lease");
+        router.switch(la.epoch, Some(Target::new("127.0.0.1", 5432))).unwrap();
+        // a stalls past its lease; b is handed it and fails over.
+        let lb = election.hand_to("b");
+        assert!(b.still_held(&lb).unwrap());
+        router.switch(lb.epoch, Some(Target::new("127.0.0.1", 5433))).unwrap();
+        // a wakes and, before its next check, switches back: refused.
+        let refused = router.switch(la.epoch, Some(Target::new("127.0.0.1", 5432)));
+        assert_eq!(refused, Err(StaleEpoch { epoch: la.epoch, newest: lb.epoch }));
+        assert_eq!(router.target(), Some(Target::new("127.0.0.1", 5433)));
+        // Its next check sees the lease lost.
+        assert!(!a.still_held(&la).unwrap());
+    }
 }

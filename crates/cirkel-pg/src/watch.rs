@@ -6,6 +6,12 @@
 //! Commands reach the watcher as [`Command`]s over a channel from the
 //! daemon's control socket; each is answered on its own reply channel once
 //! done, so a switchover's caller learns its outcome without polling.
+//!
+//! The watcher acts only under the cluster's lease, checked at the top of
+//! every round: the moment it is lost the watcher stops acting (no
+//! promotion, no router switch, no rejoin), cuts its own endpoint, and
+//! only watches until it holds a lease again. Every action carries the
+//! lease's epoch and is refused when a newer one was recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cirkel_config::PostgresConfig;
-use cirkel_failover::{Decider, Decision, HealthCounter, Leadership, Probe, SyncSet};
+use cirkel_failover::{Decider, Decision, EpochGate, HealthCounter, Leadership, Lease, Probe, SyncSet};
 use cirkel_state::control::Reply;
 use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
 use crate::failover;
-use crate::ha::{self, InFlight, LocalLease, Record, SwitchoverRequest};
+use crate::ha::{self, InFlight, Record, SwitchoverRequest};
 use crate::members::{ClusterStatus, probes, status};
 use crate::proxy::{Router, Target};
 
@@ -48,6 +54,8 @@ struct Watch<'a> {
     source: String,
     router: Arc<Router>,
     rec: Record,
+    /// The epoch of the lease this watcher acts under.
+    epoch: u64,
 }
 
 impl Watch<'_> {
@@ -68,6 +76,31 @@ impl Watch<'_> {
     fn save(&self) {
         if let Err(e) = self.rec.save(self.state, self.cluster) {
             self.record(self.event(EventKind::StateNotSaved, format!("{e:#}")));
+        }
+    }
+
+    /// Admits an action under this watcher's lease: refused when a newer
+    /// epoch than its own is recorded (another holder acted since), else
+    /// its epoch is recorded as the newest before the action is taken.
+    fn admit(&mut self, what: &str) -> Result<(), String> {
+        let recorded = Record::load(self.state, self.cluster).map(|r| r.epoch).unwrap_or(0);
+        let mut gate = EpochGate::new(recorded.max(self.rec.epoch));
+        if let Err(stale) = gate.admit(self.epoch) {
+            let why = format!("{what} refused: {stale}");
+            self.record(self.event(EventKind::StaleEpoch, why.clone()).with(json!({ "epoch": self.epoch })));
+            return Err(why);
+        }
+        if self.rec.epoch != gate.newest() {
+            self.rec.epoch = gate.newest();
+            self.save();
+        }
+        Ok(())
+    }
+
+    /// Switches the read-write endpoint under this watcher's epoch.
+    fn route(&self, target: Option<Target>) {
+        if let Err(stale) = self.router.switch(self.epoch, target) {
+            self.record(self.event(EventKind::StaleEpoch, format!("router switch refused: {stale}")));
         }
     }
 
@@ -129,6 +162,7 @@ impl Watch<'_> {
     }
 
     fn rejoin(&mut self, old: &str, new: &str) -> Result<f64, String> {
+        self.admit(&format!("rejoining {old}"))?;
         match failover::rejoin(self.c, old, new, &self.state.root().join("logs")) {
             Ok(took) => {
                 self.rec.fenced = None;
@@ -156,10 +190,11 @@ impl Watch<'_> {
         (old, new, lost_bytes): (String, String, u64),
         detected: chrono::DateTime<Utc>,
     ) -> Result<(), String> {
+        self.admit(&format!("failover {old} → {new}"))?;
         let decided = Utc::now();
         self.rec.failover = Some(InFlight { old: old.clone(), new: new.clone(), started: decided });
         self.save();
-        self.router.set(None);
+        self.route(None);
         let fenced_at = Utc::now();
         ha::failpoint("pg-failover-fenced");
         if self.c.synchronous
@@ -175,7 +210,7 @@ impl Watch<'_> {
         let promoted_at = Utc::now();
         ha::failpoint("pg-failover-promoted");
         decider.promoted(&new);
-        self.router.set(self.target_of(&new));
+        self.route(self.target_of(&new));
         self.rec.primary = Some(new.clone());
         self.rec.fenced = Some(old.clone());
         self.rec.failover = None;
@@ -196,6 +231,7 @@ impl Watch<'_> {
                 "old_primary": old,
                 "new_primary": new,
                 "lost_bytes": lost_bytes,
+                "epoch": self.epoch,
                 "synchronous": self.c.synchronous,
                 "detected": detected,
                 "decided": decided,
@@ -236,10 +272,15 @@ impl Watch<'_> {
                 )
             })?,
         };
-        let router = self.router.clone();
+        self.admit(&format!("switchover {old} → {new}"))?;
+        let (router, epoch) = (self.router.clone(), self.epoch);
         let targets: HashMap<String, Target> =
             self.c.members.iter().map(|(n, m)| (n.clone(), Target::new(&m.host, m.port))).collect();
-        let fence = |to: Option<&str>| router.set(to.and_then(|n| targets.get(n).cloned()));
+        let fence = |to: Option<&str>| {
+            if let Err(stale) = router.switch(epoch, to.and_then(|n| targets.get(n).cloned())) {
+                tracing::error!("router switch refused: {stale}");
+            }
+        };
         let sw = failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
             .map_err(|e| format!("{e:#}"))?;
         decider.promoted(&new);
@@ -269,6 +310,7 @@ impl Watch<'_> {
                 "scheduled": req.at,
                 "old_primary": old,
                 "new_primary": new,
+                "epoch": self.epoch,
                 "fenced": sw.fenced,
                 "stopped": sw.stopped,
                 "promoted": sw.promoted,
@@ -376,11 +418,14 @@ pub fn watch(
     commands: Receiver<Command>,
 ) -> anyhow::Result<()> {
     let source = format!("postgres/{cluster}");
-    let mut lease = LocalLease::new(state, cluster);
+    let mut election = ha::local_lease(state, cluster);
     let mut waiting = false;
-    while !lease.acquire().map_err(anyhow::Error::msg)? {
+    let first = loop {
+        if let Some(l) = election.acquire()? {
+            break l;
+        }
         if !waiting {
-            let holder = lease.holder().unwrap_or_else(|| "another process".into());
+            let holder = election.holder().unwrap_or_else(|| "another process".into());
             let msg = format!("another cirkel serve ({holder}) acts on {cluster}; this one waits until it stops");
             state.record(&Event::new(&source, EventKind::StandingBy, msg))?;
             waiting = true;
@@ -404,7 +449,7 @@ pub fn watch(
             };
         }
         std::thread::sleep(c.health.interval.max(Duration::from_millis(200)));
-    }
+    };
     let mut decider = crate::members::decider(c)?;
     let router = Router::new();
     let listen = |addr: &Option<String>, what: &str, router: &Arc<Router>| -> anyhow::Result<_> {
@@ -428,7 +473,9 @@ pub fn watch(
             apis.push(std::thread::spawn(move || crate::api::run(listener, name, view, stop)));
         }
     }
-    let mut w = Watch { cluster, c, state, source, router, rec: Record::load(state, cluster)? };
+    let rec = Record::load(state, cluster)?;
+    let mut w = Watch { cluster, c, state, source, router, rec, epoch: first.epoch };
+    let mut lease = Some(first);
     // A switchover scheduled before a restart is still due.
     let mut pending: Option<Pending> = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
     let legacy = crate::members::legacy_pause_flag(state, cluster);
@@ -444,7 +491,10 @@ pub fn watch(
     let mut first_failure: Option<chrono::DateTime<Utc>> = None;
     let mut first_round = true;
     let watch_started = Instant::now();
-    w.record(w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len())));
+    w.record(
+        w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len()))
+            .with(json!({ "epoch": w.epoch })),
+    );
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
         let st = status(cluster, c);
@@ -480,6 +530,10 @@ pub fn watch(
                 None => {}
             }
         }
+        if !hold(&mut w, &mut election, &mut lease) {
+            rest(&mut w, round, &stop, &commands, &mut pending);
+            continue;
+        }
         w.take_commands(&commands, &mut pending);
         let paused = w.rec.paused;
         decider.set_paused(paused);
@@ -502,7 +556,7 @@ pub fn watch(
         match decision {
             Decision::Steady { primary: p } => {
                 first_failure = None;
-                w.router.set(w.target_of(&p));
+                w.route(w.target_of(&p));
                 if w.rec.primary.as_deref() != Some(p.as_str()) {
                     if let Some(old) = &w.rec.primary {
                         w.record(w.event(EventKind::PrimaryChanged, format!("primary is now {p} (was {old})")));
@@ -628,14 +682,11 @@ pub fn watch(
             }
             last_alarm = alarm.1;
         }
-        let left = c.health.interval.saturating_sub(round.elapsed());
-        let until = Instant::now() + left;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(left.min(Duration::from_millis(50)));
-            w.take_commands(&commands, &mut pending);
-        }
+        rest(&mut w, round, &stop, &commands, &mut pending);
     }
-    lease.release();
+    if let Some(l) = lease.take() {
+        election.release(l);
+    }
     for t in [proxy, proxy_ro].into_iter().flatten() {
         let _ = t.join();
     }
@@ -643,6 +694,52 @@ pub fn watch(
         let _ = a.join();
     }
     Ok(())
+}
+
+/// Sleeps out the rest of a round, taking commands as they come.
+fn rest(w: &mut Watch, round: Instant, stop: &AtomicBool, commands: &Receiver<Command>, pending: &mut Option<Pending>) {
+    let left = w.c.health.interval.saturating_sub(round.elapsed());
+    let until = Instant::now() + left;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+        w.take_commands(commands, pending);
+    }
+}
+
+/// Checks the lease at the top of a round: whether this watcher may act
+/// in it. A lease that is lost, or that cannot be checked, stops every
+/// action at once and cuts this watcher's endpoint (its clients must not
+/// write to a primary another holder may be failing over); the watcher
+/// then tries each round to take a new lease, under a new epoch.
+fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>) -> bool {
+    if let Some(l) = lease.as_ref() {
+        let why = match election.still_held(l) {
+            Ok(true) => return true,
+            Ok(false) => "it was lost".to_string(),
+            Err(e) => format!("it cannot be checked: {e}"),
+        };
+        let msg = format!(
+            "the lease on {} (epoch {}) is no longer held: {why}; no action until it is taken again",
+            w.cluster, l.epoch
+        );
+        w.record(w.event(EventKind::LeadershipLost, msg).with(json!({ "epoch": l.epoch })));
+        w.router.set(None);
+        *lease = None;
+    }
+    match election.acquire() {
+        Ok(Some(l)) => {
+            w.epoch = l.epoch;
+            let msg = format!("this cirkel serve acts on {} again (lease epoch {})", w.cluster, l.epoch);
+            w.record(w.event(EventKind::LeadershipAcquired, msg).with(json!({ "epoch": l.epoch })));
+            *lease = Some(l);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!("{}: cannot take the lease: {e}", w.source);
+            false
+        }
+    }
 }
 
 /// After a restart: finishes a failover that got as far as the promotion,
@@ -725,13 +822,13 @@ pub fn switchover_now(
     state: &StateDir,
     req: &SwitchoverRequest,
 ) -> anyhow::Result<Result<Event, String>> {
-    let mut lease = LocalLease::new(state, cluster);
-    if !lease.acquire().map_err(anyhow::Error::msg)? {
+    let mut election = ha::local_lease(state, cluster);
+    let Some(lease) = election.acquire()? else {
         anyhow::bail!(
             "a cirkel serve ({}) acts on {cluster} but does not answer on its control socket",
-            lease.holder().unwrap_or_default()
+            election.holder().unwrap_or_default()
         );
-    }
+    };
     let mut decider = crate::members::decider(c)?;
     let mut w = Watch {
         cluster,
@@ -740,6 +837,7 @@ pub fn switchover_now(
         source: format!("postgres/{cluster}"),
         router: Router::new(),
         rec: Record::load(state, cluster)?,
+        epoch: lease.epoch,
     };
     let st = status(cluster, c);
     decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, st.primary.as_deref()), k: 1 }));
@@ -753,6 +851,70 @@ pub fn switchover_now(
                 .with(json!({ "id": req.id })),
         );
     }
-    lease.release();
+    election.release(lease);
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cirkel_failover::MemoryElection;
+
+    fn config() -> PostgresConfig {
+        let text = "[postgres.main]\n[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 5432\n";
+        let mut cfg = cirkel_config::Config::parse(text, "c.toml", None).unwrap();
+        cfg.postgres.remove("main").unwrap()
+    }
+
+    fn kinds(state: &StateDir) -> Vec<String> {
+        state.events().unwrap().into_iter().map(|e| e.kind.to_string()).collect()
+    }
+
+    #[test]
+    fn a_stale_lease_epoch_stops_a_promotion() {
+        let t = tempfile::tempdir().unwrap();
+        let state = StateDir::new(t.path().join("state"));
+        let c = config();
+        let election = MemoryElection::new();
+        let (mut a, mut b) = (election.contender("a"), election.contender("b"));
+        let la = a.acquire().unwrap().unwrap();
+        let watch = |epoch| Watch {
+            cluster: "main",
+            c: &c,
+            state: &state,
+            source: "postgres/main".into(),
+            router: Router::new(),
+            rec: Record::default(),
+            epoch,
+        };
+        let mut wa = watch(la.epoch);
+        let mut lease = Some(la.clone());
+        assert!(hold(&mut wa, &mut a, &mut lease), "the holder acts");
+        wa.admit("failover").expect("its epoch is the newest");
+        wa.route(wa.target_of("a"));
+        assert!(wa.router.target().is_some());
+        // The lease goes to b, which acts and records its epoch.
+        let lb = election.hand_to("b");
+        let mut wb = watch(lb.epoch);
+        let mut lease_b = Some(lb);
+        assert!(hold(&mut wb, &mut b, &mut lease_b));
+        wb.admit("failover").unwrap();
+        assert_eq!(Record::load(&state, "main").unwrap().epoch, election.epoch());
+        // a, before its next check, would promote: refused, and recorded.
+        assert!(wa.admit("failover a → b").is_err());
+        assert!(kinds(&state).contains(&"stale-epoch".to_string()));
+        // At its next round a sees the lease lost, cuts its endpoint and
+        // does not act while b holds it.
+        assert!(!hold(&mut wa, &mut a, &mut lease));
+        assert!(lease.is_none());
+        assert_eq!(wa.router.target(), None);
+        assert!(kinds(&state).contains(&"leadership-lost".to_string()));
+        assert!(!hold(&mut wa, &mut a, &mut lease), "b still holds it");
+        // Revoked from b, it is a's again under a newer epoch.
+        election.revoke();
+        assert!(hold(&mut wa, &mut a, &mut lease));
+        assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
+        assert!(wa.epoch > la.epoch);
+        wa.admit("failover").expect("a newer epoch acts again");
+    }
 }

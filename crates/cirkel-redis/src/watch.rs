@@ -9,6 +9,11 @@
 //! Sentinel's `down-after-milliseconds` is raised to an hour, so none flags
 //! the master down and no lossy failover starts. When the master answers
 //! again (or an operator forces a failover), the setting is put back.
+//!
+//! One watcher acts on a group per state directory: it runs under the
+//! group's lease (`lock-redis-NAME`), checked at every poll. Without it the
+//! watcher takes no action (no hold, no release, no repointing) and reads
+//! no events, and it tries each health round to take the lease again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cirkel_config::OnLag;
+use cirkel_failover::{Leadership, Lease};
+use cirkel_state::election::LocalLock;
 use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
@@ -51,6 +58,24 @@ struct Watch<'a> {
 
 /// Watches `group` until `stop` is set.
 pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mut election = LocalLock::new(state, &format!("redis-{}", group.name));
+    let mut waiting = false;
+    let first = loop {
+        if let Some(l) = election.acquire()? {
+            break l;
+        }
+        if !waiting {
+            let holder = election.holder().unwrap_or_else(|| "another process".into());
+            let msg = format!("another cirkel serve ({holder}) acts on {}; this one waits until it stops", group.name);
+            state.record(&Event::new(&group.source(), EventKind::StandingBy, msg))?;
+            waiting = true;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        std::thread::sleep(group.health.interval.max(Duration::from_millis(200)));
+    };
+    let mut lease = Some(first);
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     for s in &group.sentinels {
@@ -83,6 +108,11 @@ pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::
     ));
     let mut next_health = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if !w.hold(&mut election, &mut lease, &mut next_health) {
+            while rx.try_recv().is_ok() {}
+            std::thread::sleep(OFFSET_POLL);
+            continue;
+        }
         while let Ok(ev) = rx.try_recv() {
             w.on_event(ev);
         }
@@ -96,10 +126,55 @@ pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::
     for t in threads {
         let _ = t.join();
     }
+    if let Some(l) = lease.take() {
+        election.release(l);
+    }
     Ok(())
 }
 
 impl Watch<'_> {
+    /// Checks the lease before a poll: whether this watcher may act now.
+    /// Once lost it tries again at each health round, under a new epoch.
+    fn hold(&mut self, election: &mut impl Leadership, lease: &mut Option<Lease>, next: &mut Instant) -> bool {
+        if let Some(l) = lease.as_ref() {
+            let why = match election.still_held(l) {
+                Ok(true) => return true,
+                Ok(false) => "it was lost".to_string(),
+                Err(e) => format!("it cannot be checked: {e}"),
+            };
+            let msg =
+                format!("the lease (epoch {}) is no longer held: {why}; no action until it is taken again", l.epoch);
+            self.record(
+                Event::new(&self.group.source(), EventKind::LeadershipLost, msg).with(json!({ "epoch": l.epoch })),
+            );
+            *lease = None;
+        }
+        if Instant::now() < *next {
+            return false;
+        }
+        *next = Instant::now() + self.group.health.interval;
+        match election.acquire() {
+            Ok(Some(l)) => {
+                let msg = format!("this cirkel serve acts on the group again (lease epoch {})", l.epoch);
+                self.record(
+                    Event::new(&self.group.source(), EventKind::LeadershipAcquired, msg)
+                        .with(json!({ "epoch": l.epoch })),
+                );
+                // What happened meanwhile was another watcher's to act on.
+                self.master = None;
+                self.last_ok = None;
+                self.outage_evaluated = false;
+                *lease = Some(l);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("{}: cannot take the lease: {e}", self.group.source());
+                false
+            }
+        }
+    }
+
     fn record(&self, event: Event) {
         match event.severity {
             Severity::Low => tracing::info!("{}: {}", event.source, event.message),

@@ -16,6 +16,7 @@
 //! with fresh, unpredictable names, so nobody can redirect a write of ours.
 
 pub mod control;
+pub mod election;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -280,6 +281,12 @@ event_kinds! {
     WatchStarted = "watch-started", Low;
     /// A watcher waits for another to give up leadership.
     StandingBy = "standing-by", Low;
+    /// A watcher lost its lease and stopped acting.
+    LeadershipLost = "leadership-lost", Critical;
+    /// A watcher took the lease (again) and acts.
+    LeadershipAcquired = "leadership-acquired", High;
+    /// An action carrying an older lease epoch than the newest recorded was refused.
+    StaleEpoch = "stale-epoch", Critical;
     /// The watcher's record could not be saved.
     StateNotSaved = "state-not-saved", Critical;
     /// The `on_role_change` hook failed.
