@@ -23,6 +23,7 @@ use chrono::Utc;
 use cirkel_config::PostgresConfig;
 use cirkel_failover::{Decider, Decision, EpochGate, HealthCounter, Leadership, Lease, Probe, SyncSet};
 use cirkel_state::control::Reply;
+use cirkel_state::election::acquire_or_stand_by;
 use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
@@ -419,20 +420,8 @@ pub fn watch(
 ) -> anyhow::Result<()> {
     let source = format!("postgres/{cluster}");
     let mut election = ha::local_lease(state, cluster);
-    let mut waiting = false;
-    let first = loop {
-        if let Some(l) = election.acquire()? {
-            break l;
-        }
-        if !waiting {
-            let holder = election.holder().unwrap_or_else(|| "another process".into());
-            let msg = format!("another cirkel serve ({holder}) acts on {cluster}; this one waits until it stops");
-            state.record(&Event::new(&source, EventKind::StandingBy, msg))?;
-            waiting = true;
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
+    let interval = c.health.interval.max(Duration::from_millis(200));
+    let Some(first) = acquire_or_stand_by(&mut election, state, &source, interval, &stop, || {
         // Another process acts: pausing only changes the record it reads,
         // and a switchover is its to make.
         while let Ok(cmd) = commands.try_recv() {
@@ -448,7 +437,9 @@ pub fn watch(
                 }),
             };
         }
-        std::thread::sleep(c.health.interval.max(Duration::from_millis(200)));
+    })?
+    else {
+        return Ok(());
     };
     let mut decider = crate::members::decider(c)?;
     let router = Router::new();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use cirkel_config::OnLag;
 use cirkel_failover::{Leadership, Lease};
-use cirkel_state::election::LocalLock;
+use cirkel_state::election::{LocalLock, acquire_or_stand_by};
 use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
@@ -59,21 +59,9 @@ struct Watch<'a> {
 /// Watches `group` until `stop` is set.
 pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut election = LocalLock::new(state, &format!("redis-{}", group.name));
-    let mut waiting = false;
-    let first = loop {
-        if let Some(l) = election.acquire()? {
-            break l;
-        }
-        if !waiting {
-            let holder = election.holder().unwrap_or_else(|| "another process".into());
-            let msg = format!("another cirkel serve ({holder}) acts on {}; this one waits until it stops", group.name);
-            state.record(&Event::new(&group.source(), EventKind::StandingBy, msg))?;
-            waiting = true;
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        std::thread::sleep(group.health.interval.max(Duration::from_millis(200)));
+    let interval = group.health.interval.max(Duration::from_millis(200));
+    let Some(first) = acquire_or_stand_by(&mut election, state, &group.source(), interval, &stop, || {})? else {
+        return Ok(());
     };
     let mut lease = Some(first);
     let (tx, rx) = mpsc::channel();

@@ -19,6 +19,37 @@ use cirkel_failover::{ElectionError, Leadership, Lease};
 
 use crate::StateDir;
 
+/// Takes `election`'s lease for the watcher of `source`, waiting while
+/// another process holds it: says once that this one stands by, runs
+/// `idle` at every `interval` meanwhile, and returns `None` once `stop` is set.
+pub fn acquire_or_stand_by(
+    election: &mut dyn Leadership,
+    state: &StateDir,
+    source: &str,
+    interval: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    mut idle: impl FnMut(),
+) -> anyhow::Result<Option<Lease>> {
+    let mut waiting = false;
+    loop {
+        if let Some(l) = election.acquire()? {
+            return Ok(Some(l));
+        }
+        if !waiting {
+            let holder = election.holder().unwrap_or_else(|| "another process".into());
+            let what = source.split_once('/').map_or(source, |(_, name)| name);
+            let msg = format!("another cirkel serve ({holder}) acts on {what}; this one waits until it stops");
+            state.record(&crate::Event::new(source, crate::EventKind::StandingBy, msg))?;
+            waiting = true;
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        idle();
+        std::thread::sleep(interval);
+    }
+}
+
 /// Leadership of one scope (`postgres-NAME`, `redis-NAME`) through a lock
 /// file in the local state directory.
 pub struct LocalLock {
@@ -117,6 +148,34 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = StateDir::new(t.path().join("state"));
         (t, s)
+    }
+
+    #[test]
+    fn a_second_watcher_stands_by_says_so_once_and_stops_when_asked() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_t, state) = dir();
+        let election = cirkel_failover::MemoryElection::new();
+        let (mut a, mut b) = (election.contender("a"), election.contender("b"));
+        let held = a.acquire().unwrap().unwrap();
+        let stop = AtomicBool::new(false);
+        let mut idle = 0;
+        let got = acquire_or_stand_by(&mut b, &state, "postgres/main", std::time::Duration::ZERO, &stop, || {
+            idle += 1;
+            if idle == 3 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        assert!(got.is_none(), "stopped while another holds the lease");
+        let events = state.events().unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, crate::EventKind::StandingBy);
+        assert!(events[0].message.contains("acts on main"), "{}", events[0].message);
+        a.release(held);
+        stop.store(false, Ordering::Relaxed);
+        let got =
+            acquire_or_stand_by(&mut b, &state, "postgres/main", std::time::Duration::ZERO, &stop, || {}).unwrap();
+        assert!(got.is_some(), "the lease is free again");
     }
 
     #[test]
