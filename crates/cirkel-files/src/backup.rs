@@ -686,7 +686,7 @@ fn save_file(
             node.content.push(writer.add(BlobKind::Data, &buf).map_err(FileError::Repo)?);
         }
     } else {
-        let cdc = content_defined(file, chunker, seed);
+        let cdc = cirkel_repo::chunker::content_defined(file, chunker, seed);
         for chunk in cdc {
             let chunk = chunk.map_err(|e| FileError::Source(format!("read: {e}")))?;
             size += chunk.data.len() as u64;
@@ -711,21 +711,4 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// The content-defined chunker every file and stream goes through: the
-/// repository's sizes, seeded with its key so boundaries reveal nothing.
-pub(crate) fn content_defined<R: Read>(
-    reader: R,
-    chunker: cirkel_repo::ChunkerParams,
-    seed: u64,
-) -> fastcdc::v2020::StreamCDC<R> {
-    fastcdc::v2020::StreamCDC::with_level_and_seed(
-        reader,
-        chunker.min as usize,
-        chunker.avg as usize,
-        chunker.max as usize,
-        fastcdc::v2020::Normalization::Level1,
-        seed,
-    )
 }

@@ -10,7 +10,6 @@ mod backup;
 mod exclude;
 mod fsat;
 mod restore;
-mod stream;
 
 pub use backup::{
     BackupOptions, BackupOutcome, BlockCheck, BlockLevel, Chunking, Finish, FinishHook, Progress, SourceError, backup,
@@ -18,7 +17,6 @@ pub use backup::{
 };
 pub use exclude::Excludes;
 pub use restore::{RestoreOptions, RestoreReport, restore};
-pub use stream::{StreamSnapshot, backup_reader, restore_to_writer};
 
 /// The snapshot kind file backups use.
 pub const KIND: &str = "files";

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use cirkel_files::{StreamSnapshot, backup_reader, restore_to_writer};
+use cirkel_repo::single_file::{StreamSnapshot, backup_reader, restore_to_writer};
 use cirkel_repo::{Id, Repository, Snapshot};
 
 /// The snapshot kind of table exports.
@@ -55,19 +55,20 @@ pub fn dump(
         meta: serde_json::json!({ "table": table, "format": "custom" }),
     };
     let mut status = None;
-    let mut check = || -> anyhow::Result<()> {
-        let st = child.wait()?;
+    let mut check = || -> cirkel_repo::Result<()> {
+        let failed = |message: String| cirkel_repo::Error::Failed { message, hint: None };
+        let st = child.wait().map_err(|e| failed(format!("wait for pg_dump: {e}")))?;
         status = Some(st);
-        if st.success() { Ok(()) } else { anyhow::bail!("pg_dump failed ({st})") }
+        if st.success() { Ok(()) } else { Err(failed(format!("pg_dump failed ({st})"))) }
     };
     let result = backup_reader(repo, stdout, &what, &mut check);
     let errors = err_reader.join().unwrap_or_default();
     match result {
-        Ok(o) => Ok((o.id, o.snapshot)),
+        Ok(saved) => Ok(saved),
         Err(e) if status.is_some_and(|s| !s.success()) => {
             Err(anyhow::anyhow!("pg_dump of {table} failed: {}", errors.trim()).context(e.to_string()))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -103,5 +104,5 @@ pub fn restore(
     if !out.status.success() {
         anyhow::bail!("pg_restore failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    written
+    Ok(written?)
 }

@@ -15,7 +15,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cirkel_files::{StreamSnapshot, backup_reader, restore_to_writer};
+use cirkel_repo::single_file::{StreamSnapshot, backup_reader, restore_to_writer};
 use cirkel_repo::{Id, Repository, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -98,8 +98,7 @@ pub fn backup(repo: &Repository, source: &Source) -> anyhow::Result<(Id, Snapsho
         tags: source.tags.clone(),
         meta: serde_json::to_value(&meta)?,
     };
-    let outcome = backup_reader(repo, &bytes[..], &what, &mut || Ok(()))?;
-    Ok((outcome.id, outcome.snapshot))
+    Ok(backup_reader(repo, &bytes[..], &what, &mut || Ok(()))?)
 }
 
 /// Writes a backup's RDB as `dump.rdb` in `dir`, after checking it again.

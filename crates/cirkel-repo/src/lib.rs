@@ -16,6 +16,7 @@
 
 pub mod backend;
 mod blob;
+pub mod chunker;
 pub mod crash;
 pub mod crypto;
 mod error;
@@ -25,6 +26,7 @@ pub mod lock;
 pub mod pack;
 mod repository;
 pub mod retention;
+pub mod single_file;
 pub mod snapshot;
 pub mod stream;
 pub mod tree;

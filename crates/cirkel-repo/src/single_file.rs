@@ -1,11 +1,14 @@
-//! A single stream (the output of a dump tool) as a snapshot holding one file.
+//! A single stream (the output of a dump tool: `pg_dump`, an RDB) kept as a
+//! snapshot holding one file, chunked and deduplicated like any file.
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use cirkel_repo::{BlobKind, BlobWriter, Node, Repository, Snapshot, SnapshotSummary, Tree};
+use crate::{BlobKind, BlobWriter, Error, Id, Node, Repository, Result, Snapshot, SnapshotSummary, Tree};
 
-use crate::BackupOutcome;
+fn failed(message: String) -> Error {
+    Error::Failed { message, hint: None }
+}
 
 /// What to record with a stream snapshot.
 #[derive(Clone, Debug, Default)]
@@ -24,17 +27,17 @@ pub fn backup_reader(
     repo: &Repository,
     reader: impl Read,
     what: &StreamSnapshot,
-    check: &mut dyn FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<BackupOutcome> {
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<(Id, Snapshot)> {
     let start = Instant::now();
     let _lock = repo.lock_shared("backup")?;
     let index = std::sync::Arc::new(repo.load_index()?);
     let writer = BlobWriter::new(repo, index);
-    let cdc = crate::backup::content_defined(reader, repo.config().chunker, repo.crypto().chunker_seed());
+    let cdc = crate::chunker::content_defined(reader, repo.config().chunker, repo.crypto().chunker_seed());
     let mut content = Vec::new();
     let mut size = 0u64;
     for chunk in cdc {
-        let chunk = chunk.map_err(|e| anyhow::anyhow!("read the stream: {e}"))?;
+        let chunk = chunk.map_err(|e| failed(format!("read the stream: {e}")))?;
         size += chunk.data.len() as u64;
         content.push(writer.add(BlobKind::Data, &chunk.data)?);
     }
@@ -64,22 +67,22 @@ pub fn backup_reader(
         meta: what.meta.clone(),
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupOutcome { id, snapshot })
+    Ok((id, snapshot))
 }
 
 /// Writes the single file of a stream snapshot to `out`; returns its size.
-pub fn restore_to_writer(repo: &Repository, snapshot: &Snapshot, mut out: impl Write) -> anyhow::Result<u64> {
+pub fn restore_to_writer(repo: &Repository, snapshot: &Snapshot, mut out: impl Write) -> Result<u64> {
     let index = repo.load_index()?;
     let tree = repo.load_tree(&index, &snapshot.tree)?;
-    let node: &Node = tree.nodes.first().ok_or_else(|| anyhow::anyhow!("the snapshot holds no file"))?;
+    let node: &Node = tree.nodes.first().ok_or_else(|| failed("the snapshot holds no file".into()))?;
     let mut written = 0u64;
     for id in &node.content {
         let data = repo.read_blob(&index, id)?;
-        out.write_all(&data)?;
+        out.write_all(&data).map_err(|e| failed(format!("write the restored stream: {e}")))?;
         written += data.len() as u64;
     }
     if written != node.size {
-        anyhow::bail!("restored {written} bytes, the snapshot records {}", node.size);
+        return Err(failed(format!("restored {written} bytes, the snapshot records {}", node.size)));
     }
     Ok(written)
 }
