@@ -55,16 +55,8 @@ const PASSWORD_FILE_MAX: u64 = 4096;
 /// Reads a passphrase file: at most [`PASSWORD_FILE_MAX`] bytes, one line,
 /// with a warning when users other than its owner may read it.
 pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let cannot = |e: &dyn std::fmt::Display| {
-        user_error(
-            format!("cannot read password file {}: {e}", path.display()),
-            "check --password-file / CIRKEL_PASSWORD_FILE",
-        )
-    };
-    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-    if let Ok(meta) = file.metadata()
+    if let Ok(meta) = std::fs::metadata(path)
         && meta.is_file()
         && meta.permissions().mode() & 0o077 != 0
     {
@@ -74,15 +66,12 @@ pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
             meta.permissions().mode() & 0o777
         );
     }
-    let mut bytes = Vec::new();
-    file.take(PASSWORD_FILE_MAX + 1).read_to_end(&mut bytes).map_err(|e| cannot(&e))?;
-    if bytes.len() as u64 > PASSWORD_FILE_MAX {
-        return Err(user_error(
-            format!("password file {} is longer than {PASSWORD_FILE_MAX} bytes", path.display()),
+    let s = cirkel_config::read_bounded(path, PASSWORD_FILE_MAX).map_err(|e| {
+        user_error(
+            format!("cannot read password file {}: {e}", path.display()),
             "a password file holds one line, the passphrase; check --password-file / CIRKEL_PASSWORD_FILE",
-        ));
-    }
-    let s = String::from_utf8(bytes).map_err(|_| cannot(&"it is not UTF-8 text"))?;
+        )
+    })?;
     Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
