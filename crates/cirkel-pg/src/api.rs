@@ -126,9 +126,8 @@ pub fn run(listener: TcpListener, member: String, view: SharedView, stop: Arc<At
     run_with(listener, member, view, stop, Limits::default())
 }
 
-/// Serves `member`'s endpoints on `listener` until `stop`. The API runs on a
-/// runtime of its own, on a thread of its own, so it never nests inside a
-/// caller's runtime.
+/// Serves `member`'s endpoints on `listener` until `stop`, on the process's
+/// shared runtime; the calling thread waits until it is done.
 pub fn run_with(
     listener: TcpListener,
     member: String,
@@ -137,11 +136,7 @@ pub fn run_with(
     limits: Limits,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let thread = std::thread::Builder::new().name(format!("cirkel-api-{member}")).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(serve(listener, member, view, stop, limits))
-    })?;
-    thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the health endpoint thread panicked")))
+    cirkel_repo::runtime::block_on(serve(listener, member, view, stop, limits))?
 }
 
 async fn serve(

@@ -2,11 +2,11 @@
 //! connection string, or `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and
 //! `PGPASSWORD` from the environment.
 
-use tokio::runtime::Runtime;
+use cirkel_repo::runtime::Shared;
 use tokio_postgres::{Client, NoTls, Row};
 
 pub struct PgConn {
-    rt: Runtime,
+    rt: Shared,
     client: Client,
     pub describe: String,
 }
@@ -64,11 +64,11 @@ fn settings(conninfo: Option<&str>) -> anyhow::Result<(tokio_postgres::Config, S
 impl PgConn {
     pub fn connect(conninfo: Option<&str>) -> anyhow::Result<PgConn> {
         let (cfg, describe) = settings(conninfo)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = Shared::get()?;
         let (client, connection) = rt.block_on(cfg.connect(NoTls)).map_err(|e| {
             anyhow::Error::new(ConnectError { describe: describe.clone(), detail: cirkel_repo::error_chain(&e) })
         })?;
-        rt.spawn(async move {
+        rt.handle().spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection ended: {e}");
             }

@@ -26,6 +26,7 @@ pub mod lock;
 pub mod pack;
 mod repository;
 pub mod retention;
+pub mod runtime;
 pub mod single_file;
 pub mod snapshot;
 pub mod stream;

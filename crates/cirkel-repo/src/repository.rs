@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use crate::runtime::Shared as Runtime;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Runtime;
 
 use crate::backend::{Backend, BackendError, Created};
 use crate::blob::{self, BlobKind};
@@ -166,7 +166,7 @@ impl Default for InitOptions {
 #[derive(Clone, Debug)]
 pub struct Repository {
     pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) rt: Arc<Runtime>,
+    pub(crate) rt: Runtime,
     pub(crate) config: RepoConfig,
     pub(crate) crypto: Crypto,
     /// Objects readers skipped because they could not be read; commands
@@ -238,18 +238,12 @@ fn authenticate_config(config: &RepoConfig, crypto: &Crypto, location: &str) -> 
     }
 }
 
-fn runtime() -> Result<Arc<Runtime>> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("cirkel-io")
-        .build()
-        .map(Arc::new)
-        .map_err(|e| Error::Other(format!("start I/O runtime: {e}")))
+fn runtime() -> Result<Runtime> {
+    Runtime::get().map_err(|e| Error::Other(e.to_string()))
 }
 
 impl Repository {
-    fn assemble(backend: Arc<dyn Backend>, rt: Arc<Runtime>, config: RepoConfig, crypto: Crypto) -> Self {
+    fn assemble(backend: Arc<dyn Backend>, rt: Runtime, config: RepoConfig, crypto: Crypto) -> Self {
         Repository { backend, rt, config, crypto, warnings: Arc::default(), key_in_use: None }
     }
 

@@ -225,7 +225,7 @@ impl Server {
     /// request (it may block, e.g. until a switchover is done); `refused`
     /// hears of every caller turned away (its pid and uid).
     pub fn run(
-        self,
+        &self,
         stop: Arc<AtomicBool>,
         handle: &(dyn Fn(Request) -> Reply + Sync),
         refused: &(dyn Fn(u32, u32) + Sync),
@@ -255,8 +255,13 @@ impl Server {
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
-            let _ = std::fs::remove_file(&self.path);
         });
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

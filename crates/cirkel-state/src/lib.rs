@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -305,6 +306,10 @@ event_kinds! {
     JobFailed = "job-failed", Critical;
     /// A drill ran; its report is in `details.report`.
     Drill = "drill", Low;
+    /// A worker of the daemon failed or panicked; it is restarted after a pause.
+    WorkerFailed = "worker-failed", High;
+    /// A failed worker of the daemon was started again.
+    WorkerRestarted = "worker-restarted", Low;
 }
 
 impl std::fmt::Display for EventKind {
@@ -325,15 +330,33 @@ impl PartialEq<&str> for EventKind {
     }
 }
 
+/// Called with every event once it is in the log.
+pub type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
+
 /// The state directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StateDir {
     root: PathBuf,
+    listener: Option<Listener>,
+}
+
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDir").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> StateDir {
-        StateDir { root: root.into() }
+        StateDir { root: root.into(), listener: None }
+    }
+
+    /// The same directory, telling `listener` of every event it records
+    /// after it is durably in the log: how the daemon publishes events to
+    /// its own parts (metrics, alarms, notifications).
+    pub fn with_listener(mut self, listener: Listener) -> StateDir {
+        self.listener = Some(listener);
+        self
     }
 
     /// `CIRKEL_STATE_DIR`, else `configured`, else `$XDG_STATE_HOME/cirkel`,
@@ -388,6 +411,9 @@ impl StateDir {
         let mut f = self.open_private("events.jsonl", true)?;
         f.write_all(&line)?;
         f.sync_data()?;
+        if let Some(l) = &self.listener {
+            l(event);
+        }
         Ok(())
     }
 

@@ -5,8 +5,6 @@ mod cmd;
 mod context;
 mod output;
 mod owner;
-mod scheduler;
-mod systemd;
 
 use std::process::ExitCode;
 

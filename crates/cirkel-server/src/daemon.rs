@@ -1,0 +1,307 @@
+//! `cirkel serve`: the daemon. One multi-threaded tokio runtime carries
+//! every part, each a supervised worker (`crate::supervisor`): the control
+//! socket, a watcher per Redis group and per PostgreSQL cluster, and a
+//! worker per scheduled job. The runtime is also the process's shared one
+//! (`cirkel_repo::runtime`), so repositories and PostgreSQL connections
+//! used by the workers run their I/O on it instead of on runtimes of their
+//! own.
+//!
+//! SIGHUP reloads the configuration file: a file that does not load keeps
+//! the running one (an event says why); one that does replaces the
+//! scheduled jobs. The watchers keep running with the configuration they
+//! started with (a change to a group or cluster needs a restart). Under
+//! systemd (`Type=notify`) it reports readiness, watchdog pings and stopping
+//! through `NOTIFY_SOCKET`.
+//!
+//! Every event is published on a broadcast channel once it is in the log,
+//! for the daemon's parts that react to events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use cirkel_config::Config;
+use cirkel_pg::watch::Command as WatchCommand;
+use cirkel_redis::group::Group;
+use cirkel_state::control::{Reply, Request, Server};
+use cirkel_state::{Event, EventKind, StateDir};
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{Job, Runner, jobs};
+use crate::supervisor::{Backoff, Report, Supervisor};
+use crate::systemd::Notifier;
+
+/// What the daemon is started with.
+pub struct Options {
+    pub config: Config,
+    /// Reads the configuration file again, for SIGHUP.
+    pub reload: Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>,
+    /// The file the configuration came from, for `cirkel status`.
+    pub config_path: Option<PathBuf>,
+    pub state: StateDir,
+    /// The control socket, already bound (binding is how a second daemon
+    /// of the same state directory is refused before anything starts).
+    pub control: Server,
+    /// Runs the scheduled jobs.
+    pub runner: Runner,
+    /// Turns true on SIGINT or SIGTERM.
+    pub stop: Arc<AtomicBool>,
+    /// Turns true on SIGHUP; the daemon resets it.
+    pub hangup: &'static AtomicBool,
+    /// Print the one-line summary on standard error at start.
+    pub announce: bool,
+}
+
+/// Runs the daemon until `stop`.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("cirkel-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("start the daemon's runtime: {e}"))?;
+    if !cirkel_repo::runtime::install(rt.handle().clone()) {
+        tracing::debug!("the shared runtime was already started; the daemon's I/O runs on it");
+    }
+    let result = rt.block_on(serve(opts));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// Requests for a cluster go to its watcher over a channel; a watcher that
+/// is restarted replaces its sender here.
+type Inboxes = Arc<Mutex<HashMap<String, Sender<WatchCommand>>>>;
+
+async fn serve(opts: Options) -> anyhow::Result<()> {
+    let Options { config: cfg, reload, config_path, state, control, runner, stop, hangup, announce } = opts;
+    let (bus, _) = broadcast::channel::<Event>(1024);
+    let state = {
+        let bus = bus.clone();
+        state.with_listener(Arc::new(move |e: &Event| {
+            let _ = bus.send(e.clone());
+        }))
+    };
+    let runner = Runner { state: state.clone(), ..runner };
+    let jobs_now = jobs(&cfg)?;
+    let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
+        cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();
+    let groups: Vec<Group> = cfg.redis.iter().map(|(n, c)| Group::from_config(n, c)).collect::<anyhow::Result<_>>()?;
+
+    let sup = {
+        let state = state.clone();
+        Supervisor::new(CancellationToken::new(), Backoff::default(), move |r| crate::record(&state, &report_event(r)))
+    };
+    let summary = format!(
+        "watching {} redis group(s) and {} postgres cluster(s), {} scheduled job(s)",
+        groups.len(),
+        clusters.len(),
+        jobs_now.len()
+    );
+    crate::record(
+        &state,
+        &Event::new("serve", EventKind::ServeStarted, summary.clone())
+            .with(json!({ "jobs": runner.job_list(&jobs_now) })),
+    );
+    if announce {
+        eprintln!("cirkel serve: {summary}; events go to {}", state.root().display());
+    }
+
+    // The control socket.
+    let inboxes: Inboxes = Arc::default();
+    let status = Reply::Status {
+        pid: std::process::id(),
+        config: config_path,
+        clusters: clusters.iter().map(|(n, _)| n.clone()).collect(),
+        groups: groups.iter().map(|g| g.name.clone()).collect(),
+    };
+    {
+        let (control, inboxes, state) = (Arc::new(control), inboxes.clone(), state.clone());
+        sup.spawn_blocking("control-socket", sup.token(), move |stop| {
+            let handle = |req: Request| answer(req, &inboxes, &status);
+            let refused = |pid: u32, uid: u32| {
+                let msg = format!("refused a control connection from uid {uid} (pid {pid})");
+                crate::record(
+                    &state,
+                    &Event::new("serve", EventKind::ControlRefused, msg).with(json!({ "pid": pid, "uid": uid })),
+                );
+            };
+            control.run(stop, &handle, &refused);
+            Ok(())
+        });
+    }
+
+    // The watchers.
+    for g in groups {
+        let state = state.clone();
+        sup.spawn_blocking(format!("watch/{}", g.source()), sup.token(), move |stop| {
+            cirkel_redis::watch::watch(&g, &state, stop)
+        });
+    }
+    for (name, c) in clusters {
+        let (state, inboxes) = (state.clone(), inboxes.clone());
+        sup.spawn_blocking(format!("watch/postgres/{name}"), sup.token(), move |stop| {
+            let (tx, rx) = mpsc::channel();
+            if let Ok(mut m) = inboxes.lock() {
+                m.insert(name.clone(), tx);
+            }
+            cirkel_pg::watch::watch(&name, &c, &state, stop, rx)
+        });
+    }
+
+    // The scheduled jobs of the configuration in force; a reload cancels
+    // them (a running job finishes first) and starts the new ones.
+    let start_jobs = |jobs: Vec<Job>| {
+        let token = sup.token().child_token();
+        for job in jobs {
+            let runner = runner.clone();
+            sup.spawn_blocking(format!("schedule/{}", job.name), &token, move |stop| {
+                runner.run_schedule(&job, &stop);
+                Ok(())
+            });
+        }
+        token
+    };
+    let mut jobs_token = start_jobs(jobs_now);
+
+    let notifier = Notifier::from_env();
+    let watchdog = Notifier::watchdog_interval();
+    notifier.notify(&format!("READY=1\nSTATUS={summary}"));
+    let mut pinged = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if hangup.swap(false, Ordering::Relaxed) {
+            notifier.notify("RELOADING=1");
+            match reload().and_then(|c| jobs(&c)) {
+                Ok(new) => {
+                    jobs_token.cancel();
+                    let list = runner.job_list(&new);
+                    let message = format!("configuration reloaded: {} scheduled job(s)", new.len());
+                    jobs_token = start_jobs(new);
+                    crate::record(
+                        &state,
+                        &Event::new("serve", EventKind::ConfigReloaded, message).with(json!({ "jobs": list })),
+                    );
+                }
+                Err(e) => {
+                    let message = format!("the configuration was not reloaded, the running one stays: {e:#}");
+                    crate::record(
+                        &state,
+                        &Event::new("serve", EventKind::ConfigReloadFailed, message)
+                            .with(json!({ "error": format!("{e:#}") })),
+                    );
+                }
+            }
+            notifier.notify("READY=1");
+        }
+        if let Some(every) = watchdog
+            && pinged.elapsed() >= every
+        {
+            notifier.notify("WATCHDOG=1");
+            pinged = Instant::now();
+        }
+    }
+    notifier.notify("STOPPING=1");
+    // A running backup job is a child process that finishes on its own; the
+    // watchers stop within a round.
+    if !sup.shutdown(Duration::from_secs(60)).await {
+        tracing::warn!("some workers did not stop within 60 s");
+    }
+    Ok(())
+}
+
+fn report_event(r: Report) -> Event {
+    match r {
+        Report::Failed { worker, error, failures, backoff } => Event::new(
+            "serve",
+            EventKind::WorkerFailed,
+            format!("worker {worker} failed: {error}; restarting in {} s", backoff.as_secs_f64()),
+        )
+        .with(
+            json!({ "worker": worker, "error": error, "failures": failures, "backoff_seconds": backoff.as_secs_f64() }),
+        ),
+        Report::Restarted { worker, failures } => {
+            Event::new("serve", EventKind::WorkerRestarted, format!("worker {worker} started again"))
+                .with(json!({ "worker": worker, "failures": failures }))
+        }
+    }
+}
+
+/// Answers one control request; those for a cluster are its watcher's to answer.
+fn answer(req: Request, inboxes: &Inboxes, status: &Reply) -> Reply {
+    let ask = |cluster: &str, cmd: Box<dyn FnOnce(Sender<Reply>) -> WatchCommand>| {
+        let Some(w) = inboxes.lock().ok().and_then(|m| m.get(cluster).cloned()) else {
+            return Reply::Error {
+                message: format!("this cirkel serve does not watch a postgres cluster `{cluster}`"),
+            };
+        };
+        let (tx, rx) = mpsc::channel();
+        if w.send(cmd(tx)).is_err() {
+            return Reply::Error { message: format!("the watcher of {cluster} has stopped (see the daemon's log)") };
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Reply::Error { message: format!("the watcher of {cluster} stopped before answering") })
+    };
+    match req {
+        Request::Status => status.clone(),
+        Request::Pause { cluster } => ask(&cluster, Box::new(|r| WatchCommand::Pause(true, r))),
+        Request::Resume { cluster } => ask(&cluster, Box::new(|r| WatchCommand::Pause(false, r))),
+        Request::Switchover { cluster, to, at } => {
+            let req = cirkel_pg::ha::SwitchoverRequest {
+                id: format!("{}-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default(), std::process::id()),
+                to,
+                at,
+                requested: Utc::now(),
+            };
+            ask(&cluster, Box::new(move |r| WatchCommand::Switchover(req, r)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests_go_to_their_clusters_watcher() {
+        let status = Reply::Status { pid: 1, config: None, clusters: vec!["main".into()], groups: vec![] };
+        let (tx, rx) = mpsc::channel();
+        let inboxes: Inboxes = Arc::new(Mutex::new(HashMap::from([("main".to_string(), tx)])));
+        assert_eq!(answer(Request::Status, &inboxes, &status), status);
+        let r = answer(Request::Pause { cluster: "other".into() }, &inboxes, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("does not watch")));
+        let watcher = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(cmd) = rx.recv() {
+                match cmd {
+                    WatchCommand::Pause(p, reply) => {
+                        seen.push(p);
+                        reply.send(Reply::Done { message: format!("paused {p}") }).unwrap();
+                    }
+                    // Dropped unanswered, as a watcher that stops would.
+                    WatchCommand::Switchover(req, _) => {
+                        seen.push(req.to.is_some());
+                        return seen;
+                    }
+                }
+            }
+            seen
+        });
+        let r = answer(Request::Resume { cluster: "main".into() }, &inboxes, &status);
+        assert_eq!(r, Reply::Done { message: "paused false".into() });
+        let r =
+            answer(Request::Switchover { cluster: "main".into(), to: Some("b".into()), at: None }, &inboxes, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("stopped before answering")));
+        assert_eq!(watcher.join().unwrap(), [false, true]);
+        let r = answer(Request::Pause { cluster: "main".into() }, &inboxes, &status);
+        assert!(matches!(r, Reply::Error { message } if message.contains("has stopped")));
+    }
+}

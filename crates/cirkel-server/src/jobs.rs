@@ -1,0 +1,213 @@
+//! The scheduled jobs of a configuration, and how one runs.
+//!
+//! A job runs cirkel's own commands as child processes, so a failing or
+//! crashing job never takes the daemon down, and what runs is exactly what
+//! a person would type.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use cirkel_config::cron::Schedule;
+use cirkel_config::{Config, RetentionConfig};
+use cirkel_state::{Event, EventKind, StateDir};
+use serde_json::json;
+
+use crate::scheduler::{Clock, run_schedule};
+
+/// A scheduled job: cirkel commands run one after the other.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: Schedule,
+    pub steps: Vec<Vec<String>>,
+}
+
+fn retention_args(r: &RetentionConfig) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, n) in [
+        ("--keep-last", r.keep_last),
+        ("--keep-hourly", r.keep_hourly),
+        ("--keep-daily", r.keep_daily),
+        ("--keep-weekly", r.keep_weekly),
+        ("--keep-monthly", r.keep_monthly),
+        ("--keep-yearly", r.keep_yearly),
+    ] {
+        if n > 0 {
+            a.extend([flag.to_string(), n.to_string()]);
+        }
+    }
+    if let Some(d) = r.keep_within {
+        a.extend(["--keep-within".to_string(), cirkel_config::duration_to_string(d).replace(' ', "")]);
+    }
+    for t in &r.keep_tags {
+        a.extend(["--keep-tag".to_string(), t.clone()]);
+    }
+    a
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The scheduled jobs a configuration asks for.
+pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
+    let parse = |s: &str| Schedule::parse(s).map_err(anyhow::Error::msg);
+    let mut out = Vec::new();
+    // Copies and retention after a backup; retention is scoped to the
+    // job's first tag so it never judges other backups.
+    let follow_up = |steps: &mut Vec<Vec<String>>, copy_to: &[String], tags: &[String], r: Option<&RetentionConfig>| {
+        for repo in copy_to {
+            let mut s = args(&["repo", "copy", "--to", repo]);
+            if let Some(t) = tags.first() {
+                s.extend(["--tag".to_string(), t.clone()]);
+            }
+            steps.push(s);
+        }
+        if let (Some(r), Some(t)) = (r, tags.first()) {
+            let mut s = args(&["repo", "prune", "--tag", t]);
+            s.extend(retention_args(r));
+            steps.push(s);
+        }
+    };
+    for (name, set) in &cfg.files {
+        let Some(s) = &set.schedule else { continue };
+        let mut steps = vec![args(&["backup", "files", "--set", name])];
+        follow_up(&mut steps, &set.copy_to, &set.tags, set.retention.as_ref());
+        out.push(Job { name: format!("files/{name}"), schedule: parse(s)?, steps });
+    }
+    for (name, g) in &cfg.redis {
+        let Some(s) = &g.schedule else { continue };
+        let mut steps = vec![args(&["redis", "backup", "--group", name])];
+        follow_up(&mut steps, &g.copy_to, &g.tags, g.retention.as_ref());
+        out.push(Job { name: format!("redis/{name}"), schedule: parse(s)?, steps });
+    }
+    for (name, p) in &cfg.postgres {
+        if let Some(s) = &p.schedule {
+            let steps = vec![args(&["pg", "backup", "--cluster", name, "--tag", "daily"]), args(&["pg", "expire"])];
+            out.push(Job { name: format!("postgres/{name}/daily"), schedule: parse(s)?, steps });
+        }
+        if let Some(s) = &p.weekly_schedule {
+            let mut steps = vec![args(&["pg", "backup", "--cluster", name, "--type", "full", "--tag", "weekly"])];
+            for repo in &p.copy_to {
+                steps.push(args(&["repo", "copy", "--to", repo, "--tag", "weekly"]));
+            }
+            steps.push(args(&["pg", "expire"]));
+            out.push(Job { name: format!("postgres/{name}/weekly"), schedule: parse(s)?, steps });
+        }
+    }
+    Ok(out)
+}
+
+/// What every scheduled job needs, whatever the configuration: the cirkel
+/// executable, the global flags that make a child see what the daemon sees,
+/// the state directory and the clock.
+#[derive(Clone)]
+pub struct Runner {
+    pub exe: PathBuf,
+    pub global: Vec<String>,
+    pub state: StateDir,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Runner {
+    /// Runs `job` at each time its schedule names until `stop` (a running
+    /// job finishes first).
+    pub fn run_schedule(&self, job: &Job, stop: &AtomicBool) {
+        run_schedule(&job.schedule, self.clock.as_ref(), stop, |_| self.run_job(job));
+    }
+
+    /// Runs the steps of `job` once; a failed step ends the job, except a
+    /// backup that saved what it could (exit 3), which goes on to its copies.
+    pub fn run_job(&self, job: &Job) {
+        let source = format!("schedule/{}", job.name);
+        let start = Instant::now();
+        for step in &job.steps {
+            // The service manager's variables are the daemon's alone.
+            let out = Command::new(&self.exe)
+                .args(&self.global)
+                .args(step)
+                .env_remove("NOTIFY_SOCKET")
+                .env_remove("WATCHDOG_USEC")
+                .env_remove("WATCHDOG_PID")
+                .output();
+            let failed = match &out {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => Some((o.status.code(), String::from_utf8_lossy(&o.stderr).trim().to_string())),
+                Err(e) => Some((None, e.to_string())),
+            };
+            if let Some((code, stderr)) = failed {
+                let tail: String =
+                    stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let event = Event::new(
+                    &source,
+                    EventKind::JobFailed,
+                    format!(
+                        "`cirkel {}` failed (exit {code:?}): {}",
+                        step.join(" "),
+                        tail.lines().next().unwrap_or("")
+                    ),
+                )
+                .with(json!({ "job": job.name, "step": step, "exit_code": code, "stderr": tail }));
+                crate::record(&self.state, &event);
+                if code != Some(3) {
+                    return;
+                }
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let event = Event::new(&source, EventKind::JobDone, format!("{} done in {seconds:.1} s", job.name))
+            .with(json!({ "job": job.name, "steps": job.steps, "seconds": seconds }));
+        crate::record(&self.state, &event);
+    }
+
+    /// The jobs with their schedules and next times, for events and status.
+    pub fn job_list(&self, jobs: &[Job]) -> serde_json::Value {
+        let now = self.clock.now();
+        json!(
+            jobs.iter()
+                .map(
+                    |j| json!({ "job": j.name, "schedule": j.schedule.to_string(), "next": j.schedule.next_after(now) })
+                )
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plans_jobs_come_from_the_configuration() {
+        let cfg = Config::parse(
+            r#"
+[repositories.dr]
+url = "/tmp/dr"
+[files.static]
+paths = ["/srv/static"]
+tags = ["static"]
+schedule = "0 2 * * *"
+copy_to = ["dr"]
+[files.static.retention]
+keep_daily = 35
+[postgres.main]
+schedule = "0 2 * * *"
+weekly_schedule = "0 3 * * 0"
+copy_to = ["dr"]
+"#,
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let jobs = jobs(&cfg).unwrap();
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["files/static", "postgres/main/daily", "postgres/main/weekly"]);
+        assert_eq!(jobs[0].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "static"]));
+        assert_eq!(jobs[0].steps[2], args(&["repo", "prune", "--tag", "static", "--keep-daily", "35"]));
+        assert_eq!(jobs[2].steps[0], args(&["pg", "backup", "--cluster", "main", "--type", "full", "--tag", "weekly"]));
+        assert_eq!(jobs[2].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "weekly"]));
+    }
+}
