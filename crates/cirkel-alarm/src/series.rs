@@ -125,7 +125,7 @@ pub fn aggregate(statistic: Statistic, values: &mut [f64]) -> Option<f64> {
         Statistic::SampleCount => n,
         Statistic::Percentile(p) => {
             values.sort_unstable_by(f64::total_cmp);
-            let rank = ((p / 100.0) * n).ceil() as usize;
+            let rank = (p * n / 100.0).ceil() as usize;
             values[rank.clamp(1, values.len()) - 1]
         }
     })

@@ -317,9 +317,9 @@ impl AlarmSpec {
 /// Formats a period the way reasons speak of it: "1 min", "30 s", "2 h".
 pub fn period_words(period: Duration) -> String {
     let s = period.as_secs();
-    if s != 0 && s % 3600 == 0 {
+    if s != 0 && s.is_multiple_of(3600) {
         format!("{} h", s / 3600)
-    } else if s != 0 && s % 60 == 0 {
+    } else if s != 0 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")

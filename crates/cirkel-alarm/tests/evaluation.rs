@@ -216,10 +216,18 @@ fn reasons_name_the_datapoints() {
 
     let (state, reason) = evaluate(&spec(3, 2, TreatMissing::Missing), &points("- - X 0 0"), Alarm);
     assert_eq!(state, Ok);
-    assert!(reason.text.starts_with("1 of the last 3 datapoints (1 min each) were above 300, fewer than the 2"), "{}", reason.text);
+    assert!(
+        reason.text.starts_with("1 of the last 3 datapoints (1 min each) were above 300, fewer than the 2"),
+        "{}",
+        reason.text
+    );
 
     let (_, reason) = evaluate(&spec(1, 1, TreatMissing::Ignore), &points("- - -"), Alarm);
-    assert!(reason.text.contains("no datapoint in the last 3 periods") && reason.text.contains("stays ALARM"), "{}", reason.text);
+    assert!(
+        reason.text.contains("no datapoint in the last 3 periods") && reason.text.contains("stays ALARM"),
+        "{}",
+        reason.text
+    );
 
     let (state, reason) = evaluate(&spec(3, 3, TreatMissing::Missing), &points("X - - - -"), Insufficient);
     assert_eq!(state, Alarm);
