@@ -162,7 +162,8 @@ impl Engine {
             }
             let range = evaluation_range(spec.evaluation_periods);
             let end = from_millis(b);
-            let keep_from = b.saturating_sub(range as u64 * u64::try_from(spec.period.as_millis()).unwrap_or(u64::MAX));
+            let span = u64::try_from(spec.period.as_millis()).unwrap_or(u64::MAX).saturating_mul(range as u64);
+            let keep_from = b.saturating_sub(span);
             alarm.instances.retain(|labels, instance| {
                 let datapoints = instance.series.datapoints(spec.statistic, spec.period, end, range);
                 let (state, reason) = evaluate(spec, &datapoints, instance.state);

@@ -269,6 +269,10 @@ macro_rules! serde_as_str {
 }
 serde_as_str!(Statistic, Comparison, TreatMissing, AlarmState, Severity);
 
+/// How far back an alarm may look (evaluation periods × period), as in
+/// CloudWatch: samples are kept for that long per instance.
+pub const MAX_WINDOW_SECS: u64 = 24 * 3600;
+
 /// One alarm: CloudWatch's `PutMetricAlarm` over a metric selector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlarmSpec {
@@ -292,7 +296,7 @@ pub struct AlarmSpec {
 
 impl AlarmSpec {
     /// Checks what the evaluation relies on: a period of whole seconds (at
-    /// least one), 1 ≤ M ≤ N, a finite threshold.
+    /// least one), 1 ≤ M ≤ N, N periods within a day, a finite threshold.
     pub fn validate(&self) -> Result<(), crate::Error> {
         let bad = |message: String| Err(crate::Error::Spec { name: self.name.clone(), message });
         if self.period.as_secs() == 0 || self.period.subsec_nanos() != 0 {
@@ -305,6 +309,13 @@ impl AlarmSpec {
             return bad(format!(
                 "datapoints_to_alarm is {} with evaluation_periods {}; it must be between 1 and evaluation_periods",
                 self.datapoints_to_alarm, self.evaluation_periods
+            ));
+        }
+        if self.period.as_secs().saturating_mul(u64::from(self.evaluation_periods)) > MAX_WINDOW_SECS {
+            return bad(format!(
+                "{} periods of {}s look back more than a day; use fewer or shorter periods",
+                self.evaluation_periods,
+                self.period.as_secs()
             ));
         }
         if !self.threshold.is_finite() {

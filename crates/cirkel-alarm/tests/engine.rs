@@ -188,6 +188,14 @@ fn alarms_are_checked_when_the_engine_is_built() {
     twice[0].threshold = f64::NAN;
     assert!(Engine::new(twice.clone()).is_err());
     twice[0].threshold = 1.0;
+    twice[0].period = Duration::from_secs(u64::MAX);
+    assert!(Engine::new(twice.clone()).err().unwrap().to_string().contains("more than a day"));
+    twice[0].period = Duration::from_secs(3600);
+    twice[0].evaluation_periods = 24;
+    assert!(Engine::new(twice.clone()).is_ok());
+    twice[0].evaluation_periods = 25;
+    assert!(Engine::new(twice.clone()).is_err());
+    twice[0].period = Duration::from_secs(60);
     twice[0].evaluation_periods = 0;
     assert!(Engine::new(twice).is_err());
 }
@@ -256,4 +264,37 @@ fn m_out_of_n_over_real_samples() {
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].to, AlarmState::Alarm);
     assert_eq!(t[0].reason.datapoints, vec![Some(500.0), Some(1.0), Some(500.0)]);
+}
+
+#[test]
+fn snapshots_that_do_not_fit_are_refused_or_left_out() {
+    // A state this build does not know is an error, not a guess.
+    let bad = r#"{"instances":[{"alarm":"a","labels":{},"severity":"low","state":"MAYBE","reason":{"text":"","datapoints":[]},"since":{"secs_since_epoch":0,"nanos_since_epoch":0}}],"evaluated":{}}"#;
+    let err = serde_json::from_str::<Snapshot>(bad).unwrap_err().to_string();
+    assert!(err.contains("unknown alarm state `MAYBE`"), "{err}");
+    // A schedule saved under another period starts afresh: the first
+    // evaluation only notes its boundary.
+    let mut e = Engine::new(vec![spec("a", "m", 1, 1, TreatMissing::Breaching)]).unwrap();
+    let mut snap = Snapshot::default();
+    snap.evaluated.insert("a".into(), at(5, 30));
+    e.restore(snap);
+    assert!(e.snapshot().evaluated.is_empty());
+    e.observe(at(6, 1), "m", &labels(&[]), 1.0);
+    assert!(e.evaluate(at(7, 0)).is_empty());
+    assert_eq!(e.evaluate(at(8, 0)).len(), 1);
+}
+
+#[test]
+fn samples_per_instance_are_bounded() {
+    let mut e = Engine::new(vec![spec("a", "m", 1, 1, TreatMissing::Missing)]).unwrap();
+    e.evaluate(at(0, 0));
+    let l = labels(&[]);
+    // The oldest samples go first: the one breaching sample is dropped.
+    e.observe(at(0, 0), "m", &l, 99.0);
+    for _ in 0..cirkel_alarm::engine::MAX_SAMPLES {
+        e.observe(at(0, 1), "m", &l, 1.0);
+    }
+    let t = e.evaluate(at(1, 0));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].to, AlarmState::Ok);
 }

@@ -14,7 +14,7 @@ use crate::alarms::{AlarmConfig, ScrapeConfig};
 /// sources are sampled.
 const MIN_PERIOD: Duration = Duration::from_secs(10);
 /// As in CloudWatch, an alarm looks back at most a day.
-const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+const MAX_WINDOW: Duration = Duration::from_secs(cirkel_alarm::spec::MAX_WINDOW_SECS);
 
 pub(super) fn read_alarms(tables: Vec<(String, Table<'_, '_>)>) -> BTreeMap<String, AlarmConfig> {
     let mut out = BTreeMap::new();
