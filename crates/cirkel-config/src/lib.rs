@@ -7,6 +7,7 @@
 //! Secrets never sit in the file: they come from `*_file` paths or the
 //! environment, and [`Secret`] never prints its value.
 
+pub mod alarms;
 pub mod cron;
 pub mod exclude;
 mod reader;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use reader::duration_to_string;
 pub use secret::Secret;
 
@@ -314,6 +316,12 @@ pub struct Config {
     /// Redis groups by name (`[redis.NAME]`), for `--group NAME`.
     pub redis: BTreeMap<String, RedisGroupConfig>,
     pub state: StateConfig,
+    /// Alarms that override, remove or add to the built-ins (`[alarms.NAME]`); see [`Config::alarm_specs`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub alarms: BTreeMap<String, AlarmConfig>,
+    /// Prometheus endpoints whose series alarms may watch (`[scrape.NAME]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub scrape: BTreeMap<String, ScrapeConfig>,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

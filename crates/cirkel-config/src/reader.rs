@@ -10,6 +10,8 @@ use serde::Serializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+mod alarms;
+
 use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
 
 struct Cx<'t> {
@@ -330,6 +332,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
         t.finish();
     }
+    cfg.alarms = alarms::read_alarms(root.named_tables("alarms"));
+    cfg.scrape = alarms::read_scrapes(root.named_tables("scrape"));
     let copy_targets = cfg
         .files
         .iter()
