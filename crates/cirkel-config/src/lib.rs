@@ -7,6 +7,7 @@
 //! Secrets never sit in the file: they come from `*_file` paths or the
 //! environment, and [`Secret`] never prints its value.
 
+pub mod checks;
 pub mod cron;
 pub mod exclude;
 mod reader;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use reader::duration_to_string;
 pub use secret::Secret;
 
@@ -314,6 +316,9 @@ pub struct Config {
     /// Redis groups by name (`[redis.NAME]`), for `--group NAME`.
     pub redis: BTreeMap<String, RedisGroupConfig>,
     pub state: StateConfig,
+    /// Health checks of any service by name (`[checks.NAME]`).
+    pub checks: BTreeMap<String, CheckConfig>,
+    pub server: ServerConfig,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -1,5 +1,7 @@
 //! Reading spanned TOML into typed configuration, collecting every error.
 
+mod checks;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -330,6 +332,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
         t.finish();
     }
+    cfg.checks = root.named_tables("checks").into_iter().map(|(n, t)| (n, checks::read_check(t))).collect();
+    cfg.server = root.table("server").map(checks::read_server).unwrap_or_default();
     let copy_targets = cfg
         .files
         .iter()
