@@ -56,8 +56,9 @@ fn every_setting_is_read() {
 
 #[test]
 fn the_effective_configuration_shows_the_checks() {
-    let cfg = parse("[checks.db]\nkind = \"tcp\"\naddress = \"10.0.0.1:5432\"\n[server]\nlisten = \"127.0.0.1:9187\"\n")
-        .unwrap();
+    let cfg =
+        parse("[checks.db]\nkind = \"tcp\"\naddress = \"10.0.0.1:5432\"\n[server]\nlisten = \"127.0.0.1:9187\"\n")
+            .unwrap();
     let shown = cfg.to_toml();
     assert!(shown.contains("kind = \"tcp\"") && shown.contains("address = \"10.0.0.1:5432\""), "{shown}");
     assert!(shown.contains("interval = \"10s\"") && shown.contains("listen = \"127.0.0.1:9187\""), "{shown}");
@@ -78,7 +79,10 @@ fn a_missing_target_is_reported_at_its_table() {
 #[test]
 fn a_timeout_that_reaches_the_next_probe_is_refused() {
     let e = err("[checks.api]\nkind = \"tcp\"\naddress = \"a:1\"\ninterval = \"5s\"\ntimeout = \"5s\"\n");
-    assert!(e.contains("c.toml:5") && e.contains("checks.api.timeout") && e.contains("shorter than the interval"), "{e}");
+    assert!(
+        e.contains("c.toml:5") && e.contains("checks.api.timeout") && e.contains("shorter than the interval"),
+        "{e}"
+    );
     // The default timeout (5 s) against a shorter interval: pointed at the interval.
     let e = err("[checks.api]\nkind = \"tcp\"\naddress = \"a:1\"\ninterval = \"3s\"\n");
     assert!(e.contains("c.toml:4") && e.contains("shorter than the interval"), "{e}");
@@ -119,10 +123,8 @@ fn keys_of_the_other_kind_and_bad_addresses_are_refused() {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let e = err(
-        "[checks.a]\nkind = \"http\"\nurl = \"https://x/\"\nhealthy_threshold = 0\n\
-         [checks.b]\nkind = \"tcp\"\n[server]\nlisten = \"localhost\"\n",
-    );
+    let e = err("[checks.a]\nkind = \"http\"\nurl = \"https://x/\"\nhealthy_threshold = 0\n\
+         [checks.b]\nkind = \"tcp\"\n[server]\nlisten = \"localhost\"\n");
     assert!(e.starts_with("4 problems"), "{e}");
     assert!(e.contains("c.toml:8") && e.contains("server.listen") && e.contains("127.0.0.1:9187"), "{e}");
 }

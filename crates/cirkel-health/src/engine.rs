@@ -159,7 +159,12 @@ impl EngineHandle {
 
     /// One check's state.
     pub fn status(&self, name: &str) -> Option<CheckStatus> {
-        self.shared.slots.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner())).find(|s| s.name == name).map(|s| s.clone())
+        self.shared
+            .slots
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+            .find(|s| s.name == name)
+            .map(|s| s.clone())
     }
 
     /// Transitions from now on. A receiver that falls more than the
@@ -190,7 +195,8 @@ impl EngineHandle {
 /// FNV-1a: stable across builds and platforms, unlike the std hasher, so a
 /// check keeps its phase across upgrades too.
 fn start_offset(name: &str, interval: Duration) -> Duration {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let hash =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     let nanos = interval.as_nanos().max(1);
     Duration::from_nanos(u64::try_from(u128::from(hash) % nanos).unwrap_or(0))
 }
@@ -206,7 +212,8 @@ struct Check {
 
 impl Check {
     async fn run(mut self, origin: Instant, cancel: CancellationToken) {
-        let mut ticks = tokio::time::interval_at(origin + start_offset(&self.spec.name, self.spec.interval), self.spec.interval);
+        let mut ticks =
+            tokio::time::interval_at(origin + start_offset(&self.spec.name, self.spec.interval), self.spec.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             let scheduled = tokio::select! {

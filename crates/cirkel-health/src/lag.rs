@@ -92,7 +92,10 @@ mod tests {
         }
         let s = ring.summary();
         assert_eq!((s.total, s.kept), (100, 100));
-        assert_eq!((s.p50, s.p99, s.max), (Duration::from_millis(50), Duration::from_millis(99), Duration::from_millis(100)));
+        assert_eq!(
+            (s.p50, s.p99, s.max),
+            (Duration::from_millis(50), Duration::from_millis(99), Duration::from_millis(100))
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ impl Target {
         match self {
             Target::Http(t) => t.probe().await,
             Target::Tcp { host, port } => {
-                TcpStream::connect((host.as_str(), *port)).await.map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+                TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
                 Ok(())
             }
         }

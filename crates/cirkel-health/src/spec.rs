@@ -52,7 +52,10 @@ impl CheckSpec {
     /// An HTTP check with the plan's cadence (every 10 s, 5 s timeout, 2/3).
     pub fn http(name: &str, url: &str) -> Result<CheckSpec, SpecError> {
         let url = parse_url(name, url)?;
-        Ok(CheckSpec::with_defaults(name, Kind::Http { url, expect_status: DEFAULT_EXPECT_STATUS, body_contains: None }))
+        Ok(CheckSpec::with_defaults(
+            name,
+            Kind::Http { url, expect_status: DEFAULT_EXPECT_STATUS, body_contains: None },
+        ))
     }
 
     /// A TCP check with the plan's cadence.

@@ -26,7 +26,7 @@ impl State {
 }
 
 /// One check's thresholds and counters.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Tracker {
     counter: HealthCounter,
     healthy_threshold: u32,
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(run(&mut t, "---"), vec![(11, State::Down)]);
         assert_eq!(run(&mut t, "-----"), vec![], "a state is reported once");
         assert_eq!(run(&mut t, "+-++"), vec![(20, State::Up)]);
-        assert_eq!((t.probes_total, t.failures_total), (20, 12));
+        assert_eq!((t.probes_total, t.failures_total), (20, 13));
         assert_eq!((t.consecutive_ok, t.consecutive_fail), (2, 0));
     }
 

@@ -130,7 +130,14 @@ async fn answer(mut stream: TcpStream, mode: &AtomicU8) {
 }
 
 fn spec(name: &str, kind: Kind) -> CheckSpec {
-    CheckSpec { name: name.into(), kind, interval: INTERVAL, timeout: TIMEOUT, healthy_threshold: 2, unhealthy_threshold: 3 }
+    CheckSpec {
+        name: name.into(),
+        kind,
+        interval: INTERVAL,
+        timeout: TIMEOUT,
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    }
 }
 
 fn http(name: &str, url: &str) -> CheckSpec {
@@ -245,7 +252,8 @@ async fn a_port_nobody_listens_on_is_down_after_the_threshold_and_never_up_befor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_and_restarted_server_goes_down_then_up() {
     let server = Server::start(Mode::Good).await;
-    let (handle, mut rx, cancel) = start(vec![http("api", &server.url()), spec("tcp", Kind::Tcp { address: server.addr.to_string() })]);
+    let (handle, mut rx, cancel) =
+        start(vec![http("api", &server.url()), spec("tcp", Kind::Tcp { address: server.addr.to_string() })]);
     for name in ["api", "tcp"] {
         assert_eq!(next(&mut rx, name).await.to, State::Up);
     }

@@ -85,7 +85,11 @@ fn read_tcp(t: &mut Table<'_, '_>) -> CheckKindConfig {
     if let Some(span) = t.value_span("address") {
         let port = address.rsplit_once(':').and_then(|(host, p)| (!host.is_empty()).then_some(p));
         if port.and_then(|p| p.parse::<u16>().ok()).is_none_or(|p| p == 0) {
-            t.cx.error(span, &t.key_path("address"), format!("`{address}` is not host:port; expected e.g. \"10.0.0.1:5432\""));
+            t.cx.error(
+                span,
+                &t.key_path("address"),
+                format!("`{address}` is not host:port; expected e.g. \"10.0.0.1:5432\""),
+            );
         }
     }
     CheckKindConfig::Tcp { address }
