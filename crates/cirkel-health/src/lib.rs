@@ -25,5 +25,5 @@ mod tracker;
 
 pub use engine::{CheckStatus, Engine, EngineHandle, Transition};
 pub use lag::{LAG_RING, LagSummary};
-pub use spec::{CheckSpec, DEFAULT_EXPECT_STATUS, Kind, SpecError};
+pub use spec::{CheckSpec, DEFAULT_EXPECT_STATUS, Kind, SpecError, specs_from_config};
 pub use tracker::{State, Tracker};

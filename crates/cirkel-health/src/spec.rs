@@ -2,6 +2,7 @@
 //! runs it, so a check that could never pass is refused at start instead of
 //! failing forever.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -131,6 +132,18 @@ impl CheckSpec {
     }
 }
 
+/// Every `[checks.NAME]` of a configuration, in name order; every problem
+/// is reported.
+pub fn specs_from_config(checks: &BTreeMap<String, CheckConfig>) -> Result<Vec<CheckSpec>, Vec<SpecError>> {
+    let (specs, errors): (Vec<_>, Vec<_>) =
+        checks.iter().map(|(name, cfg)| CheckSpec::from_config(name, cfg)).partition(Result::is_ok);
+    if errors.is_empty() {
+        Ok(specs.into_iter().filter_map(Result::ok).collect())
+    } else {
+        Err(errors.into_iter().filter_map(Result::err).collect())
+    }
+}
+
 /// `host:port` (IPv6 hosts in brackets), port not 0.
 pub(crate) fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
@@ -206,5 +219,27 @@ mod tests {
             }
         );
         assert_eq!((s.healthy_threshold, s.unhealthy_threshold), (1, 4));
+        let all = BTreeMap::from([("api".to_string(), cfg.clone()), ("b".to_string(), cfg)]);
+        let names: Vec<String> = specs_from_config(&all).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["api", "b"]);
+    }
+
+    #[test]
+    fn a_configuration_read_elsewhere_is_still_checked() {
+        let cfg = CheckConfig {
+            kind: CheckKindConfig::Http { url: "https://x/".into(), expect_status: None, body_contains: None },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        let all = BTreeMap::from([
+            ("a".to_string(), cfg.clone()),
+            ("b".to_string(), CheckConfig { kind: CheckKindConfig::Tcp { address: "h:1".into() }, ..cfg }),
+        ]);
+        let errors = specs_from_config(&all).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].to_string().contains("https is not supported"));
+        assert!(errors[1].to_string().contains("shorter than the interval"));
     }
 }
