@@ -329,3 +329,28 @@ fn invalid_and_duplicate_checks_are_all_reported() {
     assert!(errors[1].to_string().contains("shorter than the interval"));
     assert!(errors[2].to_string().contains("not host:port"));
 }
+
+/// A runtime blocked for many intervals (a stalled machine) gets one late
+/// probe per check afterwards, not one for every round it missed.
+#[test]
+fn a_stalled_runtime_gives_no_burst_of_probes() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let interval = Duration::from_secs(1);
+        let mut s = spec("db", Kind::Tcp { address: listener.local_addr().unwrap().to_string() });
+        (s.interval, s.timeout, s.healthy_threshold) = (interval, Duration::from_millis(500), 1);
+        let (handle, mut rx, cancel) = start(vec![s]);
+        assert_eq!(next(&mut rx, "db").await.to, State::Up);
+        // The only thread of the runtime: no task runs during this.
+        std::thread::sleep(interval * 6);
+        let before = handle.status("db").unwrap().probes_total;
+        tokio::time::sleep(interval / 10).await;
+        let after = handle.status("db").unwrap().probes_total;
+        // The late round, and at most the next one if it fell due meanwhile.
+        assert!(after - before <= 2, "{} probes right after the stall", after - before);
+        assert!(handle.lag_summary().max >= interval * 4, "the stall shows in the lags");
+        cancel.cancel();
+        handle.stopped().await;
+    });
+}
