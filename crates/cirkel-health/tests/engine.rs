@@ -34,11 +34,14 @@ enum Mode {
     Slow,
     /// 200, without the text the check looks for.
     WrongBody,
+    /// 200 with a body cut short of its announced length.
+    TruncatedBody,
 }
 
 impl Mode {
     fn from_u8(n: u8) -> Mode {
-        [Mode::Good, Mode::Hang, Mode::Reset, Mode::Status500, Mode::Slow, Mode::WrongBody][n as usize]
+        [Mode::Good, Mode::Hang, Mode::Reset, Mode::Status500, Mode::Slow, Mode::WrongBody, Mode::TruncatedBody]
+            [n as usize]
     }
 }
 
@@ -125,6 +128,9 @@ async fn answer(mut stream: TcpStream, mode: &AtomicU8) {
         }
         Mode::WrongBody => {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nstarting").await;
+        }
+        Mode::TruncatedBody => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstat").await;
         }
     }
 }
@@ -217,6 +223,26 @@ async fn a_target_slower_than_the_timeout_goes_down_and_back_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_without_the_expected_text_goes_down_and_back_up() {
     down_in(Mode::WrongBody, "does not contain `ok`").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_goes_down_and_back_up() {
+    down_in(Mode::TruncatedBody, "reading the body").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_target_is_reached() {
+    let server = Server::on(TcpListener::bind("[::1]:0").await.unwrap(), Mode::Good);
+    let url = server.url();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let (handle, mut rx, cancel) =
+        start(vec![http("v6", &url), spec("v6-tcp", Kind::Tcp { address: server.addr.to_string() })]);
+    for name in ["v6", "v6-tcp"] {
+        let up = next(&mut rx, name).await;
+        assert_eq!((up.to, up.probes_total), (State::Up, 2), "{up:?}");
+    }
+    cancel.cancel();
+    handle.stopped().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
