@@ -13,7 +13,7 @@
 //! next probe of the same check is never late because of it, and a
 //! hanging target costs only its own task a socket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +61,7 @@ pub struct Transition {
 
 struct Shared {
     slots: Vec<Mutex<CheckStatus>>,
+    by_name: HashMap<String, usize>,
     lags: LagRing,
 }
 
@@ -128,6 +129,7 @@ impl Engine {
                     })
                 })
                 .collect(),
+            by_name: self.specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect(),
             lags: LagRing::default(),
         });
         let origin = Instant::now();
@@ -159,12 +161,8 @@ impl EngineHandle {
 
     /// One check's state.
     pub fn status(&self, name: &str) -> Option<CheckStatus> {
-        self.shared
-            .slots
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
-            .find(|s| s.name == name)
-            .map(|s| s.clone())
+        let slot = self.shared.slots.get(*self.shared.by_name.get(name)?)?;
+        Some(slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Transitions from now on. A receiver that falls more than the

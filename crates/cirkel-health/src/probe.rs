@@ -1,5 +1,10 @@
 //! One probe of one target. A probe only reports what went wrong; the
 //! engine puts the timeout around it, so nothing here waits on its own.
+//!
+//! Each HTTP probe opens a fresh connection, as a client arriving after an
+//! outage would, and asks the server to close it. Host names are resolved
+//! at every probe (a moved service is followed) by tokio on its blocking
+//! pool; IP literals need no resolution.
 
 use std::ops::RangeInclusive;
 
