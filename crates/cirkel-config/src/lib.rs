@@ -8,6 +8,7 @@
 //! environment, and [`Secret`] never prints its value.
 
 pub mod alarms;
+pub mod checks;
 pub mod cron;
 pub mod exclude;
 mod reader;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
+pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use reader::duration_to_string;
 pub use secret::Secret;
 
@@ -322,6 +324,9 @@ pub struct Config {
     /// Prometheus endpoints whose series alarms may watch (`[scrape.NAME]`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub scrape: BTreeMap<String, ScrapeConfig>,
+    /// Health checks of any service by name (`[checks.NAME]`).
+    pub checks: BTreeMap<String, CheckConfig>,
+    pub server: ServerConfig,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -1,5 +1,7 @@
 //! Reading spanned TOML into typed configuration, collecting every error.
 
+mod checks;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -334,6 +336,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     }
     cfg.alarms = alarms::read_alarms(root.named_tables("alarms"));
     cfg.scrape = alarms::read_scrapes(root.named_tables("scrape"));
+    cfg.checks = root.named_tables("checks").into_iter().map(|(n, t)| (n, checks::read_check(t))).collect();
+    cfg.server = root.table("server").map(checks::read_server).unwrap_or_default();
     let copy_targets = cfg
         .files
         .iter()
