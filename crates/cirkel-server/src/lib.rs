@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod jobs;
+pub mod metrics;
 pub mod scheduler;
 pub mod supervisor;
 pub mod systemd;

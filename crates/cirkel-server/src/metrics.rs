@@ -1,0 +1,190 @@
+//! The daemon's metrics: one table of every series it exposes, set by the
+//! parts that know the values, read by `/metrics` (encoded by
+//! `prometheus-client` in the OpenMetrics text format) and by the alarm
+//! engine, which evaluates the same values a Prometheus server would scrape.
+//!
+//! Names and units follow Prometheus's conventions: base units (seconds,
+//! bytes), `_total` for counters, one family per quantity with labels for
+//! the source, member, check or job.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// A series' labels, sorted by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// Builds labels from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// Every family the daemon exposes: name as exposed, kind, help.
+pub const FAMILIES: &[(&str, Kind, &str)] = &[
+    ("cirkel_up", Kind::Gauge, "1 while cirkel serve runs"),
+    ("cirkel_backup_age_seconds", Kind::Gauge, "Seconds since the newest complete backup of a source ended"),
+    ("cirkel_backup_duration_seconds", Kind::Gauge, "How long the newest backup of a source took"),
+    ("cirkel_backup_size_bytes", Kind::Gauge, "Bytes the newest backup of a source read"),
+    ("cirkel_backups", Kind::Gauge, "Backups of a source the repository holds"),
+    (
+        "cirkel_rpo_exposure_seconds",
+        Kind::Gauge,
+        "Seconds of changes that would be lost if the source died now: now minus the newest WAL or RDB safely in the repository (0 when nothing newer exists)",
+    ),
+    (
+        "cirkel_predicted_rto_seconds",
+        Kind::Gauge,
+        "Expected time to recover a source: restore (today's size at the last measured restore throughput) or failover (the last failover drill)",
+    ),
+    ("cirkel_member_up", Kind::Gauge, "1 when a member answers its health probe"),
+    ("cirkel_member_role", Kind::Gauge, "1 for a member's current role"),
+    ("cirkel_replication_lag_bytes", Kind::Gauge, "Bytes of WAL or replication stream a replica lacks"),
+    ("cirkel_replication_lag_seconds", Kind::Gauge, "Seconds a standby's replay lags behind the primary"),
+    ("cirkel_check_up", Kind::Gauge, "1 when a health check is up, 0 when down (absent while unknown)"),
+    ("cirkel_check_latency_seconds", Kind::Gauge, "Duration of a health check's last probe"),
+    ("cirkel_check_probes_total", Kind::Counter, "Probes a health check ran"),
+    ("cirkel_check_failures_total", Kind::Counter, "Probes of a health check that failed"),
+    ("cirkel_failovers_total", Kind::Counter, "Failovers cirkel performed or saw"),
+    ("cirkel_failover_rto_seconds", Kind::Gauge, "Downtime of the last failover, from detection to a writable primary"),
+    ("cirkel_failovers_recent", Kind::Gauge, "1 for an hour after a failover"),
+    ("cirkel_schedule_runs_total", Kind::Counter, "Scheduled job runs by outcome"),
+    ("cirkel_schedule_missed_total", Kind::Counter, "Scheduled slots skipped because the previous run was still going"),
+    ("cirkel_schedule_missed_recent", Kind::Gauge, "1 for a day after a scheduled slot was missed"),
+    ("cirkel_repository_verify_ok", Kind::Gauge, "1 when the last verify of a repository found no damage"),
+    ("cirkel_wal_stream_lag_bytes", Kind::Gauge, "Bytes of WAL the primary wrote that cirkel's WAL streamer has not flushed"),
+    ("cirkel_alarm_state", Kind::Gauge, "1 for an alarm instance's current state"),
+    ("cirkel_scrape_up", Kind::Gauge, "1 when the last scrape of a target succeeded"),
+];
+
+/// The current value of every series.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: RwLock<BTreeMap<&'static str, BTreeMap<Labels, f64>>>,
+}
+
+fn family(name: &str) -> Option<&'static str> {
+    FAMILIES.iter().find(|(n, _, _)| *n == name).map(|(n, _, _)| *n)
+}
+
+impl Metrics {
+    /// Sets a gauge (or a counter to an absolute value). Names outside
+    /// [`FAMILIES`] are a programming error and are ignored in release.
+    pub fn set(&self, name: &str, labels: Labels, value: f64) {
+        let Some(name) = family(name) else {
+            debug_assert!(false, "unknown metric {name}");
+            return;
+        };
+        if let Ok(mut s) = self.series.write() {
+            s.entry(name).or_default().insert(labels, value);
+        }
+    }
+
+    /// Adds to a counter.
+    pub fn add(&self, name: &str, labels: Labels, by: f64) {
+        let Some(name) = family(name) else {
+            debug_assert!(false, "unknown metric {name}");
+            return;
+        };
+        if let Ok(mut s) = self.series.write() {
+            *s.entry(name).or_default().entry(labels).or_default() += by;
+        }
+    }
+
+    /// Removes the series of `name` whose labels include every pair of `matching`.
+    pub fn remove(&self, name: &str, matching: &Labels) {
+        if let Ok(mut s) = self.series.write()
+            && let Some(f) = s.get_mut(name)
+        {
+            f.retain(|l, _| !matching.iter().all(|(k, v)| l.get(k) == Some(v)));
+        }
+    }
+
+    pub fn get(&self, name: &str, labels: &Labels) -> Option<f64> {
+        self.series.read().ok()?.get(name)?.get(labels).copied()
+    }
+
+    /// Every series with its value, for the alarm engine.
+    pub fn samples(&self) -> Vec<(String, Labels, f64)> {
+        let Ok(s) = self.series.read() else { return Vec::new() };
+        s.iter().flat_map(|(n, f)| f.iter().map(move |(l, v)| (n.to_string(), l.clone(), *v))).collect()
+    }
+
+    /// The OpenMetrics text exposition of every series.
+    pub fn encode(self: &std::sync::Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self.clone())));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Exposition(std::sync::Arc<Metrics>);
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(series) = self.0.series.read() else { return Ok(()) };
+        for (name, kind, help) in FAMILIES {
+            let Some(f) = series.get(name).filter(|f| !f.is_empty()) else { continue };
+            match kind {
+                Kind::Gauge => {
+                    let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                    for (labels, v) in f {
+                        let l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        ConstGauge::new(*v).encode(fam.encode_family(&l)?)?;
+                    }
+                }
+                Kind::Counter => {
+                    // The encoder appends `_total` to a counter's name.
+                    let stem = name.strip_suffix("_total").unwrap_or(name);
+                    let mut fam = encoder.encode_descriptor(stem, help, None, MetricType::Counter)?;
+                    for (labels, v) in f {
+                        let l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        ConstCounter::new(*v).encode(fam.encode_family(&l)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn series_are_set_added_removed_and_encoded() {
+        let m = Arc::new(Metrics::default());
+        m.set("cirkel_up", Labels::new(), 1.0);
+        m.set("cirkel_rpo_exposure_seconds", labels(&[("source", "postgres/main"), ("repository", "main")]), 2.5);
+        m.add("cirkel_failovers_total", labels(&[("source", "postgres/main")]), 1.0);
+        m.add("cirkel_failovers_total", labels(&[("source", "postgres/main")]), 1.0);
+        m.set("cirkel_check_up", labels(&[("check", "api")]), 0.0);
+        m.remove("cirkel_check_up", &labels(&[("check", "api")]));
+        let text = m.encode();
+        assert!(text.contains("# TYPE cirkel_rpo_exposure_seconds gauge"), "{text}");
+        assert!(text.contains(r#"cirkel_rpo_exposure_seconds{repository="main",source="postgres/main"} 2.5"#), "{text}");
+        assert!(text.contains(r#"cirkel_failovers_total{source="postgres/main"} 2"#), "{text}");
+        assert!(!text.contains("cirkel_check_up"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+        let names: Vec<String> = m.samples().into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names, ["cirkel_failovers_total", "cirkel_rpo_exposure_seconds", "cirkel_up"]);
+    }
+}
