@@ -1,0 +1,253 @@
+//! Moving the master on purpose: a planned switchover that loses no
+//! acknowledged write, a failover asked of a Sentinel, waiting for the
+//! Sentinels to name the new master, and putting a stray master back under
+//! the agreed one.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Group, MemberState};
+use crate::resp::{Addr, Conn};
+
+impl Group {
+    /// Asks one Sentinel to fail over now (`SENTINEL FAILOVER`).
+    pub fn sentinel_failover(&self) -> anyhow::Result<Addr> {
+        let mut last = None;
+        for a in &self.sentinels {
+            match self.sentinel(a).and_then(|mut c| c.cmd(&["SENTINEL", "FAILOVER", &self.master_name])) {
+                Ok(_) => return Ok(a.clone()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no sentinels are listed")))
+    }
+
+    /// Waits until a majority of Sentinels name a master other than `old`.
+    pub fn wait_for_new_master(&self, old: &Addr, timeout: Duration) -> Option<Addr> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(m) = self.current_master()
+                && &m != old
+            {
+                return Some(m);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Planned switchover. The other replicas get priority 0 (and the
+    /// Sentinel is given time to see it), writes on the master are paused,
+    /// the chosen replica catches up to the master's offset, Sentinel fails
+    /// over, the old master is made a replica of the new one, and only then
+    /// are writes released: they fail over there with READONLY instead of
+    /// landing on the old master. No acknowledged write is lost.
+    pub fn switchover(&self, to: Option<&Addr>, max_pause: Duration) -> anyhow::Result<Switchover> {
+        let status = self.status();
+        let old = status.master.clone().ok_or_else(|| anyhow::anyhow!("the sentinels do not agree on a master"))?;
+        let sentinel = status.sentinels.iter().find(|s| s.quorum_ok).map(|s| s.addr.clone()).ok_or_else(|| {
+            let why: Vec<String> = status.sentinels.iter().map(|s| s.quorum_message.clone()).collect();
+            anyhow::anyhow!("the sentinels cannot authorise a failover: {}", why.join("; "))
+        })?;
+        let replicas: Vec<&MemberState> = status
+            .members
+            .iter()
+            .filter(|m| {
+                m.reachable
+                    && m.role.as_deref() == Some("slave")
+                    && m.master.as_ref() == Some(&old)
+                    && m.link_up == Some(true)
+            })
+            .collect();
+        let target = match to {
+            Some(t) => replicas
+                .iter()
+                .find(|m| &m.addr == t)
+                .ok_or_else(|| anyhow::anyhow!("{t} is not a healthy replica of {old}"))?,
+            None => replicas
+                .iter()
+                .filter(|m| m.priority != Some(0))
+                .max_by_key(|m| m.offset)
+                .ok_or_else(|| anyhow::anyhow!("no healthy replica of {old} to switch to"))?,
+        };
+        let target_addr = target.addr.clone();
+        let mut restore = Vec::new();
+        let result = (|| -> anyhow::Result<Switchover> {
+            let mut changed = Vec::new();
+            for m in &replicas {
+                let want = if m.addr == target_addr { m.priority.filter(|&p| p > 0).unwrap_or(100) } else { 0 };
+                if m.priority != Some(want) {
+                    self.member(&m.addr)?.cmd(&["CONFIG", "SET", "replica-priority", &want.to_string()])?;
+                    restore.push((m.addr.clone(), m.priority.unwrap_or(100).to_string()));
+                    changed.push((m.addr.clone(), want.to_string()));
+                }
+            }
+            if !changed.is_empty() {
+                self.wait_for_sentinel_priorities(&sentinel, &changed, Duration::from_secs(30))?;
+            }
+            // A Sentinel that last saw the target run as a master (a
+            // restarted old master) turns it back into a replica the moment
+            // it is promoted, unless it has seen it as a replica since.
+            self.wait_seen_as_replica(&target_addr, Duration::from_secs(30))?;
+            let mut mc = self.member(&old)?;
+            let mut tc = self.member(&target_addr)?;
+            let start = Instant::now();
+            let pause_ms = (max_pause + self.failover_timeout).as_millis().to_string();
+            mc.cmd(&["CLIENT", "PAUSE", &pause_ms, "WRITE"])?;
+            let offset = |c: &mut Conn, key: &str| -> anyhow::Result<u64> {
+                Ok(c.info("replication")?.get(key).and_then(|v| v.parse().ok()).unwrap_or(0))
+            };
+            let master_offset = offset(&mut mc, "master_repl_offset")?;
+            while offset(&mut tc, "slave_repl_offset")? < master_offset {
+                if start.elapsed() > max_pause / 2 {
+                    let _ = mc.cmd(&["CLIENT", "UNPAUSE"]);
+                    anyhow::bail!(
+                        "{target_addr} did not catch up with the master within {:?}; nothing was changed",
+                        max_pause / 2
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let caught_up = start.elapsed();
+            let switched = self
+                .sentinel(&sentinel)
+                .and_then(|mut c| c.cmd(&["SENTINEL", "FAILOVER", &self.master_name]))
+                .map_err(anyhow::Error::from)
+                .and_then(|_| {
+                    self.wait_for_new_master(&old, max_pause.max(self.failover_timeout))
+                        .ok_or_else(|| anyhow::anyhow!("the sentinels did not switch in time"))
+                });
+            let new = match switched {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = mc.cmd(&["CLIENT", "UNPAUSE"]);
+                    return Err(e);
+                }
+            };
+            // Fence the old master before its paused clients go on.
+            mc.cmd(&["REPLICAOF", &new.host, &new.port.to_string()])?;
+            let pause = start.elapsed();
+            mc.cmd(&["CLIENT", "UNPAUSE"])?;
+            Ok(Switchover {
+                old: old.clone(),
+                new,
+                caught_up_after_ms: caught_up.as_millis() as u64,
+                write_pause_ms: pause.as_millis() as u64,
+                master_offset,
+            })
+        })();
+        for (addr, p) in restore {
+            if let Ok(mut c) = self.member(&addr) {
+                let _ = c.cmd(&["CONFIG", "SET", "replica-priority", &p]);
+            }
+        }
+        result
+    }
+
+    /// Waits until every Sentinel reports `target` as a replica.
+    fn wait_seen_as_replica(&self, target: &Addr, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self.sentinels.iter().all(|a| {
+                let Ok(v) = self.sentinel(a).and_then(|mut c| c.cmd(&["SENTINEL", "REPLICAS", &self.master_name]))
+                else {
+                    return false;
+                };
+                v.array().iter().map(|r| r.pairs()).any(|r| {
+                    r.get("ip").map(String::as_str) == Some(target.host.as_str())
+                        && r.get("port").and_then(|p| p.parse::<u16>().ok()) == Some(target.port)
+                        && r.get("role-reported").map(String::as_str) == Some("slave")
+                })
+            });
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("not every sentinel sees {target} as a replica yet (within {timeout:?})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `sentinel` sees the replica priorities just set (it
+    /// reads a replica's INFO only every 10 s).
+    fn wait_for_sentinel_priorities(
+        &self,
+        sentinel: &Addr,
+        want: &[(Addr, String)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let replicas = self.sentinel(sentinel)?.cmd(&["SENTINEL", "REPLICAS", &self.master_name])?;
+            let seen: Vec<(Addr, String)> = replicas
+                .array()
+                .iter()
+                .map(|r| r.pairs())
+                .filter_map(|r| {
+                    let addr = Addr::new(r.get("ip")?, r.get("port")?.parse().ok()?);
+                    Some((addr, r.get("slave-priority")?.clone()))
+                })
+                .collect();
+            if want.iter().all(|w| seen.contains(w)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("sentinel {sentinel} did not see the new replica priorities within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Turns a member that runs as a master while the Sentinels agree on
+    /// another (or a replica that follows some other node) into a replica
+    /// of the agreed master. Returns true if it did.
+    ///
+    /// Only when that is certainly right: the agreed master answers as a
+    /// master, no Sentinel is failing over or sees it down, and the stray
+    /// was not just promoted from it (its previous replication id would be
+    /// the agreed master's: a promotion the Sentinels have not announced yet).
+    pub fn demote_stray_master(&self, stray: &MemberState, agreed: &Addr) -> bool {
+        let astray = match stray.role.as_deref() {
+            Some("master") => true,
+            Some("slave") => stray.master.as_ref() != Some(agreed),
+            _ => false,
+        };
+        if stray.addr == *agreed || !astray {
+            return false;
+        }
+        let master = self.probe_member(agreed);
+        if master.role.as_deref() != Some("master") {
+            return false;
+        }
+        if master.replid.is_some() && stray.replid2 == master.replid {
+            return false;
+        }
+        let busy = self.sentinels.iter().map(|a| self.probe_sentinel(a)).any(|s| {
+            !s.reachable
+                || s.master.as_ref() != Some(agreed)
+                || s.flags.split(',').any(|f| matches!(f, "s_down" | "o_down" | "failover_in_progress"))
+        });
+        if busy {
+            return false;
+        }
+        match self.member(&stray.addr).and_then(|mut c| c.cmd(&["REPLICAOF", &agreed.host, &agreed.port.to_string()])) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("could not demote stray master {}: {e}", stray.addr);
+                false
+            }
+        }
+    }
+}
+
+/// A finished switchover.
+#[derive(Clone, Debug, Serialize)]
+pub struct Switchover {
+    pub old: Addr,
+    pub new: Addr,
+    pub caught_up_after_ms: u64,
+    pub write_pause_ms: u64,
+    pub master_offset: u64,
+}
