@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Group, MemberState};
+use super::{Group, GroupStatus, MemberState};
 use crate::resp::{Addr, Conn};
 
 impl Group {
@@ -45,33 +45,7 @@ impl Group {
     /// landing on the old master. No acknowledged write is lost.
     pub fn switchover(&self, to: Option<&Addr>, max_pause: Duration) -> anyhow::Result<Switchover> {
         let status = self.status();
-        let old = status.master.clone().ok_or_else(|| anyhow::anyhow!("the sentinels do not agree on a master"))?;
-        let sentinel = status.sentinels.iter().find(|s| s.quorum_ok).map(|s| s.addr.clone()).ok_or_else(|| {
-            let why: Vec<String> = status.sentinels.iter().map(|s| s.quorum_message.clone()).collect();
-            anyhow::anyhow!("the sentinels cannot authorise a failover: {}", why.join("; "))
-        })?;
-        let replicas: Vec<&MemberState> = status
-            .members
-            .iter()
-            .filter(|m| {
-                m.reachable
-                    && m.role.as_deref() == Some("slave")
-                    && m.master.as_ref() == Some(&old)
-                    && m.link_up == Some(true)
-            })
-            .collect();
-        let target = match to {
-            Some(t) => replicas
-                .iter()
-                .find(|m| &m.addr == t)
-                .ok_or_else(|| anyhow::anyhow!("{t} is not a healthy replica of {old}"))?,
-            None => replicas
-                .iter()
-                .filter(|m| m.priority != Some(0))
-                .max_by_key(|m| m.offset)
-                .ok_or_else(|| anyhow::anyhow!("no healthy replica of {old} to switch to"))?,
-        };
-        let target_addr = target.addr.clone();
+        let SwitchoverPlan { old, sentinel, replicas, target: target_addr } = SwitchoverPlan::of(&status, to)?;
         let mut restore = Vec::new();
         let result = (|| -> anyhow::Result<Switchover> {
             let mut changed = Vec::new();
@@ -242,6 +216,52 @@ impl Group {
     }
 }
 
+/// Who a planned switchover involves, chosen from the group's status alone.
+struct SwitchoverPlan<'a> {
+    /// The master the Sentinels agree on.
+    old: Addr,
+    /// A Sentinel that can authorise the failover.
+    sentinel: Addr,
+    /// The reachable replicas of `old` whose link is up.
+    replicas: Vec<&'a MemberState>,
+    /// The replica to promote: the one asked for, else the most advanced
+    /// one that may be promoted.
+    target: Addr,
+}
+
+impl<'a> SwitchoverPlan<'a> {
+    fn of(status: &'a GroupStatus, to: Option<&Addr>) -> anyhow::Result<SwitchoverPlan<'a>> {
+        let old = status.master.clone().ok_or_else(|| anyhow::anyhow!("the sentinels do not agree on a master"))?;
+        let sentinel = status.sentinels.iter().find(|s| s.quorum_ok).map(|s| s.addr.clone()).ok_or_else(|| {
+            let why: Vec<String> = status.sentinels.iter().map(|s| s.quorum_message.clone()).collect();
+            anyhow::anyhow!("the sentinels cannot authorise a failover: {}", why.join("; "))
+        })?;
+        let replicas: Vec<&MemberState> = status
+            .members
+            .iter()
+            .filter(|m| {
+                m.reachable
+                    && m.role.as_deref() == Some("slave")
+                    && m.master.as_ref() == Some(&old)
+                    && m.link_up == Some(true)
+            })
+            .collect();
+        let target = match to {
+            Some(t) => replicas
+                .iter()
+                .find(|m| &m.addr == t)
+                .ok_or_else(|| anyhow::anyhow!("{t} is not a healthy replica of {old}"))?,
+            None => replicas
+                .iter()
+                .filter(|m| m.priority != Some(0))
+                .max_by_key(|m| m.offset)
+                .ok_or_else(|| anyhow::anyhow!("no healthy replica of {old} to switch to"))?,
+        };
+        let target = target.addr.clone();
+        Ok(SwitchoverPlan { old, sentinel, replicas, target })
+    }
+}
+
 /// A finished switchover.
 #[derive(Clone, Debug, Serialize)]
 pub struct Switchover {
@@ -250,4 +270,118 @@ pub struct Switchover {
     pub caught_up_after_ms: u64,
     pub write_pause_ms: u64,
     pub master_offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::SentinelState;
+
+    const M: &str = "10.0.0.1:6379";
+
+    fn addr(s: &str) -> Addr {
+        Addr::parse(s).unwrap()
+    }
+
+    fn replica(at: &str, offset: u64, priority: u64) -> MemberState {
+        MemberState {
+            addr: addr(at),
+            reachable: true,
+            role: Some("slave".into()),
+            offset: Some(offset),
+            master: Some(addr(M)),
+            link_up: Some(true),
+            priority: Some(priority),
+            ..Default::default()
+        }
+    }
+
+    fn status(members: Vec<MemberState>) -> GroupStatus {
+        let sentinel = |at: &str, ok: bool, msg: &str| SentinelState {
+            addr: addr(at),
+            reachable: true,
+            master: Some(addr(M)),
+            quorum_ok: ok,
+            quorum_message: msg.into(),
+            ..Default::default()
+        };
+        let mut all = vec![MemberState {
+            addr: addr(M),
+            reachable: true,
+            role: Some("master".into()),
+            offset: Some(1000),
+            ..Default::default()
+        }];
+        all.extend(members);
+        GroupStatus {
+            group: "g".into(),
+            master: Some(addr(M)),
+            healthy: true,
+            held: false,
+            max_lag_bytes: 1 << 20,
+            problems: Vec::new(),
+            members: all,
+            sentinels: vec![sentinel("10.0.1.1:26379", false, "NOQUORUM"), sentinel("10.0.1.2:26379", true, "OK 3")],
+        }
+    }
+
+    fn plan_error(status: &GroupStatus, to: Option<&Addr>) -> String {
+        match SwitchoverPlan::of(status, to) {
+            Ok(p) => panic!("planned a switchover to {}", p.target),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_promotable_replica_is_chosen() {
+        let st = status(vec![
+            replica("10.0.0.2:6379", 900, 100),
+            replica("10.0.0.3:6379", 1000, 0),
+            replica("10.0.0.4:6379", 950, 10),
+        ]);
+        let p = SwitchoverPlan::of(&st, None).unwrap();
+        assert_eq!(p.old, addr(M));
+        assert_eq!(p.sentinel, addr("10.0.1.2:26379"));
+        // Priority 0 means never promote, however far ahead.
+        assert_eq!(p.target, addr("10.0.0.4:6379"));
+        assert_eq!(p.replicas.len(), 3);
+    }
+
+    #[test]
+    fn the_replica_asked_for_is_chosen_even_with_priority_zero() {
+        let st = status(vec![replica("10.0.0.2:6379", 1000, 100), replica("10.0.0.3:6379", 900, 0)]);
+        let p = SwitchoverPlan::of(&st, Some(&addr("10.0.0.3:6379"))).unwrap();
+        assert_eq!(p.target, addr("10.0.0.3:6379"));
+    }
+
+    #[test]
+    fn only_reachable_linked_replicas_of_the_master_take_part() {
+        let mut down = replica("10.0.0.3:6379", 1000, 100);
+        down.link_up = Some(false);
+        let mut elsewhere = replica("10.0.0.4:6379", 1000, 100);
+        elsewhere.master = Some(addr("10.0.0.9:6379"));
+        let mut gone = replica("10.0.0.5:6379", 1000, 100);
+        gone.reachable = false;
+        let st = status(vec![replica("10.0.0.2:6379", 10, 100), down, elsewhere, gone]);
+        let p = SwitchoverPlan::of(&st, None).unwrap();
+        assert_eq!(p.replicas.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(), vec![addr("10.0.0.2:6379")]);
+        assert_eq!(p.target, addr("10.0.0.2:6379"));
+        assert_eq!(
+            plan_error(&st, Some(&addr("10.0.0.3:6379"))),
+            format!("10.0.0.3:6379 is not a healthy replica of {M}")
+        );
+    }
+
+    #[test]
+    fn no_switchover_without_a_master_a_quorum_or_a_replica() {
+        let mut st = status(vec![replica("10.0.0.2:6379", 900, 100)]);
+        st.master = None;
+        assert_eq!(plan_error(&st, None), "the sentinels do not agree on a master");
+        let mut st = status(vec![replica("10.0.0.2:6379", 900, 100)]);
+        st.sentinels[1].quorum_ok = false;
+        st.sentinels[1].quorum_message = "NOQUORUM 1 usable".into();
+        assert_eq!(plan_error(&st, None), "the sentinels cannot authorise a failover: NOQUORUM; NOQUORUM 1 usable");
+        let st = status(vec![replica("10.0.0.2:6379", 900, 0)]);
+        assert_eq!(plan_error(&st, None), format!("no healthy replica of {M} to switch to"));
+    }
 }
