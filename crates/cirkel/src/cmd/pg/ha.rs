@@ -183,3 +183,68 @@ pub(super) fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool)
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Failure;
+    use cirkel_state::control::Reply;
+
+    fn config(text: &str) -> cirkel_config::Config {
+        cirkel_config::Config::parse(text, "c.toml", None).unwrap()
+    }
+
+    const TWO_WITH_MEMBERS: &str = "[postgres.a.members.m1]\nhost = \"h1\"\n\
+                                    [postgres.b.members.m1]\nhost = \"h2\"\n\
+                                    [postgres.plain]\nhost = \"h3\"\n";
+
+    fn error_of(r: anyhow::Result<(String, cirkel_config::PostgresConfig)>) -> Failure {
+        match r {
+            Ok((name, _)) => panic!("chose {name}"),
+            Err(e) => Failure::from(&e),
+        }
+    }
+
+    #[test]
+    fn member_cluster_takes_the_only_cluster_with_members() {
+        let cfg = config("[postgres.a.members.m1]\nhost = \"h1\"\n[postgres.plain]\nhost = \"h3\"\n");
+        let (name, c) = member_cluster(&cfg, None).unwrap();
+        assert_eq!(name, "a");
+        assert_eq!(c.members.len(), 1);
+    }
+
+    #[test]
+    fn member_cluster_takes_the_one_named() {
+        let (name, _) = member_cluster(&config(TWO_WITH_MEMBERS), Some("b")).unwrap();
+        assert_eq!(name, "b");
+    }
+
+    #[test]
+    fn member_cluster_asks_which_when_several_have_members() {
+        let f = error_of(member_cluster(&config(TWO_WITH_MEMBERS), None));
+        assert_eq!(f.error, "2 PostgreSQL clusters with members are configured");
+        assert_eq!(f.hint.as_deref(), Some("name one with --cluster: a, b"));
+    }
+
+    #[test]
+    fn member_cluster_refuses_none_unknown_and_memberless_clusters() {
+        let f = error_of(member_cluster(&config("[postgres.plain]\nhost = \"h3\"\n"), None));
+        assert_eq!(f.error, "no PostgreSQL cluster with members is configured");
+        let f = error_of(member_cluster(&config(TWO_WITH_MEMBERS), Some("plain")));
+        assert_eq!(f.error, "cluster `plain` has no members");
+        let f = error_of(member_cluster(&config(TWO_WITH_MEMBERS), Some("nope")));
+        assert_eq!(f.error, "no cluster `nope` in the configuration");
+    }
+
+    #[test]
+    fn refused_by_daemon_says_why_and_what_to_do() {
+        let f = Failure::from(&refused_by_daemon(Reply::Refused { message: "not your cluster".into() }));
+        assert_eq!(f.error, "cirkel serve refused: not your cluster");
+        assert!(f.hint.unwrap_or_default().contains("as root"));
+        let f = Failure::from(&refused_by_daemon(Reply::Error { message: "no watcher".into() }));
+        assert_eq!(f.error, "cirkel serve: no watcher");
+        assert!(f.hint.unwrap_or_default().contains("cirkel events"));
+        let e = refused_by_daemon(Reply::Done { message: "ok".into() });
+        assert!(e.to_string().starts_with("cirkel serve answered Done"), "{e}");
+    }
+}

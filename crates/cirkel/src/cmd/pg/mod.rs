@@ -131,3 +131,98 @@ fn parse_time(t: &str) -> anyhow::Result<DateTime<Utc>> {
     );
     Ok(utc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Failure;
+
+    #[test]
+    fn parse_time_takes_rfc3339_with_any_offset() {
+        let want = "2026-11-26T07:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(parse_time("2026-11-26T07:00:00Z").unwrap(), want);
+        assert_eq!(parse_time("2026-11-26T08:00:00+01:00").unwrap(), want);
+    }
+
+    #[test]
+    fn parse_time_takes_a_time_without_zone_as_local() {
+        use chrono::TimeZone;
+        let naive = chrono::NaiveDate::from_ymd_opt(2026, 6, 15).unwrap().and_hms_milli_opt(12, 30, 0, 500).unwrap();
+        let want = chrono::Local.from_local_datetime(&naive).single().unwrap().with_timezone(&Utc);
+        assert_eq!(parse_time("2026-06-15 12:30:00.5").unwrap(), want);
+        assert_eq!(parse_time("2026-06-15T12:30:00.5").unwrap(), want);
+    }
+
+    #[test]
+    fn parse_time_refuses_what_is_not_a_time() {
+        for bad in ["yesterday", "2026-13-01 00:00:00", "2026-11-26", ""] {
+            let f = Failure::from(&parse_time(bad).unwrap_err());
+            assert!(f.error.contains("is not a time"), "{bad}: {}", f.error);
+            assert!(f.hint.unwrap_or_default().contains("RFC 3339"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pg_error_gives_postgresql_errors_their_hints() {
+        let cases: Vec<(anyhow::Error, &str)> = vec![
+            (
+                cirkel_pg::conn::ConnectError { describe: "h:5432".into(), detail: "refused".into() }.into(),
+                "PGHOST/PGPORT/PGUSER",
+            ),
+            (PlanError::NoBackup(String::new()).into(), "cirkel pg backup"),
+            (cirkel_pg::restore::NotEmpty(PathBuf::from("/restore")).into(), "cirkel never deletes it"),
+            (cirkel_pg::wal::BadWalName("x".into()).into(), "%f %p"),
+        ];
+        for (e, hint) in cases {
+            let message = e.to_string();
+            let f = Failure::from(&pg_error(e));
+            assert_eq!(f.error, message);
+            assert!(f.hint.as_deref().unwrap_or_default().contains(hint), "{message}: {:?}", f.hint);
+        }
+    }
+
+    #[test]
+    fn pg_error_passes_other_errors_through() {
+        let e = pg_error(anyhow::anyhow!("disk full"));
+        assert_eq!(e.to_string(), "disk full");
+        assert!(e.downcast_ref::<crate::output::UserError>().is_none());
+    }
+
+    fn config(text: &str) -> cirkel_config::Config {
+        cirkel_config::Config::parse(text, "c.toml", None).unwrap()
+    }
+
+    fn conn_args(cluster: Option<&str>, conninfo: Option<&str>) -> crate::cli::PgConnArgs {
+        crate::cli::PgConnArgs { cluster: cluster.map(Into::into), conninfo: conninfo.map(Into::into), pgdata: None }
+    }
+
+    #[test]
+    fn cluster_reads_the_named_cluster_then_lets_flags_override() {
+        let cfg =
+            config("[postgres.main]\nhost = \"db1\"\nport = 5433\npgdata = \"/srv/pg\"\nbindir = \"/opt/pg/bin\"\n");
+        let cl = cluster(&cfg, &conn_args(Some("main"), None)).unwrap();
+        assert_eq!(cl.conninfo.as_deref(), Some("host='db1' port=5433"));
+        assert_eq!(cl.pgdata, Some(PathBuf::from("/srv/pg")));
+        assert_eq!(cl.bindir, PathBuf::from("/opt/pg/bin"));
+        let cl = cluster(&cfg, &conn_args(Some("main"), Some("host=db2"))).unwrap();
+        assert_eq!(cl.conninfo.as_deref(), Some("host=db2"));
+    }
+
+    #[test]
+    fn cluster_without_a_name_uses_the_flags_and_the_environment() {
+        let cl = cluster(&config(""), &conn_args(None, None)).unwrap();
+        assert_eq!(cl.conninfo, None);
+        assert_eq!(cl.pgdata, None);
+        assert_eq!(cl.bindir, cirkel_pg::stream::find_bindir());
+    }
+
+    #[test]
+    fn cluster_refuses_an_unknown_name() {
+        let Err(e) = cluster(&config(""), &conn_args(Some("nope"), None)) else {
+            panic!("an unknown cluster was accepted");
+        };
+        let f = Failure::from(&e);
+        assert_eq!(f.error, "no cluster named `nope`");
+        assert!(f.hint.unwrap_or_default().contains("[postgres.NAME]"));
+    }
+}

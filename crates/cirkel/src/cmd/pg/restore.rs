@@ -174,3 +174,130 @@ fn tablespace_lines(plan: &cirkel_pg::restore::Plan, moves: &[(String, PathBuf)]
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use cirkel_pg::backup::{BackupMeta, Tablespace};
+    use cirkel_pg::restore::Plan;
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command, PgCmd};
+
+    fn restore_args(extra: &[&str]) -> anyhow::Result<PgRestoreArgs> {
+        let mut argv = vec!["cirkel", "pg", "restore", "--to", "/restore/here"];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Pg(PgCmd::Restore(a)) => Ok(a),
+            other => anyhow::bail!("parsed as {other:?}"),
+        }
+    }
+
+    fn target(extra: &[&str]) -> anyhow::Result<Target> {
+        parse_target(&restore_args(extra)?)
+    }
+
+    #[test]
+    fn parse_target_takes_the_flag_given() {
+        let t = "2026-11-26T08:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert_eq!(target(&["--target-time", "2026-11-26T09:00:00+01:00"]).unwrap(), Target::Time(t));
+        assert_eq!(target(&["--target-lsn", "0/3000060"]).unwrap(), Target::Lsn("0/3000060".into()));
+        assert_eq!(target(&["--target-xid", "1234"]).unwrap(), Target::Xid("1234".into()));
+        assert_eq!(target(&["--target-name", "before-deploy"]).unwrap(), Target::Name("before-deploy".into()));
+        assert_eq!(target(&["--immediate"]).unwrap(), Target::Immediate);
+    }
+
+    #[test]
+    fn parse_target_replays_everything_without_a_target() {
+        assert_eq!(target(&[]).unwrap(), Target::Latest);
+        assert_eq!(target(&["--latest"]).unwrap(), Target::Latest);
+    }
+
+    #[test]
+    fn parse_target_refuses_what_is_not_an_lsn_or_a_time() {
+        let e = target(&["--target-lsn", "3000060"]).unwrap_err();
+        let f = crate::output::Failure::from(&e);
+        assert!(f.error.contains("`3000060` is not an LSN"), "{}", f.error);
+        assert!(f.hint.unwrap_or_default().contains("0/3000060"));
+        let e = target(&["--target-time", "yesterday"]).unwrap_err();
+        assert!(e.to_string().contains("`yesterday` is not a time"), "{e}");
+    }
+
+    #[test]
+    fn same_location_ignores_trailing_slashes_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&repo, &link).unwrap();
+        let repo_s = repo.display().to_string();
+        assert!(same_location(&repo_s, &format!("{repo_s}/")));
+        assert!(same_location(&link.display().to_string(), &repo_s));
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        assert!(!same_location(&other.display().to_string(), &repo_s));
+    }
+
+    #[test]
+    fn same_location_compares_what_is_not_a_local_path_as_written() {
+        assert!(same_location("s3://bucket/prefix", "s3://bucket/prefix/"));
+        assert!(!same_location("s3://bucket/prefix", "s3://bucket/other"));
+    }
+
+    fn plan_with_tablespaces(tablespaces: Vec<Tablespace>) -> Plan {
+        let now = chrono::Utc::now();
+        Plan {
+            backup: cirkel_repo::Id::of(b"backup"),
+            meta: BackupMeta {
+                system_id: "7300000000000000001".into(),
+                pg_version: 150000,
+                timeline: 1,
+                start_lsn: "0/2000028".into(),
+                stop_lsn: "0/2000100".into(),
+                start_wal: "000000010000000000000002".into(),
+                stop_wal: "000000010000000000000002".into(),
+                start_time: now,
+                stop_time: now,
+                label: "test".into(),
+                backup_type: "full".into(),
+                wal_segment_size: 16 << 20,
+                pgdata: "/var/lib/postgresql/15/main".into(),
+                from_standby: false,
+                owner_uid: 0,
+                owner_gid: 0,
+                checksum_errors: Vec::new(),
+                checksum_error_count: 0,
+                data_checksums: true,
+                tablespaces,
+            },
+            target: Target::Latest,
+            wal_from: "000000010000000000000002".into(),
+            wal_to: None,
+            wal_gaps: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tablespace_lines_say_where_each_tablespace_goes() {
+        let plan = plan_with_tablespaces(vec![
+            Tablespace { oid: "16414".into(), location: "/srv/ts1".into() },
+            Tablespace { oid: "16415".into(), location: "/srv/ts2".into() },
+        ]);
+        let moves = vec![("16414".to_string(), PathBuf::from("/restore/ts1"))];
+        assert_eq!(
+            tablespace_lines(&plan, &moves),
+            vec![
+                "tablespace 16414 (was /srv/ts1) into /restore/ts1".to_string(),
+                "tablespace 16415 (was /srv/ts2) into pg_tblspc/16415 of the data directory \
+                 (allow_in_place_tablespaces = on)"
+                    .to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn tablespace_lines_are_empty_without_tablespaces() {
+        assert!(tablespace_lines(&plan_with_tablespaces(Vec::new()), &[]).is_empty());
+    }
+}

@@ -144,3 +144,51 @@ pub(super) fn stream_wal(global: &Global, a: &StreamWalArgs) -> anyhow::Result<E
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn shell_quote_leaves_plain_words_alone() {
+        for plain in ["/var/lib/cirkel", "s3://bucket/pre-fix_1.x", "user@host:5432", "a=b"] {
+            assert_eq!(shell_quote(plain), plain);
+        }
+    }
+
+    #[test]
+    fn shell_quote_quotes_everything_a_shell_would_read() {
+        assert_eq!(shell_quote("/srv/my repo"), "'/srv/my repo'");
+        assert_eq!(shell_quote("$HOME;rm -rf /"), "'$HOME;rm -rf /'");
+        assert_eq!(shell_quote("*"), "'*'");
+        // A quote inside ends the quoted word, is escaped, and opens another.
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn wal_command_names_the_repository_passphrase_and_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("my config.toml");
+        std::fs::write(&config, "").unwrap();
+        let cli = Cli::try_parse_from(["cirkel", "--config", config.to_str().unwrap(), "pg", "backups"]).unwrap();
+        let cmd = wal_command(&cli.global, "/srv/my repo", Some(std::path::Path::new("/etc/pass word")), "wal-push %p");
+        assert!(cmd.contains(" --repo '/srv/my repo'"), "{cmd}");
+        assert!(cmd.contains(" --password-file '/etc/pass word'"), "{cmd}");
+        let canonical = std::fs::canonicalize(&config).unwrap();
+        assert!(cmd.contains(&format!(" --config '{}'", canonical.display())), "{cmd}");
+        assert!(cmd.ends_with(" wal-push %p"), "{cmd}");
+    }
+
+    #[test]
+    fn wal_command_leaves_out_what_is_not_given() {
+        let mut global = Cli::try_parse_from(["cirkel", "pg", "backups"]).unwrap().global;
+        // CIRKEL_CONFIG may be set where the tests run.
+        global.config = None;
+        let cmd = wal_command(&global, "/srv/repo", None, "wal-fetch %f %p");
+        assert!(cmd.contains(" --repo /srv/repo wal-fetch %f %p"), "{cmd}");
+        assert!(!cmd.contains("--password-file") && !cmd.contains("--config"), "{cmd}");
+    }
+}
