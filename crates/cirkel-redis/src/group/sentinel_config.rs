@@ -41,10 +41,9 @@ impl Group {
                 self.quorum
             ));
         }
-        let down_after = self.down_after.as_millis().to_string();
-        let failover_timeout = self.failover_timeout.as_millis().to_string();
-        let parallel = self.parallel_syncs.to_string();
         let quorum = self.quorum.to_string();
+        let (shown, set) = self.sentinel_set();
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
         for c in &mut conns {
             let addr = c.addr.clone();
             match c.cmd(&["SENTINEL", "MASTER", &self.master_name]) {
@@ -78,31 +77,40 @@ impl Group {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let mut args = vec![
-                "SENTINEL",
-                "SET",
-                &self.master_name,
-                "down-after-milliseconds",
-                &down_after,
-                "failover-timeout",
-                &failover_timeout,
-                "parallel-syncs",
-                &parallel,
-                "quorum",
-                &quorum,
-            ];
-            actions.push(format!("{addr}: {}", args.join(" ")));
-            if let Some(u) = &self.user {
-                args.extend(["auth-user", u.as_str()]);
-            }
-            if let Some(p) = &self.password {
-                args.extend(["auth-pass", p.as_str()]);
-            }
+            actions.push(format!("{addr}: {shown}"));
             if !dry_run {
-                c.cmd(&args)?;
+                c.cmd(&set)?;
             }
         }
         Ok(actions)
+    }
+
+    /// The `SENTINEL SET` that gives a Sentinel the group's settings: as
+    /// shown (without credentials, so what `configure` reports can be
+    /// pasted anywhere) and as sent (with the data nodes' credentials, which
+    /// the Sentinels need to reach them).
+    fn sentinel_set(&self) -> (String, Vec<String>) {
+        let mut args: Vec<String> = vec![
+            "SENTINEL".into(),
+            "SET".into(),
+            self.master_name.clone(),
+            "down-after-milliseconds".into(),
+            self.down_after.as_millis().to_string(),
+            "failover-timeout".into(),
+            self.failover_timeout.as_millis().to_string(),
+            "parallel-syncs".into(),
+            self.parallel_syncs.to_string(),
+            "quorum".into(),
+            self.quorum.to_string(),
+        ];
+        let shown = args.join(" ");
+        if let Some(u) = &self.user {
+            args.extend(["auth-user".into(), u.clone()]);
+        }
+        if let Some(p) = &self.password {
+            args.extend(["auth-pass".into(), p.clone()]);
+        }
+        (shown, args)
     }
 
     fn set_down_after(&self, ms: u64) -> Vec<String> {
@@ -128,5 +136,53 @@ impl Group {
     /// Gives the Sentinels their configured `down-after` back.
     pub fn release(&self) -> Vec<String> {
         self.set_down_after(self.down_after.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(extra: &str) -> (Group, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("redis-password");
+        std::fs::write(&secret, "s3cret-pass\n").unwrap();
+        let cfg = cirkel_config::Config::parse(
+            &format!(
+                "[redis.g]\nmaster_name = \"mymaster\"\nmembers = [\"10.0.0.1:6379\", \"10.0.0.2:6379\"]\n\
+                 sentinels = [\"10.0.1.1:26379\", \"10.0.1.2:26379\", \"10.0.1.3:26379\"]\n\
+                 down_after = \"5s\"\nfailover_timeout = \"1m\"\nparallel_syncs = 2\n{extra}\n",
+            ),
+            "c.toml",
+            Some(dir.path()),
+        )
+        .unwrap();
+        (Group::from_config("g", &cfg.redis["g"]).unwrap(), dir)
+    }
+
+    const SET: &str =
+        "SENTINEL SET mymaster down-after-milliseconds 5000 failover-timeout 60000 parallel-syncs 2 quorum 2";
+
+    #[test]
+    fn sentinel_set_sends_the_configured_settings() {
+        let (g, _dir) = group("");
+        let (shown, sent) = g.sentinel_set();
+        assert_eq!(shown, SET);
+        // REDISCLI_AUTH, if set where the tests run, is the data nodes' password.
+        let auth: Vec<String> = match std::env::var("REDISCLI_AUTH") {
+            Ok(p) => vec!["auth-pass".into(), p],
+            Err(_) => Vec::new(),
+        };
+        assert_eq!(sent, SET.split(' ').map(String::from).chain(auth).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sentinel_set_sends_credentials_but_never_shows_them() {
+        let (g, _dir) = group("user = \"cirkel\"\npassword_file = \"redis-password\"");
+        let (shown, sent) = g.sentinel_set();
+        assert_eq!(shown, SET);
+        assert!(!shown.contains("s3cret-pass") && !shown.contains("auth-"));
+        assert_eq!(sent[sent.len() - 4..], ["auth-user", "cirkel", "auth-pass", "s3cret-pass"]);
+        assert_eq!(sent[..sent.len() - 4].join(" "), SET);
     }
 }
