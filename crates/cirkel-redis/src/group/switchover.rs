@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Group, GroupStatus, MemberState};
+use super::{Group, GroupStatus, MemberState, SentinelState};
 use crate::resp::{Addr, Conn};
 
 impl Group {
@@ -183,26 +183,17 @@ impl Group {
     /// was not just promoted from it (its previous replication id would be
     /// the agreed master's: a promotion the Sentinels have not announced yet).
     pub fn demote_stray_master(&self, stray: &MemberState, agreed: &Addr) -> bool {
-        let astray = match stray.role.as_deref() {
-            Some("master") => true,
-            Some("slave") => stray.master.as_ref() != Some(agreed),
-            _ => false,
-        };
-        if stray.addr == *agreed || !astray {
+        if !stray.strays_from(agreed) {
             return false;
         }
         let master = self.probe_member(agreed);
         if master.role.as_deref() != Some("master") {
             return false;
         }
-        if master.replid.is_some() && stray.replid2 == master.replid {
+        if stray.promoted_from(&master) {
             return false;
         }
-        let busy = self.sentinels.iter().map(|a| self.probe_sentinel(a)).any(|s| {
-            !s.reachable
-                || s.master.as_ref() != Some(agreed)
-                || s.flags.split(',').any(|f| matches!(f, "s_down" | "o_down" | "failover_in_progress"))
-        });
+        let busy = self.sentinels.iter().map(|a| self.probe_sentinel(a)).any(|s| s.unsettled_on(agreed));
         if busy {
             return false;
         }
@@ -213,6 +204,35 @@ impl Group {
                 false
             }
         }
+    }
+}
+
+impl MemberState {
+    /// Runs as a master, or follows another node, while the Sentinels
+    /// agree on `agreed`.
+    fn strays_from(&self, agreed: &Addr) -> bool {
+        let astray = match self.role.as_deref() {
+            Some("master") => true,
+            Some("slave") => self.master.as_ref() != Some(agreed),
+            _ => false,
+        };
+        self.addr != *agreed && astray
+    }
+
+    /// Was promoted from `master`: its previous replication id is the
+    /// master's, a promotion the Sentinels have not announced yet.
+    fn promoted_from(&self, master: &MemberState) -> bool {
+        master.replid.is_some() && self.replid2 == master.replid
+    }
+}
+
+impl SentinelState {
+    /// Cannot vouch for `agreed` now: unreachable, naming another master,
+    /// seeing it down, or failing over.
+    fn unsettled_on(&self, agreed: &Addr) -> bool {
+        !self.reachable
+            || self.master.as_ref() != Some(agreed)
+            || self.flags.split(',').any(|f| matches!(f, "s_down" | "o_down" | "failover_in_progress"))
     }
 }
 
@@ -275,7 +295,6 @@ pub struct Switchover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::SentinelState;
 
     const M: &str = "10.0.0.1:6379";
 
@@ -383,5 +402,53 @@ mod tests {
         assert_eq!(plan_error(&st, None), "the sentinels cannot authorise a failover: NOQUORUM; NOQUORUM 1 usable");
         let st = status(vec![replica("10.0.0.2:6379", 900, 0)]);
         assert_eq!(plan_error(&st, None), format!("no healthy replica of {M} to switch to"));
+    }
+
+    #[test]
+    fn a_stray_runs_as_master_or_follows_another_node() {
+        let agreed = addr(M);
+        let mut old_master = replica("10.0.0.2:6379", 0, 100);
+        old_master.role = Some("master".into());
+        old_master.master = None;
+        assert!(old_master.strays_from(&agreed));
+        let mut elsewhere = replica("10.0.0.3:6379", 0, 100);
+        elsewhere.master = Some(addr("10.0.0.9:6379"));
+        assert!(elsewhere.strays_from(&agreed));
+        assert!(!replica("10.0.0.4:6379", 0, 100).strays_from(&agreed));
+        // The agreed master itself, or a member whose role is unknown, is no stray.
+        let mut itself = old_master.clone();
+        itself.addr = agreed.clone();
+        assert!(!itself.strays_from(&agreed));
+        let unknown = MemberState { addr: addr("10.0.0.5:6379"), ..Default::default() };
+        assert!(!unknown.strays_from(&agreed));
+    }
+
+    #[test]
+    fn a_member_promoted_from_the_master_is_not_taken_for_a_stray() {
+        let master = MemberState { replid: Some("aaa".into()), ..Default::default() };
+        let promoted = MemberState { replid: Some("bbb".into()), replid2: Some("aaa".into()), ..Default::default() };
+        let other = MemberState { replid: Some("ccc".into()), replid2: Some("ddd".into()), ..Default::default() };
+        assert!(promoted.promoted_from(&master));
+        assert!(!other.promoted_from(&master));
+        // Without the master's id nothing can be told apart.
+        let no_id = MemberState::default();
+        assert!(!MemberState::default().promoted_from(&no_id));
+    }
+
+    #[test]
+    fn a_sentinel_is_unsettled_while_it_cannot_vouch_for_the_master() {
+        let agreed = addr(M);
+        let settled = SentinelState {
+            reachable: true,
+            master: Some(agreed.clone()),
+            flags: "master".into(),
+            ..Default::default()
+        };
+        assert!(!settled.unsettled_on(&agreed));
+        for flags in ["master,s_down", "master,o_down", "master,failover_in_progress"] {
+            assert!(SentinelState { flags: flags.into(), ..settled.clone() }.unsettled_on(&agreed), "{flags}");
+        }
+        assert!(SentinelState { reachable: false, ..settled.clone() }.unsettled_on(&agreed));
+        assert!(SentinelState { master: Some(addr("10.0.0.9:6379")), ..settled.clone() }.unsettled_on(&agreed));
     }
 }
