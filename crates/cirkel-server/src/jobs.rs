@@ -15,7 +15,7 @@ use cirkel_config::{Config, RetentionConfig};
 use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
-use crate::scheduler::{Clock, run_schedule};
+use crate::scheduler::{Clock, run_schedule_reporting};
 
 /// A scheduled job: cirkel commands run one after the other.
 #[derive(Debug, Clone)]
@@ -116,7 +116,27 @@ impl Runner {
     /// Runs `job` at each time its schedule names until `stop` (a running
     /// job finishes first).
     pub fn run_schedule(&self, job: &Job, stop: &AtomicBool) {
-        run_schedule(&job.schedule, self.clock.as_ref(), stop, |_| self.run_job(job));
+        run_schedule_reporting(
+            &job.schedule,
+            self.clock.as_ref(),
+            stop,
+            |_| self.run_job(job),
+            |slots| {
+                let list: Vec<String> = slots.iter().map(|t| t.to_rfc3339()).collect();
+                let event = Event::new(
+                    &format!("schedule/{}", job.name),
+                    EventKind::JobMissed,
+                    format!(
+                        "{} slot(s) of {} passed while its previous run went on: {}",
+                        slots.len(),
+                        job.name,
+                        list.join(", ")
+                    ),
+                )
+                .with(json!({ "job": job.name, "slots": list }));
+                crate::record(&self.state, &event);
+            },
+        );
     }
 
     /// Runs the steps of `job` once; a failed step ends the job, except a

@@ -12,9 +12,9 @@ use std::sync::RwLock;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// A series' labels, sorted by name.
@@ -63,7 +63,11 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ("cirkel_schedule_missed_total", Kind::Counter, "Scheduled slots skipped because the previous run was still going"),
     ("cirkel_schedule_missed_recent", Kind::Gauge, "1 for a day after a scheduled slot was missed"),
     ("cirkel_repository_verify_ok", Kind::Gauge, "1 when the last verify of a repository found no damage"),
-    ("cirkel_wal_stream_lag_bytes", Kind::Gauge, "Bytes of WAL the primary wrote that cirkel's WAL streamer has not flushed"),
+    (
+        "cirkel_wal_stream_lag_bytes",
+        Kind::Gauge,
+        "Bytes of WAL the primary wrote that cirkel's WAL streamer has not flushed",
+    ),
     ("cirkel_alarm_state", Kind::Gauge, "1 for an alarm instance's current state"),
     ("cirkel_scrape_up", Kind::Gauge, "1 when the last scrape of a target succeeded"),
 ];
@@ -180,7 +184,10 @@ mod tests {
         m.remove("cirkel_check_up", &labels(&[("check", "api")]));
         let text = m.encode();
         assert!(text.contains("# TYPE cirkel_rpo_exposure_seconds gauge"), "{text}");
-        assert!(text.contains(r#"cirkel_rpo_exposure_seconds{repository="main",source="postgres/main"} 2.5"#), "{text}");
+        assert!(
+            text.contains(r#"cirkel_rpo_exposure_seconds{repository="main",source="postgres/main"} 2.5"#),
+            "{text}"
+        );
         assert!(text.contains(r#"cirkel_failovers_total{source="postgres/main"} 2"#), "{text}");
         assert!(!text.contains("cirkel_check_up"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));

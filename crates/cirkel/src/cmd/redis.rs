@@ -470,6 +470,7 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         passed: report.passed,
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
+        bytes: None,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {

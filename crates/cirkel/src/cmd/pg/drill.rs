@@ -30,6 +30,27 @@ pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCo
     let bar = spinner(global, "restore drill");
     let report = cirkel_pg::verify::verify(&repo, &opts).map_err(pg_error)?;
     bar.finish_and_clear();
+    // Recorded as a drill: its throughput predicts how long a restore of
+    // today's backup takes. The source names the backup's system
+    // identifier; the daemon knows which cluster that is.
+    let system = report.backup.and_then(|id| {
+        cirkel_pg::catalog::backups(&repo).ok()?.into_iter().find(|b| b.id == id).map(|b| b.meta.system_id)
+    });
+    if let Some(system) = system {
+        let outcome = crate::context::DrillOutcome {
+            source: &format!("postgres@{system}"),
+            kind: "restore-drill",
+            what: "restore drill",
+            passed: report.ok,
+            rto_s: Some(report.total_seconds),
+            writes_lost: 0,
+            bytes: Some(report.bytes),
+        };
+        let value = serde_json::to_value(&report)?;
+        if let Err(e) = crate::context::store_drill(&cfg, &outcome, &value) {
+            tracing::warn!("the restore drill's report was not stored: {e:#}");
+        }
+    }
     if global.json {
         print_json(&report);
     } else {
@@ -108,6 +129,7 @@ pub fn failover_drill(
         passed: report.passed,
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
+        bytes: None,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {

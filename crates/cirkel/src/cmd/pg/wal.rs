@@ -47,7 +47,7 @@ pub(super) fn wal_command(
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@".contains(c)) {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -166,6 +166,8 @@ mod tests {
         assert_eq!(shell_quote("*"), "'*'");
         // A quote inside ends the quoted word, is escaped, and opens another.
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        // An empty argument stays an argument.
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]
