@@ -29,6 +29,7 @@
 //! fences every action it takes (`election`).
 
 pub mod election;
+pub mod loss;
 pub mod round;
 
 pub use election::{ElectionError, EpochGate, Leadership, Lease, MemoryElection, StaleEpoch};
