@@ -332,7 +332,9 @@ pub fn switchover_now(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cirkel_failover::MemoryElection;
+    use crate::proxy::Target;
+    use cirkel_failover::round::{Action, ReadOnly};
+    use cirkel_failover::{MemoryElection, Role};
 
     fn config() -> PostgresConfig {
         let text = "[postgres.main]\n[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 5432\n";
@@ -390,5 +392,179 @@ mod tests {
         assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
         assert!(wa.epoch > la.epoch);
         wa.admit("failover").expect("a newer epoch acts again");
+    }
+
+    #[test]
+    fn observations_carry_what_the_rules_read() {
+        use crate::members::{MemberState, ReplicaLink};
+        let member = |name: &str| MemberState { name: name.into(), zone: format!("z-{name}"), ..Default::default() };
+        let st = ClusterStatus {
+            cluster: "main".into(),
+            primary: Some("a".into()),
+            healthy: false,
+            problems: Vec::new(),
+            members: vec![
+                MemberState {
+                    reachable: true,
+                    role: Some("primary".into()),
+                    lsn_bytes: Some(1000),
+                    synchronous_standby_names: Some("ANY 1 (\"b\")".into()),
+                    replicas: vec![ReplicaLink { name: "b".into(), ..Default::default() }],
+                    ..member("a")
+                },
+                MemberState {
+                    reachable: true,
+                    role: Some("standby".into()),
+                    lsn_bytes: Some(990),
+                    lag_bytes: Some(10),
+                    receiver: Some("streaming from 127.0.0.1:5432".into()),
+                    ..member("b")
+                },
+                MemberState {
+                    reachable: true,
+                    role: Some("standby".into()),
+                    receiver: Some("stopping from ?:?".into()),
+                    ..member("c")
+                },
+                MemberState { error: Some("no answer within 1s".into()), ..member("d") },
+            ],
+        };
+        let at = Utc::now() + chrono::Duration::hours(1);
+        let rec = Record {
+            primary: Some("a".into()),
+            fenced: Some("d".into()),
+            failover: Some(ha::InFlight { old: "d".into(), new: "a".into(), started: Utc::now() }),
+            sync: Some(["b".to_string()].into()),
+            paused: true,
+            ..Default::default()
+        };
+        let req = SwitchoverRequest { id: "x".into(), to: None, at: Some(at), requested: Utc::now() };
+        let pending = Pending { req, reply: None };
+        let obs = observations(&st, &rec, true, Some(&pending), Instant::now());
+        let [a, b, c, d] = &obs.members[..] else { panic!("{obs:?}") };
+        assert_eq!((a.role, a.lsn, a.waits_for_standbys), (Some(Role::Primary), 1000, true));
+        assert_eq!(a.replicas, vec!["b".to_string()]);
+        assert_eq!((b.role, b.streaming, b.lag_bytes), (Some(Role::Replica), true, Some(10)));
+        assert!(!c.streaming && !c.waits_for_standbys);
+        assert_eq!((d.reachable, d.role, d.error.as_deref()), (false, None, Some("no answer within 1s")));
+        assert_eq!(d.zone, "z-d");
+        assert!(obs.lease_held && obs.paused);
+        assert_eq!(obs.fenced.as_deref(), Some("d"));
+        assert_eq!(obs.in_flight, Some(round::InFlight { old: "d".into(), new: "a".into() }));
+        assert_eq!(obs.sync_recorded, rec.sync);
+        assert_eq!(obs.switchover, Some(PendingSwitchover { at: Some(at.timestamp_millis()) }));
+        assert!(obs.now <= Utc::now().timestamp_millis());
+    }
+
+    struct Bench {
+        _dir: tempfile::TempDir,
+        state: StateDir,
+        c: PostgresConfig,
+        st: ClusterStatus,
+        ro: Arc<Router>,
+    }
+
+    fn bench() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let st = ClusterStatus {
+            cluster: "main".into(),
+            primary: None,
+            healthy: true,
+            problems: Vec::new(),
+            members: Vec::new(),
+        };
+        Bench { _dir: dir, state, c: config(), st, ro: Router::new() }
+    }
+
+    impl Bench {
+        fn watch(&self, epoch: u64) -> Watch<'_> {
+            Watch {
+                cluster: "main",
+                c: &self.c,
+                state: &self.state,
+                source: "postgres/main".into(),
+                router: Router::new(),
+                rec: Record::default(),
+                epoch,
+            }
+        }
+
+        fn run(&self, w: &mut Watch, action: &Action) -> Result<(), String> {
+            let mut decider = crate::members::decider(&self.c).unwrap();
+            decider.assume_primary("a");
+            let mut pending = None;
+            let mut scene = Scene { st: &self.st, decider: &mut decider, pending: &mut pending, ro_router: &self.ro };
+            w.execute(action, &mut scene)
+        }
+    }
+
+    #[test]
+    fn events_and_alarms_are_recorded_under_the_logs_kinds() {
+        let b = bench();
+        let mut w = b.watch(1);
+        let down = round::Event {
+            kind: round::EventKind::MemberDown,
+            message: "member a failed 3 checks: refused".into(),
+            details: vec![("member", "a".into()), ("zone", "z1".into())],
+        };
+        b.run(&mut w, &Action::Record(down)).unwrap();
+        let alarm = round::Alarm {
+            key: round::AlarmKey { kind: round::AlarmKind::NoFailoverCandidate, subject: "a".into() },
+            message: "primary a is down and no standby qualifies".into(),
+        };
+        b.run(&mut w, &Action::RaiseAlarm(alarm.clone())).unwrap();
+        b.run(&mut w, &Action::ClearAlarm(alarm.key)).unwrap();
+        let events = b.state.events().unwrap();
+        let kinds: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
+        assert_eq!(kinds, ["member-down", "no-failover-candidate"], "a cleared alarm records nothing");
+        assert_eq!(events[0].details["member"], "a");
+        assert_eq!(events[0].details["zone"], "z1");
+        assert_eq!(events[1].message, "primary a is down and no standby qualifies");
+    }
+
+    #[test]
+    fn unfencing_and_a_new_primary_are_saved() {
+        let b = bench();
+        let mut w = b.watch(1);
+        w.rec.fenced = Some("b".into());
+        b.run(&mut w, &Action::Unfence("b".into())).unwrap();
+        b.run(&mut w, &Action::RecordPrimary("a".into())).unwrap();
+        let rec = Record::load(&b.state, "main").unwrap();
+        assert_eq!((rec.fenced, rec.primary.as_deref()), (None, Some("a")));
+        // Nothing pending: a switchover is nothing to do.
+        b.run(&mut w, &Action::Switchover).unwrap();
+        assert!(b.state.events().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_read_only_endpoint_follows_the_primary_only_while_it_is_routed() {
+        let b = bench();
+        let mut w = b.watch(1);
+        b.ro.set(Some(Target::new("127.0.0.1", 1)));
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Primary)).unwrap();
+        assert_eq!(b.ro.target(), None, "the read-write endpoint routes nowhere");
+        b.run(&mut w, &Action::Route(Some("a".into()))).unwrap();
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Primary)).unwrap();
+        assert_eq!(b.ro.target(), Some(Target::new("127.0.0.1", 5432)));
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Standby("nobody".into()))).unwrap();
+        assert_eq!(b.ro.target(), None, "an unknown member is no target");
+    }
+
+    #[test]
+    fn a_rejoin_under_a_stale_epoch_fails_into_its_alarm() {
+        let b = bench();
+        Record { epoch: 5, ..Default::default() }.save(&b.state, "main").unwrap();
+        let mut w = b.watch(4);
+        let rejoin = Action::Rejoin { old: "a".into(), new: "b".into() };
+        let why = b.run(&mut w, &rejoin).unwrap_err();
+        assert!(why.contains("refused"), "{why}");
+        let alarm = rejoin.failure(why).unwrap();
+        assert_eq!(alarm.key.kind, round::AlarmKind::RejoinFailed);
+        assert!(kinds(&b.state).contains(&"stale-epoch".to_string()));
+        let failover = Action::Failover { old: "a".into(), new: "b".into(), lost_bytes: 0, detected: 0 };
+        let why = b.run(&mut w, &failover).unwrap_err();
+        assert!(why.contains("refused"), "{why}");
+        assert_eq!(b.ro.target(), None);
     }
 }
