@@ -23,6 +23,9 @@ use crate::ha::{self, InFlight, Record, SwitchoverRequest};
 use crate::members::ClusterStatus;
 use crate::proxy::{Router, Target};
 
+/// A cluster's watcher as the executor needs it: the configuration, the
+/// record it keeps, the read-write endpoint it switches, and the epoch of
+/// the lease it acts under.
 pub(super) struct Watch<'a> {
     pub(super) cluster: &'a str,
     pub(super) c: &'a PostgresConfig,
