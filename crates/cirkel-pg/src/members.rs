@@ -324,11 +324,16 @@ fn human(bytes: u64) -> String {
 pub(crate) fn probes(st: &ClusterStatus) -> Vec<Probe> {
     st.members
         .iter()
-        .map(|m| Probe {
-            member: m.name.clone(),
-            ok: m.reachable,
-            role: m.role.as_deref().map(|r| if r == "primary" { Role::Primary } else { Role::Replica }),
-            lsn: m.lsn_bytes.unwrap_or(0),
-        })
+        .map(|m| Probe { member: m.name.clone(), ok: m.reachable, role: role(m), lsn: m.lsn_bytes.unwrap_or(0) })
         .collect()
+}
+
+/// A member's role as the decision rules know it (`None`: unknown, as
+/// when it did not answer).
+pub(crate) fn role(m: &MemberState) -> Option<Role> {
+    match m.role.as_deref()? {
+        "primary" => Some(Role::Primary),
+        "standby" => Some(Role::Replica),
+        _ => None,
+    }
 }
