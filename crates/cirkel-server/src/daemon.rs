@@ -265,6 +265,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         });
     }
 
+    // WAL streaming, for clusters that ask for it: the same command a
+    // person would run, supervised (restarted when it exits).
+    for (name, c) in &cfg.postgres {
+        if !c.stream_wal {
+            continue;
+        }
+        let (exe, mut argv) = (runner.exe.clone(), runner.global.clone());
+        argv.extend(["pg", "stream-wal", "--cluster", name].map(String::from));
+        sup.spawn_blocking(format!("stream-wal/postgres/{name}"), sup.token(), move |stop| {
+            crate::jobs::run_until_stopped(&exe, &argv, &stop)
+        });
+    }
+
     // The scheduled jobs of the configuration in force; a reload cancels
     // them (a running job finishes first) and starts the new ones.
     let start_jobs = |jobs: Vec<Job>| {

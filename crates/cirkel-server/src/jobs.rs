@@ -196,6 +196,40 @@ impl Runner {
     }
 }
 
+/// Runs `exe argv…` until it exits (an error: it should run until told to
+/// stop) or `stop` turns true (then it gets SIGTERM, and SIGKILL 10 s later).
+pub fn run_until_stopped(exe: &std::path::Path, argv: &[String], stop: &AtomicBool) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let mut child = Command::new(exe)
+        .args(argv)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("start `cirkel {}`: {e}", argv.join(" ")))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("`cirkel {}` exited ({status})", argv.join(" "));
+        }
+        if stop.load(Ordering::Relaxed) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

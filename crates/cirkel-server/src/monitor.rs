@@ -229,10 +229,10 @@ pub async fn run_checks(
 }
 
 /// The newest complete snapshot among `snaps` that `belongs`.
-fn newest<'a>(
-    snaps: &'a [(cirkel_repo::Id, cirkel_repo::snapshot::Snapshot)],
+fn newest(
+    snaps: &[(cirkel_repo::Id, cirkel_repo::snapshot::Snapshot)],
     belongs: impl Fn(&cirkel_repo::snapshot::Snapshot) -> bool,
-) -> (usize, Option<&'a cirkel_repo::snapshot::Snapshot>) {
+) -> (usize, Option<&cirkel_repo::snapshot::Snapshot>) {
     let mine: Vec<&cirkel_repo::snapshot::Snapshot> =
         snaps.iter().map(|(_, s)| s).filter(|s| belongs(s) && !s.incomplete).collect();
     (mine.len(), mine.into_iter().max_by_key(|s| s.time))
@@ -251,13 +251,25 @@ struct Server {
     current_lsn: Option<u64>,
 }
 
-fn read_server(conninfo: &str) -> anyhow::Result<Server> {
+fn read_server(conninfo: &str, streamed: bool, m: &Metrics, source: &str) -> anyhow::Result<Server> {
     let conn = cirkel_pg::conn::PgConn::connect(Some(conninfo))?;
     let row = conn.query_one(
         "SELECT system_identifier::text, CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END \
          FROM pg_control_system()",
     )?;
     let lsn: Option<String> = row.get(1);
+    if streamed {
+        // The streamer is the replication connection on cirkel's slot.
+        let lag = conn.query(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), r.flush_lsn)::float8 FROM pg_stat_replication r \
+             JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'cirkel'",
+        )?;
+        let l = labels(&[("source", source)]);
+        match lag.first().and_then(|r| r.get::<_, Option<f64>>(0)) {
+            Some(b) => m.set("cirkel_wal_stream_lag_bytes", l, b.max(0.0)),
+            None => m.remove("cirkel_wal_stream_lag_bytes", &l),
+        }
+    }
     Ok(Server { system_id: row.get(0), current_lsn: lsn.as_deref().and_then(cirkel_pg::conn::parse_lsn) })
 }
 
@@ -322,7 +334,7 @@ impl Collector {
                 primary_conn = access.conninfo(name).ok().flatten();
             }
             if let Some(ci) = primary_conn {
-                match read_server(&ci) {
+                match read_server(&ci, c.stream_wal, m, &source) {
                     Ok(s) => {
                         servers.insert(name.clone(), s);
                     }
@@ -469,10 +481,13 @@ impl Collector {
     }
 }
 
+/// The latest series of every scrape target, by target.
+pub type Scraped = Arc<Mutex<HashMap<String, Vec<(String, Labels, f64)>>>>;
+
 /// The alarm engine and what it needs between evaluations.
 pub struct AlarmLoop {
     engine: cirkel_alarm::Engine,
-    pub scraped: Arc<Mutex<HashMap<String, Vec<(String, Labels, f64)>>>>,
+    pub scraped: Scraped,
 }
 
 const ALARM_SNAPSHOT: &str = "alarm-states.json";
@@ -586,7 +601,7 @@ fn clone_check(c: &PublishedCheck) -> PublishedCheck {
 pub async fn scrape(
     name: String,
     cfg: cirkel_config::ScrapeConfig,
-    scraped: Arc<Mutex<HashMap<String, Vec<(String, Labels, f64)>>>>,
+    scraped: Scraped,
     metrics: Arc<Metrics>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
