@@ -1,4 +1,5 @@
 //! The daemon's HTTP server (`[server] listen`): `/metrics` for Prometheus
+//! (OpenMetrics when the client asks for it, else the Prometheus text format)
 //! and `/health` for whoever watches cirkel itself. Reads only; nothing
 //! here changes state. One task per connection, at most
 //! [`MAX_CONNECTIONS`] at once, each with a deadline for its request head
@@ -23,6 +24,7 @@ pub const MAX_CONNECTIONS: usize = 256;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves until `cancel`.
 pub async fn serve(
@@ -74,7 +76,18 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 
 fn respond(req: &Request<Incoming>, metrics: &Arc<Metrics>) -> Response<Full<Bytes>> {
     let (status, kind, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, OPENMETRICS, metrics.encode()),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let open = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if open {
+                (StatusCode::OK, OPENMETRICS, metrics.encode())
+            } else {
+                (StatusCode::OK, PROMETHEUS_TEXT, metrics.encode_text())
+            }
+        }
         (&Method::GET | &Method::HEAD, "/health") => {
             (StatusCode::OK, "application/json", r#"{"status":"ok"}"#.to_string())
         }

@@ -92,6 +92,35 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The Prometheus text format (0.0.4) of every series, for clients that
+    /// do not ask for OpenMetrics (`promtool`, older scrapers): the same
+    /// series, with counter families named by their `_total` samples and no
+    /// `# EOF`.
+    pub fn encode_text(self: &std::sync::Arc<Self>) -> String {
+        let open = self.encode();
+        let counters: Vec<&str> = FAMILIES
+            .iter()
+            .filter(|(_, k, _)| *k == Kind::Counter)
+            .filter_map(|(n, _, _)| n.strip_suffix("_total"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+                let rest = line.strip_prefix(p)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(&name).then(|| format!("{p}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+}
+
 #[derive(Debug)]
 struct Exposition(std::sync::Arc<Metrics>);
 
@@ -146,6 +175,9 @@ mod tests {
         assert!(text.contains(r#"cirkel_failovers_total{source="postgres/main"} 2"#), "{text}");
         assert!(!text.contains("cirkel_check_up"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
+        let plain = m.encode_text();
+        assert!(plain.contains("# TYPE cirkel_failovers_total counter\ncirkel_failovers_total{"), "{plain}");
+        assert!(!plain.contains("# EOF"));
         let names: Vec<String> = m.samples().into_iter().map(|(n, _, _)| n).collect();
         assert_eq!(names, ["cirkel_failovers_total", "cirkel_rpo_exposure_seconds", "cirkel_up"]);
     }

@@ -180,6 +180,9 @@ pub async fn run_checks(
                 Ok(t) => {
                     let down = t.to.as_str() == "down";
                     let up = t.to.as_str() == "up";
+                    if up || down {
+                        metrics.set("cirkel_check_up", labels(&[("check", &t.name)]), if up { 1.0 } else { 0.0 });
+                    }
                     let (kind, what) = match (down, up) {
                         (true, _) => (EventKind::CheckDown, format!("check {} is down: {}", t.name, t.error.clone().unwrap_or_default())),
                         (_, true) => (EventKind::CheckUp, format!("check {} is up", t.name)),
