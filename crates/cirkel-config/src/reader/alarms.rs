@@ -107,6 +107,7 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>, known: &Known<'_>) -> Option<Ala
     let treat_missing_data = parsed(&mut t, "treat_missing_data", |s| s.parse::<TreatMissing>());
     let severity = parsed(&mut t, "severity", |s| s.parse::<Severity>());
     let description = t.string("description");
+    let rate = t.boolean("rate");
 
     if !enabled && builtin.is_none() {
         let names: Vec<String> = cirkel_alarm::defaults().into_iter().map(|d| d.name).collect();
@@ -243,6 +244,7 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>, known: &Known<'_>) -> Option<Ala
             treat_missing_data: treat_missing_data.or(base.map(|b| b.treat_missing_data)).unwrap_or_default(),
             severity: severity.or(base.map(|b| b.severity)).unwrap_or_default(),
             description: description.or(base.map(|b| b.description.clone())).unwrap_or_default(),
+            rate: rate.or(base.map(|b| b.rate)).unwrap_or(false),
         },
     })
 }
