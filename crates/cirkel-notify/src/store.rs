@@ -494,12 +494,13 @@ pub(crate) struct NewMessage<'a> {
     pub expires: DateTime<Utc>,
 }
 
-/// Queues a message; its id is random so two daemons' ids never collide.
+/// Queues a message, due at once (whatever the clock of the change that
+/// queued it said); its id is random so two daemons' ids never collide.
 pub(crate) fn enqueue(tx: &Transaction<'_>, m: &NewMessage<'_>) -> Result<String> {
     let message_id = hex::encode(rand::random::<[u8; 16]>());
     tx.execute(
         "INSERT INTO outbox (message_id, alert_id, receiver, payload, dedup_key, next_attempt, expires, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?7, ?6)",
         params![message_id, m.alert_id, m.receiver, m.payload, m.dedup_key, ms(m.now), ms(m.expires)],
     )
     .map_err(store_err)?;
