@@ -193,7 +193,8 @@ pub struct SmtpServer {
 }
 
 const SMTP_SCRIPT: &str = r#"
-import sys, time, pathlib, itertools
+import sys, time, pathlib, itertools, warnings
+warnings.simplefilter("ignore")
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 port, out, auth = int(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
@@ -203,10 +204,11 @@ class Handler:
         (out / f"{next(counter):04}.eml").write_bytes(envelope.content)
         return "250 OK"
 def authenticator(server, session, envelope, mechanism, auth_data):
-    return AuthResult(success=(auth == "accept" and auth_data.login == b"cirkel" and auth_data.password == b"s3cret"))
+    ok = auth == "accept" and auth_data.login == b"cirkel" and auth_data.password == b"s3cret"
+    return AuthResult(success=ok, handled=False)
 kwargs = {}
 if auth != "none":
-    kwargs = dict(authenticator=authenticator, auth_require_tls=False, auth_required=True)
+    kwargs = dict(authenticator=authenticator, auth_require_tls=False, auth_required=True, auth_exclude_mechanism=["LOGIN"])
 c = Controller(Handler(), hostname="127.0.0.1", port=port, **kwargs)
 c.start()
 print("ready", flush=True)
