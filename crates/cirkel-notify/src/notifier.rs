@@ -82,7 +82,7 @@ impl Notifier {
                 return Ok(Handled { alert: None, decision, messages: Vec::new(), incident: None });
             };
             let mut incident = alert.incident_id;
-            if input.status == Status::Firing && incident.is_none() && prior.open == false {
+            if input.status == Status::Firing && incident.is_none() && !prior.open {
                 incident = incident::on_alert(tx, &alert, input.name == "failover", self.incident_window)?;
             }
             if let Some(id) = incident
@@ -101,13 +101,22 @@ impl Notifier {
     }
 
     /// Acknowledges alert `id`: escalation stops, and the receivers that
-    /// track acknowledgements (PagerDuty) hear of it.
+    /// heard of the alert and track acknowledgements (PagerDuty) hear of it.
     pub fn acknowledge(&self, id: i64, by: &str, now: DateTime<Utc>) -> Result<AlertRow> {
         let before = self.store.alert(id)?;
         let alert = self.store.acknowledge(id, by, now)?;
-        if before.acknowledged_at.is_none() && alert.notified && alert.status == Status::Firing {
-            let names = self.routes.receivers(alert.severity, &alert.labels);
-            self.store.transaction(|tx| self.queue(tx, &alert, Action::Acknowledge, alert.level, &names, now, None))?;
+        if before.acknowledged_at.is_none() && alert.status == Status::Firing {
+            self.store.transaction(|tx| {
+                let mut stmt = tx
+                    .prepare("SELECT DISTINCT receiver FROM outbox WHERE alert_id = ?1 ORDER BY receiver")
+                    .map_err(store_err)?;
+                let names = stmt
+                    .query_map(params![id], |r| r.get::<_, String>(0))
+                    .map_err(store_err)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(store_err)?;
+                self.queue(tx, &alert, Action::Acknowledge, alert.level, &names, now, None)
+            })?;
         }
         Ok(alert)
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use cirkel_config::Secret;
 use cirkel_notify::{
-    AlertInput, Counters, Labels, Notifier, Receiver, ReceiverKind, Receivers, Severity, Status, Store,
-    WorkerOptions, alert_key, outbox,
+    AlertInput, Counters, Labels, Notifier, Receiver, ReceiverKind, Receivers, Severity, Status, Store, WorkerOptions,
+    alert_key, outbox,
 };
 use common::{SmtpServer, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -63,8 +63,11 @@ fn run(receiver: Receiver) -> Run {
     let counters = Arc::new(Counters::new(["email"]));
     let notifier = Notifier::new(store.clone(), receivers.clone());
     let cancel = CancellationToken::new();
-    let options =
-        WorkerOptions { poll: Duration::from_millis(20), backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(200) };
+    let options = WorkerOptions {
+        poll: Duration::from_millis(20),
+        backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+    };
     let worker = tokio::spawn(outbox::run(store, receivers, counters.clone(), options, cancel.clone()));
     Run { notifier, counters, cancel, worker, _dir: dir }
 }
