@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 mod alarms;
+mod notify;
 
 use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
 
@@ -338,6 +339,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     cfg.scrape = alarms::read_scrapes(root.named_tables("scrape"));
     cfg.checks = root.named_tables("checks").into_iter().map(|(n, t)| (n, checks::read_check(t))).collect();
     cfg.server = root.table("server").map(checks::read_server).unwrap_or_default();
+    cfg.notifications = notify::read(&mut root);
     let copy_targets = cfg
         .files
         .iter()
