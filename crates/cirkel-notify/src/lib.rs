@@ -17,7 +17,9 @@
 //! - [`incident`]: incidents, their timeline and the post-mortem.
 //! - [`receivers`]: the payload each kind of receiver takes, and its sender.
 //! - [`outbox`]: the delivery worker.
+//! - [`config`]: the configuration's settings as the notifier's types.
 
+pub mod config;
 pub mod escalate;
 pub mod incident;
 pub mod notifier;
@@ -32,6 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use cirkel_state::Severity;
+pub use config::Settings;
 pub use notifier::{Handled, Notifier};
 pub use outbox::{Counters, ReceiverCounts, WorkerOptions};
 pub use receivers::{Payload, Receiver, ReceiverKind, Receivers};
