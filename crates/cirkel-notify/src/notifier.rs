@@ -55,7 +55,22 @@ impl Notifier {
     pub fn handle(&self, input: &AlertInput) -> Result<Handled> {
         let now = input.at;
         self.store.transaction(|tx| {
-            let open = store::open_alert(tx, &input.key)?;
+            let mut open = store::open_alert(tx, &input.key)?;
+            // Events never clear by themselves: once someone acknowledged
+            // one, the same kind of event again (a second failover) is a
+            // new alert, not a duplicate of the handled one.
+            if let Some(a) = &open
+                && input.status == Status::Firing
+                && a.acknowledged_at.is_some()
+                && a.started_at < now
+            {
+                tx.execute(
+                    "UPDATE alerts SET state = 'resolved', resolved_at = ?2 WHERE id = ?1",
+                    params![a.id, ms(now)],
+                )
+                .map_err(store_err)?;
+                open = None;
+            }
             let prior = Prior {
                 open: open.is_some(),
                 open_notified: open.as_ref().is_some_and(|a| a.notified),

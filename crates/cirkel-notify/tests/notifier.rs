@@ -309,3 +309,28 @@ fn an_alarm_transition_becomes_one_alert() {
     assert_eq!(fire.severity, Severity::Critical);
     assert!(AlertInput::from_transition(&tr(AlarmState::Ok, AlarmState::InsufficientData)).is_none());
 }
+
+#[test]
+fn an_event_that_recurs_after_its_acknowledgement_opens_a_new_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = notifier(&dir);
+    let event = |at| cirkel_state::Event {
+        time: at,
+        source: "redis/cache".into(),
+        kind: cirkel_state::EventKind::Failover,
+        severity: Severity::Critical,
+        message: "failover".into(),
+        details: serde_json::Value::Null,
+    };
+    let first = n.handle(&AlertInput::from_event(&event(t(0)))).unwrap();
+    // Unacknowledged, the same event again is the same alert.
+    let again = n.handle(&AlertInput::from_event(&event(t(60)))).unwrap();
+    assert_eq!(again.decision, Decision::Quiet(Quiet::Duplicate));
+    n.acknowledge(first.alert.unwrap(), "ana", t(120)).unwrap();
+    // A week later, a second failover: a new alert, sent again.
+    let week = 7 * 24 * 3600;
+    let second = n.handle(&AlertInput::from_event(&event(t(week)))).unwrap();
+    assert_ne!(second.alert, first.alert);
+    assert!(matches!(second.decision, Decision::Notify(_)));
+    assert_eq!(n.store.alert(first.alert.unwrap()).unwrap().status, Status::Resolved);
+}
