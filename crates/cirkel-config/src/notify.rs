@@ -97,6 +97,7 @@ pub struct SmtpConfig {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RoutesConfig {
     /// Receivers by severity (`critical`, `high`, `medium`, `low`).
+    #[serde(flatten)]
     pub by_severity: BTreeMap<String, Vec<String>>,
     #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatchConfig>,

@@ -158,6 +158,14 @@ end = "2027-03-01T04:00:00+00:00"
     }
     assert!(shown.contains("\"kind\":\"pagerduty\""), "{shown}");
     assert!(!format!("{cfg:?}").contains("R0UT1NG"));
+    let toml = cfg.to_toml();
+    assert!(!toml.starts_with("# cannot render"), "{toml}");
+    for secret in ["R0UT1NG", "t0ken", "s3cret", "XYZ"] {
+        assert!(!toml.contains(secret), "{secret} shown: {toml}");
+    }
+    assert!(toml.contains("[notify.pagerduty]"), "{toml}");
+    assert!(toml.contains("critical = [\n    \"pagerduty\"") || toml.contains("critical = [\"pagerduty\""), "{toml}");
+    assert!(toml.contains("[[maintenance]]"), "{toml}");
 }
 
 #[test]
