@@ -25,7 +25,9 @@ pub struct Handled {
     pub incident: Option<i64>,
 }
 
-/// Routing, escalation and incidents over one store.
+/// Routing, escalation and incidents over one store. Its calls are short
+/// SQLite transactions that block: on a tokio runtime, make them from
+/// `spawn_blocking`.
 pub struct Notifier {
     pub store: Arc<Store>,
     pub receivers: Arc<Receivers>,

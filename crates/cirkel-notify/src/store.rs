@@ -297,6 +297,34 @@ impl Store {
         })
     }
 
+    /// Messages not delivered yet whose last attempt failed, oldest first:
+    /// what `cirkel alerts` reports as delivery problems.
+    pub fn failing(&self) -> Result<Vec<OutboxRow>> {
+        self.transaction(|tx| {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivered_at IS NULL AND last_error IS NOT NULL ORDER BY id"
+                ))
+                .map_err(store_err)?;
+            let rows = stmt.query_map([], outbox_row).map_err(store_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(store_err)
+        })
+    }
+
+    /// Deletes messages delivered or given up before `before`, so the
+    /// outbox does not grow forever; returns how many. Alerts, silences
+    /// and incidents are kept: they are the record.
+    pub fn prune_outbox(&self, before: DateTime<Utc>) -> Result<usize> {
+        self.transaction(|tx| {
+            tx.execute(
+                "DELETE FROM outbox WHERE (delivered_at IS NOT NULL AND delivered_at < ?1) \
+                 OR (delivered_at IS NULL AND expires < ?1 AND last_error LIKE 'expired:%')",
+                params![ms(before)],
+            )
+            .map_err(store_err)
+        })
+    }
+
     /// Adds a silence; returns its id.
     pub fn add_silence(
         &self,

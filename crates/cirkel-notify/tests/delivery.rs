@@ -135,6 +135,7 @@ async fn every_receiver_gets_its_exact_payload() {
     s.notifier.handle(&input("primary-down", "main", Severity::Critical, Status::Resolved, t1)).unwrap();
     wait_for("the four resolutions", || http.requests().len() == 8).await;
     s.stop().await;
+    assert!(s.notifier.store.failing().unwrap().is_empty());
 
     let reqs = http.requests();
     let by_path = |p: &str| reqs.iter().filter(|r| r.path.starts_with(p)).cloned().collect::<Vec<_>>();
@@ -298,6 +299,9 @@ async fn a_failing_or_hanging_receiver_never_holds_up_another() {
     );
     // Retried in order: only the oldest message was tried.
     assert!(failing_msgs[1..].iter().all(|m| m.attempts == 0));
+    // What `cirkel alerts` reports: the two stuck messages, with their errors.
+    let problems = store.failing().unwrap();
+    assert_eq!(problems.iter().map(|m| m.receiver.as_str()).collect::<Vec<_>>(), ["failing", "hanging"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +317,10 @@ async fn a_message_past_its_expiry_is_given_up_and_says_why() {
     let m = &s.notifier.store.outbox(None).unwrap()[0];
     assert!(m.delivered_at.is_none());
     assert!(m.last_error.as_deref().unwrap().starts_with("expired: answered 503"), "{:?}", m.last_error);
+    // Pruning keeps it until it is older than the cut, then removes it.
+    assert_eq!(s.notifier.store.prune_outbox(m.expires).unwrap(), 0);
+    assert_eq!(s.notifier.store.prune_outbox(m.expires + chrono::Duration::seconds(1)).unwrap(), 1);
+    assert!(s.notifier.store.outbox(None).unwrap().is_empty());
 }
 
 /// A crash between sending and recording the delivery: the store is

@@ -260,6 +260,9 @@ fn a_failover_opens_a_p1_incident_that_related_alerts_join_and_the_postmortem_me
     let minor = n.handle(&input("disk", "reports", Severity::Medium, Status::Firing, t(60))).unwrap();
     assert_eq!(minor.incident, None);
     n.store.note(inc_id, "ana", "pg1's disk failed", t(120)).unwrap();
+    n.store.set_priority(other.incident.unwrap(), Priority::P2, "bo", t(130)).unwrap();
+    assert_eq!(n.store.incident(other.incident.unwrap()).unwrap().priority, Priority::P2);
+    assert_eq!(n.store.incidents(false).unwrap().len(), 2);
     n.store.set_phase(inc_id, Phase::Resolved, "ana", t(600)).unwrap();
     assert!(n.store.incidents(false).unwrap().iter().all(|i| i.id != inc_id));
     assert!(matches!(n.store.note(99, "ana", "x", t(0)), Err(Error::NotFound { what: "incident", .. })));
