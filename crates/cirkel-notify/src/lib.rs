@@ -136,7 +136,7 @@ impl AlertInput {
             source,
             severity: severity_of_alarm(t.severity),
             labels,
-            summary: format!("{}: {:?}", t.alarm, t.reason),
+            summary: if t.reason.text.is_empty() { t.alarm.clone() } else { format!("{}: {}", t.alarm, t.reason) },
             status,
             at: DateTime::<Utc>::from(t.at),
             details: serde_json::Value::Null,

@@ -302,7 +302,7 @@ fn an_alarm_transition_becomes_one_alert() {
         severity: cirkel_alarm::Severity::Critical,
         from,
         to,
-        reason: Reason::default(),
+        reason: Reason::new("3 of the last 3 datapoints (1 min each) were above 300: 412, 530, 611"),
         at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     };
     let fire = AlertInput::from_transition(&tr(AlarmState::Ok, AlarmState::Alarm)).unwrap();
@@ -310,6 +310,8 @@ fn an_alarm_transition_becomes_one_alert() {
     assert_eq!((fire.status, clear.status), (Status::Firing, Status::Resolved));
     assert_eq!(fire.key, clear.key);
     assert_eq!(fire.severity, Severity::Critical);
+    assert_eq!(fire.summary, "rpo-exposure: 3 of the last 3 datapoints (1 min each) were above 300: 412, 530, 611");
+    assert_eq!(fire.labels["alertname"], "rpo-exposure");
     assert!(AlertInput::from_transition(&tr(AlarmState::Ok, AlarmState::InsufficientData)).is_none());
 }
 
