@@ -55,6 +55,14 @@ impl Notifier {
 
     /// Records one change at `input.at` and queues its messages.
     pub fn handle(&self, input: &AlertInput) -> Result<Handled> {
+        let handled = self.apply(input)?;
+        if !handled.messages.is_empty() {
+            self.receivers.wake.notify_waiters();
+        }
+        Ok(handled)
+    }
+
+    fn apply(&self, input: &AlertInput) -> Result<Handled> {
         let now = input.at;
         self.store.transaction(|tx| {
             let mut open = store::open_alert(tx, &input.key)?;
@@ -134,6 +142,7 @@ impl Notifier {
                     .map_err(store_err)?;
                 self.queue(tx, &alert, Action::Acknowledge, alert.level, &names, now, None)
             })?;
+            self.receivers.wake.notify_waiters();
         }
         Ok(alert)
     }
@@ -182,6 +191,9 @@ impl Notifier {
                 self.queue(tx, &alert, Action::Trigger, step.level, &names, now, None)?;
                 Ok(())
             })?;
+        }
+        if !steps.is_empty() {
+            self.receivers.wake.notify_waiters();
         }
         Ok(steps)
     }

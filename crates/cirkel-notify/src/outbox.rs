@@ -97,7 +97,7 @@ pub async fn run(
         let (store, receivers, counters, cancel) = (store.clone(), receivers.clone(), counters.clone(), cancel.clone());
         tasks.spawn(async move {
             let Some(receiver) = receivers.get(&name) else { return };
-            deliver_loop(&store, receiver, &receivers.http, counters.get(&name), options, &cancel).await;
+            deliver_loop(&store, receiver, &receivers, counters.get(&name), options, &cancel).await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -106,13 +106,13 @@ pub async fn run(
 async fn deliver_loop(
     store: &Arc<Store>,
     receiver: &Receiver,
-    http: &reqwest::Client,
+    receivers: &Receivers,
     counts: Option<&ReceiverCounts>,
     options: WorkerOptions,
     cancel: &CancellationToken,
 ) {
     loop {
-        let wait = match step(store, receiver, http, counts, options, cancel).await {
+        let wait = match step(store, receiver, &receivers.http, counts, options, cancel).await {
             Ok(Some(wait)) => wait,
             Ok(None) => Duration::ZERO,
             Err(e) => {
@@ -127,6 +127,7 @@ async fn deliver_loop(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = receivers.wake.notified() => {}
             }
         }
     }

@@ -197,6 +197,9 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
 pub struct Receivers {
     pub(crate) by_name: BTreeMap<String, Receiver>,
     pub(crate) http: reqwest::Client,
+    /// Rung when messages are queued, so an idle worker sends them at once
+    /// instead of at its next poll.
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 impl Receivers {
@@ -207,7 +210,11 @@ impl Receivers {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Receivers { by_name: receivers.into_iter().map(|r| (r.name.clone(), r)).collect(), http }
+        Receivers {
+            by_name: receivers.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            http,
+            wake: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Receiver> {
