@@ -391,3 +391,38 @@ async fn messages_written_before_a_crash_are_sent_after_it() {
     worker.await.unwrap();
     assert_eq!(http.requests().len(), 4);
 }
+
+/// From the configuration file to a message received: `[notify.NAME]`,
+/// `[routes]` and `[[maintenance]]` read by cirkel-config and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_receiver_and_route_deliver() {
+    let http = HttpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.url"), http.url("/configured")).unwrap();
+    let text = "[notify.hook]\nkind = \"webhook\"\nurl_file = \"hook.url\"\ntimeout = \"2s\"\n\
+                [routes]\nhigh = [\"hook\"]\n\
+                [[maintenance]]\nmatchers = [\"cluster=staging\"]\nstart = \"2000-01-01T00:00:00Z\"\nend = \"2999-01-01T00:00:00Z\"\n";
+    let cfg = cirkel_config::Config::parse(text, "c.toml", Some(dir.path())).unwrap();
+    let settings = cirkel_notify::Settings::from_config(&cfg.notifications).unwrap();
+    let store = Arc::new(Store::open_in(dir.path()).unwrap());
+    let receivers = Arc::new(Receivers::new(settings.receivers.clone()));
+    let mut notifier = Notifier::new(store.clone(), receivers.clone());
+    settings.apply(&mut notifier);
+    let counters = Arc::new(Counters::new(["hook"]));
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(outbox::run(store, receivers, counters.clone(), fast(), cancel.clone()));
+    let now = Utc::now();
+    notifier.handle(&input("lag", "main", Severity::High, Status::Firing, now)).unwrap();
+    // In the maintenance window: nobody hears of it.
+    notifier.handle(&input("lag", "staging", Severity::High, Status::Firing, now)).unwrap();
+    // Medium goes to email by default, which is not configured: nothing.
+    notifier.handle(&input("disk", "main", Severity::Medium, Status::Firing, now)).unwrap();
+    assert_eq!(notifier.store.outbox(None).unwrap().len(), 1, "one message queued");
+    wait_for("the configured delivery", || counters.get("hook").unwrap().delivered.load(Ordering::Relaxed) == 1).await;
+    cancel.cancel();
+    worker.await.unwrap();
+    let reqs = http.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/configured");
+    assert_eq!(reqs[0].json()["commonLabels"]["cluster"], "main");
+}
