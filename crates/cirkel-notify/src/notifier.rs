@@ -251,20 +251,21 @@ impl Notifier {
                 tracing::warn!(receiver = %name, "no receiver of that name; the route names one that is not configured");
                 continue;
             };
-            let Some(payload) = receiver.render(&notice) else { continue };
-            let payload = serde_json::to_string(&payload).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
-            let id = store::enqueue(
-                tx,
-                &NewMessage {
-                    alert_id: Some(alert.id),
-                    receiver: name,
-                    payload: &payload,
-                    dedup_key: &alert.key,
-                    now,
-                    expires,
-                },
-            )?;
-            ids.push(id);
+            for payload in receiver.render(&notice) {
+                let payload = serde_json::to_string(&payload).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+                let id = store::enqueue(
+                    tx,
+                    &NewMessage {
+                        alert_id: Some(alert.id),
+                        receiver: name,
+                        payload: &payload,
+                        dedup_key: &alert.key,
+                        now,
+                        expires,
+                    },
+                )?;
+                ids.push(id);
+            }
         }
         if let Some(inc) = incident.or(alert.incident_id)
             && !ids.is_empty()

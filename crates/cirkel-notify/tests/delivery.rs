@@ -121,19 +121,19 @@ async fn every_receiver_gets_its_exact_payload() {
                 account_sid: "AC123".into(),
                 auth_token: Secret::new("t0ken"),
                 from: "+15550001".into(),
-                to: vec!["+15550002".into()],
+                to: vec!["+15550002".into(), "+15550003".into()],
             },
         ),
     ]);
     let t0 = Utc::now();
     let fire = input("primary-down", "main", Severity::Critical, Status::Firing, t0);
     let h = s.notifier.handle(&fire).unwrap();
-    assert_eq!(h.messages.len(), 4);
+    assert_eq!(h.messages.len(), 5, "one per receiver, one per SMS recipient");
     s.start(fast());
-    wait_for("the four firing messages", || http.requests().len() == 4).await;
+    wait_for("the five firing messages", || http.requests().len() == 5).await;
     let t1 = t0 + chrono::Duration::seconds(90);
     s.notifier.handle(&input("primary-down", "main", Severity::Critical, Status::Resolved, t1)).unwrap();
-    wait_for("the four resolutions", || http.requests().len() == 8).await;
+    wait_for("the five resolutions", || http.requests().len() == 10).await;
     s.stop().await;
     assert!(s.notifier.store.failing().unwrap().is_empty());
 
@@ -215,7 +215,8 @@ async fn every_receiver_gets_its_exact_payload() {
 
     // SMS: Twilio's form, path and basic auth.
     let sms = by_path("/2010-04-01/Accounts/AC123/Messages.json");
-    assert_eq!(sms.len(), 2);
+    assert_eq!(sms.len(), 4);
+    assert_eq!(sms[1].form()[0], ("To".to_string(), "+15550003".to_string()));
     assert_eq!(
         sms[0].form(),
         vec![
@@ -232,9 +233,10 @@ async fn every_receiver_gets_its_exact_payload() {
     // base64("AC123:t0ken")
     assert_eq!(sms[0].headers["authorization"], "Basic QUMxMjM6dDBrZW4=");
     assert_eq!(sms[0].headers["content-type"], "application/x-www-form-urlencoded");
-    assert_eq!(sms[1].form()[2].1, "[CRITICAL] RESOLVED: primary-down on postgres/main");
+    assert_eq!(sms[2].form()[2].1, "[CRITICAL] RESOLVED: primary-down on postgres/main");
 
-    for name in ["webhook", "slack", "pagerduty", "sms"] {
+    assert_eq!(s.delivered("sms"), 4);
+    for name in ["webhook", "slack", "pagerduty"] {
         assert_eq!(s.delivered(name), 2, "{name}");
         assert_eq!(s.failed(name), 0, "{name}");
     }

@@ -62,7 +62,7 @@ pub enum Payload {
     Json {
         body: serde_json::Value,
     },
-    /// An HTTP POST of these form fields (the recipient added per send).
+    /// An HTTP POST of these form fields.
     Form {
         fields: Vec<(String, String)>,
     },
@@ -81,7 +81,7 @@ pub enum ReceiverKind {
     Slack { url: Secret },
     /// PagerDuty Events API v2 (`url`: the enqueue endpoint).
     PagerDuty { url: String, routing_key: Secret },
-    /// A Twilio-compatible SMS API: one POST per recipient.
+    /// A Twilio-compatible SMS API: one message per recipient.
     Sms { base_url: String, account_sid: String, auth_token: Secret, from: String, to: Vec<String> },
     /// SMTP; `starttls = false` is refused unless `host` is a loopback address.
     Email {
@@ -115,15 +115,19 @@ impl Receiver {
         Receiver { name: name.into(), kind, timeout: DEFAULT_TIMEOUT }
     }
 
-    /// The payload this receiver takes for `n`; `None` when it takes none
+    /// The messages this receiver takes for `n`, each retried on its own:
+    /// one per SMS recipient (so a retry never texts someone twice), one
+    /// for every other kind, none where the kind has no such message
     /// (Alertmanager's webhook has no acknowledgement).
-    pub fn render(&self, n: &Notice<'_>) -> Option<Payload> {
+    pub fn render(&self, n: &Notice<'_>) -> Vec<Payload> {
         match &self.kind {
-            ReceiverKind::Webhook { external_url, .. } => webhook::render(&self.name, external_url, n),
-            ReceiverKind::Slack { .. } => Some(slack::render(n)),
-            ReceiverKind::PagerDuty { routing_key, .. } => Some(pagerduty::render(routing_key, n)),
-            ReceiverKind::Sms { .. } => Some(sms::render(n)),
-            ReceiverKind::Email { .. } => Some(email::render(n)),
+            ReceiverKind::Webhook { external_url, .. } => {
+                webhook::render(&self.name, external_url, n).into_iter().collect()
+            }
+            ReceiverKind::Slack { .. } => vec![slack::render(n)],
+            ReceiverKind::PagerDuty { routing_key, .. } => vec![pagerduty::render(routing_key, n)],
+            ReceiverKind::Sms { from, to, .. } => to.iter().map(|number| sms::render(from, number, n)).collect(),
+            ReceiverKind::Email { .. } => vec![email::render(n)],
         }
     }
 
@@ -142,8 +146,8 @@ impl Receiver {
                 (ReceiverKind::PagerDuty { url, .. }, Payload::Json { body }) => {
                     post_json(http, url, body, &m.message_id).await
                 }
-                (ReceiverKind::Sms { base_url, account_sid, auth_token, from, to }, Payload::Form { fields }) => {
-                    sms::send(http, base_url, account_sid, auth_token, from, to, fields).await
+                (ReceiverKind::Sms { base_url, account_sid, auth_token, .. }, Payload::Form { fields }) => {
+                    sms::send(http, base_url, account_sid, auth_token, fields).await
                 }
                 (ReceiverKind::Email { .. }, Payload::Mail { subject, body }) => {
                     email::send(&self.kind, self.timeout, subject, body, &m.message_id).await

@@ -10,38 +10,36 @@ use crate::Payload;
 /// One SMS segment holds 160 GSM characters; longer bodies cost several.
 const MAX_BODY: usize = 320;
 
-pub fn render(n: &Notice<'_>) -> Payload {
+pub fn render(from: &str, to: &str, n: &Notice<'_>) -> Payload {
     let mut body = n.headline();
     if n.action == Action::Trigger {
         body.push_str(&format!(". {} Ack: cirkel alerts ack {}", n.alert.summary, n.alert.id));
     }
     let body: String = body.chars().take(MAX_BODY).collect();
-    Payload::Form { fields: vec![("Body".to_string(), body)] }
+    Payload::Form {
+        fields: vec![
+            ("To".to_string(), to.to_string()),
+            ("From".to_string(), from.to_string()),
+            ("Body".to_string(), body),
+        ],
+    }
 }
 
-/// Sends to each recipient in turn; a failure stops there, and the retry
-/// sends to every recipient again.
+/// Posts one message.
 pub(super) async fn send(
     http: &reqwest::Client,
     base_url: &str,
     account_sid: &str,
     auth_token: &Secret,
-    from: &str,
-    to: &[String],
     fields: &[(String, String)],
 ) -> Result<(), String> {
     let url = format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base_url.trim_end_matches('/'));
-    for number in to {
-        let mut form: Vec<(&str, &str)> = vec![("To", number), ("From", from)];
-        form.extend(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let resp = http
-            .post(&url)
-            .basic_auth(account_sid, Some(auth_token.expose()))
-            .form(&form)
-            .send()
-            .await
-            .map_err(describe)?;
-        check_status(resp).await.map_err(|e| format!("to {number}: {e}"))?;
-    }
-    Ok(())
+    let resp = http
+        .post(&url)
+        .basic_auth(account_sid, Some(auth_token.expose()))
+        .form(fields)
+        .send()
+        .await
+        .map_err(describe)?;
+    check_status(resp).await
 }
