@@ -77,6 +77,12 @@ fn the_store_is_owner_only_strict_and_versioned() {
     let mode = std::fs::metadata(dir.path().join("cirkel.db")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(store.schema_version().unwrap(), 1);
+    store.add_silence(&[], t(10), "r", "ana", t(0)).unwrap();
+    // SQLite gives its journal files the database's permissions.
+    for side in ["cirkel.db-wal", "cirkel.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(side)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{side}");
+    }
     drop(store);
     // Reopening an up-to-date store changes nothing.
     assert_eq!(Store::open_in(dir.path()).unwrap().schema_version().unwrap(), 1);
