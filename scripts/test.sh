@@ -7,6 +7,7 @@
 #   - redis-server, redis-sentinel, redis-tools: the servers the Redis tests start
 #   - acl, attr: set the ACLs and extended attributes the file tests round-trip
 #   - restic: the reference the file-metadata tests compare restores with
+#   - prometheus: promtool checks /metrics; a real Prometheus scrapes cirkel serve
 #   - cargo-nextest: runs the tests of every binary side by side, each in its
 #     own process, with the limits of .config/nextest.toml
 # A missing service makes the tests that need it fail; none are skipped.
@@ -16,7 +17,7 @@ started=$SECONDS
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 redis-server redis-sentinel redis-tools acl attr restic >/dev/null
+    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 redis-server redis-sentinel redis-tools acl attr restic prometheus >/dev/null
 fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'

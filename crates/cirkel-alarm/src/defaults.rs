@@ -27,6 +27,7 @@ fn spec(
         treat_missing_data: TreatMissing::Missing,
         severity,
         description: description.to_string(),
+        rate: false,
     }
 }
 

@@ -67,6 +67,8 @@ struct Instance {
     reason: Reason,
     since: SystemTime,
     series: Series,
+    /// The previous raw sample of a counter, for its rate.
+    last: Option<(SystemTime, f64)>,
 }
 
 impl Instance {
@@ -76,6 +78,7 @@ impl Instance {
             reason: Reason::new("new series; not evaluated yet"),
             since: now,
             series: Series::new(),
+            last: None,
         }
     }
 }
@@ -134,6 +137,19 @@ impl Engine {
                 alarm.instances.insert(labels.clone(), Instance::new(now));
             }
             if let Some(instance) = alarm.instances.get_mut(labels) {
+                let value = if alarm.spec.rate {
+                    let previous = instance.last.replace((now, value));
+                    let Some((then, before)) = previous else { continue };
+                    let dt = now.duration_since(then).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                    if dt <= 0.0 {
+                        continue;
+                    }
+                    // A counter that went down restarted from zero.
+                    let increase = if value >= before { value - before } else { value };
+                    increase / dt
+                } else {
+                    value
+                };
                 instance.series.push(now, value);
                 if instance.series.len() > MAX_SAMPLES {
                     let keep_from = instance.series.len() - MAX_SAMPLES;

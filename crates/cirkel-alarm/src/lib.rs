@@ -17,6 +17,7 @@
 //! - [`exposition`]: the Prometheus text format, for scraped endpoints.
 //! - [`defaults()`]: the plan's built-in alarms.
 
+pub mod catalog;
 pub mod defaults;
 pub mod engine;
 pub mod evaluate;

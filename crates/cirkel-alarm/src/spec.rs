@@ -292,6 +292,12 @@ pub struct AlarmSpec {
     pub treat_missing_data: TreatMissing,
     pub severity: Severity,
     pub description: String,
+    /// The series is a counter: alarm on its per-second rate between
+    /// samples (a counter that went down was reset, and its value is the
+    /// increase since), as PromQL's `rate()` does. With `average` over a
+    /// period, rate × period is the increase in it.
+    #[serde(default)]
+    pub rate: bool,
 }
 
 impl AlarmSpec {

@@ -39,6 +39,7 @@ fn spec(name: &str, selector: &str, n: u32, m: u32, treat: TreatMissing) -> Alar
         treat_missing_data: treat,
         severity: Severity::Low,
         description: String::new(),
+        rate: false,
     }
 }
 
@@ -297,4 +298,33 @@ fn samples_per_instance_are_bounded() {
     let t = e.evaluate(at(1, 0));
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].to, AlarmState::Ok);
+}
+
+#[test]
+fn a_counter_alarms_on_its_rate_across_a_reset() {
+    // The plan's 5xx alarm: more than 100 errors in a minute, as an average
+    // rate above 100/60 per second.
+    let mut s = spec("errors", "http_errors_total", 1, 1, TreatMissing::Missing);
+    s.rate = true;
+    s.statistic = Statistic::Average;
+    s.threshold = 100.0 / 60.0;
+    let mut e = Engine::new(vec![s]).unwrap();
+    let l = labels(&[]);
+    e.evaluate(at(0, 0));
+    // 40 errors a minute: within the limit.
+    for (i, v) in [1000.0, 1010.0, 1020.0, 1030.0].iter().enumerate() {
+        e.observe(at(0, 5 + 15 * i as u64), "http_errors_total", &l, *v);
+    }
+    let t = e.evaluate(at(1, 0));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].to, AlarmState::Ok, "{}", t[0].reason.text);
+    // The server restarts (the counter drops to 0) and errors run at 8 a second.
+    for (i, v) in [40.0, 160.0, 280.0].iter().enumerate() {
+        e.observe(at(1, 5 + 15 * i as u64), "http_errors_total", &l, *v);
+    }
+    let t = e.evaluate(at(2, 0));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].to, AlarmState::Alarm, "{}", t[0].reason.text);
+    // The datapoint is the average rate: (40/15 + 120/15 + 120/15) / 3.
+    assert_eq!(t[0].reason.datapoints, [Some((40.0 / 15.0 + 8.0 + 8.0) / 3.0)]);
 }

@@ -27,6 +27,7 @@ fn spec(n: u32, m: u32, treat: TreatMissing) -> AlarmSpec {
         treat_missing_data: treat,
         severity: Severity::High,
         description: String::new(),
+        rate: false,
     }
 }
 

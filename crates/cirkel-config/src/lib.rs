@@ -164,6 +164,9 @@ pub struct PostgresConfig {
     /// it, and a failover promotes only a member of that set, so no
     /// acknowledged commit is lost (default false).
     pub synchronous: bool,
+    /// `cirkel serve` streams this cluster's WAL into the repository as it
+    /// is written (`cirkel pg stream-wal`), for an RPO of seconds.
+    pub stream_wal: bool,
 }
 
 /// One member of a PostgreSQL cluster.
@@ -204,6 +207,7 @@ impl Default for PostgresConfig {
             proxy_max_connections: 1000,
             on_role_change: None,
             synchronous: false,
+            stream_wal: false,
         }
     }
 }

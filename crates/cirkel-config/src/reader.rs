@@ -322,6 +322,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             proxy_max_connections: t.integer("proxy_max_connections", 1..1_000_001).map(|n| n as usize).unwrap_or(1000),
             on_role_change: t.string("on_role_change"),
             synchronous: t.boolean("synchronous").unwrap_or(false),
+            stream_wal: t.boolean("stream_wal").unwrap_or(false),
         };
         t.finish();
         cfg.postgres.insert(name, pc);
@@ -335,10 +336,15 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
         t.finish();
     }
-    cfg.alarms = alarms::read_alarms(root.named_tables("alarms"));
     cfg.scrape = alarms::read_scrapes(root.named_tables("scrape"));
     cfg.checks = root.named_tables("checks").into_iter().map(|(n, t)| (n, checks::read_check(t))).collect();
     cfg.server = root.table("server").map(checks::read_server).unwrap_or_default();
+    let known = alarms::Known {
+        scrapes: cfg.scrape.keys().map(String::as_str).collect(),
+        checks: cfg.checks.iter().map(|(n, c)| (n.as_str(), c.interval)).collect(),
+    };
+    let read = alarms::read_alarms(root.named_tables("alarms"), &known);
+    cfg.alarms = read;
     cfg.notifications = notify::read(&mut root);
     let copy_targets = cfg
         .files

@@ -6,8 +6,42 @@ use std::time::Duration;
 use cirkel_alarm::{Comparison, Engine, Severity, Statistic, TreatMissing};
 use cirkel_config::Config;
 
+/// `text` with a scrape target appended (after its last line, so line
+/// numbers hold), which alarms on metrics other than cirkel's need.
 fn parse(text: &str) -> Result<Config, String> {
-    Config::parse(text, "c.toml", None).map_err(|e| e.to_string())
+    let text = if text.contains("[scrape.") {
+        text.to_string()
+    } else {
+        format!("{text}\n[scrape.web]\nurl = \"http://127.0.0.1:9100/metrics\"\n")
+    };
+    Config::parse(&text, "c.toml", None).map_err(|e| e.to_string())
+}
+
+#[test]
+fn alarm_metrics_must_exist_and_check_periods_fit_the_interval() {
+    let bare = |t: &str| Config::parse(t, "c.toml", None).map_err(|e| e.to_string());
+    let err = bare("[alarms.x]\nmetric = \"cirkel_rpo_exposure\"\ncomparison = \">\"\nthreshold = 1\n").unwrap_err();
+    assert!(err.contains("c.toml:2:") && err.contains("not one of cirkel's metrics; they are"), "{err}");
+    let err = bare("[alarms.x]\nmetric = \"node_load1\"\ncomparison = \">\"\nthreshold = 1\n").unwrap_err();
+    assert!(err.contains("c.toml:2:") && err.contains("no [scrape.NAME] target"), "{err}");
+    let checks = "[checks.api]\nkind = \"http\"\nurl = \"http://127.0.0.1:8080/health\"\n";
+    let err = bare(&format!(
+        "{checks}[alarms.api-down]\nmetric = 'cirkel_check_up{{check=\"api\"}}'\nperiod = \"45s\"\ncomparison = \"<\"\nthreshold = 1\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("c.toml:6:") && err.contains("not a multiple of check api's interval (10s); use e.g. 50s"),
+        "{err}"
+    );
+    let err = bare(&format!(
+        "{checks}[alarms.web-down]\nmetric = 'cirkel_check_up{{check=\"web\"}}'\ncomparison = \"<\"\nthreshold = 1\n"
+    ))
+    .unwrap_err();
+    assert!(err.contains("c.toml:5:") && err.contains("no [checks.web]"), "{err}");
+    bare(&format!(
+        "{checks}[alarms.api-down]\nmetric = 'cirkel_check_up{{check=\"api\"}}'\nperiod = \"30s\"\ncomparison = \"<\"\nthreshold = 1\n"
+    ))
+    .unwrap();
 }
 
 /// The error text, which must name `c.toml:LINE` and contain `needle`.
@@ -37,7 +71,8 @@ fn without_alarm_tables_the_built_ins_apply() {
     );
     assert!(Engine::new(specs).is_ok());
     // Nothing new in `config show` for a file without these sections.
-    assert!(!cfg.to_toml().contains("alarms") && !cfg.to_toml().contains("scrape"));
+    let bare = Config::parse("", "c.toml", None).unwrap();
+    assert!(!bare.to_toml().contains("alarms") && !bare.to_toml().contains("scrape"));
 }
 
 #[test]

@@ -20,11 +20,17 @@
 //! - paused, nothing happens; two primaries at bootstrap is a
 //!   misconfiguration, and nothing happens either.
 //!
+//! The rules around the decider (health events, routing, alarms, the
+//! read-only endpoint, what to carry out in each round) are a pure
+//! function too: [`round`].
+//!
 //! Who runs the decider is a separate question ([`Leadership`]): one
 //! `cirkel serve` acts for a cluster at a time, under a lease whose epoch
 //! fences every action it takes (`election`).
 
 pub mod election;
+pub mod loss;
+pub mod round;
 
 pub use election::{ElectionError, EpochGate, Leadership, Lease, MemoryElection, StaleEpoch};
 

@@ -57,6 +57,9 @@ pub struct ReplicaLink {
     pub flush_lsn: Option<String>,
     #[serde(skip)]
     pub flush_bytes: Option<u64>,
+    /// Seconds the standby's replay lags (PostgreSQL's `replay_lag`; 0 when
+    /// it has caught up and nothing is in flight).
+    pub replay_lag_s: Option<f64>,
 }
 
 /// A cluster's status.
@@ -82,7 +85,8 @@ pub struct Explanation {
     pub reason: String,
 }
 
-fn conninfo(c: &PostgresConfig, host: &str, port: u16, timeout: Duration) -> String {
+/// A libpq connection string for a member of `c` at `host:port`.
+pub fn conninfo(c: &PostgresConfig, host: &str, port: u16, timeout: Duration) -> String {
     let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let mut s = format!("host={} port={port} connect_timeout={}", q(host), timeout.as_secs().max(1));
     if let Some(u) = &c.user {
@@ -104,8 +108,8 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (SELECT status || ' from ' || COALESCE(sender_host, '?') || ':' || COALESCE(sender_port::text, '?') \
        FROM pg_stat_wal_receiver LIMIT 1)";
 
-const REPLICATION_SQL: &str =
-    "SELECT application_name, state, sync_state, flush_lsn::text FROM pg_stat_replication ORDER BY application_name";
+const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, flush_lsn::text, \
+     COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8 FROM pg_stat_replication ORDER BY application_name";
 
 /// Probes one member within `timeout`.
 pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
@@ -144,6 +148,7 @@ pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
                                 sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
                                 flush_bytes: flush_lsn.as_deref().and_then(parse_lsn),
                                 flush_lsn,
+                                replay_lag_s: r.get::<_, Option<f64>>(4),
                             }
                         })
                         .collect();
@@ -319,11 +324,16 @@ fn human(bytes: u64) -> String {
 pub(crate) fn probes(st: &ClusterStatus) -> Vec<Probe> {
     st.members
         .iter()
-        .map(|m| Probe {
-            member: m.name.clone(),
-            ok: m.reachable,
-            role: m.role.as_deref().map(|r| if r == "primary" { Role::Primary } else { Role::Replica }),
-            lsn: m.lsn_bytes.unwrap_or(0),
-        })
+        .map(|m| Probe { member: m.name.clone(), ok: m.reachable, role: role(m), lsn: m.lsn_bytes.unwrap_or(0) })
         .collect()
+}
+
+/// A member's role as the decision rules know it (`None`: unknown, as
+/// when it did not answer).
+pub(crate) fn role(m: &MemberState) -> Option<Role> {
+    match m.role.as_deref()? {
+        "primary" => Some(Role::Primary),
+        "standby" => Some(Role::Replica),
+        _ => None,
+    }
 }

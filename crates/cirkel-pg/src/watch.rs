@@ -3,6 +3,11 @@
 //! out (fence, promote, repoint, rejoin), the endpoints, planned
 //! switchovers and synchronous replication.
 //!
+//! Each round gathers what it sees (the members' status, the record, the
+//! lease, the commands waiting) into `cirkel_failover::round::Observations`,
+//! lets the pure round decide, and carries out its actions (`execute`):
+//! the rules live where they are tested without a cluster, the I/O here.
+//!
 //! Commands reach the watcher as [`Command`]s over a channel from the
 //! daemon's control socket; each is answered on its own reply channel once
 //! done, so a switchover's caller learns its outcome without polling.
@@ -13,7 +18,8 @@
 //! only watches until it holds a lease again. Every action carries the
 //! lease's epoch and is refused when a newer one was recorded.
 
-use std::collections::HashMap;
+mod execute;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -21,16 +27,17 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cirkel_config::PostgresConfig;
-use cirkel_failover::{Decider, Decision, EpochGate, HealthCounter, Leadership, Lease, Probe, SyncSet};
+use cirkel_failover::round::{self, MemberSeen, Observations, PendingSwitchover, RoundState, WatchPolicy};
+use cirkel_failover::{Decision, Leadership, Lease, SyncSet};
 use cirkel_state::control::Reply;
 use cirkel_state::election::acquire_or_stand_by;
-use cirkel_state::{Event, EventKind, Severity, StateDir};
+use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
-use crate::failover;
-use crate::ha::{self, InFlight, Record, SwitchoverRequest};
-use crate::members::{ClusterStatus, probes, status};
-use crate::proxy::{Router, Target};
+use crate::ha::{self, Record, SwitchoverRequest};
+use crate::members::{ClusterStatus, probes, role, status};
+use crate::proxy::Router;
+use execute::{Scene, Watch};
 
 /// What the daemon hands a cluster's watcher, with where to answer.
 pub enum Command {
@@ -46,346 +53,6 @@ pub enum Command {
 struct Pending {
     req: SwitchoverRequest,
     reply: Option<Sender<Reply>>,
-}
-
-struct Watch<'a> {
-    cluster: &'a str,
-    c: &'a PostgresConfig,
-    state: &'a StateDir,
-    source: String,
-    router: Arc<Router>,
-    rec: Record,
-    /// The epoch of the lease this watcher acts under.
-    epoch: u64,
-}
-
-impl Watch<'_> {
-    fn record(&self, e: Event) {
-        match e.severity {
-            Severity::Low => tracing::info!("{}: {}", e.source, e.message),
-            _ => tracing::warn!("{}: {}", e.source, e.message),
-        }
-        if let Err(err) = self.state.record(&e) {
-            tracing::error!("cannot record an event: {err:#}");
-        }
-    }
-
-    fn event(&self, kind: EventKind, message: impl Into<String>) -> Event {
-        Event::new(&self.source, kind, message)
-    }
-
-    fn save(&self) {
-        if let Err(e) = self.rec.save(self.state, self.cluster) {
-            self.record(self.event(EventKind::StateNotSaved, format!("{e:#}")));
-        }
-    }
-
-    /// Admits an action under this watcher's lease: refused when a newer
-    /// epoch than its own is recorded (another holder acted since), else
-    /// its epoch is recorded as the newest before the action is taken.
-    fn admit(&mut self, what: &str) -> Result<(), String> {
-        let recorded = Record::load(self.state, self.cluster).map(|r| r.epoch).unwrap_or(0);
-        let mut gate = EpochGate::new(recorded.max(self.rec.epoch));
-        if let Err(stale) = gate.admit(self.epoch) {
-            let why = format!("{what} refused: {stale}");
-            self.record(self.event(EventKind::StaleEpoch, why.clone()).with(json!({ "epoch": self.epoch })));
-            return Err(why);
-        }
-        if self.rec.epoch != gate.newest() {
-            self.rec.epoch = gate.newest();
-            self.save();
-        }
-        Ok(())
-    }
-
-    /// Switches the read-write endpoint under this watcher's epoch.
-    fn route(&self, target: Option<Target>) {
-        if let Err(stale) = self.router.switch(self.epoch, target) {
-            self.record(self.event(EventKind::StaleEpoch, format!("router switch refused: {stale}")));
-        }
-    }
-
-    fn target_of(&self, name: &str) -> Option<Target> {
-        self.c.members.get(name).map(|m| Target::new(&m.host, m.port))
-    }
-
-    /// Runs `on_role_change`.
-    fn hook(&self, event: &str, member: &str, primary: &str) {
-        let Some(cmd) = &self.c.on_role_change else { return };
-        let p = self.c.members.get(primary).cloned().unwrap_or_default();
-        let out = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .env("CIRKEL_EVENT", event)
-            .env("CIRKEL_CLUSTER", self.cluster)
-            .env("CIRKEL_MEMBER", member)
-            .env("CIRKEL_PRIMARY", primary)
-            .env("CIRKEL_PRIMARY_HOST", &p.host)
-            .env("CIRKEL_PRIMARY_PORT", p.port.to_string())
-            .output();
-        let failed = match out {
-            Ok(o) if o.status.success() => return,
-            Ok(o) => {
-                format!("on_role_change exited {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stderr).trim())
-            }
-            Err(e) => format!("on_role_change: {e}"),
-        };
-        self.record(self.event(EventKind::HookFailed, failed));
-    }
-
-    /// The first time the endpoint (or, without one, the member) takes a
-    /// write session, within 30 s.
-    fn writable_at(&self, new: &str) -> Option<chrono::DateTime<Utc>> {
-        let endpoint = self.c.proxy_listen.clone().or_else(|| {
-            self.c.members.get(new).filter(|m| !m.host.starts_with('/')).map(|m| format!("{}:{}", m.host, m.port))
-        })?;
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if failover::endpoint_writable(self.c, &endpoint) {
-                return Some(Utc::now());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// Points every reachable standby but `skip` at `primary`.
-    fn repoint(&self, st: &ClusterStatus, primary: &str, skip: &str) -> Vec<String> {
-        let mut followed = Vec::new();
-        for m in st.members.iter().filter(|m| m.name != primary && m.name != skip && m.reachable) {
-            match failover::follow(self.c, &m.name, primary) {
-                Ok(()) => followed.push(m.name.clone()),
-                Err(e) => self.record(
-                    self.event(EventKind::FollowFailed, format!("{} could not be pointed at {primary}: {e:#}", m.name)),
-                ),
-            }
-        }
-        followed
-    }
-
-    fn rejoin(&mut self, old: &str, new: &str) -> Result<f64, String> {
-        self.admit(&format!("rejoining {old}"))?;
-        match failover::rejoin(self.c, old, new, &self.state.root().join("logs")) {
-            Ok(took) => {
-                self.rec.fenced = None;
-                self.save();
-                self.record(
-                    self.event(
-                        EventKind::Rejoined,
-                        format!("{old} was rewound and follows {new} ({:.1} s)", took.as_secs_f64()),
-                    )
-                    .with(json!({ "member": old, "primary": new, "seconds": took.as_secs_f64() })),
-                );
-                self.hook("rejoin", old, new);
-                Ok(took.as_secs_f64())
-            }
-            Err(e) => Err(format!("{old}: {e:#}")),
-        }
-    }
-
-    /// Fences `old`, promotes `new`, repoints the others; every step
-    /// recorded so that a restart finishes or abandons it.
-    fn failover(
-        &mut self,
-        decider: &mut Decider,
-        st: &ClusterStatus,
-        (old, new, lost_bytes): (String, String, u64),
-        detected: chrono::DateTime<Utc>,
-    ) -> Result<(), String> {
-        self.admit(&format!("failover {old} → {new}"))?;
-        let decided = Utc::now();
-        self.rec.failover = Some(InFlight { old: old.clone(), new: new.clone(), started: decided });
-        self.save();
-        self.route(None);
-        let fenced_at = Utc::now();
-        ha::failpoint("pg-failover-fenced");
-        if self.c.synchronous
-            && let Err(e) = ha::set_sync_names(self.c, &new, "")
-        {
-            return Err(format!("preparing {new} for synchronous mode failed: {e:#}"));
-        }
-        if let Err(e) = failover::promote(self.c, &new) {
-            self.rec.failover = None;
-            self.save();
-            return Err(format!("promoting {new} failed: {e:#}"));
-        }
-        let promoted_at = Utc::now();
-        ha::failpoint("pg-failover-promoted");
-        decider.promoted(&new);
-        self.route(self.target_of(&new));
-        self.rec.primary = Some(new.clone());
-        self.rec.fenced = Some(old.clone());
-        self.rec.failover = None;
-        if self.c.synchronous {
-            self.rec.sync = Some(Default::default());
-            self.rec.shrink = None;
-        }
-        self.save();
-        let followed = self.repoint(st, &new, &old);
-        let writable_at = self.c.proxy_listen.as_ref().and_then(|_| self.writable_at(&new));
-        let secs = |t: chrono::DateTime<Utc>| (t - detected).num_milliseconds() as f64 / 1000.0;
-        self.record(
-            self.event(
-                EventKind::Failover,
-                format!("failover {old} → {new}: {lost_bytes} bytes of WAL not received by {new}"),
-            )
-            .with(json!({
-                "old_primary": old,
-                "new_primary": new,
-                "lost_bytes": lost_bytes,
-                "epoch": self.epoch,
-                "synchronous": self.c.synchronous,
-                "detected": detected,
-                "decided": decided,
-                "fenced": fenced_at,
-                "promoted": promoted_at,
-                "endpoint_writable": writable_at,
-                "decided_after_s": secs(decided),
-                "promoted_after_s": secs(promoted_at),
-                "endpoint_writable_after_s": writable_at.map(secs),
-                "followers": followed,
-            })),
-        );
-        self.hook("failover", &new, &new);
-        Ok(())
-    }
-
-    /// A planned switchover asked by `cirkel pg switchover`.
-    fn switchover(
-        &mut self,
-        decider: &mut Decider,
-        st: &ClusterStatus,
-        req: &SwitchoverRequest,
-    ) -> Result<Event, String> {
-        let old = decider.primary().map(str::to_string).ok_or("no primary is known")?;
-        let healthy = st.members.iter().any(|m| m.name == old && m.reachable && m.role.as_deref() == Some("primary"));
-        if !healthy {
-            return Err(format!("the primary {old} does not answer as a primary; a switchover needs a healthy one"));
-        }
-        let new = match &req.to {
-            Some(to) => {
-                check_target(self.c, st, to)?;
-                to.clone()
-            }
-            None => decider.choose(&old).map(|(n, _)| n).map_err(|r| {
-                format!(
-                    "no standby qualifies: {}",
-                    r.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
-                )
-            })?,
-        };
-        self.admit(&format!("switchover {old} → {new}"))?;
-        let (router, epoch) = (self.router.clone(), self.epoch);
-        let targets: HashMap<String, Target> =
-            self.c.members.iter().map(|(n, m)| (n.clone(), Target::new(&m.host, m.port))).collect();
-        let fence = |to: Option<&str>| {
-            if let Err(stale) = router.switch(epoch, to.and_then(|n| targets.get(n).cloned())) {
-                tracing::error!("router switch refused: {stale}");
-            }
-        };
-        let sw = failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
-            .map_err(|e| format!("{e:#}"))?;
-        decider.promoted(&new);
-        self.rec.primary = Some(new.clone());
-        self.rec.fenced = Some(old.clone());
-        if self.c.synchronous {
-            self.rec.sync = Some(Default::default());
-            self.rec.shrink = None;
-        }
-        self.save();
-        let writable = self.writable_at(&new);
-        let followed = self.repoint(st, &new, &old);
-        self.hook("switchover", &new, &new);
-        let rejoin = self.rejoin(&old, &new);
-        let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
-        let done = self
-            .event(
-                EventKind::Switchover,
-                format!(
-                    "switchover {old} → {new}: writes paused {}",
-                    pause.map(|p| format!("{p:.2} s")).unwrap_or_else(|| "(not measured)".into())
-                ),
-            )
-            .with(json!({
-                "id": req.id,
-                "requested": req.requested,
-                "scheduled": req.at,
-                "old_primary": old,
-                "new_primary": new,
-                "epoch": self.epoch,
-                "fenced": sw.fenced,
-                "stopped": sw.stopped,
-                "promoted": sw.promoted,
-                "endpoint_writable": writable,
-                "write_pause_s": pause,
-                "final_lsn": sw.final_lsn,
-                "followers": followed,
-                "rejoin_s": rejoin.as_ref().ok(),
-                "rejoin_error": rejoin.as_ref().err(),
-            }));
-        self.record(done.clone());
-        Ok(done)
-    }
-
-    /// Carries out a switchover and records a failure: the event that
-    /// says how it went.
-    fn switchover_recorded(&mut self, decider: &mut Decider, st: &ClusterStatus, req: &SwitchoverRequest) -> Event {
-        self.switchover(decider, st, req).unwrap_or_else(|why| {
-            let failed = self
-                .event(EventKind::SwitchoverFailed, format!("switchover refused or failed: {why}"))
-                .with(json!({ "id": req.id }));
-            self.record(failed.clone());
-            failed
-        })
-    }
-
-    /// Pauses or resumes, durably.
-    fn set_paused(&mut self, paused: bool) -> Reply {
-        if self.rec.paused != paused {
-            self.rec.paused = paused;
-            if let Err(e) = self.rec.save(self.state, self.cluster) {
-                self.rec.paused = !paused;
-                return Reply::Error { message: format!("{e:#}") };
-            }
-        }
-        let (what, kind) = if paused { ("paused", EventKind::Paused) } else { ("resumed", EventKind::Resumed) };
-        let message =
-            format!("cluster {} {what}: automatic action {}", self.cluster, if paused { "off" } else { "on" });
-        self.record(self.event(kind, message.clone()));
-        Reply::Done { message }
-    }
-
-    /// Takes the commands that arrived: pauses at once, switchovers into
-    /// `pending` (a newer request replaces an older one, as it always has).
-    fn take_commands(&mut self, commands: &Receiver<Command>, pending: &mut Option<Pending>) {
-        while let Ok(cmd) = commands.try_recv() {
-            match cmd {
-                Command::Pause(paused, reply) => {
-                    let _ = reply.send(self.set_paused(paused));
-                }
-                Command::Switchover(req, reply) => {
-                    if let Some(old) = pending.take()
-                        && let Some(r) = old.reply
-                    {
-                        let _ = r.send(Reply::Error { message: "replaced by a newer switchover request".into() });
-                    }
-                    let reply = match req.at {
-                        Some(at) if at > Utc::now() => {
-                            self.rec.scheduled = Some(req.clone());
-                            if let Err(e) = self.rec.save(self.state, self.cluster) {
-                                self.rec.scheduled = None;
-                                let _ = reply.send(Reply::Error { message: format!("{e:#}") });
-                                continue;
-                            }
-                            let _ = reply.send(Reply::Scheduled { at });
-                            None
-                        }
-                        _ => Some(reply),
-                    };
-                    *pending = Some(Pending { req, reply });
-                }
-            }
-        }
-    }
 }
 
 /// Whether `to` can take over in a planned switchover.
@@ -475,205 +142,42 @@ pub fn watch(
         w.save();
         let _ = std::fs::remove_file(&legacy);
     }
-    let mut health: HashMap<String, HealthCounter> = HashMap::new();
-    let mut strays: HashMap<String, Instant> = HashMap::new();
-    let mut ro_member: Option<String> = None;
-    let mut last_alarm = String::new();
-    let mut first_failure: Option<chrono::DateTime<Utc>> = None;
-    let mut first_round = true;
+    let policy = watch_policy(c);
+    let mut rounds = RoundState::default();
     let watch_started = Instant::now();
     w.record(
         w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len()))
             .with(json!({ "epoch": w.epoch })),
     );
     while !stop.load(Ordering::Relaxed) {
-        let round = Instant::now();
+        let started = Instant::now();
         let st = status(cluster, c);
-        let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
-        if first_round {
-            first_round = false;
-            resume(&mut w, &mut decider, &st);
+        let held = hold(&mut w, &mut election, &mut lease);
+        if held {
+            w.take_commands(&commands, &mut pending);
         }
-        for m in &st.members {
-            let h = &c.health;
-            let change = health.entry(m.name.clone()).or_default().observe(
-                m.reachable,
-                h.healthy_threshold,
-                h.unhealthy_threshold,
-            );
-            let details = json!({ "member": m.name, "zone": m.zone });
-            match change {
-                Some(false) => w.record(
-                    w.event(
-                        EventKind::MemberDown,
-                        format!(
-                            "member {} failed {} checks: {}",
-                            m.name,
-                            h.unhealthy_threshold,
-                            m.error.as_deref().unwrap_or("")
-                        ),
-                    )
-                    .with(details),
-                ),
-                Some(true) => {
-                    w.record(w.event(EventKind::MemberUp, format!("member {} is healthy", m.name)).with(details))
-                }
-                None => {}
+        let obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
+        let decided = round::round(&obs, &mut rounds, &mut decider, &policy);
+        let mut scene = Scene { st: &st, decider: &mut decider, pending: &mut pending, ro_router: &ro_router };
+        let mut alarm = decided.alarm;
+        for action in &decided.actions {
+            if let Err(why) = w.execute(action, &mut scene)
+                && let Some(failed) = action.failure(why)
+            {
+                alarm = Some(failed);
             }
         }
-        if !hold(&mut w, &mut election, &mut lease) {
-            rest(&mut w, round, &stop, &commands, &mut pending);
-            continue;
-        }
-        w.take_commands(&commands, &mut pending);
-        let paused = w.rec.paused;
-        decider.set_paused(paused);
-        decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, decider.primary()), k: 1 }));
-        // The fenced old primary is invisible to the decision core: it is
-        // never routed to, promoted or counted, until it is a standby again.
-        let fenced = w.rec.fenced.clone();
-        if let Some(f) = &fenced
-            && is(f, "standby")
-        {
-            w.rec.fenced = None;
-            w.save();
-        }
-        let observed: Vec<Probe> = probes(&st)
-            .into_iter()
-            .map(|p| if Some(&p.member) == fenced.as_ref() { Probe { ok: false, role: None, ..p } } else { p })
-            .collect();
-        let mut alarm: (Option<EventKind>, String) = (None, String::new());
-        let decision = decider.observe(&observed);
-        match decision {
-            Decision::Steady { primary: p } => {
-                first_failure = None;
-                w.route(w.target_of(&p));
-                if w.rec.primary.as_deref() != Some(p.as_str()) {
-                    if let Some(old) = &w.rec.primary {
-                        w.record(w.event(EventKind::PrimaryChanged, format!("primary is now {p} (was {old})")));
-                    }
-                    w.rec.primary = Some(p.clone());
-                    w.save();
-                }
-                let due = pending.as_ref().is_some_and(|p| p.req.at.is_none_or(|t| Utc::now() >= t));
-                if let Some(Pending { req, reply }) = pending.take_if(|_| due) {
-                    if w.rec.scheduled.take().is_some() {
-                        w.save();
-                    }
-                    let outcome = w.switchover_recorded(&mut decider, &st, &req);
-                    if let Some(r) = reply {
-                        let _ = r.send(Reply::Outcome { event: outcome });
-                    }
-                } else {
-                    if c.auto_failover && !paused {
-                        if let Some(f) = &fenced
-                            && is(f, "primary")
-                        {
-                            // The old primary is back, on its old timeline.
-                            if let Err(e) = w.rejoin(f, &p) {
-                                alarm = (Some(EventKind::RejoinFailed), e);
-                            }
-                        }
-                        let fresh = watch_started.elapsed() < Duration::from_secs(3);
-                        repair_followers(&w, &st, &p, &mut strays, fresh);
-                    }
-                    // Kept up even when paused or with auto_failover off: it
-                    // is what keeps the primary writable when a standby stops.
-                    if c.synchronous {
-                        match ha::sync_round(c, &st, &p, &mut w.rec, state, cluster) {
-                            Ok(changes) => {
-                                for ch in changes {
-                                    w.record(w.event(EventKind::SynchronousSet, ch));
-                                }
-                            }
-                            Err(e) => alarm = (Some(EventKind::SynchronousSetFailed), format!("{e:#}")),
-                        }
-                    } else if w.rec.sync.is_some()
-                        && st.members.iter().any(|m| {
-                            m.name == p && m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty())
-                        })
-                    {
-                        // Synchronous mode was turned off.
-                        if ha::set_sync_names(c, &p, "").is_ok() {
-                            w.rec.sync = None;
-                            w.rec.shrink = None;
-                            w.save();
-                        }
-                    }
-                }
+        if decided.decided {
+            if let Some(action) = rounds.settle(alarm) {
+                // Raising or clearing an alarm does not fail.
+                let _ = w.execute(&action, &mut scene);
             }
-            Decision::Suspect { .. } => {
-                first_failure.get_or_insert_with(Utc::now);
-            }
-            Decision::Failover { old, new, lost_bytes } if c.auto_failover => {
-                let detected = first_failure.take().unwrap_or_else(Utc::now);
-                if let Err(e) = w.failover(&mut decider, &st, (old, new, lost_bytes), detected) {
-                    alarm = (Some(EventKind::FailoverFailed), e);
-                }
-            }
-            Decision::Failover { old, new, lost_bytes } => {
-                alarm = (
-                    Some(EventKind::FailoverNeeded),
-                    format!(
-                        "primary {old} is down; the decision core would promote {new} ({lost_bytes} bytes behind); auto_failover is off"
-                    ),
-                );
-            }
-            Decision::Paused => {
-                alarm = (
-                    Some(EventKind::PausedPrimaryDown),
-                    "the primary is down, and the cluster is paused: no automatic action (`cirkel pg resume`)".into(),
-                );
-            }
-            Decision::NoCandidate { old, rejections } => {
-                alarm = (
-                    Some(EventKind::NoFailoverCandidate),
-                    format!(
-                        "primary {old} is down and no standby qualifies: {}",
-                        rejections.iter().map(|r| format!("{} {}", r.member, r.reason)).collect::<Vec<_>>().join("; ")
-                    ),
-                );
-            }
-            Decision::Misconfigured(why) => {
-                let why = match &fenced {
-                    Some(f) if is(f, "primary") => format!(
-                        "{why}; {f} runs as a primary but was fenced after a failover, so it is never routed to"
-                    ),
-                    _ => why,
-                };
-                alarm = (Some(EventKind::ClusterMisconfigured), why);
+            if let Ok(mut v) = view.lock() {
+                v.primary = w.router.target().and(decider.primary().map(str::to_string));
+                v.status = Some(st.clone());
             }
         }
-        // The read-only endpoint: keep the current standby while it streams
-        // within the lag limit, else take another, else the primary.
-        let eligible = |name: &str| {
-            st.members.iter().any(|m| {
-                m.name == name
-                    && m.reachable
-                    && m.role.as_deref() == Some("standby")
-                    && m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
-                    && m.lag_bytes.is_some_and(|l| l <= c.max_lag_bytes)
-            })
-        };
-        if !ro_member.as_deref().is_some_and(eligible) {
-            ro_member = st.members.iter().map(|m| m.name.clone()).find(|n| eligible(n));
-        }
-        let routed_primary = w.router.target().and(decider.primary().map(str::to_string));
-        match (&ro_member, &routed_primary) {
-            (Some(m), _) | (None, Some(m)) => ro_router.set(w.target_of(m)),
-            (None, None) => ro_router.set(None),
-        }
-        if let Ok(mut v) = view.lock() {
-            v.primary = routed_primary;
-            v.status = Some(st.clone());
-        }
-        if alarm.1 != last_alarm {
-            if let Some(kind) = alarm.0 {
-                w.record(w.event(kind, alarm.1.clone()));
-            }
-            last_alarm = alarm.1;
-        }
-        rest(&mut w, round, &stop, &commands, &mut pending);
+        rest(&mut w, started, &stop, &commands, &mut pending);
     }
     if let Some(l) = lease.take() {
         election.release(l);
@@ -685,6 +189,56 @@ pub fn watch(
         let _ = a.join();
     }
     Ok(())
+}
+
+/// The cluster's configuration as the round's rules read it.
+fn watch_policy(c: &PostgresConfig) -> WatchPolicy {
+    WatchPolicy {
+        auto_failover: c.auto_failover,
+        synchronous: c.synchronous,
+        max_lag_bytes: c.max_lag_bytes,
+        healthy_threshold: c.health.healthy_threshold,
+        unhealthy_threshold: c.health.unhealthy_threshold,
+        promotable: c.members.iter().filter(|(_, m)| m.priority > 0).map(|(n, _)| n.clone()).collect(),
+    }
+}
+
+/// What one round saw, as the pure round reads it.
+fn observations(
+    st: &ClusterStatus,
+    rec: &Record,
+    lease_held: bool,
+    pending: Option<&Pending>,
+    watch_started: Instant,
+) -> Observations {
+    let members = st
+        .members
+        .iter()
+        .map(|m| MemberSeen {
+            name: m.name.clone(),
+            zone: m.zone.clone(),
+            reachable: m.reachable,
+            role: role(m),
+            streaming: m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming")),
+            lsn: m.lsn_bytes.unwrap_or(0),
+            lag_bytes: m.lag_bytes,
+            waits_for_standbys: m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty()),
+            replicas: m.replicas.iter().map(|l| l.name.clone()).collect(),
+            error: m.error.clone(),
+        })
+        .collect();
+    Observations {
+        members,
+        lease_held,
+        paused: rec.paused,
+        recorded_primary: rec.primary.clone(),
+        fenced: rec.fenced.clone(),
+        in_flight: rec.failover.as_ref().map(|f| round::InFlight { old: f.old.clone(), new: f.new.clone() }),
+        sync_recorded: rec.sync.clone(),
+        switchover: pending.map(|p| PendingSwitchover { at: p.req.at.map(|t| t.timestamp_millis()) }),
+        now: Utc::now().timestamp_millis(),
+        uptime_ms: u64::try_from(watch_started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Sleeps out the rest of a round, taking commands as they come.
@@ -729,77 +283,6 @@ fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>
         Err(e) => {
             tracing::warn!("{}: cannot take the lease: {e}", w.source);
             false
-        }
-    }
-}
-
-/// After a restart: finishes a failover that got as far as the promotion,
-/// abandons one that did not (the decision core decides afresh), and takes
-/// the recorded primary as the primary while nothing contradicts it, so
-/// that a primary that died while cirkel was down is still failed over.
-fn resume(w: &mut Watch, decider: &mut Decider, st: &ClusterStatus) {
-    let is = |name: &str, role: &str| st.members.iter().any(|m| m.name == name && m.role.as_deref() == Some(role));
-    if let Some(f) = w.rec.failover.take() {
-        let details = json!({ "old_primary": f.old, "new_primary": f.new, "started": f.started });
-        if is(&f.new, "primary") {
-            w.rec.primary = Some(f.new.clone());
-            w.rec.fenced = Some(f.old.clone());
-            if w.c.synchronous {
-                w.rec.sync = Some(Default::default());
-                w.rec.shrink = None;
-            }
-            let msg = format!("cirkel stopped after promoting {}; the failover from {} is finished now", f.new, f.old);
-            w.record(w.event(EventKind::FailoverResumed, msg).with(details));
-        } else {
-            let msg = format!(
-                "cirkel stopped during a failover from {} to {} before the promotion; nothing was promoted, and it decides afresh",
-                f.old, f.new
-            );
-            w.record(w.event(EventKind::FailoverAbandoned, msg).with(details));
-        }
-        w.save();
-    }
-    if let Some(p) = w.rec.primary.clone() {
-        let other = st
-            .members
-            .iter()
-            .any(|m| m.name != p && Some(&m.name) != w.rec.fenced.as_ref() && m.role.as_deref() == Some("primary"));
-        if !is(&p, "standby") && !other {
-            decider.assume_primary(&p);
-        }
-    }
-}
-
-/// Points at the primary every standby that has not been streaming from
-/// it (under its member name, which synchronous mode relies on) for 5 s:
-/// the followers of a failover cirkel was stopped in, and standbys made by
-/// hand with another `application_name`.
-fn repair_followers(w: &Watch, st: &ClusterStatus, primary: &str, strays: &mut HashMap<String, Instant>, fresh: bool) {
-    let Some(p) = st.members.iter().find(|m| m.name == primary) else { return };
-    for m in &st.members {
-        if m.name == primary || !m.reachable || m.role.as_deref() != Some("standby") {
-            continue;
-        }
-        if p.replicas.iter().any(|l| l.name == m.name) {
-            strays.remove(&m.name);
-            continue;
-        }
-        // At start every stray is repointed at once; later ones get 5 s to
-        // reconnect by themselves (after a failover they are already pointed).
-        let since = *strays
-            .entry(m.name.clone())
-            .or_insert_with(|| if fresh { Instant::now() - Duration::from_secs(5) } else { Instant::now() });
-        if since.elapsed() >= Duration::from_secs(5) {
-            strays.insert(m.name.clone(), Instant::now());
-            match failover::follow(w.c, &m.name, primary) {
-                Ok(()) => w.record(w.event(
-                    EventKind::FollowerRepointed,
-                    format!("{} did not stream from {primary} as `{}`; it was pointed at it", m.name, m.name),
-                )),
-                Err(e) => w.record(
-                    w.event(EventKind::FollowFailed, format!("{} could not be pointed at {primary}: {e:#}", m.name)),
-                ),
-            }
         }
     }
 }
@@ -849,7 +332,9 @@ pub fn switchover_now(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cirkel_failover::MemoryElection;
+    use crate::proxy::Target;
+    use cirkel_failover::round::{Action, ReadOnly};
+    use cirkel_failover::{MemoryElection, Role};
 
     fn config() -> PostgresConfig {
         let text = "[postgres.main]\n[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 5432\n";
@@ -907,5 +392,179 @@ mod tests {
         assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
         assert!(wa.epoch > la.epoch);
         wa.admit("failover").expect("a newer epoch acts again");
+    }
+
+    #[test]
+    fn observations_carry_what_the_rules_read() {
+        use crate::members::{MemberState, ReplicaLink};
+        let member = |name: &str| MemberState { name: name.into(), zone: format!("z-{name}"), ..Default::default() };
+        let st = ClusterStatus {
+            cluster: "main".into(),
+            primary: Some("a".into()),
+            healthy: false,
+            problems: Vec::new(),
+            members: vec![
+                MemberState {
+                    reachable: true,
+                    role: Some("primary".into()),
+                    lsn_bytes: Some(1000),
+                    synchronous_standby_names: Some("ANY 1 (\"b\")".into()),
+                    replicas: vec![ReplicaLink { name: "b".into(), ..Default::default() }],
+                    ..member("a")
+                },
+                MemberState {
+                    reachable: true,
+                    role: Some("standby".into()),
+                    lsn_bytes: Some(990),
+                    lag_bytes: Some(10),
+                    receiver: Some("streaming from 127.0.0.1:5432".into()),
+                    ..member("b")
+                },
+                MemberState {
+                    reachable: true,
+                    role: Some("standby".into()),
+                    receiver: Some("stopping from ?:?".into()),
+                    ..member("c")
+                },
+                MemberState { error: Some("no answer within 1s".into()), ..member("d") },
+            ],
+        };
+        let at = Utc::now() + chrono::Duration::hours(1);
+        let rec = Record {
+            primary: Some("a".into()),
+            fenced: Some("d".into()),
+            failover: Some(ha::InFlight { old: "d".into(), new: "a".into(), started: Utc::now() }),
+            sync: Some(["b".to_string()].into()),
+            paused: true,
+            ..Default::default()
+        };
+        let req = SwitchoverRequest { id: "x".into(), to: None, at: Some(at), requested: Utc::now() };
+        let pending = Pending { req, reply: None };
+        let obs = observations(&st, &rec, true, Some(&pending), Instant::now());
+        let [a, b, c, d] = &obs.members[..] else { panic!("{obs:?}") };
+        assert_eq!((a.role, a.lsn, a.waits_for_standbys), (Some(Role::Primary), 1000, true));
+        assert_eq!(a.replicas, vec!["b".to_string()]);
+        assert_eq!((b.role, b.streaming, b.lag_bytes), (Some(Role::Replica), true, Some(10)));
+        assert!(!c.streaming && !c.waits_for_standbys);
+        assert_eq!((d.reachable, d.role, d.error.as_deref()), (false, None, Some("no answer within 1s")));
+        assert_eq!(d.zone, "z-d");
+        assert!(obs.lease_held && obs.paused);
+        assert_eq!(obs.fenced.as_deref(), Some("d"));
+        assert_eq!(obs.in_flight, Some(round::InFlight { old: "d".into(), new: "a".into() }));
+        assert_eq!(obs.sync_recorded, rec.sync);
+        assert_eq!(obs.switchover, Some(PendingSwitchover { at: Some(at.timestamp_millis()) }));
+        assert!(obs.now <= Utc::now().timestamp_millis());
+    }
+
+    struct Bench {
+        _dir: tempfile::TempDir,
+        state: StateDir,
+        c: PostgresConfig,
+        st: ClusterStatus,
+        ro: Arc<Router>,
+    }
+
+    fn bench() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        let st = ClusterStatus {
+            cluster: "main".into(),
+            primary: None,
+            healthy: true,
+            problems: Vec::new(),
+            members: Vec::new(),
+        };
+        Bench { _dir: dir, state, c: config(), st, ro: Router::new() }
+    }
+
+    impl Bench {
+        fn watch(&self, epoch: u64) -> Watch<'_> {
+            Watch {
+                cluster: "main",
+                c: &self.c,
+                state: &self.state,
+                source: "postgres/main".into(),
+                router: Router::new(),
+                rec: Record::default(),
+                epoch,
+            }
+        }
+
+        fn run(&self, w: &mut Watch, action: &Action) -> Result<(), String> {
+            let mut decider = crate::members::decider(&self.c).unwrap();
+            decider.assume_primary("a");
+            let mut pending = None;
+            let mut scene = Scene { st: &self.st, decider: &mut decider, pending: &mut pending, ro_router: &self.ro };
+            w.execute(action, &mut scene)
+        }
+    }
+
+    #[test]
+    fn events_and_alarms_are_recorded_under_the_logs_kinds() {
+        let b = bench();
+        let mut w = b.watch(1);
+        let down = round::Event {
+            kind: round::EventKind::MemberDown,
+            message: "member a failed 3 checks: refused".into(),
+            details: vec![("member", "a".into()), ("zone", "z1".into())],
+        };
+        b.run(&mut w, &Action::Record(down)).unwrap();
+        let alarm = round::Alarm {
+            key: round::AlarmKey { kind: round::AlarmKind::NoFailoverCandidate, subject: "a".into() },
+            message: "primary a is down and no standby qualifies".into(),
+        };
+        b.run(&mut w, &Action::RaiseAlarm(alarm.clone())).unwrap();
+        b.run(&mut w, &Action::ClearAlarm(alarm.key)).unwrap();
+        let events = b.state.events().unwrap();
+        let kinds: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
+        assert_eq!(kinds, ["member-down", "no-failover-candidate"], "a cleared alarm records nothing");
+        assert_eq!(events[0].details["member"], "a");
+        assert_eq!(events[0].details["zone"], "z1");
+        assert_eq!(events[1].message, "primary a is down and no standby qualifies");
+    }
+
+    #[test]
+    fn unfencing_and_a_new_primary_are_saved() {
+        let b = bench();
+        let mut w = b.watch(1);
+        w.rec.fenced = Some("b".into());
+        b.run(&mut w, &Action::Unfence("b".into())).unwrap();
+        b.run(&mut w, &Action::RecordPrimary("a".into())).unwrap();
+        let rec = Record::load(&b.state, "main").unwrap();
+        assert_eq!((rec.fenced, rec.primary.as_deref()), (None, Some("a")));
+        // Nothing pending: a switchover is nothing to do.
+        b.run(&mut w, &Action::Switchover).unwrap();
+        assert!(b.state.events().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_read_only_endpoint_follows_the_primary_only_while_it_is_routed() {
+        let b = bench();
+        let mut w = b.watch(1);
+        b.ro.set(Some(Target::new("127.0.0.1", 1)));
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Primary)).unwrap();
+        assert_eq!(b.ro.target(), None, "the read-write endpoint routes nowhere");
+        b.run(&mut w, &Action::Route(Some("a".into()))).unwrap();
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Primary)).unwrap();
+        assert_eq!(b.ro.target(), Some(Target::new("127.0.0.1", 5432)));
+        b.run(&mut w, &Action::RouteReadOnly(ReadOnly::Standby("nobody".into()))).unwrap();
+        assert_eq!(b.ro.target(), None, "an unknown member is no target");
+    }
+
+    #[test]
+    fn a_rejoin_under_a_stale_epoch_fails_into_its_alarm() {
+        let b = bench();
+        Record { epoch: 5, ..Default::default() }.save(&b.state, "main").unwrap();
+        let mut w = b.watch(4);
+        let rejoin = Action::Rejoin { old: "a".into(), new: "b".into() };
+        let why = b.run(&mut w, &rejoin).unwrap_err();
+        assert!(why.contains("refused"), "{why}");
+        let alarm = rejoin.failure(why).unwrap();
+        assert_eq!(alarm.key.kind, round::AlarmKind::RejoinFailed);
+        assert!(kinds(&b.state).contains(&"stale-epoch".to_string()));
+        let failover = Action::Failover { old: "a".into(), new: "b".into(), lost_bytes: 0, detected: 0 };
+        let why = b.run(&mut w, &failover).unwrap_err();
+        assert!(why.contains("refused"), "{why}");
+        assert_eq!(b.ro.target(), None);
     }
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cirkel_config::OnLag;
+use cirkel_failover::loss::{self, Verdict};
 use cirkel_failover::{Leadership, Lease};
 use cirkel_state::election::{LocalLock, acquire_or_stand_by};
 use cirkel_state::{Event, EventKind, Severity, StateDir};
@@ -211,47 +212,51 @@ impl Watch<'_> {
             .map(|a| self.group.probe_member(a))
             .filter(|m| m.reachable && m.role.as_deref() == Some("slave") && m.priority != Some(0))
             .collect();
-        let best = replicas.iter().filter_map(|m| m.offset.map(|o| (o, m.addr.clone()))).max();
-        let lag = best.as_ref().map(|(o, _)| master_offset.saturating_sub(*o));
-        let within = lag.is_some_and(|l| l <= self.group.max_lag_bytes);
+        let offsets: Vec<(Addr, Option<u64>)> = replicas.iter().map(|m| (m.addr.clone(), m.offset)).collect();
+        let on_lag = match self.group.on_lag {
+            OnLag::Refuse => loss::OnLag::Refuse,
+            OnLag::Warn => loss::OnLag::Warn,
+        };
+        let (best, hold) =
+            match loss::judge_outage(master_offset, &offsets, self.group.max_lag_bytes, self.held, on_lag) {
+                Verdict::Within(_) | Verdict::AlreadyHeld => return,
+                Verdict::HoldBack(best) => (best, true),
+                Verdict::Warn(best) => (best, false),
+            };
         let details = json!({
             "master": master,
             "master_last_offset": master_offset,
-            "best_replica": best.as_ref().map(|(_, a)| a),
-            "best_replica_lag_bytes": lag,
+            "best_replica": best.as_ref().map(|b| &b.replica),
+            "best_replica_lag_bytes": best.as_ref().map(|b| b.lag_bytes),
             "max_lag_bytes": self.group.max_lag_bytes,
         });
-        if within || self.held {
-            return;
-        }
-        let what = match (&best, lag) {
-            (Some((_, a)), Some(l)) => format!("the best replica {a} is {l} bytes behind"),
-            _ => "no replica answers".to_string(),
+        let what = match &best {
+            Some(b) => format!("the best replica {} is {} bytes behind", b.replica, b.lag_bytes),
+            None => "no replica answers".to_string(),
         };
-        match self.group.on_lag {
-            OnLag::Refuse => {
-                let failed = self.group.hold();
-                self.held = true;
-                self.record(
-                    Event::new(
-                        &self.group.source(),
-                        EventKind::FailoverHeld,
-                        format!(
-                            "master {master} unreachable and {what} (limit {} bytes): failover held back; restart the master, or run `cirkel redis failover --group {} --allow-data-loss`",
-                            self.group.max_lag_bytes, self.group.name
-                        ),
-                    )
-                    .with(json!({ "outage": details, "sentinels_not_told": failed })),
-                );
-            }
-            OnLag::Warn => self.record(
+        if hold {
+            let failed = self.group.hold();
+            self.held = true;
+            self.record(
+                Event::new(
+                    &self.group.source(),
+                    EventKind::FailoverHeld,
+                    format!(
+                        "master {master} unreachable and {what} (limit {} bytes): failover held back; restart the master, or run `cirkel redis failover --group {} --allow-data-loss`",
+                        self.group.max_lag_bytes, self.group.name
+                    ),
+                )
+                .with(json!({ "outage": details, "sentinels_not_told": failed })),
+            );
+        } else {
+            self.record(
                 Event::new(
                     &self.group.source(),
                     EventKind::LossLimitWarning,
                     format!("master {master} unreachable and {what} (limit {} bytes)", self.group.max_lag_bytes),
                 )
                 .with(details),
-            ),
+            );
         }
     }
 

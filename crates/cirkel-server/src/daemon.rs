@@ -34,6 +34,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Job, Runner, jobs};
+use crate::metrics::Metrics;
+use crate::monitor::{Access, AlarmLoop, Collector, EventMetrics};
 use crate::supervisor::{Backoff, Report, Supervisor};
 use crate::systemd::Notifier;
 
@@ -56,7 +58,14 @@ pub struct Options {
     pub hangup: &'static AtomicBool,
     /// Print the one-line summary on standard error at start.
     pub announce: bool,
+    /// Opens repositories and reaches servers for the metrics.
+    pub access: Arc<dyn Access>,
 }
+
+/// How often the collector asks the sources and repositories, and the
+/// alarm engine evaluates.
+const COLLECT_EVERY: Duration = Duration::from_secs(10);
+const EVALUATE_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `stop`.
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -80,7 +89,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 type Inboxes = Arc<Mutex<HashMap<String, Sender<WatchCommand>>>>;
 
 async fn serve(opts: Options) -> anyhow::Result<()> {
-    let Options { config: cfg, reload, config_path, state, control, runner, stop, hangup, announce } = opts;
+    let Options { config: cfg, reload, config_path, state, control, runner, stop, hangup, announce, access } = opts;
     let (bus, _) = broadcast::channel::<Event>(1024);
     let state = {
         let bus = bus.clone();
@@ -89,6 +98,15 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         }))
     };
     let runner = Runner { state: state.clone(), ..runner };
+    let metrics = Arc::new(Metrics::default());
+    metrics.set("cirkel_up", Default::default(), 1.0);
+    // What the event log says so far, then what comes.
+    let event_metrics = Arc::new(Mutex::new(EventMetrics::default()));
+    if let (Ok(mut em), Ok(past)) = (event_metrics.lock(), state.events()) {
+        for e in &past {
+            em.observe(e, &metrics);
+        }
+    }
     let jobs_now = jobs(&cfg)?;
     let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();
@@ -152,6 +170,111 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                 m.insert(name.clone(), tx);
             }
             cirkel_pg::watch::watch(&name, &c, &state, stop, rx)
+        });
+    }
+
+    // Detection: events into metrics, checks, the collector, scrapes, alarms.
+    {
+        let (metrics, em, rx) = (metrics.clone(), event_metrics.clone(), bus.subscribe());
+        sup.spawn("metrics/events", sup.token(), move |cancel| {
+            let (metrics, em) = (metrics.clone(), em.clone());
+            let mut rx = rx.resubscribe();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        e = rx.recv() => match e {
+                            Ok(e) => { if let Ok(mut em) = em.lock() { em.observe(&e, &metrics); } }
+                            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("metrics missed {n} events"),
+                            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                        },
+                    }
+                }
+            }
+        });
+    }
+    let published_checks: Arc<Mutex<Vec<crate::monitor::PublishedCheck>>> = Arc::default();
+    if !cfg.checks.is_empty() {
+        let (cfg, state, metrics, checks) =
+            (Arc::new(cfg.clone()), state.clone(), metrics.clone(), published_checks.clone());
+        sup.spawn("checks", sup.token(), move |cancel| {
+            let (cfg, state, metrics, checks) = (cfg.clone(), state.clone(), metrics.clone(), checks.clone());
+            async move { crate::monitor::run_checks(&cfg, state, metrics, checks, cancel).await }
+        });
+    }
+    {
+        let (cfg, metrics, em) = (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone());
+        sup.spawn_blocking("collector", sup.token(), move |stop| {
+            let mut collector = Collector::default();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                collector.collect(&cfg, access.as_ref(), &metrics, &em);
+                while started.elapsed() < COLLECT_EVERY && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Ok(())
+        });
+    }
+    let alarms = AlarmLoop::new(&cfg, &state)?;
+    for (name, sc) in &cfg.scrape {
+        let (name, sc, scraped, metrics) = (name.clone(), sc.clone(), alarms.scraped.clone(), metrics.clone());
+        sup.spawn(format!("scrape/{name}"), sup.token(), move |cancel| {
+            crate::monitor::scrape(name.clone(), sc.clone(), scraped.clone(), metrics.clone(), cancel)
+        });
+    }
+    {
+        let alarms = Arc::new(Mutex::new(alarms));
+        let (state, metrics, em, checks) =
+            (state.clone(), metrics.clone(), event_metrics.clone(), published_checks.clone());
+        sup.spawn("alarms", sup.token(), move |cancel| {
+            let (alarms, state, metrics, em, checks) =
+                (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone());
+            async move {
+                let mut tick = tokio::time::interval(EVALUATE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tick.tick() => {}
+                    }
+                    let (alarms, state, metrics, em, checks) =
+                        (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Ok(em) = em.lock() {
+                            em.tick(Utc::now(), &metrics);
+                        }
+                        if let Ok(mut a) = alarms.lock() {
+                            a.step(std::time::SystemTime::now(), &state, &metrics, &checks);
+                        }
+                    })
+                    .await?;
+                }
+            }
+        });
+    }
+    if let Some(addr) = cfg.server.listen {
+        let listener = Arc::new(crate::http::bind(addr)?);
+        let metrics = metrics.clone();
+        sup.spawn("http", sup.token(), move |cancel| {
+            let (listener, metrics) = (listener.clone(), metrics.clone());
+            async move {
+                let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+                crate::http::serve(l, metrics, cancel).await
+            }
+        });
+    }
+
+    // WAL streaming, for clusters that ask for it: the same command a
+    // person would run, supervised (restarted when it exits).
+    for (name, c) in &cfg.postgres {
+        if !c.stream_wal {
+            continue;
+        }
+        let (exe, mut argv) = (runner.exe.clone(), runner.global.clone());
+        argv.extend(["pg", "stream-wal", "--cluster", name].map(String::from));
+        sup.spawn_blocking(format!("stream-wal/postgres/{name}"), sup.token(), move |stop| {
+            crate::jobs::run_until_stopped(&exe, &argv, &stop)
         });
     }
 

@@ -15,7 +15,7 @@ use cirkel_config::{Config, RetentionConfig};
 use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
-use crate::scheduler::{Clock, run_schedule};
+use crate::scheduler::{Clock, run_schedule_reporting};
 
 /// A scheduled job: cirkel commands run one after the other.
 #[derive(Debug, Clone)]
@@ -116,7 +116,27 @@ impl Runner {
     /// Runs `job` at each time its schedule names until `stop` (a running
     /// job finishes first).
     pub fn run_schedule(&self, job: &Job, stop: &AtomicBool) {
-        run_schedule(&job.schedule, self.clock.as_ref(), stop, |_| self.run_job(job));
+        run_schedule_reporting(
+            &job.schedule,
+            self.clock.as_ref(),
+            stop,
+            |_| self.run_job(job),
+            |slots| {
+                let list: Vec<String> = slots.iter().map(|t| t.to_rfc3339()).collect();
+                let event = Event::new(
+                    &format!("schedule/{}", job.name),
+                    EventKind::JobMissed,
+                    format!(
+                        "{} slot(s) of {} passed while its previous run went on: {}",
+                        slots.len(),
+                        job.name,
+                        list.join(", ")
+                    ),
+                )
+                .with(json!({ "job": job.name, "slots": list }));
+                crate::record(&self.state, &event);
+            },
+        );
     }
 
     /// Runs the steps of `job` once; a failed step ends the job, except a
@@ -173,6 +193,40 @@ impl Runner {
                 )
                 .collect::<Vec<_>>()
         )
+    }
+}
+
+/// Runs `exe argv…` until it exits (an error: it should run until told to
+/// stop) or `stop` turns true (then it gets SIGTERM, and SIGKILL 10 s later).
+pub fn run_until_stopped(exe: &std::path::Path, argv: &[String], stop: &AtomicBool) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let mut child = Command::new(exe)
+        .args(argv)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("start `cirkel {}`: {e}", argv.join(" ")))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("`cirkel {}` exited ({status})", argv.join(" "));
+        }
+        if stop.load(Ordering::Relaxed) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -3,7 +3,10 @@
 //! the events they publish.
 
 pub mod daemon;
+pub mod http;
 pub mod jobs;
+pub mod metrics;
+pub mod monitor;
 pub mod scheduler;
 pub mod supervisor;
 pub mod systemd;

@@ -106,13 +106,39 @@ impl Clock for ScaledClock {
 /// so). The next slot is counted from when the previous run ended: a run
 /// that overruns its next slot is not followed by a second run at once for
 /// the slot it missed, and runs of one job never overlap.
-pub fn run_schedule(schedule: &Schedule, clock: &dyn Clock, stop: &AtomicBool, mut run: impl FnMut(DateTime<Utc>)) {
+pub fn run_schedule(schedule: &Schedule, clock: &dyn Clock, stop: &AtomicBool, run: impl FnMut(DateTime<Utc>)) {
+    run_schedule_reporting(schedule, clock, stop, run, |_| {});
+}
+
+/// [`run_schedule`], telling `missed` of the slots that passed while a run
+/// still went on (they are skipped, never queued).
+pub fn run_schedule_reporting(
+    schedule: &Schedule,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    mut run: impl FnMut(DateTime<Utc>),
+    mut missed: impl FnMut(&[DateTime<Utc>]),
+) {
     while !stop.load(Ordering::Relaxed) {
         let Some(next) = schedule.next_after(clock.now()) else { return };
         if !clock.sleep_until(next, stop) {
             return;
         }
         run(next);
+        let now = clock.now();
+        let mut skipped = Vec::new();
+        let mut t = next;
+        // Bounded: a run that took years does not list every minute.
+        while skipped.len() < 1000
+            && let Some(s) = schedule.next_after(t)
+            && s <= now
+        {
+            skipped.push(s);
+            t = s;
+        }
+        if !skipped.is_empty() {
+            missed(&skipped);
+        }
     }
 }
 
@@ -209,6 +235,21 @@ mod tests {
             chrono::Duration::minutes(20),
         );
         assert_eq!(runs, [at(2026, 11, 26, 10, 0, 0), at(2026, 11, 26, 10, 30, 0), at(2026, 11, 26, 11, 0, 0)]);
+    }
+
+    #[test]
+    fn slots_passed_during_a_run_are_reported_missed() {
+        let clock = SimClock::new(at(2026, 11, 26, 9, 59, 0), at(2026, 11, 26, 11, 1, 0));
+        let stop = AtomicBool::new(false);
+        let mut missed = Vec::new();
+        run_schedule_reporting(
+            &Schedule::parse("*/15 * * * *").unwrap(),
+            &clock,
+            &stop,
+            |_| clock.advance(chrono::Duration::minutes(20)),
+            |m| missed.extend_from_slice(m),
+        );
+        assert_eq!(missed, [at(2026, 11, 26, 10, 15, 0), at(2026, 11, 26, 10, 45, 0), at(2026, 11, 26, 11, 15, 0)]);
     }
 
     #[test]

@@ -310,6 +310,23 @@ event_kinds! {
     WorkerFailed = "worker-failed", High;
     /// A failed worker of the daemon was started again.
     WorkerRestarted = "worker-restarted", Low;
+    /// A scheduled slot passed while the job's previous run still went on.
+    JobMissed = "job-missed", Medium;
+    // Detection.
+    /// A health check (`[checks.NAME]`) failed its threshold of probes.
+    CheckDown = "check-down", High;
+    /// A health check passes again.
+    CheckUp = "check-up", Low;
+    /// An alarm went into ALARM; the event carries the alarm's own severity.
+    AlarmRaised = "alarm-raised", High;
+    /// An alarm went back to OK.
+    AlarmCleared = "alarm-cleared", Low;
+    /// An alarm has too little data to judge.
+    AlarmInsufficientData = "alarm-insufficient-data", Low;
+    /// `repo verify` found the repository intact.
+    Verified = "verified", Low;
+    /// `repo verify` found damage.
+    VerifyFailed = "verify-failed", Critical;
 }
 
 impl std::fmt::Display for EventKind {

@@ -78,6 +78,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Recorded events: failovers with their timelines and losses, held failovers, members down.
     Events(EventsArgs),
+    /// Alarms and health checks: the state of each, why and since when, as `cirkel serve` judges
+    /// them (exit 2 while one is in ALARM); `alarms history NAME` lists an alarm's transitions.
+    Alarms(AlarmsArgs),
     /// Drills: prove recovery works by doing it, and measure it.
     #[command(subcommand)]
     Drill(DrillCmd),
@@ -703,6 +706,24 @@ pub struct StatusArgs {
     /// Only this PostgreSQL cluster.
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AlarmsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<AlarmsCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlarmsCmd {
+    /// Every recorded state change of one alarm, oldest first.
+    History {
+        /// The alarm's name (`rpo-exposure`, or a `[alarms.NAME]`).
+        name: String,
+        /// Only the last N changes.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
 }
 
 #[derive(Debug, Args)]

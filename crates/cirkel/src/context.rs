@@ -213,6 +213,8 @@ pub struct DrillOutcome<'a> {
     pub passed: bool,
     pub rto_s: Option<f64>,
     pub writes_lost: usize,
+    /// Bytes a restore drill restored: with `rto_s`, its throughput.
+    pub bytes: Option<u64>,
 }
 
 /// Stores a drill's report in the state directory and records a `drill`
@@ -234,7 +236,14 @@ pub fn store_drill(
     state.record(
         &cirkel_state::Event::new(d.source, cirkel_state::EventKind::Drill, message)
             .with_severity(if d.passed { cirkel_state::Severity::Low } else { cirkel_state::Severity::High })
-            .with(serde_json::json!({ "report": path })),
+            .with(serde_json::json!({
+                "report": path,
+                "drill": d.kind,
+                "passed": d.passed,
+                "rto_s": d.rto_s,
+                "writes_lost": d.writes_lost,
+                "bytes": d.bytes,
+            })),
     )?;
     Ok(path)
 }

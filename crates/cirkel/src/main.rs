@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Redis(c) => cmd::redis::run(&cli.global, c),
         Command::Status(c) => cmd::redis::status(&cli.global, c),
         Command::Events(c) => cmd::redis::events(&cli.global, c),
+        Command::Alarms(c) => cmd::alarms::run(&cli.global, c),
         Command::Drill(c) => cmd::redis::drill(&cli.global, c),
         Command::Serve => cmd::serve::serve(&cli.global),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),

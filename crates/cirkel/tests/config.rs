@@ -319,3 +319,22 @@ fn a_closed_stdout_is_a_quiet_exit() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_readmes_monitoring_configuration_is_valid() {
+    // The block after `<!-- plan-5 -->` in the README, with the Redis group
+    // its `health` table belongs to.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme.split("<!-- plan-5 -->\n```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let env = Env::new();
+    let config = env.path("plan.toml");
+    std::fs::write(
+        &config,
+        format!("[redis.cache]\nmembers = [\"10.0.1.30:6379\"]\nsentinels = [\"10.0.1.30:26379\"]\n\n{block}"),
+    )
+    .unwrap();
+    let out = env.ok(&["--config", config.to_str().unwrap(), "config", "check"]);
+    assert!(!out.contains("error"), "{out}");
+    let shown = env.ok(&["--config", config.to_str().unwrap(), "config", "show"]);
+    assert!(shown.contains("[alarms.http-5xx-high]") && shown.contains("rate = true"), "{shown}");
+}

@@ -1651,3 +1651,134 @@ fn the_control_socket_serves_its_user_refuses_others_and_pauses_durably() {
     assert!(daemon.ok(&["pg", "resume"]).contains("resumed"));
     assert_eq!(daemon.events("resumed").len(), 1);
 }
+
+/// Reads `/metrics` from `addr` (plain HTTP).
+fn metrics_text(addr: &str) -> String {
+    match http_get(addr, "/metrics") {
+        Ok((200, text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// The RPO exposure `cirkel serve` reports for cluster `main` in the main repository.
+fn exposure(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("cirkel_rpo_exposure_seconds{") && l.contains("source=\"postgres/main\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn rpo_exposure_alarms_while_archiving_is_broken_and_prometheus_reads_it() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let pg = e.archiving_cluster(&["archive_timeout = 2"]);
+    pg.sql("CREATE TABLE canary (id serial PRIMARY KEY, at timestamptz DEFAULT now())");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    let env: std::collections::HashMap<String, String> = pg.env().into_iter().collect();
+    let listen = format!("127.0.0.1:{}", cirkel_testkit::free_port());
+    let config = e.env.path("cirkel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"{}\"\npassword_file = \"{}\"\n[state]\ndir = \"{}\"\n\
+             [postgres.main]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\n\
+             [server]\nlisten = \"{listen}\"\n\
+             # Ten-second periods and an 8 s limit keep the test short (the plan: 5 min).\n\
+             [alarms.rpo-exposure]\nperiod = \"10s\"\nthreshold = 8\n",
+            e.env.repo,
+            e.env.password_file.display(),
+            e.env.path("state").display(),
+            env["PGHOST"],
+            env["PGPORT"],
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut serve = e.cmd(None, &["--config", cfg, "serve"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Kill(&mut serve);
+
+    // A real Prometheus scrapes cirkel every second.
+    let prom_port = cirkel_testkit::free_port();
+    let prom_dir = tempfile::tempdir().unwrap();
+    let prom_conf = prom_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_conf,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cirkel\n    static_configs:\n      - targets: ['{listen}']\n"
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(cirkel_testkit::require_program("prometheus", "apt-get install prometheus"));
+    c.arg(format!("--config.file={}", prom_conf.display()))
+        .arg(format!("--storage.tsdb.path={}", prom_dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
+    let _prometheus = cirkel_testkit::Service::spawn("prometheus", c);
+
+    // Writes keep WAL flowing; archive_timeout switches segments.
+    let wait_for = |what: &str, limit: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+            pg.sql("INSERT INTO canary DEFAULT VALUES");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_for(
+        "a small RPO exposure",
+        Duration::from_secs(120),
+        Box::new(|| exposure(&metrics_text(&listen)).is_some_and(|s| s < 8.0)),
+    );
+    promtool_check(&metrics_text(&listen));
+    let prom = format!("127.0.0.1:{prom_port}");
+    wait_for(
+        "Prometheus answering for the RPO exposure",
+        Duration::from_secs(120),
+        Box::new(|| {
+            http_get(&prom, "/api/v1/query?query=cirkel_rpo_exposure_seconds").is_ok_and(|(code, body)| {
+                code == 200 && body.contains("\"source\":\"postgres/main\"") && body.contains("\"status\":\"success\"")
+            })
+        }),
+    );
+
+    // archive_command breaks: the exposure grows and the alarm fires.
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'");
+    pg.sql("SELECT pg_reload_conf()");
+    let cmd = |args: &[&str]| {
+        let mut a = vec!["--config", cfg];
+        a.extend_from_slice(args);
+        e.json(None, &a)
+    };
+    let raised = |h: &serde_json::Value| h.as_array().unwrap().iter().any(|x| x["details"]["to"] == "ALARM");
+    wait_for(
+        "the rpo-exposure alarm",
+        Duration::from_secs(180),
+        Box::new(|| raised(&cmd(&["alarms", "history", "rpo-exposure"]))),
+    );
+    let out = e.cmd(None, &["--json", "--config", cfg, "alarms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "cirkel alarms exits 2 while an alarm fires");
+    let alarms: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let firing = alarms["alarms"].as_array().unwrap().iter().find(|a| a["alarm"] == "rpo-exposure").unwrap();
+    assert_eq!(firing["state"], "ALARM", "{alarms:#}");
+    assert_eq!(firing["labels"]["source"], "postgres/main");
+    assert_eq!(firing["severity"], "critical");
+    assert!(exposure(&metrics_text(&listen)).is_some_and(|s| s > 8.0));
+
+    // Fixed: the backlog is archived, the exposure drops, the alarm clears.
+    pg.sql("ALTER SYSTEM RESET archive_command");
+    pg.sql("SELECT pg_reload_conf()");
+    wait_for(
+        "the rpo-exposure alarm to clear",
+        Duration::from_secs(180),
+        Box::new(|| {
+            let h = cmd(&["alarms", "history", "rpo-exposure"]);
+            h.as_array().unwrap().last().is_some_and(|x| x["details"]["from"] == "ALARM" && x["details"]["to"] == "OK")
+        }),
+    );
+}

@@ -193,3 +193,122 @@ fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_for_a_bad_one() {
     assert!(lines.iter().any(|l| l["fields"]["kind"] == "config-reload-failed" && l["level"] == "WARN"), "{text}");
     assert!(lines.iter().any(|l| l["fields"]["kind"] == "config-reloaded"), "{text}");
 }
+
+/// Polls `/metrics` on `addr` until it contains `needle` (the bound only
+/// catches a hung daemon); returns the exposition.
+fn wait_metric(addr: &str, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, text)) = http_get(addr, "/metrics")
+            && text.contains(needle)
+        {
+            return text;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no `{needle}` in {addr}/metrics");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A real HTTP service for checks: Python's http.server serving a
+/// directory with a `health` file, on `port`.
+fn http_service(dir: &std::path::Path, port: u16) -> cirkel_testkit::Service {
+    std::fs::write(dir.join("health"), "ok\n").unwrap();
+    let mut c = std::process::Command::new("python3");
+    c.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(dir);
+    let s = cirkel_testkit::Service::spawn("http.server", c);
+    assert!(cirkel_testkit::wait_for_port(port, Duration::from_secs(30)), "http.server did not start");
+    s
+}
+
+#[test]
+fn a_check_goes_down_and_up_with_its_service_and_its_alarm_follows() {
+    let mut env = Env::new();
+    env.init();
+    let (service_port, listen_port) = (cirkel_testkit::free_port(), cirkel_testkit::free_port());
+    let site = env.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let config = env.path("cirkel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{listen_port}\"\n\n\
+             [checks.api]\nkind = \"http\"\nurl = \"http://127.0.0.1:{service_port}/health\"\n\
+             interval = \"1s\"\ntimeout = \"500ms\"\n\n\
+             # The plan's period is a minute; ten seconds keeps the test short.\n\
+             [alarms.check-down]\nperiod = \"10s\"\n"
+        ),
+    )
+    .unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
+    env.extra_env.push(("CIRKEL_STATE_DIR".into(), env.path("state").display().to_string()));
+    let mut service = http_service(&site, service_port);
+    let _serve = Daemon(env.cmd(&["serve"]).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let up = wait_events(&env, "check-up", 1);
+    assert_eq!(up[0]["source"], "check/api");
+    assert_eq!(up[0]["details"]["probes"], 2, "up after healthy_threshold probes: {up:#?}");
+
+    // The metrics endpoint: the check's state, in an exposition promtool accepts.
+    let addr = format!("127.0.0.1:{listen_port}");
+    let metrics = wait_metric(&addr, "cirkel_check_up{check=\"api\"} 1");
+    assert!(metrics.contains("cirkel_up 1"), "{metrics}");
+    promtool_check(&metrics);
+    let start = Instant::now();
+    let status = loop {
+        // The daemon publishes the checks' states every few seconds.
+        let status = env.json(&["status"]);
+        if status["checks"][0]["state"] == "up" || start.elapsed() > Duration::from_secs(60) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["checks"][0]["name"], "api");
+    assert_eq!(status["checks"][0]["state"], "up");
+
+    // The service dies: down after exactly unhealthy_threshold failed probes,
+    // and the built-in check-down alarm fires.
+    service.kill();
+    let down = wait_events(&env, "check-down", 1);
+    assert_eq!(down[0]["details"]["failures"], 3, "{down:#?}");
+    assert_eq!(down[0]["severity"], "high");
+    let raised = wait_events(&env, "alarm-raised", 1);
+    assert_eq!(raised[0]["details"]["alarm"], "check-down", "{raised:#?}");
+    assert_eq!(raised[0]["details"]["labels"]["check"], "api");
+    let out = env.run(&["--json", "alarms"]);
+    assert_eq!(out.status.code(), Some(2), "cirkel alarms exits 2 while an alarm fires");
+    let alarms: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let firing: Vec<&serde_json::Value> =
+        alarms["alarms"].as_array().unwrap().iter().filter(|a| a["state"] == "ALARM").collect();
+    assert_eq!(firing.len(), 1, "{alarms:#}");
+    assert_eq!(firing[0]["alarm"], "check-down");
+    assert!(firing[0]["reason"].as_str().unwrap().contains("below 1"), "{alarms:#}");
+    let status = env.run(&["--json", "status"]);
+    assert_eq!(status.status.code(), Some(2), "a check that is down makes the status unhealthy");
+
+    // It comes back: up after healthy_threshold probes, and the alarm clears.
+    let _service = http_service(&site, service_port);
+    wait_events(&env, "check-up", 2);
+    // (Its first OK, from INSUFFICIENT_DATA, came before the service died.)
+    let start = Instant::now();
+    loop {
+        let history = env.json(&["alarms", "history", "check-down"]);
+        let changes: Vec<(String, String)> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["details"]["from"].as_str().unwrap().into(), e["details"]["to"].as_str().unwrap().into()))
+            .collect();
+        if changes.last().is_some_and(|(from, to)| from == "ALARM" && to == "OK") {
+            assert!(changes.iter().any(|(_, to)| to == "ALARM"), "{history:#}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the alarm did not clear: {history:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn alarm_history_of_an_alarm_that_never_changed_says_so() {
+    let env = Env::new();
+    let err = env.fails(&["alarms", "history", "rpo-exposure"]);
+    assert!(err.contains("no recorded transition"), "{err}");
+}

@@ -16,10 +16,17 @@ const MIN_PERIOD: Duration = Duration::from_secs(10);
 /// As in CloudWatch, an alarm looks back at most a day.
 const MAX_WINDOW: Duration = Duration::from_secs(cirkel_alarm::spec::MAX_WINDOW_SECS);
 
-pub(super) fn read_alarms(tables: Vec<(String, Table<'_, '_>)>) -> BTreeMap<String, AlarmConfig> {
+/// What alarms are checked against: the scrape targets and health checks
+/// the same file defines.
+pub(super) struct Known<'k> {
+    pub scrapes: Vec<&'k str>,
+    pub checks: BTreeMap<&'k str, Duration>,
+}
+
+pub(super) fn read_alarms(tables: Vec<(String, Table<'_, '_>)>, known: &Known<'_>) -> BTreeMap<String, AlarmConfig> {
     let mut out = BTreeMap::new();
     for (name, t) in tables {
-        if let Some(alarm) = read_alarm(&name, t) {
+        if let Some(alarm) = read_alarm(&name, t, known) {
             out.insert(name, alarm);
         }
     }
@@ -68,7 +75,7 @@ fn missing(t: &Table<'_, '_>, key: &str, example: &str) {
     t.cx.error(t.span.clone(), &t.key_path(key), format!("missing; a new alarm needs it, e.g. {key} = {example}"));
 }
 
-fn read_alarm(name: &str, mut t: Table<'_, '_>) -> Option<AlarmConfig> {
+fn read_alarm(name: &str, mut t: Table<'_, '_>, known: &Known<'_>) -> Option<AlarmConfig> {
     let builtin = cirkel_alarm::defaults().into_iter().find(|d| d.name == name);
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
         t.cx.error(
@@ -100,6 +107,7 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>) -> Option<AlarmConfig> {
     let treat_missing_data = parsed(&mut t, "treat_missing_data", |s| s.parse::<TreatMissing>());
     let severity = parsed(&mut t, "severity", |s| s.parse::<Severity>());
     let description = t.string("description");
+    let rate = t.boolean("rate");
 
     if !enabled && builtin.is_none() {
         let names: Vec<String> = cirkel_alarm::defaults().into_iter().map(|d| d.name).collect();
@@ -157,6 +165,55 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>) -> Option<AlarmConfig> {
             ),
         );
     }
+    if let Some(sel) = &metric {
+        let span = t.value_span("metric").unwrap_or(t.span.clone());
+        let ours = sel.name.starts_with("cirkel_");
+        if ours && !cirkel_alarm::catalog::is_known(&sel.name) {
+            t.cx.error(
+                span.clone(),
+                &t.key_path("metric"),
+                format!(
+                    "`{}` is not one of cirkel's metrics; they are: {}",
+                    sel.name,
+                    cirkel_alarm::catalog::names().join(", ")
+                ),
+            );
+        } else if !ours && known.scrapes.is_empty() {
+            t.cx.error(
+                span.clone(),
+                &t.key_path("metric"),
+                format!(
+                    "`{}` is not one of cirkel's metrics, and no [scrape.NAME] target is configured to provide it; \
+                     add one, e.g. [scrape.node] url = \"http://127.0.0.1:9100/metrics\"",
+                    sel.name
+                ),
+            );
+        }
+        // A check's series changes once per probe: a period that is not a
+        // whole number of its intervals gets uneven counts of probes.
+        if sel.name.starts_with("cirkel_check_") {
+            for m in sel.matchers.iter().filter(|m| m.label == "check" && !m.negated) {
+                let Some(interval) = known.checks.get(m.value.as_str()) else {
+                    t.cx.error(span.clone(), &t.key_path("metric"), format!("no [checks.{}] is configured", m.value));
+                    continue;
+                };
+                let p = period.as_millis();
+                if interval.as_millis() > 0 && p % interval.as_millis() != 0 {
+                    t.cx.error(
+                        t.value_span("period").unwrap_or(span.clone()),
+                        &t.key_path("period"),
+                        format!(
+                            "{}s is not a multiple of check {}'s interval ({}s); use e.g. {}s",
+                            period.as_secs_f64(),
+                            m.value,
+                            interval.as_secs_f64(),
+                            (p.div_ceil(interval.as_millis()) * interval.as_millis()) as f64 / 1000.0
+                        ),
+                    );
+                }
+            }
+        }
+    }
     let metric = metric.or(base.map(|b| b.metric.clone()));
     let threshold = threshold.or(base.map(|b| b.threshold));
     if let (Some(m), Some(th)) = (&metric, threshold)
@@ -187,6 +244,7 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>) -> Option<AlarmConfig> {
             treat_missing_data: treat_missing_data.or(base.map(|b| b.treat_missing_data)).unwrap_or_default(),
             severity: severity.or(base.map(|b| b.severity)).unwrap_or_default(),
             description: description.or(base.map(|b| b.description.clone())).unwrap_or_default(),
+            rate: rate.or(base.map(|b| b.rate)).unwrap_or(false),
         },
     })
 }

@@ -1,5 +1,6 @@
 //! One module per command group; each parses nothing and renders its result.
 
+pub mod alarms;
 pub mod config;
 pub mod files;
 pub mod pg;

@@ -299,12 +299,20 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         None if only_redis => Vec::new(),
         None => cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n.clone()).collect(),
     };
-    if redis_names.is_empty() && pg_names.is_empty() {
+    let show_checks = !cfg.checks.is_empty() && a.group.is_none() && a.cluster.is_none();
+    if redis_names.is_empty() && pg_names.is_empty() && !show_checks {
         return Err(user_error(
-            "nothing to show: no Redis group and no PostgreSQL cluster with members is configured",
-            "add a [redis.NAME] table or [postgres.NAME.members.M] tables to --config",
+            "nothing to show: no Redis group, no PostgreSQL cluster with members and no [checks.NAME] is configured",
+            "add a [redis.NAME] table, [postgres.NAME.members.M] tables or [checks.NAME] tables to --config",
         ));
     }
+    // Checks run in the daemon; their states are what it last published.
+    let (published, stale) = if show_checks {
+        let (p, w) = crate::cmd::alarms::published(&state_dir(&cfg));
+        (p.checks, w)
+    } else {
+        (Vec::new(), None)
+    };
     let mut redis = Vec::new();
     for n in redis_names {
         redis.push(group(&cfg, &GroupArg { group: Some(n.clone()) })?.status());
@@ -316,10 +324,20 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         let _ = cirkel_pg::members::check_archiving(&c, &mut st);
         postgres.push(st);
     }
-    let healthy = redis.iter().all(|s| s.healthy) && postgres.iter().all(|s| s.healthy);
+    let healthy = redis.iter().all(|s| s.healthy)
+        && postgres.iter().all(|s| s.healthy)
+        && published.iter().all(|c| c.state != "down");
     if global.json {
-        print_json(&json!({ "healthy": healthy, "redis": redis, "postgres": postgres }));
+        print_json(&json!({
+            "healthy": healthy, "redis": redis, "postgres": postgres, "checks": published, "checks_warning": stale,
+        }));
     } else {
+        if show_checks {
+            if let Some(w) = &stale {
+                eprintln!("warning: checks: {w}");
+            }
+            crate::cmd::alarms::print_checks(&published);
+        }
         for s in &postgres {
             print_pg_status(s);
         }
@@ -470,6 +488,7 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         passed: report.passed,
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
+        bytes: None,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {

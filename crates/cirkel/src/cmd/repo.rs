@@ -10,6 +10,8 @@ use cirkel_repo::verify::{VerifyOptions, verify};
 use cirkel_repo::{Cipher, InitOptions, Repository, copy, repair};
 use serde_json::json;
 
+use cirkel_state::{Event, EventKind};
+
 use crate::cli::{CipherArg, Global, InitArgs, KeyCmd, PolicyArgs, PruneArgs, RepairCmd, RepoCmd};
 use crate::context::{load_config, main_repo, read_password_file, resolve};
 use crate::output::{bytes_bar, human_bytes, print_json, user_error};
@@ -26,6 +28,18 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
                 bar.set_position(done);
             })?;
             bar.finish_and_clear();
+            // The daemon's metrics and alarms read the outcome from the event log.
+            let (kind, what) = if report.ok() {
+                (EventKind::Verified, "intact".to_string())
+            } else {
+                (EventKind::VerifyFailed, format!("{} error(s)", report.errors.len()))
+            };
+            let event = Event::new(&format!("repository/{}", repo.location()), kind, format!("verify: {what}")).with(
+                json!({ "repository": repo.location(), "errors": report.errors.len(), "read_data": args.read_data }),
+            );
+            if let Err(e) = crate::context::state_dir(&cfg).record(&event) {
+                tracing::warn!("the verify result was not recorded in the event log: {e:#}");
+            }
             if global.json {
                 print_json(&json!({ "ok": report.ok(), "report": report, "warnings": repo.warnings() }));
             } else {

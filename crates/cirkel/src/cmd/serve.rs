@@ -11,7 +11,7 @@ use cirkel_server::scheduler::{Clock, ScaledClock, SystemClock};
 use cirkel_state::control::Server;
 
 use crate::cli::{Global, LogFormat};
-use crate::context::{load_config, state_dir};
+use crate::context::{load_config, main_repo, resolve, state_dir};
 use crate::output::user_error;
 
 /// The flags a child command needs to see what this process sees.
@@ -29,13 +29,34 @@ fn global_args(global: &Global, cfg: &Config) -> Vec<String> {
     a
 }
 
+/// What the daemon's collector may open and reach, as the commands would.
+struct Access {
+    global: Global,
+    cfg: Config,
+}
+
+impl cirkel_server::monitor::Access for Access {
+    fn repository(&self, name: Option<&str>) -> anyhow::Result<cirkel_repo::Repository> {
+        let target = match name {
+            None => main_repo(&self.global, &self.cfg)?,
+            Some(n) => resolve(&self.cfg, Some(n), self.global.password_file.as_deref())?,
+        };
+        target.open_cached()
+    }
+
+    fn conninfo(&self, cluster: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.cfg.postgres.get(cluster).map(|c| c.conninfo()).filter(|s| !s.is_empty()))
+    }
+}
+
 pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let has_cluster = cfg.postgres.values().any(|c| !c.members.is_empty());
-    if cfg.redis.is_empty() && jobs(&cfg)?.is_empty() && !has_cluster {
+    let watches = !cfg.checks.is_empty() || !cfg.scrape.is_empty() || cfg.server.listen.is_some();
+    if cfg.redis.is_empty() && jobs(&cfg)?.is_empty() && !has_cluster && !watches {
         return Err(user_error(
-            "nothing to serve: no [redis.NAME] group, no cluster with members and no schedule is configured",
-            "add a schedule = \"0 2 * * *\" to a [files.NAME], [redis.NAME] or [postgres.NAME] table, or a Redis group",
+            "nothing to serve: no [redis.NAME] group, no cluster with members, no schedule, no [checks.NAME] and no [server] listen is configured",
+            "add a schedule = \"0 2 * * *\" to a [files.NAME], [redis.NAME] or [postgres.NAME] table, a Redis group, a check, or [server] listen = \"127.0.0.1:9187\"",
         ));
     }
     let state = state_dir(&cfg);
@@ -52,6 +73,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
     let runner =
         Runner { exe: std::env::current_exe()?, global: global_args(global, &cfg), state: state.clone(), clock };
     let reload_global = global.clone();
+    let access = Arc::new(Access { global: global.clone(), cfg: cfg.clone() });
     daemon::run(Options {
         config_path: global.config.clone().or_else(|| cfg.source.clone()),
         config: cfg,
@@ -61,6 +83,7 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
         runner,
         stop: crate::context::stop_on_signal(),
         hangup: crate::context::hangup_flag(),
+        access,
         announce: !global.quiet && !global.json && global.log_format == LogFormat::Text,
     })?;
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,138 @@
+//! The daemon's HTTP server (`[server] listen`): `/metrics` for Prometheus
+//! (OpenMetrics when the client asks for it, else the Prometheus text format)
+//! and `/health` for whoever watches cirkel itself. Reads only; nothing
+//! here changes state. One task per connection, at most
+//! [`MAX_CONNECTIONS`] at once, each with a deadline for its request head
+//! and for its whole life, so a slow client cannot hold the server.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+pub const MAX_CONNECTIONS: usize = 256;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("metrics endpoint accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("{MAX_CONNECTIONS} connections open, closing one from {peer}");
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(16 * 1024).half_close(true);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                tracing::debug!("metrics endpoint connection from {peer}: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Binds `addr`, with an error that says what to change.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([server] listen): {e}"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Arc<Metrics>) -> Response<Full<Bytes>> {
+    let (status, kind, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let open = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if open {
+                (StatusCode::OK, OPENMETRICS, metrics.encode())
+            } else {
+                (StatusCode::OK, PROMETHEUS_TEXT, metrics.encode_text())
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/health") => {
+            (StatusCode::OK, "application/json", r#"{"status":"ok"}"#.to_string())
+        }
+        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n".into()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n".into()),
+    };
+    let body = if req.method() == Method::HEAD { String::new() } else { body };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
+
+/// Fetches `url` (http:// only) and returns the status and at most 16 MiB
+/// of body, for scraping a Prometheus endpoint. The caller bounds the time.
+pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?;
+    anyhow::ensure!(u.scheme() == "http", "only http:// URLs can be scraped, not {url}");
+    let host = u.host_str().ok_or_else(|| anyhow::anyhow!("{url} names no host"))?.to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    let addr_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let stream = tokio::net::TcpStream::connect((addr_host.as_str(), port))
+        .await
+        .map_err(|e| anyhow::anyhow!("connect to {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    };
+    let req = Request::get(path)
+        .header(header::HOST, format!("{host}:{port}"))
+        .header(header::USER_AGENT, "cirkel")
+        .header(header::ACCEPT, "text/plain;version=0.0.4")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), 16 << 20)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("read the body of {url}: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

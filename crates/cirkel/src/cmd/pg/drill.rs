@@ -1,0 +1,168 @@
+//! `cirkel pg verify` and `cirkel drill failover|switchover` for PostgreSQL:
+//! drills that prove a backup restores and a cluster fails over, rather than
+//! trusting that they would.
+
+use std::process::ExitCode;
+
+use super::ha::member_cluster;
+use super::pg_error;
+use super::wal::restore_command;
+use crate::cli::{Global, PgVerifyArgs};
+use crate::context::{load_config, main_repo, threads};
+use crate::output::{human_bytes, print_json, spinner, user_error};
+
+pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let target = main_repo(global, &cfg)?;
+    let repo = target.open()?;
+    let backup = match &a.backup {
+        Some(b) => Some(repo.find_snapshot(b, Some(cirkel_pg::KIND))?.0),
+        None => None,
+    };
+    let opts = cirkel_pg::verify::VerifyOptions {
+        backup,
+        query: a.query.clone(),
+        bindir: cirkel_pg::stream::find_bindir(),
+        restore_command: restore_command(global, &target, &repo)?,
+        threads: threads() * 2,
+        timeout: a.timeout,
+    };
+    let bar = spinner(global, "restore drill");
+    let report = cirkel_pg::verify::verify(&repo, &opts).map_err(pg_error)?;
+    bar.finish_and_clear();
+    // Recorded as a drill: its throughput predicts how long a restore of
+    // today's backup takes. The source names the backup's system
+    // identifier; the daemon knows which cluster that is.
+    let system = report.backup.and_then(|id| {
+        cirkel_pg::catalog::backups(&repo).ok()?.into_iter().find(|b| b.id == id).map(|b| b.meta.system_id)
+    });
+    if let Some(system) = system {
+        let outcome = crate::context::DrillOutcome {
+            source: &format!("postgres@{system}"),
+            kind: "restore-drill",
+            what: "restore drill",
+            passed: report.ok,
+            rto_s: Some(report.total_seconds),
+            writes_lost: 0,
+            bytes: Some(report.bytes),
+        };
+        let value = serde_json::to_value(&report)?;
+        if let Err(e) = crate::context::store_drill(&cfg, &outcome, &value) {
+            tracing::warn!("the restore drill's report was not stored: {e:#}");
+        }
+    }
+    if global.json {
+        print_json(&report);
+    } else {
+        println!(
+            "backup {}: restored {} in {:.1}s, recovered in {:.1}s (total {:.1}s); {} tables counted, {} indexes checked (amcheck {})",
+            report.backup.map(|b| b.short()).unwrap_or_default(),
+            human_bytes(report.bytes),
+            report.restore_seconds,
+            report.recovery_seconds,
+            report.total_seconds,
+            report.tables.len(),
+            report.indexes_checked,
+            report.amcheck
+        );
+        if let Some(q) = &report.query_result {
+            println!("query result: {q}");
+        }
+    }
+    if report.problems.is_empty()
+        && let Some(q) = &report.query_error
+    {
+        return Err(user_error(
+            format!(
+                "the --query failed on the backup's state as of {} (the drill replays no WAL written after the backup): {q}",
+                report.stop_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "its end".into())
+            ),
+            "the backup itself restored and passed its checks; objects created after it are not in it. \
+             Query what the backup holds, or test later changes with `cirkel pg restore --latest`",
+        ));
+    }
+    if !report.ok {
+        for p in &report.problems {
+            eprintln!("  {p}");
+        }
+        return Err(user_error(
+            "the restore drill failed (problems listed above)",
+            "the backup may be unusable: take a new one now and investigate with `cirkel repo verify --read-data`",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn failover_drill(
+    global: &Global,
+    a: &crate::cli::PgDrillArgs,
+    switchover: Option<Option<String>>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let state = crate::context::state_dir(&cfg);
+    let (fault, kind, what) = match switchover {
+        None => (cirkel_pg::drill::Fault::Kill, "postgres-failover", "failover drill"),
+        Some(to) => {
+            (cirkel_pg::drill::Fault::Switchover { state: &state, to }, "postgres-switchover", "switchover drill")
+        }
+    };
+    if !global.quiet && !global.json {
+        match fault {
+            cirkel_pg::drill::Fault::Kill => {
+                eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
+            }
+            _ => eprintln!("drill: switching `{name}` over under a canary writer on the endpoint…"),
+        }
+    }
+    let report = cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault).map_err(|e| {
+        user_error(
+            format!("the drill did not run: {e:#}"),
+            "run `cirkel status`; `cirkel serve` must be watching the cluster",
+        )
+    })?;
+    let value = serde_json::to_value(&report)?;
+    let outcome = crate::context::DrillOutcome {
+        source: &format!("postgres/{name}"),
+        kind,
+        what,
+        passed: report.passed,
+        rto_s: report.rto_s,
+        writes_lost: report.writes_lost,
+        bytes: None,
+    };
+    let path = crate::context::store_drill(&cfg, &outcome, &value)?;
+    if global.json {
+        print_json(&value);
+    } else {
+        println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
+        println!(
+            "  old primary     {}{}",
+            report.engine.old_primary,
+            if report.engine.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
+        );
+        println!("  new primary     {}", report.engine.new_primary.as_deref().unwrap_or("none"));
+        println!(
+            "  RTO             {}",
+            report
+                .rto_s
+                .map(|s| format!("{s:.3} s (fault → first acknowledged write through the endpoint)"))
+                .unwrap_or_else(|| "no failover".into())
+        );
+        println!(
+            "  writes          {} acknowledged, {} failed during the outage, {} lost",
+            report.writes_acknowledged, report.writes_failed, report.writes_lost
+        );
+        if let Some(p) = report.engine.write_pause_s {
+            println!("  write pause     {p:.3} s (longest gap between acknowledged writes)");
+        }
+        if let Some(r) = report.rejoin_s {
+            println!("  rejoin          {r:.2} s after the fault (streaming from the new primary)");
+        }
+        for f in &report.failures {
+            println!("  failure: {f}");
+        }
+        println!("  report          {}", path.display());
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
