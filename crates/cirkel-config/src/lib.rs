@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod checks;
 pub mod cron;
 pub mod exclude;
+pub mod notify;
 mod reader;
 mod secret;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
+pub use notify::NotifyConfig;
 pub use reader::duration_to_string;
 pub use secret::Secret;
 
@@ -331,6 +333,9 @@ pub struct Config {
     /// Health checks of any service by name (`[checks.NAME]`).
     pub checks: BTreeMap<String, CheckConfig>,
     pub server: ServerConfig,
+    /// Receivers, routes, escalation and maintenance windows.
+    #[serde(flatten)]
+    pub notifications: NotifyConfig,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

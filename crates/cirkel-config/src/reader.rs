@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 mod alarms;
+mod notify;
 
 use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
 
@@ -344,6 +345,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     };
     let read = alarms::read_alarms(root.named_tables("alarms"), &known);
     cfg.alarms = read;
+    cfg.notifications = notify::read(&mut root);
     let copy_targets = cfg
         .files
         .iter()

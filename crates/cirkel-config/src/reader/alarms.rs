@@ -198,7 +198,7 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>, known: &Known<'_>) -> Option<Ala
                     continue;
                 };
                 let p = period.as_millis();
-                if interval.as_millis() > 0 && p % interval.as_millis() != 0 {
+                if interval.as_millis() > 0 && !p.is_multiple_of(interval.as_millis()) {
                     t.cx.error(
                         t.value_span("period").unwrap_or(span.clone()),
                         &t.key_path("period"),
