@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test dependencies, then runs every test of the workspace.
 #   - moto[server] (PyPI): the S3-compatible server the storage tests start
+#   - aiosmtpd (PyPI): the SMTP server the e-mail notification tests start
 #   - util-linux's setpriv: runs cirkel and PostgreSQL as unprivileged users
 #     (PostgreSQL refuses to run as root; root would bypass file permissions)
 #   - postgresql-15: the clusters the PostgreSQL tests create and destroy
@@ -21,6 +22,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'
+fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+    python3 -m pip install --quiet aiosmtpd
 fi
 if ! command -v cargo-nextest >/dev/null; then
     cargo install cargo-nextest --locked
