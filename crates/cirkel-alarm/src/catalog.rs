@@ -48,6 +48,13 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
     ("cirkel_alarm_state", Kind::Gauge, "1 for an alarm instance's current state"),
     ("cirkel_scrape_up", Kind::Gauge, "1 when the last scrape of a target succeeded"),
+    ("cirkel_notifications_delivered_total", Kind::Counter, "Messages a receiver accepted"),
+    (
+        "cirkel_notifications_failed_total",
+        Kind::Counter,
+        "Delivery attempts to a receiver that failed (each is retried)",
+    ),
+    ("cirkel_notifications_expired_total", Kind::Counter, "Messages given up on after their time to live"),
 ];
 
 /// Whether `name` is one of cirkel's own metrics.

@@ -216,6 +216,25 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    // Notifications: alerts from events, the outbox, escalation.
+    let notify = crate::notify::Notify::from_config(&cfg, &state)?.map(Arc::new);
+    if let Some(n) = &notify {
+        let n1 = n.clone();
+        sup.spawn("notify/outbox", sup.token(), move |cancel| {
+            let n = n1.clone();
+            async move { n.deliver(cancel).await }
+        });
+        let (n2, rx) = (n.clone(), bus.subscribe());
+        sup.spawn("notify/events", sup.token(), move |cancel| {
+            let (n, rx) = (n2.clone(), rx.resubscribe());
+            async move { n.follow(rx, cancel).await }
+        });
+        let n3 = n.clone();
+        sup.spawn("notify/escalation", sup.token(), move |cancel| {
+            let n = n3.clone();
+            async move { n.escalate(cancel).await }
+        });
+    }
     let alarms = AlarmLoop::new(&cfg, &state)?;
     for (name, sc) in &cfg.scrape {
         let (name, sc, scraped, metrics) = (name.clone(), sc.clone(), alarms.scraped.clone(), metrics.clone());
@@ -227,9 +246,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         let alarms = Arc::new(Mutex::new(alarms));
         let (state, metrics, em, checks) =
             (state.clone(), metrics.clone(), event_metrics.clone(), published_checks.clone());
+        let notify = notify.clone();
         sup.spawn("alarms", sup.token(), move |cancel| {
-            let (alarms, state, metrics, em, checks) =
-                (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone());
+            let (alarms, state, metrics, em, checks, notify) =
+                (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone(), notify.clone());
             async move {
                 let mut tick = tokio::time::interval(EVALUATE_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -238,11 +258,14 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tick.tick() => {}
                     }
-                    let (alarms, state, metrics, em, checks) =
-                        (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone());
+                    let (alarms, state, metrics, em, checks, notify) =
+                        (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone(), notify.clone());
                     tokio::task::spawn_blocking(move || {
                         if let Ok(em) = em.lock() {
                             em.tick(Utc::now(), &metrics);
+                        }
+                        if let Some(n) = &notify {
+                            n.export(&metrics);
                         }
                         if let Ok(mut a) = alarms.lock() {
                             a.step(std::time::SystemTime::now(), &state, &metrics, &checks);

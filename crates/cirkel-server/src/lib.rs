@@ -7,6 +7,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod scheduler;
 pub mod supervisor;
 pub mod systemd;

@@ -81,6 +81,15 @@ pub enum Command {
     /// Alarms and health checks: the state of each, why and since when, as `cirkel serve` judges
     /// them (exit 2 while one is in ALARM); `alarms history NAME` lists an alarm's transitions.
     Alarms(AlarmsArgs),
+    /// Alerts `cirkel serve` raised and routed to the receivers: open ones (`--all`: every one),
+    /// failing deliveries; `alerts ack ID` stops an alert's escalation.
+    Alerts(AlertsArgs),
+    /// Silences: matching alerts are recorded but not sent until the silence ends.
+    #[command(subcommand)]
+    Silence(SilenceCmd),
+    /// Incidents: what a critical alert or a failover opened, its timeline and post-mortem.
+    #[command(subcommand)]
+    Incident(IncidentCmd),
     /// Drills: prove recovery works by doing it, and measure it.
     #[command(subcommand)]
     Drill(DrillCmd),
@@ -724,6 +733,81 @@ pub enum AlarmsCmd {
         #[arg(long, value_name = "N")]
         last: Option<usize>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// Also resolved and acknowledged alerts.
+    #[arg(long)]
+    pub all: bool,
+    #[command(subcommand)]
+    pub cmd: Option<AlertsCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCmd {
+    /// Acknowledge an alert: its escalation stops (PagerDuty hears of it too).
+    Ack {
+        id: i64,
+        /// Who acknowledges (default: the login name).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCmd {
+    /// Silence alerts whose labels match every --match for a while.
+    Add {
+        /// LABEL=VALUE or LABEL!=VALUE (labels: source, cluster, alertname, and the alarm's own).
+        #[arg(long = "match", value_name = "MATCHER", required = true)]
+        matchers: Vec<String>,
+        /// How long, e.g. 2h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The silences in force.
+    List,
+    /// End a silence now.
+    Expire { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCmd {
+    /// Open incidents (`--all`: every one).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One incident with its timeline.
+    Show { id: i64 },
+    /// Add a note to the timeline.
+    Note {
+        id: i64,
+        text: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Move to a phase: detection, assessment, containment, recovery, resolved, postmortem.
+    Phase {
+        id: i64,
+        phase: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Mark resolved.
+    Resolve {
+        id: i64,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The post-mortem in Markdown: summary, timeline, impact with the measured RTO and data lost.
+    Postmortem { id: i64 },
 }
 
 #[derive(Debug, Args)]

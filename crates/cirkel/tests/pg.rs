@@ -1782,3 +1782,130 @@ fn rpo_exposure_alarms_while_archiving_is_broken_and_prometheus_reads_it() {
         }),
     );
 }
+
+/// A real HTTP receiver standing in for Slack and the SMS API: Python's
+/// http.server writing every POST body into `dir`, named by its path.
+const RECEIVER: &str = r#"
+import sys, http.server, pathlib, itertools
+port, out = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+n = itertools.count()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        name = self.path.strip("/").replace("/", "_")
+        (out / f"{next(n):04}-{name}.txt").write_bytes(body)
+        self.send_response(201)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// A real SMTP server (aiosmtpd) writing every message into `dir`.
+const SMTP: &str = r#"
+import sys, time, pathlib, itertools
+from aiosmtpd.controller import Controller
+port, out = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+n = itertools.count()
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        (out / f"{next(n):04}.eml").write_bytes(envelope.content)
+        return "250 OK"
+Controller(Handler(), hostname="127.0.0.1", port=port).start()
+while True:
+    time.sleep(3600)
+"#;
+
+/// The files in `dir` whose name contains `part`, with their contents.
+fn received(dir: &std::path::Path, part: &str) -> Vec<String> {
+    let mut names: Vec<_> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(part)))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_failover_opens_an_incident_notifies_sms_slack_and_email_and_escalates_until_acknowledged() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let inbox = tempfile::tempdir().unwrap();
+    let (http_port, smtp_port) = (cirkel_testkit::free_port(), cirkel_testkit::free_port());
+    let mut c = Command::new("python3");
+    c.args(["-c", RECEIVER, &http_port.to_string()]).arg(inbox.path());
+    let _receiver = cirkel_testkit::Service::spawn("receiver", c);
+    let mut c = Command::new("python3");
+    c.args(["-c", SMTP, &smtp_port.to_string()]).arg(inbox.path());
+    let _smtp = cirkel_testkit::Service::spawn("aiosmtpd", c);
+    assert!(cirkel_testkit::wait_for_port(http_port, Duration::from_secs(30)));
+    assert!(cirkel_testkit::wait_for_port(smtp_port, Duration::from_secs(30)));
+    let secret = |name: &str, value: &str| {
+        let p = e.env.path(name);
+        std::fs::write(&p, value).unwrap();
+        chown_postgres(&p);
+        p.display().to_string()
+    };
+    let slack_url = secret("slack.url", &format!("http://127.0.0.1:{http_port}/slack"));
+    let token = secret("sms.token", "t0ken");
+    let mut config = std::fs::read_to_string(&ha.config).unwrap();
+    config.push_str(&format!(
+        "\n[notify.slack]\nkind = \"slack\"\nurl_file = \"{slack_url}\"\n\
+         [notify.sms]\nkind = \"sms\"\nbase_url = \"http://127.0.0.1:{http_port}\"\naccount_sid = \"AC1\"\n\
+         auth_token_file = \"{token}\"\nfrom = \"+4500000001\"\nto = [\"+4500000002\"]\n\
+         [notify.email]\nkind = \"email\"\nfrom = \"cirkel@example.org\"\nto = [\"oncall@example.org\"]\n\
+         [notify.email.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nstarttls = false\n\
+         # Nobody acknowledges: after 3 s the on-call lead is texted (the plan: 5 min).\n\
+         [[escalation.critical]]\nafter = \"3s\"\nreceivers = [\"sms\"]\n"
+    ));
+    std::fs::write(&ha.config, config).unwrap();
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    let mut a = ha.a;
+    a.kill9();
+    wait_until("the failover event", &|| !daemon.events("failover").is_empty());
+
+    // The plan's §5.2 for CRITICAL: SMS, Slack and e-mail.
+    wait_until("the Slack message", &|| received(inbox.path(), "slack").iter().any(|m| m.contains("failover")));
+    wait_until("the SMS", &|| received(inbox.path(), "Messages.json").iter().any(|m| m.contains("Body=")));
+    wait_until("the e-mail", &|| received(inbox.path(), ".eml").iter().any(|m| m.to_lowercase().contains("failover")));
+    let sms = received(inbox.path(), "Messages.json");
+    assert!(sms[0].contains("To=%2B4500000002") && sms[0].contains("From=%2B4500000001"), "{sms:?}");
+
+    // An incident opened, with the failover's own steps in its timeline.
+    let incidents: serde_json::Value = serde_json::from_str(&daemon.ok(&["--json", "incident", "list"])).unwrap();
+    let incident = &incidents[0];
+    assert_eq!(incident["priority"], "P1", "{incidents:#}");
+    let id = incident["id"].to_string();
+    let shown: serde_json::Value = serde_json::from_str(&daemon.ok(&["--json", "incident", "show", &id])).unwrap();
+    assert!(shown["timeline"].as_array().unwrap().len() >= 3, "{shown:#}");
+
+    // Nobody acknowledges: the escalation texts again; acknowledging stops it.
+    let failover_alert = || -> serde_json::Value {
+        let alerts: serde_json::Value = serde_json::from_str(&daemon.ok(&["--json", "alerts"])).unwrap();
+        alerts["alerts"].as_array().unwrap().iter().find(|a| a["name"] == "failover").cloned().unwrap_or_default()
+    };
+    let texts = received(inbox.path(), "Messages.json").len();
+    wait_until("the escalation", &|| failover_alert()["level"].as_u64().unwrap_or(0) >= 1);
+    wait_until("the escalation's text", &|| received(inbox.path(), "Messages.json").len() > texts);
+    // Every open alert (the member that went down is one too) acknowledged.
+    let alerts: serde_json::Value = serde_json::from_str(&daemon.ok(&["--json", "alerts"])).unwrap();
+    for a in alerts["alerts"].as_array().unwrap() {
+        daemon.ok(&["alerts", "ack", &a["id"].to_string(), "--by", "oncall"]);
+    }
+    assert_eq!(failover_alert()["acknowledged_by"], "oncall");
+    std::thread::sleep(Duration::from_secs(1));
+    let texts = received(inbox.path(), "Messages.json").len();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(received(inbox.path(), "Messages.json").len(), texts, "no escalation after the acknowledgement");
+
+    // The post-mortem carries the measured RTO.
+    let pm = daemon.ok(&["incident", "postmortem", &id]);
+    assert!(pm.contains("RTO"), "{pm}");
+    let rto = daemon.events("failover")[0]["details"]["endpoint_writable_after_s"].as_f64().unwrap();
+    assert!(pm.contains(&format!("{rto:.1}")) || pm.contains(&format!("{rto:.2}")), "{pm}");
+}

@@ -1,0 +1,173 @@
+//! Notifications inside the daemon: events and alarm transitions become
+//! alerts (`cirkel-notify`), routed by severity to the `[notify.NAME]`
+//! receivers through the durable outbox, escalated while nobody
+//! acknowledges them, and gathered into incidents.
+//!
+//! Which events notify: those of severity medium or above, except the
+//! alarm and check events themselves (an alarm's ALARM/OK transitions
+//! notify instead, with a resolution message when it clears).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use cirkel_config::Config;
+use cirkel_notify::outbox::{Counters, WorkerOptions};
+use cirkel_notify::{AlertInput, Notifier, Receivers, Settings, Store};
+use cirkel_state::{Event, EventKind, Severity, StateDir};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, labels};
+
+/// How often unacknowledged alerts are looked at for escalation.
+const ESCALATE_EVERY: Duration = Duration::from_secs(5);
+
+/// The notification parts of a daemon, when `[notify.NAME]` is configured.
+pub struct Notify {
+    pub notifier: Arc<Notifier>,
+    pub counters: Arc<Counters>,
+}
+
+impl Notify {
+    pub fn from_config(cfg: &Config, state: &StateDir) -> anyhow::Result<Option<Notify>> {
+        if cfg.notifications.receivers.is_empty() {
+            return Ok(None);
+        }
+        let settings = Settings::from_config(&cfg.notifications).map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
+        state.ensure()?;
+        let store = Arc::new(Store::open_in(state.root()).map_err(|e| anyhow::anyhow!("open the alert store: {e}"))?);
+        let receivers = Arc::new(Receivers::new(settings.receivers.clone()));
+        let counters = Arc::new(Counters::new(settings.receivers.iter().map(|r| r.name.as_str())));
+        let mut notifier = Notifier::new(store, receivers);
+        settings.apply(&mut notifier);
+        Ok(Some(Notify { notifier: Arc::new(notifier), counters }))
+    }
+
+    /// Delivers the outbox until `cancel`.
+    pub async fn deliver(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let n = &self.notifier;
+        cirkel_notify::outbox::run(
+            n.store.clone(),
+            n.receivers.clone(),
+            self.counters.clone(),
+            WorkerOptions::default(),
+            cancel,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Turns events from the daemon's channel into alerts until `cancel`.
+    pub async fn follow(&self, mut rx: broadcast::Receiver<Event>, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let e = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                e = rx.recv() => match e {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("notifications missed {n} events (see the event log)");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            };
+            let Some(input) = alert_of(&e) else { continue };
+            let notifier = self.notifier.clone();
+            let handled = tokio::task::spawn_blocking(move || notifier.handle(&input)).await?;
+            if let Err(err) = handled {
+                tracing::error!("cannot queue the notification of {}: {err}", e.kind);
+            }
+        }
+    }
+
+    /// Escalates unacknowledged alerts until `cancel`.
+    pub async fn escalate(&self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(ESCALATE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let notifier = self.notifier.clone();
+            match tokio::task::spawn_blocking(move || notifier.escalate(Utc::now())).await? {
+                Ok(steps) => {
+                    for s in steps {
+                        tracing::warn!("escalated: {s:?}");
+                    }
+                }
+                Err(e) => tracing::error!("escalation: {e}"),
+            }
+        }
+    }
+
+    /// The receivers' delivery counts as metrics.
+    pub fn export(&self, m: &Metrics) {
+        for (receiver, delivered, failed, expired) in self.counters.snapshot() {
+            let l = labels(&[("receiver", &receiver)]);
+            m.set("cirkel_notifications_delivered_total", l.clone(), delivered as f64);
+            m.set("cirkel_notifications_failed_total", l.clone(), failed as f64);
+            m.set("cirkel_notifications_expired_total", l, expired as f64);
+        }
+    }
+}
+
+/// The alert an event makes, if it makes one.
+pub fn alert_of(e: &Event) -> Option<AlertInput> {
+    match e.kind {
+        EventKind::AlarmRaised | EventKind::AlarmCleared => AlertInput::from_transition(&transition_of(e)?),
+        EventKind::AlarmInsufficientData | EventKind::CheckDown | EventKind::CheckUp => None,
+        _ if e.severity >= Severity::Medium => Some(AlertInput::from_event(e)),
+        _ => None,
+    }
+}
+
+/// The alarm transition an `alarm-*` event records.
+fn transition_of(e: &Event) -> Option<cirkel_alarm::Transition> {
+    let d = &e.details;
+    let text = |k: &str| d.get(k).and_then(|v| v.as_str());
+    Some(cirkel_alarm::Transition {
+        alarm: text("alarm")?.to_string(),
+        labels: serde_json::from_value(d.get("labels")?.clone()).ok()?,
+        severity: text("severity")?.parse().ok()?,
+        from: text("from")?.parse().ok()?,
+        to: text("to")?.parse().ok()?,
+        reason: cirkel_alarm::Reason {
+            text: text("reason").unwrap_or_default().to_string(),
+            datapoints: d.get("datapoints").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default(),
+        },
+        at: e.time.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn which_events_notify() {
+        let failover = Event::new("postgres/main", EventKind::Failover, "failover a → b");
+        assert!(alert_of(&failover).is_some());
+        assert!(alert_of(&Event::new("schedule/x", EventKind::JobDone, "done")).is_none(), "low: dashboard only");
+        assert!(alert_of(&Event::new("check/api", EventKind::CheckDown, "down")).is_none(), "its alarm notifies");
+        let raised = Event::new("postgres/main", EventKind::AlarmRaised, "alarm")
+            .with_severity(Severity::Critical)
+            .with(json!({ "alarm": "rpo-exposure", "labels": { "source": "postgres/main" }, "severity": "critical",
+                    "from": "OK", "to": "ALARM", "reason": "1 of 1 above 300", "datapoints": [412.0] }));
+        let a = alert_of(&raised).unwrap();
+        assert_eq!(a.severity, Severity::Critical);
+        assert_eq!(a.status, cirkel_notify::Status::Firing);
+        let cleared = Event::new("postgres/main", EventKind::AlarmCleared, "ok")
+            .with(json!({ "alarm": "rpo-exposure", "labels": { "source": "postgres/main" }, "severity": "critical",
+                    "from": "ALARM", "to": "OK", "reason": "fine" }));
+        let c = alert_of(&cleared).unwrap();
+        assert_eq!(c.status, cirkel_notify::Status::Resolved);
+        assert_eq!(c.key, a.key, "the resolution closes the same alert");
+        let first_ok = Event::new("postgres/main", EventKind::AlarmCleared, "ok").with(
+            json!({ "alarm": "rpo-exposure", "labels": {}, "severity": "critical", "from": "INSUFFICIENT_DATA", "to": "OK" }),
+        );
+        assert!(alert_of(&first_ok).is_none(), "a first OK is not news");
+    }
+}
