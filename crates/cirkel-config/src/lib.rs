@@ -9,6 +9,7 @@
 
 pub mod alarms;
 pub mod checks;
+pub mod coordination;
 pub mod cron;
 pub mod exclude;
 mod reader;
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
+pub use coordination::CoordinationConfig;
 pub use reader::duration_to_string;
 pub use secret::Secret;
 
@@ -327,6 +329,9 @@ pub struct Config {
     /// Health checks of any service by name (`[checks.NAME]`).
     pub checks: BTreeMap<String, CheckConfig>,
     pub server: ServerConfig,
+    /// Leadership through etcd (`[coordination]`); a local lock when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationConfig>,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! Reading spanned TOML into typed configuration, collecting every error.
 
 mod checks;
+mod coordination;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -338,6 +339,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     cfg.scrape = alarms::read_scrapes(root.named_tables("scrape"));
     cfg.checks = root.named_tables("checks").into_iter().map(|(n, t)| (n, checks::read_check(t))).collect();
     cfg.server = root.table("server").map(checks::read_server).unwrap_or_default();
+    cfg.coordination = root.table("coordination").map(coordination::read_coordination);
     let copy_targets = cfg
         .files
         .iter()
