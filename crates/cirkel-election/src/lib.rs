@@ -44,6 +44,10 @@ use session::Session;
 use store::{Store, check_component};
 
 /// One contender for the leadership of one scope, over etcd.
+///
+/// Dropped without [`Leadership::release`], it stops renewing its lease,
+/// which etcd expires after the TTL: a crash and a clean drop look alike
+/// to the other contenders.
 pub struct EtcdElection {
     store: Store,
     scope: String,

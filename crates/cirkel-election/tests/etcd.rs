@@ -4,7 +4,8 @@
 //! is down.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cirkel_config::CoordinationConfig;
@@ -112,7 +113,9 @@ fn paused_holder_child() {
 struct ChildHolder {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// The child's stdout lines, read on a thread so a hung child fails
+    /// the test instead of hanging it.
+    lines: mpsc::Receiver<String>,
 }
 
 impl ChildHolder {
@@ -126,17 +129,23 @@ impl ChildHolder {
             .expect("start the child holder");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        ChildHolder { child, stdin, stdout }
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ChildHolder { child, stdin, lines }
     }
 
     /// The child's next answer.
     fn answer(&mut self) -> String {
-        let mut line = String::new();
         loop {
-            line.clear();
-            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "the child holder exited");
+            let line = self.lines.recv_timeout(Duration::from_secs(60)).expect("the child holder answers within 60s");
             // libtest may print the test's name on the same line first.
-            if let Some((_, a)) = line.trim_end().split_once("child: ") {
+            if let Some((_, a)) = line.split_once("child: ") {
                 return a.to_string();
             }
         }
@@ -259,4 +268,33 @@ fn connecting_refuses_what_could_never_work_and_says_what_to_do() {
         "the leader key is the election's"
     );
     assert_eq!(fence.put_if_epoch(SCOPE, 1, "promotion", b"x"), Err(FenceError::Stale { epoch: 1, current: None }));
+}
+
+#[test]
+fn a_holder_gone_without_a_release_is_replaced_after_its_ttl() {
+    let etcd = EtcdServer::start();
+    let mut a = contender(&etcd, "a");
+    let la = a.acquire().unwrap().expect("a takes the free key");
+    drop(a);
+    let mut b = contender(&etcd, "b");
+    let lb = eventually("b taking the key once a's lease expires", || b.acquire().unwrap());
+    assert!(lb.epoch > la.epoch);
+    assert_eq!(b.holder().as_deref(), Some("b"));
+}
+
+#[test]
+fn releasing_or_checking_a_lost_lease_leaves_the_new_holders_alone() {
+    let etcd = EtcdServer::start();
+    let (mut a, mut b) = (contender(&etcd, "a"), contender(&etcd, "b"));
+    let old = a.acquire().unwrap().unwrap();
+    a.release(old.clone());
+    let lb = b.acquire().unwrap().unwrap();
+    a.release(old.clone());
+    assert!(!a.still_held(&old).unwrap());
+    assert!(b.still_held(&lb).unwrap(), "a's late release does not touch b's key");
+    // A lease handed to another node is never "held" here.
+    assert!(!a.still_held(&lb).unwrap());
+    a.release(lb.clone());
+    assert!(b.still_held(&lb).unwrap());
+    assert_eq!(b.fence().current(SCOPE).unwrap().map(|l| (l.epoch, l.holder)), Some((lb.epoch, "b".to_string())));
 }
