@@ -9,6 +9,7 @@
 
 pub mod alarms;
 pub mod checks;
+pub mod coordination;
 pub mod cron;
 pub mod exclude;
 pub mod notify;
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
+pub use coordination::CoordinationConfig;
 pub use notify::NotifyConfig;
 pub use reader::duration_to_string;
 pub use secret::Secret;
@@ -336,6 +338,9 @@ pub struct Config {
     /// Receivers, routes, escalation and maintenance windows.
     #[serde(flatten)]
     pub notifications: NotifyConfig,
+    /// Leadership through etcd (`[coordination]`); a local lock when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationConfig>,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! Reading spanned TOML into typed configuration, collecting every error.
 
 mod checks;
+mod coordination;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -346,6 +347,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     let read = alarms::read_alarms(root.named_tables("alarms"), &known);
     cfg.alarms = read;
     cfg.notifications = notify::read(&mut root);
+    cfg.coordination = root.table("coordination").map(coordination::read_coordination);
     let copy_targets = cfg
         .files
         .iter()
