@@ -338,3 +338,22 @@ fn the_readmes_monitoring_configuration_is_valid() {
     let shown = env.ok(&["--config", config.to_str().unwrap(), "config", "show"]);
     assert!(shown.contains("[alarms.http-5xx-high]") && shown.contains("rate = true"), "{shown}");
 }
+
+#[test]
+fn the_readmes_notification_configuration_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme.split("<!-- plan-notify -->\n```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let env = Env::new();
+    // The secret files it names, here.
+    let block = block.replace("/etc/cirkel/", &format!("{}/", env.dir.path().display()));
+    for f in ["twilio.token", "slack.url", "smtp.password"] {
+        let body = if f == "slack.url" { "https://hooks.slack.com/services/T0/B0/X" } else { "s3cret" };
+        std::fs::write(env.path(f), body).unwrap();
+    }
+    let config = env.path("notify.toml");
+    std::fs::write(&config, block).unwrap();
+    let out = env.ok(&["--config", config.to_str().unwrap(), "config", "check"]);
+    assert!(!out.contains("error"), "{out}");
+    let shown = env.ok(&["--config", config.to_str().unwrap(), "config", "show"]);
+    assert!(!shown.contains("s3cret") && !shown.contains("hooks.slack.com"), "secrets are never shown: {shown}");
+}
