@@ -89,10 +89,10 @@ fn one_of_two_contenders_wins_and_the_other_takes_over_after_a_release_with_a_hi
 
 /// The child half of the pause test: holds the lease and answers commands
 /// on stdin, so the parent can stop it with SIGSTOP like a paused process.
+/// Run on its own (not by the pause test), it has nothing to do and passes.
 #[test]
-#[ignore = "the child process of a_holder_paused_past_its_ttl_loses_the_lease_and_its_writes_are_refused"]
 fn paused_holder_child() {
-    let endpoint = std::env::var("CIRKEL_ELECTION_CHILD_ETCD").expect("run by the pause test");
+    let Ok(endpoint) = std::env::var("CIRKEL_ELECTION_CHILD_ETCD") else { return };
     let mut e = EtcdElection::connect(&config(&endpoint, "paused"), SCOPE).unwrap();
     let fence = e.fence();
     let lease = e.acquire().unwrap().expect("the child takes the free key");
@@ -121,7 +121,7 @@ struct ChildHolder {
 impl ChildHolder {
     fn start(etcd: &EtcdServer) -> ChildHolder {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "paused_holder_child", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args(["--exact", "paused_holder_child", "--nocapture", "--test-threads", "1"])
             .env("CIRKEL_ELECTION_CHILD_ETCD", etcd.endpoint())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
