@@ -113,14 +113,39 @@ impl Notify {
     }
 }
 
-/// The alert an event makes, if it makes one.
+/// The alert an event makes, if it makes one. An event that reports a
+/// happening rather than a state (a failover, a failed job) is news each
+/// time: its alert is its own, never folded into the last one of its kind
+/// by the re-notify interval that keeps a flapping state quiet.
 pub fn alert_of(e: &Event) -> Option<AlertInput> {
     match e.kind {
         EventKind::AlarmRaised | EventKind::AlarmCleared => AlertInput::from_transition(&transition_of(e)?),
         EventKind::AlarmInsufficientData | EventKind::CheckDown | EventKind::CheckUp => None,
-        _ if e.severity >= Severity::Medium => Some(AlertInput::from_event(e)),
+        _ if e.severity >= Severity::Medium => {
+            let mut a = AlertInput::from_event(e);
+            if happening(&e.kind) {
+                a.labels.insert("occurred".into(), e.time.to_rfc3339());
+                a.key = cirkel_notify::alert_key(&a.name, &a.labels);
+            }
+            Some(a)
+        }
         _ => None,
     }
+}
+
+fn happening(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Failover
+            | EventKind::ForcedFailover
+            | EventKind::FailoverFailed
+            | EventKind::SwitchoverFailed
+            | EventKind::RejoinFailed
+            | EventKind::JobFailed
+            | EventKind::JobMissed
+            | EventKind::VerifyFailed
+            | EventKind::WorkerFailed
+    )
 }
 
 /// The alarm transition an `alarm-*` event records.
@@ -149,7 +174,11 @@ mod tests {
     #[test]
     fn which_events_notify() {
         let failover = Event::new("postgres/main", EventKind::Failover, "failover a → b");
-        assert!(alert_of(&failover).is_some());
+        let mut again = Event::new("postgres/main", EventKind::Failover, "failover b → a");
+        again.time = failover.time + chrono::Duration::seconds(30);
+        assert_ne!(alert_of(&failover).unwrap().key, alert_of(&again).unwrap().key, "each failover is news");
+        let down = Event::new("postgres/main", EventKind::MemberDown, "a down");
+        assert_eq!(alert_of(&down).unwrap().key, alert_of(&down.clone()).unwrap().key);
         assert!(alert_of(&Event::new("schedule/x", EventKind::JobDone, "done")).is_none(), "low: dashboard only");
         assert!(alert_of(&Event::new("check/api", EventKind::CheckDown, "down")).is_none(), "its alarm notifies");
         let raised = Event::new("postgres/main", EventKind::AlarmRaised, "alarm")
