@@ -5,7 +5,8 @@
 //!
 //! Which events notify: those of severity medium or above, except the
 //! alarm and check events themselves (an alarm's ALARM/OK transitions
-//! notify instead, with a resolution message when it clears).
+//! notify instead, with a resolution message when it clears). A paused
+//! cluster is silenced until it is resumed (`pause_silence`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cirkel_config::Config;
 use cirkel_notify::outbox::{Counters, WorkerOptions};
+use cirkel_notify::route::Matcher;
 use cirkel_notify::{AlertInput, Notifier, Receivers, Settings, Store};
 use cirkel_state::{Event, EventKind, Severity, StateDir};
 use tokio::sync::broadcast;
@@ -72,6 +74,15 @@ impl Notify {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
             };
+            if matches!(e.kind, EventKind::Paused | EventKind::Resumed) {
+                let store = self.notifier.store.clone();
+                let (event, resumed) = (e.clone(), e.kind == EventKind::Resumed);
+                let done = tokio::task::spawn_blocking(move || pause_silence(&store, &event, resumed)).await?;
+                if let Err(err) = done {
+                    tracing::error!("cannot silence or unsilence the paused {}: {err}", e.source);
+                }
+                continue;
+            }
             let Some(input) = alert_of(&e) else { continue };
             let notifier = self.notifier.clone();
             let handled = tokio::task::spawn_blocking(move || notifier.handle(&input)).await?;
@@ -111,6 +122,30 @@ impl Notify {
             m.set("cirkel_notifications_expired_total", l, expired as f64);
         }
     }
+}
+
+/// How long a pause silences at most: a pause forgotten for a day should
+/// not keep the pager quiet for ever.
+const PAUSE_SILENCE: chrono::Duration = chrono::Duration::hours(24);
+
+/// A paused cluster's members go down and come back on purpose: while it
+/// is paused its alerts are recorded but not sent, except the one that
+/// says its primary is down with nobody to act. Resuming ends the silence.
+fn pause_silence(store: &cirkel_notify::Store, e: &Event, resumed: bool) -> cirkel_notify::Result<()> {
+    let reason = format!("paused: {}", e.source);
+    let now = Utc::now();
+    if resumed {
+        for s in store.silences(now)?.into_iter().filter(|s| s.reason == reason) {
+            store.expire_silence(s.id, now)?;
+        }
+        return Ok(());
+    }
+    let matchers = [
+        Matcher { label: "source".into(), value: e.source.clone(), negate: false },
+        Matcher { label: "alertname".into(), value: EventKind::PausedPrimaryDown.to_string(), negate: true },
+    ];
+    store.add_silence(&matchers, now + PAUSE_SILENCE, &reason, "cirkel", now)?;
+    Ok(())
 }
 
 /// The alert an event makes, if it makes one. An event that reports a
@@ -170,6 +205,28 @@ fn transition_of(e: &Event) -> Option<cirkel_alarm::Transition> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pause_silences_its_cluster_until_resumed_but_not_its_primary_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).unwrap();
+        let paused = Event::new("postgres/main", EventKind::Paused, "paused");
+        pause_silence(&store, &paused, false).unwrap();
+        let s = store.silences(Utc::now()).unwrap();
+        assert_eq!(s.len(), 1);
+        let labels = |name: &str| -> cirkel_notify::Labels {
+            [("source", "postgres/main"), ("alertname", name)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(s[0].matchers.iter().all(|m| m.matches(&labels("member-down"))));
+        assert!(!s[0].matchers.iter().all(|m| m.matches(&labels("paused-primary-down"))));
+        pause_silence(&store, &Event::new("postgres/other", EventKind::Resumed, "resumed"), true).unwrap();
+        assert_eq!(store.silences(Utc::now()).unwrap().len(), 1, "another cluster's resume ends nothing");
+        pause_silence(&store, &Event::new("postgres/main", EventKind::Resumed, "resumed"), true).unwrap();
+        assert!(store.silences(Utc::now()).unwrap().is_empty());
+    }
 
     #[test]
     fn which_events_notify() {
