@@ -201,10 +201,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` in one transaction, committed when it returns `Ok`.
+    /// Runs `f` in one transaction, committed when it returns `Ok`. The
+    /// write lock is taken at the start (`BEGIN IMMEDIATE`): a transaction
+    /// that began as a reader could not wait for another process's write
+    /// (the daemon and a command share the file) and would fail with
+    /// "database is locked" instead of waiting out the busy timeout.
     pub fn transaction<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         let out = f(&tx)?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)

@@ -345,3 +345,25 @@ fn an_event_that_recurs_after_its_acknowledgement_opens_a_new_alert() {
     assert!(matches!(second.decision, Decision::Notify(_)));
     assert_eq!(n.store.alert(first.alert.unwrap()).unwrap().status, Status::Resolved);
 }
+
+#[test]
+fn the_daemon_and_a_command_write_the_store_at_once_without_a_lock_error() {
+    // Two handles on one file, as `cirkel serve` and `cirkel alerts ack` are.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Store::open_in(dir.path()).unwrap(), Store::open_in(dir.path()).unwrap());
+    let m = vec![cirkel_notify::route::Matcher::parse("cluster=main").unwrap()];
+    std::thread::scope(|s| {
+        for store in [&a, &b] {
+            let m = &m;
+            s.spawn(move || {
+                for i in 0..200 {
+                    let now = chrono::Utc::now();
+                    store.add_silence(m, now + chrono::Duration::hours(1), &format!("r{i}"), "t", now).unwrap();
+                    // A read before the write in one transaction is what used to fail.
+                    store.silences(now).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(a.silences(chrono::Utc::now()).unwrap().len(), 400);
+}
