@@ -93,8 +93,10 @@ pub enum Command {
     /// Drills: prove recovery works by doing it, and measure it.
     #[command(subcommand)]
     Drill(DrillCmd),
-    /// The daemon: watch every configured Redis group and run the configured backup schedules
-    /// (with their copies and retention) until stopped (SIGINT/SIGTERM).
+    /// The daemon: watch every configured PostgreSQL cluster and Redis group (failing them over),
+    /// run the backup schedules (with their copies and retention) and WAL streaming, run the
+    /// health checks, serve /metrics, evaluate the alarms and send the notifications, until
+    /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules).
     Serve,
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
