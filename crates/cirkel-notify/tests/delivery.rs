@@ -5,41 +5,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cirkel_config::Secret;
 use cirkel_notify::route::Routes;
 use cirkel_notify::{
-    AlertInput, Counters, Labels, Notifier, Receiver, ReceiverKind, Receivers, Severity, Status, Store, WorkerOptions,
-    alert_key, outbox,
+    Counters, Notifier, Receiver, ReceiverKind, Receivers, Severity, Status, Store, WorkerOptions, outbox,
 };
-use common::{HttpReceiver, Mode, wait_for};
+use common::{HttpReceiver, Mode, input, wait_for};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn input(name: &str, cluster: &str, severity: Severity, status: Status, at: DateTime<Utc>) -> AlertInput {
-    let source = format!("postgres/{cluster}");
-    let labels: Labels = BTreeMap::from([
-        ("alertname".to_string(), name.to_string()),
-        ("cluster".to_string(), cluster.to_string()),
-        ("source".to_string(), source.clone()),
-    ]);
-    AlertInput {
-        key: alert_key(name, &labels),
-        name: name.to_string(),
-        source,
-        severity,
-        labels,
-        summary: format!("{name} on {cluster}"),
-        status,
-        at,
-        details: serde_json::Value::Null,
-    }
-}
 
 fn fast() -> WorkerOptions {
     WorkerOptions {

@@ -1,6 +1,9 @@
 //! Routing, silences, flapping, escalation, acknowledgement and incidents
 //! applied to a real store (no worker: what is queued is what counts).
 
+mod common;
+use common::input;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -10,33 +13,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use cirkel_config::Secret;
 use cirkel_notify::incident::{Phase, Priority};
 use cirkel_notify::route::{Decision, Maintenance, Matcher, Quiet, Window};
-use cirkel_notify::{
-    AlertInput, Error, Labels, Notifier, Payload, Receiver, ReceiverKind, Receivers, Severity, Status, Store, alert_key,
-};
+use cirkel_notify::{AlertInput, Error, Notifier, Payload, Receiver, ReceiverKind, Receivers, Severity, Status, Store};
 use serde_json::json;
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap()
-}
-
-fn input(name: &str, cluster: &str, severity: Severity, status: Status, at: DateTime<Utc>) -> AlertInput {
-    let source = format!("postgres/{cluster}");
-    let labels: Labels = BTreeMap::from([
-        ("alertname".to_string(), name.to_string()),
-        ("cluster".to_string(), cluster.to_string()),
-        ("source".to_string(), source.clone()),
-    ]);
-    AlertInput {
-        key: alert_key(name, &labels),
-        name: name.to_string(),
-        source,
-        severity,
-        labels,
-        summary: format!("{name} on {cluster}"),
-        status,
-        at,
-        details: serde_json::Value::Null,
-    }
 }
 
 fn hook(name: &str) -> Receiver {

@@ -19,6 +19,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use chrono::{DateTime, Utc};
+use cirkel_notify::{AlertInput, Labels, Severity, Status, alert_key};
+
 /// How the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -251,4 +254,25 @@ impl Drop for SmtpServer {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// An alert about `name` on the PostgreSQL cluster `cluster`.
+pub fn input(name: &str, cluster: &str, severity: Severity, status: Status, at: DateTime<Utc>) -> AlertInput {
+    let source = format!("postgres/{cluster}");
+    let labels: Labels = BTreeMap::from([
+        ("alertname".to_string(), name.to_string()),
+        ("cluster".to_string(), cluster.to_string()),
+        ("source".to_string(), source.clone()),
+    ]);
+    AlertInput {
+        key: alert_key(name, &labels),
+        name: name.to_string(),
+        source,
+        severity,
+        labels,
+        summary: format!("{name} on {cluster}"),
+        status,
+        at,
+        details: serde_json::Value::Null,
+    }
 }
