@@ -142,7 +142,7 @@ pub struct PublishedAlarm {
     pub since: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct PublishedCheck {
     pub name: String,
     pub state: String,
@@ -574,7 +574,7 @@ impl AlarmLoop {
                     since: s.since.into(),
                 })
                 .collect(),
-            checks: checks.lock().map(|c| c.iter().map(clone_check).collect()).unwrap_or_default(),
+            checks: checks.lock().map(|c| c.clone()).unwrap_or_default(),
         };
         if let Err(e) = state.save_json(ALARMS_FILE, &published) {
             tracing::warn!("cannot publish the alarm states: {e:#}");
@@ -584,18 +584,6 @@ impl AlarmLoop {
         {
             tracing::warn!("cannot save the alarm states: {e:#}");
         }
-    }
-}
-
-fn clone_check(c: &PublishedCheck) -> PublishedCheck {
-    PublishedCheck {
-        name: c.name.clone(),
-        state: c.state.clone(),
-        since: c.since,
-        latency_ms: c.latency_ms,
-        error: c.error.clone(),
-        probes: c.probes,
-        failures: c.failures,
     }
 }
 
