@@ -299,6 +299,9 @@ event_kinds! {
     /// The primary is down, but no agent holds the lease (etcd cannot be
     /// reached): nothing is failed over until it can be.
     FailoverRefused = "failover-refused", Critical;
+    /// The agent on the old primary's host stopped it cleanly for a
+    /// planned switchover led from another host.
+    HandedOff = "handed-off", Medium;
     /// An agent's endpoint routes nowhere: no route from etcd, and not
     /// every member answers.
     EndpointCut = "endpoint-cut", High;
