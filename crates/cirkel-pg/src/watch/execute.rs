@@ -569,6 +569,13 @@ impl Watch<'_> {
                         self.save();
                     }
                     let outcome = self.switchover_recorded(s.decider, s.st, &req);
+                    // An agent that forwarded the request waits for this.
+                    if let Some(k) = &self.coord
+                        && let Ok(bytes) = serde_json::to_vec(&outcome)
+                        && let Err(e) = k.fence.put(&k.scope, &format!("outcome-{}", req.id), &bytes)
+                    {
+                        tracing::warn!("{}: cannot report the switchover's outcome: {e}", self.source);
+                    }
                     if let Some(r) = reply {
                         let _ = r.send(Reply::Outcome { event: outcome });
                     }
