@@ -67,10 +67,19 @@ pub enum Fault<'a> {
 /// Runs the drill. `cirkel serve` must be watching the cluster: it is what
 /// fails over and rejoins; the drill only injects the fault and measures.
 pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Result<FailoverReport> {
-    run_drill(cluster, c, timeout, Fault::Kill)
+    run_drill(cluster, c, timeout, Fault::Kill, &AtomicBool::new(false))
 }
 
-pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fault) -> anyhow::Result<FailoverReport> {
+/// Runs the drill; `abort` turning true stops the waiting at once: the
+/// fault is undone (a killed primary is started again, for `cirkel serve`
+/// to rejoin) and the report says the drill was aborted.
+pub fn run_drill(
+    cluster: &str,
+    c: &PostgresConfig,
+    timeout: Duration,
+    fault: Fault,
+    abort: &AtomicBool,
+) -> anyhow::Result<FailoverReport> {
     let ep = endpoint(c)?;
     let before = status(cluster, c);
     if !before.healthy {
@@ -174,7 +183,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     let old_port = old_cfg.port.to_string();
     let mut failures = Vec::new();
     let mut first = None;
-    while fault.elapsed() < timeout {
+    while fault.elapsed() < timeout && !abort.load(Ordering::Relaxed) {
         if let Ok(a) = acked.lock()
             && let Some((_, t, _)) = a.iter().find(|(_, t, p)| *t > fault && *p != old_port)
         {
@@ -183,7 +192,9 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    if first.is_none() {
+    if abort.load(Ordering::Relaxed) {
+        failures.push("aborted before the end".into());
+    } else if first.is_none() {
         failures.push(format!("no write went through the endpoint within {timeout:?}: is `cirkel serve` running?"));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -233,7 +244,8 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     }
     let mut rejoin_s = None;
     let mut after = status(cluster, c);
-    while fault.elapsed() < timeout * 2 {
+    // Aborted: the old primary is started again, and not waited for.
+    while fault.elapsed() < timeout * 2 && !abort.load(Ordering::Relaxed) {
         after = status(cluster, c);
         let back = after.members.iter().any(|m| {
             m.name == old
@@ -246,7 +258,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if rejoin_s.is_none() {
+    if rejoin_s.is_none() && !abort.load(Ordering::Relaxed) {
         failures.push(format!("{old} did not come back as a streaming standby: {}", after.problems.join("; ")));
     }
     if let Some(asked) = asked {
