@@ -58,6 +58,58 @@ pub fn drilling(state: &StateDir) -> Option<String> {
     }
 }
 
+/// Undoes the fault of a drill that was killed before it could (see
+/// `cirkel_pg::drill::undo_leftover`) and records the drill as aborted:
+/// done when `cirkel serve` starts and before every drill.
+pub fn undo_drill_leftover(
+    state: &StateDir,
+    postgres: &std::collections::BTreeMap<String, cirkel_config::PostgresConfig>,
+) {
+    let (left, done) = match cirkel_pg::drill::undo_leftover(state, postgres) {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("a drill's leftover fault could not be read: {e:#}");
+            return;
+        }
+    };
+    let message = format!(
+        "the failover drill of {} started at {} was interrupted before it undid its fault: {done}",
+        left.cluster, left.started
+    );
+    crate::record(
+        state,
+        &cirkel_state::Event::new(
+            &format!("postgres/{}", left.cluster),
+            cirkel_state::EventKind::DrillAborted,
+            message.clone(),
+        )
+        .with(serde_json::json!({ "member": left.member, "pid": left.pid, "started": left.started })),
+    );
+    let run = cirkel_notify::drills::DrillRun {
+        id: 0,
+        name: left.name.clone().unwrap_or_else(|| "failover".into()),
+        kind: "failover".into(),
+        target: left.cluster.clone(),
+        started_at: left.started,
+        finished_at: chrono::Utc::now(),
+        outcome: cirkel_notify::drills::Outcome::Aborted,
+        rto_s: None,
+        rto_target_s: None,
+        writes_lost: 0,
+        reason: message,
+        report: None,
+    };
+    match cirkel_notify::Store::open_in(state.root()) {
+        Ok(store) => {
+            if let Err(e) = store.record_drill(&run) {
+                tracing::error!("the interrupted drill could not be recorded: {e}");
+            }
+        }
+        Err(e) => tracing::error!("the interrupted drill could not be recorded: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -266,6 +266,12 @@ pub fn drill_lock(cfg: &cirkel_config::Config, source: &str) -> anyhow::Result<s
     }
 }
 
+/// Undoes what a drill killed before it could undo it, and records the
+/// drill as aborted (`cirkel_server::guard::undo_drill_leftover`).
+pub fn undo_drill_leftover(cfg: &cirkel_config::Config) {
+    cirkel_server::guard::undo_drill_leftover(&state_dir(cfg), &cfg.postgres);
+}
+
 /// Stores a drill's report in the state directory, records a `drill`
 /// event pointing at it (high severity when the drill failed or was slower
 /// than its target, so the notification routes carry it), and adds the run

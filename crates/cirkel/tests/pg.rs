@@ -2027,3 +2027,36 @@ fn a_guardrail_skips_a_drill_while_an_incident_is_open_and_aborts_one_when_somet
     // The killed primary was started again and cirkel serve rejoins it.
     wait_until("a healthy cluster after the aborted drill", &|| healthy(&e, ha.cfg()));
 }
+
+#[test]
+fn a_drill_killed_in_the_middle_has_its_fault_undone_by_the_next_start() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let state = daemon.state.clone();
+    let mut drill = e
+        .cmd(None, &["--config", ha.cfg(), "drill", "failover", "--name", "monthly"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The drill has killed the primary and cirkel serve failed over: the
+    // drill is killed before it starts the old primary again.
+    daemon.wait_event("failover");
+    assert!(state.join("drill-fault.json").exists(), "the fault is on record until undone");
+    drill.kill().unwrap();
+    drill.wait().unwrap();
+    assert!(ha.a.try_sql("SELECT 1").is_err(), "the killed primary stays down");
+    drop(daemon);
+    // The next start finds the fault, undoes it, and records the drill.
+    let daemon = Daemon::start(&e, ha.cfg());
+    let aborted = daemon.wait_event("drill-aborted");
+    assert!(aborted["message"].as_str().unwrap().contains("started again"), "{aborted:#}");
+    assert!(!state.join("drill-fault.json").exists());
+    assert_eq!(drill_history(&daemon, "monthly")["runs"][0]["outcome"], "aborted");
+    wait_until("the old primary rejoined", &|| ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("t"));
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+}

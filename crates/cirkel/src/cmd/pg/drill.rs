@@ -129,12 +129,15 @@ pub fn failover_drill(
     // SIGTERM (from `cirkel serve` when a guardrail trips, or a person)
     // aborts the drill: its fault is undone, and it is recorded as such.
     let abort = crate::context::stop_on_signal();
-    let report = cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault, &abort).map_err(|e| {
-        user_error(
-            format!("the drill did not run: {e:#}"),
-            "run `cirkel status`; `cirkel serve` must be watching the cluster",
-        )
-    })?;
+    crate::context::undo_drill_leftover(&cfg);
+    let report =
+        cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault, &abort, Some((&state, a.record.name.clone())))
+            .map_err(|e| {
+                user_error(
+                    format!("the drill did not run: {e:#}"),
+                    "run `cirkel status`; `cirkel serve` must be watching the cluster",
+                )
+            })?;
     let value = serde_json::to_value(&report)?;
     let aborted = abort
         .load(std::sync::atomic::Ordering::Relaxed)
