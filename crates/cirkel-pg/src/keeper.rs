@@ -105,6 +105,8 @@ pub struct Keeper {
     probed: Option<(Instant, bool)>,
     /// The last switchover this keeper stopped its primary for.
     handed_off: Option<String>,
+    /// The cluster is paused: nothing is started, stopped or rewound.
+    paused: bool,
 }
 
 impl Keeper {
@@ -132,6 +134,7 @@ impl Keeper {
             rejoin_failed: None,
             probed: None,
             handed_off: None,
+            paused: false,
         })
     }
 
@@ -153,7 +156,7 @@ impl Keeper {
             if died || Instant::now() >= self.next_check {
                 self.next_check = Instant::now() + self.c.health.interval;
                 self.check(alive);
-            } else if alive && self.role == Some(Role::Primary) && !self.fresh() {
+            } else if alive && self.role == Some(Role::Primary) && !self.paused && !self.fresh() {
                 // The deadline is kept to the tick, not to the next check:
                 // the leader promotes another once it has passed.
                 self.keep_primary();
@@ -230,6 +233,11 @@ impl Keeper {
 
     fn check(&mut self, alive: bool) {
         self.read_route();
+        // Paused (`cirkel pg pause`): hands off, as the leader is; a gone
+        // postmaster is still reported.
+        if let Ok(Some(rec)) = self.coord.load_record_quick() {
+            self.paused = rec.paused;
+        }
         if alive {
             if let Some(r) = self.local_role() {
                 self.role = Some(r);
@@ -256,13 +264,26 @@ impl Keeper {
                 format!("the postmaster of primary {} exited; {reported}", self.member),
             );
         }
-        self.restart_stopped();
+        if !self.paused {
+            self.restart_stopped();
+        }
     }
 
     /// A running primary: stopped when the route has moved or is moving,
     /// or when this host is cut off from etcd and from some member.
     fn keep_primary(&mut self) {
         let me = self.member.clone();
+        // Paused, only a switchover asked for moves it.
+        if self.paused {
+            if let Some(h) = self.route.as_ref().and_then(|r| r.handoff.clone())
+                && self.fresh()
+                && h.old == me
+                && r_primary_is_none(self.route.as_ref())
+            {
+                self.hand_off(&h);
+            }
+            return;
+        }
         if !self.fresh() {
             if !self.sees_everyone() {
                 let since =
