@@ -357,3 +357,67 @@ fn the_readmes_notification_configuration_is_valid() {
     let shown = env.ok(&["--config", config.to_str().unwrap(), "config", "show"]);
     assert!(!shown.contains("s3cret") && !shown.contains("hooks.slack.com"), "secrets are never shown: {shown}");
 }
+
+#[test]
+fn agents_name_themselves_and_never_act_around_the_lease() {
+    let env = Env::new();
+    let alone = env.path("alone.toml");
+    std::fs::write(&alone, "[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 1\n").unwrap();
+    let out = env.run(&["--config", alone.to_str().unwrap(), "serve", "--node", "db-1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no [coordination] table"), "{}", stderr(&out));
+    let shared = env.path("shared.toml");
+    std::fs::write(
+        &shared,
+        "[coordination]\netcd = [\"http://127.0.0.1:1\"]\n[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 1\nnode = \"db-1\"\n",
+    )
+    .unwrap();
+    let cfg = shared.to_str().unwrap();
+    let state = env.path("state");
+    let run =
+        |args: &[&str]| env.cmd(&[&["--config", cfg], args].concat()).env("CIRKEL_STATE_DIR", &state).output().unwrap();
+    let out = run(&["serve"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pass --node NAME"), "{}", stderr(&out));
+    let out = run(&["serve", "--node", "db 1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a node name"), "{}", stderr(&out));
+    // Without an agent on this host, nothing changes the cluster behind
+    // the leader's back.
+    for args in [&["pg", "pause"][..], &["pg", "switchover"]] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains("only through the agents"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn drills_are_configured_with_a_known_kind_and_target() {
+    let env = Env::new();
+    let cfg = env.path("drills.toml");
+    std::fs::write(
+        &cfg,
+        "[postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = 1\n\
+         [drills.monthly]\nkind = \"failover\"\nschedule = \"0 3 1 * *\"\n\
+         [drills.odd]\nkind = \"chaos\"\n\
+         [drills.elsewhere]\nkind = \"switchover\"\ntarget = \"other\"\n\
+         [drills.cache]\nkind = \"redis-failover\"\n\
+         [drills.restore]\nkind = \"restore\"\ntarget = \"main\"\nfault = \"stop\"\n\
+         [drills.never]\nkind = \"failover\"\nschedule = \"0 0 31 2 *\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for expected in [
+        "`chaos` is not a drill kind",
+        "names `other`, which is no configured postgres cluster",
+        "missing: 0 redis groups are configured",
+        "remove `target`",
+        "only a failover drill takes a fault",
+        "drills.never.schedule",
+    ] {
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    assert!(!err.contains("drills.monthly"), "{err}");
+}

@@ -64,6 +64,9 @@ pub(super) fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> a
     if at.is_some_and(|t| t < Utc::now() - chrono::Duration::minutes(1)) {
         return Err(user_error("--at is in the past", "give a time to come, or leave --at out to switch over now"));
     }
+    if cfg.coordination.is_some() && cirkel_state::control::Client::connect(&state)?.is_none() {
+        return Err(no_agent_here());
+    }
     let st = cirkel_pg::members::status(&name, &c);
     let Some(primary) = st.primary.clone() else {
         return Err(user_error(
@@ -97,6 +100,9 @@ pub(super) fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> a
             other => return Err(refused_by_daemon(other)),
         }
     } else {
+        if cfg.coordination.is_some() {
+            return Err(no_agent_here());
+        }
         if at.is_some() {
             return Err(user_error(
                 "--at needs a running `cirkel serve` watching the cluster",
@@ -149,6 +155,15 @@ fn refused_by_daemon(reply: cirkel_state::control::Reply) -> anyhow::Error {
     }
 }
 
+/// With agents on several hosts, a command acts through an agent (which
+/// hands it to the leader), never on its own: it would bypass the lease.
+fn no_agent_here() -> anyhow::Error {
+    user_error(
+        "no cirkel serve agent answers on this host's control socket, and with [coordination] the cluster is changed only through the agents",
+        "run the command on a host whose agent runs (`cirkel status` lists them), or start this host's agent: cirkel serve --node NAME",
+    )
+}
+
 pub(super) fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool) -> anyhow::Result<ExitCode> {
     use cirkel_state::control::{Client, Reply, Request};
     let cfg = load_config(global)?;
@@ -168,6 +183,9 @@ pub(super) fn pause(global: &Global, a: &crate::cli::PgClusterArg, paused: bool)
             other => return Err(refused_by_daemon(other)),
         }
     } else {
+        if cfg.coordination.is_some() {
+            return Err(no_agent_here());
+        }
         cirkel_pg::ha::set_paused(&state, &name, paused).map_err(|e| {
             user_error(
                 format!("cannot record that {name} is {what}: {e:#}"),
