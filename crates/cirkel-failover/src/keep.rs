@@ -7,8 +7,9 @@
 //! - a running primary with no word from etcd for the fencing time is
 //!   stopped unless every other member still answers (asked only then);
 //! - a running primary is stopped cleanly when a switchover asks for it,
-//!   at once when the route names nobody (a failover away from it), and
-//!   rewound when the route names another member;
+//!   at once when the route names nobody (a failover away from it) unless
+//!   it is the member being promoted, and rewound when the route names
+//!   another member;
 //! - a stopped standby is started;
 //! - a stopped primary's data directory is rewound when the route names
 //!   another member, and started when the route names it and either this
@@ -27,6 +28,8 @@ pub struct RouteSeen<'a> {
     pub primary: Option<&'a str>,
     /// A switchover under way asks this member to stop cleanly.
     pub handoff_from_me: bool,
+    /// A failover or switchover under way promotes this member.
+    pub promoting_me: bool,
 }
 
 /// What the agent sees of its member.
@@ -97,6 +100,7 @@ pub fn keep(o: &KeepObs) -> KeepAction {
                     KeepAction::HandOff
                 }
             }
+            Some(RouteSeen { primary: None, promoting_me: true, .. }) => KeepAction::Nothing,
             Some(RouteSeen { primary: None, .. }) => {
                 KeepAction::Fence(format!("the leader is failing over away from {}", o.me))
             }
@@ -129,7 +133,7 @@ mod tests {
             primary: true,
             standby_data: false,
             fresh: true,
-            route: Some(RouteSeen { primary: Some("a"), handoff_from_me: false }),
+            route: Some(RouteSeen { primary: Some("a"), handoff_from_me: false, promoting_me: false }),
             paused: false,
             stopped_by_me: false,
             gone_long: false,
@@ -154,11 +158,19 @@ mod tests {
     #[test]
     fn a_primary_the_route_moved_away_from_is_stopped_or_rewound() {
         let o = running_primary();
-        let failing_over = KeepObs { route: Some(RouteSeen { primary: None, handoff_from_me: false }), ..o };
+        let failing_over =
+            KeepObs { route: Some(RouteSeen { primary: None, handoff_from_me: false, promoting_me: false }), ..o };
         assert!(matches!(keep(&failing_over), KeepAction::Fence(_)));
-        let moved = KeepObs { route: Some(RouteSeen { primary: Some("b"), handoff_from_me: false }), ..o };
+        // The member being promoted turns primary while the route names
+        // nobody: left running.
+        let promoted =
+            KeepObs { route: Some(RouteSeen { primary: None, handoff_from_me: false, promoting_me: true }), ..o };
+        assert_eq!(keep(&promoted), KeepAction::Nothing);
+        let moved =
+            KeepObs { route: Some(RouteSeen { primary: Some("b"), handoff_from_me: false, promoting_me: false }), ..o };
         assert_eq!(keep(&moved), KeepAction::Rejoin("b".into()));
-        let handoff = KeepObs { route: Some(RouteSeen { primary: None, handoff_from_me: true }), ..o };
+        let handoff =
+            KeepObs { route: Some(RouteSeen { primary: None, handoff_from_me: true, promoting_me: false }), ..o };
         assert_eq!(keep(&handoff), KeepAction::HandOff);
         assert_eq!(keep(&KeepObs { handoff_done: true, ..handoff }), KeepAction::Nothing);
         // Paused: only the switchover moves it.
@@ -172,7 +184,10 @@ mod tests {
         assert_eq!(keep(&stopped), KeepAction::Nothing, "gone: the leader fails it over");
         assert!(matches!(keep(&KeepObs { stopped_by_me: true, ..stopped }), KeepAction::Start(_)));
         assert!(matches!(keep(&KeepObs { gone_long: true, ..stopped }), KeepAction::Start(_)));
-        let moved = KeepObs { route: Some(RouteSeen { primary: Some("c"), handoff_from_me: false }), ..stopped };
+        let moved = KeepObs {
+            route: Some(RouteSeen { primary: Some("c"), handoff_from_me: false, promoting_me: false }),
+            ..stopped
+        };
         assert_eq!(keep(&moved), KeepAction::Rejoin("c".into()));
         let standby = KeepObs { primary: false, standby_data: true, ..stopped };
         assert!(matches!(keep(&standby), KeepAction::Start(_)));
@@ -190,7 +205,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
-            0u8..5,
+            0u8..6,
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
@@ -206,9 +221,10 @@ mod tests {
             let (alive, primary, standby_data, fresh, route, paused, stopped_by_me, gone_long, handoff, sees, done) = v;
             let route = match route {
                 0 => None,
-                1 => Some(RouteSeen { primary: None, handoff_from_me: handoff }),
-                2 => Some(RouteSeen { primary: Some("a"), handoff_from_me: false }),
-                _ => Some(RouteSeen { primary: Some("b"), handoff_from_me: false }),
+                1 => Some(RouteSeen { primary: None, handoff_from_me: handoff, promoting_me: false }),
+                2 => Some(RouteSeen { primary: None, handoff_from_me: false, promoting_me: true }),
+                3 => Some(RouteSeen { primary: Some("a"), handoff_from_me: false, promoting_me: false }),
+                _ => Some(RouteSeen { primary: Some("b"), handoff_from_me: false, promoting_me: false }),
             };
             // The agent only knows the route while it hears from etcd.
             let route = route.filter(|_| fresh);
@@ -236,6 +252,10 @@ mod tests {
             // Paused, only a switchover moves anything.
             if paused {
                 prop_assert!(matches!(action, KeepAction::Nothing | KeepAction::HandOff), "{o:?} → {action:?}");
+            }
+            // The member being promoted is never stopped.
+            if route.is_some_and(|r| r.promoting_me) {
+                prop_assert!(!matches!(action, KeepAction::Fence(_) | KeepAction::HandOff), "{o:?} → {action:?}");
             }
             // A running standby is never touched.
             if alive && !primary {

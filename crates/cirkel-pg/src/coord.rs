@@ -48,6 +48,10 @@ pub struct Route {
     /// cleanly (rather than at once, as for a failover) and answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// While a failover routes nowhere: the member being promoted, which
+    /// its agent must leave running when it turns primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting: Option<String>,
 }
 
 /// A planned switchover from a primary on another host.
@@ -143,6 +147,14 @@ impl Coord {
         self.publish_handoff(epoch, primary, None)
     }
 
+    /// Routes nowhere while `new` is promoted in a failover.
+    pub fn publish_failover(&self, epoch: u64, new: &str) -> Result<(), FenceError> {
+        let route =
+            Route { primary: None, epoch, leader: self.node.clone(), handoff: None, promoting: Some(new.to_string()) };
+        let bytes = serde_json::to_vec(&route).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
+        self.fence.put_if_epoch(&self.scope, epoch, "route", &bytes)
+    }
+
     /// Publishes the route, with a switchover under way or not.
     pub fn publish_handoff(
         &self,
@@ -150,8 +162,13 @@ impl Coord {
         primary: Option<&str>,
         handoff: Option<&Handoff>,
     ) -> Result<(), FenceError> {
-        let route =
-            Route { primary: primary.map(str::to_string), epoch, leader: self.node.clone(), handoff: handoff.cloned() };
+        let route = Route {
+            primary: primary.map(str::to_string),
+            epoch,
+            leader: self.node.clone(),
+            handoff: handoff.cloned(),
+            promoting: handoff.map(|h| h.new.clone()),
+        };
         let bytes = serde_json::to_vec(&route).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
         self.fence.put_if_epoch(&self.scope, epoch, "route", &bytes)
     }

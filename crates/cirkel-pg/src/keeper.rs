@@ -280,6 +280,7 @@ impl Keeper {
             let route = self.route.as_ref().filter(|_| fresh).map(|r| RouteSeen {
                 primary: r.primary.as_deref(),
                 handoff_from_me: r.primary.is_none() && handoff.as_ref().is_some_and(|h| h.old == self.member),
+                promoting_me: r.primary.is_none() && r.promoting.as_deref() == Some(self.member.as_str()),
             });
             let o = KeepObs {
                 me: &self.member,

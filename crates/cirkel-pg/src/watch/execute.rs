@@ -306,11 +306,16 @@ impl Watch<'_> {
         self.rec.failover = Some(InFlight { old: old.clone(), new: new.clone(), started: decided });
         self.save();
         self.route(None);
-        if let Err(e) = self.publish(None) {
+        let published = match &self.coord {
+            Some(k) => k.publish_failover(self.epoch, &new).map_err(|e| format!("publishing the route failed: {e}")),
+            None => Ok(()),
+        };
+        if let Err(e) = published {
             self.rec.failover = None;
             self.save();
             return Err(format!("failover {old} → {new} refused: {e}"));
         }
+        self.published = Some(None);
         self.await_fenced(&old, detected);
         let fenced_at = Utc::now();
         ha::failpoint("pg-failover-fenced");
