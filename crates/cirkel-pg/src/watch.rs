@@ -41,7 +41,7 @@ use crate::coord::Coord;
 use crate::ha::{self, Record, SwitchoverRequest};
 use crate::members::{ClusterStatus, probes, role, status};
 use crate::proxy::Router;
-use agents::{Shared, forward_commands, take_over, take_requests};
+use agents::{Shared, forward_commands, spawn_route_follower, take_over, take_requests};
 use execute::{Scene, Watch};
 
 /// What the daemon hands a cluster's watcher, with where to answer.
@@ -166,6 +166,11 @@ pub fn watch(
         Some(k) => crate::keeper::spawn_keepers(c, k, state, &stop)?,
         None => Vec::new(),
     };
+    let leading = Arc::new(AtomicBool::new(false));
+    let follower = match &coord {
+        Some(k) => Some(spawn_route_follower(k.clone(), c.clone(), router.clone(), leading.clone(), stop.clone())?),
+        None => None,
+    };
     let rec = match &coord {
         Some(_) => Record::default(),
         None => Record::load(state, cluster)?,
@@ -198,6 +203,7 @@ pub fn watch(
         }
         let was_held = lease.is_some();
         let mut held = hold(&mut w, &mut election, &mut lease, &mut shared);
+        leading.store(held, Ordering::Relaxed);
         if held && !was_held && w.coord.is_some() {
             // Taken over from another agent: the record as it left it.
             match take_over(&mut w, &mut decider, &mut rounds, &mut pending) {
@@ -208,6 +214,7 @@ pub fn watch(
                         election.release(l);
                     }
                     held = false;
+                    leading.store(false, Ordering::Relaxed);
                 }
             }
         }
@@ -264,7 +271,7 @@ pub fn watch(
     for a in apis {
         let _ = a.join();
     }
-    for k in keepers {
+    for k in keepers.into_iter().chain(follower) {
         let _ = k.join();
     }
     Ok(())

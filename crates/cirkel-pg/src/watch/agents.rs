@@ -245,3 +245,39 @@ impl Shared {
         }
     }
 }
+
+/// How often an agent that does not lead reads the route between rounds:
+/// its endpoint follows a failover within this, not within a round.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
+/// Follows the route on this agent's endpoint every [`FOLLOW_EVERY`] while
+/// another agent leads, until `stop`. Only what etcd says moves the
+/// endpoint here; having no word from etcd is the round's to judge
+/// (`Shared::follow`).
+pub(super) fn spawn_route_follower(
+    k: Coord,
+    c: cirkel_config::PostgresConfig,
+    router: std::sync::Arc<crate::proxy::Router>,
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    let quick = k.quick.with_timeout(FOLLOW_EVERY);
+    std::thread::Builder::new().name("route-follower".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(FOLLOW_EVERY);
+            if leading.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(Some(bytes)) = quick.get(&k.scope, "route") else { continue };
+            let Ok(route) = serde_json::from_slice::<crate::coord::Route>(&bytes) else { continue };
+            let target = route
+                .primary
+                .as_deref()
+                .and_then(|m| c.members.get(m))
+                .map(|m| crate::proxy::Target::new(&m.host, m.port));
+            // An older epoch than the router's is refused by its gate.
+            let _ = router.switch(route.epoch, target);
+        }
+    })
+}
