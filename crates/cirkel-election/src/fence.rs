@@ -90,7 +90,7 @@ impl Fence {
     /// Who holds `scope` now, and under which epoch.
     pub fn current(&self, scope: &str) -> Result<Option<Lease>, ElectionError> {
         check_component("scope", scope)?;
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let key = self.store.key(scope, "leader");
         let resp = self.store.block_on("read the leader key", self.store.op_timeout, kv.get(key, None))?;
         Ok(leader_of(&resp))
@@ -111,7 +111,7 @@ impl Fence {
             .when([Compare::create_revision(leader.clone(), CompareOp::Equal, epoch as i64)])
             .and_then([TxnOp::put(self.store.key(scope, name), value.to_vec(), None)])
             .or_else([TxnOp::get(leader, None)]);
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let resp = self.store.block_on("write under the lease epoch", self.store.op_timeout, kv.txn(txn))?;
         if resp.succeeded() {
             return Ok(());
@@ -127,7 +127,7 @@ impl Fence {
     pub fn get(&self, scope: &str, name: &str) -> Result<Option<Vec<u8>>, ElectionError> {
         check_component("scope", scope)?;
         check_component("record name", name)?;
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let resp =
             self.store.block_on("read a record", self.store.op_timeout, kv.get(self.store.key(scope, name), None))?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
@@ -144,7 +144,7 @@ impl Fence {
         if name == "leader" {
             return Err(ElectionError("the leader key is written by the election only".into()));
         }
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let key = self.store.key(scope, name);
         self.store.block_on("write a report", self.store.op_timeout, kv.put(key, value.to_vec(), None))?;
         Ok(())
@@ -157,7 +157,7 @@ impl Fence {
         if name == "leader" {
             return Err(ElectionError("the leader key is written by the election only".into()));
         }
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let key = self.store.key(scope, name);
         self.store.block_on("delete a report", self.store.op_timeout, kv.delete(key, None))?;
         Ok(())
@@ -166,7 +166,7 @@ impl Fence {
     /// Every record of `scope`, by name.
     pub fn list(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, ElectionError> {
         check_component("scope", scope)?;
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let prefix = self.store.key(scope, "");
         let opts = etcd_client::GetOptions::new().with_prefix();
         let resp = self.store.block_on("list records", self.store.op_timeout, kv.get(prefix.clone(), Some(opts)))?;

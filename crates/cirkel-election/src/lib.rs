@@ -137,7 +137,7 @@ impl EtcdElection {
         if let Some(old) = self.session.take_if(|s| !s.alive()) {
             old.end();
             self.held = None;
-            let mut lease = self.store.client.lease_client();
+            let mut lease = self.store.client().lease_client();
             if let Err(e) = self.store.call("revoke a lapsed lease", self.store.op_timeout, lease.revoke(old.id)).await
             {
                 // It expires on its own within the TTL.
@@ -156,7 +156,7 @@ impl EtcdElection {
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(self.key.clone(), self.node.clone(), Some(PutOptions::new().with_lease(id)))])
             .or_else([TxnOp::get(self.key.clone(), None)]);
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let resp = self.store.call("take the leader key", self.store.op_timeout, kv.txn(txn)).await?;
         let alive = self.session.as_ref().is_some_and(Session::alive);
         let lease = if resp.succeeded() {
@@ -201,7 +201,7 @@ impl EtcdElection {
         let Some(id) = self.session.as_ref().map(|s| s.id) else {
             return Ok(false);
         };
-        let mut kv = self.store.client.kv_client();
+        let mut kv = self.store.client().kv_client();
         let timeout = self.store.op_timeout.min(remaining);
         match self.store.call("check the leader key", timeout, kv.get(self.key.clone(), None)).await {
             Ok(resp) => {
@@ -239,7 +239,7 @@ impl EtcdElection {
             return;
         };
         session.end();
-        let mut client = self.store.client.lease_client();
+        let mut client = self.store.client().lease_client();
         // Revoking deletes the key at once, so a successor need not wait
         // for the TTL.
         match self.store.call("revoke the lease", self.store.op_timeout, client.revoke(session.id)).await {

@@ -76,13 +76,13 @@ impl Session {
     /// runtime, every third of the TTL.
     pub(crate) async fn grant(store: &Store, ttl: Duration) -> Result<Session, ElectionError> {
         let sent = Instant::now();
-        let mut lease = store.client.lease_client();
+        let mut lease = store.client().lease_client();
         let resp = store.call("grant a lease", store.op_timeout, lease.grant(ttl.as_secs() as i64, None)).await?;
         // etcd may lengthen a short TTL; the shorter of the two is trusted.
         let granted = Duration::from_secs(resp.ttl().max(0) as u64).min(ttl);
         let life = Arc::new(Life { deadline: Mutex::new(sent + granted), lost: AtomicBool::new(false) });
         let cancel = CancellationToken::new();
-        let task = keep_alive(store.client.lease_client(), resp.id(), ttl, life.clone(), cancel.clone());
+        let task = keep_alive(store.client().lease_client(), resp.id(), ttl, life.clone(), cancel.clone());
         store.rt.handle().spawn(task);
         Ok(Session { id: resp.id(), life, cancel })
     }

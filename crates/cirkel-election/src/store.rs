@@ -2,8 +2,15 @@
 //! it: one client on the process's shared runtime, every call bounded by a
 //! timeout, and every failure turned into an error that names the
 //! endpoints tried and what to check.
+//!
+//! The client balances over every endpoint, but an endpoint that refuses
+//! connections (its host up, etcd dead) can keep failing requests sent
+//! through it. So a request that finds etcd unreachable moves the store to
+//! the next endpoint on its own, in turn, and back to the balanced client:
+//! the next request goes elsewhere.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cirkel_config::CoordinationConfig;
@@ -15,7 +22,11 @@ use etcd_client::{Client, ConnectOptions};
 #[derive(Clone)]
 pub(crate) struct Store {
     pub(crate) rt: Shared,
-    pub(crate) client: Client,
+    /// The client requests go through now, and which: 0 the balanced one,
+    /// `i` the `i`-th endpoint alone.
+    current: Arc<Mutex<(usize, Client)>>,
+    balanced: Client,
+    options: ConnectOptions,
     endpoints: Vec<String>,
     prefix: String,
     /// The longest one request may take: half the TTL, so a check that
@@ -45,14 +56,53 @@ impl Store {
         let endpoints = cfg.etcd.clone();
         let connected = rt.block_on(async {
             // Building the channel spawns its workers on this runtime.
-            Client::connect(&endpoints, Some(options)).await
+            Client::connect(&endpoints, Some(options.clone())).await
         });
         let client = connected.map_err(|e| unreachable_at(&endpoints, "connect to etcd", &e.to_string()))?;
-        let store = Store { rt, client, endpoints, prefix: cfg.prefix.trim_end_matches('/').to_string(), op_timeout };
+        let store = Store {
+            rt,
+            current: Arc::new(Mutex::new((0, client.clone()))),
+            balanced: client,
+            options,
+            endpoints,
+            prefix: cfg.prefix.trim_end_matches('/').to_string(),
+            op_timeout,
+        };
+        // Each failed try moves to another endpoint: one answering is enough.
         let probe = store.key("", "");
-        let mut kv = store.client.kv_client();
-        store.block_on("reach etcd", store.op_timeout, kv.get(probe, None))?;
-        Ok(store)
+        let mut tries = store.endpoints.len() + 1;
+        loop {
+            let mut kv = store.client().kv_client();
+            match store.block_on("reach etcd", store.op_timeout, kv.get(probe.clone(), None)) {
+                Ok(_) => return Ok(store),
+                Err(e) if tries <= 1 => return Err(e),
+                Err(_) => tries -= 1,
+            }
+        }
+    }
+
+    /// The client to send the next request through.
+    pub(crate) fn client(&self) -> Client {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// After a request found etcd unreachable: the next endpoint alone, or
+    /// the balanced client after the last.
+    async fn rotate(&self) {
+        let next = {
+            let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            (cur.0 + 1) % (self.endpoints.len() + 1)
+        };
+        let client = match next {
+            0 => Some(self.balanced.clone()),
+            i => {
+                let url = [self.endpoints[i - 1].clone()];
+                let connect = Client::connect(url, Some(self.options.clone()));
+                tokio::time::timeout(self.op_timeout, connect).await.ok().and_then(Result::ok)
+            }
+        };
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *cur = (next, client.unwrap_or_else(|| self.balanced.clone()));
     }
 
     /// `PREFIX/SCOPE/NAME`, or the prefix itself when both are empty.
@@ -77,14 +127,20 @@ impl Store {
         timeout: Duration,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ElectionError> {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.describe(what, &e)),
-            Err(_) => Err(self.unreachable(what, &format!("no answer within {timeout:?}"))),
-        }
+        let unreachable = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => match self.describe(what, &e) {
+                (err, false) => return Err(err),
+                (err, true) => err,
+            },
+            Err(_) => self.unreachable(what, &format!("no answer within {timeout:?}")),
+        };
+        self.rotate().await;
+        Err(unreachable)
     }
 
-    fn describe(&self, what: &str, e: &etcd_client::Error) -> ElectionError {
+    /// The error, and whether it says etcd could not be reached.
+    fn describe(&self, what: &str, e: &etcd_client::Error) -> (ElectionError, bool) {
         use etcd_client::Error as E;
         let unreachable = match e {
             E::TransportError(_) | E::IoError(_) => true,
@@ -94,12 +150,13 @@ impl Store {
             _ => false,
         };
         if unreachable {
-            self.unreachable(what, &e.to_string())
+            (self.unreachable(what, &e.to_string()), true)
         } else {
-            ElectionError(format!(
+            let err = ElectionError(format!(
                 "{what}: etcd at {} answered with an error: {e}; check etcd's log, and that it is version 3.4 or newer",
                 self.endpoints.join(", ")
-            ))
+            ));
+            (err, false)
         }
     }
 

@@ -298,3 +298,31 @@ fn releasing_or_checking_a_lost_lease_leaves_the_new_holders_alone() {
     assert!(b.still_held(&lb).unwrap());
     assert_eq!(b.fence().current(SCOPE).unwrap().map(|l| (l.epoch, l.holder)), Some((lb.epoch, "b".to_string())));
 }
+
+#[test]
+fn an_endpoint_that_refuses_connections_is_passed_over() {
+    let etcd = EtcdServer::start();
+    // A port nothing listens on: connections to it are refused at once,
+    // as to a host whose etcd died.
+    let dead = format!("http://127.0.0.1:{}", cirkel_testkit::free_port());
+    for endpoints in [vec![dead.clone(), etcd.endpoint()], vec![etcd.endpoint(), dead.clone()]] {
+        let cfg = CoordinationConfig { etcd: endpoints, ..config(&etcd.endpoint(), "a") };
+        let fence = Fence::connect(&cfg).expect("one endpoint answers");
+        // Every request gets through, at worst after one failure that moves
+        // the client to another endpoint.
+        let mut failures = 0;
+        for i in 0..20 {
+            match fence.get(SCOPE, "record") {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    assert!(failures <= 2, "request {i}: {e}");
+                }
+            }
+        }
+        let mut election = EtcdElection::connect(&cfg, SCOPE).unwrap();
+        let lease = eventually("the lease", || election.acquire().ok().flatten());
+        assert!(eventually("a check", || election.still_held(&lease).ok()));
+        election.release(lease);
+    }
+}
