@@ -61,6 +61,8 @@ pub struct EtcdElection {
     held: Option<u64>,
     /// The holder seen at the last request.
     holder: Option<String>,
+    /// How long a try to take the lease waits for etcd.
+    acquire_timeout: Duration,
 }
 
 impl std::fmt::Debug for EtcdElection {
@@ -91,6 +93,7 @@ impl EtcdElection {
             )));
         }
         let store = Store::connect(cfg)?;
+        let store_timeout = store.op_timeout;
         let key = store.key(scope, "leader");
         Ok(EtcdElection {
             store,
@@ -101,7 +104,15 @@ impl EtcdElection {
             session: None,
             held: None,
             holder: None,
+            acquire_timeout: store_timeout,
         })
+    }
+
+    /// Bounds each try to take the lease (by default half the TTL): a
+    /// contender that tries every round waits at most this for etcd, and
+    /// tries again at the next round.
+    pub fn set_acquire_timeout(&mut self, timeout: Duration) {
+        self.acquire_timeout = timeout;
     }
 
     /// A fence on the same connection, for the executors acting under
@@ -146,7 +157,7 @@ impl EtcdElection {
         }
         match self.session {
             Some(ref s) => Ok(s),
-            None => Ok(self.session.insert(Session::grant(&self.store, self.ttl).await?)),
+            None => Ok(self.session.insert(Session::grant(&self.store, self.ttl, self.acquire_timeout).await?)),
         }
     }
 
@@ -157,7 +168,7 @@ impl EtcdElection {
             .and_then([TxnOp::put(self.key.clone(), self.node.clone(), Some(PutOptions::new().with_lease(id)))])
             .or_else([TxnOp::get(self.key.clone(), None)]);
         let mut kv = self.store.client().kv_client();
-        let resp = self.store.call("take the leader key", self.store.op_timeout, kv.txn(txn)).await?;
+        let resp = self.store.call("take the leader key", self.acquire_timeout, kv.txn(txn)).await?;
         let alive = self.session.as_ref().is_some_and(Session::alive);
         let lease = if resp.succeeded() {
             // The transaction's revision is the one the key was created at.

@@ -74,10 +74,10 @@ pub(crate) struct Session {
 impl Session {
     /// Grants a lease of `ttl` and starts keeping it alive on the shared
     /// runtime, every third of the TTL.
-    pub(crate) async fn grant(store: &Store, ttl: Duration) -> Result<Session, ElectionError> {
+    pub(crate) async fn grant(store: &Store, ttl: Duration, timeout: Duration) -> Result<Session, ElectionError> {
         let sent = Instant::now();
         let mut lease = store.client().lease_client();
-        let resp = store.call("grant a lease", store.op_timeout, lease.grant(ttl.as_secs() as i64, None)).await?;
+        let resp = store.call("grant a lease", timeout, lease.grant(ttl.as_secs() as i64, None)).await?;
         // etcd may lengthen a short TTL; the shorter of the two is trusted.
         let granted = Duration::from_secs(resp.ttl().max(0) as u64).min(ttl);
         let life = Arc::new(Life { deadline: Mutex::new(sent + granted), lost: AtomicBool::new(false) });

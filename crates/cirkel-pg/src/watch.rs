@@ -103,7 +103,11 @@ pub fn watch(
         None => None,
     };
     let mut election: Box<dyn Leadership> = match (&coord, coordination) {
-        (Some(k), Some(cc)) => Box::new(k.election(cc).map_err(|e| anyhow::anyhow!("{source}: {e}"))?),
+        (Some(k), Some(cc)) => {
+            let mut e = k.election(cc).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+            e.set_acquire_timeout(Duration::from_millis(500).max(c.health.interval / 2));
+            Box::new(e)
+        }
         _ => Box::new(ha::local_lease(state, cluster)),
     };
     let interval = c.health.interval.max(Duration::from_millis(200));
@@ -386,7 +390,7 @@ fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>
         }
         *lease = None;
     }
-    // While etcd does not answer, a try every few seconds: each waits for
+    // While etcd does not answer, a try every other round: each waits for
     // its timeout, and the rounds must go on meanwhile.
     if shared.retry_at.is_some_and(|t| Instant::now() < t) {
         return false;
@@ -408,8 +412,8 @@ fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>
         }
         Err(e) => {
             tracing::warn!("{}: cannot take the lease: {e}", w.source);
-            if let Some(k) = &w.coord {
-                shared.retry_at = Some(Instant::now() + k.ttl);
+            if w.coord.is_some() {
+                shared.retry_at = Some(Instant::now() + w.c.health.interval);
             }
             false
         }
