@@ -308,7 +308,7 @@ impl Drop for EtcdCluster {
 fn json_field(body: &str, name: &str) -> Option<String> {
     let rest = &body[body.find(&format!("\"{name}\":"))? + name.len() + 3..];
     let rest = rest.trim_start().trim_start_matches('"');
-    let end = rest.find(|c: char| c == '"' || c == ',' || c == '}')?;
+    let end = rest.find(['"', ',', '}'])?;
     Some(rest[..end].to_string())
 }
 

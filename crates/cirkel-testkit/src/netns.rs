@@ -110,12 +110,32 @@ fn kill_all_in(ns: &str) {
     }
 }
 
+/// Our veths' bridge-side ends for id `id` in the root namespace.
+fn ports_of(id: u16) -> Vec<String> {
+    let prefix = format!("ckv{id:03x}h");
+    let Ok(text) = ip_cmd(&["-o", "link", "show"]) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
 fn remove_id(id: u16) {
+    remove_id_but_bridge(id);
+    let _ = ip_cmd(&["link", "del", &bridge_name(id)]);
+}
+
+fn remove_id_but_bridge(id: u16) {
     for ns in namespaces_with(&ns_prefix(id)) {
         kill_all_in(&ns);
         let _ = ip_cmd(&["netns", "del", &ns]);
     }
-    let _ = ip_cmd(&["link", "del", &bridge_name(id)]);
+    // A namespace outlives its deletion while anything still refers to it
+    // (a socket, a process); deleting the root-side end removes the veth.
+    for port in ports_of(id) {
+        let _ = ip_cmd(&["link", "del", &port]);
+    }
 }
 
 /// The pid in a bridge's alias, if the bridge is one of ours.
@@ -156,13 +176,10 @@ fn reserve() -> u16 {
         let alias = format!("{ALIAS}{pid}");
         if ip_cmd(&["link", "add", "name", &bridge, "type", "bridge"]).is_ok() {
             ip_ok(&["link", "set", "dev", &bridge, "alias", &alias]);
-            // Namespaces of a run killed after it deleted nothing but
-            // before it deleted its bridge cannot exist (the bridge goes
-            // last), but a half-made earlier run may have left some.
-            for ns in namespaces_with(&ns_prefix(id)) {
-                kill_all_in(&ns);
-                let _ = ip_cmd(&["netns", "del", &ns]);
-            }
+            // The bridge goes last on drop, so nothing of this id should be
+            // left; a run killed half-way through its drop may have left
+            // veths or namespaces all the same.
+            remove_id_but_bridge(id);
             return id;
         }
         if let Some(Some(owner)) = owner_of(&bridge)
@@ -380,6 +397,7 @@ impl Drop for Net {
         for h in &self.hosts {
             kill_all_in(&h.ns);
             let _ = ip_cmd(&["netns", "del", &h.ns]);
+            let _ = ip_cmd(&["link", "del", &h.port]);
         }
         // The bridge last: while it exists, its id stays reserved.
         let _ = ip_cmd(&["link", "del", &self.bridge]);

@@ -80,8 +80,14 @@ fn a_dropped_net_leaves_nothing_and_a_killed_runs_leftovers_are_reclaimed() {
         let net = Net::new(2);
         names = net.hosts().iter().map(|h| h.ns.clone()).collect();
         // A process left running in a namespace is killed with it.
-        net.cmd(0, "sleep").arg("600").spawn().unwrap();
-        assert_eq!(pids_in(&names[0]).len(), 1);
+        let mut sleeper = net.cmd(0, "sleep").arg("600").spawn().unwrap();
+        let start = Instant::now();
+        while pids_in(&names[0]).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10), "sleep did not enter the namespace");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(net);
+        assert!(!sleeper.wait().unwrap().success(), "the process in the namespace was killed");
     }
     for ns in &names {
         assert!(!std::path::Path::new(&format!("/var/run/netns/{ns}")).exists(), "{ns} is left");
