@@ -183,6 +183,15 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Starts the server without waiting and without asserting: a host
+    /// coming back, whose agent may have started it first. Whether pg_ctl
+    /// started it.
+    pub fn try_start_nowait(&mut self) -> bool {
+        let ok = self.pg_ctl_start(&["-W"]).status.success();
+        self.running = true;
+        ok
+    }
+
     /// Starts a restored cluster and waits until recovery is over and it accepts writes.
     pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
         self.start();
@@ -225,6 +234,26 @@ impl PgCluster {
             }
         }
         self.running = false;
+    }
+
+    /// After the postmaster was killed from outside (its whole host died):
+    /// where nothing reaps orphans, a dead postmaster stays a zombie whose
+    /// pid still "exists", and its lock files would keep a new one from
+    /// starting; they are removed then. Whether a postmaster is running.
+    pub fn forget_dead_postmaster(&mut self) -> bool {
+        match self.postmaster_pid() {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) => true,
+            Some(_) => {
+                let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+                let _ = std::fs::remove_file(self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port)));
+                self.running = false;
+                false
+            }
+            None => {
+                self.running = false;
+                false
+            }
+        }
     }
 
     pub fn postmaster_pid(&self) -> Option<u32> {
