@@ -208,8 +208,8 @@ impl Cluster {
 
     fn diagnosis(&self) -> String {
         let mut out = format!("primaries (by socket): {:?}; leader: {:?}\n", self.primaries(), self.leader());
-        for i in 0..3 {
-            out.push_str(&format!("---- events of {} ----\n{}", NODES[i], tail(&self.all_events(i), 60)));
+        for (i, node) in NODES.iter().enumerate() {
+            out.push_str(&format!("---- events of {node} ----\n{}", tail(&self.all_events(i), 60)));
         }
         out
     }
@@ -234,10 +234,10 @@ impl Drop for Cluster {
             self.kill_agent(i);
         }
         if std::thread::panicking() {
-            for i in 0..3 {
+            for (i, node) in NODES.iter().enumerate() {
                 let log = std::fs::read_to_string(self.agent_log(i)).unwrap_or_default();
-                eprintln!("---- agent {} log ----\n{}", NODES[i], tail(&log, 80));
-                eprintln!("---- events of {} ----\n{}", NODES[i], tail(&self.all_events(i), 80));
+                eprintln!("---- agent {node} log ----\n{}", tail(&log, 80));
+                eprintln!("---- events of {node} ----\n{}", tail(&self.all_events(i), 80));
             }
             eprintln!("{}", tail(&self.etcd.logs(), 60));
         }
@@ -637,9 +637,9 @@ fn settle(c: &mut Cluster, manual_starts: &mut u64, timeout: Duration) -> bool {
             return true;
         }
         if start.elapsed() > Duration::from_secs(30) {
-            for i in 0..3 {
-                if !started_by_hand[i] && !c.pg[i].forget_dead_postmaster() {
-                    started_by_hand[i] = true;
+            for (i, by_hand) in started_by_hand.iter_mut().enumerate() {
+                if !*by_hand && !c.pg[i].forget_dead_postmaster() {
+                    *by_hand = true;
                     *manual_starts += 1;
                     c.pg[i].try_start_nowait();
                 }
