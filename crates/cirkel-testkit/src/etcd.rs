@@ -226,6 +226,18 @@ impl EtcdCluster {
         self.wait_until_healthy(m);
     }
 
+    /// Starts the given members again on their data (together: one alone
+    /// may have no quorum) and waits until they answer.
+    pub fn restart_members(&mut self, members: &[usize]) {
+        for &m in members {
+            self.kill(m);
+            self.spawn(m);
+        }
+        for &m in members {
+            self.wait_until_healthy(m);
+        }
+    }
+
     /// Kills every member.
     pub fn kill_all(&mut self) {
         for m in 0..self.hosts.len() {
