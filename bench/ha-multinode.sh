@@ -21,7 +21,8 @@
 # Usage (as root): bash bench/ha-multinode.sh     (RUNS=10)
 # Installs etcd-server, haproxy and iproute2 with apt-get and Patroni into a
 # venv (VENV) when missing. OUT=DIR keeps the reports there; KEEP=1 keeps
-# the data directories. About 20 minutes with RUNS=10.
+# the data directories; CIRKEL_BIN=PATH measures that cirkel binary rather
+# than a fresh release build. About 20 minutes with RUNS=10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
@@ -54,10 +55,14 @@ if ! "$VENV/bin/patroni" --version 2>/dev/null | grep -qx "patroni $PATRONI_VERS
 fi
 chmod -R a+rX "$VENV"
 
-cargo build --release -q -p cirkel
+# CIRKEL_BIN=PATH measures that binary instead of a fresh release build.
+if [ -z "${CIRKEL_BIN:-}" ]; then
+    cargo build --release -q -p cirkel
+    CIRKEL_BIN=target/release/cirkel
+fi
 BIN_DIR=$(mktemp -d /tmp/cirkel-bench-bin.XXXXXX)
 chmod 755 "$BIN_DIR"
-cp target/release/cirkel "$BIN_DIR/cirkel"
+cp "$CIRKEL_BIN" "$BIN_DIR/cirkel"
 chmod 755 "$BIN_DIR/cirkel"
 trap 'rm -rf "$BIN_DIR"' EXIT
 
