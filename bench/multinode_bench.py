@@ -275,9 +275,30 @@ class Pgbench:
         self.p.wait()
 
 
+class Supervised:
+    """Agents restarted a second after they exit, as systemd's
+    Restart=always would (Patroni exits when etcd does not answer at its
+    start); a killed host's agent is not, until the host comes back."""
+
+    def supervise(self):
+        self.down = set()
+        self.restarts = 0
+        self.stop_supervisor = threading.Event()
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _supervise(self):
+        while not self.stop_supervisor.wait(1.0):
+            for i in range(3):
+                a = self.agents[i]
+                if i not in self.down and a is not None and a.poll() is not None:
+                    log(f"   {self.name}: the agent on host {i + 1} exited ({a.returncode}); restarting it")
+                    self.restarts += 1
+                    self.start_agent(i)
+
+
 # ---- cirkel --------------------------------------------------------------
 
-class CirkelSystem:
+class CirkelSystem(Supervised):
     name = "cirkel"
 
     def __init__(self, net, work, binary):
@@ -320,6 +341,7 @@ class CirkelSystem:
         sh(["chown", "-R", "postgres:postgres", work])
         for i in range(3):
             self.start_agent(i)
+        self.supervise()
 
     def own_conf(self, i):
         m = MEMBERS[i]
@@ -367,6 +389,7 @@ class CirkelSystem:
         return True
 
     def kill_host(self, i):
+        self.down.add(i)
         self.net.isolate(i)
         self.net.kill_all(i)
 
@@ -381,6 +404,7 @@ class CirkelSystem:
             pass
         self.pg_start(i)
         self.start_agent(i)
+        self.down.discard(i)
 
     def postmaster_pid(self, i):
         with open(f"{self.work}/{MEMBERS[i]}/data/postmaster.pid") as f:
@@ -403,7 +427,7 @@ class CirkelSystem:
 
 # ---- Patroni -------------------------------------------------------------
 
-class PatroniSystem:
+class PatroniSystem(Supervised):
     def __init__(self, net, work, venv, mode):
         self.net, self.work, self.venv, self.mode = net, work, venv, mode
         self.name = f"patroni-{mode}"
@@ -474,6 +498,7 @@ watchdog:
         wait_for("Patroni to bootstrap a leader", 120, lambda: self.primary() == 0)
         self.start_agent(1)
         self.start_agent(2)
+        self.supervise()
         self.hap = 25000 + os.getpid() % 1000
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(f"global\n    maxconn 200\n\ndefaults\n    mode tcp\n    retries 2\n    timeout connect 4s\n"
@@ -514,6 +539,7 @@ watchdog:
             return False
 
     def kill_host(self, i):
+        self.down.add(i)
         self.net.isolate(i)
         self.net.kill_all(i)
 
@@ -525,6 +551,7 @@ watchdog:
         except FileNotFoundError:
             pass
         self.start_agent(i)
+        self.down.discard(i)
 
     def lost(self, p, seqs):
         out = psql_sock(self.sock(p), "SELECT seq FROM canary") or ""
@@ -532,6 +559,7 @@ watchdog:
         return sum(1 for s in seqs if s not in have)
 
     def close(self):
+        self.stop_supervisor.set()
         self.haproxy.kill()
 
 
@@ -570,7 +598,7 @@ def host_kill_run(sys_, run, out):
     rep = {"system": sys_.name, "kind": "host", "run": run, "killed": MEMBERS[p], "new_primary": MEMBERS[new],
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len(canary.fails), "rejoin_after_restart_s": round(t_ok - t_back, 2),
-           "load1": round(load1, 2)}
+           "agent_restarts": sys_.restarts, "load1": round(load1, 2)}
     emit(rep, out)
 
 
@@ -604,7 +632,8 @@ def postmaster_kill_run(sys_, run, out):
            "new_primary": MEMBERS[new] if new is not None else None, "served_by": new_ip,
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len([f for f in canary.fails if f[0] >= t_kill]),
-           "healed_s": round(time.monotonic() - t0, 2), "started_by_hand": by_hand, "load1": round(load1, 2)}
+           "healed_s": round(time.monotonic() - t0, 2), "started_by_hand": by_hand, "agent_restarts": sys_.restarts,
+           "load1": round(load1, 2)}
     emit(rep, out)
 
 
@@ -652,6 +681,9 @@ def main():
                 for run in range(1, a.runs + 1):
                     postmaster_kill_run(sys_, run, out)
         finally:
+            if sys_ is not None:
+                sys_.stop_supervisor.set()
+                log(f"   {name}: agents restarted after exiting by themselves: {sys_.restarts}")
             if isinstance(sys_, PatroniSystem):
                 sys_.close()
             net.close()
@@ -687,7 +719,12 @@ def summarize(out):
                   f"(target p99 <= 0.33x of Patroni's fastest)")
 
 
+def on_term(*_):
+    raise SystemExit(143)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_term)
     if len(sys.argv) > 1 and sys.argv[1] == "summary":
         summarize(sys.argv[2])
     else:
