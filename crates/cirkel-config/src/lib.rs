@@ -186,6 +186,9 @@ pub struct PgMemberConfig {
     /// Address of this member's Patroni-compatible health endpoints
     /// (`/primary`, `/replica`, …) for HAProxy, e.g. "127.0.0.1:8009".
     pub api_listen: Option<String>,
+    /// The agent (`cirkel serve --node NAME`) on this member's host, which
+    /// starts, stops, fences and rewinds it; with `[coordination]` only.
+    pub node: Option<String>,
 }
 
 impl Default for PostgresConfig {

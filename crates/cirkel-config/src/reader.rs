@@ -310,7 +310,13 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                         priority: m.integer("priority", 0..1_000_001).map(|p| p as u32).unwrap_or(100),
                         pgdata: m.string("pgdata").map(|p| m.cx.resolve(&p)),
                         api_listen: m.string("api_listen"),
+                        node: m.string("node"),
                     };
+                    if let (Some(n), Some(span)) = (&member.node, m.value_span("node"))
+                        && let Err(e) = coordination::check_name(n)
+                    {
+                        m.cx.error(span, &m.key_path("node"), e);
+                    }
                     m.finish();
                     (n, member)
                 })

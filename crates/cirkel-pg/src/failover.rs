@@ -105,7 +105,9 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     // pg_rewind reads the new timeline from the source's control file, which
     // a freshly promoted primary updates only at its next checkpoint.
     PgConn::connect(Some(&member_conninfo(c, p, c.health.timeout)))?.execute("CHECKPOINT")?;
-    if pgdata.join("postmaster.pid").exists() {
+    // A postmaster that was killed leaves its pid file; pg_rewind finishes
+    // its crash recovery itself.
+    if crate::keeper::postmaster_alive(&pgdata) {
         run(Command::new(&pg_ctl).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))?;
     }
     let source = primary_conninfo(c, p, name);

@@ -26,7 +26,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use cirkel_config::PostgresConfig;
+use std::collections::{HashMap, HashSet};
+
+use cirkel_config::{CoordinationConfig, PostgresConfig};
 use cirkel_failover::round::{self, MemberSeen, Observations, PendingSwitchover, RoundState, WatchPolicy};
 use cirkel_failover::{Decision, Leadership, Lease, SyncSet};
 use cirkel_state::control::Reply;
@@ -34,6 +36,7 @@ use cirkel_state::election::acquire_or_stand_by;
 use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
+use crate::coord::{AGENTS, Coord, Heartbeat};
 use crate::ha::{self, Record, SwitchoverRequest};
 use crate::members::{ClusterStatus, probes, role, status};
 use crate::proxy::Router;
@@ -77,36 +80,57 @@ pub fn check_target(c: &PostgresConfig, st: &ClusterStatus, to: &str) -> Result<
 /// (fencing it for every client of the endpoint), the chosen standby is
 /// promoted, the others follow it, and an old primary that comes back is
 /// rewound into a standby. With `proxy_listen` it serves the read-write
-/// endpoint. Only one watcher acts per cluster and state directory.
+/// endpoint. Only one watcher acts per cluster: per state directory alone,
+/// per etcd prefix with `[coordination]`, where every agent serves the
+/// endpoints (following the route the leader publishes) and keeps the
+/// members on its own host (`crate::keeper`).
 pub fn watch(
     cluster: &str,
     c: &PostgresConfig,
     state: &StateDir,
+    coordination: Option<&CoordinationConfig>,
     stop: Arc<AtomicBool>,
     commands: Receiver<Command>,
 ) -> anyhow::Result<()> {
     let source = format!("postgres/{cluster}");
-    let mut election = ha::local_lease(state, cluster);
-    let interval = c.health.interval.max(Duration::from_millis(200));
-    let Some(first) = acquire_or_stand_by(&mut election, state, &source, interval, &stop, || {
-        // Another process acts: pausing only changes the record it reads,
-        // and a switchover is its to make.
-        while let Ok(cmd) = commands.try_recv() {
-            let _ = match cmd {
-                Command::Pause(paused, reply) => reply.send(match ha::set_paused(state, cluster, paused) {
-                    Ok(()) => Reply::Done {
-                        message: format!("cluster {cluster} {}", if paused { "paused" } else { "resumed" }),
-                    },
-                    Err(e) => Reply::Error { message: format!("{e:#}") },
-                }),
-                Command::Switchover(_, reply) => reply.send(Reply::Error {
-                    message: format!("this cirkel serve waits while another acts on {cluster}; ask that one"),
-                }),
-            };
+    let coord = match coordination {
+        Some(cc) => {
+            let quick = (c.health.interval / 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
+            Some(Coord::connect(cc, cluster, quick).map_err(|e| anyhow::anyhow!("{source}: {e}"))?)
         }
-    })?
-    else {
-        return Ok(());
+        None => None,
+    };
+    let mut election: Box<dyn Leadership> = match (&coord, coordination) {
+        (Some(k), Some(cc)) => Box::new(k.election(cc).map_err(|e| anyhow::anyhow!("{source}: {e}"))?),
+        _ => Box::new(ha::local_lease(state, cluster)),
+    };
+    let interval = c.health.interval.max(Duration::from_millis(200));
+    // Alone, a second daemon of the same state directory waits here; with
+    // etcd every agent serves its endpoints and follows the leader.
+    let first = if coord.is_some() {
+        None
+    } else {
+        let waited = acquire_or_stand_by(&mut *election, state, &source, interval, &stop, || {
+            // Another process acts: pausing only changes the record it reads,
+            // and a switchover is its to make.
+            while let Ok(cmd) = commands.try_recv() {
+                let _ = match cmd {
+                    Command::Pause(paused, reply) => reply.send(match ha::set_paused(state, cluster, paused) {
+                        Ok(()) => Reply::Done {
+                            message: format!("cluster {cluster} {}", if paused { "paused" } else { "resumed" }),
+                        },
+                        Err(e) => Reply::Error { message: format!("{e:#}") },
+                    }),
+                    Command::Switchover(_, reply) => reply.send(Reply::Error {
+                        message: format!("this cirkel serve waits while another acts on {cluster}; ask that one"),
+                    }),
+                };
+            }
+        })?;
+        match waited {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
     };
     let mut decider = crate::members::decider(c)?;
     let router = Router::new();
@@ -124,6 +148,11 @@ pub fn watch(
     let view: crate::api::SharedView = Default::default();
     let mut apis = Vec::new();
     for (name, m) in &c.members {
+        // With agents on several hosts, a member's health endpoints are
+        // served on its own host.
+        if coord.as_ref().is_some_and(|k| !k.is_local(c, name)) {
+            continue;
+        }
         if let Some(addr) = &m.api_listen {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the health endpoints of {name}: {e}"))?;
@@ -131,32 +160,70 @@ pub fn watch(
             apis.push(std::thread::spawn(move || crate::api::run(listener, name, view, stop)));
         }
     }
-    let rec = Record::load(state, cluster)?;
-    let mut w = Watch { cluster, c, state, source, router, rec, epoch: first.epoch };
-    let mut lease = Some(first);
+    let keepers = match &coord {
+        Some(k) => crate::keeper::spawn_keepers(c, k, state, &stop)?,
+        None => Vec::new(),
+    };
+    let rec = match &coord {
+        Some(_) => Record::default(),
+        None => Record::load(state, cluster)?,
+    };
+    let epoch = first.as_ref().map_or(0, |l| l.epoch);
+    let mut w = Watch { cluster, c, state, source, router, rec, epoch, coord, published: None, heard: HashMap::new() };
+    let mut lease = first;
     // A switchover scheduled before a restart is still due.
     let mut pending: Option<Pending> = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
     let legacy = crate::members::legacy_pause_flag(state, cluster);
-    if legacy.exists() {
+    if w.coord.is_none() && legacy.exists() {
         w.rec.paused = true;
         w.save();
         let _ = std::fs::remove_file(&legacy);
     }
     let policy = watch_policy(c);
     let mut rounds = RoundState::default();
+    let mut shared = Shared::new();
     let watch_started = Instant::now();
     w.record(
         w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len()))
-            .with(json!({ "epoch": w.epoch })),
+            .with(json!({ "epoch": w.epoch, "node": w.coord.as_ref().map(|k| k.node.clone()) })),
     );
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let st = status(cluster, c);
-        let held = hold(&mut w, &mut election, &mut lease);
+        if let Ok(mut v) = view.lock() {
+            v.status = Some(st.clone());
+            v.seen = Some(Instant::now());
+        }
+        let was_held = lease.is_some();
+        let mut held = hold(&mut w, &mut election, &mut lease, &mut shared);
+        if held && !was_held && w.coord.is_some() {
+            // Taken over from another agent: the record as it left it.
+            match take_over(&mut w, &mut decider, &mut rounds, &mut pending) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!("{}: {e}; the lease is given back", w.source);
+                    if let Some(l) = lease.take() {
+                        election.release(l);
+                    }
+                    held = false;
+                }
+            }
+        }
         if held {
             w.take_commands(&commands, &mut pending);
+        } else {
+            refuse_commands(&w, &commands, election.holder());
         }
-        let obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
+        let mut obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
+        if let Some(k) = &w.coord {
+            shared.heartbeat(k, &st);
+            w.heard = shared.keepers.iter().map(|(m, (_, at))| (m.clone(), *at)).collect();
+            if held {
+                for m in &mut obs.members {
+                    m.gone = shared.gone.contains(&m.name);
+                }
+            }
+        }
         let decided = round::round(&obs, &mut rounds, &mut decider, &policy);
         let mut scene = Scene { st: &st, decider: &mut decider, pending: &mut pending, ro_router: &ro_router };
         let mut alarm = decided.alarm;
@@ -174,10 +241,14 @@ pub fn watch(
             }
             if let Ok(mut v) = view.lock() {
                 v.primary = w.router.target().and(decider.primary().map(str::to_string));
-                v.status = Some(st.clone());
+            }
+        } else if w.coord.is_some() {
+            let routed = shared.follow(&w, &st, &decided.actions);
+            if let Ok(mut v) = view.lock() {
+                v.primary = routed;
             }
         }
-        rest(&mut w, started, &stop, &commands, &mut pending);
+        rest(&mut w, started, &stop, &commands, &mut pending, &decider, held);
     }
     if let Some(l) = lease.take() {
         election.release(l);
@@ -188,7 +259,169 @@ pub fn watch(
     for a in apis {
         let _ = a.join();
     }
+    for k in keepers {
+        let _ = k.join();
+    }
     Ok(())
+}
+
+/// The lease was just taken from another agent: the record is read from
+/// etcd, and the round decides afresh from it, as after a restart.
+fn take_over(
+    w: &mut Watch,
+    decider: &mut cirkel_failover::Decider,
+    rounds: &mut RoundState,
+    pending: &mut Option<Pending>,
+) -> anyhow::Result<()> {
+    let Some(k) = &w.coord else { return Ok(()) };
+    w.rec = k.load_record().map_err(|e| anyhow::anyhow!("cannot read the record: {e}"))?.unwrap_or_default();
+    *decider = crate::members::decider(w.c)?;
+    rounds.take_over();
+    w.published = None;
+    *pending = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
+    Ok(())
+}
+
+/// Commands to an agent that does not lead: answered with who does.
+fn refuse_commands(w: &Watch, commands: &Receiver<Command>, holder: Option<String>) {
+    let Some(k) = &w.coord else { return };
+    let leader = holder.unwrap_or_else(|| "no agent (etcd cannot be reached, or the lease is changing hands)".into());
+    while let Ok(cmd) = commands.try_recv() {
+        let reply = match cmd {
+            Command::Pause(_, r) | Command::Switchover(_, r) => r,
+        };
+        let _ = reply.send(Reply::Error {
+            message: format!(
+                "this agent ({}) does not lead {}: {leader} does; send the command to that agent's cirkel serve",
+                k.node, w.cluster
+            ),
+        });
+    }
+}
+
+/// What an agent keeps between rounds about the others: when it last
+/// heard from each member's keeper, which members are reported gone, and
+/// how long it has had no word from etcd.
+struct Shared {
+    started: chrono::DateTime<Utc>,
+    gone: HashSet<String>,
+    /// The last successful read of the route.
+    route_read: Option<Instant>,
+    /// The endpoint was cut for want of a route; said once.
+    cut: bool,
+    /// etcd did not answer the last try to take the lease: the next one.
+    retry_at: Option<Instant>,
+    /// The primary the last route read named.
+    routed: Option<String>,
+    /// When each member's keeper was last heard from (its report changed).
+    keepers: HashMap<String, (Vec<u8>, Instant)>,
+    /// A failover was refused for want of etcd; said once per outage.
+    refused: bool,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            started: Utc::now(),
+            gone: HashSet::new(),
+            route_read: None,
+            cut: false,
+            retry_at: None,
+            routed: None,
+            refused: false,
+            keepers: HashMap::new(),
+        }
+    }
+
+    /// Writes this agent's heartbeat (for `cirkel status`) and reads the
+    /// cluster's reports (keepers, members gone): a write and a read a round.
+    fn heartbeat(&mut self, k: &Coord, _st: &ClusterStatus) {
+        let beat = Heartbeat {
+            node: k.node.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: self.started,
+            seen: Utc::now(),
+        };
+        let bytes = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = k.quick.put(AGENTS, &format!("agent-{}", k.node), &bytes) {
+            // etcd does not answer: the reads would wait as long again.
+            tracing::debug!("heartbeat: {e}");
+            return;
+        }
+        if let Ok(records) = k.quick.list(&k.scope) {
+            self.gone = records.iter().filter_map(|(name, _)| name.strip_prefix("gone-").map(str::to_string)).collect();
+            for (name, value) in &records {
+                if let Some(member) = name.strip_prefix("keeper-") {
+                    let changed = self.keepers.get(member).is_none_or(|(v, _)| v != value);
+                    if changed {
+                        self.keepers.insert(member.to_string(), (value.clone(), Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An agent that does not lead routes its endpoint where the leader's
+    /// route says. Without word from etcd for `fence_after` it keeps the
+    /// route only while it sees every member (the primary among them, as a
+    /// primary); otherwise it routes nowhere, since the majority may be
+    /// failing over. Returns the member routed to.
+    fn follow(&mut self, w: &Watch, st: &ClusterStatus, actions: &[round::Action]) -> Option<String> {
+        let k = w.coord.as_ref()?;
+        match k.route() {
+            Ok(route) => {
+                self.route_read = Some(Instant::now());
+                self.cut = false;
+                self.refused = false;
+                let route = route?;
+                self.routed = route.primary.clone();
+                let target = route.primary.as_deref().and_then(|m| w.target_of(m));
+                if let Err(stale) = w.router.switch(route.epoch, target) {
+                    tracing::debug!("{}: route refused: {stale}", w.source);
+                }
+                route.primary
+            }
+            Err(e) => {
+                let silent = self.route_read.is_none_or(|t| t.elapsed() >= k.fence_after(w.c));
+                let routed = w.router.target();
+                // The routed primary counted down while nobody can lead.
+                for a in actions {
+                    if let round::Action::Record(ev) = a
+                        && ev.kind == round::EventKind::MemberDown
+                        && let Some((_, m)) = ev.details.iter().find(|(k, _)| *k == "member")
+                        && self.routed.as_deref() == Some(m.as_str())
+                        && !self.refused
+                    {
+                        self.refused = true;
+                        w.record(w.event(
+                            EventKind::FailoverRefused,
+                            format!("primary {m} is down, but no agent can lead while etcd cannot be reached ({e}): no failover until it can"),
+                        ).with(json!({ "member": m })));
+                    }
+                }
+                let primary = st.members.iter().find(|m| {
+                    routed.as_ref().is_some_and(|t| w.target_of(&m.name).as_ref() == Some(t))
+                        && m.role.as_deref() == Some("primary")
+                });
+                let everyone = st.members.iter().all(|m| m.reachable);
+                if silent && !(everyone && primary.is_some()) {
+                    w.router.set(None);
+                    if !self.cut {
+                        self.cut = true;
+                        w.record(w.event(
+                            EventKind::EndpointCut,
+                            format!(
+                                "no route from etcd ({e}) and not every member answers: the endpoint routes nowhere"
+                            ),
+                        ));
+                    }
+                    return None;
+                }
+                primary.map(|m| m.name.clone())
+            }
+        }
+    }
 }
 
 /// The cluster's configuration as the round's rules read it.
@@ -225,6 +458,7 @@ fn observations(
             waits_for_standbys: m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty()),
             replicas: m.replicas.iter().map(|l| l.name.clone()).collect(),
             error: m.error.clone(),
+            gone: false,
         })
         .collect();
     Observations {
@@ -241,13 +475,35 @@ fn observations(
     }
 }
 
-/// Sleeps out the rest of a round, taking commands as they come.
-fn rest(w: &mut Watch, round: Instant, stop: &AtomicBool, commands: &Receiver<Command>, pending: &mut Option<Pending>) {
+/// Sleeps out the rest of a round, taking commands as they come. A leader
+/// with etcd also looks every 100 ms whether the primary's agent reported
+/// its postmaster gone, and starts the next round at once if so.
+fn rest(
+    w: &mut Watch,
+    round: Instant,
+    stop: &AtomicBool,
+    commands: &Receiver<Command>,
+    pending: &mut Option<Pending>,
+    decider: &cirkel_failover::Decider,
+    held: bool,
+) {
     let left = w.c.health.interval.saturating_sub(round.elapsed());
     let until = Instant::now() + left;
+    let mut next_look = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-        w.take_commands(commands, pending);
+        std::thread::sleep(left.min(Duration::from_millis(25)));
+        if held {
+            w.take_commands(commands, pending);
+        }
+        if held
+            && Instant::now() >= next_look
+            && let (Some(k), Some(p)) = (&w.coord, decider.primary())
+        {
+            next_look = Instant::now() + Duration::from_millis(100);
+            if k.gone(p).ok().flatten().is_some() {
+                return;
+            }
+        }
     }
 }
 
@@ -256,7 +512,7 @@ fn rest(w: &mut Watch, round: Instant, stop: &AtomicBool, commands: &Receiver<Co
 /// action at once and cuts this watcher's endpoint (its clients must not
 /// write to a primary another holder may be failing over); the watcher
 /// then tries each round to take a new lease, under a new epoch.
-fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>) -> bool {
+fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>, shared: &mut Shared) -> bool {
     if let Some(l) = lease.as_ref() {
         let why = match election.still_held(l) {
             Ok(true) => return true,
@@ -268,20 +524,40 @@ fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>
             w.cluster, l.epoch
         );
         w.record(w.event(EventKind::LeadershipLost, msg).with(json!({ "epoch": l.epoch })));
-        w.router.set(None);
+        // Alone, the endpoint is cut at once; with etcd it follows the
+        // route the next leader publishes (or is cut for want of one).
+        if w.coord.is_none() {
+            w.router.set(None);
+        } else {
+            shared.route_read = None;
+        }
         *lease = None;
+    }
+    // While etcd does not answer, a try every few seconds: each waits for
+    // its timeout, and the rounds must go on meanwhile.
+    if shared.retry_at.is_some_and(|t| Instant::now() < t) {
+        return false;
     }
     match election.acquire() {
         Ok(Some(l)) => {
             w.epoch = l.epoch;
-            let msg = format!("this cirkel serve acts on {} again (lease epoch {})", w.cluster, l.epoch);
+            let msg = match &w.coord {
+                Some(k) => format!("agent {} leads {} (lease epoch {})", k.node, w.cluster, l.epoch),
+                None => format!("this cirkel serve acts on {} again (lease epoch {})", w.cluster, l.epoch),
+            };
             w.record(w.event(EventKind::LeadershipAcquired, msg).with(json!({ "epoch": l.epoch })));
             *lease = Some(l);
             true
         }
-        Ok(None) => false,
+        Ok(None) => {
+            shared.retry_at = None;
+            false
+        }
         Err(e) => {
             tracing::warn!("{}: cannot take the lease: {e}", w.source);
+            if let Some(k) = &w.coord {
+                shared.retry_at = Some(Instant::now() + k.ttl);
+            }
             false
         }
     }
@@ -312,6 +588,9 @@ pub fn switchover_now(
         router: Router::new(),
         rec: Record::load(state, cluster)?,
         epoch: lease.epoch,
+        coord: None,
+        published: None,
+        heard: HashMap::new(),
     };
     let st = status(cluster, c);
     decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, st.primary.as_deref()), k: 1 }));
@@ -362,10 +641,13 @@ mod tests {
             router: Router::new(),
             rec: Record::default(),
             epoch,
+            coord: None,
+            published: None,
+            heard: HashMap::new(),
         };
         let mut wa = watch(la.epoch);
         let mut lease = Some(la.clone());
-        assert!(hold(&mut wa, &mut a, &mut lease), "the holder acts");
+        assert!(hold(&mut wa, &mut a, &mut lease, &mut Shared::new()), "the holder acts");
         wa.admit("failover").expect("its epoch is the newest");
         wa.route(wa.target_of("a"));
         assert!(wa.router.target().is_some());
@@ -373,7 +655,7 @@ mod tests {
         let lb = election.hand_to("b");
         let mut wb = watch(lb.epoch);
         let mut lease_b = Some(lb);
-        assert!(hold(&mut wb, &mut b, &mut lease_b));
+        assert!(hold(&mut wb, &mut b, &mut lease_b, &mut Shared::new()));
         wb.admit("failover").unwrap();
         assert_eq!(Record::load(&state, "main").unwrap().epoch, election.epoch());
         // a, before its next check, would promote: refused, and recorded.
@@ -381,15 +663,15 @@ mod tests {
         assert!(kinds(&state).contains(&"stale-epoch".to_string()));
         // At its next round a sees the lease lost, cuts its endpoint and
         // does not act while b holds it.
-        assert!(!hold(&mut wa, &mut a, &mut lease));
+        assert!(!hold(&mut wa, &mut a, &mut lease, &mut Shared::new()));
         assert!(lease.is_none());
         assert_eq!(wa.router.target(), None);
         assert!(kinds(&state).contains(&"leadership-lost".to_string()));
-        assert!(!hold(&mut wa, &mut a, &mut lease), "b still holds it");
+        assert!(!hold(&mut wa, &mut a, &mut lease, &mut Shared::new()), "b still holds it");
         // Revoked from b, it is a's again under a newer epoch.
         election.revoke();
-        assert!(hold(&mut wa, &mut a, &mut lease));
-        assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
+        assert!(hold(&mut wa, &mut a, &mut lease, &mut Shared::new()));
+        assert!(!hold(&mut wb, &mut b, &mut lease_b, &mut Shared::new()), "b sees it lost, and a holds it");
         assert!(wa.epoch > la.epoch);
         wa.admit("failover").expect("a newer epoch acts again");
     }
@@ -487,6 +769,9 @@ mod tests {
                 router: Router::new(),
                 rec: Record::default(),
                 epoch,
+                coord: None,
+                published: None,
+                heard: HashMap::new(),
             }
         }
 

@@ -110,6 +110,8 @@ pub struct Runner {
     pub global: Vec<String>,
     pub state: StateDir,
     pub clock: Arc<dyn Clock>,
+    /// Jobs run only while this daemon leads (always, on its own).
+    pub leading: crate::lead::Leading,
 }
 
 impl Runner {
@@ -120,7 +122,13 @@ impl Runner {
             &job.schedule,
             self.clock.as_ref(),
             stop,
-            |_| self.run_job(job),
+            |_| {
+                if self.leading.now() {
+                    self.run_job(job);
+                } else {
+                    tracing::info!("{}: another agent leads and runs it", job.name);
+                }
+            },
             |slots| {
                 let list: Vec<String> = slots.iter().map(|t| t.to_rfc3339()).collect();
                 let event = Event::new(

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod http;
 pub mod jobs;
+pub mod lead;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

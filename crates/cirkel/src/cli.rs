@@ -96,12 +96,22 @@ pub enum Command {
     /// The daemon: watch every configured PostgreSQL cluster and Redis group (failing them over),
     /// run the backup schedules (with their copies and retention) and WAL streaming, run the
     /// health checks, serve /metrics, evaluate the alarms and send the notifications, until
-    /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules).
-    Serve,
+    /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules). With [coordination], run one agent
+    /// per host (`--node NAME`): the agents elect a leader through etcd, and each manages the members
+    /// whose `node` names it.
+    Serve(ServeArgs),
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
     WalFetch(WalFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This agent's name, as the members' `node` and the other agents know it (overrides
+    /// [coordination] node; needs [coordination]).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Args)]

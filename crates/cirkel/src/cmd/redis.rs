@@ -281,7 +281,7 @@ fn watch(global: &Global, a: &GroupArg) -> anyhow::Result<ExitCode> {
     if !global.quiet && !global.json {
         eprintln!("watching redis group `{}`; events go to {}", g.name, state.root().display());
     }
-    cirkel_redis::watch::watch(&g, &state, stop)?;
+    cirkel_redis::watch::watch(&g, &state, cfg.coordination.as_ref(), stop)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -324,14 +324,38 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         let _ = cirkel_pg::members::check_archiving(&c, &mut st);
         postgres.push(st);
     }
+    // With agents on several hosts: every agent, and who leads what.
+    let coordination = cfg.coordination.as_ref().map(|cc| {
+        let mut scopes = vec![cirkel_server::lead::SCOPE.to_string()];
+        scopes.extend(pg_names.iter().map(|n| cirkel_pg::coord::Coord::scope_of(n)));
+        scopes.extend(cfg.redis.keys().map(|n| format!("redis-{n}")));
+        cirkel_pg::coord::overview(cc, &scopes).map_err(|e| e.to_string())
+    });
+    let coordination_ok = match &coordination {
+        Some(Ok(o)) => o.agents.iter().all(|a| a.alive) && o.leaders.iter().all(|l| l.holder.is_some()),
+        Some(Err(_)) => false,
+        None => true,
+    };
     let healthy = redis.iter().all(|s| s.healthy)
         && postgres.iter().all(|s| s.healthy)
-        && published.iter().all(|c| c.state != "down");
+        && published.iter().all(|c| c.state != "down")
+        && coordination_ok;
     if global.json {
+        let coordination = match &coordination {
+            Some(Ok(o)) => json!(o),
+            Some(Err(e)) => json!({ "error": e }),
+            None => json!(null),
+        };
         print_json(&json!({
             "healthy": healthy, "redis": redis, "postgres": postgres, "checks": published, "checks_warning": stale,
+            "coordination": coordination,
         }));
     } else {
+        match &coordination {
+            Some(Ok(o)) => print_coordination(o),
+            Some(Err(e)) => println!("coordination: UNREACHABLE: {e}"),
+            None => {}
+        }
         if show_checks {
             if let Some(w) = &stale {
                 eprintln!("warning: checks: {w}");
@@ -346,6 +370,43 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_coordination(o: &cirkel_pg::coord::Overview) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["Agent", "State", "Last heard", "Pid", "Version", "Leads"]);
+    for a in &o.agents {
+        let h = &a.heartbeat;
+        let leads: Vec<String> = o
+            .leaders
+            .iter()
+            .filter(|l| l.holder.as_deref() == Some(h.node.as_str()))
+            .map(|l| format!("{} (token {})", l.scope, l.epoch.unwrap_or(0)))
+            .collect();
+        t.add_row([
+            h.node.clone(),
+            if a.alive { "alive" } else { "SILENT" }.to_string(),
+            format!("{:.1} s ago", a.age_s),
+            h.pid.to_string(),
+            h.version.clone(),
+            leads.join(", "),
+        ]);
+    }
+    println!("{t}");
+    for l in &o.leaders {
+        if l.holder.is_none() {
+            println!("  {}: NO LEADER", l.scope);
+        }
+        if let Some(r) = &l.route {
+            println!(
+                "  {}: endpoints route to {} (token {})",
+                l.scope,
+                r.primary.as_deref().unwrap_or("nobody"),
+                r.epoch
+            );
+        }
+    }
 }
 
 fn print_pg_status(s: &cirkel_pg::members::ClusterStatus) {
