@@ -539,6 +539,15 @@ fn etcd_down_with_healthy_members_changes_nothing_and_a_failover_then_is_refused
 struct Rng(u64);
 
 impl Rng {
+    /// Spreads a small seed over the state first (splitmix64), so that
+    /// nearby seeds give unrelated sequences.
+    fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -710,8 +719,11 @@ fn nemesis_kills_pauses_and_partitions_without_two_primaries_or_lost_commits() {
     let rounds: usize = std::env::var("CIRKEL_NEMESIS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let seed: u64 = std::env::var("CIRKEL_NEMESIS_SEED").ok().and_then(|r| r.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    }) | 1;
-    let mut rng = Rng(seed);
+    });
+    let mut rng = Rng::new(seed);
+    // Every fault comes once in each run of seven rounds, in an order of
+    // its own: a short run still sees different faults.
+    let mut order: Vec<u64> = Vec::new();
     let mut c = Cluster::start(Options { synchronous: true });
     c.wait_for("a synchronous standby", Duration::from_secs(60), |c| {
         c.pg[0].try_sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')").as_deref()
@@ -731,7 +743,13 @@ fn nemesis_kills_pauses_and_partitions_without_two_primaries_or_lost_commits() {
     for round in 1..=rounds {
         let primary = sole_primary(&c).unwrap_or(0);
         let leader = c.leader().unwrap_or(primary);
-        let fault = match rng.below(7) {
+        if order.is_empty() {
+            order = (0..7).collect();
+            for k in (1..order.len()).rev() {
+                order.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+        }
+        let fault = match order.pop().unwrap_or(0) {
             0 => {
                 c.kill_host(primary);
                 sleep(rng.secs(10, 20));
