@@ -424,6 +424,35 @@ class CirkelSystem(Supervised):
         have = {int(x) for x in out.split()}
         return sum(1 for s in seqs if s not in have)
 
+    def repair(self):
+        """Clones afresh every member that does not stream from the primary
+        (its agent stopped meanwhile), as an operator would; the members
+        repaired."""
+        p = self.primary()
+        if p is None:
+            return []
+        out = psql_sock(self.sock(p), "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+        streaming = set((out or "").split())
+        repaired = []
+        for i, m in enumerate(MEMBERS):
+            if i == p or m in streaming:
+                continue
+            self.down.add(i)
+            self.agents[i].kill()
+            self.agents[i].wait()
+            sh(self.net.cmd(i, AS_PG + [f"{PGBIN}/pg_ctl", "-D", f"{self.work}/{m}/data", "-m", "immediate",
+                                        "stop"]), check=False)
+            subprocess.run(["rm", "-rf", f"{self.work}/{m}/data"])
+            sh(self.net.cmd(i, AS_PG + [f"{PGBIN}/pg_basebackup", "-D", f"{self.work}/{m}/data", "-R", "-X",
+                                        "stream", "-c", "fast", "-d",
+                                        f"host={self.net.ip(p)} port=5432 user=postgres application_name={m}"]))
+            self.own_conf(i)
+            self.pg_start(i, wait=True)
+            self.start_agent(i)
+            self.down.discard(i)
+            repaired.append(m)
+        return repaired
+
 
 # ---- Patroni -------------------------------------------------------------
 
@@ -563,6 +592,20 @@ watchdog:
         self.haproxy.kill()
 
 
+def heal_or_repair(sys_, timeout):
+    """Waits until the cluster is healthy; if it is not within `timeout`,
+    the members that do not stream are cloned afresh (logged and reported:
+    the system did not heal by itself). The time, and what was repaired."""
+    try:
+        return wait_for("the cluster to heal", timeout, sys_.healthy), []
+    except RuntimeError:
+        if not hasattr(sys_, "repair"):
+            raise
+        repaired = sys_.repair()
+        log(f"   {sys_.name} did not heal within {timeout} s; cloned afresh: {repaired}")
+        return wait_for("the cluster to heal after a repair", 180, sys_.healthy), repaired
+
+
 def wait_for(what, timeout, f):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -594,10 +637,11 @@ def host_kill_run(sys_, run, out):
     lost = sys_.lost(new, seqs)
     t_back = time.monotonic()
     sys_.revive_host(p)
-    t_ok = wait_for("the revived host to rejoin", 300, sys_.healthy)
+    t_ok, repaired = heal_or_repair(sys_, 120)
     rep = {"system": sys_.name, "kind": "host", "run": run, "killed": MEMBERS[p], "new_primary": MEMBERS[new],
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
-           "failed_attempts": len(canary.fails), "rejoin_after_restart_s": round(t_ok - t_back, 2),
+           "failed_attempts": len(canary.fails),
+           "rejoin_after_restart_s": round(t_ok - t_back, 2) if not repaired else None, "repaired": repaired,
            "agent_restarts": sys_.restarts, "load1": round(load1, 2)}
     emit(rep, out)
 
@@ -623,16 +667,17 @@ def postmaster_kill_run(sys_, run, out):
     lost = sys_.lost(new, seqs) if new is not None else None
     t0 = time.monotonic()
     by_hand = False
+    repaired = []
     try:
         wait_for("the cluster to heal", 60, sys_.healthy)
     except RuntimeError:
         by_hand = sys_.start_if_down(p)
-        wait_for("the cluster to heal", 240, sys_.healthy)
+        _, repaired = heal_or_repair(sys_, 120)
     rep = {"system": sys_.name, "kind": "postmaster", "run": run, "killed": MEMBERS[p],
            "new_primary": MEMBERS[new] if new is not None else None, "served_by": new_ip,
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len([f for f in canary.fails if f[0] >= t_kill]),
-           "healed_s": round(time.monotonic() - t0, 2), "started_by_hand": by_hand, "agent_restarts": sys_.restarts,
+           "healed_s": round(time.monotonic() - t0, 2), "started_by_hand": by_hand, "repaired": repaired, "agent_restarts": sys_.restarts,
            "load1": round(load1, 2)}
     emit(rep, out)
 
@@ -710,8 +755,11 @@ def summarize(out):
         lost = sum(r["writes_lost"] or 0 for r in rs)
         acked = sum(r["writes_acknowledged"] for r in rs)
         rej = [r.get("rejoin_after_restart_s") or r.get("healed_s") for r in rs]
+        rej = [x for x in rej if x is not None] or [float("nan")]
+        repaired = sum(1 for r in rs if r.get("repaired"))
         print(f"| {system} | {'whole host killed' if kind == 'host' else 'postmaster killed, agent alive'} | "
-              f"{len(rs)} | {med:.2f} s | {p99:.2f} s | {lost} of {acked} | {statistics.median(rej):.1f} s |")
+              f"{len(rs)} | {med:.2f} s | {p99:.2f} s | {lost} of {acked} | {statistics.median(rej):.1f} s "
+              f"({repaired} needed a fresh clone) |")
     c = stats.get(("cirkel", "host"))
     for (system, kind), (med, p99) in stats.items():
         if system.startswith("patroni") and c:
