@@ -791,10 +791,14 @@ fn nemesis_kills_pauses_and_partitions_without_two_primaries_or_lost_commits() {
             }
         };
         *faults.entry(fault).or_default() += 1;
+        // Who took writes when the fault ended (before healing): shows
+        // whether the fault was failed over, not only survived.
+        let during = c.primaries().iter().map(|&p| MEMBERS[p]).collect::<Vec<_>>().join(",");
         let t = Instant::now();
         let settled = settle(&mut c, &mut manual_starts, Duration::from_secs(180));
         log.push(format!(
-            "round {round}: {fault} (primary {}, leader {}) settled={settled} in {:.1} s, primary now {:?}",
+            "round {round}: {fault} (primary {}, leader {}); primaries as it ended [{during}]; \
+             settled={settled} in {:.1} s, primary now {:?}",
             MEMBERS[primary],
             NODES[leader],
             t.elapsed().as_secs_f64(),
