@@ -625,6 +625,7 @@ def host_kill_run(sys_, run, out):
     time.sleep(2)
     load1 = os.getloadavg()[0]
     t_kill = time.monotonic()
+    killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
     sys_.kill_host(p)
     try:
         wait_for("20 acknowledgements from a new primary", 180, lambda: canary.acked_after(t_kill, 20, old_ip))
@@ -638,7 +639,7 @@ def host_kill_run(sys_, run, out):
     t_back = time.monotonic()
     sys_.revive_host(p)
     t_ok, repaired = heal_or_repair(sys_, 120)
-    rep = {"system": sys_.name, "kind": "host", "run": run, "killed": MEMBERS[p], "new_primary": MEMBERS[new],
+    rep = {"system": sys_.name, "kind": "host", "run": run, "killed_at_utc": killed_at, "killed": MEMBERS[p], "new_primary": MEMBERS[new],
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len(canary.fails),
            "rejoin_after_restart_s": round(t_ok - t_back, 2) if not repaired else None, "repaired": repaired,
@@ -654,6 +655,7 @@ def postmaster_kill_run(sys_, run, out):
     time.sleep(2)
     load1 = os.getloadavg()[0]
     t_kill = time.monotonic()
+    killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
     os.kill(sys_.postmaster_pid(p), signal.SIGKILL)
     try:
         wait_for("acknowledgements after the kill", 180,
@@ -673,7 +675,7 @@ def postmaster_kill_run(sys_, run, out):
     except RuntimeError:
         by_hand = sys_.start_if_down(p)
         _, repaired = heal_or_repair(sys_, 120)
-    rep = {"system": sys_.name, "kind": "postmaster", "run": run, "killed": MEMBERS[p],
+    rep = {"system": sys_.name, "kind": "postmaster", "run": run, "killed_at_utc": killed_at, "killed": MEMBERS[p],
            "new_primary": MEMBERS[new] if new is not None else None, "served_by": new_ip,
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len([f for f in canary.fails if f[0] >= t_kill]),
