@@ -44,6 +44,27 @@ pub struct Route {
     pub epoch: u64,
     /// The agent that wrote it.
     pub leader: String,
+    /// A planned switchover under way: the old primary's agent stops it
+    /// cleanly (rather than at once, as for a failover) and answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A planned switchover from a primary on another host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub id: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// The old primary's agent's answer to a [`Handoff`] (`handoff-ID`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffDone {
+    /// Its shutdown checkpoint, once stopped cleanly.
+    pub final_lsn: Option<String>,
+    pub error: Option<String>,
+    pub stopped: DateTime<Utc>,
 }
 
 /// A member's postmaster seen gone by the agent on its host.
@@ -109,7 +130,18 @@ impl Coord {
     }
 
     pub fn publish_route(&self, epoch: u64, primary: Option<&str>) -> Result<(), FenceError> {
-        let route = Route { primary: primary.map(str::to_string), epoch, leader: self.node.clone() };
+        self.publish_handoff(epoch, primary, None)
+    }
+
+    /// Publishes the route, with a switchover under way or not.
+    pub fn publish_handoff(
+        &self,
+        epoch: u64,
+        primary: Option<&str>,
+        handoff: Option<&Handoff>,
+    ) -> Result<(), FenceError> {
+        let route =
+            Route { primary: primary.map(str::to_string), epoch, leader: self.node.clone(), handoff: handoff.cloned() };
         let bytes = serde_json::to_vec(&route).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
         self.fence.put_if_epoch(&self.scope, epoch, "route", &bytes)
     }
@@ -122,6 +154,14 @@ impl Coord {
                 .map(Some)
                 .map_err(|e| ElectionError(format!("the route of {} in etcd is damaged: {e}", self.scope))),
         }
+    }
+
+    pub fn handoff_done(&self, id: &str) -> Result<Option<HandoffDone>, ElectionError> {
+        Ok(self.quick.get(&self.scope, &format!("handoff-{id}"))?.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    pub fn answer_handoff(&self, id: &str, done: &HandoffDone) -> Result<(), ElectionError> {
+        self.fence.put(&self.scope, &format!("handoff-{id}"), &serde_json::to_vec(done).unwrap_or_default())
     }
 
     pub fn gone(&self, member: &str) -> Result<Option<Gone>, ElectionError> {

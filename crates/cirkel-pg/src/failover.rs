@@ -209,9 +209,42 @@ pub struct Switched {
     pub final_lsn: String,
 }
 
+/// Waits until the standby `new` (connected as `standby`) has replayed
+/// past the old primary's shutdown checkpoint at `end` (`final_lsn`), then
+/// promotes it: no acknowledged commit of `old` is left behind.
+pub fn promote_past(
+    c: &PostgresConfig,
+    standby: &PgConn,
+    new: &str,
+    old: &str,
+    final_lsn: &str,
+    end: u64,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replayed = standby
+            .query_one("SELECT pg_last_wal_replay_lsn()::text")
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|l| crate::conn::parse_lsn(&l));
+        if replayed.is_some_and(|r| r > end) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{new} did not replay {old}'s shutdown checkpoint at {final_lsn} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if c.synchronous {
+        crate::ha::set_sync_names(c, new, "")?;
+    }
+    promote(c, new)
+}
+
 /// The location of the last checkpoint of a stopped data directory, from
 /// `pg_controldata`, which must say it was shut down cleanly.
-fn shutdown_checkpoint(c: &PostgresConfig, pgdata: &Path) -> anyhow::Result<(String, u64)> {
+pub fn shutdown_checkpoint(c: &PostgresConfig, pgdata: &Path) -> anyhow::Result<(String, u64)> {
     let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
     let out = run(Command::new(bindir.join("pg_controldata")).arg("-D").arg(pgdata))?;
     let field = |name: &str| {
@@ -275,29 +308,7 @@ pub fn switchover(
         Ok(v) => v,
         Err(e) => return Err(rollback(e)),
     };
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let replayed = standby
-            .query_one("SELECT pg_last_wal_replay_lsn()::text")
-            .ok()
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|l| crate::conn::parse_lsn(&l));
-        if replayed.is_some_and(|r| r > end) {
-            break;
-        }
-        if Instant::now() > until {
-            return Err(rollback(anyhow::anyhow!(
-                "{new} did not replay {old}'s shutdown checkpoint at {final_lsn} within 30 s"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if c.synchronous
-        && let Err(e) = crate::ha::set_sync_names(c, new, "")
-    {
-        return Err(rollback(e));
-    }
-    if let Err(e) = promote(c, new) {
+    if let Err(e) = promote_past(c, &standby, new, old, &final_lsn, end) {
         return Err(rollback(e));
     }
     let promoted = chrono::Utc::now();

@@ -103,6 +103,8 @@ pub struct Keeper {
     rejoin_failed: Option<String>,
     /// Whether every other member answered, and when that was asked.
     probed: Option<(Instant, bool)>,
+    /// The last switchover this keeper stopped its primary for.
+    handed_off: Option<String>,
 }
 
 impl Keeper {
@@ -129,6 +131,7 @@ impl Keeper {
             next_check: Instant::now(),
             rejoin_failed: None,
             probed: None,
+            handed_off: None,
         })
     }
 
@@ -270,12 +273,63 @@ impl Keeper {
             }
             return;
         }
+        if let Some(h) = self.route.as_ref().and_then(|r| r.handoff.clone())
+            && h.old == me
+            && r_primary_is_none(self.route.as_ref())
+        {
+            self.hand_off(&h);
+            return;
+        }
         match self.route.as_ref().map(|r| r.primary.clone()) {
             // Never routed yet: the leader has not decided anything.
             None => {}
             Some(None) => self.stop(format!("the leader is failing over away from {me}")),
             Some(Some(p)) if p != me => self.rejoin_soon(&p),
             Some(Some(_)) => {}
+        }
+    }
+
+    /// A planned switchover away from this primary: a clean stop, so that
+    /// its shutdown checkpoint reaches the standbys, and the answer the
+    /// leader waits for (once per switchover).
+    fn hand_off(&mut self, h: &crate::coord::Handoff) {
+        if self.handed_off.as_deref() == Some(h.id.as_str()) {
+            return;
+        }
+        self.handed_off = Some(h.id.clone());
+        let bindir = self.c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
+        let out = std::process::Command::new(bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .output();
+        let stopped = Utc::now();
+        let answer = match out {
+            Ok(o) if o.status.success() => {
+                self.fenced = true;
+                match failover::shutdown_checkpoint(&self.c, &self.pgdata) {
+                    Ok((lsn, _)) => crate::coord::HandoffDone { final_lsn: Some(lsn), error: None, stopped },
+                    Err(e) => crate::coord::HandoffDone { final_lsn: None, error: Some(format!("{e:#}")), stopped },
+                }
+            }
+            Ok(o) => crate::coord::HandoffDone {
+                final_lsn: None,
+                error: Some(format!("pg_ctl stop: {}", String::from_utf8_lossy(&o.stderr).trim())),
+                stopped,
+            },
+            Err(e) => crate::coord::HandoffDone { final_lsn: None, error: Some(format!("pg_ctl: {e}")), stopped },
+        };
+        self.record(
+            EventKind::HandedOff,
+            format!(
+                "stopped primary {} cleanly for a switchover to {}: {}",
+                self.member,
+                h.new,
+                answer.final_lsn.as_deref().or(answer.error.as_deref()).unwrap_or("")
+            ),
+        );
+        if let Err(e) = self.coord.answer_handoff(&h.id, &answer) {
+            tracing::error!("{}: cannot answer the switchover: {e}", self.source);
         }
     }
 
@@ -397,4 +451,8 @@ pub fn spawn_keepers(
         threads.push(std::thread::Builder::new().name(format!("keep-{name}")).spawn(move || k.run(&stop))?);
     }
     Ok(threads)
+}
+
+fn r_primary_is_none(route: Option<&Route>) -> bool {
+    route.is_some_and(|r| r.primary.is_none())
 }

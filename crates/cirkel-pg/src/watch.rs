@@ -212,12 +212,15 @@ pub fn watch(
         if held {
             w.take_commands(&commands, &mut pending);
         } else {
-            refuse_commands(&w, &commands, election.holder());
+            forward_commands(&w, &commands, election.holder());
         }
         let mut obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
         if let Some(k) = &w.coord {
             shared.heartbeat(k, &st);
             w.heard = shared.keepers.iter().map(|(m, (_, at))| (m.clone(), *at)).collect();
+            if held {
+                take_requests(&mut w, &mut shared, &mut pending);
+            }
             if held {
                 for m in &mut obs.members {
                     m.gone = shared.gone.contains(&m.name);
@@ -282,20 +285,83 @@ fn take_over(
     Ok(())
 }
 
-/// Commands to an agent that does not lead: answered with who does.
-fn refuse_commands(w: &Watch, commands: &Receiver<Command>, holder: Option<String>) {
+/// Commands to an agent that does not lead are handed to the leader
+/// through etcd (`request-switchover`, `request-pause`); a switchover's
+/// caller is answered with the outcome the leader writes back.
+fn forward_commands(w: &Watch, commands: &Receiver<Command>, holder: Option<String>) {
     let Some(k) = &w.coord else { return };
-    let leader = holder.unwrap_or_else(|| "no agent (etcd cannot be reached, or the lease is changing hands)".into());
+    let leader = holder.unwrap_or_else(|| "the next leader".into());
     while let Ok(cmd) = commands.try_recv() {
-        let reply = match cmd {
-            Command::Pause(_, r) | Command::Switchover(_, r) => r,
-        };
-        let _ = reply.send(Reply::Error {
-            message: format!(
-                "this agent ({}) does not lead {}: {leader} does; send the command to that agent's cirkel serve",
-                k.node, w.cluster
-            ),
-        });
+        match cmd {
+            Command::Pause(paused, reply) => {
+                let body = json!({ "paused": paused }).to_string();
+                let _ = reply.send(match k.quick.put(&k.scope, "request-pause", body.as_bytes()) {
+                    Ok(()) => Reply::Done {
+                        message: format!(
+                            "asked {leader}, which leads {}, to {} it",
+                            w.cluster,
+                            if paused { "pause" } else { "resume" }
+                        ),
+                    },
+                    Err(e) => Reply::Error { message: format!("cannot reach the leader through etcd: {e}") },
+                });
+            }
+            Command::Switchover(req, reply) => {
+                let body = serde_json::to_vec(&req).unwrap_or_default();
+                if let Err(e) = k.quick.put(&k.scope, "request-switchover", &body) {
+                    let _ = reply.send(Reply::Error { message: format!("cannot reach the leader through etcd: {e}") });
+                    continue;
+                }
+                if let Some(at) = req.at.filter(|t| *t > Utc::now()) {
+                    let _ = reply.send(Reply::Scheduled { at });
+                    continue;
+                }
+                // The outcome comes back through etcd; waited for aside.
+                let (k, id) = (k.clone(), req.id.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(180);
+                    let name = format!("outcome-{id}");
+                    while Instant::now() < until {
+                        if let Ok(Some(bytes)) = k.quick.get(&k.scope, &name)
+                            && let Ok(event) = serde_json::from_slice::<Event>(&bytes)
+                        {
+                            let _ = k.fence.delete(&k.scope, &name);
+                            let _ = reply.send(Reply::Outcome { event });
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let _ = reply.send(Reply::Error {
+                        message: "the leader did not report the switchover's outcome within 180 s; see `cirkel status`"
+                            .into(),
+                    });
+                });
+            }
+        }
+    }
+}
+
+/// Requests other agents handed over through etcd, taken by the leader:
+/// a pause or resume is applied, a switchover waits like one asked here.
+fn take_requests(w: &mut Watch, shared: &mut Shared, pending: &mut Option<Pending>) {
+    let Some(k) = w.coord.clone() else { return };
+    if let Some(body) = shared.requests.remove("request-pause") {
+        let _ = k.fence.delete(&k.scope, "request-pause");
+        if let Some(paused) =
+            serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["paused"].as_bool())
+        {
+            let _ = w.set_paused(paused);
+        }
+    }
+    if let Some(body) = shared.requests.remove("request-switchover") {
+        let _ = k.fence.delete(&k.scope, "request-switchover");
+        if let Ok(req) = serde_json::from_slice::<SwitchoverRequest>(&body) {
+            if req.at.is_some_and(|t| t > Utc::now()) {
+                w.rec.scheduled = Some(req.clone());
+                w.save();
+            }
+            *pending = Some(Pending { req, reply: None });
+        }
     }
 }
 
@@ -313,6 +379,8 @@ struct Shared {
     retry_at: Option<Instant>,
     /// The primary the last route read named.
     routed: Option<String>,
+    /// Requests from agents that do not lead, as last read.
+    requests: HashMap<String, Vec<u8>>,
     /// When each member's keeper was last heard from (its report changed).
     keepers: HashMap<String, (Vec<u8>, Instant)>,
     /// A failover was refused for want of etcd; said once per outage.
@@ -330,6 +398,7 @@ impl Shared {
             routed: None,
             refused: false,
             keepers: HashMap::new(),
+            requests: HashMap::new(),
         }
     }
 
@@ -351,6 +420,7 @@ impl Shared {
         }
         if let Ok(records) = k.quick.list(&k.scope) {
             self.gone = records.iter().filter_map(|(name, _)| name.strip_prefix("gone-").map(str::to_string)).collect();
+            self.requests = records.iter().filter(|(name, _)| name.starts_with("request-")).cloned().collect();
             for (name, value) in &records {
                 if let Some(member) = name.strip_prefix("keeper-") {
                     let changed = self.keepers.get(member).is_none_or(|(v, _)| v != value);

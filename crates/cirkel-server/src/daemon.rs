@@ -114,6 +114,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             em.observe(e, &metrics);
         }
     }
+    // A drill killed in the middle left its fault: undone before anything
+    // watches the cluster it broke.
+    crate::guard::undo_drill_leftover(&state, &cfg.postgres);
     let jobs_now = jobs(&cfg)?;
     let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();

@@ -3,6 +3,7 @@
 //! the events they publish.
 
 pub mod daemon;
+pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod lead;

@@ -31,6 +31,7 @@ pub struct Notify {
     pub counters: Arc<Counters>,
     /// Alerts are made and escalated only while this daemon leads.
     pub leading: crate::lead::Leading,
+    pub state: StateDir,
 }
 
 impl Notify {
@@ -49,7 +50,7 @@ impl Notify {
         let counters = Arc::new(Counters::new(settings.receivers.iter().map(|r| r.name.as_str())));
         let mut notifier = Notifier::new(store, receivers);
         settings.apply(&mut notifier);
-        Ok(Some(Notify { notifier: Arc::new(notifier), counters, leading }))
+        Ok(Some(Notify { notifier: Arc::new(notifier), counters, leading, state: state.clone() }))
     }
 
     /// Delivers the outbox until `cancel`.
@@ -87,6 +88,15 @@ impl Notify {
                 EventKind::SelfFenced | EventKind::PostmasterGone | EventKind::MemberStarted | EventKind::EndpointCut
             );
             if !self.leading.now() && !own {
+                continue;
+            }
+            // What a drill does to its own source pages nobody; its outcome
+            // does, when it failed.
+            if e.kind != EventKind::Drill
+                && let Some(drilled) = crate::guard::drilling(&self.state)
+                && drilled == e.source
+            {
+                tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);
                 continue;
             }
             if matches!(e.kind, EventKind::Paused | EventKind::Resumed) {

@@ -299,6 +299,14 @@ event_kinds! {
     /// The primary is down, but no agent holds the lease (etcd cannot be
     /// reached): nothing is failed over until it can be.
     FailoverRefused = "failover-refused", Critical;
+    /// The agent on the old primary's host stopped it cleanly for a
+    /// planned switchover led from another host.
+    HandedOff = "handed-off", Medium;
+    /// A scheduled drill was not started: an alarm fires or an incident is open.
+    DrillSkipped = "drill-skipped", Medium;
+    /// A drill was stopped before its end (something real happened
+    /// meanwhile, or it overran); its fault was undone.
+    DrillAborted = "drill-aborted", High;
     /// An agent's endpoint routes nowhere: no route from etcd, and not
     /// every member answers.
     EndpointCut = "endpoint-cut", High;

@@ -245,6 +245,8 @@ pub struct PgVerifyArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
 }
 
 #[derive(Debug, Args)]
@@ -843,6 +845,11 @@ pub enum DrillCmd {
     /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
     /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
     Failover(PgDrillArgs),
+    /// Every drill run, newest first, with its RTO against its target and writes lost; per
+    /// drill the worst recovery and the trend (`--json` for scripts).
+    History(DrillHistoryArgs),
+    /// Run a configured [drills.NAME] now, as `cirkel serve` would on its schedule.
+    Run(DrillRunArgs),
     /// Ask `cirkel serve` for a planned PostgreSQL switchover under a canary writer on the endpoint;
     /// measure the write pause clients see and lost writes; wait until the old primary streams again.
     Switchover(PgSwitchoverDrillArgs),
@@ -858,6 +865,35 @@ pub struct PgDrillArgs {
     /// Longest wait for the failover (and twice this for the rejoin).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
+}
+
+/// How a drill's run is recorded in the drill history.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DrillRecordArgs {
+    /// Record the run under this name (a [drills.NAME]; default: the drill's kind).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A recovery slower than this fails the drill (default: the plan's target for its kind:
+    /// 60 s for PostgreSQL, 15 s for Redis, 15 min for a restore).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub rto_target: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillHistoryArgs {
+    /// Only this drill's runs.
+    pub name: Option<String>,
+    /// How many runs to show (and to judge the worst and the trend on).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub last: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillRunArgs {
+    /// The [drills.NAME] to run.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -879,6 +915,8 @@ pub struct RedisDrillArgs {
     /// Longest wait for the failover, and for the old master's rejoin.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
 }
 
 #[derive(Debug, Args)]

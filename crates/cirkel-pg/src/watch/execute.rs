@@ -167,6 +167,62 @@ impl Watch<'_> {
         None
     }
 
+    /// A planned switchover led through etcd: the route names
+    /// nobody and asks that host's agent to stop `old` cleanly; once it
+    /// answers with the shutdown checkpoint, `new` is promoted when it has
+    /// replayed past it, and the route names `new`. Until the promotion a
+    /// failure routes back to `old`, which its agent starts again.
+    fn hand_off(&mut self, old: &str, new: &str, id: &str) -> Result<failover::Switched, String> {
+        let Some(k) = self.coord.clone() else { return Err("no coordination".into()) };
+        let handoff = crate::coord::Handoff { id: id.to_string(), old: old.to_string(), new: new.to_string() };
+        let n = self.c.members.get(new).ok_or_else(|| format!("no member `{new}`"))?;
+        let standby = crate::conn::PgConn::connect(Some(&failover::member_conninfo(self.c, n, self.c.health.timeout)))
+            .map_err(|e| format!("cannot reach {new}: {e:#}"))?;
+        let fenced = Utc::now();
+        self.route(None);
+        k.publish_handoff(self.epoch, None, Some(&handoff)).map_err(|e| format!("switchover refused: {e}"))?;
+        self.published = Some(None);
+        let rollback = |w: &mut Self, why: String| -> String {
+            w.route(w.target_of(old));
+            match k.publish_route(w.epoch, Some(old)) {
+                Ok(()) => {
+                    w.published = Some(Some(old.to_string()));
+                    format!("{why}; switchover rolled back: {old} is the primary again")
+                }
+                Err(e) => format!("{why}; the route back to {old} could not be published ({e})"),
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(90);
+        let done = loop {
+            match k.handoff_done(id) {
+                Ok(Some(d)) => break d,
+                _ if Instant::now() > until => {
+                    return Err(rollback(self, format!("the agent on {old}'s host did not stop it within 90 s")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let _ = k.fence.delete(&k.scope, &format!("handoff-{id}"));
+        let Some(final_lsn) = done.final_lsn else {
+            let why = done.error.unwrap_or_else(|| "no reason given".into());
+            return Err(rollback(self, format!("{old} was not stopped cleanly: {why}")));
+        };
+        let end = crate::conn::parse_lsn(&final_lsn).ok_or_else(|| format!("bad LSN {final_lsn}"))?;
+        if let Err(e) = failover::promote_past(self.c, &standby, new, old, &final_lsn, end) {
+            return Err(rollback(self, format!("{e:#}")));
+        }
+        let promoted = Utc::now();
+        self.route(self.target_of(new));
+        Ok(failover::Switched {
+            old: old.to_string(),
+            new: new.to_string(),
+            fenced,
+            stopped: done.stopped,
+            promoted,
+            final_lsn,
+        })
+    }
+
     /// With agents on several hosts, waits before promoting until the old
     /// primary can no longer take writes: its own agent reported it gone,
     /// or it has had the time to fence itself (an agent with no word from
@@ -324,15 +380,6 @@ impl Watch<'_> {
         if !healthy {
             return Err(format!("the primary {old} does not answer as a primary; a switchover needs a healthy one"));
         }
-        if let Some(k) = &self.coord
-            && !k.is_local(self.c, &old)
-        {
-            let node = self.c.members.get(&old).and_then(|m| m.node.clone()).unwrap_or_default();
-            return Err(format!(
-                "a switchover stops the primary {old} cleanly on its host, where the agent `{node}` runs, and this agent (`{}`) leads; stop this agent's daemon for a moment so that another takes the lead, or switch over from the leading agent when it runs on {old}'s host",
-                k.node
-            ));
-        }
         let new = match &req.to {
             Some(to) => {
                 check_target(self.c, st, to)?;
@@ -354,8 +401,15 @@ impl Watch<'_> {
                 tracing::error!("router switch refused: {stale}");
             }
         };
-        let sw = failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
-            .map_err(|e| format!("{e:#}"))?;
+        // With agents on several hosts, the old primary's own agent stops
+        // it, wherever the leader runs.
+        let remote = self.coord.is_some();
+        let sw = if remote {
+            self.hand_off(&old, &new, &req.id)?
+        } else {
+            failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
+                .map_err(|e| format!("{e:#}"))?
+        };
         decider.promoted(&new);
         if let Err(e) = self.publish(Some(&new)) {
             tracing::warn!("{}: {e}; the next round publishes it", self.source);
@@ -370,7 +424,9 @@ impl Watch<'_> {
         let writable = self.writable_at(&new);
         let followed = self.repoint(st, &new, &old);
         self.hook("switchover", &new, &new);
-        let rejoin = self.rejoin(&old, &new);
+        // A remote old primary is rewound by its own agent, which sees the
+        // route name `new`.
+        let rejoin = if remote { None } else { Some(self.rejoin(&old, &new)) };
         let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
         let done = self
             .event(
@@ -394,8 +450,9 @@ impl Watch<'_> {
                 "write_pause_s": pause,
                 "final_lsn": sw.final_lsn,
                 "followers": followed,
-                "rejoin_s": rejoin.as_ref().ok(),
-                "rejoin_error": rejoin.as_ref().err(),
+                "rejoin_s": rejoin.as_ref().and_then(|r| r.as_ref().ok()),
+                "rejoin_error": rejoin.as_ref().and_then(|r| r.as_ref().err()),
+                "rejoin_by_agent": rejoin.is_none().then(|| self.c.members.get(&old).and_then(|m| m.node.clone())),
             }));
         self.record(done.clone());
         Ok(done)
@@ -512,6 +569,13 @@ impl Watch<'_> {
                         self.save();
                     }
                     let outcome = self.switchover_recorded(s.decider, s.st, &req);
+                    // An agent that forwarded the request waits for this.
+                    if let Some(k) = &self.coord
+                        && let Ok(bytes) = serde_json::to_vec(&outcome)
+                        && let Err(e) = k.fence.put(&k.scope, &format!("outcome-{}", req.id), &bytes)
+                    {
+                        tracing::warn!("{}: cannot report the switchover's outcome: {e}", self.source);
+                    }
                     if let Some(r) = reply {
                         let _ = r.send(Reply::Outcome { event: outcome });
                     }

@@ -528,16 +528,20 @@ pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
         DrillCmd::RedisFailover(a) => redis_drill(global, a),
         DrillCmd::Failover(a) => crate::cmd::pg::failover_drill(global, a, None),
         DrillCmd::Switchover(a) => crate::cmd::pg::failover_drill(global, &a.drill, Some(a.to.clone())),
+        DrillCmd::History(a) => crate::cmd::drills::history(global, a),
+        DrillCmd::Run(a) => crate::cmd::drills::run(global, a),
     }
 }
 
 fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let g = group(&cfg, &a.group)?;
+    let _lock = crate::context::drill_lock(&cfg, &g.source())?;
     let opts = cirkel_redis::drill::DrillOptions { interval: a.interval, timeout: a.timeout, ..Default::default() };
     if !global.quiet && !global.json {
         eprintln!("drill: killing the master of `{}` under a canary writer…", g.name);
     }
+    let started = chrono::Utc::now();
     let report = cirkel_redis::drill::drill(&g, &opts).map_err(|e| {
         user_error(format!("the drill did not run: {e:#}"), "run `cirkel status` and make the group healthy first")
     })?;
@@ -550,6 +554,12 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
         bytes: None,
+        target: &g.name,
+        record: &a.record,
+        plan: cirkel_config::DrillKind::RedisFailover,
+        started,
+        aborted: None,
+        failures: &report.failures,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {
