@@ -67,4 +67,6 @@ pub struct DrillConfig {
     /// Longest wait for the fault to be recovered from.
     #[serde(serialize_with = "crate::reader::ser_duration")]
     pub timeout: Duration,
+    /// A failover drill's fault: `kill` (the default) or `stop` (SIGSTOP).
+    pub fault: Option<String>,
 }

@@ -29,6 +29,7 @@
 //! fences every action it takes (`election`).
 
 pub mod election;
+pub mod keep;
 pub mod loss;
 pub mod round;
 

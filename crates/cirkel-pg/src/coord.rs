@@ -124,6 +124,16 @@ impl Coord {
         }
     }
 
+    /// The record, read with the quick bound (an agent's every check).
+    pub fn load_record_quick(&self) -> Result<Option<Record>, ElectionError> {
+        match self.quick.get(&self.scope, "record")? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ElectionError(format!("the record of {} in etcd is damaged: {e}", self.scope))),
+        }
+    }
+
     pub fn save_record(&self, epoch: u64, rec: &Record) -> Result<(), FenceError> {
         let bytes = serde_json::to_vec(rec).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
         self.fence.put_if_epoch(&self.scope, epoch, "record", &bytes)

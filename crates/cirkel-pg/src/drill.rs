@@ -34,6 +34,9 @@ pub struct PgDrill {
     /// The member killed with SIGKILL (failover drills only; a switchover kills nobody).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<String>,
+    /// The member stopped with SIGSTOP and continued at the end (`--fault stop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     pub new_primary: Option<String>,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
@@ -68,12 +71,22 @@ pub struct Leftover {
     #[serde(default)]
     pub name: Option<String>,
     pub cluster: String,
-    /// The member whose postmaster was killed.
+    /// The member whose postmaster was killed (or stopped).
     pub member: String,
+    /// `kill` (SIGKILL: started again) or `stop` (SIGSTOP of `postmaster`:
+    /// continued).
+    #[serde(default = "default_fault")]
+    pub fault: String,
+    #[serde(default)]
+    pub postmaster: Option<u32>,
     pub started: chrono::DateTime<Utc>,
 }
 
 pub const LEFTOVER_FILE: &str = "drill-fault.json";
+
+fn default_fault() -> String {
+    "kill".into()
+}
 
 /// Undoes the fault of a drill that was killed before it could: the
 /// member it killed is started again (its `cirkel serve` rejoins it).
@@ -90,6 +103,13 @@ pub fn undo_leftover(
         return Ok(None);
     }
     let done = match clusters.get(&left.cluster).and_then(|c| c.members.get(&left.member).map(|m| (c, m))) {
+        Some(_) if left.fault == "stop" => match left.postmaster {
+            // SAFETY: kill(2) with SIGCONT on the pid the drill stopped.
+            Some(pid) if unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } == 0 => {
+                format!("{} (pid {pid}) was continued", left.member)
+            }
+            _ => format!("{} was no longer stopped", left.member),
+        },
         Some((c, m)) => match &m.pgdata {
             Some(pgdata) if crate::keeper::postmaster_alive(pgdata) => format!("{} already runs again", left.member),
             Some(pgdata) => {
@@ -127,6 +147,10 @@ fn clear_dead_locks(pgdata: &std::path::Path, m: &PgMemberConfig) {
 pub enum Fault<'a> {
     /// SIGKILL of the primary's postmaster.
     Kill,
+    /// SIGSTOP of the primary's postmaster: a hung server, alive but
+    /// silent; SIGCONT at the end (it comes back as an old primary, which
+    /// `cirkel serve` rewinds).
+    Stop,
     /// A planned switchover asked of the watcher (to a member, or the best).
     Switchover { state: &'a cirkel_state::StateDir, to: Option<String> },
 }
@@ -219,14 +243,20 @@ pub fn run_drill(
     };
     std::thread::sleep(Duration::from_secs(1));
     let kind = match &fault {
-        Fault::Kill => "postgres-failover",
+        Fault::Kill | Fault::Stop => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
     let mut asked = None;
-    if let (Fault::Kill, Some((state, name))) = (&fault, &leftovers) {
-        let name = name.clone();
-        let left =
-            Leftover { pid: std::process::id(), name, cluster: cluster.to_string(), member: old.clone(), started };
+    if let (Fault::Kill | Fault::Stop, Some((state, name))) = (&fault, &leftovers) {
+        let left = Leftover {
+            pid: std::process::id(),
+            name: name.clone(),
+            cluster: cluster.to_string(),
+            member: old.clone(),
+            fault: if matches!(fault, Fault::Stop) { "stop" } else { "kill" }.into(),
+            postmaster: Some(pid),
+            started,
+        };
         state.save_json(LEFTOVER_FILE, &left)?;
     }
     let injected = match &fault {
@@ -234,6 +264,11 @@ pub fn run_drill(
         Fault::Kill => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error())),
+        },
+        // SAFETY: as above, with SIGSTOP.
+        Fault::Stop => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) } {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!("cannot stop {old} (pid {pid}): {}", std::io::Error::last_os_error())),
         },
         Fault::Switchover { to, .. } => match client.take() {
             // The reply comes once the switchover is done; the canary measures meanwhile.
@@ -250,6 +285,7 @@ pub fn run_drill(
         },
     };
     let killed = matches!(fault, Fault::Kill);
+    let stopped = matches!(fault, Fault::Stop);
     let fault = Instant::now();
     if let Err(e) = injected {
         stop.store(true, Ordering::Relaxed);
@@ -308,6 +344,10 @@ pub fn run_drill(
         clear_dead_locks(&pgdata, &old_cfg);
     }
     let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
+    // SAFETY: kill(2) with SIGCONT on the postmaster this drill stopped.
+    if stopped && unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
+        failures.push(format!("could not continue {old} (pid {pid}): {}", std::io::Error::last_os_error()));
+    }
     if !killed {
         // The watcher rejoins the old primary itself after a switchover.
     } else if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
@@ -359,6 +399,7 @@ pub fn run_drill(
         engine: PgDrill {
             cluster: cluster.to_string(),
             killed: killed.then(|| old.clone()),
+            stopped: stopped.then(|| old.clone()),
             old_primary: old,
             new_primary,
             write_pause_s,

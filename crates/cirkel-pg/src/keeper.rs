@@ -32,6 +32,8 @@ use cirkel_config::PostgresConfig;
 use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
+use cirkel_failover::keep::{KeepAction, KeepObs, RouteSeen, keep};
+
 use crate::coord::{Coord, Gone, Route};
 use crate::failover;
 
@@ -105,6 +107,8 @@ pub struct Keeper {
     probed: Option<(Instant, bool)>,
     /// The last switchover this keeper stopped its primary for.
     handed_off: Option<String>,
+    /// The cluster is paused: nothing is started, stopped or rewound.
+    paused: bool,
 }
 
 impl Keeper {
@@ -132,6 +136,7 @@ impl Keeper {
             rejoin_failed: None,
             probed: None,
             handed_off: None,
+            paused: false,
         })
     }
 
@@ -153,10 +158,10 @@ impl Keeper {
             if died || Instant::now() >= self.next_check {
                 self.next_check = Instant::now() + self.c.health.interval;
                 self.check(alive);
-            } else if alive && self.role == Some(Role::Primary) && !self.fresh() {
+            } else if alive && self.role == Some(Role::Primary) && !self.paused && !self.fresh() {
                 // The deadline is kept to the tick, not to the next check:
                 // the leader promotes another once it has passed.
-                self.keep_primary();
+                self.act(alive);
             }
             std::thread::sleep(TICK);
         }
@@ -215,9 +220,16 @@ impl Keeper {
 
     fn local_role(&self) -> Option<Role> {
         let m = self.c.members.get(&self.member)?;
-        let conn = crate::conn::PgConn::connect(Some(&failover::member_conninfo(&self.c, m, self.c.health.timeout)));
-        let in_recovery: bool = conn.ok()?.query_one("SELECT pg_is_in_recovery()").ok()?.get(0);
-        Some(if in_recovery { Role::Standby } else { Role::Primary })
+        let asked = crate::conn::PgConn::connect(Some(&failover::member_conninfo(&self.c, m, self.c.health.timeout)))
+            .and_then(|conn| Ok(conn.query_one("SELECT pg_is_in_recovery()")?.get::<_, bool>(0)));
+        match asked {
+            Ok(true) => Some(Role::Standby),
+            Ok(false) => Some(Role::Primary),
+            Err(e) => {
+                tracing::warn!("{}: cannot ask {} its role: {e:#}", self.source, self.member);
+                None
+            }
+        }
     }
 
     fn may_attempt(&mut self) -> bool {
@@ -230,6 +242,11 @@ impl Keeper {
 
     fn check(&mut self, alive: bool) {
         self.read_route();
+        // Paused (`cirkel pg pause`): hands off, as the leader is; a gone
+        // postmaster is still reported.
+        if let Ok(Some(rec)) = self.coord.load_record_quick() {
+            self.paused = rec.paused;
+        }
         if alive {
             if let Some(r) = self.local_role() {
                 self.role = Some(r);
@@ -239,12 +256,7 @@ impl Keeper {
             {
                 tracing::debug!("{}: {e}", self.source);
             }
-            if self.role == Some(Role::Primary) {
-                self.keep_primary();
-            }
-            return;
-        }
-        if self.role == Some(Role::Primary) && self.gone.is_none() && !self.fenced {
+        } else if self.role == Some(Role::Primary) && self.gone.is_none() && !self.fenced {
             let report = Gone { at: Utc::now(), node: self.coord.node.clone() };
             let reported = match self.coord.report_gone(&self.member, Some(&report)) {
                 Ok(()) => "reported to the leader".to_string(),
@@ -256,36 +268,60 @@ impl Keeper {
                 format!("the postmaster of primary {} exited; {reported}", self.member),
             );
         }
-        self.restart_stopped();
+        self.act(alive);
     }
 
-    /// A running primary: stopped when the route has moved or is moving,
-    /// or when this host is cut off from etcd and from some member.
-    fn keep_primary(&mut self) {
-        let me = self.member.clone();
-        if !self.fresh() {
-            if !self.sees_everyone() {
-                let since =
-                    self.route_read.map_or("its start".into(), |t| format!("{:.1} s", t.elapsed().as_secs_f64()));
-                self.stop(format!(
-                    "no word from etcd for {since} and not every member answers: another may be promoted"
-                ));
+    /// Decides by the keeper's rules (`cirkel_failover::keep`) and acts.
+    fn act(&mut self, alive: bool) {
+        let mut sees_everyone = None;
+        loop {
+            let fresh = self.fresh();
+            let handoff = self.route.as_ref().and_then(|r| r.handoff.clone());
+            let route = self.route.as_ref().filter(|_| fresh).map(|r| RouteSeen {
+                primary: r.primary.as_deref(),
+                handoff_from_me: r.primary.is_none() && handoff.as_ref().is_some_and(|h| h.old == self.member),
+            });
+            let o = KeepObs {
+                me: &self.member,
+                alive,
+                // Only a member seen answering as a primary is treated as
+                // one while it runs; a stopped one is judged by its data
+                // directory (standby.signal or not).
+                primary: self.role == Some(Role::Primary),
+                standby_data: self.pgdata.join("standby.signal").exists(),
+                fresh,
+                route,
+                paused: self.paused,
+                stopped_by_me: self.fenced,
+                gone_long: self.gone.is_some_and(|t| t.elapsed() > self.coord.ttl * 3),
+                sees_everyone,
+                handoff_done: handoff.as_ref().is_some_and(|h| self.handed_off.as_deref() == Some(h.id.as_str())),
+            };
+            let action = keep(&o);
+            match action {
+                KeepAction::Probe => {
+                    sees_everyone = Some(self.sees_everyone());
+                    continue;
+                }
+                KeepAction::Nothing => {}
+                KeepAction::Fence(why) => {
+                    let since =
+                        self.route_read.map_or("its start".into(), |t| format!("{:.1} s", t.elapsed().as_secs_f64()));
+                    self.stop(format!("{why} (last word from etcd {since} ago)"));
+                }
+                KeepAction::HandOff => {
+                    if let Some(h) = handoff {
+                        self.hand_off(&h);
+                    }
+                }
+                KeepAction::Rejoin(p) => self.rejoin_soon(&p),
+                KeepAction::Start(why) => {
+                    if self.may_attempt() {
+                        self.start(why);
+                    }
+                }
             }
             return;
-        }
-        if let Some(h) = self.route.as_ref().and_then(|r| r.handoff.clone())
-            && h.old == me
-            && r_primary_is_none(self.route.as_ref())
-        {
-            self.hand_off(&h);
-            return;
-        }
-        match self.route.as_ref().map(|r| r.primary.clone()) {
-            // Never routed yet: the leader has not decided anything.
-            None => {}
-            Some(None) => self.stop(format!("the leader is failing over away from {me}")),
-            Some(Some(p)) if p != me => self.rejoin_soon(&p),
-            Some(Some(_)) => {}
         }
     }
 
@@ -353,32 +389,6 @@ impl Keeper {
                 String::from_utf8_lossy(&o.stderr).trim()
             ),
             Err(e) => tracing::error!("{}: could not run pg_ctl: {e}", self.source),
-        }
-    }
-
-    /// A member that is not running: a standby is started; a primary's data
-    /// directory is rewound when another member is routed to, or started
-    /// when the route names it and this keeper had stopped it (or it was
-    /// gone long enough that no failover is coming).
-    fn restart_stopped(&mut self) {
-        let standby = self.pgdata.join("standby.signal").exists();
-        let me = self.member.clone();
-        let routed = if self.fresh() { self.route.as_ref().map(|r| r.primary.clone()) } else { None };
-        if standby {
-            if self.may_attempt() {
-                self.start(format!("standby {me} had stopped"));
-            }
-            return;
-        }
-        match routed {
-            Some(Some(p)) if p != me => self.rejoin_soon(&p),
-            Some(Some(_)) => {
-                let no_failover_coming = self.gone.is_some_and(|t| t.elapsed() > self.coord.ttl * 3);
-                if (self.fenced || no_failover_coming) && self.may_attempt() {
-                    self.start(format!("the route names {me} again"));
-                }
-            }
-            _ => {}
         }
     }
 
@@ -451,8 +461,4 @@ pub fn spawn_keepers(
         threads.push(std::thread::Builder::new().name(format!("keep-{name}")).spawn(move || k.run(&stop))?);
     }
     Ok(threads)
-}
-
-fn r_primary_is_none(route: Option<&Route>) -> bool {
-    route.is_some_and(|r| r.primary.is_none())
 }

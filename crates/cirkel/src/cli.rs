@@ -865,6 +865,10 @@ pub struct PgDrillArgs {
     /// Longest wait for the failover (and twice this for the rejoin).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// The fault: `kill` (SIGKILL of the postmaster; started again at the end) or `stop` (SIGSTOP:
+    /// a hung primary, alive but silent; continued at the end). Ignored by the switchover drill.
+    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop"])]
+    pub fault: String,
     #[command(flatten)]
     pub record: DrillRecordArgs,
 }

@@ -248,15 +248,23 @@ impl DrillOutcome<'_> {
 /// file: never two drills at once, by hand or by `cirkel serve`.
 /// The lock names the source drilled, so that the daemon does not page
 /// anyone for what the drill does to it.
-pub fn drill_lock(cfg: &cirkel_config::Config, source: &str) -> anyhow::Result<std::fs::File> {
+/// A state directory this user cannot use holds no lock and no drill
+/// history: the drill runs, with a warning.
+pub fn drill_lock(cfg: &cirkel_config::Config, source: &str) -> anyhow::Result<Option<std::fs::File>> {
     use std::io::Write;
     let state = state_dir(cfg);
-    let mut f = state.open_private("drill.lock", false)?;
+    let mut f = match state.open_private("drill.lock", false) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("no drill lock and no drill history: {e:#}");
+            return Ok(None);
+        }
+    };
     match f.try_lock() {
         Ok(()) => {
             f.set_len(0)?;
             write!(f, "{} {source}", std::process::id())?;
-            Ok(f)
+            Ok(Some(f))
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(crate::output::user_error(
             "another drill is running (its lock is drill.lock in the state directory)",

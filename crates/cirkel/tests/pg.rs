@@ -2060,3 +2060,23 @@ fn a_drill_killed_in_the_middle_has_its_fault_undone_by_the_next_start() {
     wait_until("the old primary rejoined", &|| ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("t"));
     wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
 }
+
+#[test]
+fn a_hung_primary_sigstop_is_failed_over_and_rewound_once_it_continues() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let out = daemon.ok(&["--json", "drill", "failover", "--fault", "stop"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["stopped"], "a", "{report:#}");
+    assert!(report.get("killed").is_none(), "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0);
+    // Continued, it came back as an old primary and was rewound.
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert!(!daemon.state.join("drill-fault.json").exists());
+    let h = drill_history(&daemon, "failover");
+    assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+}

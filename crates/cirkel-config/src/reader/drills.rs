@@ -36,6 +36,16 @@ pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
             t.cx.error(span, &t.key_path(key), "must be longer than 0s");
         }
     }
+    let fault = t.string("fault");
+    if let Some(f) = &fault
+        && let Some(span) = t.value_span("fault")
+    {
+        if kind != DrillKind::Failover {
+            t.cx.error(span, &t.key_path("fault"), "only a failover drill takes a fault; remove it");
+        } else if !matches!(f.as_str(), "kill" | "stop") {
+            t.cx.error(span, &t.key_path("fault"), format!("`{f}` is not a fault; expected \"kill\" or \"stop\""));
+        }
+    }
     t.finish();
-    DrillConfig { kind, schedule, target, rto_target, timeout }
+    DrillConfig { kind, schedule, target, rto_target, timeout, fault }
 }

@@ -100,7 +100,12 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
     use cirkel_config::DrillKind;
     match d.kind {
         DrillKind::Failover | DrillKind::Switchover => {
-            let args = PgDrillArgs { cluster: d.target.clone(), timeout: d.timeout, record };
+            let args = PgDrillArgs {
+                cluster: d.target.clone(),
+                timeout: d.timeout,
+                fault: d.fault.clone().unwrap_or_else(|| "kill".into()),
+                record,
+            };
             let to = (d.kind == DrillKind::Switchover).then_some(None);
             crate::cmd::pg::failover_drill(global, &args, to)
         }

@@ -112,6 +112,7 @@ pub fn failover_drill(
     let _lock = crate::context::drill_lock(&cfg, &format!("postgres/{name}"))?;
     let state = crate::context::state_dir(&cfg);
     let (fault, kind, what) = match switchover {
+        None if a.fault == "stop" => (cirkel_pg::drill::Fault::Stop, "postgres-failover", "failover drill (SIGSTOP)"),
         None => (cirkel_pg::drill::Fault::Kill, "postgres-failover", "failover drill"),
         Some(to) => {
             (cirkel_pg::drill::Fault::Switchover { state: &state, to }, "postgres-switchover", "switchover drill")
@@ -119,6 +120,9 @@ pub fn failover_drill(
     };
     if !global.quiet && !global.json {
         match fault {
+            cirkel_pg::drill::Fault::Stop => {
+                eprintln!("drill: stopping (SIGSTOP) the primary of `{name}` under a canary writer on the endpoint…")
+            }
             cirkel_pg::drill::Fault::Kill => {
                 eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
             }
