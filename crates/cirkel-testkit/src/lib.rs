@@ -1,11 +1,13 @@
 //! Real services for cirkel's tests, started on free loopback ports in
 //! temporary directories and stopped on drop: S3 (moto), PostgreSQL, Redis
-//! and Sentinel, etcd.
+//! and Sentinel, etcd; and hosts in network namespaces (`netns`) with etcd
+//! and PostgreSQL members on them.
 //!
 //! A service that cannot be started makes the test fail with a message that
 //! names the missing package: tests never skip silently.
 
 pub mod etcd;
+pub mod netns;
 pub mod pg;
 
 use std::io::{Read, Write};

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::free_port;
+use crate::netns::Net;
 
 /// Where PostgreSQL's server programs are.
 pub fn pg_bindir() -> PathBuf {
@@ -63,6 +64,10 @@ pub struct PgCluster {
     pub port: u16,
     pub log: PathBuf,
     running: bool,
+    /// The network namespace the server runs in (see [`crate::netns`]).
+    pub netns: Option<String>,
+    /// `listen_addresses`.
+    pub listen: String,
 }
 
 impl PgCluster {
@@ -95,7 +100,7 @@ impl PgCluster {
         lines.extend(conf.iter().map(|s| s.to_string()));
         append_conf(&data, &lines);
         let log = dir.path().join("postgres.log");
-        PgCluster { dir, data, socket_dir, port, log, running: false }
+        PgCluster { dir, data, socket_dir, port, log, running: false, netns: None, listen: "127.0.0.1".into() }
     }
 
     /// A cluster over an existing data directory (a restore), on a new port.
@@ -105,7 +110,7 @@ impl PgCluster {
         chown_postgres(dir.path());
         let port = free_port();
         let log = dir.path().join("postgres.log");
-        PgCluster { dir, data, socket_dir, port, log, running: false }
+        PgCluster { dir, data, socket_dir, port, log, running: false, netns: None, listen: "127.0.0.1".into() }
     }
 
     /// A streaming standby of `primary`, cloned with `pg_basebackup -R`.
@@ -128,14 +133,31 @@ impl PgCluster {
         PgCluster::adopt(dir, data)
     }
 
+    /// A server program as postgres, in the cluster's namespace if it has one.
+    pub fn pg_cmd(&self, program: &str) -> Command {
+        let bin = pg_bindir().join(program);
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if is_root() {
+                    c.args(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]);
+                }
+                c.arg(bin);
+                c
+            }
+            None => as_postgres(bin),
+        }
+    }
+
     fn pg_ctl_start(&self, wait: &[&str]) -> Output {
-        as_postgres(pg_bindir().join("pg_ctl"))
+        self.pg_cmd("pg_ctl")
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
             .arg(&self.log)
             .arg("-o")
-            .arg(format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.socket_dir.display()))
+            .arg(format!("-p {} -k {} -c listen_addresses='{}'", self.port, self.socket_dir.display(), self.listen))
             .args(wait)
             .arg("start")
             .output()
@@ -161,6 +183,15 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Starts the server without waiting and without asserting: a host
+    /// coming back, whose agent may have started it first. Whether pg_ctl
+    /// started it.
+    pub fn try_start_nowait(&mut self) -> bool {
+        let ok = self.pg_ctl_start(&["-W"]).status.success();
+        self.running = true;
+        ok
+    }
+
     /// Starts a restored cluster and waits until recovery is over and it accepts writes.
     pub fn start_and_wait_promoted(&mut self, timeout: Duration) {
         self.start();
@@ -177,11 +208,7 @@ impl PgCluster {
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_postgres(pg_bindir().join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "stop"])
-                .output();
+            let _ = self.pg_cmd("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]).output();
             self.running = false;
         }
     }
@@ -207,6 +234,26 @@ impl PgCluster {
             }
         }
         self.running = false;
+    }
+
+    /// After the postmaster was killed from outside (its whole host died):
+    /// where nothing reaps orphans, a dead postmaster stays a zombie whose
+    /// pid still "exists", and its lock files would keep a new one from
+    /// starting; they are removed then. Whether a postmaster is running.
+    pub fn forget_dead_postmaster(&mut self) -> bool {
+        match self.postmaster_pid() {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) => true,
+            Some(_) => {
+                let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+                let _ = std::fs::remove_file(self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port)));
+                self.running = false;
+                false
+            }
+            None => {
+                self.running = false;
+                false
+            }
+        }
     }
 
     pub fn postmaster_pid(&self) -> Option<u32> {
@@ -235,6 +282,108 @@ impl PgCluster {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The port every member listens on in its own namespace.
+pub const NET_PORT: u16 = 5432;
+
+impl PgCluster {
+    /// A primary on host `i` of `net`, named `name` (its `cluster_name`):
+    /// it listens on every address of the host on port 5432 and on its own
+    /// socket directory (reachable from the test process whatever the
+    /// network does), and trusts the net's subnet for connections and
+    /// replication. Not started.
+    pub fn init_on(net: &Net, i: usize, name: &str, conf: &[&str]) -> PgCluster {
+        let mut pg = PgCluster::init(conf);
+        pg.place_on(net, i, name);
+        let mut hba =
+            std::fs::OpenOptions::new().append(true).open(pg.data.join("pg_hba.conf")).expect("open pg_hba.conf");
+        use std::io::Write;
+        writeln!(hba, "host all all {} trust\nhost replication all {} trust", net.cidr(), net.cidr())
+            .expect("write pg_hba.conf");
+        pg
+    }
+
+    /// A streaming standby on host `i` named `name`, cloned over the net
+    /// with `pg_basebackup -R` from the primary on host `primary_host`
+    /// (which must be running); its `application_name` is its name. Not
+    /// started.
+    pub fn standby_on(net: &Net, i: usize, name: &str, primary_host: usize) -> PgCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        let conninfo =
+            format!("host={} port={NET_PORT} user=postgres application_name={name}", net.host(primary_host).ip());
+        let out = net
+            .cmd_as_postgres(i, pg_bindir().join("pg_basebackup"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-d", &conninfo])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        append_conf(&data, &["archive_mode = off".to_string()]);
+        let mut pg = PgCluster::adopt(dir, data);
+        pg.place_on(net, i, name);
+        pg
+    }
+
+    fn place_on(&mut self, net: &Net, i: usize, name: &str) {
+        self.port = NET_PORT;
+        self.listen = "*".into();
+        self.netns = Some(net.host(i).ns.clone());
+        append_conf(
+            &self.data,
+            &[
+                format!("port = {NET_PORT}"),
+                "listen_addresses = '*'".to_string(),
+                format!("unix_socket_directories = '{}'", self.socket_dir.display()),
+                format!("cluster_name = '{name}'"),
+            ],
+        );
+    }
+}
+
+/// A primary on host 0 and a streaming standby on each other host of
+/// `net`, named `names[i]`, all started; `conf` goes into every member's
+/// postgresql.conf. Waits until both standbys stream.
+pub fn streaming_cluster(net: &Net, names: &[&str], conf: &[&str]) -> Vec<PgCluster> {
+    assert_eq!(names.len(), net.len(), "one member per host");
+    let mut primary = PgCluster::init_on(net, 0, names[0], conf);
+    primary.start();
+    let mut members = vec![primary];
+    for (i, name) in names.iter().enumerate().skip(1) {
+        let mut s = PgCluster::standby_on(net, i, name, 0);
+        s.start();
+        members.push(s);
+    }
+    let start = Instant::now();
+    loop {
+        let streaming = members[0].try_sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
+        if streaming.as_deref() == Ok(&(names.len() - 1).to_string()) {
+            return members;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "standbys do not stream: {streaming:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs one statement with psql from inside host `from` of `net`, to
+/// `host`:`port` over TCP; the output, or the error text.
+pub fn psql_from(net: &Net, from: usize, host: &str, port: u16, sql: &str) -> Result<String, String> {
+    let out = net
+        .cmd(from, pg_bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
