@@ -86,23 +86,37 @@ impl Store {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 
-    /// After a request found etcd unreachable: the next endpoint alone, or
-    /// the balanced client after the last.
-    async fn rotate(&self) {
-        let next = {
-            let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            (cur.0 + 1) % (self.endpoints.len() + 1)
-        };
-        let client = match next {
-            0 => Some(self.balanced.clone()),
-            i => {
-                let url = [self.endpoints[i - 1].clone()];
-                let connect = Client::connect(url, Some(self.options.clone()));
-                tokio::time::timeout(self.op_timeout, connect).await.ok().and_then(Result::ok)
+    fn current_index(&self) -> usize {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// After a request sent through client `failed` found etcd unreachable:
+    /// the next endpoint alone, or the balanced client after the last.
+    /// Nothing when another request already moved on from it, so that
+    /// requests failing together move the client once.
+    async fn rotate(&self, failed: usize) {
+        if self.current_index() != failed {
+            return;
+        }
+        // The first endpoint after it that takes a connection, else the
+        // balanced client again.
+        let n = self.endpoints.len() + 1;
+        let mut next = (failed + 1) % n;
+        let mut chosen = (0, self.balanced.clone());
+        while next != 0 {
+            let url = [self.endpoints[next - 1].clone()];
+            let connect = Client::connect(url, Some(self.options.clone()));
+            let bound = self.op_timeout.max(Duration::from_secs(1));
+            if let Ok(Ok(client)) = tokio::time::timeout(bound, connect).await {
+                chosen = (next, client);
+                break;
             }
-        };
+            next = (next + 1) % n;
+        }
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        *cur = (next, client.unwrap_or_else(|| self.balanced.clone()));
+        if cur.0 == failed {
+            *cur = chosen;
+        }
     }
 
     /// `PREFIX/SCOPE/NAME`, or the prefix itself when both are empty.
@@ -127,6 +141,7 @@ impl Store {
         timeout: Duration,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ElectionError> {
+        let sent_through = self.current_index();
         let unreachable = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => match self.describe(what, &e) {
@@ -135,7 +150,7 @@ impl Store {
             },
             Err(_) => self.unreachable(what, &format!("no answer within {timeout:?}")),
         };
-        self.rotate().await;
+        self.rotate(sent_through).await;
         Err(unreachable)
     }
 

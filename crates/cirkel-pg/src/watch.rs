@@ -41,7 +41,7 @@ use crate::coord::Coord;
 use crate::ha::{self, Record, SwitchoverRequest};
 use crate::members::{ClusterStatus, probes, role, status};
 use crate::proxy::Router;
-use agents::{Shared, forward_commands, spawn_route_follower, take_over, take_requests};
+use agents::{Shared, forward_commands, route_read_only, spawn_route_follower, take_over, take_requests};
 use execute::{Scene, Watch};
 
 /// What the daemon hands a cluster's watcher, with where to answer.
@@ -260,6 +260,7 @@ pub fn watch(
             }
         } else if w.coord.is_some() {
             let routed = shared.follow(&w, &st, &decided.actions);
+            route_read_only(&w, &st, &ro_router, routed.as_deref());
             if let Ok(mut v) = view.lock() {
                 v.primary = routed;
             }

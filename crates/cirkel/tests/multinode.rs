@@ -235,13 +235,21 @@ impl Cluster {
     /// The member `new` is writable through the endpoints of `via`, the
     /// others are standbys, and `others` stream from it.
     fn wait_settled_on(&self, new: usize, via: &[usize], timeout: Duration) {
-        self.wait_for(&format!("{} as the only primary, taking writes", MEMBERS[new]), timeout, |c| {
-            c.primaries() == [new]
-                && via.iter().all(|&e| {
-                    c.write_via(None, e, "INSERT INTO t (note) VALUES ('x') RETURNING inet_server_addr()")
-                        .is_ok_and(|a| a == c.net.host(new).ip().to_string())
-                })
-        });
+        let last = std::cell::RefCell::new(String::new());
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_for(&format!("{} as the only primary, taking writes", MEMBERS[new]), timeout, |c| {
+                c.primaries() == [new]
+                    && via.iter().all(|&e| {
+                        let w = c.write_via(None, e, "INSERT INTO t (note) VALUES ('x') RETURNING inet_server_addr()");
+                        *last.borrow_mut() = format!("through {}: {w:?}", NODES[e]);
+                        w.is_ok_and(|a| a == c.net.host(new).ip().to_string())
+                    })
+            })
+        }));
+        if let Err(e) = waited {
+            eprintln!("last write: {}", last.borrow());
+            std::panic::resume_unwind(e);
+        }
     }
 }
 
@@ -298,7 +306,7 @@ fn psql(mut cmd: Command, conninfo: &str, sql: &str) -> Result<String, String> {
         cmd.env("PGCONNECT_TIMEOUT", "2");
     }
     let out = cmd
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(format!("{conninfo} user=postgres dbname=postgres"))
         .args(["-c", sql])
         .env("PGOPTIONS", "-c statement_timeout=3000")

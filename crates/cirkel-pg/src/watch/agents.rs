@@ -131,6 +131,8 @@ pub(super) struct Shared {
     pub(super) retry_at: Option<Instant>,
     /// The primary the last route read named.
     routed: Option<String>,
+    /// The primary this agent's own probes last found.
+    seen_primary: Option<String>,
     /// Requests from agents that do not lead, as last read.
     requests: HashMap<String, Vec<u8>>,
     /// When each member's keeper was last heard from (its report changed).
@@ -148,6 +150,7 @@ impl Shared {
             cut: false,
             retry_at: None,
             routed: None,
+            seen_primary: None,
             refused: false,
             keepers: HashMap::new(),
             requests: HashMap::new(),
@@ -191,6 +194,9 @@ impl Shared {
     /// failing over. Returns the member routed to.
     pub(super) fn follow(&mut self, w: &Watch, st: &ClusterStatus, actions: &[round::Action]) -> Option<String> {
         let k = w.coord.as_ref()?;
+        if st.primary.is_some() {
+            self.seen_primary = st.primary.clone();
+        }
         match k.route() {
             Ok(route) => {
                 self.route_read = Some(Instant::now());
@@ -207,12 +213,14 @@ impl Shared {
             Err(e) => {
                 let silent = self.route_read.is_none_or(|t| t.elapsed() >= k.fence_after(w.c));
                 let routed = w.router.target();
-                // The routed primary counted down while nobody can lead.
+                // The primary counted down while nobody can lead: the one
+                // the route named, else the one this agent last saw.
+                let primary = self.routed.clone().or_else(|| self.seen_primary.clone());
                 for a in actions {
                     if let round::Action::Record(ev) = a
                         && ev.kind == round::EventKind::MemberDown
                         && let Some((_, m)) = ev.details.iter().find(|(k, _)| *k == "member")
-                        && self.routed.as_deref() == Some(m.as_str())
+                        && primary.as_deref() == Some(m.as_str())
                         && !self.refused
                     {
                         self.refused = true;
@@ -280,4 +288,20 @@ pub(super) fn spawn_route_follower(
             let _ = router.switch(route.epoch, target);
         }
     })
+}
+
+/// An agent that does not lead routes its read-only endpoint itself, by
+/// its own probes: the standby it routes to while that one streams within
+/// the lag limit, else the first that does, else the primary it follows.
+pub(super) fn route_read_only(w: &Watch, st: &ClusterStatus, ro: &crate::proxy::Router, primary: Option<&str>) {
+    let eligible = |m: &crate::members::MemberState| {
+        m.reachable
+            && m.role.as_deref() == Some("standby")
+            && m.receiver.as_deref().is_some_and(|r| r.starts_with("streaming"))
+            && m.lag_bytes.is_some_and(|l| l <= w.c.max_lag_bytes)
+    };
+    let current = ro.target();
+    let keep = st.members.iter().find(|m| eligible(m) && w.target_of(&m.name) == current && current.is_some());
+    let chosen = keep.or_else(|| st.members.iter().find(|m| eligible(m))).map(|m| m.name.as_str()).or(primary);
+    ro.set(chosen.and_then(|m| w.target_of(m)));
 }
