@@ -102,9 +102,15 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     metrics.set("cirkel_up", Default::default(), 1.0);
     // What the event log says so far, then what comes.
     let event_metrics = Arc::new(Mutex::new(EventMetrics::default()));
+    // The newest events stay in memory for the API.
+    let ring: Arc<Mutex<crate::api::view::EventRing>> = Arc::default();
     if let (Ok(mut em), Ok(past)) = (event_metrics.lock(), state.events()) {
-        for e in &past {
-            em.observe(e, &metrics);
+        let mut r = ring.lock().ok();
+        for e in past {
+            em.observe(&e, &metrics);
+            if let Some(r) = r.as_mut() {
+                r.push(e);
+            }
         }
     }
     let jobs_now = jobs(&cfg)?;
@@ -140,7 +146,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         groups: groups.iter().map(|g| g.name.clone()).collect(),
     };
     {
-        let (control, inboxes, state) = (Arc::new(control), inboxes.clone(), state.clone());
+        let (control, inboxes, state, status) = (Arc::new(control), inboxes.clone(), state.clone(), status.clone());
         sup.spawn_blocking("control-socket", sup.token(), move |stop| {
             let handle = |req: Request| answer(req, &inboxes, &status);
             let refused = |pid: u32, uid: u32| {
@@ -175,16 +181,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 
     // Detection: events into metrics, checks, the collector, scrapes, alarms.
     {
-        let (metrics, em, rx) = (metrics.clone(), event_metrics.clone(), bus.subscribe());
+        let (metrics, em, rx, ring) = (metrics.clone(), event_metrics.clone(), bus.subscribe(), ring.clone());
         sup.spawn("metrics/events", sup.token(), move |cancel| {
-            let (metrics, em) = (metrics.clone(), em.clone());
+            let (metrics, em, ring) = (metrics.clone(), em.clone(), ring.clone());
             let mut rx = rx.resubscribe();
             async move {
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         e = rx.recv() => match e {
-                            Ok(e) => { if let Ok(mut em) = em.lock() { em.observe(&e, &metrics); } }
+                            Ok(e) => {
+                                if let Ok(mut em) = em.lock() { em.observe(&e, &metrics); }
+                                if let Ok(mut r) = ring.lock() { r.push(e); }
+                            }
                             Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("metrics missed {n} events"),
                             Err(broadcast::error::RecvError::Closed) => return Ok(()),
                         },
@@ -202,10 +211,13 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             async move { crate::monitor::run_checks(&cfg, state, metrics, checks, cancel).await }
         });
     }
+    let estate: crate::api::estate::Shared = Arc::default();
     {
-        let (cfg, metrics, em) = (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone());
+        let (cfg, metrics, em, estate) =
+            (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone(), estate.clone());
         sup.spawn_blocking("collector", sup.token(), move |stop| {
             let mut collector = Collector::default();
+            collector.estate = estate.clone();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 collector.collect(&cfg, access.as_ref(), &metrics, &em);
@@ -279,11 +291,26 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     if let Some(addr) = cfg.server.listen {
         let listener = Arc::new(crate::http::bind(addr)?);
         let metrics = metrics.clone();
+        let control: crate::api::Control = {
+            let inboxes = inboxes.clone();
+            Arc::new(move |req: Request| answer(req, &inboxes, &status))
+        };
+        let api = Arc::new(crate::api::Api::new(
+            Arc::new(cfg.clone()),
+            estate.clone(),
+            metrics.clone(),
+            state.clone(),
+            ring.clone(),
+            bus.clone(),
+            control,
+            notify.as_ref().map(|n| n.notifier.clone()),
+            published_checks.clone(),
+        ));
         sup.spawn("http", sup.token(), move |cancel| {
-            let (listener, metrics) = (listener.clone(), metrics.clone());
+            let (listener, metrics, api) = (listener.clone(), metrics.clone(), api.clone());
             async move {
                 let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-                crate::http::serve(l, metrics, cancel).await
+                crate::http::serve(l, metrics, Some(api), cancel).await
             }
         });
     }
