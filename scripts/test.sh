@@ -18,7 +18,7 @@ started=$SECONDS
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 redis-server redis-sentinel redis-tools acl attr restic prometheus etcd-server protobuf-compiler >/dev/null
+    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 chromium chromium-driver redis-server redis-sentinel redis-tools acl attr restic prometheus etcd-server protobuf-compiler >/dev/null
 fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'

@@ -104,15 +104,17 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let event_metrics = Arc::new(Mutex::new(EventMetrics::default()));
     // The newest events stay in memory for the API.
     let ring: Arc<Mutex<crate::api::view::EventRing>> = Arc::default();
-    if let (Ok(mut em), Ok(past)) = (event_metrics.lock(), state.events()) {
-        let mut r = ring.lock().ok();
+    let events_file = state.root().join("events.jsonl");
+    let (past, read_to) = crate::api::tail::read_from(&events_file, 0);
+    let read_to = Arc::new(std::sync::atomic::AtomicU64::new(read_to));
+    if let (Ok(mut em), Ok(mut r)) = (event_metrics.lock(), ring.lock()) {
         for e in past {
             em.observe(&e, &metrics);
-            if let Some(r) = r.as_mut() {
-                r.push(e);
-            }
+            r.push(e);
         }
     }
+    // What the API's event stream carries: the log as it grows.
+    let (logged, _) = broadcast::channel::<Event>(1024);
     let jobs_now = jobs(&cfg)?;
     let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();
@@ -181,22 +183,30 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 
     // Detection: events into metrics, checks, the collector, scrapes, alarms.
     {
-        let (metrics, em, rx, ring) = (metrics.clone(), event_metrics.clone(), bus.subscribe(), ring.clone());
+        // The log, not the channel: commands run beside the daemon (drills,
+        // backups) record into it too.
+        let (metrics, em, ring, logged) = (metrics.clone(), event_metrics.clone(), ring.clone(), logged.clone());
         sup.spawn("metrics/events", sup.token(), move |cancel| {
-            let (metrics, em, ring) = (metrics.clone(), em.clone(), ring.clone());
-            let mut rx = rx.resubscribe();
+            let (metrics, em, ring, logged, path, read_to) =
+                (metrics.clone(), em.clone(), ring.clone(), logged.clone(), events_file.clone(), read_to.clone());
             async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        e = rx.recv() => match e {
-                            Ok(e) => {
-                                if let Ok(mut em) = em.lock() { em.observe(&e, &metrics); }
-                                if let Ok(mut r) = ring.lock() { r.push(e); }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("metrics missed {n} events"),
-                            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                        },
+                        _ = tick.tick() => {}
+                    }
+                    let (new, to) = crate::api::tail::read_from(&path, read_to.load(Ordering::Relaxed));
+                    read_to.store(to, Ordering::Relaxed);
+                    for e in new {
+                        if let Ok(mut em) = em.lock() {
+                            em.observe(&e, &metrics);
+                        }
+                        if let Ok(mut r) = ring.lock() {
+                            r.push(e.clone());
+                        }
+                        let _ = logged.send(e);
                     }
                 }
             }
@@ -301,7 +311,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             metrics.clone(),
             state.clone(),
             ring.clone(),
-            bus.clone(),
+            logged.clone(),
             control,
             notify.as_ref().map(|n| n.notifier.clone()),
             published_checks.clone(),

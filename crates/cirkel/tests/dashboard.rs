@@ -370,11 +370,6 @@ fn the_api_answers_as_documented_refuses_without_the_right_token_and_audits() {
     assert_eq!(v["backups"].as_array().unwrap().len(), 1, "{v:#}");
     assert_eq!(v["backups"][0]["kind"], "base");
     assert!(v["windows"][0]["earliest"].is_string(), "{v:#}");
-    // Paging goes backwards through the log.
-    let (_, p1) = get(addr, "/api/v1/events?limit=2", VIEWER);
-    let before = p1["next_before"].as_u64().unwrap();
-    let (_, p2) = get(addr, &format!("/api/v1/events?limit=2&before={before}"), VIEWER);
-    assert!(p2["events"][0]["seq"].as_u64().unwrap() < before);
 
     // No token, a wrong one, a viewer's on an action: refused, nothing done, audited.
     let (s, _, body) = http(addr, "GET", "/api/v1/sources", &[], None);
@@ -432,6 +427,13 @@ fn the_api_answers_as_documented_refuses_without_the_right_token_and_audits() {
     assert_eq!(e.events("api-action").len(), 4);
     let (s, v) = post(addr, "/api/v1/alerts/1/ack", Some(OPERATOR), "not json");
     assert_eq!(s, 400, "{v:#}");
+    // Paging goes backwards through the log (the refusals and actions above are in it).
+    let (_, p1) = get(addr, "/api/v1/events?limit=2", VIEWER);
+    let before = p1["next_before"].as_u64().unwrap();
+    let (_, p2) = get(addr, &format!("/api/v1/events?limit=2&before={before}"), VIEWER);
+    assert!(p2["events"][0]["seq"].as_u64().unwrap() < before, "{p1:#}\n{p2:#}");
+    let (_, kinds) = get(addr, "/api/v1/events?kind=api-action&limit=1000", VIEWER);
+    assert_eq!(kinds["events"].as_array().unwrap().len(), 4, "{kinds:#}");
 
     // A dead standby: the answer comes from the cached state at once and
     // says the member is down, and the page renders.
@@ -489,6 +491,8 @@ impl Browser {
         .collect::<Vec<_>>();
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
+            "pageLoadStrategy": "none",
+            "timeouts": { "pageLoad": 60000, "script": 30000, "implicit": 0 },
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
         }}});
         let (s, _, body) = http(&addr, "POST", "/session", &[], Some(&caps.to_string()));
@@ -508,8 +512,16 @@ impl Browser {
         v["value"].clone()
     }
 
+    /// Opens `url` and waits until the page it ends on has loaded (the
+    /// driver does not wait: a load event lost under load would hang it).
     fn go(&self, url: &str) {
+        eprintln!("browser: open {}", url.split('?').next().unwrap_or(url));
         self.call("POST", "/url", Some(json!({ "url": url })));
+        let want = url.split('?').next().unwrap_or(url).to_string();
+        wait_until("the page to load", Duration::from_secs(60), &mut || {
+            let s = self.eval("return document.readyState + ' ' + location.href.split('?')[0];");
+            s.as_str().is_some_and(|s| s.starts_with("complete ") && s.ends_with(want.as_str()))
+        });
     }
 
     /// Runs `script` in the page and returns its value.
@@ -572,9 +584,9 @@ fn the_dashboard_in_chromium_shows_members_and_rpo_and_follows_a_failover() {
     assert_eq!(form, true);
     // The token once in the address; the cookie from then on.
     browser.go(&format!("{base}/?token={VIEWER}"));
+    wait_until("the dashboard to show primary a", Duration::from_secs(60), &mut || browser.eval(PRIMARY_JS) == "a");
     let url = browser.call("GET", "/url", None);
     assert!(!url.as_str().unwrap().contains("token"), "the token stayed in the address: {url}");
-    assert_eq!(browser.eval(PRIMARY_JS), "a");
     let members = browser.eval("return document.querySelectorAll('#members tr.member').length;");
     assert_eq!(members, 3);
     let rpo = browser.eval(RPO_JS);
@@ -587,10 +599,12 @@ fn the_dashboard_in_chromium_shows_members_and_rpo_and_follows_a_failover() {
     browser.screenshot(&img.join("dashboard.png"));
 
     // A failover drill: the page, left open, shows the new primary by itself.
+    eprintln!("browser: the dashboard shows a, starting the failover drill");
     let out = e.cmd(&["--json", "drill", "failover"]).output().unwrap();
     assert!(out.status.success(), "drill failover: {}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_primary = report["new_primary"].as_str().unwrap().to_string();
+    eprintln!("browser: the drill made {new_primary} the primary");
     assert_ne!(new_primary, "a");
     wait_until("the page to show the new primary", Duration::from_secs(90), &mut || {
         browser.eval(PRIMARY_JS).as_str() == Some(new_primary.as_str())

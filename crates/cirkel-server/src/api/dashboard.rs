@@ -105,7 +105,7 @@ impl Api {
         let overview = self.overview(&estate, now);
         let sources = super::view::sources(&self.cfg, &estate, &self.metrics, now);
         let drills = self.events.lock().map(|r| super::view::drills(r.iter().map(|(_, e)| e))).unwrap_or_default();
-        let html = page(&render(&overview, &sources, &drills, &estate, now));
+        let html = page(&render(&overview, &sources, &drills, &estate, now), true);
         let mut r = Response::new(full(html));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -133,7 +133,7 @@ impl Api {
              <button>Open the dashboard</button></form><p><small>The token is in the file of <code>[server] viewer_token_file</code>.</small></p></section>",
             esc(if why.is_empty() { "This dashboard needs the viewer token." } else { why })
         );
-        let mut r = Response::new(full(page(&body)));
+        let mut r = Response::new(full(page(&body, false)));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         r
@@ -179,12 +179,13 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
-fn page(body: &str) -> String {
+fn page(body: &str, live: bool) -> String {
+    let script = if live { SCRIPT } else { "" };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>cirkel: recoverability</title><style>{STYLE}</style></head><body>\
          <header><h1>cirkel · recoverability</h1><span class=\"live\" id=\"live-state\">…</span></header>\
-         <main>{body}</main><script>{SCRIPT}</script></body></html>"
+         <main>{body}</main><script>{script}</script></body></html>"
     )
 }
 

@@ -14,6 +14,7 @@
 pub mod dashboard;
 pub mod estate;
 pub mod sse;
+pub mod tail;
 pub mod view;
 
 use std::convert::Infallible;

@@ -3,6 +3,7 @@
 pub mod alarms;
 pub mod config;
 pub mod files;
+pub mod lab;
 pub mod notify;
 pub mod pg;
 pub mod redis;
