@@ -9,6 +9,7 @@
 #   bash scripts/demo.sh files [DIR]      back up, verify and restore a directory (only a Rust toolchain)
 #
 # LAB=/some/dir puts the lab there (default /tmp/cirkel-lab); `cirkel lab down --dir "$LAB"` removes it.
+# CIRKEL_BIN=/path/to/cirkel uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,11 +52,11 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-command -v cargo >/dev/null || { echo "error: no cargo; hint: install Rust from https://rustup.rs" >&2; exit 1; }
+[ -n "${CIRKEL_BIN:-}" ] || command -v cargo >/dev/null || { echo "error: no cargo; hint: install Rust from https://rustup.rs" >&2; exit 1; }
 
-cargo build --release -p cirkel
+if [ -z "${CIRKEL_BIN:-}" ]; then cargo build --release -p cirkel; fi
 LAB=${LAB:-/tmp/cirkel-lab}
-BIN=$PWD/target/release/cirkel
+BIN=${CIRKEL_BIN:-$PWD/target/release/cirkel}
 [ -f "$LAB/lab.json" ] && "$BIN" lab down --dir "$LAB"
 T0=$(date +%s)
 UP=$("$BIN" --json lab up --dir "$LAB")
@@ -73,7 +74,7 @@ echo "== writes: 1000 rows, a moment, 1000 more"
 SQL "$PROXY" "CREATE TABLE demo (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"
 SQL "$PROXY" "INSERT INTO demo (id) SELECT g FROM generate_series(1, 1000) g"
 sleep 1
-TARGET=$(SQL "$PROXY" "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")
+TARGET=$(SQL "$PROXY" "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 sleep 1
 SQL "$PROXY" "INSERT INTO demo (id) SELECT g FROM generate_series(1001, 2000) g"
 SQL "$PROXY" "SELECT pg_switch_wal()" >/dev/null
@@ -81,7 +82,7 @@ SQL "$PROXY" "SELECT pg_switch_wal()" >/dev/null
 echo "== point-in-time restore to $TARGET (between the two writes)"
 R=$LAB/pitr
 for _ in $(seq 1 60); do
-    if C pg restore --to "$R/data" --target-time "$TARGET" 2>"$LAB/restore.err"; then break; fi
+    if C pg restore --to "$R/data" --target-time "$TARGET" >/dev/null 2>"$LAB/restore.err"; then break; fi
     rm -rf "$R"; sleep 1    # the segment with the target is archived within archive_timeout
 done
 [ -d "$R/data" ] || { cat "$LAB/restore.err" >&2; exit 1; }
@@ -98,6 +99,7 @@ echo "restored cluster holds $ROWS rows (the primary has 2000)"
 echo "== failover drill: kill the primary, measure, rejoin"
 DRILL=$(C --json drill failover)
 RTO=$(printf '%s' "$DRILL" | sed -n 's/^ *"rto_s": *\([0-9.]*\),\{0,1\}$/\1/p' | head -1)
+RTO=$(printf '%.2f' "${RTO:-0}")
 NEW=$(printf '%s' "$DRILL" | sed -n 's/^ *"new_primary": *"\([^"]*\)",\{0,1\}$/\1/p' | head -1)
 echo "new primary: $NEW, RTO ${RTO} s"
 

@@ -177,6 +177,7 @@ pub fn watch(
                 v.status = Some(st.clone());
             }
         }
+        tracing::debug!(cluster, round_ms = started.elapsed().as_secs_f64() * 1000.0, "watch round");
         rest(&mut w, started, &stop, &commands, &mut pending);
     }
     if let Some(l) = lease.take() {

@@ -429,7 +429,7 @@ impl Api {
     /// Everything the dashboard shows, in one answer.
     pub fn overview(&self, estate: &estate::Estate, now: chrono::DateTime<Utc>) -> Value {
         let published = self.published();
-        let alarms: Vec<_> = published.alarms.iter().filter(|a| a.state != "OK").collect();
+        let alarms: Vec<_> = published.alarms.iter().filter(|a| a.state == "ALARM").collect();
         let alerts = self.store.as_ref().and_then(|s| s.alerts(false).ok()).unwrap_or_default();
         let incidents = self.store.as_ref().and_then(|s| s.incidents(false).ok()).unwrap_or_default();
         let drills = self.events.lock().map(|r| view::drills(r.iter().map(|(_, e)| e))).unwrap_or_default();

@@ -508,7 +508,7 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
         let c = format!("{run}{} --config {}", exe.display(), m.config.display());
         println!("  {c} status");
         println!("  {c} drill failover            # kill the primary, measure the RTO, rejoin it");
-        println!("  {c} pg restore --to /tmp/pitr --target-time \"$(date -u +'%Y-%m-%d %H:%M:%S+00')\"");
+        println!("  {c} pg restore --to /tmp/pitr --target-time $(date -u +%Y-%m-%dT%H:%M:%SZ)");
         println!("  {c} drill redis-failover --group cache");
         println!("  {c} events");
         println!("\n  cirkel lab status --dir {}    cirkel lab down --dir {}", m.dir.display(), m.dir.display());
