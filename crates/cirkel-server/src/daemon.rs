@@ -305,7 +305,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             let inboxes = inboxes.clone();
             Arc::new(move |req: Request| answer(req, &inboxes, &status))
         };
-        let api = Arc::new(crate::api::Api::new(
+        let mut api = crate::api::Api::new(
             Arc::new(cfg.clone()),
             estate.clone(),
             metrics.clone(),
@@ -315,7 +315,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             control,
             notify.as_ref().map(|n| n.notifier.clone()),
             published_checks.clone(),
-        ));
+        );
+        api.drill = Some((runner.exe.clone(), runner.global.clone()));
+        let api = Arc::new(api);
         sup.spawn("http", sup.token(), move |cancel| {
             let (listener, metrics, api) = (listener.clone(), metrics.clone(), api.clone());
             async move {

@@ -446,6 +446,10 @@ fn the_api_answers_as_documented_refuses_without_the_right_token_and_audits() {
     let (s, v) = post(addr, "/api/v1/silences", Some(OPERATOR), "{\"matchers\":[]}");
     assert!(s == 400 || s == 404, "{s} {v:#}");
     assert_eq!(e.events("api-action").len(), 4);
+    let (s, v) = post(addr, "/api/v1/clusters/nope/drill", Some(OPERATOR), "");
+    assert_eq!(s, 404, "{v:#}");
+    let (s, _) = post(addr, "/api/v1/clusters/main/drill", Some(VIEWER), "");
+    assert_eq!(s, 403);
     let (s, v) = post(addr, "/api/v1/alerts/1/ack", Some(OPERATOR), "not json");
     assert_eq!(s, 400, "{v:#}");
     // Paging goes backwards through the log (the refusals and actions above are in it).
@@ -453,10 +457,10 @@ fn the_api_answers_as_documented_refuses_without_the_right_token_and_audits() {
     let before = p1["next_before"].as_u64().unwrap();
     let (_, p2) = get(addr, &format!("/api/v1/events?limit=2&before={before}"), VIEWER);
     assert!(p2["events"][0]["seq"].as_u64().unwrap() < before, "{p1:#}\n{p2:#}");
-    // The API follows the log: the four actions reach it within a moment.
-    wait_until("the four actions in the API's events", Duration::from_secs(30), &mut || {
+    // The API follows the log: the six actions (the malformed one too) reach it within a moment.
+    wait_until("the six actions in the API's events", Duration::from_secs(30), &mut || {
         let (_, kinds) = get(addr, "/api/v1/events?kind=api-action&limit=1000", VIEWER);
-        kinds["events"].as_array().is_some_and(|e| e.len() == 4)
+        kinds["events"].as_array().is_some_and(|e| e.len() == 6)
     });
 
     // A dead standby: the answer comes from the cached state at once and
@@ -623,17 +627,18 @@ fn the_dashboard_in_chromium_shows_members_and_rpo_and_follows_a_failover() {
     browser.screenshot(&img.join("dashboard.png"));
 
     // A failover drill: the page, left open, shows the new primary by itself.
+    // The operator starts a failover drill through the API; the page, left
+    // open, shows the new primary and the drill by itself.
     eprintln!("browser: the dashboard shows a, starting the failover drill");
-    let out = e.cmd(&["--json", "drill", "failover"]).output().unwrap();
-    assert!(out.status.success(), "drill failover: {}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_primary = report["new_primary"].as_str().unwrap().to_string();
-    eprintln!("browser: the drill made {new_primary} the primary");
-    assert_ne!(new_primary, "a");
-    wait_until("the page to show the new primary", Duration::from_secs(90), &mut || {
-        browser.eval(PRIMARY_JS).as_str() == Some(new_primary.as_str())
+    let (status, v) = post(&e.listen, "/api/v1/clusters/main/drill", Some(OPERATOR), "");
+    assert_eq!(status, 200, "{v:#}");
+    let (status, v) = post(&e.listen, "/api/v1/clusters/main/drill", Some(OPERATOR), "");
+    assert_eq!(status, 409, "a second drill at once: {v:#}");
+    wait_until("the page to show the new primary", Duration::from_secs(120), &mut || {
+        browser.eval(PRIMARY_JS).as_str().is_some_and(|p| p == "b" || p == "c")
     });
-    wait_until("the page to list the drill", Duration::from_secs(30), &mut || {
+    eprintln!("browser: the page shows the new primary");
+    wait_until("the page to list the drill", Duration::from_secs(120), &mut || {
         browser.eval("return document.querySelectorAll('#drills td.drill-rto').length;") == 1
     });
     browser.screenshot(&img.join("dashboard-after-failover.png"));

@@ -118,6 +118,10 @@ pub struct Api {
     pub checks: Arc<Mutex<Vec<PublishedCheck>>>,
     pub streams: Arc<tokio::sync::Semaphore>,
     refusals: Mutex<(Instant, u32, u64)>,
+    /// The cirkel binary and its global arguments, to run drills as the
+    /// scheduled jobs run (a child process); `None`: drills are not offered.
+    pub drill: Option<(std::path::PathBuf, Vec<String>)>,
+    drilling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The most event streams open at once.
@@ -162,6 +166,8 @@ impl Api {
             checks,
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
             refusals: Mutex::new((Instant::now(), 0, 0)),
+            drill: None,
+            drilling: Arc::default(),
         }
     }
 
@@ -259,30 +265,32 @@ impl Api {
         let query = req.uri().query().unwrap_or("").to_string();
         if action {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return problem(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("cannot read the body: {e}"),
-                        "send at most 64 KiB of JSON",
+                Ok(b) => Ok(b.to_bytes()),
+                Err(e) => Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the body: {e}"),
+                    "send at most 64 KiB of JSON",
+                )),
+            };
+            let body: Result<Value, _> = body.and_then(|b| {
+                if b.is_empty() {
+                    return Ok(json!({}));
+                }
+                serde_json::from_slice(&b)
+                    .map_err(|e| (StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"), "send a JSON object"))
+            });
+            return match body {
+                Ok(body) => self.act(&rest, body, peer).await,
+                Err((status, error, hint)) => {
+                    self.audit(
+                        EventKind::ApiAction,
+                        format!("api operator tried: POST /api/v1/{rest} from {}", peer.ip()),
+                        json!({ "action": rest.split('/').next(), "request": format!("POST /api/v1/{rest}"), "by": "api operator",
+                                "peer": peer.ip().to_string(), "role": "operator", "status": status.as_u16(), "error": error }),
                     );
+                    problem(status, &error, hint)
                 }
             };
-            let body: Value = if body.is_empty() {
-                json!({})
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return problem(
-                            StatusCode::BAD_REQUEST,
-                            &format!("the body is not JSON: {e}"),
-                            "send a JSON object",
-                        );
-                    }
-                }
-            };
-            return self.act(&rest, body, peer).await;
         }
         if rest == "events/stream" {
             return sse::stream(self);
@@ -493,6 +501,7 @@ impl Api {
                 let by = by.clone();
                 blocking(move || silence(&api, &body, &by)).await
             }
+            ["clusters", cluster, "drill"] => self.start_drill(cluster),
             ["clusters", cluster, op @ ("pause" | "resume" | "switchover")] => {
                 let cluster = cluster.to_string();
                 let req = match *op {
@@ -549,6 +558,61 @@ impl Api {
 }
 
 type Outcome = Result<Value, (StatusCode, String, String)>;
+
+impl Api {
+    /// Starts `cirkel drill failover --cluster NAME` as a child process; its
+    /// report arrives as a `drill` event (GET /api/v1/drills). One at a time.
+    fn start_drill(&self, cluster: &str) -> Outcome {
+        use std::sync::atomic::Ordering;
+        let Some((exe, global)) = &self.drill else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "this daemon runs no drills".into(),
+                "run `cirkel drill failover`".into(),
+            ));
+        };
+        if self.cfg.postgres.get(cluster).is_none_or(|c| c.members.is_empty()) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no postgres cluster `{cluster}` with members"),
+                "GET /api/v1/clusters lists them".into(),
+            ));
+        }
+        if self.drilling.swap(true, Ordering::SeqCst) {
+            return Err((
+                StatusCode::CONFLICT,
+                "a drill is running".into(),
+                "wait for its event in GET /api/v1/drills".into(),
+            ));
+        }
+        let mut c = std::process::Command::new(exe);
+        c.args(global).args(["drill", "failover", "--cluster", cluster]);
+        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let child = match c.spawn() {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.drilling.store(false, Ordering::SeqCst);
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot start the drill: {e}"),
+                    "see the daemon's log".into(),
+                ));
+            }
+        };
+        let (pid, drilling, cluster) = (child.id(), self.drilling.clone(), cluster.to_string());
+        std::thread::spawn(move || {
+            match child.wait_with_output() {
+                Ok(out) if !out.status.success() => {
+                    tracing::warn!("the drill of {cluster} failed: {}", String::from_utf8_lossy(&out.stderr).trim())
+                }
+                Err(e) => tracing::warn!("the drill of {cluster}: {e}"),
+                Ok(_) => {}
+            }
+            drilling.store(false, Ordering::SeqCst);
+        });
+        Ok(json!({ "started": true, "pid": pid }))
+    }
+}
 
 async fn blocking(f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
     tokio::task::spawn_blocking(f)
