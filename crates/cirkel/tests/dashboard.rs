@@ -478,6 +478,25 @@ fn the_api_answers_as_documented_refuses_without_the_right_token_and_audits() {
     eprintln!("the dashboard rendered in {:?} with a member down", start.elapsed());
     assert_eq!(s, 200);
     assert!(page.contains("data-member=\"c\" data-role=\"unknown\""), "{page}");
+
+    // The repository goes away: it is reported unreachable, the RPO
+    // exposure becomes unknown (never green), and the page still renders.
+    let repo = std::path::PathBuf::from(&e.env.repo);
+    std::fs::rename(&repo, repo.with_extension("gone")).unwrap();
+    wait_until("the repository reported unreachable", Duration::from_secs(90), &mut || {
+        let (_, v) = get(addr, "/api/v1/repositories", VIEWER);
+        v["repositories"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "default" && r["reachable"] == false))
+    });
+    let (_, v) = get(addr, "/api/v1/sources", VIEWER);
+    assert_eq!(v["sources"][0]["rpo"]["status"], "unknown", "{v:#}");
+    assert!(v["sources"][0]["rpo"]["value_s"].is_null(), "{v:#}");
+    let start = Instant::now();
+    let (s, _, page) = http(addr, "GET", "/", &[("Cookie", &cookie)], None);
+    eprintln!("the dashboard rendered in {:?} with the repository gone", start.elapsed());
+    assert_eq!(s, 200);
+    assert!(page.contains("class=\"badge unknown rpo\""), "{page}");
 }
 
 // ---------------------------------------------------------------------------
