@@ -13,7 +13,7 @@ use serde::Serialize;
 
 /// The lease TTL when `ttl` is not set: the time a dead leader's lease
 /// takes to lapse, so the longest a failover waits for leadership.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 /// etcd grants no lease shorter than its election timeout allows (about
 /// 2 s with its defaults); a shorter TTL would be silently lengthened.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
@@ -68,6 +68,17 @@ pub fn check_etcd_url(url: &str) -> Result<(), String> {
     }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!("`{url}`: an etcd endpoint has no path or query; expected {example}"));
+    }
+    Ok(())
+}
+
+/// Checks an agent's name: shown to operators and stored in etcd as the
+/// holder of a lease, so one key component.
+pub fn check_node_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!(
+            "`{n}` is not a node name; expected letters, digits, `-`, `_` or `.` (e.g. the host's name, \"db-1\")"
+        ));
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod checks;
 pub mod coordination;
 pub mod cron;
+pub mod drills;
 pub mod exclude;
 pub mod notify;
 mod reader;
@@ -26,6 +27,7 @@ use serde::Serialize;
 pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use coordination::CoordinationConfig;
+pub use drills::{DrillConfig, DrillKind};
 pub use notify::NotifyConfig;
 pub use reader::duration_to_string;
 pub use secret::Secret;
@@ -186,6 +188,9 @@ pub struct PgMemberConfig {
     /// Address of this member's Patroni-compatible health endpoints
     /// (`/primary`, `/replica`, …) for HAProxy, e.g. "127.0.0.1:8009".
     pub api_listen: Option<String>,
+    /// The agent (`cirkel serve --node NAME`) on this member's host, which
+    /// starts, stops, fences and rewinds it; with `[coordination]` only.
+    pub node: Option<String>,
 }
 
 impl Default for PostgresConfig {
@@ -341,6 +346,8 @@ pub struct Config {
     /// Leadership through etcd (`[coordination]`); a local lock when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationConfig>,
+    /// Drills `cirkel serve` runs on a schedule (`[drills.NAME]`).
+    pub drills: BTreeMap<String, DrillConfig>,
     /// The file this came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -2,6 +2,7 @@
 
 mod checks;
 mod coordination;
+mod drills;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -310,7 +311,13 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                         priority: m.integer("priority", 0..1_000_001).map(|p| p as u32).unwrap_or(100),
                         pgdata: m.string("pgdata").map(|p| m.cx.resolve(&p)),
                         api_listen: m.string("api_listen"),
+                        node: m.string("node"),
                     };
+                    if let (Some(n), Some(span)) = (&member.node, m.value_span("node"))
+                        && let Err(e) = coordination::check_name(n)
+                    {
+                        m.cx.error(span, &m.key_path("node"), e);
+                    }
                     m.finish();
                     (n, member)
                 })
@@ -348,6 +355,42 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
     cfg.alarms = read;
     cfg.notifications = notify::read(&mut root);
     cfg.coordination = root.table("coordination").map(coordination::read_coordination);
+    let mut drill_spans = BTreeMap::new();
+    for (name, t) in root.named_tables("drills") {
+        drill_spans.insert(name.clone(), t.span.clone());
+        cfg.drills.insert(name, drills::read_drill(t));
+    }
+    for (name, d) in &cfg.drills {
+        let span = drill_spans.get(name).cloned().unwrap_or(0..0);
+        let (names, what): (Vec<&String>, &str) = match d.kind {
+            k if k.targets_postgres() => (
+                cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n).collect(),
+                "postgres cluster with members",
+            ),
+            crate::DrillKind::RedisFailover => (cfg.redis.keys().collect(), "redis group"),
+            _ => {
+                if d.target.is_some() {
+                    cx.error(
+                        span,
+                        &format!("drills.{name}.target"),
+                        "a restore drill restores the newest base backup of the main repository; remove `target`",
+                    );
+                }
+                continue;
+            }
+        };
+        match &d.target {
+            Some(t) if !names.contains(&t) => {
+                cx.error(span, &format!("drills.{name}.target"), format!("names `{t}`, which is no configured {what}"))
+            }
+            None if names.len() != 1 => cx.error(
+                span,
+                &format!("drills.{name}.target"),
+                format!("missing: {} {what}s are configured; name the one to drill", names.len()),
+            ),
+            _ => {}
+        }
+    }
     let copy_targets = cfg
         .files
         .iter()

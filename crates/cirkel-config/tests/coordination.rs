@@ -29,7 +29,7 @@ fn endpoints_alone_take_the_defaults() {
         c,
         CoordinationConfig {
             etcd: vec!["http://127.0.0.1:2379".into()],
-            ttl: Duration::from_secs(10),
+            ttl: Duration::from_secs(5),
             node: None,
             prefix: "/cirkel".into()
         }
@@ -105,4 +105,13 @@ fn bad_names_prefixes_and_unknown_keys_are_refused() {
     assert!(e.contains("c.toml:5:") && e.contains("unknown key") && e.contains("etcd, node, prefix, ttl"), "{e}");
     let e = err("[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/\"\n");
     assert!(e.contains("not a key prefix"), "{e}");
+}
+
+#[test]
+fn a_members_node_is_one_name() {
+    let text = "[postgres.main.members.a]\nhost = \"10.0.0.1\"\nnode = \"db-1\"\n";
+    let cfg = parse(text).unwrap();
+    assert_eq!(cfg.postgres["main"].members["a"].node.as_deref(), Some("db-1"));
+    let err = parse("[postgres.main.members.a]\nhost = \"10.0.0.1\"\nnode = \"db 1/x\"\n").unwrap_err().to_string();
+    assert!(err.contains("node") && err.contains("not a node name"), "{err}");
 }

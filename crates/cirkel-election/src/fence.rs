@@ -72,6 +72,15 @@ impl Fence {
         Ok(Fence { store: Store::connect(cfg)? })
     }
 
+    /// The same connection with another bound on each request: reads an
+    /// agent makes every round, which must not hold the round up while
+    /// etcd does not answer.
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Fence {
+        let mut store = self.store.clone();
+        store.op_timeout = timeout;
+        Fence { store }
+    }
+
     /// The epoch that holds `scope` now, 0 when nobody does (epochs start
     /// at 1, so 0 is older than every lease).
     pub fn current_epoch(&self, scope: &str) -> Result<u64, ElectionError> {
@@ -122,6 +131,53 @@ impl Fence {
         let resp =
             self.store.block_on("read a record", self.store.op_timeout, kv.get(self.store.key(scope, name), None))?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+}
+
+impl Fence {
+    /// Writes `PREFIX/SCOPE/NAME = value` whoever leads: for what an agent
+    /// reports about itself or its own host (a member's postmaster gone,
+    /// the agent alive), never for a decision.
+    pub fn put(&self, scope: &str, name: &str, value: &[u8]) -> Result<(), ElectionError> {
+        check_component("scope", scope)?;
+        check_component("record name", name)?;
+        if name == "leader" {
+            return Err(ElectionError("the leader key is written by the election only".into()));
+        }
+        let mut kv = self.store.client.kv_client();
+        let key = self.store.key(scope, name);
+        self.store.block_on("write a report", self.store.op_timeout, kv.put(key, value.to_vec(), None))?;
+        Ok(())
+    }
+
+    /// Deletes a report written with [`Fence::put`].
+    pub fn delete(&self, scope: &str, name: &str) -> Result<(), ElectionError> {
+        check_component("scope", scope)?;
+        check_component("record name", name)?;
+        if name == "leader" {
+            return Err(ElectionError("the leader key is written by the election only".into()));
+        }
+        let mut kv = self.store.client.kv_client();
+        let key = self.store.key(scope, name);
+        self.store.block_on("delete a report", self.store.op_timeout, kv.delete(key, None))?;
+        Ok(())
+    }
+
+    /// Every record of `scope`, by name.
+    pub fn list(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, ElectionError> {
+        check_component("scope", scope)?;
+        let mut kv = self.store.client.kv_client();
+        let prefix = self.store.key(scope, "");
+        let opts = etcd_client::GetOptions::new().with_prefix();
+        let resp = self.store.block_on("list records", self.store.op_timeout, kv.get(prefix.clone(), Some(opts)))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                (key.strip_prefix(&prefix).unwrap_or(&key).to_string(), kv.value().to_vec())
+            })
+            .collect())
     }
 }
 

@@ -63,6 +63,24 @@ pub trait Leadership {
     fn holder(&self) -> Option<String>;
 }
 
+impl<L: Leadership + ?Sized> Leadership for Box<L> {
+    fn acquire(&mut self) -> Result<Option<Lease>, ElectionError> {
+        (**self).acquire()
+    }
+
+    fn still_held(&mut self, lease: &Lease) -> Result<bool, ElectionError> {
+        (**self).still_held(lease)
+    }
+
+    fn release(&mut self, lease: Lease) {
+        (**self).release(lease)
+    }
+
+    fn holder(&self) -> Option<String> {
+        (**self).holder()
+    }
+}
+
 /// An action refused because it carries the epoch of a lease that a newer
 /// holder has replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

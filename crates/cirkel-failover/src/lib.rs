@@ -29,6 +29,7 @@
 //! fences every action it takes (`election`).
 
 pub mod election;
+pub mod keep;
 pub mod loss;
 pub mod round;
 
@@ -49,6 +50,11 @@ pub struct HealthCounter {
 }
 
 impl HealthCounter {
+    /// The state it turned to last (`None`: not yet decided).
+    pub fn healthy(&self) -> Option<bool> {
+        self.healthy
+    }
+
     /// Feeds one probe result; returns the new state when it changed.
     pub fn observe(&mut self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
         if ok {
@@ -218,6 +224,14 @@ impl Decider {
         self.primary = Some(new.to_string());
         self.failures = 0;
         self.primary_lsn = self.last.get(new).map(|s| s.lsn).unwrap_or(0);
+    }
+
+    /// The primary `name` is known to be down (its own host saw its
+    /// postmaster exit): the next failed probe is the last one counted.
+    pub fn declare_down(&mut self, name: &str) {
+        if self.primary.as_deref() == Some(name) {
+            self.failures = self.failures.max(self.policy.unhealthy_threshold.saturating_sub(1));
+        }
     }
 
     /// Feeds one round of probes and decides.

@@ -64,6 +64,9 @@ pub struct MemberSeen {
     pub replicas: Vec<String>,
     /// Why the probe failed.
     pub error: Option<String>,
+    /// Its own host's agent saw its postmaster exit (and will not restart
+    /// it as a primary): down at once, without waiting for more checks.
+    pub gone: bool,
 }
 
 /// A failover recorded as started, before its promotion was recorded.
@@ -273,6 +276,16 @@ impl RoundState {
         self.alarm.as_ref()
     }
 
+    /// This watcher has just taken the lease from another holder: the next
+    /// round reads the record afresh (as after a restart), with the members'
+    /// health as this watcher has been counting it all along, so a primary
+    /// already counted down is failed over at once.
+    pub fn take_over(&mut self) {
+        self.resumed = false;
+        self.first_failure = None;
+        self.alarm = None;
+    }
+
     /// Settles the round's alarm (the round's own, or an executor failure's)
     /// against the one standing: raised when it is new, cleared when none
     /// stands any more, nothing when the same alarm still stands.
@@ -307,6 +320,7 @@ pub fn round(obs: &Observations, state: &mut RoundState, decider: &mut Decider, 
     let mut recorded_primary = obs.recorded_primary.clone();
     let mut fenced = obs.fenced.clone();
     let mut sync_recorded = obs.sync_recorded.clone();
+    let resuming = !state.resumed;
     if !state.resumed {
         state.resumed = true;
         resume(obs, decider, policy, actions, (&mut recorded_primary, &mut fenced, &mut sync_recorded));
@@ -368,6 +382,15 @@ pub fn round(obs: &Observations, state: &mut RoundState, decider: &mut Decider, 
         })
         .collect();
     let fenced_runs_as_primary = fenced.as_ref().filter(|f| obs.role_of(f) == Some(Role::Primary));
+    // Down without more checks: its own host saw its postmaster exit, or
+    // it was counted down before this watcher took the lease over.
+    if let Some(p) = decider.primary().map(str::to_string) {
+        let gone = obs.member(&p).is_some_and(|m| m.gone && !m.reachable);
+        let counted_down = resuming && state.health.get(&p).and_then(HealthCounter::healthy) == Some(false);
+        if gone || counted_down {
+            decider.declare_down(&p);
+        }
+    }
     match decider.observe(&probes) {
         Decision::Steady { primary: p } => {
             state.first_failure = None;

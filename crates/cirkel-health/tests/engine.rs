@@ -332,7 +332,8 @@ async fn hanging_targets_never_delay_a_healthy_check() {
     // A timed-out probe closes its connection: at most one per hanging check is open.
     assert!(hanging.open.load(Ordering::SeqCst) <= 50, "{} connections left open", hanging.open.load(Ordering::SeqCst));
     let lags = handle.lag_summary();
-    assert!(lags.total >= 51 * 20 && lags.kept as u64 == lags.total, "{lags:?}");
+    // The healthy check has had 20 rounds; each hanging one at least one fewer.
+    assert!(lags.total >= 20 + 50 * 19 && lags.kept as u64 == lags.total, "{lags:?}");
     cancel.cancel();
     tokio::time::timeout(DEADLINE, handle.stopped()).await.unwrap();
 }

@@ -20,6 +20,7 @@
 //! - [`config`]: the configuration's settings as the notifier's types.
 
 pub mod config;
+pub mod drills;
 pub mod escalate;
 pub mod incident;
 pub mod notifier;

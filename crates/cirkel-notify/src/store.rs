@@ -23,7 +23,8 @@ use crate::{Error, Labels, Result, Severity, Status};
 pub const FILE_NAME: &str = "cirkel.db";
 
 /// Each entry moves the schema one version up; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE alerts (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
@@ -89,7 +90,25 @@ CREATE TRIGGER timeline_no_update BEFORE UPDATE ON timeline
 BEGIN SELECT RAISE(ABORT, 'the incident timeline is append-only'); END;
 CREATE TRIGGER timeline_no_delete BEFORE DELETE ON timeline
 BEGIN SELECT RAISE(ABORT, 'the incident timeline is append-only'); END;
-"#];
+"#,
+    r#"
+CREATE TABLE drills (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('passed', 'failed', 'over-target', 'aborted', 'skipped')),
+    rto_s REAL,
+    rto_target_s REAL,
+    writes_lost INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    report TEXT
+) STRICT;
+CREATE INDEX drills_by_name ON drills (name, id);
+"#,
+];
 
 /// The SQLite store. One connection behind a mutex: every call is a short
 /// transaction, and the daemon is its only writer.

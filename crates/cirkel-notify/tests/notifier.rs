@@ -57,7 +57,7 @@ fn the_store_is_owner_only_strict_and_versioned() {
     let store = Store::open_in(dir.path()).unwrap();
     let mode = std::fs::metadata(dir.path().join("cirkel.db")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     store.add_silence(&[], t(10), "r", "ana", t(0)).unwrap();
     // SQLite gives its journal files the database's permissions.
     for side in ["cirkel.db-wal", "cirkel.db-shm"] {
@@ -66,13 +66,13 @@ fn the_store_is_owner_only_strict_and_versioned() {
     }
     drop(store);
     // Reopening an up-to-date store changes nothing.
-    assert_eq!(Store::open_in(dir.path()).unwrap().schema_version().unwrap(), 1);
+    assert_eq!(Store::open_in(dir.path()).unwrap().schema_version().unwrap(), 2);
     // A store from a newer cirkel is refused, saying what to do.
     let conn = rusqlite::Connection::open(dir.path().join("cirkel.db")).unwrap();
     conn.pragma_update(None, "user_version", 7).unwrap();
     drop(conn);
     let err = Store::open_in(dir.path()).err().unwrap();
-    assert!(matches!(err, Error::Schema { found: 7, known: 1, .. }), "{err}");
+    assert!(matches!(err, Error::Schema { found: 7, known: 2, .. }), "{err}");
     assert!(err.to_string().contains("run the newer cirkel"));
 }
 

@@ -37,6 +37,8 @@ pub struct View {
     pub status: Option<ClusterStatus>,
     /// The primary cirkel routes to (none while failing over).
     pub primary: Option<String>,
+    /// When `status` was probed.
+    pub seen: Option<std::time::Instant>,
 }
 
 pub type SharedView = Arc<Mutex<View>>;
@@ -245,6 +247,7 @@ mod tests {
                 members: vec![m("a", "primary", None), m("b", "standby", Some(100)), m("c", "standby", Some(5 << 20))],
             }),
             primary: Some("a".into()),
+            seen: None,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct PgDrill {
     /// The member killed with SIGKILL (failover drills only; a switchover kills nobody).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<String>,
+    /// The member stopped with SIGSTOP and continued at the end (`--fault stop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     pub new_primary: Option<String>,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
@@ -56,10 +59,98 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A fault a drill injected and has not undone yet, kept in the state
+/// directory (`drill-fault.json`) from just before it is injected until it
+/// is undone: a drill killed meanwhile leaves it for the next start of
+/// `cirkel serve` (or the next drill) to undo.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Leftover {
+    /// The drill's process.
+    pub pid: u32,
+    /// The drill's name in the history (`--name`), when given.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub cluster: String,
+    /// The member whose postmaster was killed (or stopped).
+    pub member: String,
+    /// `kill` (SIGKILL: started again) or `stop` (SIGSTOP of `postmaster`:
+    /// continued).
+    #[serde(default = "default_fault")]
+    pub fault: String,
+    #[serde(default)]
+    pub postmaster: Option<u32>,
+    pub started: chrono::DateTime<Utc>,
+}
+
+pub const LEFTOVER_FILE: &str = "drill-fault.json";
+
+fn default_fault() -> String {
+    "kill".into()
+}
+
+/// Undoes the fault of a drill that was killed before it could: the
+/// member it killed is started again (its `cirkel serve` rejoins it).
+/// Returns what was done, for the caller to record; nothing while the
+/// drill that wrote it still runs.
+pub fn undo_leftover(
+    state: &cirkel_state::StateDir,
+    clusters: &std::collections::BTreeMap<String, PostgresConfig>,
+) -> anyhow::Result<Option<(Leftover, String)>> {
+    let Some(left) = state.load_json::<Leftover>(LEFTOVER_FILE)? else { return Ok(None) };
+    let alive = std::fs::read_to_string(format!("/proc/{}/cmdline", left.pid))
+        .is_ok_and(|c| c.contains("drill") && !is_zombie(left.pid));
+    if alive {
+        return Ok(None);
+    }
+    let done = match clusters.get(&left.cluster).and_then(|c| c.members.get(&left.member).map(|m| (c, m))) {
+        Some(_) if left.fault == "stop" => match left.postmaster {
+            // SAFETY: kill(2) with SIGCONT on the pid the drill stopped.
+            Some(pid) if unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } == 0 => {
+                format!("{} (pid {pid}) was continued", left.member)
+            }
+            _ => format!("{} was no longer stopped", left.member),
+        },
+        Some((c, m)) => match &m.pgdata {
+            Some(pgdata) if crate::keeper::postmaster_alive(pgdata) => format!("{} already runs again", left.member),
+            Some(pgdata) => {
+                clear_dead_locks(pgdata, m);
+                let log = std::env::temp_dir().join(format!("cirkel-drill-{}-{}.log", left.cluster, left.member));
+                match crate::failover::start_member(c, m, pgdata, &log, true) {
+                    Ok(()) => format!("{} was started again", left.member),
+                    Err(e) => format!("{} could not be started again: {e:#}; start it by hand", left.member),
+                }
+            }
+            None => format!("{} has no pgdata here; start it on its host", left.member),
+        },
+        None => format!("cluster {} or member {} is no longer configured", left.cluster, left.member),
+    };
+    let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
+    Ok(Some((left, done)))
+}
+
+/// Where nothing reaps orphans, a killed postmaster stays a zombie, and
+/// its lock files (naming a pid that still exists) would keep a new one
+/// from starting: they are removed.
+fn clear_dead_locks(pgdata: &std::path::Path, m: &PgMemberConfig) {
+    let pid = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    if pid.is_some_and(is_zombie) {
+        let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
+        if m.host.starts_with('/') {
+            let _ = std::fs::remove_file(std::path::Path::new(&m.host).join(format!(".s.PGSQL.{}.lock", m.port)));
+        }
+    }
+}
+
 /// The fault a drill injects.
 pub enum Fault<'a> {
     /// SIGKILL of the primary's postmaster.
     Kill,
+    /// SIGSTOP of the primary's postmaster: a hung server, alive but
+    /// silent; SIGCONT at the end (it comes back as an old primary, which
+    /// `cirkel serve` rewinds).
+    Stop,
     /// A planned switchover asked of the watcher (to a member, or the best).
     Switchover { state: &'a cirkel_state::StateDir, to: Option<String> },
 }
@@ -67,10 +158,22 @@ pub enum Fault<'a> {
 /// Runs the drill. `cirkel serve` must be watching the cluster: it is what
 /// fails over and rejoins; the drill only injects the fault and measures.
 pub fn drill(cluster: &str, c: &PostgresConfig, timeout: Duration) -> anyhow::Result<FailoverReport> {
-    run_drill(cluster, c, timeout, Fault::Kill)
+    run_drill(cluster, c, timeout, Fault::Kill, &AtomicBool::new(false), None)
 }
 
-pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fault) -> anyhow::Result<FailoverReport> {
+/// Runs the drill; `abort` turning true stops the waiting at once: the
+/// fault is undone (a killed primary is started again, for `cirkel serve`
+/// to rejoin) and the report says the drill was aborted. With
+/// `leftovers`, the fault is recorded there (with the drill's name) until
+/// it is undone, for [`undo_leftover`] after a crash.
+pub fn run_drill(
+    cluster: &str,
+    c: &PostgresConfig,
+    timeout: Duration,
+    fault: Fault,
+    abort: &AtomicBool,
+    leftovers: Option<(&cirkel_state::StateDir, Option<String>)>,
+) -> anyhow::Result<FailoverReport> {
     let ep = endpoint(c)?;
     let before = status(cluster, c);
     if !before.healthy {
@@ -140,15 +243,32 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     };
     std::thread::sleep(Duration::from_secs(1));
     let kind = match &fault {
-        Fault::Kill => "postgres-failover",
+        Fault::Kill | Fault::Stop => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
     let mut asked = None;
+    if let (Fault::Kill | Fault::Stop, Some((state, name))) = (&fault, &leftovers) {
+        let left = Leftover {
+            pid: std::process::id(),
+            name: name.clone(),
+            cluster: cluster.to_string(),
+            member: old.clone(),
+            fault: if matches!(fault, Fault::Stop) { "stop" } else { "kill" }.into(),
+            postmaster: Some(pid),
+            started,
+        };
+        state.save_json(LEFTOVER_FILE, &left)?;
+    }
     let injected = match &fault {
         // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
         Fault::Kill => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!("cannot kill {old} (pid {pid}): {}", std::io::Error::last_os_error())),
+        },
+        // SAFETY: as above, with SIGSTOP.
+        Fault::Stop => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) } {
+            0 => Ok(()),
+            _ => Err(anyhow::anyhow!("cannot stop {old} (pid {pid}): {}", std::io::Error::last_os_error())),
         },
         Fault::Switchover { to, .. } => match client.take() {
             // The reply comes once the switchover is done; the canary measures meanwhile.
@@ -165,6 +285,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         },
     };
     let killed = matches!(fault, Fault::Kill);
+    let stopped = matches!(fault, Fault::Stop);
     let fault = Instant::now();
     if let Err(e) = injected {
         stop.store(true, Ordering::Relaxed);
@@ -174,7 +295,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     let old_port = old_cfg.port.to_string();
     let mut failures = Vec::new();
     let mut first = None;
-    while fault.elapsed() < timeout {
+    while fault.elapsed() < timeout && !abort.load(Ordering::Relaxed) {
         if let Ok(a) = acked.lock()
             && let Some((_, t, _)) = a.iter().find(|(_, t, p)| *t > fault && *p != old_port)
         {
@@ -183,7 +304,9 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    if first.is_none() {
+    if abort.load(Ordering::Relaxed) {
+        failures.push("aborted before the end".into());
+    } else if first.is_none() {
         failures.push(format!("no write went through the endpoint within {timeout:?}: is `cirkel serve` running?"));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -217,23 +340,26 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
     // Start the old primary again; `cirkel serve` rewinds it into a standby.
     // Where nothing reaps orphans, the dead postmaster stays a zombie and its
     // lock files would keep the new one from starting.
-    if killed && is_zombie(pid) {
-        let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
-        if old_cfg.host.starts_with('/') {
-            let _ = std::fs::remove_file(
-                std::path::Path::new(&old_cfg.host).join(format!(".s.PGSQL.{}.lock", old_cfg.port)),
-            );
-        }
+    if killed {
+        clear_dead_locks(&pgdata, &old_cfg);
     }
     let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
+    // SAFETY: kill(2) with SIGCONT on the postmaster this drill stopped.
+    if stopped && unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
+        failures.push(format!("could not continue {old} (pid {pid}): {}", std::io::Error::last_os_error()));
+    }
     if !killed {
         // The watcher rejoins the old primary itself after a switchover.
     } else if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
         failures.push(format!("could not start {old} again: {e:#} (log: {})", log.display()));
     }
+    if let Some((state, _)) = &leftovers {
+        let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
+    }
     let mut rejoin_s = None;
     let mut after = status(cluster, c);
-    while fault.elapsed() < timeout * 2 {
+    // Aborted: the old primary is started again, and not waited for.
+    while fault.elapsed() < timeout * 2 && !abort.load(Ordering::Relaxed) {
         after = status(cluster, c);
         let back = after.members.iter().any(|m| {
             m.name == old
@@ -246,7 +372,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if rejoin_s.is_none() {
+    if rejoin_s.is_none() && !abort.load(Ordering::Relaxed) {
         failures.push(format!("{old} did not come back as a streaming standby: {}", after.problems.join("; ")));
     }
     if let Some(asked) = asked {
@@ -273,6 +399,7 @@ pub fn run_drill(cluster: &str, c: &PostgresConfig, timeout: Duration, fault: Fa
         engine: PgDrill {
             cluster: cluster.to_string(),
             killed: killed.then(|| old.clone()),
+            stopped: stopped.then(|| old.clone()),
             old_primary: old,
             new_primary,
             write_pause_s,

@@ -105,7 +105,9 @@ pub fn rejoin(c: &PostgresConfig, name: &str, primary: &str, log_dir: &Path) -> 
     // pg_rewind reads the new timeline from the source's control file, which
     // a freshly promoted primary updates only at its next checkpoint.
     PgConn::connect(Some(&member_conninfo(c, p, c.health.timeout)))?.execute("CHECKPOINT")?;
-    if pgdata.join("postmaster.pid").exists() {
+    // A postmaster that was killed leaves its pid file; pg_rewind finishes
+    // its crash recovery itself.
+    if crate::keeper::postmaster_alive(&pgdata) {
         run(Command::new(&pg_ctl).arg("-D").arg(&pgdata).args(["-m", "fast", "-w", "-t", "60", "stop"]))?;
     }
     let source = primary_conninfo(c, p, name);
@@ -207,9 +209,42 @@ pub struct Switched {
     pub final_lsn: String,
 }
 
+/// Waits until the standby `new` (connected as `standby`) has replayed
+/// past the old primary's shutdown checkpoint at `end` (`final_lsn`), then
+/// promotes it: no acknowledged commit of `old` is left behind.
+pub fn promote_past(
+    c: &PostgresConfig,
+    standby: &PgConn,
+    new: &str,
+    old: &str,
+    final_lsn: &str,
+    end: u64,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replayed = standby
+            .query_one("SELECT pg_last_wal_replay_lsn()::text")
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|l| crate::conn::parse_lsn(&l));
+        if replayed.is_some_and(|r| r > end) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{new} did not replay {old}'s shutdown checkpoint at {final_lsn} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if c.synchronous {
+        crate::ha::set_sync_names(c, new, "")?;
+    }
+    promote(c, new)
+}
+
 /// The location of the last checkpoint of a stopped data directory, from
 /// `pg_controldata`, which must say it was shut down cleanly.
-fn shutdown_checkpoint(c: &PostgresConfig, pgdata: &Path) -> anyhow::Result<(String, u64)> {
+pub fn shutdown_checkpoint(c: &PostgresConfig, pgdata: &Path) -> anyhow::Result<(String, u64)> {
     let bindir = c.bindir.clone().unwrap_or_else(crate::stream::find_bindir);
     let out = run(Command::new(bindir.join("pg_controldata")).arg("-D").arg(pgdata))?;
     let field = |name: &str| {
@@ -273,29 +308,7 @@ pub fn switchover(
         Ok(v) => v,
         Err(e) => return Err(rollback(e)),
     };
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let replayed = standby
-            .query_one("SELECT pg_last_wal_replay_lsn()::text")
-            .ok()
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|l| crate::conn::parse_lsn(&l));
-        if replayed.is_some_and(|r| r > end) {
-            break;
-        }
-        if Instant::now() > until {
-            return Err(rollback(anyhow::anyhow!(
-                "{new} did not replay {old}'s shutdown checkpoint at {final_lsn} within 30 s"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if c.synchronous
-        && let Err(e) = crate::ha::set_sync_names(c, new, "")
-    {
-        return Err(rollback(e));
-    }
-    if let Err(e) = promote(c, new) {
+    if let Err(e) = promote_past(c, &standby, new, old, &final_lsn, end) {
         return Err(rollback(e));
     }
     let promoted = chrono::Utc::now();

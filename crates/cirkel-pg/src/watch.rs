@@ -18,6 +18,7 @@
 //! only watches until it holds a lease again. Every action carries the
 //! lease's epoch and is refused when a newer one was recorded.
 
+mod agents;
 mod execute;
 
 use std::sync::Arc;
@@ -26,7 +27,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use cirkel_config::PostgresConfig;
+use std::collections::HashMap;
+
+use cirkel_config::{CoordinationConfig, PostgresConfig};
 use cirkel_failover::round::{self, MemberSeen, Observations, PendingSwitchover, RoundState, WatchPolicy};
 use cirkel_failover::{Decision, Leadership, Lease, SyncSet};
 use cirkel_state::control::Reply;
@@ -34,9 +37,11 @@ use cirkel_state::election::acquire_or_stand_by;
 use cirkel_state::{Event, EventKind, StateDir};
 use serde_json::json;
 
+use crate::coord::Coord;
 use crate::ha::{self, Record, SwitchoverRequest};
 use crate::members::{ClusterStatus, probes, role, status};
 use crate::proxy::Router;
+use agents::{Shared, forward_commands, take_over, take_requests};
 use execute::{Scene, Watch};
 
 /// What the daemon hands a cluster's watcher, with where to answer.
@@ -77,36 +82,57 @@ pub fn check_target(c: &PostgresConfig, st: &ClusterStatus, to: &str) -> Result<
 /// (fencing it for every client of the endpoint), the chosen standby is
 /// promoted, the others follow it, and an old primary that comes back is
 /// rewound into a standby. With `proxy_listen` it serves the read-write
-/// endpoint. Only one watcher acts per cluster and state directory.
+/// endpoint. Only one watcher acts per cluster: per state directory alone,
+/// per etcd prefix with `[coordination]`, where every agent serves the
+/// endpoints (following the route the leader publishes) and keeps the
+/// members on its own host (`crate::keeper`).
 pub fn watch(
     cluster: &str,
     c: &PostgresConfig,
     state: &StateDir,
+    coordination: Option<&CoordinationConfig>,
     stop: Arc<AtomicBool>,
     commands: Receiver<Command>,
 ) -> anyhow::Result<()> {
     let source = format!("postgres/{cluster}");
-    let mut election = ha::local_lease(state, cluster);
-    let interval = c.health.interval.max(Duration::from_millis(200));
-    let Some(first) = acquire_or_stand_by(&mut election, state, &source, interval, &stop, || {
-        // Another process acts: pausing only changes the record it reads,
-        // and a switchover is its to make.
-        while let Ok(cmd) = commands.try_recv() {
-            let _ = match cmd {
-                Command::Pause(paused, reply) => reply.send(match ha::set_paused(state, cluster, paused) {
-                    Ok(()) => Reply::Done {
-                        message: format!("cluster {cluster} {}", if paused { "paused" } else { "resumed" }),
-                    },
-                    Err(e) => Reply::Error { message: format!("{e:#}") },
-                }),
-                Command::Switchover(_, reply) => reply.send(Reply::Error {
-                    message: format!("this cirkel serve waits while another acts on {cluster}; ask that one"),
-                }),
-            };
+    let coord = match coordination {
+        Some(cc) => {
+            let quick = (c.health.interval / 2).clamp(Duration::from_millis(100), Duration::from_millis(500));
+            Some(Coord::connect(cc, cluster, quick).map_err(|e| anyhow::anyhow!("{source}: {e}"))?)
         }
-    })?
-    else {
-        return Ok(());
+        None => None,
+    };
+    let mut election: Box<dyn Leadership> = match (&coord, coordination) {
+        (Some(k), Some(cc)) => Box::new(k.election(cc).map_err(|e| anyhow::anyhow!("{source}: {e}"))?),
+        _ => Box::new(ha::local_lease(state, cluster)),
+    };
+    let interval = c.health.interval.max(Duration::from_millis(200));
+    // Alone, a second daemon of the same state directory waits here; with
+    // etcd every agent serves its endpoints and follows the leader.
+    let first = if coord.is_some() {
+        None
+    } else {
+        let waited = acquire_or_stand_by(&mut *election, state, &source, interval, &stop, || {
+            // Another process acts: pausing only changes the record it reads,
+            // and a switchover is its to make.
+            while let Ok(cmd) = commands.try_recv() {
+                let _ = match cmd {
+                    Command::Pause(paused, reply) => reply.send(match ha::set_paused(state, cluster, paused) {
+                        Ok(()) => Reply::Done {
+                            message: format!("cluster {cluster} {}", if paused { "paused" } else { "resumed" }),
+                        },
+                        Err(e) => Reply::Error { message: format!("{e:#}") },
+                    }),
+                    Command::Switchover(_, reply) => reply.send(Reply::Error {
+                        message: format!("this cirkel serve waits while another acts on {cluster}; ask that one"),
+                    }),
+                };
+            }
+        })?;
+        match waited {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
     };
     let mut decider = crate::members::decider(c)?;
     let router = Router::new();
@@ -124,6 +150,11 @@ pub fn watch(
     let view: crate::api::SharedView = Default::default();
     let mut apis = Vec::new();
     for (name, m) in &c.members {
+        // With agents on several hosts, a member's health endpoints are
+        // served on its own host.
+        if coord.as_ref().is_some_and(|k| !k.is_local(c, name)) {
+            continue;
+        }
         if let Some(addr) = &m.api_listen {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the health endpoints of {name}: {e}"))?;
@@ -131,32 +162,73 @@ pub fn watch(
             apis.push(std::thread::spawn(move || crate::api::run(listener, name, view, stop)));
         }
     }
-    let rec = Record::load(state, cluster)?;
-    let mut w = Watch { cluster, c, state, source, router, rec, epoch: first.epoch };
-    let mut lease = Some(first);
+    let keepers = match &coord {
+        Some(k) => crate::keeper::spawn_keepers(c, k, state, &stop)?,
+        None => Vec::new(),
+    };
+    let rec = match &coord {
+        Some(_) => Record::default(),
+        None => Record::load(state, cluster)?,
+    };
+    let epoch = first.as_ref().map_or(0, |l| l.epoch);
+    let mut w = Watch { cluster, c, state, source, router, rec, epoch, coord, published: None, heard: HashMap::new() };
+    let mut lease = first;
     // A switchover scheduled before a restart is still due.
     let mut pending: Option<Pending> = w.rec.scheduled.clone().map(|req| Pending { req, reply: None });
     let legacy = crate::members::legacy_pause_flag(state, cluster);
-    if legacy.exists() {
+    if w.coord.is_none() && legacy.exists() {
         w.rec.paused = true;
         w.save();
         let _ = std::fs::remove_file(&legacy);
     }
     let policy = watch_policy(c);
     let mut rounds = RoundState::default();
+    let mut shared = Shared::new();
     let watch_started = Instant::now();
     w.record(
         w.event(EventKind::WatchStarted, format!("watching {} members", c.members.len()))
-            .with(json!({ "epoch": w.epoch })),
+            .with(json!({ "epoch": w.epoch, "node": w.coord.as_ref().map(|k| k.node.clone()) })),
     );
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let st = status(cluster, c);
-        let held = hold(&mut w, &mut election, &mut lease);
+        if let Ok(mut v) = view.lock() {
+            v.status = Some(st.clone());
+            v.seen = Some(Instant::now());
+        }
+        let was_held = lease.is_some();
+        let mut held = hold(&mut w, &mut election, &mut lease, &mut shared);
+        if held && !was_held && w.coord.is_some() {
+            // Taken over from another agent: the record as it left it.
+            match take_over(&mut w, &mut decider, &mut rounds, &mut pending) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!("{}: {e}; the lease is given back", w.source);
+                    if let Some(l) = lease.take() {
+                        election.release(l);
+                    }
+                    held = false;
+                }
+            }
+        }
         if held {
             w.take_commands(&commands, &mut pending);
+        } else {
+            forward_commands(&w, &commands, election.holder());
         }
-        let obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
+        let mut obs = observations(&st, &w.rec, held, pending.as_ref(), watch_started);
+        if let Some(k) = &w.coord {
+            shared.heartbeat(k, &st);
+            w.heard = shared.keepers.iter().map(|(m, (_, at))| (m.clone(), *at)).collect();
+            if held {
+                take_requests(&mut w, &mut shared, &mut pending);
+            }
+            if held {
+                for m in &mut obs.members {
+                    m.gone = shared.gone.contains(&m.name);
+                }
+            }
+        }
         let decided = round::round(&obs, &mut rounds, &mut decider, &policy);
         let mut scene = Scene { st: &st, decider: &mut decider, pending: &mut pending, ro_router: &ro_router };
         let mut alarm = decided.alarm;
@@ -174,11 +246,15 @@ pub fn watch(
             }
             if let Ok(mut v) = view.lock() {
                 v.primary = w.router.target().and(decider.primary().map(str::to_string));
-                v.status = Some(st.clone());
+            }
+        } else if w.coord.is_some() {
+            let routed = shared.follow(&w, &st, &decided.actions);
+            if let Ok(mut v) = view.lock() {
+                v.primary = routed;
             }
         }
         tracing::debug!(cluster, round_ms = started.elapsed().as_secs_f64() * 1000.0, "watch round");
-        rest(&mut w, started, &stop, &commands, &mut pending);
+        rest(&mut w, started, &stop, &commands, &mut pending, &decider, held);
     }
     if let Some(l) = lease.take() {
         election.release(l);
@@ -188,6 +264,9 @@ pub fn watch(
     }
     for a in apis {
         let _ = a.join();
+    }
+    for k in keepers {
+        let _ = k.join();
     }
     Ok(())
 }
@@ -226,6 +305,7 @@ fn observations(
             waits_for_standbys: m.synchronous_standby_names.as_deref().is_some_and(|n| !n.is_empty()),
             replicas: m.replicas.iter().map(|l| l.name.clone()).collect(),
             error: m.error.clone(),
+            gone: false,
         })
         .collect();
     Observations {
@@ -242,13 +322,35 @@ fn observations(
     }
 }
 
-/// Sleeps out the rest of a round, taking commands as they come.
-fn rest(w: &mut Watch, round: Instant, stop: &AtomicBool, commands: &Receiver<Command>, pending: &mut Option<Pending>) {
+/// Sleeps out the rest of a round, taking commands as they come. A leader
+/// with etcd also looks every 100 ms whether the primary's agent reported
+/// its postmaster gone, and starts the next round at once if so.
+fn rest(
+    w: &mut Watch,
+    round: Instant,
+    stop: &AtomicBool,
+    commands: &Receiver<Command>,
+    pending: &mut Option<Pending>,
+    decider: &cirkel_failover::Decider,
+    held: bool,
+) {
     let left = w.c.health.interval.saturating_sub(round.elapsed());
     let until = Instant::now() + left;
+    let mut next_look = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-        w.take_commands(commands, pending);
+        std::thread::sleep(left.min(Duration::from_millis(25)));
+        if held {
+            w.take_commands(commands, pending);
+        }
+        if held
+            && Instant::now() >= next_look
+            && let (Some(k), Some(p)) = (&w.coord, decider.primary())
+        {
+            next_look = Instant::now() + Duration::from_millis(100);
+            if k.gone(p).ok().flatten().is_some() {
+                return;
+            }
+        }
     }
 }
 
@@ -257,7 +359,7 @@ fn rest(w: &mut Watch, round: Instant, stop: &AtomicBool, commands: &Receiver<Co
 /// action at once and cuts this watcher's endpoint (its clients must not
 /// write to a primary another holder may be failing over); the watcher
 /// then tries each round to take a new lease, under a new epoch.
-fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>) -> bool {
+fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>, shared: &mut Shared) -> bool {
     if let Some(l) = lease.as_ref() {
         let why = match election.still_held(l) {
             Ok(true) => return true,
@@ -269,20 +371,40 @@ fn hold(w: &mut Watch, election: &mut impl Leadership, lease: &mut Option<Lease>
             w.cluster, l.epoch
         );
         w.record(w.event(EventKind::LeadershipLost, msg).with(json!({ "epoch": l.epoch })));
-        w.router.set(None);
+        // Alone, the endpoint is cut at once; with etcd it follows the
+        // route the next leader publishes (or is cut for want of one).
+        if w.coord.is_none() {
+            w.router.set(None);
+        } else {
+            shared.route_read = None;
+        }
         *lease = None;
+    }
+    // While etcd does not answer, a try every few seconds: each waits for
+    // its timeout, and the rounds must go on meanwhile.
+    if shared.retry_at.is_some_and(|t| Instant::now() < t) {
+        return false;
     }
     match election.acquire() {
         Ok(Some(l)) => {
             w.epoch = l.epoch;
-            let msg = format!("this cirkel serve acts on {} again (lease epoch {})", w.cluster, l.epoch);
+            let msg = match &w.coord {
+                Some(k) => format!("agent {} leads {} (lease epoch {})", k.node, w.cluster, l.epoch),
+                None => format!("this cirkel serve acts on {} again (lease epoch {})", w.cluster, l.epoch),
+            };
             w.record(w.event(EventKind::LeadershipAcquired, msg).with(json!({ "epoch": l.epoch })));
             *lease = Some(l);
             true
         }
-        Ok(None) => false,
+        Ok(None) => {
+            shared.retry_at = None;
+            false
+        }
         Err(e) => {
             tracing::warn!("{}: cannot take the lease: {e}", w.source);
+            if let Some(k) = &w.coord {
+                shared.retry_at = Some(Instant::now() + k.ttl);
+            }
             false
         }
     }
@@ -313,6 +435,9 @@ pub fn switchover_now(
         router: Router::new(),
         rec: Record::load(state, cluster)?,
         epoch: lease.epoch,
+        coord: None,
+        published: None,
+        heard: HashMap::new(),
     };
     let st = status(cluster, c);
     decider.set_sync(c.synchronous.then(|| SyncSet { members: w.rec.sync_set(c, st.primary.as_deref()), k: 1 }));
@@ -363,10 +488,13 @@ mod tests {
             router: Router::new(),
             rec: Record::default(),
             epoch,
+            coord: None,
+            published: None,
+            heard: HashMap::new(),
         };
         let mut wa = watch(la.epoch);
         let mut lease = Some(la.clone());
-        assert!(hold(&mut wa, &mut a, &mut lease), "the holder acts");
+        assert!(hold(&mut wa, &mut a, &mut lease, &mut Shared::new()), "the holder acts");
         wa.admit("failover").expect("its epoch is the newest");
         wa.route(wa.target_of("a"));
         assert!(wa.router.target().is_some());
@@ -374,7 +502,7 @@ mod tests {
         let lb = election.hand_to("b");
         let mut wb = watch(lb.epoch);
         let mut lease_b = Some(lb);
-        assert!(hold(&mut wb, &mut b, &mut lease_b));
+        assert!(hold(&mut wb, &mut b, &mut lease_b, &mut Shared::new()));
         wb.admit("failover").unwrap();
         assert_eq!(Record::load(&state, "main").unwrap().epoch, election.epoch());
         // a, before its next check, would promote: refused, and recorded.
@@ -382,15 +510,15 @@ mod tests {
         assert!(kinds(&state).contains(&"stale-epoch".to_string()));
         // At its next round a sees the lease lost, cuts its endpoint and
         // does not act while b holds it.
-        assert!(!hold(&mut wa, &mut a, &mut lease));
+        assert!(!hold(&mut wa, &mut a, &mut lease, &mut Shared::new()));
         assert!(lease.is_none());
         assert_eq!(wa.router.target(), None);
         assert!(kinds(&state).contains(&"leadership-lost".to_string()));
-        assert!(!hold(&mut wa, &mut a, &mut lease), "b still holds it");
+        assert!(!hold(&mut wa, &mut a, &mut lease, &mut Shared::new()), "b still holds it");
         // Revoked from b, it is a's again under a newer epoch.
         election.revoke();
-        assert!(hold(&mut wa, &mut a, &mut lease));
-        assert!(!hold(&mut wb, &mut b, &mut lease_b), "b sees it lost, and a holds it");
+        assert!(hold(&mut wa, &mut a, &mut lease, &mut Shared::new()));
+        assert!(!hold(&mut wb, &mut b, &mut lease_b, &mut Shared::new()), "b sees it lost, and a holds it");
         assert!(wa.epoch > la.epoch);
         wa.admit("failover").expect("a newer epoch acts again");
     }
@@ -488,6 +616,9 @@ mod tests {
                 router: Router::new(),
                 rec: Record::default(),
                 epoch,
+                coord: None,
+                published: None,
+                heard: HashMap::new(),
             }
         }
 

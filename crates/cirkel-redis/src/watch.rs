@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use cirkel_config::OnLag;
+use cirkel_config::{CoordinationConfig, OnLag};
 use cirkel_failover::loss::{self, Verdict};
 use cirkel_failover::{Leadership, Lease};
 use cirkel_state::election::{LocalLock, acquire_or_stand_by};
@@ -58,10 +58,25 @@ struct Watch<'a> {
 }
 
 /// Watches `group` until `stop` is set.
-pub fn watch(group: &Group, state: &StateDir, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let mut election = LocalLock::new(state, &format!("redis-{}", group.name));
+/// Alone, one watcher per state directory acts; with `[coordination]`, one
+/// per etcd prefix: the group's Sentinel watcher and loss-limit hold run on
+/// whichever agent holds the group's lease, and move with it.
+pub fn watch(
+    group: &Group,
+    state: &StateDir,
+    coordination: Option<&CoordinationConfig>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let scope = format!("redis-{}", group.name);
+    let mut election: Box<dyn Leadership> = match coordination {
+        Some(cc) => Box::new(
+            cirkel_election::EtcdElection::connect(cc, &scope)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", group.source()))?,
+        ),
+        None => Box::new(LocalLock::new(state, &scope)),
+    };
     let interval = group.health.interval.max(Duration::from_millis(200));
-    let Some(first) = acquire_or_stand_by(&mut election, state, &group.source(), interval, &stop, || {})? else {
+    let Some(first) = acquire_or_stand_by(&mut *election, state, &group.source(), interval, &stop, || {})? else {
         return Ok(());
     };
     let mut lease = Some(first);

@@ -34,6 +34,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Job, Runner, jobs};
+use crate::lead::Leading;
 use crate::metrics::Metrics;
 use crate::monitor::{Access, AlarmLoop, Collector, EventMetrics};
 use crate::supervisor::{Backoff, Report, Supervisor};
@@ -97,7 +98,13 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             let _ = bus.send(e.clone());
         }))
     };
-    let runner = Runner { state: state.clone(), ..runner };
+    // With agents on several hosts, the once-per-estate duties run on the
+    // holder of the daemon's lease only (`crate::lead`).
+    let leading = match cfg.coordination {
+        Some(_) => Leading::contended(),
+        None => Leading::always(),
+    };
+    let runner = Runner { state: state.clone(), leading: leading.clone(), ..runner };
     let metrics = Arc::new(Metrics::default());
     metrics.set("cirkel_up", Default::default(), 1.0);
     // What the event log says so far, then what comes.
@@ -115,6 +122,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     }
     // What the API's event stream carries: the log as it grows.
     let (logged, _) = broadcast::channel::<Event>(1024);
+    // A drill killed in the middle left its fault: undone before anything
+    // watches the cluster it broke.
+    crate::guard::undo_drill_leftover(&state, &cfg.postgres);
     let jobs_now = jobs(&cfg)?;
     let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();
@@ -163,21 +173,29 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(cc) = cfg.coordination.clone() {
+        let (state, leading) = (state.clone(), leading.clone());
+        sup.spawn_blocking("lead", sup.token(), move |stop| {
+            crate::lead::contend(&cc, &state, &leading, Duration::from_secs(1), &stop)
+        });
+    }
+
     // The watchers.
+    let coordination = cfg.coordination.clone();
     for g in groups {
-        let state = state.clone();
+        let (state, coordination) = (state.clone(), coordination.clone());
         sup.spawn_blocking(format!("watch/{}", g.source()), sup.token(), move |stop| {
-            cirkel_redis::watch::watch(&g, &state, stop)
+            cirkel_redis::watch::watch(&g, &state, coordination.as_ref(), stop)
         });
     }
     for (name, c) in clusters {
-        let (state, inboxes) = (state.clone(), inboxes.clone());
+        let (state, inboxes, coordination) = (state.clone(), inboxes.clone(), coordination.clone());
         sup.spawn_blocking(format!("watch/postgres/{name}"), sup.token(), move |stop| {
             let (tx, rx) = mpsc::channel();
             if let Ok(mut m) = inboxes.lock() {
                 m.insert(name.clone(), tx);
             }
-            cirkel_pg::watch::watch(&name, &c, &state, stop, rx)
+            cirkel_pg::watch::watch(&name, &c, &state, coordination.as_ref(), stop, rx)
         });
     }
 
@@ -239,7 +257,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         });
     }
     // Notifications: alerts from events, the outbox, escalation.
-    let notify = crate::notify::Notify::from_config(&cfg, &state)?.map(Arc::new);
+    let notify = crate::notify::Notify::from_config(&cfg, &state, leading.clone())?.map(Arc::new);
     if let Some(n) = &notify {
         let n1 = n.clone();
         sup.spawn("notify/outbox", sup.token(), move |cancel| {
@@ -268,10 +286,11 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         let alarms = Arc::new(Mutex::new(alarms));
         let (state, metrics, em, checks) =
             (state.clone(), metrics.clone(), event_metrics.clone(), published_checks.clone());
-        let notify = notify.clone();
+        let (notify, leading) = (notify.clone(), leading.clone());
         sup.spawn("alarms", sup.token(), move |cancel| {
             let (alarms, state, metrics, em, checks, notify) =
                 (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone(), notify.clone());
+            let leading = leading.clone();
             async move {
                 let mut tick = tokio::time::interval(EVALUATE_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -282,6 +301,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                     }
                     let (alarms, state, metrics, em, checks, notify) =
                         (alarms.clone(), state.clone(), metrics.clone(), em.clone(), checks.clone(), notify.clone());
+                    let leading = leading.now();
                     tokio::task::spawn_blocking(move || {
                         if let Ok(em) = em.lock() {
                             em.tick(Utc::now(), &metrics);
@@ -289,7 +309,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                         if let Some(n) = &notify {
                             n.export(&metrics);
                         }
-                        if let Ok(mut a) = alarms.lock() {
+                        if leading && let Ok(mut a) = alarms.lock() {
                             a.step(std::time::SystemTime::now(), &state, &metrics, &checks);
                         }
                     })
@@ -335,8 +355,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         }
         let (exe, mut argv) = (runner.exe.clone(), runner.global.clone());
         argv.extend(["pg", "stream-wal", "--cluster", name].map(String::from));
+        let leading = leading.clone();
         sup.spawn_blocking(format!("stream-wal/postgres/{name}"), sup.token(), move |stop| {
-            crate::jobs::run_until_stopped(&exe, &argv, &stop)
+            crate::lead::while_leading(&leading, &stop, |halt| crate::jobs::run_until_stopped(&exe, &argv, halt))
         });
     }
 

@@ -23,6 +23,21 @@ pub struct Job {
     pub name: String,
     pub schedule: Schedule,
     pub steps: Vec<Vec<String>>,
+    /// A drill, run under the guardrails (`crate::guard`).
+    pub drill: Option<DrillJob>,
+}
+
+/// What the runner needs to know of a scheduled drill.
+#[derive(Debug, Clone)]
+pub struct DrillJob {
+    /// The `[drills.NAME]`.
+    pub name: String,
+    pub kind: cirkel_config::DrillKind,
+    /// The source it drills (`postgres/NAME`, `redis/NAME`), whose own
+    /// alarms do not stop it.
+    pub source: Option<String>,
+    /// How long it may take before it is stopped.
+    pub timeout: std::time::Duration,
 }
 
 fn retention_args(r: &RetentionConfig) -> Vec<String> {
@@ -76,18 +91,18 @@ pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
         let Some(s) = &set.schedule else { continue };
         let mut steps = vec![args(&["backup", "files", "--set", name])];
         follow_up(&mut steps, &set.copy_to, &set.tags, set.retention.as_ref());
-        out.push(Job { name: format!("files/{name}"), schedule: parse(s)?, steps });
+        out.push(Job { name: format!("files/{name}"), schedule: parse(s)?, steps, drill: None });
     }
     for (name, g) in &cfg.redis {
         let Some(s) = &g.schedule else { continue };
         let mut steps = vec![args(&["redis", "backup", "--group", name])];
         follow_up(&mut steps, &g.copy_to, &g.tags, g.retention.as_ref());
-        out.push(Job { name: format!("redis/{name}"), schedule: parse(s)?, steps });
+        out.push(Job { name: format!("redis/{name}"), schedule: parse(s)?, steps, drill: None });
     }
     for (name, p) in &cfg.postgres {
         if let Some(s) = &p.schedule {
             let steps = vec![args(&["pg", "backup", "--cluster", name, "--tag", "daily"]), args(&["pg", "expire"])];
-            out.push(Job { name: format!("postgres/{name}/daily"), schedule: parse(s)?, steps });
+            out.push(Job { name: format!("postgres/{name}/daily"), schedule: parse(s)?, steps, drill: None });
         }
         if let Some(s) = &p.weekly_schedule {
             let mut steps = vec![args(&["pg", "backup", "--cluster", name, "--type", "full", "--tag", "weekly"])];
@@ -95,8 +110,29 @@ pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
                 steps.push(args(&["repo", "copy", "--to", repo, "--tag", "weekly"]));
             }
             steps.push(args(&["pg", "expire"]));
-            out.push(Job { name: format!("postgres/{name}/weekly"), schedule: parse(s)?, steps });
+            out.push(Job { name: format!("postgres/{name}/weekly"), schedule: parse(s)?, steps, drill: None });
         }
+    }
+    for (name, d) in &cfg.drills {
+        let Some(s) = &d.schedule else { continue };
+        let only = |names: Vec<&String>| if names.len() == 1 { names.first().map(|n| n.to_string()) } else { None };
+        let source = match d.kind {
+            k if k.targets_postgres() => d
+                .target
+                .clone()
+                .or_else(|| only(cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n).collect()))
+                .map(|t| format!("postgres/{t}")),
+            cirkel_config::DrillKind::RedisFailover => {
+                d.target.clone().or_else(|| only(cfg.redis.keys().collect())).map(|t| format!("redis/{t}"))
+            }
+            _ => None,
+        };
+        out.push(Job {
+            name: format!("drill/{name}"),
+            schedule: parse(s)?,
+            steps: vec![args(&["drill", "run", name])],
+            drill: Some(DrillJob { name: name.clone(), kind: d.kind, source, timeout: d.timeout }),
+        });
     }
     Ok(out)
 }
@@ -110,6 +146,8 @@ pub struct Runner {
     pub global: Vec<String>,
     pub state: StateDir,
     pub clock: Arc<dyn Clock>,
+    /// Jobs run only while this daemon leads (always, on its own).
+    pub leading: crate::lead::Leading,
 }
 
 impl Runner {
@@ -120,7 +158,13 @@ impl Runner {
             &job.schedule,
             self.clock.as_ref(),
             stop,
-            |_| self.run_job(job),
+            |_| {
+                if self.leading.now() {
+                    self.run_job(job);
+                } else {
+                    tracing::info!("{}: another agent leads and runs it", job.name);
+                }
+            },
             |slots| {
                 let list: Vec<String> = slots.iter().map(|t| t.to_rfc3339()).collect();
                 let event = Event::new(
@@ -142,6 +186,10 @@ impl Runner {
     /// Runs the steps of `job` once; a failed step ends the job, except a
     /// backup that saved what it could (exit 3), which goes on to its copies.
     pub fn run_job(&self, job: &Job) {
+        if let Some(d) = &job.drill {
+            self.run_drill(job, d);
+            return;
+        }
         let source = format!("schedule/{}", job.name);
         let start = Instant::now();
         for step in &job.steps {
@@ -180,6 +228,139 @@ impl Runner {
         let seconds = start.elapsed().as_secs_f64();
         let event = Event::new(&source, EventKind::JobDone, format!("{} done in {seconds:.1} s", job.name))
             .with(json!({ "job": job.name, "steps": job.steps, "seconds": seconds }));
+        crate::record(&self.state, &event);
+    }
+
+    /// Runs a scheduled drill under its guardrails: not while an alarm of
+    /// severity high or above fires or an incident is open (recorded as
+    /// skipped); stopped with SIGTERM, which makes it undo its fault, when
+    /// one starts elsewhere while it runs (recorded as aborted); never
+    /// beside another drill (the drill lock).
+    fn run_drill(&self, job: &Job, d: &DrillJob) {
+        use cirkel_notify::drills::{DrillRun, Outcome};
+        use std::time::Duration;
+        let source = format!("schedule/{}", job.name);
+        let started = chrono::Utc::now();
+        let record_run = |outcome: Outcome, reason: String| {
+            let run = DrillRun {
+                id: 0,
+                name: d.name.clone(),
+                kind: d.kind.name().to_string(),
+                target: d.source.clone().unwrap_or_default(),
+                started_at: started,
+                finished_at: chrono::Utc::now(),
+                outcome,
+                rto_s: None,
+                rto_target_s: None,
+                writes_lost: 0,
+                reason,
+                report: None,
+            };
+            let stored = self
+                .state
+                .ensure()
+                .map_err(|e| e.to_string())
+                .and_then(|()| cirkel_notify::Store::open_in(self.state.root()).map_err(|e| e.to_string()))
+                .and_then(|s| s.record_drill(&run).map_err(|e| e.to_string()));
+            if let Err(e) = stored {
+                tracing::error!("{source}: the drill run could not be recorded: {e}");
+            }
+        };
+        let held = crate::guard::blockers(&self.state, None);
+        if !held.is_empty() {
+            let why = held.into_iter().collect::<Vec<_>>().join("; ");
+            record_run(Outcome::Skipped, why.clone());
+            crate::record(
+                &self.state,
+                &Event::new(&source, EventKind::DrillSkipped, format!("drill {} not started: {why}", d.name))
+                    .with(json!({ "drill": d.name, "reason": why })),
+            );
+            return;
+        }
+        let Some(step) = job.steps.first() else { return };
+        let spawned = Command::new(&self.exe)
+            .args(&self.global)
+            .args(step)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                record_run(Outcome::Failed, format!("could not start: {e}"));
+                return;
+            }
+        };
+        let mut tripped: Option<String> = None;
+        let mut deadline = Instant::now() + d.timeout * 3 + Duration::from_secs(60);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            if tripped.is_none() {
+                let now = crate::guard::blockers(&self.state, d.source.as_deref());
+                if !now.is_empty() {
+                    let why = now.into_iter().collect::<Vec<_>>().join("; ");
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                    deadline = Instant::now() + d.timeout + Duration::from_secs(30);
+                    tripped = Some(why);
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                tripped.get_or_insert_with(|| "it ran past its time and was killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        if let Some(why) = tripped {
+            // A drill that undid its fault recorded itself as aborted; one
+            // that could not is recorded here.
+            let recorded = cirkel_notify::Store::open_in(self.state.root())
+                .ok()
+                .and_then(|s| s.drills(Some(&d.name), 1).ok())
+                .and_then(|r| r.into_iter().next())
+                .is_some_and(|r| r.started_at >= started);
+            if !recorded {
+                record_run(Outcome::Aborted, why.clone());
+            }
+            crate::record(
+                &self.state,
+                &Event::new(
+                    &source,
+                    EventKind::DrillAborted,
+                    format!("drill {} aborted: {why}; that is not the drill's doing", d.name),
+                )
+                .with(json!({ "drill": d.name, "reason": why })),
+            );
+            return;
+        }
+        let code = status.and_then(|s| s.code());
+        let event = match code {
+            Some(0) => Event::new(&source, EventKind::JobDone, format!("drill {} passed", d.name)),
+            // 3: the drill ran and recorded its failure (a `drill` event).
+            Some(3) => Event::new(&source, EventKind::JobDone, format!("drill {} ran and failed", d.name)),
+            _ => {
+                let tail =
+                    stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                Event::new(
+                    &source,
+                    EventKind::JobFailed,
+                    format!("drill {} did not run (exit {code:?}): {}", d.name, tail.lines().next().unwrap_or("")),
+                )
+                .with(json!({ "job": job.name, "exit_code": code, "stderr": tail }))
+            }
+        };
         crate::record(&self.state, &event);
     }
 

@@ -4,8 +4,10 @@
 
 pub mod api;
 pub mod daemon;
+pub mod guard;
 pub mod http;
 pub mod jobs;
+pub mod lead;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

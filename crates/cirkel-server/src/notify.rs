@@ -29,10 +29,17 @@ const ESCALATE_EVERY: Duration = Duration::from_secs(5);
 pub struct Notify {
     pub notifier: Arc<Notifier>,
     pub counters: Arc<Counters>,
+    /// Alerts are made and escalated only while this daemon leads.
+    pub leading: crate::lead::Leading,
+    pub state: StateDir,
 }
 
 impl Notify {
-    pub fn from_config(cfg: &Config, state: &StateDir) -> anyhow::Result<Option<Notify>> {
+    pub fn from_config(
+        cfg: &Config,
+        state: &StateDir,
+        leading: crate::lead::Leading,
+    ) -> anyhow::Result<Option<Notify>> {
         if cfg.notifications.receivers.is_empty() {
             return Ok(None);
         }
@@ -43,7 +50,7 @@ impl Notify {
         let counters = Arc::new(Counters::new(settings.receivers.iter().map(|r| r.name.as_str())));
         let mut notifier = Notifier::new(store, receivers);
         settings.apply(&mut notifier);
-        Ok(Some(Notify { notifier: Arc::new(notifier), counters }))
+        Ok(Some(Notify { notifier: Arc::new(notifier), counters, leading, state: state.clone() }))
     }
 
     /// Delivers the outbox until `cancel`.
@@ -74,6 +81,24 @@ impl Notify {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
             };
+            // Every agent sees the cluster's events; the leader tells
+            // people, except what only this host saw happen.
+            let own = matches!(
+                e.kind,
+                EventKind::SelfFenced | EventKind::PostmasterGone | EventKind::MemberStarted | EventKind::EndpointCut
+            );
+            if !self.leading.now() && !own {
+                continue;
+            }
+            // What a drill does to its own source pages nobody; its outcome
+            // does, when it failed.
+            if e.kind != EventKind::Drill
+                && let Some(drilled) = crate::guard::drilling(&self.state)
+                && drilled == e.source
+            {
+                tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);
+                continue;
+            }
             if matches!(e.kind, EventKind::Paused | EventKind::Resumed) {
                 let store = self.notifier.store.clone();
                 let (event, resumed) = (e.clone(), e.kind == EventKind::Resumed);

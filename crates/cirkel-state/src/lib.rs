@@ -288,6 +288,28 @@ event_kinds! {
     LeadershipAcquired = "leadership-acquired", High;
     /// An action carrying an older lease epoch than the newest recorded was refused.
     StaleEpoch = "stale-epoch", Critical;
+    /// An agent stopped its own primary: it had no word from etcd and did
+    /// not see every other member, so another may be promoted.
+    SelfFenced = "self-fenced", Critical;
+    /// The agent on a member's host saw its postmaster exit.
+    PostmasterGone = "postmaster-gone", High;
+    /// The agent on a member's host started it (a standby that had stopped,
+    /// or a primary it had fenced that the route names again).
+    MemberStarted = "member-started", Medium;
+    /// The primary is down, but no agent holds the lease (etcd cannot be
+    /// reached): nothing is failed over until it can be.
+    FailoverRefused = "failover-refused", Critical;
+    /// The agent on the old primary's host stopped it cleanly for a
+    /// planned switchover led from another host.
+    HandedOff = "handed-off", Medium;
+    /// A scheduled drill was not started: an alarm fires or an incident is open.
+    DrillSkipped = "drill-skipped", Medium;
+    /// A drill was stopped before its end (something real happened
+    /// meanwhile, or it overran); its fault was undone.
+    DrillAborted = "drill-aborted", High;
+    /// An agent's endpoint routes nowhere: no route from etcd, and not
+    /// every member answers.
+    EndpointCut = "endpoint-cut", High;
     /// The watcher's record could not be saved.
     StateNotSaved = "state-not-saved", Critical;
     /// The `on_role_change` hook failed.

@@ -96,8 +96,10 @@ pub enum Command {
     /// The daemon: watch every configured PostgreSQL cluster and Redis group (failing them over),
     /// run the backup schedules (with their copies and retention) and WAL streaming, run the
     /// health checks, serve /metrics, evaluate the alarms and send the notifications, until
-    /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules).
-    Serve,
+    /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules). With [coordination], run one agent
+    /// per host (`--node NAME`): the agents elect a leader through etcd, and each manages the members
+    /// whose `node` names it.
+    Serve(ServeArgs),
     /// A complete local estate to try cirkel on (PostgreSQL primary and two standbys, Redis with
     /// Sentinels, a web service, two repositories, `cirkel serve` and its dashboard): `lab up`,
     /// `lab status`, `lab down`.
@@ -107,6 +109,14 @@ pub enum Command {
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
     WalFetch(WalFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This agent's name, as the members' `node` and the other agents know it (overrides
+    /// [coordination] node; needs [coordination]).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +250,8 @@ pub struct PgVerifyArgs {
     /// Give up after this long.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
 }
 
 #[derive(Debug, Args)]
@@ -838,6 +850,11 @@ pub enum DrillCmd {
     /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
     /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
     Failover(PgDrillArgs),
+    /// Every drill run, newest first, with its RTO against its target and writes lost; per
+    /// drill the worst recovery and the trend (`--json` for scripts).
+    History(DrillHistoryArgs),
+    /// Run a configured [drills.NAME] now, as `cirkel serve` would on its schedule.
+    Run(DrillRunArgs),
     /// Ask `cirkel serve` for a planned PostgreSQL switchover under a canary writer on the endpoint;
     /// measure the write pause clients see and lost writes; wait until the old primary streams again.
     Switchover(PgSwitchoverDrillArgs),
@@ -853,6 +870,39 @@ pub struct PgDrillArgs {
     /// Longest wait for the failover (and twice this for the rejoin).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// The fault: `kill` (SIGKILL of the postmaster; started again at the end) or `stop` (SIGSTOP:
+    /// a hung primary, alive but silent; continued at the end). Ignored by the switchover drill.
+    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop"])]
+    pub fault: String,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
+}
+
+/// How a drill's run is recorded in the drill history.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DrillRecordArgs {
+    /// Record the run under this name (a [drills.NAME]; default: the drill's kind).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A recovery slower than this fails the drill (default: the plan's target for its kind:
+    /// 60 s for PostgreSQL, 15 s for Redis, 15 min for a restore).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub rto_target: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillHistoryArgs {
+    /// Only this drill's runs.
+    pub name: Option<String>,
+    /// How many runs to show (and to judge the worst and the trend on).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub last: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillRunArgs {
+    /// The [drills.NAME] to run.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -874,6 +924,8 @@ pub struct RedisDrillArgs {
     /// Longest wait for the failover, and for the old master's rejoin.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
 }
 
 #[derive(Debug, Args)]

@@ -215,36 +215,136 @@ pub struct DrillOutcome<'a> {
     pub writes_lost: usize,
     /// Bytes a restore drill restored: with `rto_s`, its throughput.
     pub bytes: Option<u64>,
+    /// The cluster, group or backup drilled.
+    pub target: &'a str,
+    /// How it is recorded: its name and target (`cirkel drill --name`).
+    pub record: &'a crate::cli::DrillRecordArgs,
+    /// The drill kind whose plan target applies without `--rto-target`.
+    pub plan: cirkel_config::DrillKind,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Stopped before its end (SIGTERM, a guardrail), its fault undone.
+    pub aborted: Option<String>,
+    pub failures: &'a [String],
 }
 
-/// Stores a drill's report in the state directory and records a `drill`
-/// event pointing at it; returns the report's path.
+impl DrillOutcome<'_> {
+    /// How the run ended against its target.
+    pub fn outcome(&self) -> cirkel_notify::drills::Outcome {
+        use cirkel_notify::drills::Outcome;
+        let target = self.record.rto_target.unwrap_or_else(|| self.plan.plan_rto()).as_secs_f64();
+        if self.aborted.is_some() {
+            Outcome::Aborted
+        } else if !self.passed {
+            Outcome::Failed
+        } else if self.rto_s.is_some_and(|r| r > target) {
+            Outcome::OverTarget
+        } else {
+            Outcome::Passed
+        }
+    }
+}
+
+/// Takes the state directory's drill lock for the life of the returned
+/// file: never two drills at once, by hand or by `cirkel serve`.
+/// The lock names the source drilled, so that the daemon does not page
+/// anyone for what the drill does to it.
+/// A state directory this user cannot use holds no lock and no drill
+/// history: the drill runs, with a warning.
+pub fn drill_lock(cfg: &cirkel_config::Config, source: &str) -> anyhow::Result<Option<std::fs::File>> {
+    use std::io::Write;
+    let state = state_dir(cfg);
+    let mut f = match state.open_private("drill.lock", false) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("no drill lock and no drill history: {e:#}");
+            return Ok(None);
+        }
+    };
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0)?;
+            write!(f, "{} {source}", std::process::id())?;
+            Ok(Some(f))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(crate::output::user_error(
+            "another drill is running (its lock is drill.lock in the state directory)",
+            "wait for it to finish (`cirkel drill history` shows it when done); two drills at once would measure each other",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot take the drill lock: {e}")),
+    }
+}
+
+/// Undoes what a drill killed before it could undo it, and records the
+/// drill as aborted (`cirkel_server::guard::undo_drill_leftover`).
+pub fn undo_drill_leftover(cfg: &cirkel_config::Config) {
+    cirkel_server::guard::undo_drill_leftover(&state_dir(cfg), &cfg.postgres);
+}
+
+/// Stores a drill's report in the state directory, records a `drill`
+/// event pointing at it (high severity when the drill failed or was slower
+/// than its target, so the notification routes carry it), and adds the run
+/// to the drill history; returns the report's path.
 pub fn store_drill(
     cfg: &cirkel_config::Config,
     d: &DrillOutcome<'_>,
     report: &serde_json::Value,
 ) -> anyhow::Result<PathBuf> {
+    use cirkel_notify::drills::{DrillRun, Outcome};
     let state = state_dir(cfg);
     let path = state.save_report(d.kind, report)?;
+    let outcome = d.outcome();
+    let target_s = d.record.rto_target.unwrap_or_else(|| d.plan.plan_rto()).as_secs_f64();
+    let verdict = match outcome {
+        Outcome::Passed => "passed".to_string(),
+        Outcome::OverTarget => format!("was SLOWER than its target of {target_s:.0} s"),
+        Outcome::Aborted => format!("was ABORTED ({})", d.aborted.as_deref().unwrap_or("")),
+        _ => "FAILED".to_string(),
+    };
     let message = format!(
-        "{} {}: RTO {}, {} lost writes",
+        "{} {verdict}: RTO {}, {} lost writes",
         d.what,
-        if d.passed { "passed" } else { "FAILED" },
         d.rto_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "none".into()),
         d.writes_lost
     );
+    let name = d.record.name.clone().unwrap_or_else(|| d.plan.name().to_string());
+    let reason = match outcome {
+        Outcome::Aborted => d.aborted.clone().unwrap_or_default(),
+        Outcome::OverTarget => format!("RTO over its target of {target_s:.0} s"),
+        _ => d.failures.join("; "),
+    };
     state.record(
         &cirkel_state::Event::new(d.source, cirkel_state::EventKind::Drill, message)
-            .with_severity(if d.passed { cirkel_state::Severity::Low } else { cirkel_state::Severity::High })
+            .with_severity(if outcome.is_bad() { cirkel_state::Severity::High } else { cirkel_state::Severity::Low })
             .with(serde_json::json!({
                 "report": path,
                 "drill": d.kind,
+                "name": name,
+                "outcome": outcome,
                 "passed": d.passed,
                 "rto_s": d.rto_s,
+                "rto_target_s": target_s,
                 "writes_lost": d.writes_lost,
                 "bytes": d.bytes,
             })),
     )?;
+    let run = DrillRun {
+        id: 0,
+        name,
+        kind: d.plan.name().to_string(),
+        target: d.target.to_string(),
+        started_at: d.started,
+        finished_at: chrono::Utc::now(),
+        outcome,
+        rto_s: d.rto_s,
+        rto_target_s: Some(target_s),
+        writes_lost: d.writes_lost as u64,
+        reason,
+        report: Some(path.display().to_string()),
+    };
+    state.ensure()?;
+    let store = cirkel_notify::Store::open_in(state.root())
+        .map_err(|e| anyhow::anyhow!("the drill history could not be opened: {e}"))?;
+    store.record_drill(&run).map_err(|e| anyhow::anyhow!("the drill run could not be recorded: {e}"))?;
     Ok(path)
 }
 

@@ -1909,3 +1909,174 @@ fn a_failover_opens_an_incident_notifies_sms_slack_and_email_and_escalates_until
     let rto = daemon.events("failover")[0]["details"]["endpoint_writable_after_s"].as_f64().unwrap();
     assert!(pm.contains(&format!("{rto:.1}")) || pm.contains(&format!("{rto:.2}")), "{pm}");
 }
+
+/// Opens an incident about `source` in the daemon's store, as a real alert
+/// would.
+fn open_incident(state: &std::path::Path, source: &str) -> i64 {
+    std::fs::create_dir_all(state).unwrap();
+    let store = cirkel_notify::Store::open_in(state).unwrap();
+    let id = store
+        .transaction(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO incidents (priority, title, source, phase, opened_at) \
+                     VALUES ('P1', 'checkout is down', '{source}', 'detection', {})",
+                    chrono_now_ms()
+                ),
+                [],
+            )
+            .unwrap();
+            Ok(tx.last_insert_rowid())
+        })
+        .unwrap();
+    let _ = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(state).status();
+    id
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn drill_history(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.ok(&["--json", "drill", "history", name]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn scheduled_drills_run_under_serve_keep_their_history_and_a_slow_one_alarms() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let text = std::fs::read_to_string(&ha.config).unwrap();
+    std::fs::write(
+        &ha.config,
+        format!(
+            "{text}\n[drills.monthly]\nkind = \"failover\"\nschedule = \"0 10 * * *\"\nrto_target = \"60s\"\n\
+             [drills.tight]\nkind = \"failover\"\nrto_target = \"1ms\"\n"
+        ),
+    )
+    .unwrap();
+    // The scheduler's clock starts ten seconds before 10:00 and runs 60×.
+    let daemon = Daemon::start_with(
+        &e,
+        ha.cfg(),
+        &[("CIRKEL_TEST_CLOCK_START", "2026-11-26T09:59:30Z"), ("CIRKEL_TEST_CLOCK_SPEED", "60")],
+    );
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    let start = Instant::now();
+    let runs = loop {
+        let h = drill_history(&daemon, "monthly");
+        if h["runs"].as_array().is_some_and(|r| !r.is_empty()) {
+            break h;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no scheduled run: {}", daemon.events("drill").len());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let run = &runs["runs"][0];
+    assert_eq!(run["outcome"], "passed", "{runs:#}");
+    assert_eq!(run["kind"], "failover");
+    assert_eq!(run["target"], "main");
+    assert!(run["rto_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(run["rto_target_s"], 60.0);
+    assert_eq!(runs["drills"][0]["runs"], 1);
+    wait_until("a healthy cluster again", &|| healthy(&e, ha.cfg()));
+    // By hand, against a target no failover meets: recorded as over its
+    // target, and told at high severity (what the notification routes carry).
+    let out = daemon.run(&["drill", "run", "tight"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let tight = drill_history(&daemon, "tight");
+    assert_eq!(tight["runs"][0]["outcome"], "over-target", "{tight:#}");
+    let told = daemon.events("drill").into_iter().find(|e| e["details"]["name"] == "tight").unwrap();
+    assert_eq!(told["severity"], "high", "{told:#}");
+    assert!(told["message"].as_str().unwrap().contains("SLOWER"), "{told:#}");
+    // The history of every drill, with the worst run and the trend.
+    let all: serde_json::Value = serde_json::from_str(&daemon.ok(&["--json", "drill", "history"])).unwrap();
+    assert!(all["drills"].as_array().unwrap().len() >= 2, "{all:#}");
+}
+
+#[test]
+fn a_guardrail_skips_a_drill_while_an_incident_is_open_and_aborts_one_when_something_real_happens() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let text = std::fs::read_to_string(&ha.config).unwrap();
+    // Every two minutes of a clock that runs 60×: every two seconds.
+    std::fs::write(&ha.config, format!("{text}\n[drills.often]\nkind = \"failover\"\nschedule = \"*/2 * * * *\"\n"))
+        .unwrap();
+    let state = e.env.path("state");
+    let incident = open_incident(&state, "http/checkout");
+    let daemon = Daemon::start_with(
+        &e,
+        ha.cfg(),
+        &[("CIRKEL_TEST_CLOCK_START", "2026-11-26T09:59:50Z"), ("CIRKEL_TEST_CLOCK_SPEED", "60")],
+    );
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    let skipped = daemon.wait_event("drill-skipped");
+    assert!(skipped["message"].as_str().unwrap().contains("checkout is down"), "{skipped:#}");
+    assert_eq!(drill_history(&daemon, "often")["runs"][0]["outcome"], "skipped");
+    // The incident is resolved: the next slot runs the drill.
+    daemon.ok(&["incident", "resolve", &incident.to_string()]);
+    let lock = state.join("drill.lock");
+    wait_until("a drill holding its lock", &|| std::fs::File::open(&lock).is_ok_and(|f| f.try_lock().is_err()));
+    // Something real starts elsewhere while it runs: the drill stops, its
+    // fault is undone, and the incident is not the drill's.
+    open_incident(&state, "http/checkout");
+    let aborted = daemon.wait_event("drill-aborted");
+    assert!(aborted["message"].as_str().unwrap().contains("checkout is down"), "{aborted:#}");
+    let h = drill_history(&daemon, "often");
+    let runs = h["runs"].as_array().unwrap();
+    assert!(runs.iter().any(|r| r["outcome"] == "aborted"), "{h:#}");
+    // The killed primary was started again and cirkel serve rejoins it.
+    wait_until("a healthy cluster after the aborted drill", &|| healthy(&e, ha.cfg()));
+}
+
+#[test]
+fn a_drill_killed_in_the_middle_has_its_fault_undone_by_the_next_start() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let state = daemon.state.clone();
+    let mut drill = e
+        .cmd(None, &["--config", ha.cfg(), "drill", "failover", "--name", "monthly"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The drill has killed the primary and cirkel serve failed over: the
+    // drill is killed before it starts the old primary again.
+    daemon.wait_event("failover");
+    assert!(state.join("drill-fault.json").exists(), "the fault is on record until undone");
+    drill.kill().unwrap();
+    drill.wait().unwrap();
+    assert!(ha.a.try_sql("SELECT 1").is_err(), "the killed primary stays down");
+    drop(daemon);
+    // The next start finds the fault, undoes it, and records the drill.
+    let daemon = Daemon::start(&e, ha.cfg());
+    let aborted = daemon.wait_event("drill-aborted");
+    assert!(aborted["message"].as_str().unwrap().contains("started again"), "{aborted:#}");
+    assert!(!state.join("drill-fault.json").exists());
+    assert_eq!(drill_history(&daemon, "monthly")["runs"][0]["outcome"], "aborted");
+    wait_until("the old primary rejoined", &|| ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("t"));
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+}
+
+#[test]
+fn a_hung_primary_sigstop_is_failed_over_and_rewound_once_it_continues() {
+    let e = PgEnv::new();
+    let ha = Ha::start(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let out = daemon.ok(&["--json", "drill", "failover", "--fault", "stop"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["stopped"], "a", "{report:#}");
+    assert!(report.get("killed").is_none(), "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0);
+    // Continued, it came back as an old primary and was rewound.
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert!(!daemon.state.join("drill-fault.json").exists());
+    let h = drill_history(&daemon, "failover");
+    assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+}

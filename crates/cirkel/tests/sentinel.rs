@@ -298,3 +298,67 @@ fn backups_of_a_group_come_from_a_replica() {
     assert_eq!(v["snapshot"]["meta"]["group"], "cache");
     assert_eq!(v["snapshot"]["tags"][0], "hourly");
 }
+
+/// The events of one agent's state directory.
+fn agent_events(s: &Setup, state: &std::path::Path, kind: &str) -> Vec<Value> {
+    let out = s.env.cmd(&["--json", "events", "--kind", kind]).env("CIRKEL_STATE_DIR", state).output().unwrap();
+    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+#[test]
+fn agents_on_two_hosts_share_a_group_through_etcd_and_its_watcher_moves_with_the_lease() {
+    let s = Setup::new("");
+    let etcd = cirkel_testkit::etcd::EtcdServer::start();
+    let config = s.env.path("cirkel.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[coordination]\netcd = [\"{}\"]\nttl = \"2s\"\n\n{text}", etcd.endpoint()))
+        .unwrap();
+    let states = [s.env.path("state-n1"), s.env.path("state-n2")];
+    let agent = |i: usize| {
+        Killed(
+            s.env
+                .cmd(&["serve", "--node", &format!("n{}", i + 1)])
+                .env("CIRKEL_STATE_DIR", &states[i])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut agents = vec![Some(agent(0)), Some(agent(1))];
+    let watching =
+        |i: usize| agent_events(&s, &states[i], "watch-started").iter().any(|e| e["source"] == "redis/cache");
+    let start = Instant::now();
+    let leader = loop {
+        match (watching(0), watching(1)) {
+            (true, false) => break 0,
+            (false, true) => break 1,
+            (true, true) => panic!("both agents watch the group"),
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no agent took the group's lease");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let other = 1 - leader;
+    // The other waits, and says so.
+    let start = Instant::now();
+    while agent_events(&s, &states[other], "standing-by").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the other agent does not stand by");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The leader's host dies: the other takes the group within the TTL.
+    agents[leader] = None;
+    let start = Instant::now();
+    while !watching(other) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the lease did not move");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the daemon's own duties moved with it.
+    let serve_lead = agent_events(&s, &states[other], "leadership-acquired");
+    assert!(serve_lead.iter().any(|e| e["source"] == "serve"), "{serve_lead:#?}");
+    let status = s.env.cmd(&["--json", "status"]).env("CIRKEL_STATE_DIR", &states[other]).output().unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let leaders = status["coordination"]["leaders"].as_array().unwrap();
+    let group = leaders.iter().find(|l| l["scope"] == "redis-cache").unwrap();
+    assert_eq!(group["holder"], format!("n{}", other + 1), "{status:#}");
+    drop(agents);
+}

@@ -79,12 +79,6 @@ fn read_ttl(t: &mut Table<'_, '_>) -> Duration {
     DEFAULT_TTL
 }
 
-/// A node name is shown to operators and stored in etcd as the holder.
-fn check_name(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!(
-            "`{n}` is not a node name; expected letters, digits, `-`, `_` or `.` (e.g. the host's name, \"db-1\")"
-        ));
-    }
-    Ok(())
+pub(super) fn check_name(n: &str) -> Result<(), String> {
+    crate::coordination::check_node_name(n)
 }

@@ -299,6 +299,63 @@ fn a_failover_carries_the_time_the_first_failure_was_seen() {
 }
 
 #[test]
+fn a_primary_its_own_host_saw_gone_is_failed_over_at_its_first_failed_check() {
+    let mut w = Watcher::new();
+    let mut obs = healthy();
+    w.round(&obs);
+    primary_down(&mut obs);
+    obs.members[0].gone = true;
+    let a = w.round(&obs);
+    assert!(a.iter().any(|a| matches!(a, Action::Failover { old, new, .. } if old == "a" && new == "b")), "{a:?}");
+}
+
+#[test]
+fn a_gone_report_is_ignored_while_the_primary_still_answers() {
+    let mut w = Watcher::new();
+    let mut obs = healthy();
+    obs.members[0].gone = true;
+    for _ in 0..3 {
+        let a = w.round(&obs);
+        assert!(!a.iter().any(|a| matches!(a, Action::Failover { .. })), "{a:?}");
+    }
+}
+
+#[test]
+fn taking_the_lease_over_fails_over_a_primary_already_counted_down() {
+    let mut w = Watcher::new();
+    let mut obs = healthy();
+    obs.lease_held = false;
+    w.round(&obs);
+    // Another agent leads; this one counts the primary down meanwhile.
+    primary_down(&mut obs);
+    for _ in 0..2 {
+        let a = w.round(&obs);
+        assert!(!a.iter().any(|a| matches!(a, Action::Failover { .. })), "no lease, no action");
+    }
+    // The leader's lease lapsed: this one takes over, reads the record
+    // afresh and does not wait for more failed checks.
+    w.state.take_over();
+    w.decider = decider();
+    obs.lease_held = true;
+    let a = w.round(&obs);
+    assert!(a.iter().any(|a| matches!(a, Action::Failover { old, .. } if old == "a")), "{a:?}");
+}
+
+#[test]
+fn taking_the_lease_over_with_a_healthy_primary_changes_nothing() {
+    let mut w = Watcher::new();
+    let mut obs = healthy();
+    obs.lease_held = false;
+    w.round(&obs);
+    w.state.take_over();
+    w.decider = decider();
+    obs.lease_held = true;
+    let a = w.round(&obs);
+    assert!(has(&a, &Action::Route(Some("a".into()))), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::Failover { .. })));
+}
+
+#[test]
 fn a_steady_round_forgets_a_suspicion() {
     let mut w = Watcher::new();
     let mut obs = healthy();
@@ -454,6 +511,7 @@ fn member_strategy(name: &'static str) -> impl Strategy<Value = MemberSeen> {
             waits_for_standbys: waits,
             replicas: ["a", "b", "c"].iter().take(replicas as usize).map(|s| s.to_string()).collect(),
             error: None,
+            gone: false,
         },
     )
 }

@@ -18,6 +18,7 @@ use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde_json::json;
 
 use super::{Command, Pending, check_target};
+use crate::coord::Coord;
 use crate::failover;
 use crate::ha::{self, InFlight, Record, SwitchoverRequest};
 use crate::members::ClusterStatus;
@@ -35,6 +36,12 @@ pub(super) struct Watch<'a> {
     pub(super) rec: Record,
     /// The epoch of the lease this watcher acts under.
     pub(super) epoch: u64,
+    /// With `[coordination]`: etcd, where the record and the route live.
+    pub(super) coord: Option<Coord>,
+    /// The route last published under this lease (`None`: not yet).
+    pub(super) published: Option<Option<String>>,
+    /// When each member's keeper was last heard from, by this host's clock.
+    pub(super) heard: HashMap<String, Instant>,
 }
 
 impl Watch<'_> {
@@ -53,15 +60,49 @@ impl Watch<'_> {
     }
 
     pub(super) fn save(&self) {
-        if let Err(e) = self.rec.save(self.state, self.cluster) {
+        if let Err(e) = self.persist() {
             self.record(self.event(EventKind::StateNotSaved, format!("{e:#}")));
         }
+    }
+
+    /// Saves the record: in etcd under this watcher's epoch (refused once
+    /// another holds the lease), else in the state directory.
+    pub(super) fn persist(&self) -> anyhow::Result<()> {
+        match &self.coord {
+            Some(k) => k.save_record(self.epoch, &self.rec).map_err(|e| anyhow::anyhow!("saving the record: {e}")),
+            None => self.rec.save(self.state, self.cluster),
+        }
+    }
+
+    /// Publishes the read-write endpoints' target for every agent, under
+    /// this watcher's epoch; nothing to do alone or when unchanged.
+    pub(super) fn publish(&mut self, primary: Option<&str>) -> Result<(), String> {
+        let Some(k) = &self.coord else { return Ok(()) };
+        let want = primary.map(str::to_string);
+        if self.published.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        k.publish_route(self.epoch, primary).map_err(|e| format!("publishing the route failed: {e}"))?;
+        self.published = Some(want);
+        Ok(())
     }
 
     /// Admits an action under this watcher's lease: refused when a newer
     /// epoch than its own is recorded (another holder acted since), else
     /// its epoch is recorded as the newest before the action is taken.
+    /// With etcd, the lease itself is asked: the action is admitted only
+    /// while the leader key still carries this watcher's epoch.
     pub(super) fn admit(&mut self, what: &str) -> Result<(), String> {
+        if let Some(k) = &self.coord {
+            let current = k.fence.current_epoch(&k.scope).map_err(|e| format!("{what} refused: {e}"))?;
+            if current == self.epoch {
+                return Ok(());
+            }
+            let why =
+                format!("{what} refused: lease epoch {} is no longer held (epoch {current} holds it)", self.epoch);
+            self.record(self.event(EventKind::StaleEpoch, why.clone()).with(json!({ "epoch": self.epoch })));
+            return Err(why);
+        }
         let recorded = Record::load(self.state, self.cluster).map(|r| r.epoch).unwrap_or(0);
         let mut gate = EpochGate::new(recorded.max(self.rec.epoch));
         if let Err(stale) = gate.admit(self.epoch) {
@@ -126,6 +167,91 @@ impl Watch<'_> {
         None
     }
 
+    /// A planned switchover led through etcd: the route names
+    /// nobody and asks that host's agent to stop `old` cleanly; once it
+    /// answers with the shutdown checkpoint, `new` is promoted when it has
+    /// replayed past it, and the route names `new`. Until the promotion a
+    /// failure routes back to `old`, which its agent starts again.
+    fn hand_off(&mut self, old: &str, new: &str, id: &str) -> Result<failover::Switched, String> {
+        let Some(k) = self.coord.clone() else { return Err("no coordination".into()) };
+        let handoff = crate::coord::Handoff { id: id.to_string(), old: old.to_string(), new: new.to_string() };
+        let n = self.c.members.get(new).ok_or_else(|| format!("no member `{new}`"))?;
+        let standby = crate::conn::PgConn::connect(Some(&failover::member_conninfo(self.c, n, self.c.health.timeout)))
+            .map_err(|e| format!("cannot reach {new}: {e:#}"))?;
+        let fenced = Utc::now();
+        self.route(None);
+        k.publish_handoff(self.epoch, None, Some(&handoff)).map_err(|e| format!("switchover refused: {e}"))?;
+        self.published = Some(None);
+        let rollback = |w: &mut Self, why: String| -> String {
+            w.route(w.target_of(old));
+            match k.publish_route(w.epoch, Some(old)) {
+                Ok(()) => {
+                    w.published = Some(Some(old.to_string()));
+                    format!("{why}; switchover rolled back: {old} is the primary again")
+                }
+                Err(e) => format!("{why}; the route back to {old} could not be published ({e})"),
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(90);
+        let done = loop {
+            match k.handoff_done(id) {
+                Ok(Some(d)) => break d,
+                _ if Instant::now() > until => {
+                    return Err(rollback(self, format!("the agent on {old}'s host did not stop it within 90 s")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let _ = k.fence.delete(&k.scope, &format!("handoff-{id}"));
+        let Some(final_lsn) = done.final_lsn else {
+            let why = done.error.unwrap_or_else(|| "no reason given".into());
+            return Err(rollback(self, format!("{old} was not stopped cleanly: {why}")));
+        };
+        let end = crate::conn::parse_lsn(&final_lsn).ok_or_else(|| format!("bad LSN {final_lsn}"))?;
+        if let Err(e) = failover::promote_past(self.c, &standby, new, old, &final_lsn, end) {
+            return Err(rollback(self, format!("{e:#}")));
+        }
+        let promoted = Utc::now();
+        self.route(self.target_of(new));
+        Ok(failover::Switched {
+            old: old.to_string(),
+            new: new.to_string(),
+            fenced,
+            stopped: done.stopped,
+            promoted,
+            final_lsn,
+        })
+    }
+
+    /// With agents on several hosts, waits before promoting until the old
+    /// primary can no longer take writes: its own agent reported it gone,
+    /// or it has had the time to fence itself (an agent with no word from
+    /// etcd stops its primary after `fence_after`; one that reads the route
+    /// stops it at its next check).
+    fn await_fenced(&self, old: &str, detected: DateTime<Utc>) {
+        let Some(k) = &self.coord else { return };
+        if k.gone(old).ok().flatten().is_some() {
+            return;
+        }
+        // A keeper that still reports reads the route too, and stops its
+        // primary at its next check; one silent since `t` (its last word
+        // from etcd was no later) has stopped it by `t + fence_after` and a
+        // tick, a probe of the other members and `pg_ctl stop`: a second
+        // covers those.
+        let check = self.c.health.interval + Duration::from_millis(500);
+        let margin = Duration::from_secs(1);
+        let left = match self.heard.get(old) {
+            _ if k.is_local(self.c, old) => check,
+            Some(t) if t.elapsed() < self.c.health.interval / 2 => check,
+            Some(t) => (*t + k.fence_after(self.c) + margin).saturating_duration_since(Instant::now()),
+            None => (detected + k.fence_after(self.c) + margin - Utc::now()).to_std().unwrap_or_default(),
+        };
+        if !left.is_zero() {
+            tracing::info!("{}: waiting {:.1} s for {old} to be fenced on its host", self.source, left.as_secs_f64());
+            std::thread::sleep(left);
+        }
+    }
+
     /// Points every reachable standby but `skip` at `primary`.
     fn repoint(&self, st: &ClusterStatus, primary: &str, skip: &str) -> Vec<String> {
         let mut followed = Vec::new();
@@ -141,6 +267,12 @@ impl Watch<'_> {
     }
 
     pub(super) fn rejoin(&mut self, old: &str, new: &str) -> Result<f64, String> {
+        if let Some(k) = &self.coord
+            && !k.is_local(self.c, old)
+        {
+            // The agent on its host rewinds it once the route names `new`.
+            return Ok(0.0);
+        }
         self.admit(&format!("rejoining {old}"))?;
         match failover::rejoin(self.c, old, new, &self.state.root().join("logs")) {
             Ok(took) => {
@@ -174,6 +306,12 @@ impl Watch<'_> {
         self.rec.failover = Some(InFlight { old: old.clone(), new: new.clone(), started: decided });
         self.save();
         self.route(None);
+        if let Err(e) = self.publish(None) {
+            self.rec.failover = None;
+            self.save();
+            return Err(format!("failover {old} → {new} refused: {e}"));
+        }
+        self.await_fenced(&old, detected);
         let fenced_at = Utc::now();
         ha::failpoint("pg-failover-fenced");
         if self.c.synchronous
@@ -190,6 +328,9 @@ impl Watch<'_> {
         ha::failpoint("pg-failover-promoted");
         decider.promoted(&new);
         self.route(self.target_of(&new));
+        if let Err(e) = self.publish(Some(&new)) {
+            tracing::warn!("{}: {e}; the next round publishes it", self.source);
+        }
         self.rec.primary = Some(new.clone());
         self.rec.fenced = Some(old.clone());
         self.rec.failover = None;
@@ -260,9 +401,19 @@ impl Watch<'_> {
                 tracing::error!("router switch refused: {stale}");
             }
         };
-        let sw = failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
-            .map_err(|e| format!("{e:#}"))?;
+        // With agents on several hosts, the old primary's own agent stops
+        // it, wherever the leader runs.
+        let remote = self.coord.is_some();
+        let sw = if remote {
+            self.hand_off(&old, &new, &req.id)?
+        } else {
+            failover::switchover(self.c, &old, &new, &fence, &self.state.root().join("logs"))
+                .map_err(|e| format!("{e:#}"))?
+        };
         decider.promoted(&new);
+        if let Err(e) = self.publish(Some(&new)) {
+            tracing::warn!("{}: {e}; the next round publishes it", self.source);
+        }
         self.rec.primary = Some(new.clone());
         self.rec.fenced = Some(old.clone());
         if self.c.synchronous {
@@ -273,7 +424,9 @@ impl Watch<'_> {
         let writable = self.writable_at(&new);
         let followed = self.repoint(st, &new, &old);
         self.hook("switchover", &new, &new);
-        let rejoin = self.rejoin(&old, &new);
+        // A remote old primary is rewound by its own agent, which sees the
+        // route name `new`.
+        let rejoin = if remote { None } else { Some(self.rejoin(&old, &new)) };
         let pause = writable.map(|w| (w - sw.fenced).num_milliseconds() as f64 / 1000.0);
         let done = self
             .event(
@@ -297,8 +450,9 @@ impl Watch<'_> {
                 "write_pause_s": pause,
                 "final_lsn": sw.final_lsn,
                 "followers": followed,
-                "rejoin_s": rejoin.as_ref().ok(),
-                "rejoin_error": rejoin.as_ref().err(),
+                "rejoin_s": rejoin.as_ref().and_then(|r| r.as_ref().ok()),
+                "rejoin_error": rejoin.as_ref().and_then(|r| r.as_ref().err()),
+                "rejoin_by_agent": rejoin.is_none().then(|| self.c.members.get(&old).and_then(|m| m.node.clone())),
             }));
         self.record(done.clone());
         Ok(done)
@@ -325,7 +479,7 @@ impl Watch<'_> {
     pub(super) fn set_paused(&mut self, paused: bool) -> Reply {
         if self.rec.paused != paused {
             self.rec.paused = paused;
-            if let Err(e) = self.rec.save(self.state, self.cluster) {
+            if let Err(e) = self.persist() {
                 self.rec.paused = !paused;
                 return Reply::Error { message: format!("{e:#}") };
             }
@@ -354,7 +508,7 @@ impl Watch<'_> {
                     let reply = match req.at {
                         Some(at) if at > Utc::now() => {
                             self.rec.scheduled = Some(req.clone());
-                            if let Err(e) = self.rec.save(self.state, self.cluster) {
+                            if let Err(e) = self.persist() {
                                 self.rec.scheduled = None;
                                 let _ = reply.send(Reply::Error { message: format!("{e:#}") });
                                 continue;
@@ -399,7 +553,12 @@ impl Watch<'_> {
                 self.rec.fenced = None;
                 self.save();
             }
-            Action::Route(to) => self.route(to.as_deref().and_then(|m| self.target_of(m))),
+            Action::Route(to) => {
+                self.route(to.as_deref().and_then(|m| self.target_of(m)));
+                if let Err(e) = self.publish(to.as_deref()) {
+                    tracing::warn!("{}: {e}", self.source);
+                }
+            }
             Action::RecordPrimary(p) => {
                 self.rec.primary = Some(p.clone());
                 self.save();
@@ -410,6 +569,13 @@ impl Watch<'_> {
                         self.save();
                     }
                     let outcome = self.switchover_recorded(s.decider, s.st, &req);
+                    // An agent that forwarded the request waits for this.
+                    if let Some(k) = &self.coord
+                        && let Ok(bytes) = serde_json::to_vec(&outcome)
+                        && let Err(e) = k.fence.put(&k.scope, &format!("outcome-{}", req.id), &bytes)
+                    {
+                        tracing::warn!("{}: cannot report the switchover's outcome: {e}", self.source);
+                    }
                     if let Some(r) = reply {
                         let _ = r.send(Reply::Outcome { event: outcome });
                     }
@@ -428,8 +594,12 @@ impl Watch<'_> {
                 ),
             },
             Action::SyncRound { primary } => {
+                let before = self.rec.clone();
                 let changes = ha::sync_round(self.c, s.st, primary, &mut self.rec, self.state, self.cluster)
                     .map_err(|e| format!("{e:#}"))?;
+                if self.coord.is_some() && self.rec != before {
+                    self.save();
+                }
                 for ch in changes {
                     self.record(self.event(EventKind::SynchronousSet, ch));
                 }

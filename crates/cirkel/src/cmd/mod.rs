@@ -2,6 +2,7 @@
 
 pub mod alarms;
 pub mod config;
+pub mod drills;
 pub mod files;
 pub mod lab;
 pub mod notify;

@@ -281,7 +281,7 @@ fn watch(global: &Global, a: &GroupArg) -> anyhow::Result<ExitCode> {
     if !global.quiet && !global.json {
         eprintln!("watching redis group `{}`; events go to {}", g.name, state.root().display());
     }
-    cirkel_redis::watch::watch(&g, &state, stop)?;
+    cirkel_redis::watch::watch(&g, &state, cfg.coordination.as_ref(), stop)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -324,14 +324,38 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         let _ = cirkel_pg::members::check_archiving(&c, &mut st);
         postgres.push(st);
     }
+    // With agents on several hosts: every agent, and who leads what.
+    let coordination = cfg.coordination.as_ref().map(|cc| {
+        let mut scopes = vec![cirkel_server::lead::SCOPE.to_string()];
+        scopes.extend(pg_names.iter().map(|n| cirkel_pg::coord::Coord::scope_of(n)));
+        scopes.extend(cfg.redis.keys().map(|n| format!("redis-{n}")));
+        cirkel_pg::coord::overview(cc, &scopes).map_err(|e| e.to_string())
+    });
+    let coordination_ok = match &coordination {
+        Some(Ok(o)) => o.agents.iter().all(|a| a.alive) && o.leaders.iter().all(|l| l.holder.is_some()),
+        Some(Err(_)) => false,
+        None => true,
+    };
     let healthy = redis.iter().all(|s| s.healthy)
         && postgres.iter().all(|s| s.healthy)
-        && published.iter().all(|c| c.state != "down");
+        && published.iter().all(|c| c.state != "down")
+        && coordination_ok;
     if global.json {
+        let coordination = match &coordination {
+            Some(Ok(o)) => json!(o),
+            Some(Err(e)) => json!({ "error": e }),
+            None => json!(null),
+        };
         print_json(&json!({
             "healthy": healthy, "redis": redis, "postgres": postgres, "checks": published, "checks_warning": stale,
+            "coordination": coordination,
         }));
     } else {
+        match &coordination {
+            Some(Ok(o)) => print_coordination(o),
+            Some(Err(e)) => println!("coordination: UNREACHABLE: {e}"),
+            None => {}
+        }
         if show_checks {
             if let Some(w) = &stale {
                 eprintln!("warning: checks: {w}");
@@ -346,6 +370,43 @@ pub fn status(global: &Global, a: &StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_coordination(o: &cirkel_pg::coord::Overview) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["Agent", "State", "Last heard", "Pid", "Version", "Leads"]);
+    for a in &o.agents {
+        let h = &a.heartbeat;
+        let leads: Vec<String> = o
+            .leaders
+            .iter()
+            .filter(|l| l.holder.as_deref() == Some(h.node.as_str()))
+            .map(|l| format!("{} (token {})", l.scope, l.epoch.unwrap_or(0)))
+            .collect();
+        t.add_row([
+            h.node.clone(),
+            if a.alive { "alive" } else { "SILENT" }.to_string(),
+            format!("{:.1} s ago", a.age_s),
+            h.pid.to_string(),
+            h.version.clone(),
+            leads.join(", "),
+        ]);
+    }
+    println!("{t}");
+    for l in &o.leaders {
+        if l.holder.is_none() {
+            println!("  {}: NO LEADER", l.scope);
+        }
+        if let Some(r) = &l.route {
+            println!(
+                "  {}: endpoints route to {} (token {})",
+                l.scope,
+                r.primary.as_deref().unwrap_or("nobody"),
+                r.epoch
+            );
+        }
+    }
 }
 
 fn print_pg_status(s: &cirkel_pg::members::ClusterStatus) {
@@ -467,16 +528,20 @@ pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
         DrillCmd::RedisFailover(a) => redis_drill(global, a),
         DrillCmd::Failover(a) => crate::cmd::pg::failover_drill(global, a, None),
         DrillCmd::Switchover(a) => crate::cmd::pg::failover_drill(global, &a.drill, Some(a.to.clone())),
+        DrillCmd::History(a) => crate::cmd::drills::history(global, a),
+        DrillCmd::Run(a) => crate::cmd::drills::run(global, a),
     }
 }
 
 fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let g = group(&cfg, &a.group)?;
+    let _lock = crate::context::drill_lock(&cfg, &g.source())?;
     let opts = cirkel_redis::drill::DrillOptions { interval: a.interval, timeout: a.timeout, ..Default::default() };
     if !global.quiet && !global.json {
         eprintln!("drill: killing the master of `{}` under a canary writer…", g.name);
     }
+    let started = chrono::Utc::now();
     let report = cirkel_redis::drill::drill(&g, &opts).map_err(|e| {
         user_error(format!("the drill did not run: {e:#}"), "run `cirkel status` and make the group healthy first")
     })?;
@@ -489,6 +554,12 @@ fn redis_drill(global: &Global, a: &RedisDrillArgs) -> anyhow::Result<ExitCode> 
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
         bytes: None,
+        target: &g.name,
+        record: &a.record,
+        plan: cirkel_config::DrillKind::RedisFailover,
+        started,
+        aborted: None,
+        failures: &report.failures,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {

@@ -10,7 +10,7 @@ use cirkel_server::jobs::{Runner, jobs};
 use cirkel_server::scheduler::{Clock, ScaledClock, SystemClock};
 use cirkel_state::control::Server;
 
-use crate::cli::{Global, LogFormat};
+use crate::cli::{Global, LogFormat, ServeArgs};
 use crate::context::{load_config, main_repo, resolve, state_dir};
 use crate::output::user_error;
 
@@ -49,8 +49,31 @@ impl cirkel_server::monitor::Access for Access {
     }
 }
 
-pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(global)?;
+/// The configuration with this agent's name (`--node`) in `[coordination]`.
+fn with_node(mut cfg: Config, node: Option<&str>) -> anyhow::Result<Config> {
+    let Some(node) = node else { return Ok(cfg) };
+    let Some(coord) = cfg.coordination.as_mut() else {
+        return Err(user_error(
+            format!("--node {node} names an agent, but the configuration has no [coordination] table"),
+            "agents on several hosts agree through etcd: add [coordination] etcd = [\"http://HOST:2379\"], or drop --node to run one daemon on its own",
+        ));
+    };
+    cirkel_config::coordination::check_node_name(node)
+        .map_err(|e| user_error(format!("--node: {e}"), "name the agent after its host, e.g. --node db-1"))?;
+    coord.node = Some(node.to_string());
+    Ok(cfg)
+}
+
+pub fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = with_node(load_config(global)?, args.node.as_deref())?;
+    if let Some(coord) = &cfg.coordination
+        && coord.node.is_none()
+    {
+        return Err(user_error(
+            "this agent has no name: with [coordination], every agent names itself",
+            "pass --node NAME (the name the members' `node` uses for this host), or set [coordination] node",
+        ));
+    }
     let has_cluster = cfg.postgres.values().any(|c| !c.members.is_empty());
     let watches = !cfg.checks.is_empty() || !cfg.scrape.is_empty() || cfg.server.listen.is_some();
     if cfg.redis.is_empty() && jobs(&cfg)?.is_empty() && !has_cluster && !watches {
@@ -70,14 +93,20 @@ pub fn serve(global: &Global) -> anyhow::Result<ExitCode> {
         Some(c) => Arc::new(c),
         None => Arc::new(SystemClock),
     };
-    let runner =
-        Runner { exe: std::env::current_exe()?, global: global_args(global, &cfg), state: state.clone(), clock };
+    let runner = Runner {
+        exe: std::env::current_exe()?,
+        global: global_args(global, &cfg),
+        state: state.clone(),
+        clock,
+        leading: cirkel_server::lead::Leading::always(),
+    };
     let reload_global = global.clone();
+    let reload_node = args.node.clone();
     let access = Arc::new(Access { global: global.clone(), cfg: cfg.clone() });
     daemon::run(Options {
         config_path: global.config.clone().or_else(|| cfg.source.clone()),
         config: cfg,
-        reload: Box::new(move || load_config(&reload_global)),
+        reload: Box::new(move || with_node(load_config(&reload_global)?, reload_node.as_deref())),
         state,
         control,
         runner,

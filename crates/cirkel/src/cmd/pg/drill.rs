@@ -11,8 +11,9 @@ use crate::cli::{Global, PgVerifyArgs};
 use crate::context::{load_config, main_repo, threads};
 use crate::output::{human_bytes, print_json, spinner, user_error};
 
-pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
+pub fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
+    let _lock = crate::context::drill_lock(&cfg, "restore")?;
     let target = main_repo(global, &cfg)?;
     let repo = target.open()?;
     let backup = match &a.backup {
@@ -28,6 +29,7 @@ pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCo
         timeout: a.timeout,
     };
     let bar = spinner(global, "restore drill");
+    let started = chrono::Utc::now();
     let report = cirkel_pg::verify::verify(&repo, &opts).map_err(pg_error)?;
     bar.finish_and_clear();
     // Recorded as a drill: its throughput predicts how long a restore of
@@ -37,6 +39,7 @@ pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCo
         cirkel_pg::catalog::backups(&repo).ok()?.into_iter().find(|b| b.id == id).map(|b| b.meta.system_id)
     });
     if let Some(system) = system {
+        let target = report.backup.map(|b| b.short()).unwrap_or_default();
         let outcome = crate::context::DrillOutcome {
             source: &format!("postgres@{system}"),
             kind: "restore-drill",
@@ -45,6 +48,12 @@ pub(super) fn verify(global: &Global, a: &PgVerifyArgs) -> anyhow::Result<ExitCo
             rto_s: Some(report.total_seconds),
             writes_lost: 0,
             bytes: Some(report.bytes),
+            target: &target,
+            record: &a.record,
+            plan: cirkel_config::DrillKind::Restore,
+            started,
+            aborted: None,
+            failures: &report.problems,
         };
         let value = serde_json::to_value(&report)?;
         if let Err(e) = crate::context::store_drill(&cfg, &outcome, &value) {
@@ -100,8 +109,10 @@ pub fn failover_drill(
 ) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let _lock = crate::context::drill_lock(&cfg, &format!("postgres/{name}"))?;
     let state = crate::context::state_dir(&cfg);
     let (fault, kind, what) = match switchover {
+        None if a.fault == "stop" => (cirkel_pg::drill::Fault::Stop, "postgres-failover", "failover drill (SIGSTOP)"),
         None => (cirkel_pg::drill::Fault::Kill, "postgres-failover", "failover drill"),
         Some(to) => {
             (cirkel_pg::drill::Fault::Switchover { state: &state, to }, "postgres-switchover", "switchover drill")
@@ -109,19 +120,32 @@ pub fn failover_drill(
     };
     if !global.quiet && !global.json {
         match fault {
+            cirkel_pg::drill::Fault::Stop => {
+                eprintln!("drill: stopping (SIGSTOP) the primary of `{name}` under a canary writer on the endpoint…")
+            }
             cirkel_pg::drill::Fault::Kill => {
                 eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
             }
             _ => eprintln!("drill: switching `{name}` over under a canary writer on the endpoint…"),
         }
     }
-    let report = cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault).map_err(|e| {
-        user_error(
-            format!("the drill did not run: {e:#}"),
-            "run `cirkel status`; `cirkel serve` must be watching the cluster",
-        )
-    })?;
+    let started = chrono::Utc::now();
+    // SIGTERM (from `cirkel serve` when a guardrail trips, or a person)
+    // aborts the drill: its fault is undone, and it is recorded as such.
+    let abort = crate::context::stop_on_signal();
+    crate::context::undo_drill_leftover(&cfg);
+    let report =
+        cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault, &abort, Some((&state, a.record.name.clone())))
+            .map_err(|e| {
+                user_error(
+                    format!("the drill did not run: {e:#}"),
+                    "run `cirkel status`; `cirkel serve` must be watching the cluster",
+                )
+            })?;
     let value = serde_json::to_value(&report)?;
+    let aborted = abort
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| "stopped by a signal before the end; the old primary was started again".to_string());
     let outcome = crate::context::DrillOutcome {
         source: &format!("postgres/{name}"),
         kind,
@@ -130,6 +154,16 @@ pub fn failover_drill(
         rto_s: report.rto_s,
         writes_lost: report.writes_lost,
         bytes: None,
+        target: &name,
+        record: &a.record,
+        plan: if kind == "postgres-failover" {
+            cirkel_config::DrillKind::Failover
+        } else {
+            cirkel_config::DrillKind::Switchover
+        },
+        started,
+        aborted,
+        failures: &report.failures,
     };
     let path = crate::context::store_drill(&cfg, &outcome, &value)?;
     if global.json {
@@ -164,5 +198,5 @@ pub fn failover_drill(
         }
         println!("  report          {}", path.display());
     }
-    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if outcome.outcome() == cirkel_notify::drills::Outcome::Passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -126,6 +126,10 @@ pub(super) fn switchover(global: &Global, a: &crate::cli::PgSwitchoverArgs) -> a
         if let Some(e) = outcome.details["rejoin_error"].as_str() {
             println!("rejoin failed: {e}");
         }
+        if let Some(node) = outcome.details["rejoin_by_agent"].as_str() {
+            let old = outcome.details["old_primary"].as_str().unwrap_or("?");
+            println!("{old} is rewound into a standby by the agent on its host ({node}); `cirkel status` shows when");
+        }
     }
     Ok(if outcome.kind == "switchover" { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

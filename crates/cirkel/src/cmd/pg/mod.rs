@@ -25,6 +25,7 @@ use crate::cli::{Global, PgCmd};
 use crate::output::user_error;
 
 pub use drill::failover_drill;
+pub use drill::verify as verify_drill;
 pub use ha::member_cluster;
 pub use wal::{wal_fetch, wal_push};
 

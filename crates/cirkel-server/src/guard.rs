@@ -1,0 +1,156 @@
+//! Guardrails for drills: a drill starts only on a quiet estate, stops when
+//! something real happens meanwhile, and never runs beside another.
+//!
+//! Quiet means no alarm of severity high or critical firing (as the alarm
+//! loop last published them) and no open incident. While a drill runs, what
+//! happens to its own source is the drill's doing; an alarm or incident
+//! anywhere else that was not there when it began stops it.
+
+use std::collections::BTreeSet;
+
+use cirkel_state::StateDir;
+
+use crate::monitor::{ALARMS_FILE, Published};
+
+/// What holds a drill back now, in words; `exclude` is the drill's own
+/// source (`postgres/NAME`, `redis/NAME`), whose alarms and incidents are
+/// left out.
+pub fn blockers(state: &StateDir, exclude: Option<&str>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(Some(p)) = state.load_json::<Published>(ALARMS_FILE) {
+        for a in p.alarms {
+            let serious = matches!(a.severity.as_str(), "high" | "critical");
+            let source = a.labels.get("source").map(String::as_str);
+            if a.state == "ALARM" && serious && (exclude.is_none() || source != exclude) {
+                let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.insert(format!("alarm {} {{{}}} is firing ({})", a.alarm, labels.join(","), a.severity));
+            }
+        }
+    }
+    if state.root().join(cirkel_notify::store::FILE_NAME).exists()
+        && let Ok(store) = cirkel_notify::Store::open_in(state.root())
+        && let Ok(open) = store.incidents(false)
+    {
+        for i in open {
+            if exclude.is_none() || Some(i.source.as_str()) != exclude {
+                out.insert(format!("incident #{} is open: {}", i.id, i.title));
+            }
+        }
+    }
+    out
+}
+
+/// The source a drill running now is drilling, from the drill lock
+/// (`drill.lock`: the drill's pid and source), or `None` when no drill
+/// holds it.
+pub fn drilling(state: &StateDir) -> Option<String> {
+    let path = state.root().join("drill.lock");
+    let f = std::fs::File::open(&path).ok()?;
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.unlock();
+            None
+        }
+        Err(_) => {
+            let text = std::fs::read_to_string(&path).ok()?;
+            text.split_once(' ').map(|(_, source)| source.trim().to_string())
+        }
+    }
+}
+
+/// Undoes the fault of a drill that was killed before it could (see
+/// `cirkel_pg::drill::undo_leftover`) and records the drill as aborted:
+/// done when `cirkel serve` starts and before every drill.
+pub fn undo_drill_leftover(
+    state: &StateDir,
+    postgres: &std::collections::BTreeMap<String, cirkel_config::PostgresConfig>,
+) {
+    let (left, done) = match cirkel_pg::drill::undo_leftover(state, postgres) {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("a drill's leftover fault could not be read: {e:#}");
+            return;
+        }
+    };
+    let message = format!(
+        "the failover drill of {} started at {} was interrupted before it undid its fault: {done}",
+        left.cluster, left.started
+    );
+    crate::record(
+        state,
+        &cirkel_state::Event::new(
+            &format!("postgres/{}", left.cluster),
+            cirkel_state::EventKind::DrillAborted,
+            message.clone(),
+        )
+        .with(serde_json::json!({ "member": left.member, "pid": left.pid, "started": left.started })),
+    );
+    let run = cirkel_notify::drills::DrillRun {
+        id: 0,
+        name: left.name.clone().unwrap_or_else(|| "failover".into()),
+        kind: "failover".into(),
+        target: left.cluster.clone(),
+        started_at: left.started,
+        finished_at: chrono::Utc::now(),
+        outcome: cirkel_notify::drills::Outcome::Aborted,
+        rto_s: None,
+        rto_target_s: None,
+        writes_lost: 0,
+        reason: message,
+        report: None,
+    };
+    match cirkel_notify::Store::open_in(state.root()) {
+        Ok(store) => {
+            if let Err(e) = store.record_drill(&run) {
+                tracing::error!("the interrupted drill could not be recorded: {e}");
+            }
+        }
+        Err(e) => tracing::error!("the interrupted drill could not be recorded: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_estate_holds_nothing_back_and_a_firing_alarm_does_unless_it_is_the_drills_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        assert!(blockers(&state, None).is_empty());
+        let published = serde_json::json!({
+            "updated": chrono::Utc::now(),
+            "alarms": [
+                { "alarm": "member-down", "labels": { "source": "postgres/main", "member": "a" }, "severity": "critical",
+                  "state": "ALARM", "reason": "r", "since": chrono::Utc::now() },
+                { "alarm": "backup-age", "labels": { "source": "files/www" }, "severity": "medium",
+                  "state": "ALARM", "reason": "r", "since": chrono::Utc::now() },
+                { "alarm": "lag", "labels": { "source": "redis/cache" }, "severity": "high",
+                  "state": "OK", "reason": "r", "since": chrono::Utc::now() }
+            ],
+            "checks": []
+        });
+        state.save_json(ALARMS_FILE, &published).unwrap();
+        let all = blockers(&state, None);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all.iter().next().unwrap().contains("member-down"));
+        assert!(blockers(&state, Some("postgres/main")).is_empty(), "the drill's own source");
+        assert_eq!(blockers(&state, Some("redis/cache")).len(), 1);
+    }
+
+    #[test]
+    fn the_drill_lock_names_the_source_while_held() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        assert_eq!(drilling(&state), None);
+        let mut f = state.open_private("drill.lock", false).unwrap();
+        f.try_lock().unwrap();
+        write!(f, "42 postgres/main").unwrap();
+        assert_eq!(drilling(&state).as_deref(), Some("postgres/main"));
+        f.unlock().unwrap();
+        assert_eq!(drilling(&state), None);
+    }
+}
