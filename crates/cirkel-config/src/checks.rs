@@ -58,4 +58,8 @@ pub enum CheckKindConfig {
 pub struct ServerConfig {
     /// Where it listens, e.g. `127.0.0.1:9187`; no server when absent.
     pub listen: Option<SocketAddr>,
+    /// The token that reads the API and the dashboard (`viewer_token_file`).
+    pub viewer_token: Option<crate::Secret>,
+    /// The token that also acts through the API (`operator_token_file`).
+    pub operator_token: Option<crate::Secret>,
 }

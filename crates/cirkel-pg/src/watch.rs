@@ -265,6 +265,7 @@ pub fn watch(
                 v.primary = routed;
             }
         }
+        tracing::debug!(cluster, round_ms = started.elapsed().as_secs_f64() * 1000.0, "watch round");
         rest(&mut w, started, &stop, &commands, &mut pending, &decider, held);
     }
     if let Some(l) = lease.take() {

@@ -109,11 +109,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     metrics.set("cirkel_up", Default::default(), 1.0);
     // What the event log says so far, then what comes.
     let event_metrics = Arc::new(Mutex::new(EventMetrics::default()));
-    if let (Ok(mut em), Ok(past)) = (event_metrics.lock(), state.events()) {
-        for e in &past {
-            em.observe(e, &metrics);
+    // The newest events stay in memory for the API.
+    let ring: Arc<Mutex<crate::api::view::EventRing>> = Arc::default();
+    let events_file = state.root().join("events.jsonl");
+    let (past, read_to) = crate::api::tail::read_from(&events_file, 0);
+    let read_to = Arc::new(std::sync::atomic::AtomicU64::new(read_to));
+    if let (Ok(mut em), Ok(mut r)) = (event_metrics.lock(), ring.lock()) {
+        for e in past {
+            em.observe(&e, &metrics);
+            r.push(e);
         }
     }
+    // What the API's event stream carries: the log as it grows.
+    let (logged, _) = broadcast::channel::<Event>(1024);
     // A drill killed in the middle left its fault: undone before anything
     // watches the cluster it broke.
     crate::guard::undo_drill_leftover(&state, &cfg.postgres);
@@ -150,7 +158,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         groups: groups.iter().map(|g| g.name.clone()).collect(),
     };
     {
-        let (control, inboxes, state) = (Arc::new(control), inboxes.clone(), state.clone());
+        let (control, inboxes, state, status) = (Arc::new(control), inboxes.clone(), state.clone(), status.clone());
         sup.spawn_blocking("control-socket", sup.token(), move |stop| {
             let handle = |req: Request| answer(req, &inboxes, &status);
             let refused = |pid: u32, uid: u32| {
@@ -193,19 +201,30 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 
     // Detection: events into metrics, checks, the collector, scrapes, alarms.
     {
-        let (metrics, em, rx) = (metrics.clone(), event_metrics.clone(), bus.subscribe());
+        // The log, not the channel: commands run beside the daemon (drills,
+        // backups) record into it too.
+        let (metrics, em, ring, logged) = (metrics.clone(), event_metrics.clone(), ring.clone(), logged.clone());
         sup.spawn("metrics/events", sup.token(), move |cancel| {
-            let (metrics, em) = (metrics.clone(), em.clone());
-            let mut rx = rx.resubscribe();
+            let (metrics, em, ring, logged, path, read_to) =
+                (metrics.clone(), em.clone(), ring.clone(), logged.clone(), events_file.clone(), read_to.clone());
             async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        e = rx.recv() => match e {
-                            Ok(e) => { if let Ok(mut em) = em.lock() { em.observe(&e, &metrics); } }
-                            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("metrics missed {n} events"),
-                            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                        },
+                        _ = tick.tick() => {}
+                    }
+                    let (new, to) = crate::api::tail::read_from(&path, read_to.load(Ordering::Relaxed));
+                    read_to.store(to, Ordering::Relaxed);
+                    for e in new {
+                        if let Ok(mut em) = em.lock() {
+                            em.observe(&e, &metrics);
+                        }
+                        if let Ok(mut r) = ring.lock() {
+                            r.push(e.clone());
+                        }
+                        let _ = logged.send(e);
                     }
                 }
             }
@@ -220,10 +239,13 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             async move { crate::monitor::run_checks(&cfg, state, metrics, checks, cancel).await }
         });
     }
+    let estate: crate::api::estate::Shared = Arc::default();
     {
-        let (cfg, metrics, em) = (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone());
+        let (cfg, metrics, em, estate) =
+            (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone(), estate.clone());
         sup.spawn_blocking("collector", sup.token(), move |stop| {
             let mut collector = Collector::default();
+            collector.estate = estate.clone();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 collector.collect(&cfg, access.as_ref(), &metrics, &em);
@@ -299,11 +321,28 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     if let Some(addr) = cfg.server.listen {
         let listener = Arc::new(crate::http::bind(addr)?);
         let metrics = metrics.clone();
+        let control: crate::api::Control = {
+            let inboxes = inboxes.clone();
+            Arc::new(move |req: Request| answer(req, &inboxes, &status))
+        };
+        let mut api = crate::api::Api::new(
+            Arc::new(cfg.clone()),
+            estate.clone(),
+            metrics.clone(),
+            state.clone(),
+            ring.clone(),
+            logged.clone(),
+            control,
+            notify.as_ref().map(|n| n.notifier.clone()),
+            published_checks.clone(),
+        );
+        api.drill = Some((runner.exe.clone(), runner.global.clone()));
+        let api = Arc::new(api);
         sup.spawn("http", sup.token(), move |cancel| {
-            let (listener, metrics) = (listener.clone(), metrics.clone());
+            let (listener, metrics, api) = (listener.clone(), metrics.clone(), api.clone());
             async move {
                 let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-                crate::http::serve(l, metrics, cancel).await
+                crate::http::serve(l, metrics, Some(api), cancel).await
             }
         });
     }

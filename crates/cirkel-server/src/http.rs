@@ -1,23 +1,26 @@
 //! The daemon's HTTP server (`[server] listen`): `/metrics` for Prometheus
 //! (OpenMetrics when the client asks for it, else the Prometheus text format)
-//! and `/health` for whoever watches cirkel itself. Reads only; nothing
-//! here changes state. One task per connection, at most
-//! [`MAX_CONNECTIONS`] at once, each with a deadline for its request head
-//! and for its whole life, so a slow client cannot hold the server.
+//! and `/health` for whoever watches cirkel itself, without a token; the
+//! API (`/api/v1/…`) and the dashboard (`/`) behind tokens (`crate::api`).
+//! One task per connection, at most [`MAX_CONNECTIONS`] at once, each with
+//! a deadline for its request head and for its whole life (an event stream
+//! lives on until the client leaves or the daemon stops), so a slow client
+//! cannot hold the server.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{Api, Body, full};
 use crate::metrics::Metrics;
 
 pub const MAX_CONNECTIONS: usize = 256;
@@ -30,6 +33,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    api: Option<Arc<Api>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -49,17 +53,47 @@ pub async fn serve(
             tracing::debug!("{MAX_CONNECTIONS} connections open, closing one from {peer}");
             continue;
         };
-        let metrics = metrics.clone();
+        let (metrics, api, cancel) = (metrics.clone(), api.clone(), cancel.clone());
+        let streaming = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &metrics);
-                async move { Ok::<_, Infallible>(response) }
+            let flag = streaming.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (metrics, api, flag) = (metrics.clone(), api.clone(), flag.clone());
+                async move {
+                    let response = match respond(&req, &metrics) {
+                        Some(r) => r,
+                        None => match &api {
+                            Some(api) => {
+                                if req.uri().path() == "/api/v1/events/stream" {
+                                    flag.store(true, Ordering::Relaxed);
+                                }
+                                api.handle(req, peer).await
+                            }
+                            None => not_found(),
+                        },
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(16 * 1024).half_close(true);
             let connection = http.serve_connection(TokioIo::new(stream), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                tracing::debug!("metrics endpoint connection from {peer}: {e}");
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                r = &mut connection => Some(r),
+                _ = tokio::time::sleep(CONNECTION_TIMEOUT) => None,
+                _ = cancel.cancelled() => None,
+            };
+            // An event stream outlives the deadline, until the client leaves or the daemon stops.
+            let result = match result {
+                None if streaming.load(Ordering::Relaxed) && !cancel.is_cancelled() => tokio::select! {
+                    r = &mut connection => Some(r),
+                    _ = cancel.cancelled() => None,
+                },
+                r => r,
+            };
+            if let Some(Err(e)) = result {
+                tracing::debug!("http connection from {peer}: {e}");
             }
             drop(slot);
         });
@@ -74,7 +108,15 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Arc<Metrics>) -> Response<Full<Bytes>> {
+fn not_found() -> Response<Body> {
+    let mut r = Response::new(full("not found: try /metrics or /health (the API needs [server] tokens)\n"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// `/metrics` and `/health`; `None` for everything else.
+fn respond(req: &Request<Incoming>, metrics: &Arc<Metrics>) -> Option<Response<Body>> {
     let (status, kind, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let open = req
@@ -91,14 +133,14 @@ fn respond(req: &Request<Incoming>, metrics: &Arc<Metrics>) -> Response<Full<Byt
         (&Method::GET | &Method::HEAD, "/health") => {
             (StatusCode::OK, "application/json", r#"{"status":"ok"}"#.to_string())
         }
-        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n".into()),
-        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n".into()),
+        (_, "/metrics" | "/health") => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n".into()),
+        _ => return None,
     };
     let body = if req.method() == Method::HEAD { String::new() } else { body };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    r
+    Some(r)
 }
 
 /// Fetches `url` (http:// only) and returns the status and at most 16 MiB

@@ -2,6 +2,7 @@
 //! part a supervised worker, the control socket, the scheduled jobs, and
 //! the events they publish.
 
+pub mod api;
 pub mod daemon;
 pub mod guard;
 pub mod http;

@@ -23,6 +23,7 @@ use cirkel_state::{Event, EventKind, Severity, StateDir};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::api::estate::{BackupView, ClusterView, Estate, MemberView, RepositoryView, Shared, WindowView};
 use crate::metrics::{Labels, Metrics, labels};
 
 /// The file the daemon keeps its alarm and check states in.
@@ -276,10 +277,21 @@ fn read_server(conninfo: &str, streamed: bool, m: &Metrics, source: &str) -> any
     Ok(Server { system_id: row.get(0), current_lsn: lsn.as_deref().and_then(cirkel_pg::conn::parse_lsn) })
 }
 
-/// Keeps open repositories between collections.
+/// Keeps open repositories between collections, and publishes what each
+/// collection saw for the API.
 #[derive(Default)]
 pub struct Collector {
     repos: HashMap<String, Repository>,
+    /// Replaced at the end of every collection.
+    pub estate: Shared,
+}
+
+fn role_of(role: Option<&str>) -> &'static str {
+    match role {
+        Some("primary") | Some("master") => "primary",
+        Some("standby") | Some("slave") | Some("replica") => "standby",
+        _ => "unknown",
+    }
 }
 
 impl Collector {
@@ -295,6 +307,8 @@ impl Collector {
     /// One collection: members, then every repository.
     pub fn collect(&mut self, cfg: &Config, access: &dyn Access, m: &Metrics, events: &Mutex<EventMetrics>) {
         let now = Utc::now();
+        let started = std::time::Instant::now();
+        let mut view = Estate::default();
         // PostgreSQL members, and each cluster's primary.
         let mut servers: HashMap<String, Server> = HashMap::new();
         for (name, c) in &cfg.postgres {
@@ -302,6 +316,36 @@ impl Collector {
             let mut primary_conn = None;
             if !c.members.is_empty() {
                 let st = cirkel_pg::members::status(name, c);
+                let lag_s: HashMap<&str, f64> = st
+                    .members
+                    .iter()
+                    .filter(|m| m.role.as_deref() == Some("primary"))
+                    .flat_map(|m| m.replicas.iter().filter_map(|l| Some((l.name.as_str(), l.replay_lag_s?))))
+                    .collect();
+                view.clusters.insert(
+                    source.clone(),
+                    ClusterView {
+                        source: source.clone(),
+                        name: name.clone(),
+                        kind: "postgres".into(),
+                        primary: st.primary.clone(),
+                        healthy: st.healthy,
+                        problems: st.problems.clone(),
+                        members: st
+                            .members
+                            .iter()
+                            .map(|mem| MemberView {
+                                name: mem.name.clone(),
+                                zone: Some(mem.zone.clone()).filter(|z| !z.is_empty()),
+                                role: role_of(mem.role.as_deref()).into(),
+                                reachable: mem.reachable,
+                                lag_bytes: mem.lag_bytes,
+                                lag_seconds: lag_s.get(mem.name.as_str()).copied(),
+                                error: mem.error.clone(),
+                            })
+                            .collect(),
+                    },
+                );
                 for mem in &st.members {
                     let l = labels(&[("source", &source), ("member", &mem.name)]);
                     m.set("cirkel_member_up", l.clone(), if mem.reachable { 1.0 } else { 0.0 });
@@ -349,6 +393,30 @@ impl Collector {
         for (name, g) in &cfg.redis {
             let Ok(group) = cirkel_redis::group::Group::from_config(name, g) else { continue };
             let st = group.status();
+            view.clusters.insert(
+                group.source(),
+                ClusterView {
+                    source: group.source(),
+                    name: name.clone(),
+                    kind: "redis".into(),
+                    primary: st.master.as_ref().map(|a| a.to_string()),
+                    healthy: st.healthy,
+                    problems: st.problems.clone(),
+                    members: st
+                        .members
+                        .iter()
+                        .map(|mem| MemberView {
+                            name: mem.addr.to_string(),
+                            zone: None,
+                            role: role_of(mem.role.as_deref()).into(),
+                            reachable: mem.reachable,
+                            lag_bytes: mem.lag_bytes,
+                            lag_seconds: None,
+                            error: mem.error.clone(),
+                        })
+                        .collect(),
+                },
+            );
             for mem in &st.members {
                 let addr = mem.addr.to_string();
                 let l = labels(&[("source", &group.source()), ("member", &addr)]);
@@ -377,15 +445,37 @@ impl Collector {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!("collect: cannot open repository {repo_name}: {e:#}");
+                    let error = Some(format!("{e:#}"));
+                    view.repositories
+                        .insert(repo_name.clone(), RepositoryView { name: repo_name, reachable: false, error });
                     continue;
                 }
             };
-            if let Err(e) = self.collect_repo(cfg, &repo, &repo_name, &servers, &rates, now, m) {
-                tracing::debug!("collect: repository {repo_name}: {e:#}");
-                // Opened again next time: the error may be the handle's.
-                self.repos.remove(&repo_name);
-            }
+            let mut part = Estate::default();
+            let error = match self.collect_repo(cfg, &repo, &repo_name, &servers, &rates, now, m, &mut part) {
+                Ok(()) => {
+                    for (source, list) in part.backups {
+                        view.backups.entry(source).or_default().extend(list);
+                    }
+                    for (source, w) in part.windows {
+                        view.windows.entry(source).or_default().extend(w);
+                    }
+                    for (source, e) in part.exposure {
+                        view.exposed(&source, e);
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!("collect: repository {repo_name}: {e:#}");
+                    // Opened again next time: the error may be the handle's.
+                    self.repos.remove(&repo_name);
+                    Some(format!("{e:#}"))
+                }
+            };
+            let reachable = error.is_none();
+            view.repositories.insert(repo_name.clone(), RepositoryView { name: repo_name, reachable, error });
         }
+        view.publish(&self.estate, started);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -398,8 +488,38 @@ impl Collector {
         rates: &HashMap<String, f64>,
         now: DateTime<Utc>,
         m: &Metrics,
+        view: &mut Estate,
     ) -> anyhow::Result<()> {
         let snaps = repo.snapshots()?;
+        // Every complete snapshot that `belongs`, for the calendar and the window.
+        let list = |view: &mut Estate,
+                    source: &str,
+                    kind: &str,
+                    belongs: &dyn Fn(&cirkel_repo::snapshot::Snapshot) -> bool| {
+            let mine: Vec<BackupView> = snaps
+                .iter()
+                .filter(|(_, s)| belongs(s) && !s.incomplete)
+                .map(|(id, s)| BackupView {
+                    id: id.short(),
+                    time: s.time,
+                    repository: repo_name.to_string(),
+                    kind: kind.to_string(),
+                    bytes: s.summary.bytes,
+                    duration_s: s.summary.duration_ms as f64 / 1000.0,
+                })
+                .collect();
+            let earliest = mine.iter().map(|b| b.time).min();
+            let latest = mine.iter().map(|b| b.time).max();
+            view.windows.entry(source.to_string()).or_default().push(WindowView {
+                repository: repo_name.to_string(),
+                earliest,
+                latest,
+                gaps: 0,
+            });
+            for b in mine {
+                view.backup(source, b);
+            }
+        };
         let age = |t: DateTime<Utc>| (now - t).num_milliseconds().max(0) as f64 / 1000.0;
         let backup = |source: &str, kind: &str, count: usize, s: Option<&cirkel_repo::snapshot::Snapshot>| {
             let l = labels(&[("source", source), ("repository", repo_name), ("kind", kind)]);
@@ -412,17 +532,22 @@ impl Collector {
         };
         for (name, set) in &cfg.files {
             let paths: Vec<String> = set.paths.iter().map(|p| p.display().to_string()).collect();
-            let (n, s) = newest(&snaps, |s| {
+            let belongs = |s: &cirkel_repo::snapshot::Snapshot| {
                 s.kind == "files" && (s.paths == paths || set.tags.first().is_some_and(|t| s.tags.contains(t)))
-            });
+            };
+            list(view, &format!("files/{name}"), "files", &belongs);
+            let (n, s) = newest(&snaps, belongs);
             backup(&format!("files/{name}"), "files", n, s);
         }
         for name in cfg.redis.keys() {
             let source = format!("redis/{name}");
             let path = format!("redis:{name}");
-            let (n, s) = newest(&snaps, |s| s.kind == "redis" && s.paths.first() == Some(&path));
+            let belongs = |s: &cirkel_repo::snapshot::Snapshot| s.kind == "redis" && s.paths.first() == Some(&path);
+            list(view, &source, "rdb", &belongs);
+            let (n, s) = newest(&snaps, belongs);
             backup(&source, "rdb", n, s);
             if let Some(s) = s {
+                view.exposed(&source, age(s.time));
                 // An RDB is all a Redis restore has: what came after it is exposed.
                 m.set(
                     "cirkel_rpo_exposure_seconds",
@@ -449,6 +574,19 @@ impl Collector {
             let Some(system) = system else { continue };
             let mine: Vec<&cirkel_pg::catalog::BackupInfo> =
                 backups.iter().filter(|b| b.meta.system_id == system).collect();
+            for b in &mine {
+                view.backup(
+                    &source,
+                    BackupView {
+                        id: b.short_id.clone(),
+                        time: b.meta.stop_time,
+                        repository: repo_name.to_string(),
+                        kind: "base".into(),
+                        bytes: b.bytes,
+                        duration_s: b.duration_ms as f64 / 1000.0,
+                    },
+                );
+            }
             let newest = mine.iter().max_by_key(|b| b.time);
             let l = labels(&[("source", &source), ("repository", repo_name), ("kind", "base")]);
             m.set("cirkel_backups", l.clone(), mine.len() as f64);
@@ -467,6 +605,12 @@ impl Collector {
                 }
             }
             let Some(info) = infos.iter().find(|i| i.system_id == system) else { continue };
+            view.windows.entry(source.clone()).or_default().push(WindowView {
+                repository: repo_name.to_string(),
+                earliest: info.earliest_time,
+                latest: if caught_up_now(servers.get(name), info, &mine) { Some(now) } else { info.latest_time },
+                gaps: info.gaps.len(),
+            });
             let seg_size = mine.first().map(|b| b.meta.wal_segment_size).unwrap_or(16 << 20);
             let caught_up = match (servers.get(name).and_then(|s| s.current_lsn), repo_end_lsn(info, seg_size)) {
                 (Some(cur), Some(end)) => cur <= end,
@@ -477,10 +621,24 @@ impl Collector {
             if exposure.is_nan() {
                 m.remove("cirkel_rpo_exposure_seconds", &l);
             } else {
+                view.exposed(&source, exposure);
                 m.set("cirkel_rpo_exposure_seconds", l, exposure);
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the repository holds the primary's current WAL position.
+fn caught_up_now(
+    server: Option<&Server>,
+    info: &cirkel_pg::catalog::ClusterInfo,
+    mine: &[&cirkel_pg::catalog::BackupInfo],
+) -> bool {
+    let seg_size = mine.first().map(|b| b.meta.wal_segment_size).unwrap_or(16 << 20);
+    match (server.and_then(|s| s.current_lsn), repo_end_lsn(info, seg_size)) {
+        (Some(cur), Some(end)) => cur <= end,
+        _ => false,
     }
 }
 

@@ -322,6 +322,10 @@ event_kinds! {
     ConfigReloadFailed = "config-reload-failed", High;
     /// A user other than the daemon's and root was refused at the control socket.
     ControlRefused = "control-refused", High;
+    /// An operator acted through the HTTP API (the audit log).
+    ApiAction = "api-action", Low;
+    /// A request to the HTTP API was refused: no token, a wrong one, or a viewer's on an action.
+    ApiRefused = "api-refused", Low;
     /// A scheduled job finished.
     JobDone = "job-done", Low;
     /// A scheduled job failed.

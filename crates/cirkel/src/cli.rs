@@ -100,6 +100,11 @@ pub enum Command {
     /// per host (`--node NAME`): the agents elect a leader through etcd, and each manages the members
     /// whose `node` names it.
     Serve(ServeArgs),
+    /// A complete local estate to try cirkel on (PostgreSQL primary and two standbys, Redis with
+    /// Sentinels, a web service, two repositories, `cirkel serve` and its dashboard): `lab up`,
+    /// `lab status`, `lab down`.
+    #[command(subcommand)]
+    Lab(crate::cmd::lab::LabCmd),
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.

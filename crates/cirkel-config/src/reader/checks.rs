@@ -131,6 +131,28 @@ pub(super) fn read_server(mut t: Table<'_, '_>) -> ServerConfig {
             None
         }
     });
+    let viewer_token = token(&mut t, "viewer_token", "viewer_token_file");
+    let operator_token = token(&mut t, "operator_token", "operator_token_file");
     t.finish();
-    ServerConfig { listen }
+    ServerConfig { listen, viewer_token, operator_token }
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+fn token(t: &mut Table<'_, '_>, key: &'static str, file_key: &'static str) -> Option<crate::Secret> {
+    let (secret, _) = t.secret_file(key, file_key);
+    let secret = secret?;
+    if secret.expose().len() < MIN_TOKEN_LEN || secret.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let span = t.value_span(file_key).unwrap_or(0..0);
+        t.cx.error(
+            span,
+            &t.key_path(file_key),
+            format!(
+                "the token must be at least {MIN_TOKEN_LEN} characters without spaces; make one with `head -c 32 /dev/urandom | base64 > FILE`"
+            ),
+        );
+        return None;
+    }
+    Some(secret)
 }

@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod config;
 pub mod drills;
 pub mod files;
+pub mod lab;
 pub mod notify;
 pub mod pg;
 pub mod redis;
