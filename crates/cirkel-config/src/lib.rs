@@ -8,6 +8,7 @@
 //! environment, and [`Secret`] never prints its value.
 
 pub mod alarms;
+pub mod buckets;
 pub mod checks;
 pub mod coordination;
 pub mod cron;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
+pub use buckets::BucketConfig;
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use coordination::CoordinationConfig;
 pub use notify::NotifyConfig;
@@ -325,6 +327,9 @@ pub struct Config {
     pub postgres: BTreeMap<String, PostgresConfig>,
     /// Redis groups by name (`[redis.NAME]`), for `--group NAME`.
     pub redis: BTreeMap<String, RedisGroupConfig>,
+    /// S3 buckets backed up as a source (`[buckets.NAME]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, BucketConfig>,
     pub state: StateConfig,
     /// Alarms that override, remove or add to the built-ins (`[alarms.NAME]`); see [`Config::alarm_specs`].
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

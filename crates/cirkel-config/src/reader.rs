@@ -14,6 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 mod alarms;
+mod buckets;
 mod notify;
 
 use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
@@ -333,6 +334,11 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         copy_spans.insert(format!("redis.{name}"), span);
         cfg.redis.insert(name, group);
     }
+    for (name, t) in root.named_tables("buckets") {
+        let (b, span) = buckets::read_bucket(t);
+        copy_spans.insert(format!("buckets.{name}"), span);
+        cfg.buckets.insert(name, b);
+    }
     if let Some(mut t) = root.table("state") {
         cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
         t.finish();
@@ -353,7 +359,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         .iter()
         .map(|(n, s)| (format!("files.{n}"), &s.copy_to))
         .chain(cfg.redis.iter().map(|(n, g)| (format!("redis.{n}"), &g.copy_to)))
-        .chain(cfg.postgres.iter().map(|(n, p)| (format!("postgres.{n}"), &p.copy_to)));
+        .chain(cfg.postgres.iter().map(|(n, p)| (format!("postgres.{n}"), &p.copy_to)))
+        .chain(cfg.buckets.iter().map(|(n, b)| (format!("buckets.{n}"), &b.copy_to)));
     for (name, copy_to) in copy_targets {
         for target in copy_to {
             if !cfg.repositories.contains_key(target) {

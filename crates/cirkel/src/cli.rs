@@ -593,6 +593,8 @@ pub struct AddKeyArgs {
 pub enum BackupCmd {
     /// Back up files and directories.
     Files(BackupFilesArgs),
+    /// Back up an S3 bucket ([buckets.NAME]): only objects whose ETag or size changed are read.
+    Bucket(crate::cmd::bucket::BackupBucketArgs),
 }
 
 #[derive(Debug, Args)]
@@ -629,6 +631,8 @@ pub struct BackupFilesArgs {
 pub enum RestoreCmd {
     /// Restore files from a snapshot below a target directory.
     Files(RestoreFilesArgs),
+    /// Write a bucket snapshot's objects, with their headers and metadata, into a bucket.
+    Bucket(crate::cmd::bucket::RestoreBucketArgs),
 }
 
 #[derive(Debug, Args)]

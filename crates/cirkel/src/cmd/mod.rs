@@ -1,6 +1,7 @@
 //! One module per command group; each parses nothing and renders its result.
 
 pub mod alarms;
+pub mod bucket;
 pub mod config;
 pub mod files;
 pub mod notify;
