@@ -93,6 +93,10 @@ pub struct RepositoryConfig {
     /// zstd level used when the repository is created.
     pub compression_level: Option<i32>,
     pub s3: S3Config,
+    /// `cirkel serve` copies every new snapshot and WAL segment of the main
+    /// repository here as they land (`repo copy --to NAME --follow`), and
+    /// runs `pg expire` on it after copies.
+    pub continuous: bool,
 }
 
 /// A retention policy, as in `[retention]` or a backup set.

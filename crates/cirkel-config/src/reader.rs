@@ -383,8 +383,9 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let (password, password_file) = t.secret_file("password", "password_file");
     let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
     let s3 = t.table("s3").map(read_s3).unwrap_or_default();
+    let continuous = t.boolean("continuous").unwrap_or(false);
     t.finish();
-    RepositoryConfig { url, password, password_file, compression_level, s3 }
+    RepositoryConfig { url, password, password_file, compression_level, s3, continuous }
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {

@@ -2,6 +2,7 @@
 //! part a supervised worker, the control socket, the scheduled jobs, and
 //! the events they publish.
 
+pub mod copylag;
 pub mod daemon;
 pub mod http;
 pub mod jobs;

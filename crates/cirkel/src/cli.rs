@@ -580,6 +580,20 @@ pub struct CopyArgs {
     /// Do not copy the WAL archive (named streams).
     #[arg(long)]
     pub no_wal: bool,
+    /// Keep copying: every --interval, whatever new snapshots and WAL the destination lacks
+    /// (`cirkel serve` runs this for `continuous = true`); the lag is kept in the state directory.
+    #[arg(long)]
+    pub follow: bool,
+    /// How often --follow looks for new objects.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// With --follow: one pass, then exit (1 when it failed).
+    #[arg(long, requires = "follow")]
+    pub once: bool,
+    /// With --follow: how far before its last complete pass it still looks for objects the
+    /// destination lacks; older ones missing there were removed by its own retention.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub look_back: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

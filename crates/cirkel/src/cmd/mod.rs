@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod bucket;
 pub mod config;
 pub mod files;
+pub mod follow;
 pub mod notify;
 pub mod pg;
 pub mod redis;

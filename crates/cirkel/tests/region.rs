@@ -1,0 +1,212 @@
+//! The second region kept current: `repo copy --follow` (what `cirkel
+//! serve` runs for `continuous = true`) against a real S3 server reached
+//! through a proxy that can cut it off, and killed in the middle of a copy.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cirkel_testkit::S3Server;
+use common::*;
+use serde_json::Value;
+
+/// A TCP proxy that can refuse its clients (a region cut off) and let them
+/// through again.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, l) = (down.clone(), live.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for s in [&client, &server] {
+                    l.lock().unwrap().push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, down, live }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn record(env: &Env) -> Value {
+    std::fs::read(env.path("state/copy-dr.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn dr_snapshots(env: &Env) -> usize {
+    let out = env.run(&["--json", "--repo", "dr", "snapshots"]);
+    if !out.status.success() {
+        return 0;
+    }
+    serde_json::from_slice::<Value>(&out.stdout).map(|v| v.as_array().map_or(0, |a| a.len())).unwrap_or(0)
+}
+
+struct Follower(Child);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(server.port);
+    let mut env = Env::new();
+    env.extra_env = server.env();
+    env.extra_env.push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "1s".into()));
+    let config = format!(
+        "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"s3://{}/dr\"\ncontinuous = true\n[repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{}\"\n",
+        env.path("state").display(),
+        server.bucket,
+        proxy.port
+    );
+    std::fs::write(env.path("cirkel.toml"), config).unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+
+    let _follower = Follower(
+        env.cmd(&["repo", "copy", "--to", "dr", "--follow", "--interval", "200ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the first snapshot in the second region", Duration::from_secs(60), || dr_snapshots(&env) == 1);
+    wait_for("a caught-up record", Duration::from_secs(30), || record(&env)["pending_objects"] == 0);
+
+    // The second region cut off: backups go on, the copy waits and says so.
+    proxy.cut();
+    std::fs::write(src.join("docs/while-cut-off.txt"), "written while the region was unreachable").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    wait_for("the copy to see the outage and its backlog", Duration::from_secs(60), || {
+        let r = record(&env);
+        r["error"].is_string() && r["pending_objects"].as_u64() >= Some(1)
+    });
+    let r = record(&env);
+    assert!(r["pending_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["oldest_pending"].is_string(), "{r}");
+
+    // Back: everything that landed meanwhile arrives.
+    proxy.restore();
+    wait_for("the copy to catch up", Duration::from_secs(60), || {
+        let r = record(&env);
+        r["error"].is_null() && r["pending_objects"] == 0 && dr_snapshots(&env) == 2
+    });
+    env.ok(&["--repo", "dr", "repo", "verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["--repo", "dr", "restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+}
+
+#[test]
+fn a_copy_killed_mid_way_leaves_the_second_repository_readable() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("cirkel.toml"),
+        format!(
+            "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"{}\"\n",
+            env.path("state").display(),
+            env.path("dr").display()
+        ),
+    )
+    .unwrap();
+    let mut env = env;
+    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    let src = env.path("src");
+    make_tree(&src);
+    cirkel_testkit::write_random_file(&src.join("bin/big.bin"), 30_000_000, 7);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+
+    // Killed after the data and before the snapshot.
+    let out = env
+        .cmd(&["repo", "copy", "--to", "dr", "--follow", "--once"])
+        .env("CIRKEL_CRASH_AT", "copy-before-snapshots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the crash point killed it");
+    env.ok(&["--repo", "dr", "repo", "verify", "--read-data"]);
+    assert_eq!(dr_snapshots(&env), 0, "no snapshot without its data");
+
+    // The next pass completes it, reusing what arrived.
+    let v = env.json(&["repo", "copy", "--to", "dr", "--follow", "--once"]);
+    assert_eq!(v["copied_snapshots"], 1, "{v}");
+    env.ok(&["--repo", "dr", "repo", "verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["--repo", "dr", "restore", "files", "latest", "--to", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+    assert_eq!(record(&env)["pending_objects"], 0);
+
+    // Once caught up, what the second region's retention removes is not copied back.
+    let id = env.snapshot_ids()[0].clone();
+    env.ok(&["--repo", "dr", "repo", "forget", &id]);
+    let out = env.run(&["--json", "repo", "copy", "--to", "dr", "--follow", "--once", "--look-back", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dr_snapshots(&env), 0, "a forgotten snapshot stays forgotten");
+    // A one-off copy still copies it on demand.
+    env.ok(&["repo", "copy", "--to", "dr"]);
+    assert_eq!(dr_snapshots(&env), 1);
+
+    let err = env.fails(&["repo", "copy", "--to", "dr", "--follow", "--tag", "x"]);
+    assert!(err.contains("--follow copies every new snapshot"), "{err}");
+}
