@@ -1909,3 +1909,58 @@ fn a_failover_opens_an_incident_notifies_sms_slack_and_email_and_escalates_until
     let rto = daemon.events("failover")[0]["details"]["endpoint_writable_after_s"].as_f64().unwrap();
     assert!(pm.contains(&format!("{rto:.1}")) || pm.contains(&format!("{rto:.2}")), "{pm}");
 }
+
+/// The second region kept current: a continuous copy (what `cirkel serve`
+/// runs for `continuous = true`) carries the base backup and every archived
+/// segment as it lands, so when the first region is lost a restore from
+/// the second one alone has the commits made after the backup, without any
+/// copy having been scheduled.
+#[test]
+fn a_continuous_copy_carries_the_wal_to_the_second_region() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    e.ok(None, &["repo", "init", "--repo", &dr, "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    let state = e.env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    chown_postgres(&state);
+    let mut follower = e
+        .cmd(None, &["repo", "copy", "--to", &dr, "--follow", "--interval", "200ms"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    insert_rows(&pg, 1, 30);
+    switch_and_archive(&pg);
+    // Every object of the main repository's WAL archive reaches the second.
+    let names = |root: &str| -> std::collections::BTreeSet<String> {
+        walkdir(&std::path::Path::new(root).join("streams"))
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(root).ok().map(|r| r.display().to_string()))
+            .collect()
+    };
+    let start = Instant::now();
+    while !names(&e.env.repo).is_subset(&names(&dr)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the WAL never reached the second region");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join(cirkel_repo::follow::record_name(&dr))).unwrap()).unwrap();
+    assert!(record["caught_up"].is_string(), "{record}");
+    drop(pg);
+    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let data = dir.path().join("data");
+    e.ok(None, &["--repo", &dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
+    let mut restored = PgCluster::adopt(dir, data);
+    restored.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+}
