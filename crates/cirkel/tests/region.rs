@@ -210,3 +210,86 @@ fn a_copy_killed_mid_way_leaves_the_second_repository_readable() {
     let err = env.fails(&["repo", "copy", "--to", "dr", "--follow", "--tag", "x"]);
     assert!(err.contains("--follow copies every new snapshot"), "{err}");
 }
+
+/// Stops `cirkel serve` with SIGTERM (so it stops its copy worker too).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: sends a signal to our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn alarm_changes(env: &Env) -> Vec<(String, String)> {
+    let history = env.json(&["alarms", "history", "copy-lag"]);
+    history
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["details"]["from"].as_str().unwrap_or_default().to_string(),
+                        e["details"]["to"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn serve_keeps_the_second_region_current_and_its_lag_alarm_fires_and_clears() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(server.port);
+    let mut env = Env::new();
+    env.extra_env = server.env();
+    env.extra_env.push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "1s".into()));
+    let listen = cirkel_testkit::free_port();
+    let config = format!(
+        "[state]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{listen}\"\n\
+         [repositories.dr]\nurl = \"s3://{}/dr\"\ncontinuous = true\n[repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{}\"\n\
+         # The built-in is 5 minutes over a minute; seconds keep the test short.\n\
+         [alarms.copy-lag]\nperiod = \"10s\"\nthreshold = 20\n",
+        env.path("state").display(),
+        server.bucket,
+        proxy.port
+    );
+    std::fs::write(env.path("cirkel.toml"), config).unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let _serve = Daemon(env.cmd(&["serve"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_for("the snapshot in the second region", Duration::from_secs(60), || dr_snapshots(&env) == 1);
+    let addr = format!("127.0.0.1:{listen}");
+    wait_for("the lag on /metrics", Duration::from_secs(60), || {
+        http_get(&addr, "/metrics").is_ok_and(|(_, t)| t.contains("cirkel_copy_lag_seconds{repository=\"dr\"}"))
+    });
+
+    // Cut off: the lag grows past the threshold and the alarm fires.
+    proxy.cut();
+    std::fs::write(src.join("docs/late.txt"), "late").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    wait_for("copy-lag to fire", Duration::from_secs(120), || alarm_changes(&env).iter().any(|(_, to)| to == "ALARM"));
+    let (_, text) = http_get(&addr, "/metrics").unwrap();
+    assert!(text.contains("cirkel_copy_lag_bytes{repository=\"dr\"}"), "{text}");
+
+    // Back: the copy catches up and the alarm clears.
+    proxy.restore();
+    wait_for("the copy to catch up", Duration::from_secs(60), || dr_snapshots(&env) == 2);
+    wait_for("copy-lag to clear", Duration::from_secs(120), || {
+        alarm_changes(&env).last().is_some_and(|(from, to)| from == "ALARM" && to == "OK")
+    });
+}
