@@ -98,6 +98,10 @@ pub enum Command {
     /// health checks, serve /metrics, evaluate the alarms and send the notifications, until
     /// stopped (SIGINT/SIGTERM; SIGHUP reloads the schedules).
     Serve,
+    /// Rebuild every source a repository holds (the second region's, when the first is lost) onto
+    /// this host: PostgreSQL to the newest point or --target-time, Redis, file sets; each step
+    /// timed, the RTO and RPO kept in a report. `--dry-run` prints the plan.
+    Recover(crate::cmd::recover::RecoverArgs),
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.

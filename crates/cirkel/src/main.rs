@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Incident(c) => cmd::notify::incident(&cli.global, c),
         Command::Drill(c) => cmd::redis::drill(&cli.global, c),
         Command::Serve => cmd::serve::serve(&cli.global),
+        Command::Recover(c) => cmd::recover::run(&cli.global, c),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),
         Command::WalFetch(c) => cmd::pg::wal_fetch(&cli.global, c),
     };

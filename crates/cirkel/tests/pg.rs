@@ -1964,3 +1964,95 @@ fn a_continuous_copy_carries_the_wal_to_the_second_region() {
     restored.start_and_wait_promoted(Duration::from_secs(120));
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
 }
+
+/// The first region lost: `cirkel recover --from dr` rebuilds PostgreSQL
+/// (to the newest archived commit), Redis and a file set on this host from
+/// the second repository alone, refuses a directory that holds data, and
+/// keeps a report with each step's time and the data's age.
+#[test]
+fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    e.ok(None, &["repo", "init", "--repo", &dr, "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 30);
+    switch_and_archive(&pg);
+    let redis = cirkel_testkit::RedisServer::start();
+    for i in 0..25 {
+        redis.cli(&["SET", &format!("key:{i}"), &format!("value {i}")]);
+    }
+    e.ok(None, &["redis", "backup", "--host", "127.0.0.1", "--port", &redis.port.to_string()]);
+    let files = e.env.path("uploads");
+    std::fs::create_dir_all(files.join("a")).unwrap();
+    std::fs::write(files.join("a/report.txt"), "quarterly numbers").unwrap();
+    chown_postgres(&files);
+    e.ok(None, &["backup", "files", files.to_str().unwrap()]);
+    e.ok(None, &["repo", "copy", "--to", &dr, "--follow", "--once"]);
+    drop(pg);
+    drop(redis);
+    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
+
+    let plan = e.json(None, &["recover", "--from", &dr, "--dry-run"]);
+    let steps = plan["steps"].as_array().unwrap();
+    let sources: Vec<&str> = steps.iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert_eq!(sources.len(), 3, "{plan:#}");
+    assert!(sources[0].starts_with("postgres/") && sources[1].starts_with("redis/127.0.0.1:"), "{plan:#}");
+    assert!(sources[2].starts_with("files/"), "{plan:#}");
+    assert!(plan["rpo_s"].as_f64().unwrap() < 3600.0 && plan["predicted_s"].as_f64().unwrap() > 0.0, "{plan:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.path().join("rebuilt");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(to.join("precious"), "someone's data").unwrap();
+    chown_postgres(dir.path());
+    let state = e.env.path("state");
+    let out = e
+        .cmd(None, &["recover", "--from", &dr, "--to", to.to_str().unwrap()])
+        .env("CIRKEL_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("already holds data") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data");
+
+    let out = e
+        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v["report"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0);
+    assert!(report["steps"].as_array().unwrap().iter().all(|s| s["seconds"].as_f64().is_some()), "{report:#}");
+    assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data", "nothing is overwritten");
+
+    let dir_of = |prefix: &str| {
+        std::fs::read_dir(&to)
+            .unwrap()
+            .flatten()
+            .map(|d| d.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+    };
+    // PostgreSQL: every archived commit.
+    let pgdir = tempfile::tempdir().unwrap();
+    let data = dir_of("postgres-").unwrap();
+    let mut restored = PgCluster::adopt(pgdir, data);
+    restored.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+    // Redis: every key.
+    let rdb_dir = dir_of("redis-").unwrap();
+    let again = cirkel_testkit::RedisServer::start_in(Some(&rdb_dir));
+    assert_eq!(again.cli(&["DBSIZE"]), "25");
+    assert_eq!(again.cli(&["GET", "key:7"]), "value 7");
+    // Files.
+    let files_dir = dir_of("files-").unwrap();
+    let report_txt = walkdir(&files_dir).into_iter().find(|p| p.ends_with("a/report.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(report_txt).unwrap(), "quarterly numbers");
+}

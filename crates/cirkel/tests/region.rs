@@ -293,3 +293,35 @@ fn serve_keeps_the_second_region_current_and_its_lag_alarm_fires_and_clears() {
         alarm_changes(&env).last().is_some_and(|(from, to)| from == "ALARM" && to == "OK")
     });
 }
+
+#[test]
+fn recover_refuses_what_it_cannot_do_and_says_why() {
+    let env = Env::new();
+    env.init();
+    let err = env.fails(&["recover", "--from", &env.repo, "--dry-run"]);
+    assert!(err.contains("holds no complete backup"), "{err}");
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    let plan = env.json(&["recover", "--from", &env.repo, "--dry-run"]);
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
+    let text = env.ok(&["recover", "--from", &env.repo, "--dry-run"]);
+    assert!(text.contains("implied RPO") && text.contains("predicted duration"), "{text}");
+    let err = env.fails(&["recover", "--from", &env.repo]);
+    assert!(err.contains("needs --to"), "{err}");
+    let to = env.path("rebuilt");
+    let out = env
+        .cmd(&["recover", "--from", &env.repo, "--to", to.to_str().unwrap()])
+        .env("CIRKEL_STATE_DIR", env.path("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The same directory again: each source's directory exists, nothing is overwritten.
+    let out = env
+        .cmd(&["recover", "--from", &env.repo, "--to", to.to_str().unwrap(), "--force"])
+        .env("CIRKEL_STATE_DIR", env.path("state"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("already exists") && err.contains("hint:"), "{err}");
+}

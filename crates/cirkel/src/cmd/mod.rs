@@ -7,6 +7,7 @@ pub mod files;
 pub mod follow;
 pub mod notify;
 pub mod pg;
+pub mod recover;
 pub mod redis;
 pub mod repo;
 pub mod serve;

@@ -1,0 +1,286 @@
+//! `cirkel recover --from REPO --to DIR`: the estate a repository holds,
+//! rebuilt in one command from it alone. The plan takes the newest backup of
+//! every source in the repository: each PostgreSQL system (its base backup
+//! and WAL, to the newest point or `--target-time`), each Redis group's
+//! newest RDB, each file set's newest snapshot. Each step is the command a
+//! person would type, run as a child process and timed; the report, with
+//! the data's age (the RPO it implies) and the measured time of each step
+//! and of the whole (the RTO), is kept in the state directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use cirkel_repo::{Id, Repository, Snapshot};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::Global;
+use crate::context::{load_config, resolve, state_dir};
+use crate::output::{human_bytes, print_json, user_error};
+
+/// Restore throughput assumed by `--dry-run` when none was measured.
+const ASSUMED_BYTES_PER_S: f64 = 150e6;
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The repository to rebuild from: a [repositories.NAME], a path or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "REPO")]
+    pub from: String,
+    /// Where to rebuild on this host: PostgreSQL data directories, Redis RDBs and file sets go
+    /// below it, one directory per source.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// PostgreSQL to this time instead of the newest point (RFC 3339, or local time).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Print the plan: the data each step would use, its age and a predicted duration.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rebuild into a directory that already holds something (each source's own
+    /// directory must still be new: nothing is ever overwritten or deleted).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    /// `postgres/SYSTEM`, `redis/GROUP`, `files/PATHS`.
+    source: String,
+    snapshot: Id,
+    /// The newest data this step brings back.
+    data_time: DateTime<Utc>,
+    /// Seconds of history lost if this were the real thing: now minus data_time.
+    rpo_s: f64,
+    bytes: u64,
+    predicted_s: f64,
+    /// Directory below --to.
+    dir: String,
+    #[serde(skip)]
+    argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn newest<'a>(snaps: impl Iterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id, Snapshot)> {
+    snaps.filter(|(_, s)| !s.incomplete).max_by_key(|(_, s)| s.time)
+}
+
+/// The newest complete backup of every source the repository holds.
+fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
+    let snaps = repo.snapshots()?;
+    let streams = cirkel_repo::runtime::block_on(repo.backend().list("streams/"))??;
+    let mut steps = Vec::new();
+    let mut step = |source: String, (id, s): &(Id, Snapshot), data_time: DateTime<Utc>, argv: Vec<String>| {
+        let dir = safe(&source.replace('/', "-"));
+        steps.push(Step {
+            rpo_s: ((now - data_time).num_milliseconds() as f64 / 1000.0).max(0.0),
+            bytes: s.summary.bytes,
+            predicted_s: s.summary.bytes as f64 / ASSUMED_BYTES_PER_S + 2.0,
+            snapshot: *id,
+            data_time,
+            dir,
+            source,
+            argv,
+            seconds: None,
+            error: None,
+        });
+    };
+    // PostgreSQL: one step per system; the newest WAL it has is its data's age.
+    let mut systems: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_pg::KIND) {
+        if let Some(m) = cirkel_pg::backup::BackupMeta::of(&e.1) {
+            systems.entry(m.system_id).or_default().push(e);
+        }
+    }
+    for (system, list) in &systems {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let stop = cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.stop_time).unwrap_or(e.1.time);
+        let wal = streams.iter().filter(|o| o.key.contains(system.as_str())).filter_map(|o| o.modified).max();
+        let data_time = match (&args.target_time, wal) {
+            (Some(_), _) => stop,
+            (None, Some(w)) => w.max(stop),
+            (None, None) => stop,
+        };
+        let mut argv = vec!["pg".into(), "restore".into(), "--system-id".into(), system.clone()];
+        match &args.target_time {
+            Some(t) => argv.extend(["--target-time".into(), t.clone()]),
+            None => argv.push("--latest".into()),
+        }
+        step(format!("postgres/{system}"), e, data_time, argv);
+    }
+    // Redis: one step per group (or server).
+    let mut groups: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_redis::KIND) {
+        let m: Option<cirkel_redis::RedisMeta> = serde_json::from_value(e.1.meta.clone()).ok();
+        let name = m.map(|m| m.group.unwrap_or(format!("{}:{}", m.host, m.port))).unwrap_or_default();
+        groups.entry(name).or_default().push(e);
+    }
+    for (group, list) in &groups {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let argv = vec!["redis".into(), "restore".into(), e.0.to_string()];
+        step(format!("redis/{group}"), e, e.1.time, argv);
+    }
+    // File sets: one step per set of paths.
+    let mut sets: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_files::KIND) {
+        sets.entry(e.1.paths.join(",")).or_default().push(e);
+    }
+    for (paths, list) in &sets {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let argv = vec!["restore".into(), "files".into(), e.0.to_string()];
+        step(format!("files/{paths}"), e, e.1.time, argv);
+    }
+    Ok(steps)
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let target = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?;
+    let repo = target.open()?;
+    let now = Utc::now();
+    let mut steps = plan(&repo, args, now)?;
+    if steps.is_empty() {
+        return Err(user_error(
+            format!("{} holds no complete backup to recover from", repo.location()),
+            "check --from names the second region's repository; `cirkel --repo REPO snapshots` lists what it holds",
+        ));
+    }
+    let predicted: f64 = steps.iter().map(|s| s.predicted_s).sum();
+    let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
+    if args.dry_run {
+        if global.json {
+            print_json(&json!({ "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted }));
+        } else {
+            println!("recover from {}: {} step(s)", repo.location(), steps.len());
+            for s in &steps {
+                println!(
+                    "  {:<40} snapshot {} of {} ({} old), {}, ~{:.0} s",
+                    s.source,
+                    s.snapshot.short(),
+                    s.data_time.format("%Y-%m-%d %H:%M:%S UTC"),
+                    humantime::format_duration(std::time::Duration::from_secs(s.rpo_s as u64)),
+                    human_bytes(s.bytes),
+                    s.predicted_s
+                );
+            }
+            println!(
+                "implied RPO {} (the oldest of the newest data), predicted duration ~{:.0} s at {} MB/s",
+                humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+                predicted,
+                ASSUMED_BYTES_PER_S / 1e6
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(to) = &args.to else {
+        return Err(user_error(
+            "recover needs --to DIR (where to rebuild on this host)",
+            "pass --to /srv/recover, or --dry-run to see the plan first",
+        ));
+    };
+    if !is_empty_dir(to) && !args.force {
+        return Err(user_error(
+            format!("{} already holds data", to.display()),
+            "recover into an empty directory, or pass --force to use it anyway (each source's directory below it must still be new; nothing is overwritten or deleted)",
+        ));
+    }
+    for s in &steps {
+        if to.join(&s.dir).exists() {
+            return Err(user_error(
+                format!("{} already exists", to.join(&s.dir).display()),
+                "recover into another directory; recover never writes over a source's earlier rebuild",
+            ));
+        }
+    }
+    std::fs::create_dir_all(to)
+        .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut ok = true;
+    for s in &mut steps {
+        let dir = to.join(&s.dir);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-q", "--repo", &args.from]);
+        if let Some(c) = &global.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(p) = &global.password_file {
+            cmd.arg("--password-file").arg(p);
+        }
+        cmd.args(&s.argv).arg("--to").arg(&dir);
+        if !global.quiet && !global.json {
+            eprintln!("recover: {} from snapshot {} into {}", s.source, s.snapshot.short(), dir.display());
+        }
+        let t = Instant::now();
+        let out =
+            cmd.output().map_err(|e| user_error(format!("run {}: {e}", exe.display()), "check the cirkel binary"))?;
+        s.seconds = Some(t.elapsed().as_secs_f64());
+        if !out.status.success() {
+            ok = false;
+            let err = String::from_utf8_lossy(&out.stderr);
+            s.error = Some(
+                err.lines()
+                    .filter(|l| l.starts_with("error:"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(500)
+                    .collect(),
+            );
+        }
+    }
+    let rto = started.elapsed().as_secs_f64();
+    let report = json!({
+        "from": repo.location(),
+        "to": to,
+        "target_time": args.target_time,
+        "started": now,
+        "ok": ok,
+        "rto_s": rto,
+        "rpo_s": rpo,
+        "predicted_s": predicted,
+        "steps": steps,
+    });
+    let path = state_dir(&cfg).save_report("recover", &report)?;
+    if global.json {
+        print_json(&json!({ "report": path, "recover": report }));
+    } else {
+        for s in &steps {
+            println!(
+                "  {:<40} {:>7.1} s  {}",
+                s.source,
+                s.seconds.unwrap_or(0.0),
+                s.error.as_deref().unwrap_or("restored")
+            );
+        }
+        println!(
+            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO); report {}",
+            repo.location(),
+            to.display(),
+            rto,
+            humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+            path.display()
+        );
+    }
+    if !ok {
+        return Err(user_error(
+            "some steps of the recovery failed (listed above); the others are in place",
+            "fix the cause and recover the failed sources again into a new directory",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
