@@ -852,6 +852,10 @@ pub struct EventsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DrillCmd {
+    /// Rebuild everything the second region's repository holds into a scratch directory on this
+    /// host, check it (PostgreSQL started: rows, amcheck; Redis keys; files), remove it, keep the
+    /// report with the measured RTO and RPO.
+    Region(crate::cmd::recover::RegionDrillArgs),
     /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
     /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
     Failover(PgDrillArgs),

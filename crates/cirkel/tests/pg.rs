@@ -2055,4 +2055,19 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     let files_dir = dir_of("files-").unwrap();
     let report_txt = walkdir(&files_dir).into_iter().find(|p| p.ends_with("a/report.txt")).unwrap();
     assert_eq!(std::fs::read_to_string(report_txt).unwrap(), "quarterly numbers");
+
+    // The same as a drill: rebuilt in a scratch directory, checked, removed.
+    let out =
+        e.cmd(None, &["--json", "drill", "region", "--from", &dr]).env("CIRKEL_STATE_DIR", &state).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drill = &v["drill"];
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    assert_eq!(drill["scratch_removed"], true);
+    let checks = drill["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["counts"]["postgres.public.t"], 30, "{drill:#}");
+    assert_eq!(checks[1]["counts"]["keys"], 25, "{drill:#}");
+    assert_eq!(checks[2]["counts"]["files"], 1, "{drill:#}");
+    let out = e.cmd(None, &["--json", "events", "--kind", "drill"]).env("CIRKEL_STATE_DIR", &state).output().unwrap();
+    assert!(stdout(&out).contains("region drill passed"), "{}", stdout(&out));
 }
