@@ -97,6 +97,13 @@ pub struct RepositoryConfig {
     /// repository here as they land (`repo copy --to NAME --follow`), and
     /// runs `pg expire` on it after copies.
     pub continuous: bool,
+    /// Cron expression for `cirkel drill region --from NAME` by `cirkel serve`
+    /// (the plan: quarterly, "0 4 1 */3 *").
+    pub drill_schedule: Option<String>,
+    /// Shell command run after `cirkel recover --from NAME` succeeded, with
+    /// CIRKEL_EVENT=recovered, CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT
+    /// set: for DNS, secrets or starting applications.
+    pub on_recovered: Option<String>,
 }
 
 /// A retention policy, as in `[retention]` or a backup set.

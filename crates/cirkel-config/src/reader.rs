@@ -384,8 +384,10 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
     let s3 = t.table("s3").map(read_s3).unwrap_or_default();
     let continuous = t.boolean("continuous").unwrap_or(false);
+    let drill_schedule = t.schedule("drill_schedule");
+    let on_recovered = t.string("on_recovered");
     t.finish();
-    RepositoryConfig { url, password, password_file, compression_level, s3, continuous }
+    RepositoryConfig { url, password, password_file, compression_level, s3, continuous, drill_schedule, on_recovered }
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {

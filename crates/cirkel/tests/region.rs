@@ -325,3 +325,41 @@ fn recover_refuses_what_it_cannot_do_and_says_why() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("already exists") && err.contains("hint:"), "{err}");
 }
+
+#[test]
+fn recover_runs_the_on_recovered_hook_and_reports_its_failure() {
+    let mut env = Env::new();
+    let marker = env.path("marker");
+    let write_config = |env: &Env, hook: &str| {
+        std::fs::write(
+            env.path("cirkel.toml"),
+            format!(
+                "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"{}\"\non_recovered = '{hook}'\n",
+                env.path("state").display(),
+                env.path("dr").display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config(
+        &env,
+        &format!(
+            "test -f \"$CIRKEL_RECOVER_REPORT\" && echo \"$CIRKEL_EVENT $CIRKEL_RECOVER_DIR\" > {}",
+            marker.display()
+        ),
+    );
+    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    let src = env.path("src");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    env.ok(&["repo", "copy", "--to", "dr"]);
+    let to = env.path("rebuilt");
+    env.ok(&["recover", "--from", "dr", "--to", to.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), format!("recovered {}", to.display()));
+
+    write_config(&env, "echo no DNS credentials >&2; exit 7");
+    let err = env.fails(&["recover", "--from", "dr", "--to", env.path("again").to_str().unwrap()]);
+    assert!(err.contains("on_recovered failed: exit 7: no DNS credentials"), "{err}");
+}

@@ -223,6 +223,11 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "steps": steps,
     });
     let path = state_dir(&cfg).save_report("recover", &report)?;
+    let hook = cfg.repositories.get(&args.from).and_then(|r| r.on_recovered.clone());
+    let hook_failed = match (&hook, ok) {
+        (Some(cmd), true) => run_hook(cmd, to, &path),
+        _ => None,
+    };
     if global.json {
         print_json(&json!({ "report": path, "recover": report }));
     } else {
@@ -242,6 +247,12 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
             path.display()
         );
+    }
+    if let Some(why) = hook_failed {
+        return Err(user_error(
+            format!("everything was recovered, but on_recovered failed: {why}"),
+            "fix the hook and run it by hand (CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT as above)",
+        ));
     }
     if !ok {
         return Err(user_error(
@@ -496,4 +507,23 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the repository's `on_recovered` hook; returns why it failed, if it did.
+fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("CIRKEL_EVENT", "recovered")
+        .env("CIRKEL_RECOVER_DIR", to)
+        .env("CIRKEL_RECOVER_REPORT", report)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "exit {}: {}",
+            o.status.code().map_or("by signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("")
+        )),
+        Err(e) => Some(e.to_string()),
+    }
 }
