@@ -38,6 +38,10 @@ struct Follower<'a> {
     state: FollowState,
     last_expire: Option<Instant>,
     look_back: Duration,
+    /// Where the state record goes: written before a copy starts (with its
+    /// backlog) and after every pass.
+    state_dir: cirkel_state::StateDir,
+    record: String,
 }
 
 /// What one pass did.
@@ -82,6 +86,10 @@ impl Follower<'_> {
         if todo.is_empty() {
             self.state.caught_up = Some(listed_at);
             return Ok(Pass { snapshots: 0, streams: 0, bytes: 0 });
+        }
+        self.state.updated = Utc::now();
+        if let Err(e) = self.state_dir.save_json(&self.record, &self.state) {
+            tracing::warn!("cannot record the copy's state: {e:#}");
         }
         let dst = self.dst.as_ref().context("destination")?;
         let report = match copy_backlog(src, dst, &todo, &|_, _| {}) {
@@ -182,6 +190,8 @@ pub fn run(global: &Global, cfg: &Config, args: &CopyArgs) -> anyhow::Result<Exi
         },
         last_expire: None,
         look_back: args.look_back,
+        state_dir: state_dir.clone(),
+        record: name.clone(),
     };
     let stop = stop_on_signal();
     loop {
