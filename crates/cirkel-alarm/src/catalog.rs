@@ -46,6 +46,12 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Bytes of WAL the primary wrote that cirkel's WAL streamer has not flushed",
     ),
+    (
+        "cirkel_copy_lag_seconds",
+        Kind::Gauge,
+        "Seconds of a repository's history its continuous copy may lack: since the oldest object not yet copied reached it, or since the source was last listed",
+    ),
+    ("cirkel_copy_lag_bytes", Kind::Gauge, "Bytes a continuous copy has yet to carry to the second repository"),
     ("cirkel_alarm_state", Kind::Gauge, "1 for an alarm instance's current state"),
     ("cirkel_scrape_up", Kind::Gauge, "1 when the last scrape of a target succeeded"),
     ("cirkel_notifications_delivered_total", Kind::Counter, "Messages a receiver accepted"),

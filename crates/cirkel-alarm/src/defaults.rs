@@ -103,6 +103,15 @@ pub fn defaults() -> Vec<AlarmSpec> {
             "A scheduled job did not run at its time.",
         ),
         spec(
+            "copy-lag",
+            metric("cirkel_copy_lag_seconds"),
+            Maximum,
+            Above,
+            300.0,
+            High,
+            "The second region lacks more than 5 minutes of backups and WAL: losing this region now would lose that much more.",
+        ),
+        spec(
             "verify-failed",
             metric("cirkel_repository_verify_ok"),
             Minimum,

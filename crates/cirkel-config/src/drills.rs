@@ -20,14 +20,18 @@ pub enum DrillKind {
     RedisFailover,
     /// `cirkel pg verify`: the newest base backup restored and checked.
     Restore,
+    /// `cirkel drill region --from TARGET`: everything the repository holds
+    /// rebuilt in a scratch directory, checked and removed.
+    Region,
 }
 
 impl DrillKind {
-    pub const ALL: [(&'static str, DrillKind); 4] = [
+    pub const ALL: [(&'static str, DrillKind); 5] = [
         ("failover", DrillKind::Failover),
         ("switchover", DrillKind::Switchover),
         ("redis-failover", DrillKind::RedisFailover),
         ("restore", DrillKind::Restore),
+        ("region", DrillKind::Region),
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,12 +40,13 @@ impl DrillKind {
 
     /// The plan's recovery-time target for what the drill rehearses: the
     /// PostgreSQL primary < 60 s (§2.3), the Redis master < 15 s (§2.4), a
-    /// restore within the plan's RTO of 15 minutes.
+    /// restore within the plan's RTO of 15 minutes, a region < 30 min (§2.5).
     pub fn plan_rto(self) -> Duration {
         match self {
             DrillKind::Failover | DrillKind::Switchover => Duration::from_secs(60),
             DrillKind::RedisFailover => Duration::from_secs(15),
             DrillKind::Restore => Duration::from_secs(15 * 60),
+            DrillKind::Region => Duration::from_secs(30 * 60),
         }
     }
 

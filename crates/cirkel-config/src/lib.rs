@@ -8,6 +8,7 @@
 //! environment, and [`Secret`] never prints its value.
 
 pub mod alarms;
+pub mod buckets;
 pub mod checks;
 pub mod coordination;
 pub mod cron;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use alarms::{AlarmConfig, ScrapeConfig};
+pub use buckets::BucketConfig;
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use coordination::CoordinationConfig;
 pub use drills::{DrillConfig, DrillKind};
@@ -93,6 +95,17 @@ pub struct RepositoryConfig {
     /// zstd level used when the repository is created.
     pub compression_level: Option<i32>,
     pub s3: S3Config,
+    /// `cirkel serve` copies every new snapshot and WAL segment of the main
+    /// repository here as they land (`repo copy --to NAME --follow`), and
+    /// runs `pg expire` on it after copies.
+    pub continuous: bool,
+    /// Cron expression for `cirkel drill region --from NAME` by `cirkel serve`
+    /// (the plan: quarterly, "0 4 1 */3 *").
+    pub drill_schedule: Option<String>,
+    /// Shell command run after `cirkel recover --from NAME` succeeded, with
+    /// CIRKEL_EVENT=recovered, CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT
+    /// set: for DNS, secrets or starting applications.
+    pub on_recovered: Option<String>,
 }
 
 /// A retention policy, as in `[retention]` or a backup set.
@@ -330,6 +343,9 @@ pub struct Config {
     pub postgres: BTreeMap<String, PostgresConfig>,
     /// Redis groups by name (`[redis.NAME]`), for `--group NAME`.
     pub redis: BTreeMap<String, RedisGroupConfig>,
+    /// S3 buckets backed up as a source (`[buckets.NAME]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, BucketConfig>,
     pub state: StateConfig,
     /// Alarms that override, remove or add to the built-ins (`[alarms.NAME]`); see [`Config::alarm_specs`].
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

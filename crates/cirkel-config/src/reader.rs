@@ -15,6 +15,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 mod alarms;
+mod buckets;
 mod notify;
 
 use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
@@ -340,6 +341,11 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         copy_spans.insert(format!("redis.{name}"), span);
         cfg.redis.insert(name, group);
     }
+    for (name, t) in root.named_tables("buckets") {
+        let (b, span) = buckets::read_bucket(t);
+        copy_spans.insert(format!("buckets.{name}"), span);
+        cfg.buckets.insert(name, b);
+    }
     if let Some(mut t) = root.table("state") {
         cfg.state.dir = t.string("dir").map(|p| t.cx.resolve(&p));
         t.finish();
@@ -368,6 +374,7 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
                 "postgres cluster with members",
             ),
             crate::DrillKind::RedisFailover => (cfg.redis.keys().collect(), "redis group"),
+            crate::DrillKind::Region => (cfg.repositories.keys().collect(), "repository ([repositories.NAME])"),
             _ => {
                 if d.target.is_some() {
                     cx.error(
@@ -396,7 +403,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
         .iter()
         .map(|(n, s)| (format!("files.{n}"), &s.copy_to))
         .chain(cfg.redis.iter().map(|(n, g)| (format!("redis.{n}"), &g.copy_to)))
-        .chain(cfg.postgres.iter().map(|(n, p)| (format!("postgres.{n}"), &p.copy_to)));
+        .chain(cfg.postgres.iter().map(|(n, p)| (format!("postgres.{n}"), &p.copy_to)))
+        .chain(cfg.buckets.iter().map(|(n, b)| (format!("buckets.{n}"), &b.copy_to)));
     for (name, copy_to) in copy_targets {
         for target in copy_to {
             if !cfg.repositories.contains_key(target) {
@@ -419,8 +427,11 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let (password, password_file) = t.secret_file("password", "password_file");
     let compression_level = t.integer("compression_level", 0..23).map(|n| n as i32);
     let s3 = t.table("s3").map(read_s3).unwrap_or_default();
+    let continuous = t.boolean("continuous").unwrap_or(false);
+    let drill_schedule = t.schedule("drill_schedule");
+    let on_recovered = t.string("on_recovered");
     t.finish();
-    RepositoryConfig { url, password, password_file, compression_level, s3 }
+    RepositoryConfig { url, password, password_file, compression_level, s3, continuous, drill_schedule, on_recovered }
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {

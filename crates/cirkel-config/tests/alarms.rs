@@ -66,6 +66,7 @@ fn without_alarm_tables_the_built_ins_apply() {
             "member-down",
             "check-down",
             "schedule-missed",
+            "copy-lag",
             "verify-failed"
         ]
     );
@@ -91,7 +92,7 @@ fn built_ins_are_overridden_key_by_key_and_removed_by_name() {
     .unwrap();
     let specs = cfg.alarm_specs();
     assert!(!specs.iter().any(|s| s.name == "failover"));
-    assert_eq!(specs.len(), 7);
+    assert_eq!(specs.len(), 8);
     let rpo = specs.iter().find(|s| s.name == "rpo-exposure").unwrap();
     assert_eq!(rpo.threshold, 120.0);
     assert_eq!((rpo.evaluation_periods, rpo.datapoints_to_alarm), (3, 3));
@@ -126,7 +127,7 @@ fn a_new_alarm_takes_the_documented_defaults() {
     )
     .unwrap();
     let specs = cfg.alarm_specs();
-    assert_eq!(specs.len(), 10);
+    assert_eq!(specs.len(), 11);
     let disk = specs.iter().find(|s| s.name == "disk-full").unwrap();
     assert_eq!(disk.statistic, Statistic::Maximum);
     assert_eq!(disk.period, Duration::from_secs(60));

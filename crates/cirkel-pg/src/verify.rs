@@ -85,7 +85,6 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
         std::os::unix::fs::chown(scratch.path(), Some(uid), Some(gid))?;
     }
     let data = scratch.path().join("data");
-    let sock = scratch.path().to_path_buf();
     let mut report =
         VerifyReport { backup: Some(plan.backup), stop_time: Some(plan.meta.stop_time), ..Default::default() };
     let started = Instant::now();
@@ -104,12 +103,31 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
     }
     report.bytes = restored.bytes;
     report.restore_seconds = started.elapsed().as_secs_f64();
+    check_started(&data, scratch.path(), uid, gid, opts, &mut report)?;
+    report.total_seconds = report.restore_seconds + report.recovery_seconds;
+    report.ok = report.problems.is_empty() && report.query_error.is_none();
+    Ok(report)
+}
+
+/// Starts PostgreSQL on a restored data directory (its socket and log in
+/// `work`) on a free port as the directory's owner, waits until it accepts
+/// writes, counts every table's rows, runs amcheck and `opts.query`, and
+/// stops it; what it finds goes into `report`.
+pub fn check_started(
+    data: &Path,
+    work: &Path,
+    uid: u32,
+    gid: u32,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> anyhow::Result<()> {
     let port = free_port()?;
-    let log = scratch.path().join("postgres.log");
+    let sock = work.to_path_buf();
+    let log = work.join("postgres.log");
     let recovery = Instant::now();
     let out = as_owner(&opts.bindir.join("pg_ctl"), uid, gid)
         .arg("-D")
-        .arg(&data)
+        .arg(data)
         .arg("-l")
         .arg(&log)
         .arg("-o")
@@ -119,7 +137,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
     let stop = || {
         let _ = as_owner(&opts.bindir.join("pg_ctl"), uid, gid)
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .args(["-m", "immediate", "-w", "stop"])
             .output();
     };
@@ -129,7 +147,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
         let important: Vec<&str> = tail.lines().filter(|l| l.contains("FATAL") || l.contains("PANIC")).collect();
         let shown = if important.is_empty() { tail.lines().rev().take(5).collect() } else { important };
         report.problems.push(format!("PostgreSQL did not start on the restored data: {}", shown.join(" | ")));
-        return Ok(report);
+        return Ok(());
     }
     let conninfo = |db: &str| format!("host={} port={port} user=postgres dbname={db}", sock.display());
     let result = (|| -> anyhow::Result<()> {
@@ -196,10 +214,8 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> anyhow::Result<VerifyR
         Ok(())
     })();
     stop();
-    report.total_seconds = report.restore_seconds + report.recovery_seconds;
     if let Err(e) = result {
         report.problems.push(format!("{e:#}"));
     }
-    report.ok = report.problems.is_empty() && report.query_error.is_none();
-    Ok(report)
+    Ok(())
 }

@@ -50,6 +50,18 @@ fn copy_streams(src: &Repository, dst: &Repository, report: &mut CopyReport) -> 
     Ok(())
 }
 
+/// Refuses two repositories that do not share a master key and cipher:
+/// sealed objects could not move verbatim between them.
+pub fn check_keys(src: &Repository, dst: &Repository) -> Result<()> {
+    if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
+        || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
+        || src.crypto.cipher() != dst.crypto.cipher()
+    {
+        return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
+    }
+    Ok(())
+}
+
 /// Copies the given snapshots (all when empty) and, with `streams`, every
 /// named stream (the WAL archive) the destination lacks.
 pub fn copy(
@@ -59,12 +71,7 @@ pub fn copy(
     streams: bool,
     progress: &dyn Fn(u64, u64),
 ) -> Result<CopyReport> {
-    if src.crypto.master_key().map(|k| k.fingerprint()) != dst.crypto.master_key().map(|k| k.fingerprint())
-        || src.crypto.blob_id(b"") != dst.crypto.blob_id(b"")
-        || src.crypto.cipher() != dst.crypto.cipher()
-    {
-        return Err(Error::KeysDiffer { src: src.location(), dst: dst.location() });
-    }
+    check_keys(src, dst)?;
     let lock = dst.lock_shared("copy")?;
     let _source_lock = src.lock_reader("copy")?;
     let src_index = src.load_index()?;

@@ -34,6 +34,7 @@ pub mod tree;
 mod writer;
 
 pub mod copy;
+pub mod follow;
 pub mod prune;
 pub mod repair;
 pub mod verify;

@@ -243,12 +243,14 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     {
         let (cfg, metrics, em, estate) =
             (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone(), estate.clone());
+        let state = state.clone();
         sup.spawn_blocking("collector", sup.token(), move |stop| {
             let mut collector = Collector::default();
             collector.estate = estate.clone();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 collector.collect(&cfg, access.as_ref(), &metrics, &em);
+                crate::copylag::collect(&cfg, &state, &metrics, chrono::Utc::now());
                 while started.elapsed() < COLLECT_EVERY && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -358,6 +360,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         let leading = leading.clone();
         sup.spawn_blocking(format!("stream-wal/postgres/{name}"), sup.token(), move |stop| {
             crate::lead::while_leading(&leading, &stop, |halt| crate::jobs::run_until_stopped(&exe, &argv, halt))
+        });
+    }
+
+    // Continuous copies to the second region: the same command a person
+    // would run, supervised.
+    for (name, r) in &cfg.repositories {
+        if !r.continuous {
+            continue;
+        }
+        let (exe, mut argv) = (runner.exe.clone(), runner.global.clone());
+        argv.extend(["repo", "copy", "--to", name, "--follow"].map(String::from));
+        sup.spawn_blocking(format!("copy/{name}"), sup.token(), move |stop| {
+            crate::jobs::run_until_stopped(&exe, &argv, &stop)
         });
     }
 

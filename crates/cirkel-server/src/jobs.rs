@@ -99,6 +99,17 @@ pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
         follow_up(&mut steps, &g.copy_to, &g.tags, g.retention.as_ref());
         out.push(Job { name: format!("redis/{name}"), schedule: parse(s)?, steps, drill: None });
     }
+    for (name, b) in &cfg.buckets {
+        let Some(s) = &b.schedule else { continue };
+        let mut steps = vec![args(&["backup", "bucket", name])];
+        follow_up(&mut steps, &b.copy_to, &b.tags, b.retention.as_ref());
+        out.push(Job { name: format!("buckets/{name}"), schedule: parse(s)?, steps, drill: None });
+    }
+    for (name, r) in &cfg.repositories {
+        let Some(s) = &r.drill_schedule else { continue };
+        let steps = vec![args(&["drill", "region", "--from", name])];
+        out.push(Job { name: format!("drill-region/{name}"), schedule: parse(s)?, steps, drill: None });
+    }
     for (name, p) in &cfg.postgres {
         if let Some(s) = &p.schedule {
             let steps = vec![args(&["pg", "backup", "--cluster", name, "--tag", "daily"]), args(&["pg", "expire"])];
@@ -421,6 +432,7 @@ mod tests {
             r#"
 [repositories.dr]
 url = "/tmp/dr"
+drill_schedule = "0 4 1 */3 *"
 [files.static]
 paths = ["/srv/static"]
 tags = ["static"]
@@ -432,6 +444,11 @@ keep_daily = 35
 schedule = "0 2 * * *"
 weekly_schedule = "0 3 * * 0"
 copy_to = ["dr"]
+[buckets.uploads]
+url = "s3://uploads"
+tags = ["uploads"]
+schedule = "0 * * * *"
+copy_to = ["dr"]
 "#,
             "t.toml",
             None,
@@ -439,10 +456,16 @@ copy_to = ["dr"]
         .unwrap();
         let jobs = jobs(&cfg).unwrap();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["files/static", "postgres/main/daily", "postgres/main/weekly"]);
+        assert_eq!(
+            names,
+            ["files/static", "buckets/uploads", "drill-region/dr", "postgres/main/daily", "postgres/main/weekly"]
+        );
+        assert_eq!(jobs[2].steps[0], args(&["drill", "region", "--from", "dr"]));
+        assert_eq!(jobs[1].steps[0], args(&["backup", "bucket", "uploads"]));
+        assert_eq!(jobs[1].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "uploads"]));
         assert_eq!(jobs[0].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "static"]));
         assert_eq!(jobs[0].steps[2], args(&["repo", "prune", "--tag", "static", "--keep-daily", "35"]));
-        assert_eq!(jobs[2].steps[0], args(&["pg", "backup", "--cluster", "main", "--type", "full", "--tag", "weekly"]));
-        assert_eq!(jobs[2].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "weekly"]));
+        assert_eq!(jobs[4].steps[0], args(&["pg", "backup", "--cluster", "main", "--type", "full", "--tag", "weekly"]));
+        assert_eq!(jobs[4].steps[1], args(&["repo", "copy", "--to", "dr", "--tag", "weekly"]));
     }
 }

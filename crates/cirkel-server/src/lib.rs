@@ -3,6 +3,7 @@
 //! the events they publish.
 
 pub mod api;
+pub mod copylag;
 pub mod daemon;
 pub mod guard;
 pub mod http;

@@ -105,6 +105,10 @@ pub enum Command {
     /// `lab status`, `lab down`.
     #[command(subcommand)]
     Lab(crate::cmd::lab::LabCmd),
+    /// Rebuild every source a repository holds (the second region's, when the first is lost) onto
+    /// this host: PostgreSQL to the newest point or --target-time, Redis, file sets; each step
+    /// timed, the RTO and RPO kept in a report. `--dry-run` prints the plan.
+    Recover(crate::cmd::recover::RecoverArgs),
     /// Archive one WAL file: archive_command = 'cirkel wal-push %p'.
     WalPush(WalPushArgs),
     /// Fetch one WAL file: restore_command = 'cirkel wal-fetch %f %p'.
@@ -597,6 +601,20 @@ pub struct CopyArgs {
     /// Do not copy the WAL archive (named streams).
     #[arg(long)]
     pub no_wal: bool,
+    /// Keep copying: every --interval, whatever new snapshots and WAL the destination lacks
+    /// (`cirkel serve` runs this for `continuous = true`); the lag is kept in the state directory.
+    #[arg(long)]
+    pub follow: bool,
+    /// How often --follow looks for new objects.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// With --follow: one pass, then exit (1 when it failed).
+    #[arg(long, requires = "follow")]
+    pub once: bool,
+    /// With --follow: how far before its last complete pass it still looks for objects the
+    /// destination lacks; older ones missing there were removed by its own retention.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub look_back: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -610,6 +628,8 @@ pub struct AddKeyArgs {
 pub enum BackupCmd {
     /// Back up files and directories.
     Files(BackupFilesArgs),
+    /// Back up an S3 bucket ([buckets.NAME]): only objects whose ETag or size changed are read.
+    Bucket(crate::cmd::bucket::BackupBucketArgs),
 }
 
 #[derive(Debug, Args)]
@@ -646,6 +666,8 @@ pub struct BackupFilesArgs {
 pub enum RestoreCmd {
     /// Restore files from a snapshot below a target directory.
     Files(RestoreFilesArgs),
+    /// Write a bucket snapshot's objects, with their headers and metadata, into a bucket.
+    Bucket(crate::cmd::bucket::RestoreBucketArgs),
 }
 
 #[derive(Debug, Args)]
@@ -847,6 +869,10 @@ pub struct EventsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DrillCmd {
+    /// Rebuild everything the second region's repository holds into a scratch directory on this
+    /// host, check it (PostgreSQL started: rows, amcheck; Redis keys; files), remove it, keep the
+    /// report with the measured RTO and RPO.
+    Region(crate::cmd::recover::RegionDrillArgs),
     /// Kill the PostgreSQL primary under a canary writer on the endpoint; measure RTO and lost
     /// writes; start it again and wait until `cirkel serve` has rejoined it as a standby.
     Failover(PgDrillArgs),

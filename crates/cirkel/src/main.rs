@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Drill(c) => cmd::redis::drill(&cli.global, c),
         Command::Serve(args) => cmd::serve::serve(&cli.global, args),
         Command::Lab(c) => cmd::lab::run(&cli.global, c),
+        Command::Recover(c) => cmd::recover::run(&cli.global, c),
         Command::WalPush(c) => cmd::pg::wal_push(&cli.global, c),
         Command::WalFetch(c) => cmd::pg::wal_fetch(&cli.global, c),
     };

@@ -42,6 +42,8 @@ impl From<&anyhow::Error> for Failure {
                 hint = u.hint.clone();
             } else if let Some(r) = cause.downcast_ref::<cirkel_repo::Error>() {
                 hint = r.hint();
+            } else if let Some(b) = cause.downcast_ref::<cirkel_bucket::Error>() {
+                hint = b.hint();
             } else if let Some(b) = cause.downcast_ref::<cirkel_repo::BackendError>() {
                 hint = b.hint();
             } else if cause.downcast_ref::<cirkel_files::SourceError>().is_some() {

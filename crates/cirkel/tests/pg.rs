@@ -2079,4 +2079,165 @@ fn a_hung_primary_sigstop_is_failed_over_and_rewound_once_it_continues() {
     assert!(!daemon.state.join("drill-fault.json").exists());
     let h = drill_history(&daemon, "failover");
     assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+
+/// The second region kept current: a continuous copy (what `cirkel serve`
+/// runs for `continuous = true`) carries the base backup and every archived
+/// segment as it lands, so when the first region is lost a restore from
+/// the second one alone has the commits made after the backup, without any
+/// copy having been scheduled.
+#[test]
+fn a_continuous_copy_carries_the_wal_to_the_second_region() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    e.ok(None, &["repo", "init", "--repo", &dr, "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    let state = e.env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    chown_postgres(&state);
+    let mut follower = e
+        .cmd(None, &["repo", "copy", "--to", &dr, "--follow", "--interval", "200ms"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    insert_rows(&pg, 1, 30);
+    switch_and_archive(&pg);
+    // Every object of the main repository's WAL archive reaches the second.
+    let names = |root: &str| -> std::collections::BTreeSet<String> {
+        walkdir(&std::path::Path::new(root).join("streams"))
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(root).ok().map(|r| r.display().to_string()))
+            .collect()
+    };
+    let start = Instant::now();
+    while !names(&e.env.repo).is_subset(&names(&dr)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the WAL never reached the second region");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join(cirkel_repo::follow::record_name(&dr))).unwrap()).unwrap();
+    assert!(record["caught_up"].is_string(), "{record}");
+    drop(pg);
+    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let data = dir.path().join("data");
+    e.ok(None, &["--repo", &dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
+    let mut restored = PgCluster::adopt(dir, data);
+    restored.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+}
+
+/// The first region lost: `cirkel recover --from dr` rebuilds PostgreSQL
+/// (to the newest archived commit), Redis and a file set on this host from
+/// the second repository alone, refuses a directory that holds data, and
+/// keeps a report with each step's time and the data's age.
+#[test]
+fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    e.ok(None, &["repo", "init", "--repo", &dr, "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 30);
+    switch_and_archive(&pg);
+    let redis = cirkel_testkit::RedisServer::start();
+    for i in 0..25 {
+        redis.cli(&["SET", &format!("key:{i}"), &format!("value {i}")]);
+    }
+    e.ok(None, &["redis", "backup", "--host", "127.0.0.1", "--port", &redis.port.to_string()]);
+    let files = e.env.path("uploads");
+    std::fs::create_dir_all(files.join("a")).unwrap();
+    std::fs::write(files.join("a/report.txt"), "quarterly numbers").unwrap();
+    chown_postgres(&files);
+    e.ok(None, &["backup", "files", files.to_str().unwrap()]);
+    e.ok(None, &["repo", "copy", "--to", &dr, "--follow", "--once"]);
+    drop(pg);
+    drop(redis);
+    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
+
+    let plan = e.json(None, &["recover", "--from", &dr, "--dry-run"]);
+    let steps = plan["steps"].as_array().unwrap();
+    let sources: Vec<&str> = steps.iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert_eq!(sources.len(), 3, "{plan:#}");
+    assert!(sources[0].starts_with("postgres/") && sources[1].starts_with("redis/127.0.0.1:"), "{plan:#}");
+    assert!(sources[2].starts_with("files/"), "{plan:#}");
+    assert!(plan["rpo_s"].as_f64().unwrap() < 3600.0 && plan["predicted_s"].as_f64().unwrap() > 0.0, "{plan:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.path().join("rebuilt");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(to.join("precious"), "someone's data").unwrap();
+    chown_postgres(dir.path());
+    let state = e.env.path("state");
+    let out = e
+        .cmd(None, &["recover", "--from", &dr, "--to", to.to_str().unwrap()])
+        .env("CIRKEL_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("already holds data") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data");
+
+    let out = e
+        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force"])
+        .env("CIRKEL_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v["report"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0);
+    assert!(report["steps"].as_array().unwrap().iter().all(|s| s["seconds"].as_f64().is_some()), "{report:#}");
+    assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data", "nothing is overwritten");
+
+    let dir_of = |prefix: &str| {
+        std::fs::read_dir(&to)
+            .unwrap()
+            .flatten()
+            .map(|d| d.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+    };
+    // PostgreSQL: every archived commit.
+    let pgdir = tempfile::tempdir().unwrap();
+    let data = dir_of("postgres-").unwrap();
+    let mut restored = PgCluster::adopt(pgdir, data);
+    restored.start_and_wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+    // Redis: every key.
+    let rdb_dir = dir_of("redis-").unwrap();
+    let again = cirkel_testkit::RedisServer::start_in(Some(&rdb_dir));
+    assert_eq!(again.cli(&["DBSIZE"]), "25");
+    assert_eq!(again.cli(&["GET", "key:7"]), "value 7");
+    // Files.
+    let files_dir = dir_of("files-").unwrap();
+    let report_txt = walkdir(&files_dir).into_iter().find(|p| p.ends_with("a/report.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(report_txt).unwrap(), "quarterly numbers");
+
+    // The same as a drill: rebuilt in a scratch directory, checked, removed.
+    let out =
+        e.cmd(None, &["--json", "drill", "region", "--from", &dr]).env("CIRKEL_STATE_DIR", &state).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drill = &v["drill"];
+    assert_eq!(drill["passed"], true, "{drill:#}");
+    assert_eq!(drill["scratch_removed"], true);
+    let checks = drill["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["counts"]["postgres.public.t"], 30, "{drill:#}");
+    assert_eq!(checks[1]["counts"]["keys"], 25, "{drill:#}");
+    assert_eq!(checks[2]["counts"]["files"], 1, "{drill:#}");
+    let out = e.cmd(None, &["--json", "events", "--kind", "drill"]).env("CIRKEL_STATE_DIR", &state).output().unwrap();
+    assert!(stdout(&out).contains("region drill passed"), "{}", stdout(&out));
 }

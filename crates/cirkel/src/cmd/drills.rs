@@ -118,6 +118,11 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
             };
             crate::cmd::redis::drill(global, &crate::cli::DrillCmd::RedisFailover(args))
         }
+        DrillKind::Region => {
+            let from = d.target.clone().or_else(|| cfg.repositories.keys().next().cloned()).unwrap_or_default();
+            let args = crate::cmd::recover::RegionDrillArgs { from, timeout: d.timeout, record };
+            crate::cmd::recover::drill(global, &args)
+        }
         DrillKind::Restore => {
             let args = PgVerifyArgs { backup: None, query: None, timeout: d.timeout, record };
             crate::cmd::pg::verify_drill(global, &args)

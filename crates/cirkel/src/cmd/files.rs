@@ -34,8 +34,10 @@ impl cirkel_files::Progress for BarProgress {
 }
 
 pub fn backup(global: &Global, cmd: &BackupCmd) -> anyhow::Result<ExitCode> {
-    let BackupCmd::Files(args) = cmd;
-    backup_files(global, args)
+    match cmd {
+        BackupCmd::Files(args) => backup_files(global, args),
+        BackupCmd::Bucket(args) => crate::cmd::bucket::backup(global, args),
+    }
 }
 
 fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitCode> {
@@ -114,7 +116,10 @@ fn backup_files(global: &Global, args: &BackupFilesArgs) -> anyhow::Result<ExitC
 }
 
 pub fn restore(global: &Global, cmd: &RestoreCmd) -> anyhow::Result<ExitCode> {
-    let RestoreCmd::Files(args) = cmd;
+    let args = match cmd {
+        RestoreCmd::Files(args) => args,
+        RestoreCmd::Bucket(args) => return crate::cmd::bucket::restore(global, args),
+    };
     let cfg = load_config(global)?;
     let repo = main_repo(global, &cfg)?.open()?;
     let (id, snap) = repo.find_snapshot(&args.snapshot, Some(cirkel_files::KIND))?;

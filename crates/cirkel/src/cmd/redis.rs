@@ -526,6 +526,7 @@ pub fn events(global: &Global, a: &EventsArgs) -> anyhow::Result<ExitCode> {
 pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         DrillCmd::RedisFailover(a) => redis_drill(global, a),
+        DrillCmd::Region(a) => crate::cmd::recover::drill(global, a),
         DrillCmd::Failover(a) => crate::cmd::pg::failover_drill(global, a, None),
         DrillCmd::Switchover(a) => crate::cmd::pg::failover_drill(global, &a.drill, Some(a.to.clone())),
         DrillCmd::History(a) => crate::cmd::drills::history(global, a),

@@ -76,6 +76,7 @@ pub fn run(global: &Global, cmd: &RepoCmd) -> anyhow::Result<ExitCode> {
             }
         }
         RepoCmd::Prune(args) => prune_cmd(global, &cfg, args),
+        RepoCmd::Copy(args) if args.follow => crate::cmd::follow::run(global, &cfg, args),
         RepoCmd::Copy(args) => {
             let src = main_repo(global, &cfg)?.open()?;
             let dst_pw = args.to_password_file.as_deref().or(global.password_file.as_deref());

@@ -75,7 +75,10 @@ pub fn serve(global: &Global, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let has_cluster = cfg.postgres.values().any(|c| !c.members.is_empty());
-    let watches = !cfg.checks.is_empty() || !cfg.scrape.is_empty() || cfg.server.listen.is_some();
+    let watches = !cfg.checks.is_empty()
+        || !cfg.scrape.is_empty()
+        || cfg.server.listen.is_some()
+        || cfg.repositories.values().any(|r| r.continuous);
     if cfg.redis.is_empty() && jobs(&cfg)?.is_empty() && !has_cluster && !watches {
         return Err(user_error(
             "nothing to serve: no [redis.NAME] group, no cluster with members, no schedule, no [checks.NAME] and no [server] listen is configured",

@@ -1,0 +1,539 @@
+//! `cirkel recover --from REPO --to DIR`: the estate a repository holds,
+//! rebuilt in one command from it alone. The plan takes the newest backup of
+//! every source in the repository: each PostgreSQL system (its base backup
+//! and WAL, to the newest point or `--target-time`), each Redis group's
+//! newest RDB, each file set's newest snapshot. Each step is the command a
+//! person would type, run as a child process and timed; the report, with
+//! the data's age (the RPO it implies) and the measured time of each step
+//! and of the whole (the RTO), is kept in the state directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use cirkel_repo::{Id, Repository, Snapshot};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::Global;
+use crate::context::{load_config, resolve, state_dir};
+use crate::output::{human_bytes, print_json, user_error};
+
+/// Restore throughput assumed by `--dry-run` when none was measured.
+const ASSUMED_BYTES_PER_S: f64 = 150e6;
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The repository to rebuild from: a [repositories.NAME], a path or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "REPO")]
+    pub from: String,
+    /// Where to rebuild on this host: PostgreSQL data directories, Redis RDBs and file sets go
+    /// below it, one directory per source.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// PostgreSQL to this time instead of the newest point (RFC 3339, or local time).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Print the plan: the data each step would use, its age and a predicted duration.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rebuild into a directory that already holds something (each source's own
+    /// directory must still be new: nothing is ever overwritten or deleted).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    /// `postgres/SYSTEM`, `redis/GROUP`, `files/PATHS`.
+    source: String,
+    snapshot: Id,
+    /// The newest data this step brings back.
+    data_time: DateTime<Utc>,
+    /// Seconds of history lost if this were the real thing: now minus data_time.
+    rpo_s: f64,
+    bytes: u64,
+    predicted_s: f64,
+    /// Directory below --to.
+    dir: String,
+    #[serde(skip)]
+    argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn newest<'a>(snaps: impl Iterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id, Snapshot)> {
+    snaps.filter(|(_, s)| !s.incomplete).max_by_key(|(_, s)| s.time)
+}
+
+/// The newest complete backup of every source the repository holds.
+fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
+    let snaps = repo.snapshots()?;
+    let streams = cirkel_repo::runtime::block_on(repo.backend().list("streams/"))??;
+    let mut steps = Vec::new();
+    let mut step = |source: String, (id, s): &(Id, Snapshot), data_time: DateTime<Utc>, argv: Vec<String>| {
+        let dir = safe(&source.replace('/', "-"));
+        steps.push(Step {
+            rpo_s: ((now - data_time).num_milliseconds() as f64 / 1000.0).max(0.0),
+            bytes: s.summary.bytes,
+            predicted_s: s.summary.bytes as f64 / ASSUMED_BYTES_PER_S + 2.0,
+            snapshot: *id,
+            data_time,
+            dir,
+            source,
+            argv,
+            seconds: None,
+            error: None,
+        });
+    };
+    // PostgreSQL: one step per system; the newest WAL it has is its data's age.
+    let mut systems: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_pg::KIND) {
+        if let Some(m) = cirkel_pg::backup::BackupMeta::of(&e.1) {
+            systems.entry(m.system_id).or_default().push(e);
+        }
+    }
+    for (system, list) in &systems {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let stop = cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.stop_time).unwrap_or(e.1.time);
+        let wal = streams.iter().filter(|o| o.key.contains(system.as_str())).filter_map(|o| o.modified).max();
+        let data_time = match (&args.target_time, wal) {
+            (Some(_), _) => stop,
+            (None, Some(w)) => w.max(stop),
+            (None, None) => stop,
+        };
+        let mut argv = vec!["pg".into(), "restore".into(), "--system-id".into(), system.clone()];
+        match &args.target_time {
+            Some(t) => argv.extend(["--target-time".into(), t.clone()]),
+            None => argv.push("--latest".into()),
+        }
+        step(format!("postgres/{system}"), e, data_time, argv);
+    }
+    // Redis: one step per group (or server).
+    let mut groups: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_redis::KIND) {
+        let m: Option<cirkel_redis::RedisMeta> = serde_json::from_value(e.1.meta.clone()).ok();
+        let name = m.map(|m| m.group.unwrap_or(format!("{}:{}", m.host, m.port))).unwrap_or_default();
+        groups.entry(name).or_default().push(e);
+    }
+    for (group, list) in &groups {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let argv = vec!["redis".into(), "restore".into(), e.0.to_string()];
+        step(format!("redis/{group}"), e, e.1.time, argv);
+    }
+    // File sets: one step per set of paths.
+    let mut sets: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for e in snaps.iter().filter(|(_, s)| s.kind == cirkel_files::KIND) {
+        sets.entry(e.1.paths.join(",")).or_default().push(e);
+    }
+    for (paths, list) in &sets {
+        let Some(e) = newest(list.iter().copied()) else { continue };
+        let argv = vec!["restore".into(), "files".into(), e.0.to_string()];
+        step(format!("files/{paths}"), e, e.1.time, argv);
+    }
+    Ok(steps)
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let target = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?;
+    let repo = target.open()?;
+    let now = Utc::now();
+    let mut steps = plan(&repo, args, now)?;
+    if steps.is_empty() {
+        return Err(user_error(
+            format!("{} holds no complete backup to recover from", repo.location()),
+            "check --from names the second region's repository; `cirkel --repo REPO snapshots` lists what it holds",
+        ));
+    }
+    let predicted: f64 = steps.iter().map(|s| s.predicted_s).sum();
+    let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
+    if args.dry_run {
+        if global.json {
+            print_json(&json!({ "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted }));
+        } else {
+            println!("recover from {}: {} step(s)", repo.location(), steps.len());
+            for s in &steps {
+                println!(
+                    "  {:<40} snapshot {} of {} ({} old), {}, ~{:.0} s",
+                    s.source,
+                    s.snapshot.short(),
+                    s.data_time.format("%Y-%m-%d %H:%M:%S UTC"),
+                    humantime::format_duration(std::time::Duration::from_secs(s.rpo_s as u64)),
+                    human_bytes(s.bytes),
+                    s.predicted_s
+                );
+            }
+            println!(
+                "implied RPO {} (the oldest of the newest data), predicted duration ~{:.0} s at {} MB/s",
+                humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+                predicted,
+                ASSUMED_BYTES_PER_S / 1e6
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(to) = &args.to else {
+        return Err(user_error(
+            "recover needs --to DIR (where to rebuild on this host)",
+            "pass --to /srv/recover, or --dry-run to see the plan first",
+        ));
+    };
+    if !is_empty_dir(to) && !args.force {
+        return Err(user_error(
+            format!("{} already holds data", to.display()),
+            "recover into an empty directory, or pass --force to use it anyway (each source's directory below it must still be new; nothing is overwritten or deleted)",
+        ));
+    }
+    for s in &steps {
+        if to.join(&s.dir).exists() {
+            return Err(user_error(
+                format!("{} already exists", to.join(&s.dir).display()),
+                "recover into another directory; recover never writes over a source's earlier rebuild",
+            ));
+        }
+    }
+    std::fs::create_dir_all(to)
+        .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
+    let started = Instant::now();
+    let ok = execute(global, &args.from, to, &mut steps)?;
+    let rto = started.elapsed().as_secs_f64();
+    let report = json!({
+        "from": repo.location(),
+        "to": to,
+        "target_time": args.target_time,
+        "started": now,
+        "ok": ok,
+        "rto_s": rto,
+        "rpo_s": rpo,
+        "predicted_s": predicted,
+        "steps": steps,
+    });
+    let path = state_dir(&cfg).save_report("recover", &report)?;
+    let hook = cfg.repositories.get(&args.from).and_then(|r| r.on_recovered.clone());
+    let hook_failed = match (&hook, ok) {
+        (Some(cmd), true) => run_hook(cmd, to, &path),
+        _ => None,
+    };
+    if global.json {
+        print_json(&json!({ "report": path, "recover": report }));
+    } else {
+        for s in &steps {
+            println!(
+                "  {:<40} {:>7.1} s  {}",
+                s.source,
+                s.seconds.unwrap_or(0.0),
+                s.error.as_deref().unwrap_or("restored")
+            );
+        }
+        println!(
+            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO); report {}",
+            repo.location(),
+            to.display(),
+            rto,
+            humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+            path.display()
+        );
+    }
+    if let Some(why) = hook_failed {
+        return Err(user_error(
+            format!("everything was recovered, but on_recovered failed: {why}"),
+            "fix the hook and run it by hand (CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT as above)",
+        ));
+    }
+    if !ok {
+        return Err(user_error(
+            "some steps of the recovery failed (listed above); the others are in place",
+            "fix the cause and recover the failed sources again into a new directory",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs each step into its directory below `to`; returns whether all succeeded.
+fn execute(global: &Global, from: &str, to: &Path, steps: &mut [Step]) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe()?;
+    let mut ok = true;
+    for s in steps.iter_mut() {
+        let dir = to.join(&s.dir);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-q", "--repo", from]);
+        if let Some(c) = &global.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(p) = &global.password_file {
+            cmd.arg("--password-file").arg(p);
+        }
+        cmd.args(&s.argv).arg("--to").arg(&dir);
+        if !global.quiet && !global.json {
+            eprintln!("recover: {} from snapshot {} into {}", s.source, s.snapshot.short(), dir.display());
+        }
+        let t = Instant::now();
+        let out =
+            cmd.output().map_err(|e| user_error(format!("run {}: {e}", exe.display()), "check the cirkel binary"))?;
+        s.seconds = Some(t.elapsed().as_secs_f64());
+        if !out.status.success() {
+            ok = false;
+            let err = String::from_utf8_lossy(&out.stderr);
+            s.error = Some(
+                err.lines()
+                    .filter(|l| l.starts_with("error:"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(500)
+                    .collect(),
+            );
+        }
+    }
+    Ok(ok)
+}
+
+#[derive(Debug, Args)]
+pub struct RegionDrillArgs {
+    /// The repository to rebuild from (the second region's).
+    #[arg(long, value_name = "REPO")]
+    pub from: String,
+    /// How long PostgreSQL may take to replay and accept writes.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: crate::cli::DrillRecordArgs,
+}
+
+/// What a drill found in one rebuilt source.
+#[derive(Debug, Default, Serialize)]
+struct Checked {
+    source: String,
+    ok: bool,
+    /// PostgreSQL: rows per table; Redis: keys; files: files restored.
+    counts: BTreeMap<String, i64>,
+    problems: Vec<String>,
+}
+
+/// Rows and amcheck of a rebuilt PostgreSQL data directory.
+fn check_postgres(data: &Path, work: &Path, timeout: std::time::Duration) -> Checked {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = Checked::default();
+    let (uid, gid) = match std::fs::metadata(data) {
+        Ok(m) => (m.uid(), m.gid()),
+        Err(e) => {
+            c.problems.push(format!("{}: {e}", data.display()));
+            return c;
+        }
+    };
+    let opts = cirkel_pg::verify::VerifyOptions {
+        backup: None,
+        query: None,
+        bindir: cirkel_pg::stream::find_bindir(),
+        restore_command: String::new(),
+        threads: 1,
+        timeout,
+    };
+    let mut r = cirkel_pg::verify::VerifyReport::default();
+    if let Err(e) = cirkel_pg::verify::check_started(data, work, uid, gid, &opts, &mut r) {
+        r.problems.push(format!("{e:#}"));
+    }
+    for t in &r.tables {
+        c.counts.insert(format!("{}.{}", t.database, t.table), t.rows);
+    }
+    c.counts.insert("indexes_checked".into(), r.indexes_checked as i64);
+    c.problems = r.problems;
+    c.ok = c.problems.is_empty();
+    c
+}
+
+/// Keys of a rebuilt RDB, loaded by a private redis-server.
+fn check_redis(dir: &Path) -> Checked {
+    let mut c = Checked::default();
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => {
+            c.problems.push(format!("no free port: {e}"));
+            return c;
+        }
+    };
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .args(["--dbfilename", "dump.rdb"])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let mut server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            c.problems.push(format!("start redis-server: {e}; install redis-server"));
+            return c;
+        }
+    };
+    let start = Instant::now();
+    while cli(&["PING"]) != "PONG" && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    match cli(&["DBSIZE"]).parse::<i64>() {
+        Ok(n) => {
+            c.counts.insert("keys".into(), n);
+        }
+        Err(_) => c.problems.push("the rebuilt RDB did not load into redis-server".into()),
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    c.ok = c.problems.is_empty();
+    c
+}
+
+fn count_files(dir: &Path) -> i64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => n += count_files(&e.path()),
+            Ok(t) if t.is_file() => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// `cirkel drill region`: `recover` into a scratch directory, each source
+/// checked (PostgreSQL started: rows and amcheck; Redis loaded: keys; files
+/// counted against the snapshot), then removed; the report is kept.
+pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let _lock = crate::context::drill_lock(&cfg, "region")?;
+    let repo = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?.open()?;
+    let now = Utc::now();
+    let rargs = RecoverArgs { from: args.from.clone(), to: None, target_time: None, dry_run: false, force: false };
+    let mut steps = plan(&repo, &rargs, now)?;
+    if steps.is_empty() {
+        return Err(user_error(
+            format!("{} holds no complete backup to drill", repo.location()),
+            "check --from names the second region's repository",
+        ));
+    }
+    let scratch = std::env::temp_dir().join(format!("cirkel-drill-region-{}", std::process::id()));
+    std::fs::create_dir(&scratch)
+        .map_err(|e| user_error(format!("create {}: {e}", scratch.display()), "check the temporary directory"))?;
+    let rebuilt = scratch.join("rebuilt");
+    let started = Instant::now();
+    let result = execute(global, &args.from, &rebuilt, &mut steps);
+    let rto = started.elapsed().as_secs_f64();
+    let mut checks = Vec::new();
+    if matches!(result, Ok(true)) {
+        for s in &steps {
+            let dir = rebuilt.join(&s.dir);
+            let mut c = if s.source.starts_with("postgres/") {
+                check_postgres(&dir, &scratch, args.timeout)
+            } else if s.source.starts_with("redis/") {
+                check_redis(&dir)
+            } else {
+                let files = count_files(&dir);
+                let want = repo.load_snapshot(&s.snapshot).map(|x| x.summary.files as i64).unwrap_or(-1);
+                let mut c = Checked::default();
+                c.counts.insert("files".into(), files);
+                if files != want {
+                    c.problems.push(format!("{files} files restored, the snapshot holds {want}"));
+                }
+                c.ok = c.problems.is_empty();
+                c
+            };
+            c.source = s.source.clone();
+            checks.push(c);
+        }
+    }
+    let removed = std::fs::remove_dir_all(&scratch);
+    let ran = result?;
+    let passed = ran && checks.iter().all(|c| c.ok);
+    let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
+    let bytes: u64 = steps.iter().map(|s| s.bytes).sum();
+    let report = json!({
+        "from": repo.location(),
+        "started": now,
+        "passed": passed,
+        "rto_s": rto,
+        "rpo_s": rpo,
+        "steps": steps,
+        "checks": checks,
+        "scratch_removed": removed.is_ok(),
+    });
+    let failures: Vec<String> = checks.iter().flat_map(|c| c.problems.iter().cloned()).collect();
+    let outcome = crate::context::DrillOutcome {
+        source: "region",
+        kind: "region",
+        what: "region drill",
+        passed,
+        rto_s: Some(rto),
+        writes_lost: 0,
+        bytes: Some(bytes),
+        target: &args.from,
+        record: &args.record,
+        plan: cirkel_config::DrillKind::Region,
+        started: now,
+        aborted: None,
+        failures: &failures,
+    };
+    let path = crate::context::store_drill(&cfg, &outcome, &report)?;
+    if global.json {
+        print_json(&json!({ "report": path, "drill": report }));
+    } else {
+        for c in &checks {
+            let counts: Vec<String> = c.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "  {:<40} {}  {}",
+                c.source,
+                if c.ok { "ok" } else { "FAILED" },
+                if c.ok { counts.join(" ") } else { c.problems.join("; ") }
+            );
+        }
+        println!(
+            "region drill {}: rebuilt from {} in {rto:.1} s, data {} old; report {}",
+            if passed { "passed" } else { "FAILED" },
+            repo.location(),
+            humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+            path.display()
+        );
+    }
+    if !passed {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the repository's `on_recovered` hook; returns why it failed, if it did.
+fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("CIRKEL_EVENT", "recovered")
+        .env("CIRKEL_RECOVER_DIR", to)
+        .env("CIRKEL_RECOVER_REPORT", report)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "exit {}: {}",
+            o.status.code().map_or("by signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("")
+        )),
+        Err(e) => Some(e.to_string()),
+    }
+}
