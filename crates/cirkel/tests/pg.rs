@@ -2079,6 +2079,7 @@ fn a_hung_primary_sigstop_is_failed_over_and_rewound_once_it_continues() {
     assert!(!daemon.state.join("drill-fault.json").exists());
     let h = drill_history(&daemon, "failover");
     assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+}
 
 /// The second region kept current: a continuous copy (what `cirkel serve`
 /// runs for `continuous = true`) carries the base backup and every archived
