@@ -62,4 +62,8 @@ pub struct ServerConfig {
     pub viewer_token: Option<crate::Secret>,
     /// The token that also acts through the API (`operator_token_file`).
     pub operator_token: Option<crate::Secret>,
+    /// HTTPS: a PEM certificate chain and its PEM private key
+    /// (`tls_cert_file`, `tls_key_file`); plain HTTP without them.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
 }

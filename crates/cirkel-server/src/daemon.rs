@@ -322,6 +322,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     }
     if let Some(addr) = cfg.server.listen {
         let listener = Arc::new(crate::http::bind(addr)?);
+        let tls = match (&cfg.server.tls_cert_file, &cfg.server.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let metrics = metrics.clone();
         let control: crate::api::Control = {
             let inboxes = inboxes.clone();
@@ -341,10 +345,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         api.drill = Some((runner.exe.clone(), runner.global.clone()));
         let api = Arc::new(api);
         sup.spawn("http", sup.token(), move |cancel| {
-            let (listener, metrics, api) = (listener.clone(), metrics.clone(), api.clone());
+            let (listener, metrics, api, tls) = (listener.clone(), metrics.clone(), api.clone(), tls.clone());
             async move {
                 let l = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-                crate::http::serve(l, metrics, Some(api), cancel).await
+                crate::http::serve(l, metrics, Some(api), tls, cancel).await
             }
         });
     }

@@ -34,6 +34,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     api: Option<Arc<Api>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -53,9 +54,21 @@ pub async fn serve(
             tracing::debug!("{MAX_CONNECTIONS} connections open, closing one from {peer}");
             continue;
         };
-        let (metrics, api, cancel) = (metrics.clone(), api.clone(), cancel.clone());
+        let (metrics, api, cancel, tls) = (metrics.clone(), api.clone(), cancel.clone(), tls.clone());
         let streaming = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
+            // The handshake gets the same deadline as a request's head.
+            let io = match tls {
+                None => Conn::Plain(stream),
+                Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => Conn::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake with {peer}: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
             let flag = streaming.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (metrics, api, flag) = (metrics.clone(), api.clone(), flag.clone());
@@ -77,7 +90,7 @@ pub async fn serve(
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(16 * 1024).half_close(true);
-            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let connection = http.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 r = &mut connection => Some(r),
@@ -97,6 +110,58 @@ pub async fn serve(
             }
             drop(slot);
         });
+    }
+}
+
+/// A connection, in the clear or over TLS.
+enum Conn {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

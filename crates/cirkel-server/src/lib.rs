@@ -15,6 +15,7 @@ pub mod notify;
 pub mod scheduler;
 pub mod supervisor;
 pub mod systemd;
+pub mod tls;
 
 use cirkel_state::{Event, Severity, StateDir};
 

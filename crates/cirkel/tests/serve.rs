@@ -312,3 +312,62 @@ fn alarm_history_of_an_alarm_that_never_changed_says_so() {
     let err = env.fails(&["alarms", "history", "rpo-exposure"]);
     assert!(err.contains("no recorded transition"), "{err}");
 }
+
+#[test]
+fn with_a_certificate_the_server_speaks_https_only() {
+    let env = Env::new();
+    let dir = env.path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian's openssl) makes the test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = cirkel_testkit::free_port();
+    let config = env.path("tls.toml");
+    // Half a pair is refused before anything listens.
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert_file = \"{}\"\n", cert.display()),
+    )
+    .unwrap();
+    let out = env.run(&["--config", config.to_str().unwrap(), "config", "check"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tls_key_file"), "{}", stderr(&out));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = env
+        .cmd(&["--config", config.to_str().unwrap(), "serve"])
+        .env("CIRKEL_STATE_DIR", env.path("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(cirkel_testkit::wait_for_port(port, std::time::Duration::from_secs(30)));
+    let curl = |url: &str| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .args(["-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()
+            .unwrap()
+    };
+    let https = curl(&format!("https://127.0.0.1:{port}/health"));
+    assert_eq!(String::from_utf8_lossy(&https.stdout), "200", "{}", String::from_utf8_lossy(&https.stderr));
+    let plain = curl(&format!("http://127.0.0.1:{port}/health"));
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "plain HTTP is not served beside HTTPS");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

@@ -133,8 +133,18 @@ pub(super) fn read_server(mut t: Table<'_, '_>) -> ServerConfig {
     });
     let viewer_token = token(&mut t, "viewer_token", "viewer_token_file");
     let operator_token = token(&mut t, "operator_token", "operator_token_file");
+    let tls_cert_file = t.string("tls_cert_file").map(|p| t.cx.resolve(&p));
+    let tls_key_file = t.string("tls_key_file").map(|p| t.cx.resolve(&p));
+    if tls_cert_file.is_some() != tls_key_file.is_some() {
+        let key = if tls_cert_file.is_some() { "tls_key_file" } else { "tls_cert_file" };
+        t.cx.error(
+            t.span.clone(),
+            &t.key_path(key),
+            "missing: HTTPS needs both tls_cert_file (a PEM certificate chain) and tls_key_file (its PEM private key)",
+        );
+    }
     t.finish();
-    ServerConfig { listen, viewer_token, operator_token }
+    ServerConfig { listen, viewer_token, operator_token, tls_cert_file, tls_key_file }
 }
 
 /// Tokens shorter than this are refused: they could be guessed.
