@@ -120,27 +120,16 @@ impl Coord {
 
     /// The record as the leader last wrote it (`None`: never written).
     pub fn load_record(&self) -> Result<Option<Record>, ElectionError> {
-        match self.fence.get(&self.scope, "record")? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ElectionError(format!("the record of {} in etcd is damaged: {e}", self.scope))),
-        }
+        self.read(&self.fence, "record")
     }
 
     /// The record, read with the quick bound (an agent's every check).
     pub fn load_record_quick(&self) -> Result<Option<Record>, ElectionError> {
-        match self.quick.get(&self.scope, "record")? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ElectionError(format!("the record of {} in etcd is damaged: {e}", self.scope))),
-        }
+        self.read(&self.quick, "record")
     }
 
     pub fn save_record(&self, epoch: u64, rec: &Record) -> Result<(), FenceError> {
-        let bytes = serde_json::to_vec(rec).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
-        self.fence.put_if_epoch(&self.scope, epoch, "record", &bytes)
+        self.write_fenced(epoch, "record", rec)
     }
 
     pub fn publish_route(&self, epoch: u64, primary: Option<&str>) -> Result<(), FenceError> {
@@ -151,8 +140,7 @@ impl Coord {
     pub fn publish_failover(&self, epoch: u64, new: &str) -> Result<(), FenceError> {
         let route =
             Route { primary: None, epoch, leader: self.node.clone(), handoff: None, promoting: Some(new.to_string()) };
-        let bytes = serde_json::to_vec(&route).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
-        self.fence.put_if_epoch(&self.scope, epoch, "route", &bytes)
+        self.write_fenced(epoch, "route", &route)
     }
 
     /// Publishes the route, with a switchover under way or not.
@@ -169,18 +157,28 @@ impl Coord {
             handoff: handoff.cloned(),
             promoting: handoff.map(|h| h.new.clone()),
         };
-        let bytes = serde_json::to_vec(&route).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
-        self.fence.put_if_epoch(&self.scope, epoch, "route", &bytes)
+        self.write_fenced(epoch, "route", &route)
     }
 
     /// The published route (`None`: never published).
     pub fn route(&self) -> Result<Option<Route>, ElectionError> {
-        match self.quick.get(&self.scope, "route")? {
+        self.read(&self.quick, "route")
+    }
+
+    /// Reads one of the scope's JSON records through `fence`.
+    fn read<T: serde::de::DeserializeOwned>(&self, fence: &Fence, name: &str) -> Result<Option<T>, ElectionError> {
+        match fence.get(&self.scope, name)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| ElectionError(format!("the route of {} in etcd is damaged: {e}", self.scope))),
+                .map_err(|e| ElectionError(format!("the {name} of {} in etcd is damaged: {e}", self.scope))),
         }
+    }
+
+    /// Writes one of the scope's JSON records under `epoch`.
+    fn write_fenced<T: Serialize>(&self, epoch: u64, name: &str, value: &T) -> Result<(), FenceError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| FenceError::Store(ElectionError(e.to_string())))?;
+        self.fence.put_if_epoch(&self.scope, epoch, name, &bytes)
     }
 
     pub fn handoff_done(&self, id: &str) -> Result<Option<HandoffDone>, ElectionError> {

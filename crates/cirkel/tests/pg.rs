@@ -866,16 +866,22 @@ fn restore_from_the_second_region() {
     assert_eq!(again["streams_copied"], 0);
     drop(pg);
     // The primary region is gone: restore from the second one.
+    assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
+}
+
+/// The first region's repository is lost: the newest point restored from
+/// the second one (`dr`) alone, started and promoted.
+fn restore_from_second_region(e: &PgEnv, dr: &str) -> PgCluster {
     std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     chown_postgres(dir.path());
     let data = dir.path().join("data");
-    e.ok(None, &["--repo", &dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
+    e.ok(None, &["--repo", dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
     cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
     let mut restored = PgCluster::adopt(dir, data);
     restored.start_and_wait_promoted(Duration::from_secs(120));
-    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+    restored
 }
 
 #[test]
@@ -2133,16 +2139,7 @@ fn a_continuous_copy_carries_the_wal_to_the_second_region() {
         serde_json::from_slice(&std::fs::read(state.join(cirkel_repo::follow::record_name(&dr))).unwrap()).unwrap();
     assert!(record["caught_up"].is_string(), "{record}");
     drop(pg);
-    std::fs::rename(e.env.path("repo"), e.env.path("repo-lost")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    chown_postgres(dir.path());
-    let data = dir.path().join("data");
-    e.ok(None, &["--repo", &dr, "pg", "restore", "--to", data.to_str().unwrap(), "--latest"]);
-    cirkel_testkit::pg::append_conf(&data, &["archive_mode = off".to_string()]);
-    let mut restored = PgCluster::adopt(dir, data);
-    restored.start_and_wait_promoted(Duration::from_secs(120));
-    assert_eq!(restored.sql("SELECT count(*) FROM t"), "30");
+    assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
 }
 
 /// The first region lost: `cirkel recover --from dr` rebuilds PostgreSQL
