@@ -32,6 +32,10 @@ pub struct CheckConfig {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// How a drill brings the checked service back after killing it
+    /// (`cirkel drill scenario app-instance`): a shell command that starts
+    /// it, in the foreground or as a daemon.
+    pub restart_command: Option<String>,
 }
 
 /// What a check probes.

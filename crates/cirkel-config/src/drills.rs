@@ -23,15 +23,19 @@ pub enum DrillKind {
     /// `cirkel drill region --from TARGET`: everything the repository holds
     /// rebuilt in a scratch directory, checked and removed.
     Region,
+    /// `cirkel drill scenario TARGET`: one of the plan's five failures
+    /// ([`Scenario`]).
+    Scenario,
 }
 
 impl DrillKind {
-    pub const ALL: [(&'static str, DrillKind); 5] = [
+    pub const ALL: [(&'static str, DrillKind); 6] = [
         ("failover", DrillKind::Failover),
         ("switchover", DrillKind::Switchover),
         ("redis-failover", DrillKind::RedisFailover),
         ("restore", DrillKind::Restore),
         ("region", DrillKind::Region),
+        ("scenario", DrillKind::Scenario),
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,12 +45,14 @@ impl DrillKind {
     /// The plan's recovery-time target for what the drill rehearses: the
     /// PostgreSQL primary < 60 s (§2.3), the Redis master < 15 s (§2.4), a
     /// restore within the plan's RTO of 15 minutes, a region < 30 min (§2.5).
+    /// A scenario's target is its own ([`Scenario::plan_rto`]); this is the
+    /// loosest of them.
     pub fn plan_rto(self) -> Duration {
         match self {
             DrillKind::Failover | DrillKind::Switchover => Duration::from_secs(60),
             DrillKind::RedisFailover => Duration::from_secs(15),
             DrillKind::Restore => Duration::from_secs(15 * 60),
-            DrillKind::Region => Duration::from_secs(30 * 60),
+            DrillKind::Region | DrillKind::Scenario => Duration::from_secs(30 * 60),
         }
     }
 
@@ -74,4 +80,84 @@ pub struct DrillConfig {
     pub timeout: Duration,
     /// A failover drill's fault: `kill` (the default) or `stop` (SIGSTOP).
     pub fault: Option<String>,
+}
+
+/// The plan's five failures (§2), each rehearsed by `cirkel drill scenario
+/// NAME` and all of them by `cirkel drill suite`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// §2.1: an application instance dies; it must leave rotation (its
+    /// health check down) and be alarmed.
+    AppInstance,
+    /// §2.2: a whole zone is cut off, every member in it silent.
+    Zone,
+    /// §2.3: the PostgreSQL primary dies.
+    PgPrimary,
+    /// §2.4: the Redis master dies.
+    RedisMaster,
+    /// §2.5: the region is lost; everything is rebuilt from the second
+    /// region's repository, the main one unreachable meanwhile.
+    Region,
+}
+
+impl Scenario {
+    /// In the order the suite runs them: the least disruptive first.
+    pub const ALL: [(&'static str, Scenario); 5] = [
+        ("app-instance", Scenario::AppInstance),
+        ("redis-master", Scenario::RedisMaster),
+        ("pg-primary", Scenario::PgPrimary),
+        ("zone", Scenario::Zone),
+        ("region", Scenario::Region),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Scenario::ALL.iter().find(|(_, s)| *s == self).map_or("?", |(n, _)| n)
+    }
+
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+
+    pub fn names() -> String {
+        Scenario::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The plan's recovery-time objective for this failure (§2).
+    pub fn plan_rto(self) -> Duration {
+        Duration::from_secs(match self {
+            Scenario::AppInstance => 30,
+            Scenario::Zone => 120,
+            Scenario::PgPrimary => 60,
+            Scenario::RedisMaster => 15,
+            Scenario::Region => 30 * 60,
+        })
+    }
+
+    /// What cirkel holds itself to: a third of the plan's objective or
+    /// less (a sixth for the PostgreSQL primary).
+    pub fn target_rto(self) -> Duration {
+        Duration::from_secs(match self {
+            Scenario::AppInstance => 10,
+            Scenario::Zone => 30,
+            Scenario::PgPrimary => 10,
+            Scenario::RedisMaster => 5,
+            Scenario::Region => 10 * 60,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_has_a_name_and_a_target_within_a_third_of_the_plan() {
+        for (name, s) in Scenario::ALL {
+            assert_eq!(Scenario::parse(name), Some(s));
+            assert_eq!(s.name(), name);
+            assert!(s.target_rto() * 3 <= s.plan_rto(), "{name}");
+        }
+        assert_eq!(Scenario::parse("moon"), None);
+    }
 }

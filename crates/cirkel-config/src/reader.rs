@@ -375,6 +375,8 @@ pub(crate) fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Confi
             ),
             crate::DrillKind::RedisFailover => (cfg.redis.keys().collect(), "redis group"),
             crate::DrillKind::Region => (cfg.repositories.keys().collect(), "repository ([repositories.NAME])"),
+            // A scenario's target is its name, checked when read.
+            crate::DrillKind::Scenario => continue,
             _ => {
                 if d.target.is_some() {
                     cx.error(

@@ -158,6 +158,12 @@ fn alarm_mistakes_are_reported_at_their_line() {
     refused("[alarms.x]\nmetric = \"m{a\"\ncomparison = \">\"\nthreshold = 1\n", 2, "not a metric selector");
     refused(&format!("{new}period = \"1500ms\"\n"), 5, "not a whole number of seconds");
     refused(&format!("{new}period = \"5s\"\n"), 5, "shorter than 10s");
+    // A check's series is sampled at every probe: short periods are allowed on it.
+    let checked = "[checks.web]\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n";
+    let cfg = parse(&format!("{checked}[alarms.check-down]\nperiod = \"2s\"\n")).unwrap();
+    let spec = cfg.alarm_specs().into_iter().find(|s| s.name == "check-down").unwrap();
+    assert_eq!(spec.period, std::time::Duration::from_secs(2));
+    refused(&format!("{checked}[alarms.check-down]\nperiod = \"0s\"\n"), 7, "at least 1s");
     refused(&format!("{new}period = \"soon\"\n"), 5, "not a duration");
     refused(&format!("{new}evaluation_periods = 2\ndatapoints_to_alarm = 3\n"), 6, "is more than evaluation_periods");
     refused(&format!("{new}evaluation_periods = 0\n"), 5, "out of range");

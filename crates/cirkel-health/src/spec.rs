@@ -208,6 +208,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             healthy_threshold: 1,
             unhealthy_threshold: 4,
+            restart_command: None,
         };
         let s = CheckSpec::from_config("api", &cfg).unwrap();
         assert_eq!(
@@ -232,6 +233,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             healthy_threshold: 1,
             unhealthy_threshold: 1,
+            restart_command: None,
         };
         let all = BTreeMap::from([
             ("a".to_string(), cfg.clone()),

@@ -37,6 +37,12 @@ pub struct PgDrill {
     /// The member stopped with SIGSTOP and continued at the end (`--fault stop`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The zone cut off (`--fault zone`): every member in it frozen, its
+    /// postmaster and all its processes, and continued at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cut_off: Vec<String>,
     pub new_primary: Option<String>,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
@@ -79,6 +85,9 @@ pub struct Leftover {
     pub fault: String,
     #[serde(default)]
     pub postmaster: Option<u32>,
+    /// `zone`: every process frozen, to continue.
+    #[serde(default)]
+    pub frozen: Vec<u32>,
     pub started: chrono::DateTime<Utc>,
 }
 
@@ -101,6 +110,12 @@ pub fn undo_leftover(
         .is_ok_and(|c| c.contains("drill") && !is_zombie(left.pid));
     if alive {
         return Ok(None);
+    }
+    if left.fault == "zone" {
+        let continued = continue_all(&left.frozen);
+        let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
+        let done = format!("{} ({continued} of {} processes) continued", left.member, left.frozen.len());
+        return Ok(Some((left, done)));
     }
     let done = match clusters.get(&left.cluster).and_then(|c| c.members.get(&left.member).map(|m| (c, m))) {
         Some(_) if left.fault == "stop" => match left.postmaster {
@@ -128,6 +143,40 @@ pub fn undo_leftover(
     Ok(Some((left, done)))
 }
 
+/// SIGCONT to each pid; how many were continued.
+fn continue_all(pids: &[u32]) -> usize {
+    // SAFETY: kill(2) with SIGCONT on pids this drill froze.
+    pids.iter().filter(|p| unsafe { libc::kill(**p as libc::pid_t, libc::SIGCONT) } == 0).count()
+}
+
+/// A postmaster and every process it started (backends, walsenders,
+/// background workers), from `/proc`: what freezing a host freezes.
+fn process_tree(postmaster: u32) -> Vec<u32> {
+    let mut out = vec![postmaster];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+            if parent == Some(postmaster) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The postmaster's pid from `postmaster.pid`.
+fn postmaster_pid(pgdata: &std::path::Path) -> anyhow::Result<u32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read the postmaster's pid in {}", pgdata.display()))
+}
+
 /// Where nothing reaps orphans, a killed postmaster stays a zombie, and
 /// its lock files (naming a pid that still exists) would keep a new one
 /// from starting: they are removed.
@@ -153,6 +202,10 @@ pub enum Fault<'a> {
     Stop,
     /// A planned switchover asked of the watcher (to a member, or the best).
     Switchover { state: &'a cirkel_state::StateDir, to: Option<String> },
+    /// A zone cut off (the primary's, when `None`): every member whose
+    /// `zone` it is frozen with SIGSTOP, the postmaster and every process
+    /// it started, so nothing there answers or sends; SIGCONT at the end.
+    Zone(Option<String>),
 }
 
 /// Runs the drill. `cirkel serve` must be watching the cluster: it is what
@@ -195,11 +248,31 @@ pub fn run_drill(
             );
         }
     }
-    let pid: u32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))?
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("cannot read the postmaster's pid in {}", pgdata.display()))?;
+    let pid = postmaster_pid(&pgdata)?;
+    // A zone: its members, each with a data directory here.
+    let zone = match &fault {
+        Fault::Zone(z) => Some(z.clone().unwrap_or_else(|| old_cfg.zone.clone())),
+        _ => None,
+    };
+    let mut cut_off = Vec::new();
+    let mut postmasters = Vec::new();
+    if let Some(z) = &zone {
+        for (n, m) in c.members.iter().filter(|(_, m)| m.zone == *z) {
+            let data = m.pgdata.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "member {n} in zone {z} has no pgdata in the configuration: a zone drill runs on its host"
+                )
+            })?;
+            postmasters.push(postmaster_pid(data)?);
+            cut_off.push(n.clone());
+        }
+        if !cut_off.contains(&old) {
+            anyhow::bail!(
+                "the primary {old} is not in zone `{z}` (members there: {}); cutting it off would fail nothing over",
+                if cut_off.is_empty() { "none".to_string() } else { cut_off.join(", ") }
+            );
+        }
+    }
     let setup = PgConn::connect(Some(&member_conninfo(c, &ep, Duration::from_secs(2))))?;
     setup.execute("CREATE TABLE IF NOT EXISTS cirkel_drill_canary (run text, seq bigint, PRIMARY KEY (run, seq))")?;
     drop(setup);
@@ -243,18 +316,27 @@ pub fn run_drill(
     };
     std::thread::sleep(Duration::from_secs(1));
     let kind = match &fault {
-        Fault::Kill | Fault::Stop => "postgres-failover",
+        Fault::Kill | Fault::Stop | Fault::Zone(_) => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
     let mut asked = None;
-    if let (Fault::Kill | Fault::Stop, Some((state, name))) = (&fault, &leftovers) {
+    // Frozen, in order: each postmaster first (so it starts nothing new),
+    // then what it had started.
+    let frozen: Vec<u32> = postmasters.iter().flat_map(|p| process_tree(*p)).collect();
+    if let (Fault::Kill | Fault::Stop | Fault::Zone(_), Some((state, name))) = (&fault, &leftovers) {
         let left = Leftover {
             pid: std::process::id(),
             name: name.clone(),
             cluster: cluster.to_string(),
-            member: old.clone(),
-            fault: if matches!(fault, Fault::Stop) { "stop" } else { "kill" }.into(),
+            member: if zone.is_some() { cut_off.join(",") } else { old.clone() },
+            fault: match fault {
+                Fault::Stop => "stop",
+                Fault::Zone(_) => "zone",
+                _ => "kill",
+            }
+            .into(),
             postmaster: Some(pid),
+            frozen: frozen.clone(),
             started,
         };
         state.save_json(LEFTOVER_FILE, &left)?;
@@ -270,6 +352,19 @@ pub fn run_drill(
             0 => Ok(()),
             _ => Err(anyhow::anyhow!("cannot stop {old} (pid {pid}): {}", std::io::Error::last_os_error())),
         },
+        Fault::Zone(_) => {
+            let mut result = Ok(());
+            for p in &frozen {
+                // SAFETY: kill(2) with SIGSTOP on the zone's PostgreSQL processes.
+                if unsafe { libc::kill(*p as libc::pid_t, libc::SIGSTOP) } != 0 && postmasters.contains(p) {
+                    result = Err(anyhow::anyhow!("cannot stop pid {p}: {}", std::io::Error::last_os_error()));
+                }
+            }
+            if result.is_err() {
+                continue_all(&frozen);
+            }
+            result
+        }
         Fault::Switchover { to, .. } => match client.take() {
             // The reply comes once the switchover is done; the canary measures meanwhile.
             Some(mut client) => {
@@ -286,6 +381,7 @@ pub fn run_drill(
     };
     let killed = matches!(fault, Fault::Kill);
     let stopped = matches!(fault, Fault::Stop);
+    let zoned = matches!(fault, Fault::Zone(_));
     let fault = Instant::now();
     if let Err(e) = injected {
         stop.store(true, Ordering::Relaxed);
@@ -348,6 +444,9 @@ pub fn run_drill(
     if stopped && unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
         failures.push(format!("could not continue {old} (pid {pid}): {}", std::io::Error::last_os_error()));
     }
+    if zoned && continue_all(&frozen) < postmasters.len() {
+        failures.push(format!("not every process of zone {} could be continued", zone.clone().unwrap_or_default()));
+    }
     if !killed {
         // The watcher rejoins the old primary itself after a switchover.
     } else if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
@@ -400,6 +499,8 @@ pub fn run_drill(
             cluster: cluster.to_string(),
             killed: killed.then(|| old.clone()),
             stopped: stopped.then(|| old.clone()),
+            zone,
+            cut_off,
             old_primary: old,
             new_primary,
             write_pause_s,

@@ -64,9 +64,11 @@ pub struct Options {
 }
 
 /// How often the collector asks the sources and repositories, and the
-/// alarm engine evaluates.
+/// alarm engine samples the metrics and evaluates (each alarm changes
+/// state only at the end of its period; sampling every second lets a
+/// check's alarm with a short period follow its probes).
 const COLLECT_EVERY: Duration = Duration::from_secs(10);
-const EVALUATE_EVERY: Duration = Duration::from_secs(5);
+const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until `stop`.
 pub fn run(opts: Options) -> anyhow::Result<()> {

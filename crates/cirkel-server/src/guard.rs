@@ -16,28 +16,7 @@ use crate::monitor::{ALARMS_FILE, Published};
 /// source (`postgres/NAME`, `redis/NAME`), whose alarms and incidents are
 /// left out.
 pub fn blockers(state: &StateDir, exclude: Option<&str>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(Some(p)) = state.load_json::<Published>(ALARMS_FILE) {
-        for a in p.alarms {
-            let serious = matches!(a.severity.as_str(), "high" | "critical");
-            let source = a.labels.get("source").map(String::as_str);
-            if a.state == "ALARM" && serious && (exclude.is_none() || source != exclude) {
-                let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                out.insert(format!("alarm {} {{{}}} is firing ({})", a.alarm, labels.join(","), a.severity));
-            }
-        }
-    }
-    if state.root().join(cirkel_notify::store::FILE_NAME).exists()
-        && let Ok(store) = cirkel_notify::Store::open_in(state.root())
-        && let Ok(open) = store.incidents(false)
-    {
-        for i in open {
-            if exclude.is_none() || Some(i.source.as_str()) != exclude {
-                out.insert(format!("incident #{} is open: {}", i.id, i.title));
-            }
-        }
-    }
-    out
+    blockers_except(state, &exclude.map(str::to_string).into_iter().collect())
 }
 
 /// The source a drill running now is drilling, from the drill lock
@@ -65,6 +44,7 @@ pub fn undo_drill_leftover(
     state: &StateDir,
     postgres: &std::collections::BTreeMap<String, cirkel_config::PostgresConfig>,
 ) {
+    undo_scenario_leftover(state);
     let (left, done) = match cirkel_pg::drill::undo_leftover(state, postgres) {
         Ok(Some(v)) => v,
         Ok(None) => return,
@@ -108,6 +88,77 @@ pub fn undo_drill_leftover(
         }
         Err(e) => tracing::error!("the interrupted drill could not be recorded: {e}"),
     }
+}
+
+/// The same for a scenario's fault outside PostgreSQL (a killed service,
+/// a repository moved aside: [`crate::faults`]).
+fn undo_scenario_leftover(state: &StateDir) {
+    let (left, done) = match crate::faults::undo_leftover(state) {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("a scenario's leftover fault could not be read: {e:#}");
+            return;
+        }
+    };
+    let message = format!(
+        "the {} scenario started at {} was interrupted before it undid its fault: {done}",
+        left.scenario, left.started
+    );
+    crate::record(
+        state,
+        &cirkel_state::Event::new(
+            &format!("drill/{}", left.scenario),
+            cirkel_state::EventKind::DrillAborted,
+            message.clone(),
+        )
+        .with(serde_json::json!({ "scenario": left.scenario, "fault": left.fault, "pid": left.pid })),
+    );
+    let run = cirkel_notify::drills::DrillRun {
+        id: 0,
+        name: format!("scenario-{}", left.scenario),
+        kind: "scenario".into(),
+        target: left.scenario.clone(),
+        started_at: left.started,
+        finished_at: chrono::Utc::now(),
+        outcome: cirkel_notify::drills::Outcome::Aborted,
+        rto_s: None,
+        rto_target_s: None,
+        writes_lost: 0,
+        reason: message,
+        report: None,
+    };
+    let stored = cirkel_notify::Store::open_in(state.root()).map_err(|e| e.to_string());
+    if let Err(e) = stored.and_then(|s| s.record_drill(&run).map_err(|e| e.to_string())) {
+        tracing::error!("the interrupted scenario could not be recorded: {e}");
+    }
+}
+
+/// What holds a suite's next scenario back: [`blockers`], less what the
+/// suite's own earlier scenarios caused (alarms and incidents whose source
+/// or check is one of `drilled`).
+pub fn blockers_except(state: &StateDir, drilled: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(Some(p)) = state.load_json::<Published>(ALARMS_FILE) {
+        for a in p.alarms {
+            let serious = matches!(a.severity.as_str(), "high" | "critical");
+            let ours = a.labels.get("source").is_some_and(|s| drilled.contains(s))
+                || a.labels.get("check").is_some_and(|c| drilled.contains(&format!("check/{c}")));
+            if a.state == "ALARM" && serious && !ours {
+                let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.insert(format!("alarm {} {{{}}} is firing ({})", a.alarm, labels.join(","), a.severity));
+            }
+        }
+    }
+    if state.root().join(cirkel_notify::store::FILE_NAME).exists()
+        && let Ok(store) = cirkel_notify::Store::open_in(state.root())
+        && let Ok(open) = store.incidents(false)
+    {
+        for i in open.into_iter().filter(|i| !drilled.contains(&i.source)) {
+            out.insert(format!("incident #{} is open: {}", i.id, i.title));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

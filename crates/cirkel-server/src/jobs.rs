@@ -136,6 +136,18 @@ pub fn jobs(cfg: &Config) -> anyhow::Result<Vec<Job>> {
             cirkel_config::DrillKind::RedisFailover => {
                 d.target.clone().or_else(|| only(cfg.redis.keys().collect())).map(|t| format!("redis/{t}"))
             }
+            cirkel_config::DrillKind::Scenario => {
+                use cirkel_config::Scenario;
+                match d.target.as_deref().and_then(Scenario::parse) {
+                    Some(Scenario::PgPrimary | Scenario::Zone) => {
+                        only(cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, _)| n).collect())
+                            .map(|t| format!("postgres/{t}"))
+                    }
+                    Some(Scenario::RedisMaster) => only(cfg.redis.keys().collect()).map(|t| format!("redis/{t}")),
+                    Some(Scenario::AppInstance) => only(cfg.checks.keys().collect()).map(|t| format!("check/{t}")),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         out.push(Job {

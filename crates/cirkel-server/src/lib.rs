@@ -5,6 +5,7 @@
 pub mod api;
 pub mod copylag;
 pub mod daemon;
+pub mod faults;
 pub mod guard;
 pub mod http;
 pub mod jobs;

@@ -886,6 +886,12 @@ pub enum DrillCmd {
     Switchover(PgSwitchoverDrillArgs),
     /// Kill the Redis master under a canary writer; measure RTO and lost writes; rejoin it.
     RedisFailover(RedisDrillArgs),
+    /// One of the plan's five failures, rehearsed and measured against its RTO: app-instance,
+    /// redis-master, pg-primary, zone, region.
+    Scenario(crate::cmd::scenario::ScenarioArgs),
+    /// All five scenarios in turn, each on a quiet estate, and one report: scenario, plan RTO,
+    /// measured RTO, data lost, pass or fail.
+    Suite(crate::cmd::scenario::SuiteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -896,10 +902,15 @@ pub struct PgDrillArgs {
     /// Longest wait for the failover (and twice this for the rejoin).
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
-    /// The fault: `kill` (SIGKILL of the postmaster; started again at the end) or `stop` (SIGSTOP:
-    /// a hung primary, alive but silent; continued at the end). Ignored by the switchover drill.
-    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop"])]
+    /// The fault: `kill` (SIGKILL of the postmaster; started again at the end), `stop` (SIGSTOP:
+    /// a hung primary, alive but silent; continued at the end) or `zone` (every member in the
+    /// primary's zone, or --zone, frozen with all its processes; continued at the end). Ignored by
+    /// the switchover drill.
+    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop", "zone"])]
     pub fault: String,
+    /// With `--fault zone`: the zone to cut off (default: the primary's).
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
     #[command(flatten)]
     pub record: DrillRecordArgs,
 }

@@ -266,12 +266,25 @@ pub fn drill_lock(cfg: &cirkel_config::Config, source: &str) -> anyhow::Result<O
             write!(f, "{} {source}", std::process::id())?;
             Ok(Some(f))
         }
+        // A drill started by the drill holding the lock (a scenario runs
+        // `cirkel drill failover` as its child) runs under its parent's.
+        Err(std::fs::TryLockError::WouldBlock) if held_by_parent(&state) => Ok(None),
         Err(std::fs::TryLockError::WouldBlock) => Err(crate::output::user_error(
             "another drill is running (its lock is drill.lock in the state directory)",
             "wait for it to finish (`cirkel drill history` shows it when done); two drills at once would measure each other",
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot take the drill lock: {e}")),
     }
+}
+
+/// Whether the drill lock's holder, as written in it, is this process's parent.
+fn held_by_parent(state: &cirkel_state::StateDir) -> bool {
+    // SAFETY: getppid(2) has no failure mode.
+    let parent = unsafe { libc::getppid() } as u32;
+    std::fs::read_to_string(state.root().join("drill.lock"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+        == Some(parent)
 }
 
 /// Undoes what a drill killed before it could undo it, and records the

@@ -403,7 +403,10 @@ fn drills_are_configured_with_a_known_kind_and_target() {
          [drills.elsewhere]\nkind = \"switchover\"\ntarget = \"other\"\n\
          [drills.cache]\nkind = \"redis-failover\"\n\
          [drills.restore]\nkind = \"restore\"\ntarget = \"main\"\nfault = \"stop\"\n\
-         [drills.never]\nkind = \"failover\"\nschedule = \"0 0 31 2 *\"\n",
+         [drills.never]\nkind = \"failover\"\nschedule = \"0 0 31 2 *\"\n\
+         [drills.zone]\nkind = \"scenario\"\ntarget = \"zone\"\nschedule = \"0 4 1 */3 *\"\n\
+         [drills.moon]\nkind = \"scenario\"\ntarget = \"moon\"\n\
+         [drills.which]\nkind = \"scenario\"\n",
     )
     .unwrap();
     let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
@@ -411,6 +414,8 @@ fn drills_are_configured_with_a_known_kind_and_target() {
     let err = stderr(&out);
     for expected in [
         "`chaos` is not a drill kind",
+        "`moon` is not a scenario; expected one of app-instance, redis-master, pg-primary, zone, region",
+        "drills.which.target`: missing: a scenario drill names its scenario",
         "names `other`, which is no configured postgres cluster",
         "missing: 0 redis groups are configured",
         "remove `target`",
@@ -419,5 +424,5 @@ fn drills_are_configured_with_a_known_kind_and_target() {
     ] {
         assert!(err.contains(expected), "{expected}: {err}");
     }
-    assert!(!err.contains("drills.monthly"), "{err}");
+    assert!(!err.contains("drills.monthly") && !err.contains("drills.zone"), "{err}");
 }

@@ -81,3 +81,114 @@ fn lab_up_is_healthy_status_reports_it_and_down_removes_everything() {
         assert!(!port_open(manifest[key].as_u64().unwrap()), "{key} still listens");
     }
 }
+
+/// The lab's own binary and configuration, run as the lab's user (as
+/// `cirkel lab up` tells a person to).
+fn as_lab_user(dir: &std::path::Path, args: &[&str]) -> Command {
+    let user = {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
+        m["user"].as_str().unwrap().to_string()
+    };
+    // SAFETY: geteuid(2) cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args([&format!("--reuid={user}"), &format!("--regid={user}"), "--init-groups"]).arg(dir.join("bin/cirkel"));
+        c
+    } else {
+        Command::new(dir.join("bin/cirkel"))
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CIRKEL_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("--config").arg(dir.join("cirkel.toml")).args(args);
+    c
+}
+
+#[test]
+fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_is_undone() {
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = top.path().join("lab");
+    let out = Command::new(shared_bin()).args(["--json", "lab", "up", "--dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "lab up failed: {}\n{}", stderr(&out), stdout(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
+    let health = manifest["health"].as_u64().unwrap();
+
+    // A scenario killed (kill -9) after it killed the web service: the
+    // next scenario finds its fault, starts the service again and records
+    // the interrupted run as aborted.
+    let mut first = as_lab_user(&dir, &["drill", "scenario", "app-instance"]).spawn().unwrap();
+    let start = Instant::now();
+    while port_open(health) {
+        assert!(start.elapsed().as_secs() < 30, "the scenario did not kill the web service");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(dir.join("state/drill-faults.json").exists(), "the fault is written down before it is injected");
+    // setpriv execs the drill: its pid is the drill's.
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    let _ = first.wait();
+    assert!(!port_open(health), "the killed scenario left the service down");
+
+    let out = as_lab_user(&dir, &["--json", "drill", "suite"]).output().unwrap();
+    let suite: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stderr(&out), String::from_utf8_lossy(&out.stdout)));
+    let scenarios = suite["suite"]["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios.iter().filter_map(|s| s["scenario"].as_str()).collect();
+    assert_eq!(names, ["app-instance", "redis-master", "pg-primary", "zone", "region"], "{suite:#}");
+    for s in scenarios {
+        assert!(s["failures"].as_array().unwrap().is_empty() && s["skipped"].is_null(), "{s:#}");
+        assert!(s["rto_s"].as_f64().is_some(), "{s:#}");
+        assert!(s["plan_rto_s"].as_f64().unwrap() >= 3.0 * s["target_rto_s"].as_f64().unwrap());
+    }
+    // What each measured: the check down and alarmed; canary writes on
+    // both databases; a zone with the primary frozen; a rebuild from the
+    // second region with the main repository out of reach.
+    let by = |n: &str| scenarios.iter().find(|s| s["scenario"] == n).unwrap();
+    let app = &by("app-instance")["report"];
+    assert!(app["down_s"].as_f64().is_some() && app["alarmed_s"].as_f64().is_some(), "{app:#}");
+    assert!(by("redis-master")["writes_lost"].as_u64().is_some());
+    assert!(by("pg-primary")["report"]["writes_acknowledged"].as_u64().unwrap() > 0);
+    let zone = by("zone");
+    assert!(!zone["report"]["cut_off"].as_array().unwrap().is_empty(), "{zone:#}");
+    assert_eq!(zone["report"]["old_primary"], zone["report"]["cut_off"][0], "{zone:#}");
+    let region = by("region");
+    assert!(region["rpo_s"].as_f64().is_some(), "{region:#}");
+    let notes = region["notes"].to_string();
+    assert!(notes.contains("unreachable during the rebuild, and is back"), "{region:#}");
+    assert!(dir.join("repo/config").exists() && !dir.join("repo.cirkel-drill-unreachable").exists());
+    assert!(std::path::Path::new(suite["report"].as_str().unwrap()).exists());
+
+    // The history holds every scenario, and the interrupted one as aborted.
+    let out = as_lab_user(&dir, &["--json", "drill", "history", "--last", "50"]).output().unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = history["runs"].as_array().unwrap();
+    for n in names {
+        assert!(runs.iter().any(|r| r["name"] == format!("scenario-{n}")), "no scenario-{n} in {history:#}");
+    }
+    let aborted = runs
+        .iter()
+        .find(|r| r["name"] == "scenario-app-instance" && r["outcome"] == "aborted")
+        .unwrap_or_else(|| panic!("{history:#}"));
+    assert!(aborted["reason"].as_str().unwrap().contains("started again"), "{aborted:#}");
+
+    // The estate is whole again, and `down` removes even what drills restarted.
+    let start = Instant::now();
+    loop {
+        let out = Command::new(shared_bin()).args(["--json", "lab", "status", "--dir"]).arg(&dir).output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if st["healthy"] == true && st["processes"].as_array().unwrap().iter().all(|p| p["running"] == true) {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 120, "the lab did not become healthy again: {st:#}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = lab(&dir, &["down"]);
+    assert!(out.status.success(), "lab down: {}", stderr(&out));
+    assert!(!port_open(health), "the restarted web service outlived the lab");
+}

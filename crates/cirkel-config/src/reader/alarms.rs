@@ -11,7 +11,7 @@ use super::Table;
 use crate::alarms::{AlarmConfig, ScrapeConfig};
 
 /// The shortest period: shorter ones would evaluate faster than most
-/// sources are sampled.
+/// sources are sampled (a check's own series may go down to 1 s).
 const MIN_PERIOD: Duration = Duration::from_secs(10);
 /// As in CloudWatch, an alarm looks back at most a day.
 const MAX_WINDOW: Duration = Duration::from_secs(cirkel_alarm::spec::MAX_WINDOW_SECS);
@@ -132,12 +132,17 @@ fn read_alarm(name: &str, mut t: Table<'_, '_>, known: &Known<'_>) -> Option<Ala
         missing(&t, "threshold", "300");
     }
 
+    // A check's series is sampled at every probe, so alarms on it may
+    // look at periods as short as the probe interval (checked below).
+    let on_checks = metric.as_ref().or(base.map(|b| &b.metric)).is_some_and(|m| m.name.starts_with("cirkel_check_"));
     if let Some(p) = period {
         let span = t.value_span("period").unwrap_or(0..0);
         if p.subsec_nanos() != 0 {
             t.cx.error(span, &t.key_path("period"), "not a whole number of seconds; write e.g. \"60s\" or \"5m\"");
-        } else if p < MIN_PERIOD {
+        } else if p < MIN_PERIOD && !on_checks {
             t.cx.error(span, &t.key_path("period"), "shorter than 10s; use a period of 10s or more");
+        } else if p.is_zero() {
+            t.cx.error(span, &t.key_path("period"), "must be at least 1s");
         }
     }
     let period = period.or(base.map(|b| b.period)).unwrap_or(Duration::from_secs(60));

@@ -52,6 +52,7 @@ pub(super) fn read_check(mut t: Table<'_, '_>) -> CheckConfig {
         unhealthy_threshold: t
             .integer("unhealthy_threshold", 1..1001)
             .map_or(DEFAULT_UNHEALTHY_THRESHOLD, |n| n as u32),
+        restart_command: t.string("restart_command"),
     };
     t.finish();
     cfg

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Table;
-use crate::drills::{DrillConfig, DrillKind};
+use crate::drills::{DrillConfig, DrillKind, Scenario};
 
 pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
     let kinds: Vec<&str> = DrillKind::ALL.iter().map(|(n, _)| *n).collect();
@@ -27,8 +27,36 @@ pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
     };
     let schedule = t.schedule("schedule");
     let target = t.string("target");
-    let rto_target = t.duration("rto_target").unwrap_or_else(|| kind.plan_rto());
-    let timeout = t.duration("timeout").unwrap_or(Duration::from_secs(120));
+    let scenario = if kind == DrillKind::Scenario {
+        match target.as_deref().map(|n| (n, Scenario::parse(n))) {
+            Some((_, Some(s))) => Some(s),
+            Some((n, None)) => {
+                let span = t.value_span("target").unwrap_or(0..0);
+                t.cx.error(
+                    span,
+                    &t.key_path("target"),
+                    format!("`{n}` is not a scenario; expected one of {}", Scenario::names()),
+                );
+                None
+            }
+            None => {
+                t.cx.error(
+                    t.span.clone(),
+                    &t.key_path("target"),
+                    format!("missing: a scenario drill names its scenario, one of {}", Scenario::names()),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let rto_target =
+        t.duration("rto_target").unwrap_or_else(|| scenario.map_or_else(|| kind.plan_rto(), Scenario::plan_rto));
+    let timeout = t.duration("timeout").unwrap_or(match scenario {
+        Some(Scenario::Region) => Duration::from_secs(30 * 60),
+        _ => Duration::from_secs(120),
+    });
     for (key, d) in [("rto_target", rto_target), ("timeout", timeout)] {
         if d.is_zero()
             && let Some(span) = t.value_span(key)

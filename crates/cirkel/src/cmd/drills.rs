@@ -104,6 +104,7 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
                 cluster: d.target.clone(),
                 timeout: d.timeout,
                 fault: d.fault.clone().unwrap_or_else(|| "kill".into()),
+                zone: None,
                 record,
             };
             let to = (d.kind == DrillKind::Switchover).then_some(None);
@@ -122,6 +123,14 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
             let from = d.target.clone().or_else(|| cfg.repositories.keys().next().cloned()).unwrap_or_default();
             let args = crate::cmd::recover::RegionDrillArgs { from, timeout: d.timeout, record };
             crate::cmd::recover::drill(global, &args)
+        }
+        DrillKind::Scenario => {
+            let args = crate::cmd::scenario::ScenarioArgs {
+                scenario: d.target.clone().unwrap_or_default(),
+                opts: crate::cmd::scenario::ScenarioOpts { timeout: Some(d.timeout), ..Default::default() },
+                record,
+            };
+            crate::cmd::scenario::run(global, &args)
         }
         DrillKind::Restore => {
             let args = PgVerifyArgs { backup: None, query: None, timeout: d.timeout, record };

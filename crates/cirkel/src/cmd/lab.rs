@@ -37,11 +37,11 @@ pub enum LabCmd {
     #[command(hide = true)]
     Helper {
         #[arg(long)]
-        health: String,
+        health: Option<String>,
+        #[arg(long, requires = "out")]
+        sink: Option<String>,
         #[arg(long)]
-        sink: String,
-        #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
     },
 }
 
@@ -80,7 +80,7 @@ pub fn run(global: &Global, cmd: &LabCmd) -> anyhow::Result<ExitCode> {
         LabCmd::Up(a) => up(global, &a.dir),
         LabCmd::Status(a) => status(global, &a.dir),
         LabCmd::Down(a) => down(global, &a.dir),
-        LabCmd::Helper { health, sink, out } => helper(health, sink, out),
+        LabCmd::Helper { health, sink, out } => helper(health.as_deref(), sink.as_deref(), out.as_deref()),
     }
 }
 
@@ -293,14 +293,16 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
     let config = format!(
         "# The lab's configuration (cirkel lab up).\n\
          [repository]\nurl = \"{repo}\"\npassword_file = \"{pw}\"\n\n\
-         [repositories.region]\nurl = \"{region}\"\npassword_file = \"{pw}\"\n\n\
+         [repositories.region]\nurl = \"{region}\"\npassword_file = \"{pw}\"\ncontinuous = true\n\n\
          [state]\ndir = \"{state}\"\n\n\
          [server]\nlisten = \"127.0.0.1:{server}\"\nviewer_token_file = \"{vt}\"\noperator_token_file = \"{ot}\"\n\n\
          [postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\n\
          [postgres.main.health]\ninterval = \"1s\"\ntimeout = \"2s\"\nunhealthy_threshold = 3\n\n\
          {members}\
          [redis.cache]\nmembers = [{redis}]\nsentinels = [{sentinels}]\nrestart_command = \"redis-server {rdir}/node-{{port}}.conf\"\n\n\
-         [checks.web]\nkind = \"http\"\nurl = \"http://127.0.0.1:{health}/health\"\ninterval = \"5s\"\ntimeout = \"2s\"\n\n\
+         [checks.web]\nkind = \"http\"\nurl = \"http://127.0.0.1:{health}/health\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
+         restart_command = \"{exe} lab helper --health 127.0.0.1:{health}\"\n\n\
+         [alarms.check-down]\nperiod = \"2s\"\n\n\
          [notify.sink]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{sink}/\"\n",
         repo = p("repo").display(),
         region = p("region").display(),
@@ -315,6 +317,7 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
         rdir = p("redis").display(),
         health = m.health,
         sink = m.sink,
+        exe = exe.display(),
     );
     std::fs::write(&m.config, config)?;
     chown(m, &dir)?;
@@ -417,21 +420,23 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
         must("redis-sentinel", as_user(&m.user, &sentinel).arg(rdir.join(format!("node-{port}.conf"))).output())?;
     }
 
-    // The web service and the webhook sink.
+    // The web service and the webhook sink, apart: a drill kills the one.
     say(global, "a web service with /health, a webhook sink");
-    let mut helper_cmd = as_user(&m.user, &exe);
-    helper_cmd.args([
+    let mut web_cmd = as_user(&m.user, &exe);
+    web_cmd.args(["lab", "helper", "--health", &format!("127.0.0.1:{}", m.health)]);
+    let web = spawn(m, web_cmd, &p("web.log"))?;
+    m.pids.push(("web".into(), web));
+    let mut sink_cmd = as_user(&m.user, &exe);
+    sink_cmd.args([
         "lab",
         "helper",
-        "--health",
-        &format!("127.0.0.1:{}", m.health),
         "--sink",
         &format!("127.0.0.1:{}", m.sink),
         "--out",
         &p("webhook.log").display().to_string(),
     ]);
-    let helper = spawn(m, helper_cmd, &p("helper.log"))?;
-    m.pids.push(("helper".into(), helper));
+    let sink = spawn(m, sink_cmd, &p("sink.log"))?;
+    m.pids.push(("sink".into(), sink));
     save(m)?;
 
     // A first base backup and an RDB, so there is something to restore.
@@ -510,6 +515,7 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
         println!("  {c} drill failover            # kill the primary, measure the RTO, rejoin it");
         println!("  {c} pg restore --to /tmp/pitr --target-time $(date -u +%Y-%m-%dT%H:%M:%SZ)");
         println!("  {c} drill redis-failover --group cache");
+        println!("  {c} drill suite               # the plan's five failures, measured");
         println!("  {c} events");
         println!("\n  cirkel lab status --dir {}    cirkel lab down --dir {}", m.dir.display(), m.dir.display());
     }
@@ -593,6 +599,23 @@ fn teardown(m: &Manifest) -> anyhow::Result<()> {
                 .status();
         }
     }
+    // What drills started again (a web service, a Redis) is known by the
+    // lab directory in its command line.
+    let mine = m.dir.to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+        let ours = exe.starts_with(&m.dir)
+            || exe
+                .file_name()
+                .is_some_and(|n| ["redis-server", "redis-sentinel", "postgres"].contains(&&*n.to_string_lossy()));
+        if pid as u32 != std::process::id() && ours && args.contains(&format!("{mine}/")) {
+            // SAFETY: a process started from the lab's directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
     if m.dir.join(MANIFEST).exists() {
         std::fs::remove_dir_all(&m.dir)?;
     }
@@ -614,8 +637,12 @@ fn down(global: &Global, dir: &Path) -> anyhow::Result<ExitCode> {
 fn status(global: &Global, dir: &Path) -> anyhow::Result<ExitCode> {
     let m = load(dir)?;
     let token = std::fs::read_to_string(dir.join("viewer.token")).unwrap_or_default();
+    // A drill may have killed the web service and started it again: it
+    // runs when its port answers.
+    let running =
+        |n: &str, p: u32| alive(p) || (n == "web" && std::net::TcpStream::connect(("127.0.0.1", m.health)).is_ok());
     let processes: Vec<Value> =
-        m.pids.iter().map(|(n, p)| json!({ "name": n, "pid": p, "running": alive(*p) })).collect();
+        m.pids.iter().map(|(n, p)| json!({ "name": n, "pid": p, "running": running(n, *p) })).collect();
     let overview = api_get(m.server, "/api/v1/overview", token.trim());
     let healthy = overview.as_ref().is_some_and(|o| {
         o["fresh"] == true && o["clusters"].as_array().is_some_and(|c| c.iter().all(|c| c["healthy"] == true))
@@ -670,18 +697,25 @@ fn status(global: &Global, dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
-/// The lab's web service and webhook sink, until killed.
-fn helper(health: &str, sink: &str, out: &Path) -> anyhow::Result<ExitCode> {
-    let h = std::net::TcpListener::bind(health)?;
-    let s = std::net::TcpListener::bind(sink)?;
-    let out = out.to_path_buf();
-    std::thread::spawn(move || {
-        for conn in s.incoming().flatten() {
-            let _ = answer(conn, Some(&out));
-        }
+/// The lab's web service, or its webhook sink, or both, until killed.
+fn helper(health: Option<&str>, sink: Option<&str>, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let h = health.map(std::net::TcpListener::bind).transpose()?;
+    let s = sink.map(std::net::TcpListener::bind).transpose()?;
+    let out = out.map(Path::to_path_buf);
+    let sinking = s.map(|s| {
+        std::thread::spawn(move || {
+            for conn in s.incoming().flatten() {
+                let _ = answer(conn, out.as_ref());
+            }
+        })
     });
-    for conn in h.incoming().flatten() {
-        let _ = answer(conn, None);
+    if let Some(h) = h {
+        for conn in h.incoming().flatten() {
+            let _ = answer(conn, None);
+        }
+    }
+    if let Some(t) = sinking {
+        let _ = t.join();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,4 +12,5 @@ pub mod pg;
 pub mod recover;
 pub mod redis;
 pub mod repo;
+pub mod scenario;
 pub mod serve;

@@ -531,6 +531,8 @@ pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
         DrillCmd::Switchover(a) => crate::cmd::pg::failover_drill(global, &a.drill, Some(a.to.clone())),
         DrillCmd::History(a) => crate::cmd::drills::history(global, a),
         DrillCmd::Run(a) => crate::cmd::drills::run(global, a),
+        DrillCmd::Scenario(a) => crate::cmd::scenario::run(global, a),
+        DrillCmd::Suite(a) => crate::cmd::scenario::suite(global, a),
     }
 }
 

@@ -113,6 +113,9 @@ pub fn failover_drill(
     let state = crate::context::state_dir(&cfg);
     let (fault, kind, what) = match switchover {
         None if a.fault == "stop" => (cirkel_pg::drill::Fault::Stop, "postgres-failover", "failover drill (SIGSTOP)"),
+        None if a.fault == "zone" => {
+            (cirkel_pg::drill::Fault::Zone(a.zone.clone()), "postgres-failover", "failover drill (zone cut off)")
+        }
         None => (cirkel_pg::drill::Fault::Kill, "postgres-failover", "failover drill"),
         Some(to) => {
             (cirkel_pg::drill::Fault::Switchover { state: &state, to }, "postgres-switchover", "switchover drill")
@@ -125,6 +128,9 @@ pub fn failover_drill(
             }
             cirkel_pg::drill::Fault::Kill => {
                 eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
+            }
+            cirkel_pg::drill::Fault::Zone(_) => {
+                eprintln!("drill: cutting off the primary's zone of `{name}` under a canary writer on the endpoint…")
             }
             _ => eprintln!("drill: switching `{name}` over under a canary writer on the endpoint…"),
         }
