@@ -78,7 +78,8 @@ pub struct DrillConfig {
     /// Longest wait for the fault to be recovered from.
     #[serde(serialize_with = "crate::reader::ser_duration")]
     pub timeout: Duration,
-    /// A failover drill's fault: `kill` (the default) or `stop` (SIGSTOP).
+    /// A failover drill's fault: `kill` (the default), `stop` (SIGSTOP),
+    /// `zone` (the primary's zone frozen) or `disk-full` (its WAL volume).
     pub fault: Option<String>,
 }
 

@@ -43,6 +43,12 @@ pub struct PgDrill {
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cut_off: Vec<String>,
+    /// The member whose WAL volume was filled (`--fault disk-full`), and
+    /// by how much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filled: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon_bytes: Option<u64>,
     pub new_primary: Option<String>,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
@@ -88,6 +94,9 @@ pub struct Leftover {
     /// `zone`: every process frozen, to continue.
     #[serde(default)]
     pub frozen: Vec<u32>,
+    /// `disk-full`: the file that fills the WAL volume, to remove.
+    #[serde(default)]
+    pub balloon: Option<std::path::PathBuf>,
     pub started: chrono::DateTime<Utc>,
 }
 
@@ -117,6 +126,14 @@ pub fn undo_leftover(
         let done = format!("{} ({continued} of {} processes) continued", left.member, left.frozen.len());
         return Ok(Some((left, done)));
     }
+    let freed = match &left.balloon {
+        Some(b) => match std::fs::remove_file(b) {
+            Ok(()) => format!("{} removed; ", b.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => format!("{} could not be removed ({e}): remove it by hand; ", b.display()),
+        },
+        None => String::new(),
+    };
     let done = match clusters.get(&left.cluster).and_then(|c| c.members.get(&left.member).map(|m| (c, m))) {
         Some(_) if left.fault == "stop" => match left.postmaster {
             // SAFETY: kill(2) with SIGCONT on the pid the drill stopped.
@@ -140,7 +157,49 @@ pub fn undo_leftover(
         None => format!("cluster {} or member {} is no longer configured", left.cluster, left.member),
     };
     let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
-    Ok(Some((left, done)))
+    Ok(Some((left, format!("{freed}{done}"))))
+}
+
+/// The largest free space the disk-full fault fills: more means the WAL
+/// shares a large disk with everything else on the host, which a drill
+/// must not take down.
+pub const DISK_FULL_LIMIT: u64 = 4 << 30;
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs(3) writes into the zeroed struct we pass.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// Fills the file system with one file at `balloon`: allocated at once
+/// where it can be, then written until the file system refuses more.
+fn fill(balloon: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let free = free_bytes(balloon.parent().unwrap_or(balloon))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(balloon)?;
+    // SAFETY: posix_fallocate(3) on the file just opened.
+    let _ = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, free as libc::off_t) };
+    let mut written = f.metadata()?.len();
+    let chunk = vec![0u8; 1 << 16];
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::End(0))?;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = f.sync_all();
+    Ok(written)
 }
 
 /// SIGCONT to each pid; how many were continued.
@@ -202,6 +261,10 @@ pub enum Fault<'a> {
     Stop,
     /// A planned switchover asked of the watcher (to a member, or the best).
     Switchover { state: &'a cirkel_state::StateDir, to: Option<String> },
+    /// The primary's WAL volume filled to the last byte, and WAL segments
+    /// switched on it until PostgreSQL needs a new one and stops; the file
+    /// is removed at the end and the old primary started again.
+    DiskFull,
     /// A zone cut off (the primary's, when `None`): every member whose
     /// `zone` it is frozen with SIGSTOP, the postmaster and every process
     /// it started, so nothing there answers or sends; SIGCONT at the end.
@@ -256,6 +319,23 @@ pub fn run_drill(
     };
     let mut cut_off = Vec::new();
     let mut postmasters = Vec::new();
+    let balloon = match &fault {
+        Fault::DiskFull => {
+            let wal = std::fs::canonicalize(pgdata.join("pg_wal"))?;
+            let free = free_bytes(&wal)?;
+            if free > DISK_FULL_LIMIT {
+                anyhow::bail!(
+                    "the WAL volume of {old} ({}) has {} MiB free: the disk-full fault fills only a volume with at most {} MiB \
+                     free, so that no drill fills a disk the whole host shares; put pg_wal on its own volume (initdb --waldir)",
+                    wal.display(),
+                    free >> 20,
+                    DISK_FULL_LIMIT >> 20
+                );
+            }
+            Some(wal.join("cirkel-drill-balloon"))
+        }
+        _ => None,
+    };
     if let Some(z) = &zone {
         for (n, m) in c.members.iter().filter(|(_, m)| m.zone == *z) {
             let data = m.pgdata.as_ref().ok_or_else(|| {
@@ -316,14 +396,16 @@ pub fn run_drill(
     };
     std::thread::sleep(Duration::from_secs(1));
     let kind = match &fault {
-        Fault::Kill | Fault::Stop | Fault::Zone(_) => "postgres-failover",
+        Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
     let mut asked = None;
+    let mut pressure = None;
+    let mut balloon_bytes = None;
     // Frozen, in order: each postmaster first (so it starts nothing new),
     // then what it had started.
     let frozen: Vec<u32> = postmasters.iter().flat_map(|p| process_tree(*p)).collect();
-    if let (Fault::Kill | Fault::Stop | Fault::Zone(_), Some((state, name))) = (&fault, &leftovers) {
+    if let (Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull, Some((state, name))) = (&fault, &leftovers) {
         let left = Leftover {
             pid: std::process::id(),
             name: name.clone(),
@@ -332,11 +414,13 @@ pub fn run_drill(
             fault: match fault {
                 Fault::Stop => "stop",
                 Fault::Zone(_) => "zone",
+                Fault::DiskFull => "disk-full",
                 _ => "kill",
             }
             .into(),
             postmaster: Some(pid),
             frozen: frozen.clone(),
+            balloon: balloon.clone(),
             started,
         };
         state.save_json(LEFTOVER_FILE, &left)?;
@@ -351,6 +435,34 @@ pub fn run_drill(
         Fault::Stop => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) } {
             0 => Ok(()),
             _ => Err(anyhow::anyhow!("cannot stop {old} (pid {pid}): {}", std::io::Error::last_os_error())),
+        },
+        Fault::DiskFull => match balloon.as_deref().map(fill) {
+            Some(Ok(bytes)) => {
+                balloon_bytes = Some(bytes);
+                // Segment switches on the old primary until it needs a new
+                // segment: the canary alone would take minutes to fill one.
+                let (c, m, stop) = (c.clone(), old_cfg.clone(), stop.clone());
+                pressure = Some(std::thread::spawn(move || {
+                    let mut conn: Option<PgConn> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if conn.is_none() {
+                            conn = PgConn::connect(Some(&member_conninfo(&c, &m, Duration::from_secs(1)))).ok();
+                        }
+                        if conn.as_ref().is_some_and(|k| k.query_one("SELECT pg_switch_wal()").is_err()) {
+                            conn = None;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }));
+                Ok(())
+            }
+            Some(Err(e)) => {
+                if let Some(b) = &balloon {
+                    let _ = std::fs::remove_file(b);
+                }
+                Err(anyhow::anyhow!("cannot fill the WAL volume of {old}: {e:#}"))
+            }
+            None => Err(anyhow::anyhow!("no WAL volume to fill")),
         },
         Fault::Zone(_) => {
             let mut result = Ok(());
@@ -380,6 +492,7 @@ pub fn run_drill(
         },
     };
     let killed = matches!(fault, Fault::Kill);
+    let filled = matches!(fault, Fault::DiskFull);
     let stopped = matches!(fault, Fault::Stop);
     let zoned = matches!(fault, Fault::Zone(_));
     let fault = Instant::now();
@@ -408,6 +521,9 @@ pub fn run_drill(
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
+    if let Some(p) = pressure {
+        let _ = p.join();
+    }
     let acked = std::mem::take(&mut *acked.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?);
     let write_pause_s = first.and_then(|first| {
         acked
@@ -436,7 +552,15 @@ pub fn run_drill(
     // Start the old primary again; `cirkel serve` rewinds it into a standby.
     // Where nothing reaps orphans, the dead postmaster stays a zombie and its
     // lock files would keep the new one from starting.
-    if killed {
+    if let Some(b) = &balloon
+        && let Err(e) = std::fs::remove_file(b)
+    {
+        failures.push(format!("could not remove {}: {e}; remove it by hand", b.display()));
+    }
+    // A full WAL volume stops PostgreSQL (a PANIC, then a startup that
+    // cannot write): freed, it is started again like a killed one.
+    let restart = killed || (filled && !crate::keeper::postmaster_alive(&pgdata));
+    if restart {
         clear_dead_locks(&pgdata, &old_cfg);
     }
     let log = std::env::temp_dir().join(format!("cirkel-drill-{cluster}-{old}.log"));
@@ -447,7 +571,7 @@ pub fn run_drill(
     if zoned && continue_all(&frozen) < postmasters.len() {
         failures.push(format!("not every process of zone {} could be continued", zone.clone().unwrap_or_default()));
     }
-    if !killed {
+    if !restart {
         // The watcher rejoins the old primary itself after a switchover.
     } else if let Err(e) = crate::failover::start_member(c, &old_cfg, &pgdata, &log, false) {
         failures.push(format!("could not start {old} again: {e:#} (log: {})", log.display()));
@@ -501,6 +625,8 @@ pub fn run_drill(
             stopped: stopped.then(|| old.clone()),
             zone,
             cut_off,
+            filled: filled.then(|| old.clone()),
+            balloon_bytes,
             old_primary: old,
             new_primary,
             write_pause_s,
@@ -514,4 +640,69 @@ pub fn run_drill(
         healthy_after: after.healthy,
         problems_after: after.problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_of(pid: u32) -> char {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
+            .unwrap_or('?')
+    }
+
+    #[test]
+    fn a_frozen_zone_left_by_a_killed_drill_is_continued_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = cirkel_state::StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        // SAFETY: stopping the child this test started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        let t = Instant::now();
+        while state_of(pid) != 'T' && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(state_of(pid), 'T');
+        // Written by a drill that is gone (pid 0 is never a drill's).
+        let left = Leftover {
+            pid: 0,
+            name: Some("quarterly-zone".into()),
+            cluster: "main".into(),
+            member: "a".into(),
+            fault: "zone".into(),
+            postmaster: Some(pid),
+            frozen: vec![pid],
+            started: Utc::now(),
+        };
+        state.save_json(LEFTOVER_FILE, &left).unwrap();
+        let (back, done) = undo_leftover(&state, &Default::default()).unwrap().unwrap();
+        assert_eq!(back.name.as_deref(), Some("quarterly-zone"));
+        assert!(done.contains("(1 of 1 processes) continued"), "{done}");
+        assert_ne!(state_of(pid), 'T', "still stopped");
+        assert!(undo_leftover(&state, &Default::default()).unwrap().is_none(), "undone once");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_postmasters_tree_holds_it_and_its_children() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let t = Instant::now();
+        let mut tree = process_tree(child.id());
+        while tree.len() < 2 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+            tree = process_tree(child.id());
+        }
+        assert_eq!(tree[0], child.id());
+        assert_eq!(tree.len(), 2, "{tree:?}");
+        for p in &tree {
+            // SAFETY: the processes this test started.
+            unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+    }
 }

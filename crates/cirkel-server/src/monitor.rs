@@ -88,6 +88,15 @@ impl EventMetrics {
             }
             EventKind::Drill => {
                 let d = &e.details;
+                // A failover the drill itself caused is no news: the drill's
+                // outcome says how it went.
+                let started = d.get("started").and_then(|s| s.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok());
+                if let Some(started) = started
+                    && self.last_failover.get(&e.source).is_some_and(|t| *t >= started && *t <= e.time)
+                {
+                    self.last_failover.remove(&e.source);
+                    m.set("cirkel_failovers_recent", source.clone(), 0.0);
+                }
                 if d.get("passed").and_then(|p| p.as_bool()) != Some(true) {
                     return;
                 }
@@ -847,6 +856,23 @@ mod tests {
             m.get("cirkel_predicted_rto_seconds", &labels(&[("source", "postgres/main"), ("kind", "failover")])),
             Some(3.0)
         );
+        // A failover that a drill of the source caused is not recent news.
+        let drilled = labels(&[("source", "redis/cache")]);
+        let before = Utc::now() - chrono::Duration::seconds(5);
+        em.observe(&event("redis/cache", EventKind::Failover, json!({})), &m);
+        em.tick(Utc::now(), &m);
+        assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(1.0));
+        em.observe(
+            &event(
+                "redis/cache",
+                EventKind::Drill,
+                json!({ "drill": "redis-failover", "passed": true, "started": before }),
+            ),
+            &m,
+        );
+        em.tick(Utc::now(), &m);
+        assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(0.0));
+        assert_eq!(m.get("cirkel_failovers_total", &drilled), Some(1.0), "still counted");
         // An hour later the failover is no longer recent; a day later neither is the miss.
         em.tick(Utc::now() + chrono::Duration::hours(2), &m);
         assert_eq!(m.get("cirkel_failovers_recent", &src), Some(0.0));

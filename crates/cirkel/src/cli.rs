@@ -903,10 +903,11 @@ pub struct PgDrillArgs {
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
     /// The fault: `kill` (SIGKILL of the postmaster; started again at the end), `stop` (SIGSTOP:
-    /// a hung primary, alive but silent; continued at the end) or `zone` (every member in the
-    /// primary's zone, or --zone, frozen with all its processes; continued at the end). Ignored by
-    /// the switchover drill.
-    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop", "zone"])]
+    /// a hung primary, alive but silent; continued at the end), `zone` (every member in the
+    /// primary's zone, or --zone, frozen with all its processes; continued at the end) or
+    /// `disk-full` (the primary's WAL volume filled, at most 4 GiB of it, until PostgreSQL stops;
+    /// freed and started again at the end). Ignored by the switchover drill.
+    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop", "zone", "disk-full"])]
     pub fault: String,
     /// With `--fault zone`: the zone to cut off (default: the primary's).
     #[arg(long, value_name = "ZONE")]

@@ -331,6 +331,7 @@ pub fn store_drill(
             .with(serde_json::json!({
                 "report": path,
                 "drill": d.kind,
+                "started": d.started,
                 "name": name,
                 "outcome": outcome,
                 "passed": d.passed,

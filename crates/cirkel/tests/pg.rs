@@ -1073,6 +1073,13 @@ impl<'a> Daemon<'a> {
         stdout(&out)
     }
 
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "cirkel {args:?} succeeded: {}", stdout(&out));
+        stderr(&out)
+    }
+
     fn wait_event(&self, kind: &str) -> serde_json::Value {
         let start = Instant::now();
         loop {
@@ -1118,8 +1125,22 @@ struct Ha {
 
 impl Ha {
     fn start(e: &PgEnv) -> Ha {
+        Ha::start_with_wal(e, None)
+    }
+
+    /// With the primary's WAL on its own volume (`wal`), as `initdb
+    /// --waldir` puts it.
+    fn start_with_wal(e: &PgEnv, wal: Option<&std::path::Path>) -> Ha {
         // pg_rewind needs the old primary's WAL back to the fork.
-        let mut a = PgCluster::init(&["wal_keep_size = '256MB'"]);
+        let keep = if wal.is_some() { "wal_keep_size = '32MB'" } else { "wal_keep_size = '256MB'" };
+        let mut a = PgCluster::init(&[keep]);
+        if let Some(wal) = wal {
+            let to = wal.join("pg_wal");
+            let moved = Command::new("cp").arg("-a").arg(a.data.join("pg_wal")).arg(&to).status().unwrap();
+            assert!(moved.success());
+            std::fs::remove_dir_all(a.data.join("pg_wal")).unwrap();
+            std::os::unix::fs::symlink(&to, a.data.join("pg_wal")).unwrap();
+        }
         a.start();
         a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
         // Standbys stream under their member names, as a deployment names
@@ -2083,6 +2104,10 @@ fn a_hung_primary_sigstop_is_failed_over_and_rewound_once_it_continues() {
     let daemon = Daemon::start(&e, ha.cfg());
     wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
     wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    // A WAL that shares a large disk is never filled.
+    let err = daemon.fails(&["drill", "failover", "--fault", "disk-full"]);
+    assert!(err.contains("its own volume") && err.contains("MiB free"), "{err}");
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("f"), "nothing was done");
     let out = daemon.ok(&["--json", "drill", "failover", "--fault", "stop"]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["passed"], true, "{report:#}");
@@ -2247,4 +2272,52 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     assert_eq!(checks[2]["counts"]["files"], 1, "{drill:#}");
     let out = e.cmd(None, &["--json", "events", "--kind", "drill"]).env("CIRKEL_STATE_DIR", &state).output().unwrap();
     assert!(stdout(&out).contains("region drill passed"), "{}", stdout(&out));
+}
+
+/// A tmpfs of `mb` MiB mounted on a new directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(mb: u32) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount a tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        chown_postgres(dir.path());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_wal_volume_stops_the_primary_a_standby_takes_over_and_the_old_one_is_freed_and_rejoins() {
+    let e = PgEnv::new();
+    let wal = Tmpfs::mount(160);
+    let ha = Ha::start_with_wal(&e, Some(wal.0.path()));
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let out = daemon.ok(&["--json", "drill", "failover", "--fault", "disk-full"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["filled"], "a", "{report:#}");
+    assert!(report["balloon_bytes"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["new_primary"] == "b" || report["new_primary"] == "c", "{report:#}");
+    assert!(report["rto_s"].as_f64().is_some(), "{report:#}");
+    // PostgreSQL stopped on the full volume, as it does.
+    assert!(ha.a.log_text().contains("No space left on device"), "{}", ha.a.log_text());
+    // Freed, started again and rewound into a standby; nothing left behind.
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert!(!wal.0.path().join("pg_wal/cirkel-drill-balloon").exists());
+    assert!(!daemon.state.join("drill-fault.json").exists());
+    let h = drill_history(&daemon, "failover");
+    assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
 }

@@ -70,8 +70,12 @@ pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
     {
         if kind != DrillKind::Failover {
             t.cx.error(span, &t.key_path("fault"), "only a failover drill takes a fault; remove it");
-        } else if !matches!(f.as_str(), "kill" | "stop") {
-            t.cx.error(span, &t.key_path("fault"), format!("`{f}` is not a fault; expected \"kill\" or \"stop\""));
+        } else if !matches!(f.as_str(), "kill" | "stop" | "zone" | "disk-full") {
+            t.cx.error(
+                span,
+                &t.key_path("fault"),
+                format!("`{f}` is not a fault; expected \"kill\", \"stop\", \"zone\" or \"disk-full\""),
+            );
         }
     }
     t.finish();

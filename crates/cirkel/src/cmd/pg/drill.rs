@@ -113,6 +113,9 @@ pub fn failover_drill(
     let state = crate::context::state_dir(&cfg);
     let (fault, kind, what) = match switchover {
         None if a.fault == "stop" => (cirkel_pg::drill::Fault::Stop, "postgres-failover", "failover drill (SIGSTOP)"),
+        None if a.fault == "disk-full" => {
+            (cirkel_pg::drill::Fault::DiskFull, "postgres-failover", "failover drill (WAL volume full)")
+        }
         None if a.fault == "zone" => {
             (cirkel_pg::drill::Fault::Zone(a.zone.clone()), "postgres-failover", "failover drill (zone cut off)")
         }
@@ -128,6 +131,9 @@ pub fn failover_drill(
             }
             cirkel_pg::drill::Fault::Kill => {
                 eprintln!("drill: killing the primary of `{name}` under a canary writer on the endpoint…")
+            }
+            cirkel_pg::drill::Fault::DiskFull => {
+                eprintln!("drill: filling the WAL volume of `{name}`'s primary under a canary writer on the endpoint…")
             }
             cirkel_pg::drill::Fault::Zone(_) => {
                 eprintln!("drill: cutting off the primary's zone of `{name}` under a canary writer on the endpoint…")
@@ -179,7 +185,17 @@ pub fn failover_drill(
         println!(
             "  old primary     {}{}",
             report.engine.old_primary,
-            if report.engine.killed.is_some() { " (killed with SIGKILL)" } else { " (stopped cleanly)" }
+            if report.engine.killed.is_some() {
+                " (killed with SIGKILL)".to_string()
+            } else if report.engine.stopped.is_some() {
+                " (stopped with SIGSTOP, continued)".to_string()
+            } else if let Some(b) = report.engine.balloon_bytes {
+                format!(" (its WAL volume filled with {} MiB, then freed)", b >> 20)
+            } else if !report.engine.cut_off.is_empty() {
+                format!(" (zone cut off: {})", report.engine.cut_off.join(", "))
+            } else {
+                " (switched over)".to_string()
+            }
         );
         println!("  new primary     {}", report.engine.new_primary.as_deref().unwrap_or("none"));
         println!(
