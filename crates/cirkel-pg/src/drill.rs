@@ -676,6 +676,7 @@ mod tests {
             fault: "zone".into(),
             postmaster: Some(pid),
             frozen: vec![pid],
+            balloon: None,
             started: Utc::now(),
         };
         state.save_json(LEFTOVER_FILE, &left).unwrap();
