@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use cirkel_state::StateDir;
 
 use crate::monitor::{ALARMS_FILE, Published};
@@ -159,6 +160,40 @@ pub fn blockers_except(state: &StateDir, drilled: &BTreeSet<String>) -> BTreeSet
         }
     }
     out
+}
+
+/// The drills seen ending, per source: what one of them caused is the
+/// drill's doing, even when its event is recorded after the drill ended
+/// (a watcher records a failover once its timeline is complete).
+#[derive(Debug, Default)]
+pub struct DrillWindows(std::collections::HashMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>>);
+
+impl DrillWindows {
+    /// Takes a `drill` event's window (its `started` to its end).
+    pub fn observe(&mut self, e: &cirkel_state::Event) {
+        if e.kind != cirkel_state::EventKind::Drill {
+            return;
+        }
+        let Some(started) = e.details.get("started").and_then(|s| s.as_str()).and_then(|s| s.parse().ok()) else {
+            return;
+        };
+        let windows = self.0.entry(e.source.clone()).or_default();
+        windows.retain(|(_, end)| e.time - *end < chrono::Duration::hours(2));
+        windows.push((started, e.time));
+    }
+
+    /// Whether `e` happened inside a drill of its source that has ended:
+    /// when the failure began (a Redis failover's `last_seen_ok`), else
+    /// when it was recorded.
+    pub fn caused(&self, e: &cirkel_state::Event) -> bool {
+        let at = e
+            .details
+            .get("last_seen_ok")
+            .and_then(|s| s.as_str())
+            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
+            .unwrap_or(e.time);
+        self.0.get(&e.source).is_some_and(|w| w.iter().any(|(a, b)| at >= *a && at <= *b))
+    }
 }
 
 #[cfg(test)]

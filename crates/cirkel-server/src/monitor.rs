@@ -47,6 +47,8 @@ pub trait Access: Send + Sync {
 pub struct EventMetrics {
     last_failover: HashMap<String, DateTime<Utc>>,
     last_missed: HashMap<String, DateTime<Utc>>,
+    /// Drills that ended: a failover one caused is not recent news.
+    drills: crate::guard::DrillWindows,
     /// Per source: bytes per second of its last restore drill.
     pub restore_rate: HashMap<String, f64>,
 }
@@ -68,7 +70,9 @@ impl EventMetrics {
                 if let Some(s) = rto_of(&e.details) {
                     m.set("cirkel_failover_rto_seconds", source, s);
                 }
-                self.last_failover.insert(e.source.clone(), e.time);
+                if !self.drills.caused(e) {
+                    self.last_failover.insert(e.source.clone(), e.time);
+                }
             }
             EventKind::JobDone | EventKind::JobFailed => {
                 let job = e.details.get("job").and_then(|j| j.as_str()).unwrap_or(&e.source).to_string();
@@ -87,6 +91,7 @@ impl EventMetrics {
                 m.set("cirkel_repository_verify_ok", labels(&[("repository", &repo)]), ok);
             }
             EventKind::Drill => {
+                self.drills.observe(e);
                 let d = &e.details;
                 // A failover the drill itself caused is no news: the drill's
                 // outcome says how it went.
@@ -873,6 +878,16 @@ mod tests {
         em.tick(Utc::now(), &m);
         assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(0.0));
         assert_eq!(m.get("cirkel_failovers_total", &drilled), Some(1.0), "still counted");
+        // Recorded after the drill ended, but begun during it: the drill's too.
+        let mut late = event("redis/cache", EventKind::Failover, json!({ "last_seen_ok": before }));
+        late.time = Utc::now() + chrono::Duration::seconds(10);
+        em.observe(&late, &m);
+        em.tick(Utc::now(), &m);
+        assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(0.0));
+        // One that began after the drill is news.
+        em.observe(&event("redis/cache", EventKind::Failover, json!({})), &m);
+        em.tick(Utc::now(), &m);
+        assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(1.0));
         // An hour later the failover is no longer recent; a day later neither is the miss.
         em.tick(Utc::now() + chrono::Duration::hours(2), &m);
         assert_eq!(m.get("cirkel_failovers_recent", &src), Some(0.0));

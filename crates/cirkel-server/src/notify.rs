@@ -69,6 +69,7 @@ impl Notify {
 
     /// Turns events from the daemon's channel into alerts until `cancel`.
     pub async fn follow(&self, mut rx: broadcast::Receiver<Event>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut drills = crate::guard::DrillWindows::default();
         loop {
             let e = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -90,11 +91,12 @@ impl Notify {
             if !self.leading.now() && !own {
                 continue;
             }
-            // What a drill does to its own source pages nobody; its outcome
-            // does, when it failed.
+            // What a drill does to its own source pages nobody, even when it
+            // is recorded after the drill ended; its outcome does, when it
+            // failed.
+            drills.observe(&e);
             if e.kind != EventKind::Drill
-                && let Some(drilled) = crate::guard::drilling(&self.state)
-                && drilled == e.source
+                && (crate::guard::drilling(&self.state).as_deref() == Some(e.source.as_str()) || drills.caused(&e))
             {
                 tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);
                 continue;
