@@ -206,9 +206,11 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         // The log, not the channel: commands run beside the daemon (drills,
         // backups) record into it too.
         let (metrics, em, ring, logged) = (metrics.clone(), event_metrics.clone(), ring.clone(), logged.clone());
+        let drill_state = state.clone();
         sup.spawn("metrics/events", sup.token(), move |cancel| {
             let (metrics, em, ring, logged, path, read_to) =
                 (metrics.clone(), em.clone(), ring.clone(), logged.clone(), events_file.clone(), read_to.clone());
+            let drill_state = drill_state.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -221,7 +223,12 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                     read_to.store(to, Ordering::Relaxed);
                     for e in new {
                         if let Ok(mut em) = em.lock() {
-                            em.observe(&e, &metrics);
+                            // A failover while a drill of its source runs is the drill's.
+                            if crate::guard::drilling(&drill_state).as_deref() == Some(e.source.as_str()) {
+                                em.observe_drilled(&e, &metrics);
+                            } else {
+                                em.observe(&e, &metrics);
+                            }
                         }
                         if let Ok(mut r) = ring.lock() {
                             r.push(e.clone());

@@ -184,17 +184,27 @@ impl DrillWindows {
 
     /// Whether `e` happened inside a drill of its source that has ended:
     /// when the failure began (a Redis failover's `last_seen_ok`), else
-    /// when it was recorded.
+    /// when it was recorded. An alarm's change counts up to
+    /// [`ALARM_AFTER_DRILL`] after the drill: it is judged at the end of
+    /// its period, on datapoints from the drill.
     pub fn caused(&self, e: &cirkel_state::Event) -> bool {
+        let grace = match e.kind {
+            cirkel_state::EventKind::AlarmRaised | cirkel_state::EventKind::AlarmCleared => ALARM_AFTER_DRILL,
+            _ => chrono::Duration::zero(),
+        };
         let at = e
             .details
             .get("last_seen_ok")
             .and_then(|s| s.as_str())
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
             .unwrap_or(e.time);
-        self.0.get(&e.source).is_some_and(|w| w.iter().any(|(a, b)| at >= *a && at <= *b))
+        self.0.get(&e.source).is_some_and(|w| w.iter().any(|(a, b)| at >= *a && at <= *b + grace))
     }
 }
+
+/// How long after a drill its source's alarm changes are still the
+/// drill's: two of the built-in alarms' one-minute periods.
+pub const ALARM_AFTER_DRILL: chrono::Duration = chrono::Duration::minutes(2);
 
 #[cfg(test)]
 mod tests {

@@ -61,6 +61,17 @@ fn rto_of(details: &serde_json::Value) -> Option<f64> {
 }
 
 impl EventMetrics {
+    /// Takes one event recorded while a drill of its source ran: a
+    /// failover is counted but is not recent news (the drill reports it).
+    pub fn observe_drilled(&mut self, e: &Event, m: &Metrics) {
+        let before = self.last_failover.get(&e.source).copied();
+        self.observe(e, m);
+        match before {
+            Some(t) => self.last_failover.insert(e.source.clone(), t),
+            None => self.last_failover.remove(&e.source),
+        };
+    }
+
     /// Takes one event into the metrics.
     pub fn observe(&mut self, e: &Event, m: &Metrics) {
         let source = labels(&[("source", &e.source)]);
@@ -884,6 +895,11 @@ mod tests {
         em.observe(&late, &m);
         em.tick(Utc::now(), &m);
         assert_eq!(m.get("cirkel_failovers_recent", &drilled), Some(0.0));
+        // One while a drill of its source runs is the drill's.
+        em.observe_drilled(&event("postgres/other", EventKind::Failover, json!({})), &m);
+        em.tick(Utc::now(), &m);
+        assert_eq!(m.get("cirkel_failovers_recent", &labels(&[("source", "postgres/other")])), None);
+        assert_eq!(m.get("cirkel_failovers_total", &labels(&[("source", "postgres/other")])), Some(1.0));
         // One that began after the drill is news.
         em.observe(&event("redis/cache", EventKind::Failover, json!({})), &m);
         em.tick(Utc::now(), &m);

@@ -93,9 +93,9 @@ impl Notify {
             }
             // What a drill does to its own source pages nobody, even when it
             // is recorded after the drill ended; its outcome does, when it
-            // failed.
+            // failed or was aborted.
             drills.observe(&e);
-            if e.kind != EventKind::Drill
+            if !matches!(e.kind, EventKind::Drill | EventKind::DrillAborted | EventKind::DrillSkipped)
                 && (crate::guard::drilling(&self.state).as_deref() == Some(e.source.as_str()) || drills.caused(&e))
             {
                 tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);

@@ -177,6 +177,33 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
         .unwrap_or_else(|| panic!("{history:#}"));
     assert!(aborted["reason"].as_str().unwrap().contains("started again"), "{aborted:#}");
 
+    // Something real during a scenario stops it, and is not blamed on it:
+    // the web service dies while the primary is drilled.
+    let drill = as_lab_user(&dir, &["--json", "drill", "scenario", "pg-primary"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for pid in cirkel_server::faults::listeners(health as u16) {
+        // SAFETY: the lab's web service, which this test kills.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let out = drill.wait_with_output().unwrap();
+    let stopped: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stderr(&out), String::from_utf8_lossy(&out.stdout)));
+    assert!(stopped["aborted"].as_str().is_some_and(|a| a.contains("check-down")), "{stopped:#}");
+    assert_eq!(stopped["passed"], false, "{stopped:#}");
+    assert!(!out.status.success());
+    let restart = as_lab_user(&dir, &["lab", "helper", "--health", &format!("127.0.0.1:{health}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = as_lab_user(&dir, &["--json", "drill", "history", "scenario-pg-primary"]).output().unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history["runs"][0]["outcome"], "aborted", "{history:#}");
+
     // The estate is whole again, and `down` removes even what drills restarted.
     let start = Instant::now();
     loop {
@@ -191,4 +218,5 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
     let out = lab(&dir, &["down"]);
     assert!(out.status.success(), "lab down: {}", stderr(&out));
     assert!(!port_open(health), "the restarted web service outlived the lab");
+    drop(restart);
 }

@@ -115,6 +115,10 @@ pub struct Outcome {
     /// Why it did not run, when it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Why it was stopped before its end (something real happened
+    /// meanwhile), its fault undone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
     /// The underlying drill's own report.
     pub report: Value,
 }
@@ -136,6 +140,7 @@ impl Outcome {
             failures: Vec::new(),
             notes: Vec::new(),
             skipped: None,
+            aborted: None,
             report: Value::Null,
         }
     }
@@ -143,11 +148,14 @@ impl Outcome {
     /// Judges the run against both objectives.
     fn judge(mut self) -> Outcome {
         let rto = self.rto_s;
-        if rto.is_none() && self.failures.is_empty() && self.skipped.is_none() {
+        if rto.is_none() && self.failures.is_empty() && self.skipped.is_none() && self.aborted.is_none() {
             self.failures.push("no recovery was measured".into());
         }
         let lost = self.writes_lost.unwrap_or(0);
-        self.passed = self.failures.is_empty() && self.skipped.is_none() && rto.is_some_and(|r| r <= self.plan_rto_s);
+        self.passed = self.failures.is_empty()
+            && self.skipped.is_none()
+            && self.aborted.is_none()
+            && rto.is_some_and(|r| r <= self.plan_rto_s);
         self.within_target = self.passed && rto.is_some_and(|r| r <= self.target_rto_s) && lost == 0;
         self
     }
@@ -162,6 +170,37 @@ impl Outcome {
     }
 }
 
+/// Something real happening while a scenario runs stops it: an alarm of
+/// severity high or above or an incident that was not there when it began,
+/// on anything but what this scenario (or, in a suite, an earlier one)
+/// drills.
+struct Watch {
+    state: StateDir,
+    exclude: BTreeSet<String>,
+    before: BTreeSet<String>,
+    signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watch {
+    fn new(state: &StateDir, drilled: &BTreeSet<String>, source: &str) -> Watch {
+        let mut exclude = drilled.clone();
+        exclude.insert(source.to_string());
+        let before = cirkel_server::guard::blockers_except(state, &exclude);
+        let signalled = crate::context::stop_on_signal();
+        Watch { state: state.clone(), exclude, before, signalled }
+    }
+
+    /// Why the scenario must stop now, if it must.
+    fn tripped(&self) -> Option<String> {
+        if self.signalled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("stopped by a signal".into());
+        }
+        let now = cirkel_server::guard::blockers_except(&self.state, &self.exclude);
+        let new: Vec<String> = now.difference(&self.before).cloned().collect();
+        (!new.is_empty()).then(|| new.join("; "))
+    }
+}
+
 fn scenario_of(name: &str) -> anyhow::Result<Scenario> {
     Scenario::parse(name).ok_or_else(|| {
         user_error(format!("`{name}` is not a scenario"), format!("the plan's five are: {}", Scenario::names()))
@@ -171,7 +210,7 @@ fn scenario_of(name: &str) -> anyhow::Result<Scenario> {
 pub fn run(global: &Global, a: &ScenarioArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(global)?;
     let s = scenario_of(&a.scenario)?;
-    let out = run_one(global, &cfg, s, &a.opts, &a.record)?;
+    let out = run_one(global, &cfg, s, &a.opts, &a.record, &BTreeSet::new())?;
     if global.json {
         print_json(&out);
     } else {
@@ -222,9 +261,11 @@ fn run_one(
     s: Scenario,
     opts: &ScenarioOpts,
     record: &DrillRecordArgs,
+    drilled: &BTreeSet<String>,
 ) -> anyhow::Result<Outcome> {
     let source = subject(cfg, s, opts)?;
     let _lock = crate::context::drill_lock(cfg, &source)?;
+    let watch = Watch::new(&state_dir(cfg), drilled, &source);
     crate::context::undo_drill_leftover(cfg);
     let record = DrillRecordArgs {
         name: Some(record.name.clone().unwrap_or_else(|| format!("scenario-{}", s.name()))),
@@ -246,13 +287,13 @@ fn run_one(
     let out = match s {
         Scenario::AppInstance => {
             let check = source.trim_start_matches("check/").to_string();
-            let out = app_instance(cfg, &state, &check, timeout)?.judge();
+            let out = app_instance(cfg, &state, &check, timeout, &watch)?.judge();
             store(cfg, &out, &source, &check, &record)?;
             out
         }
         Scenario::RedisMaster => {
             let mut o = Outcome::new(s, "kill of the master → first write acknowledged by the new one");
-            let v = child(global, &record, &["drill", "redis-failover", "--timeout", &secs(timeout)], &mut o);
+            let v = child(global, &record, &["drill", "redis-failover", "--timeout", &secs(timeout)], &mut o, &watch);
             o.writes_lost = v["writes_lost"].as_u64().map(|n| n as usize);
             o.lost_bytes = v["lost_bytes_at_least"].as_u64();
             o.rto_s = v["rto_s"].as_f64();
@@ -278,7 +319,7 @@ fn run_one(
                     args.extend(["--zone", z]);
                 }
             }
-            let v = child(global, &record, &args, &mut o);
+            let v = child(global, &record, &args, &mut o, &watch);
             o.writes_lost = v["writes_lost"].as_u64().map(|n| n as usize);
             o.rto_s = v["rto_s"].as_f64();
             if let Some(members) = v["cut_off"].as_array() {
@@ -288,7 +329,7 @@ fn run_one(
             o.report = v;
             o.judge()
         }
-        Scenario::Region => region(global, cfg, &state, opts, &record, timeout)?.judge(),
+        Scenario::Region => region(global, cfg, &state, opts, &record, timeout, &watch)?.judge(),
     };
     Ok(out)
 }
@@ -299,7 +340,7 @@ fn secs(d: Duration) -> String {
 
 /// Runs a drill command as a child with this one's global flags and reads
 /// its JSON report; a child that fails adds its error to `o`.
-fn child(global: &Global, record: &DrillRecordArgs, args: &[&str], o: &mut Outcome) -> Value {
+fn child(global: &Global, record: &DrillRecordArgs, args: &[&str], o: &mut Outcome, watch: &Watch) -> Value {
     let mut c = match std::env::current_exe() {
         Ok(exe) => Command::new(exe),
         Err(e) => {
@@ -323,18 +364,61 @@ fn child(global: &Global, record: &DrillRecordArgs, args: &[&str], o: &mut Outco
     if let Some(t) = record.rto_target {
         c.args(["--rto-target", &format!("{}ms", t.as_millis())]);
     }
-    let out = match c.stdin(Stdio::null()).stderr(Stdio::piped()).output() {
-        Ok(out) => out,
+    let spawned = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut running = match spawned {
+        Ok(ch) => ch,
         Err(e) => {
             o.failures.push(format!("cannot run `cirkel {}`: {e}", args.join(" ")));
             return Value::Null;
         }
     };
+    // Its output is read as it comes, so a full pipe never stalls it.
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = read(running.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let stderr = read(running.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    // The drill undoes its fault on SIGTERM; a Redis drill is short and
+    // finishes what it started.
+    let stoppable = args.get(1).is_some_and(|a| *a != "redis-failover");
+    let mut last = Instant::now();
+    let status = loop {
+        match running.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if o.aborted.is_none() && stoppable && last.elapsed() > Duration::from_millis(500) {
+            last = Instant::now();
+            if let Some(why) = watch.tripped() {
+                // SAFETY: kill(2) with SIGTERM on our own child.
+                unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+                o.aborted = Some(why);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    struct Out {
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        ok: bool,
+    }
+    let out = Out {
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        ok: status.is_some_and(|s| s.success()),
+    };
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if let Some(fs) = v["failures"].as_array() {
         o.failures.extend(fs.iter().filter_map(Value::as_str).map(str::to_string));
     }
-    if !out.status.success() && (v.is_null() || o.failures.is_empty()) {
+    if !out.ok && o.aborted.is_none() && (v.is_null() || o.failures.is_empty()) {
         let err = String::from_utf8_lossy(&out.stderr);
         let why = err.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ");
         o.failures.push(format!("`cirkel {}` failed: {}", args[..2].join(" "), why.trim()));
@@ -356,7 +440,7 @@ fn store(cfg: &Config, o: &Outcome, source: &str, target: &str, record: &DrillRe
         record,
         plan: cirkel_config::DrillKind::Scenario,
         started: o.started,
-        aborted: None,
+        aborted: o.aborted.clone(),
         failures: &o.failures,
     };
     crate::context::store_drill(cfg, &outcome, &serde_json::to_value(o)?)?;
@@ -365,7 +449,13 @@ fn store(cfg: &Config, o: &Outcome, source: &str, target: &str, record: &DrillRe
 
 /// §2.1: the service behind a check is killed; measured until the check
 /// is down and its alarm raised; then started again and seen up.
-fn app_instance(cfg: &Config, state: &StateDir, check: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+fn app_instance(
+    cfg: &Config,
+    state: &StateDir,
+    check: &str,
+    timeout: Duration,
+    watch: &Watch,
+) -> anyhow::Result<Outcome> {
     let mut o =
         Outcome::new(Scenario::AppInstance, "kill of the service → its check down and the check-down alarm raised");
     let c = cfg
@@ -411,11 +501,10 @@ fn app_instance(cfg: &Config, state: &StateDir, check: &str, timeout: Duration) 
         // SAFETY: kill(2) with SIGKILL on the processes serving the check's port.
         unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
     }
-    let abort = crate::context::stop_on_signal();
     let (mut down, mut alarmed) = (None, None);
     while killed_at.elapsed() < timeout && (down.is_none() || alarmed.is_none()) {
-        if abort.load(std::sync::atomic::Ordering::Relaxed) {
-            o.failures.push("stopped by a signal before the end".into());
+        if let Some(why) = watch.tripped() {
+            o.aborted = Some(why);
             break;
         }
         for e in state.events().unwrap_or_default().iter().filter(|e| e.time >= since) {
@@ -434,6 +523,7 @@ fn app_instance(cfg: &Config, state: &StateDir, check: &str, timeout: Duration) 
         std::thread::sleep(Duration::from_millis(100));
     }
     match (down, alarmed) {
+        _ if o.aborted.is_some() => {}
         (Some(d), Some(a)) => o.rto_s = Some(d.max(a)),
         (None, _) => o.failures.push(format!("check {check} was not seen down within {}", secs(timeout))),
         (_, None) => {
@@ -479,6 +569,7 @@ fn region(
     opts: &ScenarioOpts,
     record: &DrillRecordArgs,
     timeout: Duration,
+    watch: &Watch,
 ) -> anyhow::Result<Outcome> {
     let mut o = Outcome::new(
         Scenario::Region,
@@ -524,7 +615,7 @@ fn region(
     }
     let began = Instant::now();
     let v = if o.failures.is_empty() {
-        child(global, record, &["drill", "region", "--from", &from, "--timeout", &secs(timeout)], &mut o)
+        child(global, record, &["drill", "region", "--from", &from, "--timeout", &secs(timeout)], &mut o, watch)
     } else {
         Value::Null
     };
@@ -588,7 +679,7 @@ pub fn suite(global: &Global, a: &SuiteArgs) -> anyhow::Result<ExitCode> {
             o.skipped = Some(held.into_iter().collect::<Vec<_>>().join("; "));
             o.judge()
         } else {
-            match run_one(global, &cfg, s, &a.opts, &DrillRecordArgs::default()) {
+            match run_one(global, &cfg, s, &a.opts, &DrillRecordArgs::default(), &drilled) {
                 Ok(o) => o,
                 Err(e) => {
                     let mut o = Outcome::new(s, "");
@@ -606,7 +697,11 @@ pub fn suite(global: &Global, a: &SuiteArgs) -> anyhow::Result<ExitCode> {
             );
         }
         drilled.extend(source);
+        let signalled = out.aborted.as_deref() == Some("stopped by a signal");
         results.push(out);
+        if signalled {
+            break;
+        }
     }
     let passed = results.iter().all(|o| o.passed);
     let report = json!({
@@ -642,6 +737,7 @@ pub fn suite(global: &Global, a: &SuiteArgs) -> anyhow::Result<ExitCode> {
 fn verdict(o: &Outcome) -> &'static str {
     match (o.skipped.is_some(), o.passed, o.within_target) {
         (true, ..) => "SKIPPED",
+        _ if o.aborted.is_some() => "ABORTED",
         (_, true, true) => "PASS",
         (_, true, false) => "PASS (over cirkel's target)",
         _ => "FAIL",
