@@ -166,7 +166,10 @@ pub fn blockers_except(state: &StateDir, drilled: &BTreeSet<String>) -> BTreeSet
 /// drill's doing, even when its event is recorded after the drill ended
 /// (a watcher records a failover once its timeline is complete).
 #[derive(Debug, Default)]
-pub struct DrillWindows(std::collections::HashMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>>);
+pub struct DrillWindows(std::collections::HashMap<String, Vec<Window>>);
+
+/// When a drill started and ended.
+type Window = (DateTime<Utc>, DateTime<Utc>);
 
 impl DrillWindows {
     /// Takes a `drill` event's window (its `started` to its end).
