@@ -275,10 +275,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             let n = n1.clone();
             async move { n.deliver(cancel).await }
         });
-        let (n2, rx) = (n.clone(), bus.subscribe());
+        let (n2, rx, log) = (n.clone(), bus.subscribe(), logged.subscribe());
         sup.spawn("notify/events", sup.token(), move |cancel| {
-            let (n, rx) = (n2.clone(), rx.resubscribe());
-            async move { n.follow(rx, cancel).await }
+            let (n, rx, log) = (n2.clone(), rx.resubscribe(), log.resubscribe());
+            async move { n.follow(rx, log, cancel).await }
         });
         let n3 = n.clone();
         sup.spawn("notify/escalation", sup.token(), move |cancel| {

@@ -68,11 +68,27 @@ impl Notify {
     }
 
     /// Turns events from the daemon's channel into alerts until `cancel`.
-    pub async fn follow(&self, mut rx: broadcast::Receiver<Event>, cancel: CancellationToken) -> anyhow::Result<()> {
+    /// `log` carries every event the log receives, from any process: the
+    /// ends of drills run as other processes are learnt from it.
+    pub async fn follow(
+        &self,
+        mut rx: broadcast::Receiver<Event>,
+        mut log: broadcast::Receiver<Event>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut drills = crate::guard::DrillWindows::default();
+        let mut log_open = true;
         loop {
             let e = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                e = log.recv(), if log_open => {
+                    match e {
+                        Ok(e) => drills.observe(&e),
+                        Err(broadcast::error::RecvError::Closed) => log_open = false,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    }
+                    continue;
+                }
                 e = rx.recv() => match e {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -94,7 +110,6 @@ impl Notify {
             // What a drill does to its own source pages nobody, even when it
             // is recorded after the drill ended; its outcome does, when it
             // failed or was aborted.
-            drills.observe(&e);
             if !matches!(e.kind, EventKind::Drill | EventKind::DrillAborted | EventKind::DrillSkipped)
                 && (crate::guard::drilling(&self.state).as_deref() == Some(e.source.as_str()) || drills.caused(&e))
             {

@@ -215,6 +215,17 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
         assert!(start.elapsed().as_secs() < 120, "the lab did not become healthy again: {st:#}");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // What the drills did paged nobody and opened no incident, even the
+    // alarms judged at the end of their one-minute periods after the drills.
+    let finished: chrono::DateTime<chrono::Utc> = suite["suite"]["finished"].as_str().unwrap().parse().unwrap();
+    while chrono::Utc::now() < finished + chrono::Duration::seconds(65) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = as_lab_user(&dir, &["--json", "incident", "list", "--all"]).output().unwrap();
+    let incidents: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stderr(&out), String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(incidents.as_array().map(Vec::len), Some(0), "{incidents:#}");
+
     let out = lab(&dir, &["down"]);
     assert!(out.status.success(), "lab down: {}", stderr(&out));
     assert!(!port_open(health), "the restarted web service outlived the lab");
