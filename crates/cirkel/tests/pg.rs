@@ -2142,10 +2142,11 @@ fn a_continuous_copy_carries_the_wal_to_the_second_region() {
     assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
 }
 
-/// The first region lost: `cirkel recover --from dr` rebuilds PostgreSQL
-/// (to the newest archived commit), Redis and a file set on this host from
-/// the second repository alone, refuses a directory that holds data, and
-/// keeps a report with each step's time and the data's age.
+/// The first region lost: `cirkel recover --from dr --no-start` rebuilds
+/// PostgreSQL (to the newest archived commit), Redis and a file set on this
+/// host from the second repository alone, without starting them, refuses a
+/// directory that holds data, and keeps a report with each step's time and
+/// the data's age.
 #[test]
 fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     let e = PgEnv::new();
@@ -2197,7 +2198,7 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data");
 
     let out = e
-        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force"])
+        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force", "--no-start"])
         .env("CIRKEL_STATE_DIR", &state)
         .output()
         .unwrap();
@@ -2206,6 +2207,7 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(v["report"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["services"], serde_json::json!([]), "--no-start starts nothing: {report:#}");
     assert!(report["rto_s"].as_f64().unwrap() > 0.0);
     assert!(report["steps"].as_array().unwrap().iter().all(|s| s["seconds"].as_f64().is_some()), "{report:#}");
     assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data", "nothing is overwritten");

@@ -5,7 +5,11 @@
 //! newest RDB, each file set's newest snapshot. Each step is the command a
 //! person would type, run as a child process and timed; the report, with
 //! the data's age (the RPO it implies) and the measured time of each step
-//! and of the whole (the RTO), is kept in the state directory.
+//! and of the whole (the RTO), is kept in the state directory. Then, unless
+//! `--no-start`, `start.rs` brings the estate up: PostgreSQL promoted with a
+//! standby per configured member, Redis serving its RDB.
+
+mod start;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,8 @@ use cirkel_repo::{Id, Repository, Snapshot};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
+
+use cirkel_config::Config;
 
 use crate::cli::Global;
 use crate::context::{load_config, resolve, state_dir};
@@ -44,6 +50,21 @@ pub struct RecoverArgs {
     /// directory must still be new: nothing is ever overwritten or deleted).
     #[arg(long)]
     pub force: bool,
+    /// Only restore the files: start neither PostgreSQL, its standbys nor Redis.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Port of the (first) recovered PostgreSQL primary (default: a free one; standbys get free ones).
+    #[arg(long, value_name = "PORT")]
+    pub pg_port: Option<u16>,
+    /// Port of the (first) recovered Redis server (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub redis_port: Option<u16>,
+    /// Address the started services listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub listen: String,
+    /// How long PostgreSQL may take to replay the WAL and promote (and a standby to stream, Redis to load).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +80,12 @@ struct Step {
     predicted_s: f64,
     /// Directory below --to.
     dir: String,
+    /// PostgreSQL: the configured members re-created as standbys of the recovered primary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    standbys: Vec<String>,
+    /// PostgreSQL: the database user that clones the standbys.
+    #[serde(skip)]
+    pg_user: String,
     #[serde(skip)]
     argv: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,10 +103,11 @@ fn newest<'a>(snaps: impl Iterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id
 }
 
 /// The newest complete backup of every source the repository holds.
-fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
+fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
     let snaps = repo.snapshots()?;
     let streams = cirkel_repo::runtime::block_on(repo.backend().list("streams/"))??;
     let mut steps = Vec::new();
+    let mut pg_members = Vec::new();
     let mut step = |source: String, (id, s): &(Id, Snapshot), data_time: DateTime<Utc>, argv: Vec<String>| {
         let dir = safe(&source.replace('/', "-"));
         steps.push(Step {
@@ -91,6 +119,8 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
             dir,
             source,
             argv,
+            standbys: Vec::new(),
+            pg_user: String::new(),
             seconds: None,
             error: None,
         });
@@ -116,6 +146,7 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
             Some(t) => argv.extend(["--target-time".into(), t.clone()]),
             None => argv.push("--latest".into()),
         }
+        pg_members.push(members(cfg, cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.pgdata)));
         step(format!("postgres/{system}"), e, data_time, argv);
     }
     // Redis: one step per group (or server).
@@ -140,7 +171,35 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
         let argv = vec!["restore".into(), "files".into(), e.0.to_string()];
         step(format!("files/{paths}"), e, e.1.time, argv);
     }
+    let postgres = steps.iter_mut().filter(|s| s.source.starts_with("postgres/"));
+    for (s, (standbys, user)) in postgres.zip(pg_members) {
+        s.standbys = standbys;
+        s.pg_user = user;
+    }
     Ok(steps)
+}
+
+/// The standbys to re-create for a system backed up from `pgdata`, and the
+/// database user: the members of the `[postgres.NAME]` whose data directory
+/// (or one of whose members') it is, else of the only cluster configured;
+/// every member but the one it was backed up from (else the first).
+fn members(cfg: &Config, pgdata: Option<String>) -> (Vec<String>, String) {
+    let pgdata = pgdata.map(PathBuf::from);
+    let ours = |c: &&cirkel_config::PostgresConfig| {
+        pgdata.is_some() && (c.pgdata == pgdata || c.members.values().any(|m| m.pgdata.is_some() && m.pgdata == pgdata))
+    };
+    let cluster =
+        cfg.postgres.values().find(ours).or(if cfg.postgres.len() == 1 { cfg.postgres.values().next() } else { None });
+    let Some(cluster) = cluster else { return (Vec::new(), "postgres".into()) };
+    let user = cluster.user.clone().unwrap_or_else(|| "postgres".into());
+    let primary = cluster
+        .members
+        .iter()
+        .find(|(_, m)| m.pgdata.is_some() && m.pgdata == pgdata)
+        .or(cluster.members.iter().next())
+        .map(|(n, _)| n.clone());
+    let standbys = cluster.members.keys().filter(|n| Some(*n) != primary.as_ref()).cloned().collect();
+    (standbys, user)
 }
 
 fn is_empty_dir(p: &Path) -> bool {
@@ -152,7 +211,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let target = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?;
     let repo = target.open()?;
     let now = Utc::now();
-    let mut steps = plan(&repo, args, now)?;
+    let mut steps = plan(&repo, &cfg, args, now)?;
     if steps.is_empty() {
         return Err(user_error(
             format!("{} holds no complete backup to recover from", repo.location()),
@@ -163,7 +222,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
     if args.dry_run {
         if global.json {
-            print_json(&json!({ "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted }));
+            print_json(&json!({
+                "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted, "start": !args.no_start
+            }));
         } else {
             println!("recover from {}: {} step(s)", repo.location(), steps.len());
             for s in &steps {
@@ -176,6 +237,19 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                     human_bytes(s.bytes),
                     s.predicted_s
                 );
+            }
+            if !args.no_start {
+                for s in &steps {
+                    if s.source.starts_with("postgres/") {
+                        let standbys = match s.standbys.len() {
+                            0 => "no standby (no [postgres.NAME] members configured)".to_string(),
+                            _ => format!("standbys {} cloned from it", s.standbys.join(", ")),
+                        };
+                        println!("  then start {}: primary on {}, {standbys}", s.source, args.listen);
+                    } else if s.source.starts_with("redis/") {
+                        println!("  then start {}: redis-server on {} with the RDB", s.source, args.listen);
+                    }
+                }
             }
             println!(
                 "implied RPO {} (the oldest of the newest data), predicted duration ~{:.0} s at {} MB/s",
@@ -198,10 +272,10 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             "recover into an empty directory, or pass --force to use it anyway (each source's directory below it must still be new; nothing is overwritten or deleted)",
         ));
     }
-    for s in &steps {
-        if to.join(&s.dir).exists() {
+    for dir in steps.iter().flat_map(|s| made_dirs(s, args.no_start)) {
+        if to.join(&dir).exists() {
             return Err(user_error(
-                format!("{} already exists", to.join(&s.dir).display()),
+                format!("{} already exists", to.join(&dir).display()),
                 "recover into another directory; recover never writes over a source's earlier rebuild",
             ));
         }
@@ -209,7 +283,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
     let started = Instant::now();
-    let ok = execute(global, &args.from, to, &mut steps)?;
+    let mut ok = execute(global, &args.from, to, &mut steps)?;
+    let services = if args.no_start { Vec::new() } else { start_services(global, args, to, &steps)? };
+    ok &= services.iter().all(|s| s.error.is_none());
     let rto = started.elapsed().as_secs_f64();
     let report = json!({
         "from": repo.location(),
@@ -221,6 +297,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "rpo_s": rpo,
         "predicted_s": predicted,
         "steps": steps,
+        "services": services,
     });
     let path = state_dir(&cfg).save_report("recover", &report)?;
     let hook = cfg.repositories.get(&args.from).and_then(|r| r.on_recovered.clone());
@@ -238,6 +315,25 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 s.seconds.unwrap_or(0.0),
                 s.error.as_deref().unwrap_or("restored")
             );
+        }
+        for s in &services {
+            let what = match (&s.role, &s.member) {
+                (start::Role::Standby, Some(m)) => format!("standby {m}"),
+                (role, _) => {
+                    serde_json::to_value(role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                }
+            };
+            match &s.error {
+                None => println!(
+                    "  {:<40} {:>7.1} s  {what} running on {}{}; stop: {}",
+                    s.source,
+                    s.seconds,
+                    s.address,
+                    s.keys.map(|k| format!(" ({k} keys)")).unwrap_or_default(),
+                    s.stop
+                ),
+                Some(e) => println!("  {:<40} {:>7.1} s  {what} FAILED: {e}", s.source, s.seconds),
+            }
         }
         println!(
             "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO); report {}",
@@ -261,6 +357,58 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directories below `--to` a step makes: its own, and for PostgreSQL
+/// (when started) the run directory and one per standby.
+fn made_dirs(s: &Step, no_start: bool) -> Vec<String> {
+    let mut dirs = vec![s.dir.clone()];
+    if s.source.starts_with("postgres/") && !no_start {
+        dirs.push(format!("{}.run", s.dir));
+        dirs.extend(s.standbys.iter().map(|m| format!("{}.{}", s.dir, safe(m))));
+    }
+    dirs
+}
+
+/// Starts what the restored steps hold: each PostgreSQL system with its
+/// standbys, then each Redis server. A step that failed starts nothing.
+fn start_services(
+    global: &Global,
+    args: &RecoverArgs,
+    to: &Path,
+    steps: &[Step],
+) -> anyhow::Result<Vec<start::Service>> {
+    let mut services = Vec::new();
+    let mut pg_port = args.pg_port;
+    let mut redis_port = args.redis_port;
+    for s in steps.iter().filter(|s| s.error.is_none()) {
+        let opts = start::StartOptions {
+            listen: args.listen.clone(),
+            timeout: args.timeout,
+            pg_user: if s.pg_user.is_empty() { "postgres".into() } else { s.pg_user.clone() },
+        };
+        if s.source.starts_with("postgres/") {
+            let standbys: Vec<(String, PathBuf)> =
+                s.standbys.iter().map(|m| (m.clone(), to.join(format!("{}.{}", s.dir, safe(m))))).collect();
+            let pg = start::Postgres {
+                source: &s.source,
+                data: &to.join(&s.dir),
+                run_dir: &to.join(format!("{}.run", s.dir)),
+                standbys: &standbys,
+                port: pg_port.take(),
+            };
+            if !global.quiet && !global.json {
+                eprintln!("recover: starting {} ({} standby(s))", s.source, standbys.len());
+            }
+            services.extend(pg.start(&opts));
+        } else if s.source.starts_with("redis/") {
+            if !global.quiet && !global.json {
+                eprintln!("recover: starting {}", s.source);
+            }
+            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts));
+        }
+    }
+    Ok(services)
 }
 
 /// Runs each step into its directory below `to`; returns whether all succeeded.
@@ -423,8 +571,19 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
     let _lock = crate::context::drill_lock(&cfg, "region")?;
     let repo = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?.open()?;
     let now = Utc::now();
-    let rargs = RecoverArgs { from: args.from.clone(), to: None, target_time: None, dry_run: false, force: false };
-    let mut steps = plan(&repo, &rargs, now)?;
+    let rargs = RecoverArgs {
+        from: args.from.clone(),
+        to: None,
+        target_time: None,
+        dry_run: false,
+        force: false,
+        no_start: true,
+        pg_port: None,
+        redis_port: None,
+        listen: "127.0.0.1".into(),
+        timeout: args.timeout,
+    };
+    let mut steps = plan(&repo, &cfg, &rargs, now)?;
     if steps.is_empty() {
         return Err(user_error(
             format!("{} holds no complete backup to drill", repo.location()),
