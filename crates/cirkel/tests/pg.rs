@@ -884,6 +884,63 @@ fn restore_from_second_region(e: &PgEnv, dr: &str) -> PgCluster {
     restored
 }
 
+/// The second region keeps its own retention: `pg expire --repo dr` expires
+/// there and nowhere else, and what it keeps restores with every commit; the
+/// continuous copy (what `cirkel serve` runs for `continuous = true`) runs
+/// it after a copy with the repository's `[repositories.dr.pg_expire]`.
+#[test]
+fn the_second_region_keeps_its_own_retention() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    let config = e.env.path("cirkel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"{dr}\"\ncontinuous = true\n\
+             [repositories.dr.pg_expire]\ndaily = \"1s\"\nwal = \"0s\"\n",
+            e.env.path("state").display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    e.ok(None, &["--config", c, "repo", "init", "--repo", "dr", "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 11, 20);
+    switch_and_archive(&pg);
+    e.ok(None, &["--config", c, "repo", "copy", "--to", "dr"]);
+    let backups = |repo: &str| -> Vec<String> {
+        let v = e.json(None, &["--config", c, "--repo", repo, "pg", "backups"]);
+        v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(backups("dr").len(), 2);
+    // Both backups are older than a second now, so the daily window keeps only the newest.
+    std::thread::sleep(Duration::from_secs(1));
+    let v = e.json(None, &["--config", c, "--repo", "dr", "pg", "expire", "--daily", "1s", "--wal", "0s"]);
+    assert_eq!(v["expire"]["backups_removed"], 1, "{v}");
+    assert!(v["expire"]["wal_removed"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(backups("dr").len(), 1);
+    assert_eq!(backups(&e.env.repo).len(), 2, "the main repository keeps its own");
+
+    // A third backup reaches the second region by the continuous copy, which then expires there.
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 21, 30);
+    switch_and_archive(&pg);
+    std::thread::sleep(Duration::from_secs(1));
+    e.ok(None, &["--config", c, "repo", "copy", "--to", "dr", "--follow", "--once"]);
+    let main = backups(&e.env.repo);
+    assert_eq!(main.len(), 3);
+    assert_eq!(backups("dr"), vec![main.last().unwrap().clone()], "{main:?}");
+    e.ok(None, &["--config", c, "--repo", "dr", "repo", "verify", "--read-data"]);
+    drop(pg);
+    assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
+}
+
 #[test]
 fn backup_from_a_standby_restores() {
     let e = PgEnv::new();
