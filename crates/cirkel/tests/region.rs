@@ -564,6 +564,21 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("files-"))
         .unwrap();
     assert_same_tree(&src, &restored(&files, &src));
+    // A port already taken is said, with what to do; the rest still comes up.
+    let again = dir.path().join("again");
+    let taken = port(primary).to_string();
+    let out = env.run(&["--json", "recover", "--from", "dr", "--to", again.to_str().unwrap(), "--pg-port", &taken]);
+    // The report's JSON first, then the error's.
+    let v2: Value =
+        serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default();
+    let services2 = v2["recover"]["services"].as_array().cloned().unwrap_or_default();
+    let _again = Started(services2.iter().rev().filter_map(|s| s["stop"].as_str().map(String::from)).collect());
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("did not start") && err.contains("hint:"), "{err}");
+    let failed = services2.iter().find(|s| s["role"] == "primary").unwrap_or_else(|| panic!("{v2:#}"));
+    assert!(failed["error"].as_str().unwrap_or_default().contains(&format!("port {taken}")), "{failed:#}");
+    assert!(services2.iter().any(|s| s["role"] == "redis" && s["error"].is_null()), "{v2:#}");
+    drop(_again);
     // Stopping works as printed.
     drop(_started);
     assert!(on(primary, "SELECT 1").is_err() && cli(&["PING"]) != "PONG", "the stop commands stop them");

@@ -282,6 +282,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
+    // PostgreSQL reads relative paths in its settings from its data directory.
+    let to = &std::fs::canonicalize(to)
+        .map_err(|e| user_error(format!("resolve {}: {e}", to.display()), "check the path and its permissions"))?;
     let started = Instant::now();
     let mut ok = execute(global, &args.from, to, &mut steps)?;
     let services = if args.no_start { Vec::new() } else { start_services(global, args, to, &steps)? };
@@ -332,7 +335,11 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                     s.keys.map(|k| format!(" ({k} keys)")).unwrap_or_default(),
                     s.stop
                 ),
-                Some(e) => println!("  {:<40} {:>7.1} s  {what} FAILED: {e}", s.source, s.seconds),
+                Some(e) if s.stop.is_empty() => println!("  {:<40} {:>7.1} s  {what} FAILED: {e}", s.source, s.seconds),
+                Some(e) => println!(
+                    "  {:<40} {:>7.1} s  {what} FAILED: {e}; if it still runs, stop it: {}",
+                    s.source, s.seconds, s.stop
+                ),
             }
         }
         println!(
@@ -348,6 +355,15 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         return Err(user_error(
             format!("everything was recovered, but on_recovered failed: {why}"),
             "fix the hook and run it by hand (CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT as above)",
+        ));
+    }
+    let failed_services = services.iter().filter(|s| s.error.is_some()).count();
+    if failed_services > 0 && steps.iter().all(|s| s.error.is_none()) {
+        return Err(user_error(
+            format!(
+                "{failed_services} service(s) did not start (listed above); the data is restored and what started runs"
+            ),
+            "read the log named in the report, fix the cause, then start it by hand (pg_ctl -D DIR start, redis-server), or recover again into a new directory",
         ));
     }
     if !ok {
