@@ -446,8 +446,10 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
             "[state]\ndir = \"{state}\"\n\
              [repository]\nurl = \"s3://cirkel-test/main\"\n[repository.s3]\nendpoint = \"http://127.0.0.1:{first}\"\n\
              [repositories.dr]\nurl = \"s3://cirkel-test/dr\"\ncontinuous = true\n\
+             on_recovered = 'echo \"$CIRKEL_EVENT $CIRKEL_RECOVER_DIR\" > {recovered}'\n\
              [repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{second}\"\n\
              [postgres.main]\nuser = \"postgres\"\n\
+             on_role_change = 'echo \"$CIRKEL_EVENT $CIRKEL_CLUSTER $CIRKEL_PRIMARY $CIRKEL_PRIMARY_HOST:$CIRKEL_PRIMARY_PORT\" > {role}'\n\
              [postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = {a}\npgdata = \"{data}\"\n\
              [postgres.main.members.b]\nhost = \"127.0.0.1\"\nport = {standby_port}\n",
             state = env.path("state").display(),
@@ -455,6 +457,8 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
             second = second.port,
             a = pg.port,
             data = pg.data.display(),
+            recovered = env.path("recovered.txt").display(),
+            role = env.path("role.txt").display(),
         ),
     )
     .unwrap();
@@ -530,6 +534,10 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     }
     assert_eq!(standby["member"], "b");
 
+    // The hooks: the cluster's role change (the new primary's address), then the recovery.
+    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap_or_default().trim().to_string();
+    assert_eq!(read("role.txt"), format!("recovered main a {}", primary["address"].as_str().unwrap()));
+    assert_eq!(read("recovered.txt"), format!("recovered {}", to.display()));
     // PostgreSQL: running, promoted, every archived commit; the standby streams from it.
     let port = |s: &Value| s["port"].as_u64().unwrap() as u16;
     let on = |s: &Value, sql: &str| psql("127.0.0.1", port(s), sql);

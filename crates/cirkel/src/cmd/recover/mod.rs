@@ -86,6 +86,12 @@ struct Step {
     /// PostgreSQL: the database user that clones the standbys.
     #[serde(skip)]
     pg_user: String,
+    /// PostgreSQL: the `[postgres.NAME]` this system is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    /// PostgreSQL: the member the recovered primary stands in for.
+    #[serde(skip)]
+    primary_member: Option<String>,
     #[serde(skip)]
     argv: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +127,8 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
             argv,
             standbys: Vec::new(),
             pg_user: String::new(),
+            cluster: None,
+            primary_member: None,
             seconds: None,
             error: None,
         });
@@ -146,7 +154,7 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
             Some(t) => argv.extend(["--target-time".into(), t.clone()]),
             None => argv.push("--latest".into()),
         }
-        pg_members.push(members(cfg, cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.pgdata)));
+        pg_members.push(topology(cfg, cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.pgdata)));
         step(format!("postgres/{system}"), e, data_time, argv);
     }
     // Redis: one step per group (or server).
@@ -172,34 +180,47 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
         step(format!("files/{paths}"), e, e.1.time, argv);
     }
     let postgres = steps.iter_mut().filter(|s| s.source.starts_with("postgres/"));
-    for (s, (standbys, user)) in postgres.zip(pg_members) {
-        s.standbys = standbys;
-        s.pg_user = user;
+    for (s, t) in postgres.zip(pg_members) {
+        s.standbys = t.standbys;
+        s.pg_user = t.user;
+        s.cluster = t.cluster;
+        s.primary_member = t.primary;
     }
     Ok(steps)
 }
 
-/// The standbys to re-create for a system backed up from `pgdata`, and the
-/// database user: the members of the `[postgres.NAME]` whose data directory
-/// (or one of whose members') it is, else of the only cluster configured;
-/// every member but the one it was backed up from (else the first).
-fn members(cfg: &Config, pgdata: Option<String>) -> (Vec<String>, String) {
+/// How a system backed up from `pgdata` was configured: the
+/// `[postgres.NAME]` whose data directory (or one of whose members') it is,
+/// else the only cluster configured; the member it was backed up from (else
+/// the first), the others (to re-create as standbys), and the database user.
+#[derive(Debug, Default)]
+struct Topology {
+    cluster: Option<String>,
+    primary: Option<String>,
+    standbys: Vec<String>,
+    user: String,
+}
+
+fn topology(cfg: &Config, pgdata: Option<String>) -> Topology {
     let pgdata = pgdata.map(PathBuf::from);
-    let ours = |c: &&cirkel_config::PostgresConfig| {
+    let ours = |(_, c): &(&String, &cirkel_config::PostgresConfig)| {
         pgdata.is_some() && (c.pgdata == pgdata || c.members.values().any(|m| m.pgdata.is_some() && m.pgdata == pgdata))
     };
     let cluster =
-        cfg.postgres.values().find(ours).or(if cfg.postgres.len() == 1 { cfg.postgres.values().next() } else { None });
-    let Some(cluster) = cluster else { return (Vec::new(), "postgres".into()) };
-    let user = cluster.user.clone().unwrap_or_else(|| "postgres".into());
+        cfg.postgres.iter().find(ours).or(if cfg.postgres.len() == 1 { cfg.postgres.iter().next() } else { None });
+    let Some((name, cluster)) = cluster else { return Topology { user: "postgres".into(), ..Topology::default() } };
     let primary = cluster
         .members
         .iter()
         .find(|(_, m)| m.pgdata.is_some() && m.pgdata == pgdata)
         .or(cluster.members.iter().next())
         .map(|(n, _)| n.clone());
-    let standbys = cluster.members.keys().filter(|n| Some(*n) != primary.as_ref()).cloned().collect();
-    (standbys, user)
+    Topology {
+        cluster: Some(name.clone()),
+        standbys: cluster.members.keys().filter(|n| Some(*n) != primary.as_ref()).cloned().collect(),
+        primary,
+        user: cluster.user.clone().unwrap_or_else(|| "postgres".into()),
+    }
 }
 
 fn is_empty_dir(p: &Path) -> bool {
@@ -303,9 +324,22 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "services": services,
     });
     let path = state_dir(&cfg).save_report("recover", &report)?;
+    // Each recovered primary is a role change: DNS and secrets follow it.
+    let mut hooks_failed: Vec<String> = Vec::new();
+    for s in steps.iter().filter(|s| s.error.is_none()) {
+        let Some(cluster) = &s.cluster else { continue };
+        let Some(cmd) = cfg.postgres.get(cluster).and_then(|c| c.on_role_change.as_ref()) else { continue };
+        let started =
+            services.iter().find(|v| v.source == s.source && v.role == start::Role::Primary && v.error.is_none());
+        if let Some(primary) = started
+            && let Some(why) = run_role_hook(cmd, cluster, s.primary_member.as_deref().unwrap_or(""), primary)
+        {
+            hooks_failed.push(format!("on_role_change of {cluster} failed: {why}"));
+        }
+    }
     let hook = cfg.repositories.get(&args.from).and_then(|r| r.on_recovered.clone());
     let hook_failed = match (&hook, ok) {
-        (Some(cmd), true) => run_hook(cmd, to, &path),
+        (Some(cmd), true) => run_hook(cmd, to, &path).map(|why| format!("on_recovered failed: {why}")),
         _ => None,
     };
     if global.json {
@@ -351,11 +385,19 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    if let Some(why) = hook_failed {
+    hooks_failed.extend(hook_failed);
+    if ok && !hooks_failed.is_empty() {
         return Err(user_error(
-            format!("everything was recovered, but on_recovered failed: {why}"),
-            "fix the hook and run it by hand (CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT as above)",
+            format!("everything was recovered, but {}", hooks_failed.join("; ")),
+            format!(
+                "fix the hook and run it by hand (CIRKEL_EVENT=recovered; CIRKEL_RECOVER_DIR={}, CIRKEL_RECOVER_REPORT={}: the report names each service's address)",
+                to.display(),
+                path.display()
+            ),
         ));
+    }
+    for why in &hooks_failed {
+        eprintln!("warning: {why}");
     }
     let failed_services = services.iter().filter(|s| s.error.is_some()).count();
     if failed_services > 0 && steps.iter().all(|s| s.error.is_none()) {
@@ -694,6 +736,22 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a cluster's `on_role_change` hook for its recovered primary, as a
+/// failover does; returns why it failed, if it did.
+fn run_role_hook(cmd: &str, cluster: &str, member: &str, primary: &start::Service) -> Option<String> {
+    let host = primary.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&primary.address);
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("CIRKEL_EVENT", "recovered")
+        .env("CIRKEL_CLUSTER", cluster)
+        .env("CIRKEL_MEMBER", member)
+        .env("CIRKEL_PRIMARY", member)
+        .env("CIRKEL_PRIMARY_HOST", host)
+        .env("CIRKEL_PRIMARY_PORT", primary.port.to_string())
+        .output();
+    hook_outcome(out)
+}
+
 /// Runs the repository's `on_recovered` hook; returns why it failed, if it did.
 fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
     let out = Command::new("sh")
@@ -702,6 +760,10 @@ fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
         .env("CIRKEL_RECOVER_DIR", to)
         .env("CIRKEL_RECOVER_REPORT", report)
         .output();
+    hook_outcome(out)
+}
+
+fn hook_outcome(out: std::io::Result<std::process::Output>) -> Option<String> {
     match out {
         Ok(o) if o.status.success() => None,
         Ok(o) => Some(format!(
