@@ -158,7 +158,7 @@ impl Follower<'_> {
                 [("--daily", p.daily), ("--weekly", p.weekly), ("--pre-deploy", p.pre_deploy), ("--wal", p.wal)]
             {
                 if let Some(d) = keep {
-                    cmd.arg(flag).arg(humantime::format_duration(d).to_string());
+                    cmd.arg(flag).arg(format!("{}ms", d.as_millis()));
                 }
             }
         }
