@@ -885,9 +885,9 @@ fn restore_from_second_region(e: &PgEnv, dr: &str) -> PgCluster {
 }
 
 /// The second region keeps its own retention: `pg expire --repo dr` expires
-/// there and nowhere else, and what it keeps restores with every commit; the
-/// continuous copy (what `cirkel serve` runs for `continuous = true`) runs
-/// it after a copy with the repository's `[repositories.dr.pg_expire]`.
+/// there and nowhere else, and what it keeps restores with every commit;
+/// `cirkel serve`'s continuous copy runs it after a copy with the
+/// repository's `[repositories.dr.pg_expire]`.
 #[test]
 fn the_second_region_keeps_its_own_retention() {
     let e = PgEnv::new();
@@ -927,15 +927,28 @@ fn the_second_region_keeps_its_own_retention() {
     assert_eq!(backups("dr").len(), 1);
     assert_eq!(backups(&e.env.repo).len(), 2, "the main repository keeps its own");
 
-    // A third backup reaches the second region by the continuous copy, which then expires there.
+    // A third backup reaches the second region by the continuous copy `cirkel
+    // serve` runs, which then expires there with the repository's own retention.
     e.ok(Some(&pg), &["pg", "backup"]);
     insert_rows(&pg, 21, 30);
     switch_and_archive(&pg);
-    std::thread::sleep(Duration::from_secs(1));
-    e.ok(None, &["--config", c, "repo", "copy", "--to", "dr", "--follow", "--once"]);
     let main = backups(&e.env.repo);
     assert_eq!(main.len(), 3);
-    assert_eq!(backups("dr"), vec![main.last().unwrap().clone()], "{main:?}");
+    let daemon = Daemon::start(&e, c);
+    let start = Instant::now();
+    while backups("dr") != vec![main.last().unwrap().clone()] {
+        assert!(start.elapsed() < Duration::from_secs(120), "dr holds {:?}, main {main:?}", backups("dr"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // SIGTERM: the daemon stops its copy worker before it exits.
+    let mut daemon = daemon;
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "cirkel serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     e.ok(None, &["--config", c, "--repo", "dr", "repo", "verify", "--read-data"]);
     drop(pg);
     assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
