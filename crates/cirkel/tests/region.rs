@@ -587,6 +587,19 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     assert!(failed["error"].as_str().unwrap_or_default().contains(&format!("port {taken}")), "{failed:#}");
     assert!(services2.iter().any(|s| s["role"] == "redis" && s["error"].is_null()), "{v2:#}");
     drop(_again);
+    // A directory postgres cannot reach: said, with what to do.
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env.run(&["--json", "recover", "--from", "dr", "--to", closed.path().join("r").to_str().unwrap()]);
+    let v3: Value =
+        serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default();
+    let services3 = v3["recover"]["services"].as_array().cloned().unwrap_or_default();
+    let _closed = Started(services3.iter().rev().filter_map(|s| s["stop"].as_str().map(String::from)).collect());
+    assert!(!out.status.success());
+    let failed = services3.iter().find(|s| s["role"] == "primary").unwrap_or_else(|| panic!("{v3:#}"));
+    let why = failed["error"].as_str().unwrap_or_default();
+    assert!(why.contains("keeps out postgres") && why.contains("chmod o+x"), "{failed:#}");
+    drop(_closed);
     // Stopping works as printed.
     drop(_started);
     assert!(on(primary, "SELECT 1").is_err() && cli(&["PING"]) != "PONG", "the stop commands stop them");

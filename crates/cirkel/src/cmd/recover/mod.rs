@@ -263,7 +263,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 for s in &steps {
                     if s.source.starts_with("postgres/") {
                         let standbys = match s.standbys.len() {
-                            0 => "no standby (no [postgres.NAME] members configured)".to_string(),
+                            0 => "no standby (no other member of a [postgres.NAME] configured)".to_string(),
                             _ => format!("standbys {} cloned from it", s.standbys.join(", ")),
                         };
                         println!("  then start {}: primary on {}, {standbys}", s.source, args.listen);

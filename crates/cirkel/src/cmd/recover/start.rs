@@ -179,6 +179,7 @@ impl Postgres<'_> {
             error: None,
         };
         let started = (|| -> anyhow::Result<PgConn> {
+            reachable(self.data, uid, gid)?;
             private_dir(self.run_dir, uid, gid)?;
             let port = port(&opts.listen, self.port)?;
             primary.port = port;
@@ -341,7 +342,41 @@ fn pg_ctl_start(bindir: &Path, data: &Path, log: &Path, uid: u32, gid: u32, time
         .output()
         .map_err(|e| anyhow::anyhow!("run pg_ctl: {e}; install PostgreSQL 15 or set PG_BINDIR"))?;
     if !out.status.success() {
-        anyhow::bail!("PostgreSQL did not start on {}: {} (log {})", data.display(), log_tail(log), log.display());
+        let mut why = log_tail(log);
+        if why.is_empty() {
+            why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
+        anyhow::bail!("PostgreSQL did not start on {}: {why} (log {})", data.display(), log.display());
+    }
+    Ok(())
+}
+
+/// PostgreSQL runs as the data directory's owner, who must be able to
+/// reach it: every directory above it searchable by that user.
+fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    if !is_root() || uid == 0 {
+        return Ok(());
+    }
+    for dir in data.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(dir) else { continue };
+        let mode = m.permissions().mode();
+        let ok = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            anyhow::bail!(
+                "{} (mode {:o}) keeps out {}, who runs PostgreSQL; the data is restored: `chmod o+x {}` and \
+                 recover again into a new directory, or choose a --to that user can reach",
+                dir.display(),
+                mode & 0o7777,
+                user_name(uid),
+                dir.display()
+            );
+        }
     }
     Ok(())
 }
