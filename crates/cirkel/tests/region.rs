@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -564,6 +564,11 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     assert_eq!(cli(&["DBSIZE"]), "25");
     assert_eq!(cli(&["GET", "key:7"]), "value 7");
     assert_eq!(redis["keys"], 25);
+    // Not as root: as the `redis` user its package made.
+    let pid = std::fs::read_to_string(std::path::Path::new(redis["data"].as_str().unwrap()).join("redis.pid")).unwrap();
+    let owner = std::fs::metadata(format!("/proc/{}", pid.trim())).map(|m| m.uid()).unwrap();
+    let redis_uid = std::process::Command::new("id").args(["-u", "redis"]).output().unwrap();
+    assert_eq!(owner.to_string(), String::from_utf8_lossy(&redis_uid.stdout).trim());
     // Files: the same tree, byte for byte.
     let files = std::fs::read_dir(&to)
         .unwrap()

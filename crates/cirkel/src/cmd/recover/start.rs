@@ -79,6 +79,15 @@ fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
     }
 }
 
+/// The uid and gid of a system user, if it exists.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, name]).output().ok().filter(|o| o.status.success())?;
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
 /// The user name of `uid`, for the stop command a person types.
 fn user_name(uid: u32) -> String {
     Command::new("id")
@@ -369,7 +378,7 @@ fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
         };
         if !ok {
             anyhow::bail!(
-                "{} (mode {:o}) keeps out {}, who runs PostgreSQL; the data is restored: `chmod o+x {}` and \
+                "{} (mode {:o}) keeps out {}, who runs the service; the data is restored: `chmod o+x {}` and \
                  recover again into a new directory, or choose a --to that user can reach",
                 dir.display(),
                 mode & 0o7777,
@@ -423,7 +432,19 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
         s.port = port;
         s.address = format!("{}:{port}", opts.listen);
         s.stop = format!("redis-cli -h {} -p {port} shutdown", opts.listen);
-        let out = Command::new("redis-server")
+        // Redis is not run as root: as its packages' `redis` user when there is one.
+        let (uid, gid) = match system_user("redis").filter(|_| is_root()) {
+            Some((uid, gid)) => {
+                reachable(dir, uid, gid)?;
+                for entry in std::fs::read_dir(dir)? {
+                    std::os::unix::fs::lchown(entry?.path(), Some(uid), Some(gid))?;
+                }
+                std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+                (uid, gid)
+            }
+            None => (0, 0),
+        };
+        let out = as_owner(Path::new("redis-server"), uid, gid)
             .args(["--port", &port.to_string(), "--bind", &opts.listen, "--daemonize", "yes", "--dir"])
             .arg(dir)
             .args(["--dbfilename", "dump.rdb", "--pidfile"])
