@@ -99,6 +99,10 @@ pub struct RepositoryConfig {
     /// repository here as they land (`repo copy --to NAME --follow`), and
     /// runs `pg expire` on it after copies.
     pub continuous: bool,
+    /// This repository's own PostgreSQL retention (`[repositories.NAME.pg_expire]`):
+    /// what `pg expire` keeps here when the continuous copy runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_expire: Option<PgExpireConfig>,
     /// Cron expression for `cirkel drill region --from NAME` by `cirkel serve`
     /// (the plan: quarterly, "0 4 1 */3 *").
     pub drill_schedule: Option<String>,
@@ -106,6 +110,24 @@ pub struct RepositoryConfig {
     /// CIRKEL_EVENT=recovered, CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT
     /// set: for DNS, secrets or starting applications.
     pub on_recovered: Option<String>,
+}
+
+/// How long `pg expire` keeps PostgreSQL backups and WAL in a repository;
+/// unset fields take `pg expire`'s defaults.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PgExpireConfig {
+    /// Untagged (daily) backups.
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub daily: Option<Duration>,
+    /// Backups tagged `weekly`.
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub weekly: Option<Duration>,
+    /// Backups tagged `pre-deploy`.
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub pre_deploy: Option<Duration>,
+    /// WAL beyond what kept backups need.
+    #[serde(serialize_with = "reader::ser_opt_duration")]
+    pub wal: Option<Duration>,
 }
 
 /// A retention policy, as in `[retention]` or a backup set.

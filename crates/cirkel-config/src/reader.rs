@@ -18,7 +18,10 @@ mod alarms;
 mod buckets;
 mod notify;
 
-use crate::{Config, ConfigError, ConfigErrors, FileSetConfig, RepositoryConfig, RetentionConfig, S3Config, Secret};
+use crate::{
+    Config, ConfigError, ConfigErrors, FileSetConfig, PgExpireConfig, RepositoryConfig, RetentionConfig, S3Config,
+    Secret,
+};
 
 struct Cx<'t> {
     text: &'t str,
@@ -432,8 +435,30 @@ fn read_repository(mut t: Table<'_, '_>) -> RepositoryConfig {
     let continuous = t.boolean("continuous").unwrap_or(false);
     let drill_schedule = t.schedule("drill_schedule");
     let on_recovered = t.string("on_recovered");
+    let pg_expire = t.table("pg_expire").map(read_pg_expire);
     t.finish();
-    RepositoryConfig { url, password, password_file, compression_level, s3, continuous, drill_schedule, on_recovered }
+    RepositoryConfig {
+        url,
+        password,
+        password_file,
+        compression_level,
+        s3,
+        continuous,
+        drill_schedule,
+        on_recovered,
+        pg_expire,
+    }
+}
+
+fn read_pg_expire(mut t: Table<'_, '_>) -> PgExpireConfig {
+    let cfg = PgExpireConfig {
+        daily: t.duration("daily"),
+        weekly: t.duration("weekly"),
+        pre_deploy: t.duration("pre_deploy"),
+        wal: t.duration("wal"),
+    };
+    t.finish();
+    cfg
 }
 
 fn read_s3(mut t: Table<'_, '_>) -> S3Config {

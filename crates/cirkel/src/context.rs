@@ -82,8 +82,15 @@ pub fn resolve(cfg: &Config, spec: Option<&str>, password_file: Option<&Path>) -
         Some(s) => match cfg.repositories.get(s) {
             Some(rc) => (rc.url.clone(), Some(rc)),
             None => {
+                // A URL the configuration names (as a restored cluster's
+                // restore_command does) takes its settings: endpoint, keys.
                 let same = cfg.repository.as_ref().filter(|rc| rc.url == s);
-                (s.to_string(), same)
+                let mut named = cfg.repositories.values().filter(|rc| rc.url == s);
+                let one_named = match (named.next(), named.next()) {
+                    (Some(rc), None) => Some(rc),
+                    _ => None,
+                };
+                (s.to_string(), same.or(one_named))
             }
         },
         None => match &cfg.repository {

@@ -884,6 +884,76 @@ fn restore_from_second_region(e: &PgEnv, dr: &str) -> PgCluster {
     restored
 }
 
+/// The second region keeps its own retention: `pg expire --repo dr` expires
+/// there and nowhere else, and what it keeps restores with every commit;
+/// `cirkel serve`'s continuous copy runs it after a copy with the
+/// repository's `[repositories.dr.pg_expire]`.
+#[test]
+fn the_second_region_keeps_its_own_retention() {
+    let e = PgEnv::new();
+    e.ok(None, &["repo", "init"]);
+    let dr = e.env.path("dr-repo").display().to_string();
+    let config = e.env.path("cirkel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"{dr}\"\ncontinuous = true\n\
+             [repositories.dr.pg_expire]\ndaily = \"1s\"\nwal = \"0s\"\n",
+            e.env.path("state").display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    e.ok(None, &["--config", c, "repo", "init", "--repo", "dr", "--copy-keys-from", &e.env.repo]);
+    let pg = e.archiving_cluster(&[]);
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 1, 10);
+    switch_and_archive(&pg);
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 11, 20);
+    switch_and_archive(&pg);
+    e.ok(None, &["--config", c, "repo", "copy", "--to", "dr"]);
+    let backups = |repo: &str| -> Vec<String> {
+        let v = e.json(None, &["--config", c, "--repo", repo, "pg", "backups"]);
+        v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(backups("dr").len(), 2);
+    // Both backups are older than a second now, so the daily window keeps only the newest.
+    std::thread::sleep(Duration::from_secs(1));
+    let v = e.json(None, &["--config", c, "--repo", "dr", "pg", "expire", "--daily", "1s", "--wal", "0s"]);
+    assert_eq!(v["expire"]["backups_removed"], 1, "{v}");
+    assert!(v["expire"]["wal_removed"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(backups("dr").len(), 1);
+    assert_eq!(backups(&e.env.repo).len(), 2, "the main repository keeps its own");
+
+    // A third backup reaches the second region by the continuous copy `cirkel
+    // serve` runs, which then expires there with the repository's own retention.
+    e.ok(Some(&pg), &["pg", "backup"]);
+    insert_rows(&pg, 21, 30);
+    switch_and_archive(&pg);
+    let main = backups(&e.env.repo);
+    assert_eq!(main.len(), 3);
+    let daemon = Daemon::start(&e, c);
+    let start = Instant::now();
+    while backups("dr") != vec![main.last().unwrap().clone()] {
+        assert!(start.elapsed() < Duration::from_secs(120), "dr holds {:?}, main {main:?}", backups("dr"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // SIGTERM: the daemon stops its copy worker before it exits.
+    let mut daemon = daemon;
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "cirkel serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    e.ok(None, &["--config", c, "--repo", "dr", "repo", "verify", "--read-data"]);
+    drop(pg);
+    assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
+}
+
 #[test]
 fn backup_from_a_standby_restores() {
     let e = PgEnv::new();
@@ -2167,10 +2237,11 @@ fn a_continuous_copy_carries_the_wal_to_the_second_region() {
     assert_eq!(restore_from_second_region(&e, &dr).sql("SELECT count(*) FROM t"), "30");
 }
 
-/// The first region lost: `cirkel recover --from dr` rebuilds PostgreSQL
-/// (to the newest archived commit), Redis and a file set on this host from
-/// the second repository alone, refuses a directory that holds data, and
-/// keeps a report with each step's time and the data's age.
+/// The first region lost: `cirkel recover --from dr --no-start` rebuilds
+/// PostgreSQL (to the newest archived commit), Redis and a file set on this
+/// host from the second repository alone, without starting them, refuses a
+/// directory that holds data, and keeps a report with each step's time and
+/// the data's age.
 #[test]
 fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     let e = PgEnv::new();
@@ -2222,7 +2293,7 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data");
 
     let out = e
-        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force"])
+        .cmd(None, &["--json", "recover", "--from", &dr, "--to", to.to_str().unwrap(), "--force", "--no-start"])
         .env("CIRKEL_STATE_DIR", &state)
         .output()
         .unwrap();
@@ -2231,6 +2302,7 @@ fn recover_rebuilds_postgres_redis_and_files_from_the_second_region() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(v["report"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["services"], serde_json::json!([]), "--no-start starts nothing: {report:#}");
     assert!(report["rto_s"].as_f64().unwrap() > 0.0);
     assert!(report["steps"].as_array().unwrap().iter().all(|s| s["seconds"].as_f64().is_some()), "{report:#}");
     assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data", "nothing is overwritten");

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -362,4 +363,257 @@ fn recover_runs_the_on_recovered_hook_and_reports_its_failure() {
     write_config(&env, "echo no DNS credentials >&2; exit 7");
     let err = env.fails(&["recover", "--from", "dr", "--to", env.path("again").to_str().unwrap()]);
     assert!(err.contains("on_recovered failed: exit 7: no DNS credentials"), "{err}");
+}
+
+/// Stops what `cirkel recover` started, with the commands its report gives.
+struct Started(Vec<String>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for stop in &self.0 {
+            let _ = std::process::Command::new("sh").args(["-c", stop]).output();
+        }
+    }
+}
+
+/// Waits until the follower has finished a whole pass that began after now
+/// with nothing left to copy.
+fn wait_caught_up(env: &Env) {
+    let mark = chrono::Utc::now();
+    let updated = |r: &Value| {
+        r["updated"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc())
+    };
+    let mut first = None;
+    wait_for("the second region to hold everything", Duration::from_secs(120), || {
+        let r = record(env);
+        let Some(t) = updated(&r) else { return false };
+        if t <= mark || r["pending_objects"] != 0 || !r["error"].is_null() {
+            return false;
+        }
+        // The pass that ended first may have listed before the mark.
+        match first {
+            None => {
+                first = Some(t);
+                false
+            }
+            Some(f) => t > f,
+        }
+    });
+}
+
+/// The plan's region failure: PostgreSQL (archiving), Redis and a file set
+/// backed up into the first region's S3 server and copied continuously to
+/// the second's; the first server destroyed; `cirkel recover --from dr`
+/// brings PostgreSQL back running with every archived commit and a standby
+/// streaming from it, Redis running with every key, and the files, after
+/// refusing (and leaving alone) a directory that holds data.
+#[test]
+fn recover_brings_the_estate_back_running_from_the_second_region() {
+    use cirkel_testkit::pg::{PgCluster, chown_postgres, psql};
+    let mut first = S3Server::start();
+    let second = S3Server::start();
+    let mut env = Env::new();
+    env.repo = "s3://cirkel-test/main".into();
+    // Credentials only: each repository names its own endpoint, and anything
+    // that would fall back to the environment's reaches a closed port.
+    env.extra_env = second.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
+    env.extra_env.push(("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{}", cirkel_testkit::free_port())));
+    let cache = env.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_postgres(&cache);
+    chown_postgres(&env.password_file);
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.extra_env.push(("CIRKEL_CACHE_DIR".into(), cache.display().to_string()));
+    let config = env.path("cirkel.toml");
+    let aws: String =
+        env.extra_env.iter().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| format!("{k}={v} ")).collect();
+    let archive = format!(
+        "{aws}CIRKEL_CACHE_DIR={} {} --config {} --password-file {} wal-push %p",
+        cache.display(),
+        shared_bin(),
+        config.display(),
+        env.password_file.display()
+    );
+    let mut pg = PgCluster::init(&[
+        "archive_mode = on",
+        &format!("archive_command = '{archive}'"),
+        "track_commit_timestamp = on",
+    ]);
+    let standby_port = cirkel_testkit::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{state}\"\n\
+             [repository]\nurl = \"s3://cirkel-test/main\"\n[repository.s3]\nendpoint = \"http://127.0.0.1:{first}\"\n\
+             [repositories.dr]\nurl = \"s3://cirkel-test/dr\"\ncontinuous = true\n\
+             on_recovered = 'echo \"$CIRKEL_EVENT $CIRKEL_RECOVER_DIR\" > {recovered}'\n\
+             [repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{second}\"\n\
+             [postgres.main]\nuser = \"postgres\"\n\
+             on_role_change = 'echo \"$CIRKEL_EVENT $CIRKEL_CLUSTER $CIRKEL_PRIMARY $CIRKEL_PRIMARY_HOST:$CIRKEL_PRIMARY_PORT\" > {role}'\n\
+             [postgres.main.members.a]\nhost = \"127.0.0.1\"\nport = {a}\npgdata = \"{data}\"\n\
+             [postgres.main.members.b]\nhost = \"127.0.0.1\"\nport = {standby_port}\n",
+            state = env.path("state").display(),
+            first = first.port,
+            second = second.port,
+            a = pg.port,
+            data = pg.data.display(),
+            recovered = env.path("recovered.txt").display(),
+            role = env.path("role.txt").display(),
+        ),
+    )
+    .unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    pg.start();
+    let follower = Follower(
+        env.cmd(&["repo", "copy", "--to", "dr", "--follow", "--interval", "200ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The first region's estate, backed up there.
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let with_pg = |args: &[&str]| {
+        let out = env.cmd(args).envs(pg.env()).output().unwrap();
+        assert!(out.status.success(), "cirkel {args:?}: {}", stderr(&out));
+    };
+    with_pg(&["pg", "backup"]);
+    pg.sql("INSERT INTO t SELECT g, 'after the backup' FROM generate_series(1, 30) g");
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for("the segment to be archived", Duration::from_secs(60), || {
+        pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
+    });
+    let redis = cirkel_testkit::RedisServer::start();
+    for i in 0..25 {
+        redis.cli(&["SET", &format!("key:{i}"), &format!("value {i}")]);
+    }
+    env.ok(&["redis", "backup", "--host", "127.0.0.1", "--port", &redis.port.to_string()]);
+    let src = env.path("uploads");
+    make_tree(&src);
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    wait_caught_up(&env);
+
+    // The first region destroyed: its S3 server (in memory) killed, its services gone.
+    drop(follower);
+    pg.stop();
+    drop(pg);
+    drop(redis);
+    first.stop();
+
+    let plan = env.json(&["recover", "--from", "dr", "--dry-run"]);
+    assert_eq!(plan["steps"][0]["standbys"], serde_json::json!(["b"]), "{plan:#}");
+    let text = env.ok(&["recover", "--from", "dr", "--dry-run"]);
+    assert!(text.contains("then start postgres/") && text.contains("standbys b"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.path().join("rebuilt");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(to.join("precious"), "someone's data").unwrap();
+    let err = env.fails(&["recover", "--from", "dr", "--to", to.to_str().unwrap()]);
+    assert!(err.contains("already holds data") && err.contains("--force"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(&to).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("precious")], "a refused recover writes nothing");
+
+    let out = env.run(&["recover", "--from", "dr", "--to", to.to_str().unwrap(), "--force"]);
+    let text = stdout(&out);
+    // The report, named on the last line, lists each service with its address and stop command.
+    let report: Value = text
+        .rsplit_once("; report ")
+        .and_then(|(_, p)| std::fs::read(p.trim()).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let services = report["services"].as_array().cloned().unwrap_or_default();
+    let _started = Started(services.iter().rev().filter_map(|s| s["stop"].as_str().map(String::from)).collect());
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(to.join("precious")).unwrap(), "someone's data", "nothing is overwritten");
+    let service = |role: &str| services.iter().find(|s| s["role"] == role).unwrap_or_else(|| panic!("{report:#}"));
+    let (primary, standby, redis) = (service("primary"), service("standby"), service("redis"));
+    for s in [primary, standby, redis] {
+        assert!(s["error"].is_null() && s["stop"].as_str().is_some_and(|c| !c.is_empty()), "{s:#}");
+        assert!(s["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{s:#}");
+    }
+    assert_eq!(standby["member"], "b");
+    for (what, s) in [("primary", primary), ("standby b", standby), ("redis", redis)] {
+        let line = format!("{what} running on {}", s["address"].as_str().unwrap());
+        assert!(text.contains(&line) && text.contains(s["stop"].as_str().unwrap()), "{line}\n{text}");
+    }
+
+    // The hooks: the cluster's role change (the new primary's address), then the recovery.
+    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap_or_default().trim().to_string();
+    assert_eq!(read("role.txt"), format!("recovered main a {}", primary["address"].as_str().unwrap()));
+    assert_eq!(read("recovered.txt"), format!("recovered {}", to.display()));
+    // PostgreSQL: running, promoted, every archived commit; the standby streams from it.
+    let port = |s: &Value| s["port"].as_u64().unwrap() as u16;
+    let on = |s: &Value, sql: &str| psql("127.0.0.1", port(s), sql);
+    assert_eq!(on(primary, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
+    assert_eq!(on(primary, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    assert_eq!(on(standby, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert_eq!(
+        on(primary, "SELECT application_name || ' ' || state FROM pg_stat_replication").as_deref(),
+        Ok("b streaming")
+    );
+    on(primary, "INSERT INTO t VALUES (31, 'in the second region')").unwrap();
+    wait_for("the standby to replay a new commit", Duration::from_secs(60), || {
+        on(standby, "SELECT count(*) FROM t").as_deref() == Ok("31")
+    });
+    // Redis: running with every key.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port(redis).to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["DBSIZE"]), "25");
+    assert_eq!(cli(&["GET", "key:7"]), "value 7");
+    assert_eq!(redis["keys"], 25);
+    // Not as root: as the `redis` user its package made.
+    let pid = std::fs::read_to_string(std::path::Path::new(redis["data"].as_str().unwrap()).join("redis.pid")).unwrap();
+    let owner = std::fs::metadata(format!("/proc/{}", pid.trim())).map(|m| m.uid()).unwrap();
+    let redis_uid = std::process::Command::new("id").args(["-u", "redis"]).output().unwrap();
+    assert_eq!(owner.to_string(), String::from_utf8_lossy(&redis_uid.stdout).trim());
+    // Files: the same tree, byte for byte.
+    let files = std::fs::read_dir(&to)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("files-"))
+        .unwrap();
+    assert_same_tree(&src, &restored(&files, &src));
+    // A port already taken is said, with what to do; the rest still comes up.
+    let again = dir.path().join("again");
+    let taken = port(primary).to_string();
+    let out = env.run(&["--json", "recover", "--from", "dr", "--to", again.to_str().unwrap(), "--pg-port", &taken]);
+    // The report's JSON first, then the error's.
+    let v2: Value =
+        serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default();
+    let services2 = v2["recover"]["services"].as_array().cloned().unwrap_or_default();
+    let _again = Started(services2.iter().rev().filter_map(|s| s["stop"].as_str().map(String::from)).collect());
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("did not start") && err.contains("hint:"), "{err}");
+    let failed = services2.iter().find(|s| s["role"] == "primary").unwrap_or_else(|| panic!("{v2:#}"));
+    assert!(failed["error"].as_str().unwrap_or_default().contains(&format!("port {taken}")), "{failed:#}");
+    assert!(services2.iter().any(|s| s["role"] == "redis" && s["error"].is_null()), "{v2:#}");
+    drop(_again);
+    // A directory postgres cannot reach: said, with what to do.
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env.run(&["--json", "recover", "--from", "dr", "--to", closed.path().join("r").to_str().unwrap()]);
+    let v3: Value =
+        serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default();
+    let services3 = v3["recover"]["services"].as_array().cloned().unwrap_or_default();
+    let _closed = Started(services3.iter().rev().filter_map(|s| s["stop"].as_str().map(String::from)).collect());
+    assert!(!out.status.success());
+    let failed = services3.iter().find(|s| s["role"] == "primary").unwrap_or_else(|| panic!("{v3:#}"));
+    let why = failed["error"].as_str().unwrap_or_default();
+    assert!(why.contains("keeps out postgres") && why.contains("chmod o+x"), "{failed:#}");
+    drop(_closed);
+    // Stopping works as printed.
+    drop(_started);
+    assert!(on(primary, "SELECT 1").is_err() && cli(&["PING"]) != "PONG", "the stop commands stop them");
 }

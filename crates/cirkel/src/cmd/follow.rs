@@ -132,9 +132,14 @@ impl Follower<'_> {
         }
     }
 
-    /// `pg expire` on the destination, after copies, at most hourly.
+    /// `pg expire` on the destination, after copies, at most hourly: with
+    /// the destination's own `[repositories.NAME.pg_expire]` when it has one,
+    /// else with `pg expire`'s defaults when PostgreSQL clusters are configured.
     fn expire(&mut self) {
-        if self.cfg.postgres.is_empty() || self.last_expire.is_some_and(|t| t.elapsed() < EXPIRE_EVERY) {
+        let own = self.cfg.repositories.get(&self.to).and_then(|r| r.pg_expire.as_ref());
+        if (self.cfg.postgres.is_empty() && own.is_none())
+            || self.last_expire.is_some_and(|t| t.elapsed() < EXPIRE_EVERY)
+        {
             return;
         }
         self.last_expire = Some(Instant::now());
@@ -148,6 +153,15 @@ impl Follower<'_> {
             cmd.arg("--password-file").arg(p);
         }
         cmd.args(["pg", "expire"]);
+        if let Some(p) = own {
+            for (flag, keep) in
+                [("--daily", p.daily), ("--weekly", p.weekly), ("--pre-deploy", p.pre_deploy), ("--wal", p.wal)]
+            {
+                if let Some(d) = keep {
+                    cmd.arg(flag).arg(format!("{}ms", d.as_millis()));
+                }
+            }
+        }
         match cmd.output() {
             Ok(o) if o.status.success() => tracing::info!("pg expire on {} done", self.to),
             Ok(o) => tracing::warn!(

@@ -5,7 +5,11 @@
 //! newest RDB, each file set's newest snapshot. Each step is the command a
 //! person would type, run as a child process and timed; the report, with
 //! the data's age (the RPO it implies) and the measured time of each step
-//! and of the whole (the RTO), is kept in the state directory.
+//! and of the whole (the RTO), is kept in the state directory. Then, unless
+//! `--no-start`, `start.rs` brings the estate up: PostgreSQL promoted with a
+//! standby per configured member, Redis serving its RDB.
+
+mod start;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,8 @@ use cirkel_repo::{Id, Repository, Snapshot};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
+
+use cirkel_config::Config;
 
 use crate::cli::Global;
 use crate::context::{load_config, resolve, state_dir};
@@ -44,6 +50,21 @@ pub struct RecoverArgs {
     /// directory must still be new: nothing is ever overwritten or deleted).
     #[arg(long)]
     pub force: bool,
+    /// Only restore the files: start neither PostgreSQL, its standbys nor Redis.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Port of the (first) recovered PostgreSQL primary (default: a free one; standbys get free ones).
+    #[arg(long, value_name = "PORT")]
+    pub pg_port: Option<u16>,
+    /// Port of the (first) recovered Redis server (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub redis_port: Option<u16>,
+    /// Address the started services listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub listen: String,
+    /// How long PostgreSQL may take to replay the WAL and promote (and a standby to stream, Redis to load).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +80,18 @@ struct Step {
     predicted_s: f64,
     /// Directory below --to.
     dir: String,
+    /// PostgreSQL: the configured members re-created as standbys of the recovered primary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    standbys: Vec<String>,
+    /// PostgreSQL: the database user that clones the standbys.
+    #[serde(skip)]
+    pg_user: String,
+    /// PostgreSQL: the `[postgres.NAME]` this system is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    /// PostgreSQL: the member the recovered primary stands in for.
+    #[serde(skip)]
+    primary_member: Option<String>,
     #[serde(skip)]
     argv: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,10 +109,11 @@ fn newest<'a>(snaps: impl Iterator<Item = &'a (Id, Snapshot)>) -> Option<&'a (Id
 }
 
 /// The newest complete backup of every source the repository holds.
-fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
+fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Result<Vec<Step>> {
     let snaps = repo.snapshots()?;
     let streams = cirkel_repo::runtime::block_on(repo.backend().list("streams/"))??;
     let mut steps = Vec::new();
+    let mut pg_members = Vec::new();
     let mut step = |source: String, (id, s): &(Id, Snapshot), data_time: DateTime<Utc>, argv: Vec<String>| {
         let dir = safe(&source.replace('/', "-"));
         steps.push(Step {
@@ -91,6 +125,10 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
             dir,
             source,
             argv,
+            standbys: Vec::new(),
+            pg_user: String::new(),
+            cluster: None,
+            primary_member: None,
             seconds: None,
             error: None,
         });
@@ -116,6 +154,7 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
             Some(t) => argv.extend(["--target-time".into(), t.clone()]),
             None => argv.push("--latest".into()),
         }
+        pg_members.push(topology(cfg, cirkel_pg::backup::BackupMeta::of(&e.1).map(|m| m.pgdata)));
         step(format!("postgres/{system}"), e, data_time, argv);
     }
     // Redis: one step per group (or server).
@@ -140,7 +179,48 @@ fn plan(repo: &Repository, args: &RecoverArgs, now: DateTime<Utc>) -> anyhow::Re
         let argv = vec!["restore".into(), "files".into(), e.0.to_string()];
         step(format!("files/{paths}"), e, e.1.time, argv);
     }
+    let postgres = steps.iter_mut().filter(|s| s.source.starts_with("postgres/"));
+    for (s, t) in postgres.zip(pg_members) {
+        s.standbys = t.standbys;
+        s.pg_user = t.user;
+        s.cluster = t.cluster;
+        s.primary_member = t.primary;
+    }
     Ok(steps)
+}
+
+/// How a system backed up from `pgdata` was configured: the
+/// `[postgres.NAME]` whose data directory (or one of whose members') it is,
+/// else the only cluster configured; the member it was backed up from (else
+/// the first), the others (to re-create as standbys), and the database user.
+#[derive(Debug, Default)]
+struct Topology {
+    cluster: Option<String>,
+    primary: Option<String>,
+    standbys: Vec<String>,
+    user: String,
+}
+
+fn topology(cfg: &Config, pgdata: Option<String>) -> Topology {
+    let pgdata = pgdata.map(PathBuf::from);
+    let ours = |(_, c): &(&String, &cirkel_config::PostgresConfig)| {
+        pgdata.is_some() && (c.pgdata == pgdata || c.members.values().any(|m| m.pgdata.is_some() && m.pgdata == pgdata))
+    };
+    let cluster =
+        cfg.postgres.iter().find(ours).or(if cfg.postgres.len() == 1 { cfg.postgres.iter().next() } else { None });
+    let Some((name, cluster)) = cluster else { return Topology { user: "postgres".into(), ..Topology::default() } };
+    let primary = cluster
+        .members
+        .iter()
+        .find(|(_, m)| m.pgdata.is_some() && m.pgdata == pgdata)
+        .or(cluster.members.iter().next())
+        .map(|(n, _)| n.clone());
+    Topology {
+        cluster: Some(name.clone()),
+        standbys: cluster.members.keys().filter(|n| Some(*n) != primary.as_ref()).cloned().collect(),
+        primary,
+        user: cluster.user.clone().unwrap_or_else(|| "postgres".into()),
+    }
 }
 
 fn is_empty_dir(p: &Path) -> bool {
@@ -152,7 +232,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let target = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?;
     let repo = target.open()?;
     let now = Utc::now();
-    let mut steps = plan(&repo, args, now)?;
+    let mut steps = plan(&repo, &cfg, args, now)?;
     if steps.is_empty() {
         return Err(user_error(
             format!("{} holds no complete backup to recover from", repo.location()),
@@ -163,7 +243,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
     if args.dry_run {
         if global.json {
-            print_json(&json!({ "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted }));
+            print_json(&json!({
+                "from": repo.location(), "steps": steps, "rpo_s": rpo, "predicted_s": predicted, "start": !args.no_start
+            }));
         } else {
             println!("recover from {}: {} step(s)", repo.location(), steps.len());
             for s in &steps {
@@ -176,6 +258,19 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                     human_bytes(s.bytes),
                     s.predicted_s
                 );
+            }
+            if !args.no_start {
+                for s in &steps {
+                    if s.source.starts_with("postgres/") {
+                        let standbys = match s.standbys.len() {
+                            0 => "no standby (no other member of a [postgres.NAME] configured)".to_string(),
+                            _ => format!("standbys {} cloned from it", s.standbys.join(", ")),
+                        };
+                        println!("  then start {}: primary on {}, {standbys}", s.source, args.listen);
+                    } else if s.source.starts_with("redis/") {
+                        println!("  then start {}: redis-server on {} with the RDB", s.source, args.listen);
+                    }
+                }
             }
             println!(
                 "implied RPO {} (the oldest of the newest data), predicted duration ~{:.0} s at {} MB/s",
@@ -198,18 +293,23 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             "recover into an empty directory, or pass --force to use it anyway (each source's directory below it must still be new; nothing is overwritten or deleted)",
         ));
     }
-    for s in &steps {
-        if to.join(&s.dir).exists() {
+    for dir in steps.iter().flat_map(|s| made_dirs(s, args.no_start)) {
+        if to.join(&dir).exists() {
             return Err(user_error(
-                format!("{} already exists", to.join(&s.dir).display()),
+                format!("{} already exists", to.join(&dir).display()),
                 "recover into another directory; recover never writes over a source's earlier rebuild",
             ));
         }
     }
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
+    // PostgreSQL reads relative paths in its settings from its data directory.
+    let to = &std::fs::canonicalize(to)
+        .map_err(|e| user_error(format!("resolve {}: {e}", to.display()), "check the path and its permissions"))?;
     let started = Instant::now();
-    let ok = execute(global, &args.from, to, &mut steps)?;
+    let mut ok = execute(global, &args.from, to, &mut steps)?;
+    let services = if args.no_start { Vec::new() } else { start_services(global, args, to, &steps)? };
+    ok &= services.iter().all(|s| s.error.is_none());
     let rto = started.elapsed().as_secs_f64();
     let report = json!({
         "from": repo.location(),
@@ -221,11 +321,25 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "rpo_s": rpo,
         "predicted_s": predicted,
         "steps": steps,
+        "services": services,
     });
     let path = state_dir(&cfg).save_report("recover", &report)?;
+    // Each recovered primary is a role change: DNS and secrets follow it.
+    let mut hooks_failed: Vec<String> = Vec::new();
+    for s in steps.iter().filter(|s| s.error.is_none()) {
+        let Some(cluster) = &s.cluster else { continue };
+        let Some(cmd) = cfg.postgres.get(cluster).and_then(|c| c.on_role_change.as_ref()) else { continue };
+        let started =
+            services.iter().find(|v| v.source == s.source && v.role == start::Role::Primary && v.error.is_none());
+        if let Some(primary) = started
+            && let Some(why) = run_role_hook(cmd, cluster, s.primary_member.as_deref().unwrap_or(""), primary)
+        {
+            hooks_failed.push(format!("on_role_change of {cluster} failed: {why}"));
+        }
+    }
     let hook = cfg.repositories.get(&args.from).and_then(|r| r.on_recovered.clone());
     let hook_failed = match (&hook, ok) {
-        (Some(cmd), true) => run_hook(cmd, to, &path),
+        (Some(cmd), true) => run_hook(cmd, to, &path).map(|why| format!("on_recovered failed: {why}")),
         _ => None,
     };
     if global.json {
@@ -239,6 +353,29 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 s.error.as_deref().unwrap_or("restored")
             );
         }
+        for s in &services {
+            let what = match (&s.role, &s.member) {
+                (start::Role::Standby, Some(m)) => format!("standby {m}"),
+                (role, _) => {
+                    serde_json::to_value(role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                }
+            };
+            match &s.error {
+                None => println!(
+                    "  {:<40} {:>7.1} s  {what} running on {}{}; stop: {}",
+                    s.source,
+                    s.seconds,
+                    s.address,
+                    s.keys.map(|k| format!(" ({k} keys)")).unwrap_or_default(),
+                    s.stop
+                ),
+                Some(e) if s.stop.is_empty() => println!("  {:<40} {:>7.1} s  {what} FAILED: {e}", s.source, s.seconds),
+                Some(e) => println!(
+                    "  {:<40} {:>7.1} s  {what} FAILED: {e}; if it still runs, stop it: {}",
+                    s.source, s.seconds, s.stop
+                ),
+            }
+        }
         println!(
             "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO); report {}",
             repo.location(),
@@ -248,10 +385,27 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    if let Some(why) = hook_failed {
+    hooks_failed.extend(hook_failed);
+    if ok && !hooks_failed.is_empty() {
         return Err(user_error(
-            format!("everything was recovered, but on_recovered failed: {why}"),
-            "fix the hook and run it by hand (CIRKEL_RECOVER_DIR and CIRKEL_RECOVER_REPORT as above)",
+            format!("everything was recovered, but {}", hooks_failed.join("; ")),
+            format!(
+                "fix the hook and run it by hand (CIRKEL_EVENT=recovered; CIRKEL_RECOVER_DIR={}, CIRKEL_RECOVER_REPORT={}: the report names each service's address)",
+                to.display(),
+                path.display()
+            ),
+        ));
+    }
+    for why in &hooks_failed {
+        eprintln!("warning: {why}");
+    }
+    let failed_services = services.iter().filter(|s| s.error.is_some()).count();
+    if failed_services > 0 && steps.iter().all(|s| s.error.is_none()) {
+        return Err(user_error(
+            format!(
+                "{failed_services} service(s) did not start (listed above); the data is restored and what started runs"
+            ),
+            "read the log named in the report, fix the cause, then start it by hand (pg_ctl -D DIR start, redis-server), or recover again into a new directory",
         ));
     }
     if !ok {
@@ -261,6 +415,58 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directories below `--to` a step makes: its own, and for PostgreSQL
+/// (when started) the run directory and one per standby.
+fn made_dirs(s: &Step, no_start: bool) -> Vec<String> {
+    let mut dirs = vec![s.dir.clone()];
+    if s.source.starts_with("postgres/") && !no_start {
+        dirs.push(format!("{}.run", s.dir));
+        dirs.extend(s.standbys.iter().map(|m| format!("{}.{}", s.dir, safe(m))));
+    }
+    dirs
+}
+
+/// Starts what the restored steps hold: each PostgreSQL system with its
+/// standbys, then each Redis server. A step that failed starts nothing.
+fn start_services(
+    global: &Global,
+    args: &RecoverArgs,
+    to: &Path,
+    steps: &[Step],
+) -> anyhow::Result<Vec<start::Service>> {
+    let mut services = Vec::new();
+    let mut pg_port = args.pg_port;
+    let mut redis_port = args.redis_port;
+    for s in steps.iter().filter(|s| s.error.is_none()) {
+        let opts = start::StartOptions {
+            listen: args.listen.clone(),
+            timeout: args.timeout,
+            pg_user: if s.pg_user.is_empty() { "postgres".into() } else { s.pg_user.clone() },
+        };
+        if s.source.starts_with("postgres/") {
+            let standbys: Vec<(String, PathBuf)> =
+                s.standbys.iter().map(|m| (m.clone(), to.join(format!("{}.{}", s.dir, safe(m))))).collect();
+            let pg = start::Postgres {
+                source: &s.source,
+                data: &to.join(&s.dir),
+                run_dir: &to.join(format!("{}.run", s.dir)),
+                standbys: &standbys,
+                port: pg_port.take(),
+            };
+            if !global.quiet && !global.json {
+                eprintln!("recover: starting {} ({} standby(s))", s.source, standbys.len());
+            }
+            services.extend(pg.start(&opts));
+        } else if s.source.starts_with("redis/") {
+            if !global.quiet && !global.json {
+                eprintln!("recover: starting {}", s.source);
+            }
+            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts));
+        }
+    }
+    Ok(services)
 }
 
 /// Runs each step into its directory below `to`; returns whether all succeeded.
@@ -423,8 +629,19 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
     let _lock = crate::context::drill_lock(&cfg, "region")?;
     let repo = resolve(&cfg, Some(&args.from), global.password_file.as_deref())?.open()?;
     let now = Utc::now();
-    let rargs = RecoverArgs { from: args.from.clone(), to: None, target_time: None, dry_run: false, force: false };
-    let mut steps = plan(&repo, &rargs, now)?;
+    let rargs = RecoverArgs {
+        from: args.from.clone(),
+        to: None,
+        target_time: None,
+        dry_run: false,
+        force: false,
+        no_start: true,
+        pg_port: None,
+        redis_port: None,
+        listen: "127.0.0.1".into(),
+        timeout: args.timeout,
+    };
+    let mut steps = plan(&repo, &cfg, &rargs, now)?;
     if steps.is_empty() {
         return Err(user_error(
             format!("{} holds no complete backup to drill", repo.location()),
@@ -519,6 +736,22 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a cluster's `on_role_change` hook for its recovered primary, as a
+/// failover does; returns why it failed, if it did.
+fn run_role_hook(cmd: &str, cluster: &str, member: &str, primary: &start::Service) -> Option<String> {
+    let host = primary.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&primary.address);
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("CIRKEL_EVENT", "recovered")
+        .env("CIRKEL_CLUSTER", cluster)
+        .env("CIRKEL_MEMBER", member)
+        .env("CIRKEL_PRIMARY", member)
+        .env("CIRKEL_PRIMARY_HOST", host)
+        .env("CIRKEL_PRIMARY_PORT", primary.port.to_string())
+        .output();
+    hook_outcome(out)
+}
+
 /// Runs the repository's `on_recovered` hook; returns why it failed, if it did.
 fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
     let out = Command::new("sh")
@@ -527,6 +760,10 @@ fn run_hook(cmd: &str, to: &Path, report: &Path) -> Option<String> {
         .env("CIRKEL_RECOVER_DIR", to)
         .env("CIRKEL_RECOVER_REPORT", report)
         .output();
+    hook_outcome(out)
+}
+
+fn hook_outcome(out: std::io::Result<std::process::Output>) -> Option<String> {
     match out {
         Ok(o) if o.status.success() => None,
         Ok(o) => Some(format!(
