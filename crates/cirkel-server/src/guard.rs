@@ -135,16 +135,21 @@ fn undo_scenario_leftover(state: &StateDir) {
     }
 }
 
-/// What holds a suite's next scenario back: [`blockers`], less what the
-/// suite's own earlier scenarios caused (alarms and incidents whose source
-/// or check is one of `drilled`).
+/// What holds a drill back: serious alarms firing and open incidents,
+/// less what drills caused: those whose source or check is one of
+/// `drilled`, and alarms raised during or just after a drill of their
+/// source.
 pub fn blockers_except(state: &StateDir, drilled: &BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if let Ok(Some(p)) = state.load_json::<Published>(ALARMS_FILE) {
+        // An alarm raised on a source's datapoints from a drill of it is
+        // the drill's, though judged after it.
+        let recent = DrillWindows::recent(state);
         for a in p.alarms {
             let serious = matches!(a.severity.as_str(), "high" | "critical");
             let ours = a.labels.get("source").is_some_and(|s| drilled.contains(s))
-                || a.labels.get("check").is_some_and(|c| drilled.contains(&format!("check/{c}")));
+                || a.labels.get("check").is_some_and(|c| drilled.contains(&format!("check/{c}")))
+                || a.labels.get("source").is_some_and(|s| recent.covers(s, a.since, ALARM_AFTER_DRILL));
             if a.state == "ALARM" && serious && !ours {
                 let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 out.insert(format!("alarm {} {{{}}} is firing ({})", a.alarm, labels.join(","), a.severity));
@@ -201,7 +206,26 @@ impl DrillWindows {
             .and_then(|s| s.as_str())
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
             .unwrap_or(e.time);
-        self.0.get(&e.source).is_some_and(|w| w.iter().any(|(a, b)| at >= *a && at <= *b + grace))
+        self.covers(&e.source, at, grace)
+    }
+
+    /// Whether a drill of `source` ran at `at`, or ended at most `grace` before.
+    pub fn covers(&self, source: &str, at: DateTime<Utc>, grace: chrono::Duration) -> bool {
+        self.0.get(source).is_some_and(|w| w.iter().any(|(a, b)| at >= *a && at <= *b + grace))
+    }
+
+    /// The drills that ended lately, from the tail of the event log.
+    pub fn recent(state: &StateDir) -> DrillWindows {
+        const TAIL: u64 = 512 << 10;
+        let path = state.root().join("events.jsonl");
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // A read from the middle of a line drops that line only.
+        let (events, _) = crate::api::tail::read_from(&path, len.saturating_sub(TAIL));
+        let mut w = DrillWindows::default();
+        for e in &events {
+            w.observe(e);
+        }
+        w
     }
 }
 

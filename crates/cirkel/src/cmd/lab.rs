@@ -299,7 +299,8 @@ fn build(global: &Global, m: &mut Manifest, started: Instant) -> anyhow::Result<
          [postgres.main]\nuser = \"postgres\"\ndatabase = \"postgres\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\n\
          [postgres.main.health]\ninterval = \"1s\"\ntimeout = \"2s\"\nunhealthy_threshold = 3\n\n\
          {members}\
-         [redis.cache]\nmembers = [{redis}]\nsentinels = [{sentinels}]\nrestart_command = \"redis-server {rdir}/node-{{port}}.conf\"\n\n\
+         [redis.cache]\nmembers = [{redis}]\nsentinels = [{sentinels}]\nrestart_command = \"redis-server {rdir}/node-{{port}}.conf\"\n\
+         schedule = \"* * * * *\"\n\n\
          [checks.web]\nkind = \"http\"\nurl = \"http://127.0.0.1:{health}/health\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
          restart_command = \"{exe} lab helper --health 127.0.0.1:{health}\"\n\n\
          [alarms.check-down]\nperiod = \"2s\"\n\n\

@@ -543,6 +543,11 @@ fn app_instance(
                     .iter()
                     .find(|e| e.time >= restarted && e.kind == EventKind::CheckUp && e.details["check"] == check)
                     .map(|e| (e.time - restarted).num_milliseconds() as f64 / 1000.0);
+                // Stopped before the check saw it down: it stays up once
+                // the service answers again.
+                if up.is_none() && down.is_none() && faults::answers(&address, Duration::from_millis(500)) {
+                    up = Some(t.elapsed().as_secs_f64());
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             if up.is_none() {
