@@ -29,6 +29,7 @@ Prints one JSON line per run and writes them to DIR/runs.jsonl.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -174,8 +175,17 @@ def psql_sock(sock, sql, port=5432):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+# Every canary of the process draws its row numbers from here: the table
+# keeps the rows of earlier runs, and a number written again would fail on
+# the primary key, which would count as the system's outage (and mask a
+# lost row behind an older one).
+SEQ = itertools.count(1)
+SEQ_LOCK = threading.Lock()
+
+
 class Canary:
-    """Threads writing one row every 10 ms, each through one address."""
+    """Threads writing one row every 10 ms, each through one address; no
+    two writes of the process carry the same row number."""
 
     def __init__(self, addrs, table="canary"):
         self.addrs, self.table = addrs, table
@@ -183,15 +193,13 @@ class Canary:
         self.lock = threading.Lock()
         self.acks = []  # (sent, acked, server, seq)
         self.fails = []  # (sent, failed)
-        self.seq = 0
         self.threads = [threading.Thread(target=self.loop, args=(a,), daemon=True) for a in addrs]
         for t in self.threads:
             t.start()
 
     def next_seq(self):
-        with self.lock:
-            self.seq += 1
-            return self.seq
+        with SEQ_LOCK:
+            return next(SEQ)
 
     def loop(self, addr):
         host, port = addr
