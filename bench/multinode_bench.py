@@ -24,7 +24,7 @@ agent alive: RTO = kill -> first acknowledged write after the first failed
 one (0 if none failed).
 
 Usage: python multinode_bench.py --cirkel BIN --out DIR [--runs N]
-       [--systems cirkel,patroni-fast] [--patroni VENV]
+       [--systems cirkel,patroni-fast] [--patroni VENV] [--synchronous]
 Prints one JSON line per run and writes them to DIR/runs.jsonl.
 """
 
@@ -177,8 +177,7 @@ def psql_sock(sock, sql, port=5432):
 
 # Every canary of the process draws its row numbers from here: the table
 # keeps the rows of earlier runs, and a number written again would fail on
-# the primary key, which would count as the system's outage (and mask a
-# lost row behind an older one).
+# the primary key, which would count as the system's outage.
 SEQ = itertools.count(1)
 SEQ_LOCK = threading.Lock()
 
@@ -309,7 +308,7 @@ class Supervised:
 class CirkelSystem(Supervised):
     name = "cirkel"
 
-    def __init__(self, net, work, binary):
+    def __init__(self, net, work, binary, synchronous=False):
         self.net, self.work, self.bin = net, work, binary
         self.agents = [None] * 3
         os.makedirs(work, exist_ok=True)
@@ -345,7 +344,8 @@ class CirkelSystem(Supervised):
         self.config = f"{work}/cirkel.toml"
         with open(self.config, "w") as f:
             f.write(f'[coordination]\netcd = [{eps}]\n\n[postgres.main]\nuser = "postgres"\ndatabase = "postgres"\n'
-                    f'proxy_listen = "0.0.0.0:6432"\nproxy_listen_ro = "0.0.0.0:6433"\n{members}')
+                    f'proxy_listen = "0.0.0.0:6432"\nproxy_listen_ro = "0.0.0.0:6433"\n'
+                    f'{"synchronous = true" + chr(10) if synchronous else ""}{members}')
         sh(["chown", "-R", "postgres:postgres", work])
         for i in range(3):
             self.start_agent(i)
@@ -465,7 +465,7 @@ class CirkelSystem(Supervised):
 # ---- Patroni -------------------------------------------------------------
 
 class PatroniSystem(Supervised):
-    def __init__(self, net, work, venv, mode):
+    def __init__(self, net, work, venv, mode, synchronous=False):
         self.net, self.work, self.venv, self.mode = net, work, venv, mode
         self.name = f"patroni-{mode}"
         ttl, loop, retry, checks = {"fast": (20, 2, 4, "inter 1s fall 2 rise 2"),
@@ -491,6 +491,7 @@ bootstrap:
     loop_wait: {loop}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
+    synchronous_mode: {'true' if synchronous else 'false'}
     postgresql:
       use_pg_rewind: true
       use_slots: true
@@ -715,6 +716,8 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--systems", default="cirkel,patroni-fast")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--synchronous", action="store_true",
+                    help="synchronous replication for every system (cirkel: synchronous = true; Patroni: synchronous_mode)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     out = f"{a.out}/runs.jsonl"
@@ -724,11 +727,12 @@ def main():
         os.chmod(work, 0o755)
         sys_ = None
         try:
-            log(f"== {name}: three hosts in {net.prefix}.0/24, work dir {work}")
+            log(f"== {name}: three hosts in {net.prefix}.0/24, work dir {work}, "
+                f"{'synchronous' if a.synchronous else 'asynchronous'} replication")
             if name == "cirkel":
-                sys_ = CirkelSystem(net, work, a.cirkel)
+                sys_ = CirkelSystem(net, work, a.cirkel, a.synchronous)
             else:
-                sys_ = PatroniSystem(net, work, a.patroni, name.split("-", 1)[1])
+                sys_ = PatroniSystem(net, work, a.patroni, name.split("-", 1)[1], a.synchronous)
             prepare(sys_)
             for run in range(1, a.runs + 1):
                 host_kill_run(sys_, run, out)
