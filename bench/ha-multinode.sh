@@ -19,6 +19,8 @@
 #           adds Patroni's defaults (ttl 30, loop_wait 10)
 #
 # Usage (as root): bash bench/ha-multinode.sh     (RUNS=10)
+# SYNCHRONOUS=1 runs every system with synchronous replication (cirkel's
+# synchronous = true, Patroni's synchronous_mode).
 # Installs etcd-server, haproxy and iproute2 with apt-get and Patroni into a
 # venv (VENV) when missing. OUT=DIR keeps the reports there; KEEP=1 keeps
 # the data directories; CIRKEL_BIN=PATH measures that cirkel binary rather
@@ -74,4 +76,4 @@ echo "== versions: $("$BIN_DIR/cirkel" --version); $("$VENV/bin/patroni" --versi
     "$(haproxy -v | head -n1); $(/usr/lib/postgresql/15/bin/postgres --version)"
 echo "== results in $OUT"
 "$VENV/bin/python" bench/multinode_bench.py --cirkel "$BIN_DIR/cirkel" --patroni "$VENV" \
-    --runs "$RUNS" --systems "$SYSTEMS" --out "$OUT"
+    --runs "$RUNS" --systems "$SYSTEMS" --out "$OUT" ${SYNCHRONOUS:+--synchronous}

@@ -24,11 +24,12 @@ agent alive: RTO = kill -> first acknowledged write after the first failed
 one (0 if none failed).
 
 Usage: python multinode_bench.py --cirkel BIN --out DIR [--runs N]
-       [--systems cirkel,patroni-fast] [--patroni VENV]
+       [--systems cirkel,patroni-fast] [--patroni VENV] [--synchronous]
 Prints one JSON line per run and writes them to DIR/runs.jsonl.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -174,8 +175,16 @@ def psql_sock(sock, sql, port=5432):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+# Every canary of the process draws its row numbers from here: the table
+# keeps the rows of earlier runs, and a number written again would fail on
+# the primary key, which would count as the system's outage.
+SEQ = itertools.count(1)
+SEQ_LOCK = threading.Lock()
+
+
 class Canary:
-    """Threads writing one row every 10 ms, each through one address."""
+    """Threads writing one row every 10 ms, each through one address; no
+    two writes of the process carry the same row number."""
 
     def __init__(self, addrs, table="canary"):
         self.addrs, self.table = addrs, table
@@ -183,15 +192,13 @@ class Canary:
         self.lock = threading.Lock()
         self.acks = []  # (sent, acked, server, seq)
         self.fails = []  # (sent, failed)
-        self.seq = 0
         self.threads = [threading.Thread(target=self.loop, args=(a,), daemon=True) for a in addrs]
         for t in self.threads:
             t.start()
 
     def next_seq(self):
-        with self.lock:
-            self.seq += 1
-            return self.seq
+        with SEQ_LOCK:
+            return next(SEQ)
 
     def loop(self, addr):
         host, port = addr
@@ -301,7 +308,7 @@ class Supervised:
 class CirkelSystem(Supervised):
     name = "cirkel"
 
-    def __init__(self, net, work, binary):
+    def __init__(self, net, work, binary, synchronous=False):
         self.net, self.work, self.bin = net, work, binary
         self.agents = [None] * 3
         os.makedirs(work, exist_ok=True)
@@ -337,7 +344,8 @@ class CirkelSystem(Supervised):
         self.config = f"{work}/cirkel.toml"
         with open(self.config, "w") as f:
             f.write(f'[coordination]\netcd = [{eps}]\n\n[postgres.main]\nuser = "postgres"\ndatabase = "postgres"\n'
-                    f'proxy_listen = "0.0.0.0:6432"\nproxy_listen_ro = "0.0.0.0:6433"\n{members}')
+                    f'proxy_listen = "0.0.0.0:6432"\nproxy_listen_ro = "0.0.0.0:6433"\n'
+                    f'{"synchronous = true" + chr(10) if synchronous else ""}{members}')
         sh(["chown", "-R", "postgres:postgres", work])
         for i in range(3):
             self.start_agent(i)
@@ -457,7 +465,7 @@ class CirkelSystem(Supervised):
 # ---- Patroni -------------------------------------------------------------
 
 class PatroniSystem(Supervised):
-    def __init__(self, net, work, venv, mode):
+    def __init__(self, net, work, venv, mode, synchronous=False):
         self.net, self.work, self.venv, self.mode = net, work, venv, mode
         self.name = f"patroni-{mode}"
         ttl, loop, retry, checks = {"fast": (20, 2, 4, "inter 1s fall 2 rise 2"),
@@ -483,6 +491,7 @@ bootstrap:
     loop_wait: {loop}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
+    synchronous_mode: {'true' if synchronous else 'false'}
     postgresql:
       use_pg_rewind: true
       use_slots: true
@@ -707,6 +716,8 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--systems", default="cirkel,patroni-fast")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--synchronous", action="store_true",
+                    help="synchronous replication for every system (cirkel: synchronous = true; Patroni: synchronous_mode)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     out = f"{a.out}/runs.jsonl"
@@ -716,11 +727,12 @@ def main():
         os.chmod(work, 0o755)
         sys_ = None
         try:
-            log(f"== {name}: three hosts in {net.prefix}.0/24, work dir {work}")
+            log(f"== {name}: three hosts in {net.prefix}.0/24, work dir {work}, "
+                f"{'synchronous' if a.synchronous else 'asynchronous'} replication")
             if name == "cirkel":
-                sys_ = CirkelSystem(net, work, a.cirkel)
+                sys_ = CirkelSystem(net, work, a.cirkel, a.synchronous)
             else:
-                sys_ = PatroniSystem(net, work, a.patroni, name.split("-", 1)[1])
+                sys_ = PatroniSystem(net, work, a.patroni, name.split("-", 1)[1], a.synchronous)
             prepare(sys_)
             for run in range(1, a.runs + 1):
                 host_kill_run(sys_, run, out)

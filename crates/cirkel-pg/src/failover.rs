@@ -48,17 +48,27 @@ pub fn promote(c: &PostgresConfig, name: &str) -> anyhow::Result<()> {
     let m = member(c, name)?;
     let conn = PgConn::connect(Some(&member_conninfo(c, m, c.health.timeout)))?;
     let until = Instant::now() + Duration::from_secs(60);
+    let mut asked: Option<Instant> = None;
     loop {
         let in_recovery: bool = conn.query_one("SELECT pg_is_in_recovery()")?.get(0);
         if !in_recovery {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < until, "{name} did not finish promoting within 60 s");
-        // Returns false after the second when not yet promoted; errors
-        // when another request finished meanwhile, which the loop then sees.
-        let _ = conn.query_one("SELECT pg_promote(true, 1)");
+        // Asked without waiting, and watched here: pg_promote's own wait
+        // looks only every 100 ms, longer than a promotion usually takes,
+        // and that wait is the clients' outage. Asked again each second;
+        // an error (another request finished meanwhile) the loop then sees.
+        if asked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let _ = conn.query_one("SELECT pg_promote(false)");
+            asked = Some(Instant::now());
+        }
+        std::thread::sleep(PROMOTE_POLL);
     }
 }
+
+/// How often a promotion's end is looked for.
+const PROMOTE_POLL: Duration = Duration::from_millis(5);
 
 /// Points the standby `name` at `primary` (takes effect on reload).
 pub fn follow(c: &PostgresConfig, name: &str, primary: &str) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! The client endpoint: a TCP proxy whose read-write port always leads to
 //! the current primary. When the primary changes or is fenced, every
-//! session to the old one is cut at once; while no primary is known, new
-//! connections are closed instead of being sent anywhere.
+//! session to the old one is cut at once, and a connection still being made
+//! to it goes to the new one instead (a host that stopped answering would
+//! otherwise hold its client for the connect timeout); while no primary is
+//! known, new connections are closed instead of being sent anywhere.
 //!
 //! Each session costs two threads and two sockets, so the endpoint carries
 //! at most `max_connections` at once: beyond that a new connection is
@@ -37,17 +39,66 @@ impl Target {
         }
     }
 
-    fn connect(&self) -> std::io::Result<Stream> {
+    /// Connects, giving up when `moved` says the route no longer leads
+    /// here (`Ok(None)`): a client is not held for the connect timeout of a
+    /// host that stopped answering once the route leads elsewhere.
+    fn connect(&self, moved: &dyn Fn() -> bool) -> std::io::Result<Option<Stream>> {
         match self {
             Target::Tcp(h, p) => {
                 let addr = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), *p))?
                     .next()
                     .ok_or_else(|| std::io::Error::other("no address"))?;
-                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                let Some(s) = connect_tcp(addr, moved)? else { return Ok(None) };
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(Arc::new(s)))
+                Ok(Some(Stream::Tcp(Arc::new(s))))
             }
-            Target::Unix(dir, p) => Ok(Stream::Unix(Arc::new(UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))?))),
+            Target::Unix(dir, p) => {
+                Ok(Some(Stream::Unix(Arc::new(UnixStream::connect(dir.join(format!(".s.PGSQL.{p}")))?))))
+            }
+        }
+    }
+}
+
+/// How long a connection to the target may take before the client is let go.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection under way looks whether the route moved.
+const CONNECT_LOOK: Duration = Duration::from_millis(10);
+
+/// A TCP connection to `addr` within [`CONNECT_TIMEOUT`], or `None` as soon
+/// as `moved` is true: connected without blocking and waited for in slices.
+fn connect_tcp(addr: std::net::SocketAddr, moved: &dyn Fn() -> bool) -> std::io::Result<Option<TcpStream>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::AsRawFd;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let until = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let slice = CONNECT_LOOK.min(until.saturating_duration_since(Instant::now()));
+        // SAFETY: poll reads and writes only the one pollfd it is given.
+        let n = unsafe { libc::poll(&mut fd, 1, slice.as_millis() as libc::c_int) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else if n > 0 {
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+            socket.set_nonblocking(false)?;
+            return Ok(Some(socket.into()));
+        }
+        if moved() {
+            return Ok(None);
+        }
+        if Instant::now() >= until {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
         }
     }
 }
@@ -156,22 +207,29 @@ impl Router {
         self.state.lock().map(|s| s.sessions.len()).unwrap_or(0)
     }
 
+    /// Connects a new session to the current target. When the route moves
+    /// while connecting, the session goes where it leads now: the client
+    /// has sent nothing the new target could not take, and waits no longer
+    /// for a host the route left.
     fn open(&self, client: &Stream) -> Option<(u64, Stream)> {
-        let (target, generation) = {
-            let st = self.state.lock().ok()?;
-            (st.target.clone()?, st.generation)
-        };
-        let server = target.connect().ok()?;
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state.lock().ok()?;
-        if st.generation != generation {
-            // The primary changed while connecting: do not hand out the old one.
-            server.shutdown();
-            return None;
+        loop {
+            let (target, generation) = {
+                let st = self.state.lock().ok()?;
+                (st.target.clone()?, st.generation)
+            };
+            let moved = || self.state.lock().map_or(true, |st| st.generation != generation);
+            let Some(server) = target.connect(&moved).ok()? else { continue };
+            let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+            let mut st = self.state.lock().ok()?;
+            if st.generation != generation {
+                // The primary changed once connected: never hand out the old one.
+                server.shutdown();
+                continue;
+            }
+            let (c, s) = (client.try_clone().ok()?, server.try_clone().ok()?);
+            st.sessions.insert(id, (generation, c, s));
+            return Some((id, server));
         }
-        let (c, s) = (client.try_clone().ok()?, server.try_clone().ok()?);
-        st.sessions.insert(id, (generation, c, s));
-        Some((id, server))
     }
 
     fn close(&self, id: u64) {

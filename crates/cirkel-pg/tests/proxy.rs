@@ -1,6 +1,7 @@
 //! The endpoint proxy against a real TCP backend: a connection cap that
 //! refuses connections beyond it while the sessions already open keep
-//! working, and switching the target still cuts every session.
+//! working, switching the target still cuts every session, and a connection
+//! still being made to a target that stopped answering follows the switch.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -108,6 +109,54 @@ fn connections_beyond_the_cap_are_refused_while_the_first_keep_working() {
         assert!(start.elapsed() < Duration::from_secs(30), "the new target is never reached");
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop.store(true, Ordering::Relaxed);
+    proxy.join().unwrap().unwrap();
+}
+
+/// A listening port that takes no more connections: its accept queue is
+/// full, so a further SYN goes unanswered, as a host that died would leave
+/// it. The listener and the queued connections live as long as the guard.
+fn silent_target() -> (u16, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(_) => return (port, listener, queued),
+        }
+    }
+    panic!("the accept queue of port {port} never filled");
+}
+
+#[test]
+fn a_connection_under_way_to_a_silent_target_follows_the_switch() {
+    let (silent, _listener, _queued) = silent_target();
+    let router = Router::new();
+    router.set(Some(Target::new("127.0.0.1", silent)));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let proxy = {
+        let (router, stop) = (router.clone(), stop.clone());
+        std::thread::spawn(move || run(listener, router, stop, 10))
+    };
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"hello").unwrap();
+    // The proxy is connecting to the silent target (its connect timeout
+    // is longer than this) when the route moves.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(router.sessions(), 0, "the silent target took a session");
+    router.set(Some(Target::new("127.0.0.1", echo_server())));
+    // What the client sent before the switch reaches the new target.
+    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 5];
+    client.read_exact(&mut buf).expect("the client was let go instead of following the switch");
+    assert_eq!(&buf, b"hello");
+    assert_eq!(echo(&mut client, "again").as_deref(), Some("again"));
     stop.store(true, Ordering::Relaxed);
     proxy.join().unwrap().unwrap();
 }

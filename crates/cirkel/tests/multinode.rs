@@ -372,6 +372,11 @@ fn the_primarys_whole_host_dying_promotes_a_standby_elsewhere_and_writes_resume_
     c.wait_for("a write through a survivor's endpoint", Duration::from_secs(60), |c| {
         c.write_via(None, 1, "INSERT INTO t (note) VALUES ('after')").is_ok()
     });
+    // The leader records the failover once it saw its own endpoint take a
+    // write, which may come after a client's.
+    c.wait_for("the failover's event", Duration::from_secs(60), |c| {
+        (1..3).any(|i| !c.events(i, "failover").is_empty())
+    });
     let failovers: Vec<_> = (1..3).flat_map(|i| c.events(i, "failover")).collect();
     assert_eq!(failovers.len(), 1, "one failover, by the one leader: {failovers:#?}");
     let new = failovers[0]["details"]["new_primary"].as_str().unwrap().to_string();
@@ -468,6 +473,9 @@ fn a_partition_isolating_the_primary_fences_it_the_majority_promotes_and_it_rejo
     // The majority promotes one of its own.
     c.wait_for("a write through the majority's endpoints", Duration::from_secs(60), |c| {
         c.write_via(None, 1, "INSERT INTO t (note) VALUES ('majority')").is_ok()
+    });
+    c.wait_for("the failover's event", Duration::from_secs(60), |c| {
+        (1..3).any(|i| !c.events(i, "failover").is_empty())
     });
     let failover = (1..3).flat_map(|i| c.events(i, "failover")).next().expect("a failover on the majority side");
     let new = MEMBERS.iter().position(|m| *m == failover["details"]["new_primary"]).unwrap();
