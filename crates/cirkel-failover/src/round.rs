@@ -42,6 +42,10 @@ const STRAY_GRACE_MS: u64 = 5_000;
 /// Early after the watcher starts, strays (left by a failover cirkel was
 /// stopped in) are repointed at once.
 const FRESH_MS: u64 = 3_000;
+/// Repoints after which a standby that still does not stream is rewound:
+/// its history went past the new primary's fork (it received WAL the
+/// promoted standby had not), which only `pg_rewind` undoes.
+pub const REPOINTS_BEFORE_REWIND: u32 = 2;
 
 /// One member as a round saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -217,6 +221,12 @@ pub enum Action {
         member: String,
         primary: String,
     },
+    /// Rewind `member`, a standby that repointing did not make stream,
+    /// from `primary` and start it as its standby.
+    RewindFollower {
+        member: String,
+        primary: String,
+    },
     /// One round of synchronous-set upkeep on `primary`.
     SyncRound {
         primary: String,
@@ -244,6 +254,7 @@ impl Action {
         match self {
             Action::Failover { old, .. } => Some(Alarm::new(AlarmKind::FailoverFailed, old.clone(), message)),
             Action::Rejoin { old, .. } => Some(Alarm::new(AlarmKind::RejoinFailed, old.clone(), message)),
+            Action::RewindFollower { member, .. } => Some(Alarm::new(AlarmKind::RejoinFailed, member.clone(), message)),
             Action::SyncRound { primary } => {
                 Some(Alarm::new(AlarmKind::SynchronousSetFailed, primary.clone(), message))
             }
@@ -263,6 +274,8 @@ pub struct RoundState {
     /// Standbys not streaming from the primary: since when (uptime), or
     /// when they were last repointed.
     strays: BTreeMap<String, u64>,
+    /// How often each stray was repointed without streaming since.
+    repoints: BTreeMap<String, u32>,
 }
 
 impl RoundState {
@@ -525,6 +538,7 @@ fn repair_followers(obs: &Observations, state: &mut RoundState, primary: &str, a
         }
         if p.replicas.contains(&m.name) {
             state.strays.remove(&m.name);
+            state.repoints.remove(&m.name);
             continue;
         }
         let due = match state.strays.get(&m.name) {
@@ -537,7 +551,15 @@ fn repair_followers(obs: &Observations, state: &mut RoundState, primary: &str, a
         };
         if due {
             state.strays.insert(m.name.clone(), now);
-            actions.push(Action::RepairFollower { member: m.name.clone(), primary: primary.to_string() });
+            let (member, primary) = (m.name.clone(), primary.to_string());
+            let repoints = state.repoints.entry(m.name.clone()).or_default();
+            if *repoints >= REPOINTS_BEFORE_REWIND {
+                *repoints = 0;
+                actions.push(Action::RewindFollower { member, primary });
+            } else {
+                *repoints += 1;
+                actions.push(Action::RepairFollower { member, primary });
+            }
         }
     }
 }

@@ -178,17 +178,17 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
     assert!(aborted["reason"].as_str().unwrap().contains("started again"), "{aborted:#}");
 
     // Something real during a scenario stops it, and is not blamed on it:
-    // the web service dies while the primary is drilled.
-    let drill = as_lab_user(&dir, &["--json", "drill", "scenario", "pg-primary"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // the web service dies as a zone is cut off (its alarm comes seconds
+    // later, while the zone drill is under way).
     for pid in cirkel_server::faults::listeners(health as u16) {
         // SAFETY: the lab's web service, which this test kills.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
+    let drill = as_lab_user(&dir, &["--json", "drill", "scenario", "zone"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = drill.wait_with_output().unwrap();
     let stopped: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stderr(&out), String::from_utf8_lossy(&out.stdout)));
@@ -200,7 +200,7 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let out = as_lab_user(&dir, &["--json", "drill", "history", "scenario-pg-primary"]).output().unwrap();
+    let out = as_lab_user(&dir, &["--json", "drill", "history", "scenario-zone"]).output().unwrap();
     let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(history["runs"][0]["outcome"], "aborted", "{history:#}");
 

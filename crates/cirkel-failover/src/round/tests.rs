@@ -246,9 +246,25 @@ fn stray_standbys_are_repointed_after_a_grace_period_or_at_once_at_start() {
     assert!(!has(&w.round(&obs), &repair), "and again only after another grace period");
     obs.uptime_ms += STRAY_GRACE_MS;
     assert!(has(&w.round(&obs), &repair));
+    // Repointed twice and still not streaming: its history went past the
+    // primary's, and it is rewound; then repointed afresh.
+    obs.uptime_ms += STRAY_GRACE_MS;
+    let rewind = Action::RewindFollower { member: "c".into(), primary: "a".into() };
+    let a = w.round(&obs);
+    assert!(has(&a, &rewind) && !has(&a, &repair), "{a:?}");
+    obs.uptime_ms += STRAY_GRACE_MS;
+    assert!(has(&w.round(&obs), &repair));
     // Streaming from the primary again: forgotten.
     obs.members[0].replicas = vec!["b".into(), "c".into()];
     assert!(!has(&w.round(&obs), &repair));
+    // A stray again later is counted afresh: repointed before any rewind.
+    obs.members[0].replicas = vec!["b".into()];
+    obs.uptime_ms += STRAY_GRACE_MS;
+    assert!(!has(&w.round(&obs), &repair), "first seen");
+    obs.uptime_ms += STRAY_GRACE_MS;
+    let a = w.round(&obs);
+    assert!(has(&a, &repair) && !has(&a, &rewind), "{a:?}");
+    obs.members[0].replicas = vec!["b".into(), "c".into()];
     // Right after a start, at once.
     let mut w = Watcher::new();
     obs.members[0].replicas = vec!["b".into()];

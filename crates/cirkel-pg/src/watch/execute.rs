@@ -589,6 +589,30 @@ impl Watch<'_> {
             Action::Rejoin { old, new } => {
                 self.rejoin(old, new)?;
             }
+            Action::RewindFollower { member, primary } => {
+                if let Some(k) = &self.coord
+                    && !k.is_local(self.c, member)
+                {
+                    return Err(format!(
+                        "{member} does not stream from {primary} after being pointed at it; it must be rewound on its host: \
+                         stop it and run pg_rewind --source-server pointing at {primary}, or rebuild it with pg_basebackup"
+                    ));
+                }
+                self.admit(&format!("rewinding {member}"))?;
+                let took = failover::rejoin(self.c, member, primary, &self.state.root().join("logs"))
+                    .map_err(|e| format!("{member}: {e:#}"))?;
+                self.record(
+                    self.event(
+                        EventKind::Rejoined,
+                        format!(
+                            "{member} did not stream from {primary} after being pointed at it (its history went past \
+                             {primary}'s); it was rewound and follows {primary} ({:.1} s)",
+                            took.as_secs_f64()
+                        ),
+                    )
+                    .with(json!({ "member": member, "primary": primary, "seconds": took.as_secs_f64(), "follower": true })),
+                );
+            }
             Action::RepairFollower { member, primary } => match failover::follow(self.c, member, primary) {
                 Ok(()) => self.record(self.event(
                     EventKind::FollowerRepointed,
