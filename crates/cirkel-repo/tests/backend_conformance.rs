@@ -67,6 +67,8 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn local_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
+    // A local repository writes into its directory once `init` made it.
+    std::fs::create_dir(dir.path().join("repo")).unwrap();
     rt().block_on(suite(Arc::new(LocalBackend::new(dir.path().join("repo")))));
 }
 
@@ -100,4 +102,24 @@ fn s3_backend_unreachable_is_a_clear_error() {
     assert!(matches!(e, cirkel_repo::BackendError::Unavailable { .. }), "{e:?}");
     assert!(e.to_string().contains("storage unavailable"), "{e}");
     assert!(!format!("{opts:?}").contains("\"s\""), "secret must not appear in Debug");
+}
+
+/// A repository directory that vanishes under a writer (moved aside,
+/// deleted, unmounted) is never made again by it: the write fails, and
+/// nothing appears at the old path; `init` alone makes the directory.
+#[test]
+fn a_local_repository_that_vanished_is_not_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let b = LocalBackend::new(&root);
+    let rt = rt();
+    assert_eq!(rt.block_on(b.create("config", Bytes::from_static(b"c"))).unwrap(), Created::New);
+    assert!(rt.block_on(b.create("data/ab/abc", Bytes::from_static(b"x"))).is_ok());
+    std::fs::rename(&root, dir.path().join("aside")).unwrap();
+    let err = rt.block_on(b.create("data/cd/cde", Bytes::from_static(b"y"))).unwrap_err();
+    assert!(err.to_string().contains("is gone"), "{err}");
+    let err = rt.block_on(b.replace("locks/x", Bytes::from_static(b"z"))).unwrap_err();
+    assert!(err.to_string().contains("is gone"), "{err}");
+    assert!(!root.exists(), "the writer made the repository again");
+    assert!(dir.path().join("aside/data/ab/abc").exists());
 }

@@ -63,8 +63,10 @@ impl LocalBackend {
         }
         let tmp_dir = self.root.join(TMP_DIR);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        // Only `repo init` (its key, then its config) makes the root.
+        let init = key == "config" || key.starts_with("keys/");
         for dir in [&tmp_dir, &parent] {
-            create_dir_durable(dir).map_err(|e| self.err("create", key, e))?;
+            self.ensure_dir(dir, init).map_err(|e| self.err("create", key, e))?;
         }
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
@@ -90,7 +92,7 @@ impl LocalBackend {
         let target = self.path(key);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         let tmp_dir = self.root.join(TMP_DIR);
-        create_dir_durable(&tmp_dir).map_err(|e| self.err("replace", key, e))?;
+        self.ensure_dir(&tmp_dir, false).map_err(|e| self.err("replace", key, e))?;
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), crate::Id::random().short()));
         let result = (|| {
             let mut f = new_private_file(&tmp)?;
@@ -102,6 +104,37 @@ impl LocalBackend {
         })();
         let _ = std::fs::remove_file(&tmp);
         result.map_err(|e| self.err("replace", key, e))
+    }
+
+    /// Makes `dir`, below the root, with what it lacks between; the root
+    /// itself only when `may_create_root`. A root that vanished (moved,
+    /// deleted, unmounted) is never made again: a writer that opened the
+    /// repository before fails instead of starting a second one.
+    fn ensure_dir(&self, dir: &Path, may_create_root: bool) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if dir == self.root || !dir.starts_with(&self.root) {
+            if may_create_root {
+                return create_dir_durable(dir);
+            }
+            return Err(std::io::Error::other(format!(
+                "the repository's directory {} is gone (moved, deleted or unmounted); it is not made again",
+                self.root.display()
+            )));
+        }
+        if let Some(parent) = dir.parent() {
+            self.ensure_dir(parent, may_create_root)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match dir.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        }
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
