@@ -206,7 +206,7 @@ impl DrillWindows {
             .and_then(|s| s.as_str())
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
             .unwrap_or(e.time);
-        self.covers(&e.source, at, grace)
+        self.covers(subject(&e.source), at, grace)
     }
 
     /// Whether a drill of `source` ran at `at`, or ended at most `grace` before.
@@ -227,6 +227,12 @@ impl DrillWindows {
         }
         w
     }
+}
+
+/// The source an event concerns for drills: a scheduled job's
+/// (`schedule/redis/cache`) is its source's (`redis/cache`).
+pub fn subject(source: &str) -> &str {
+    source.strip_prefix("schedule/").unwrap_or(source)
 }
 
 /// How long after a drill its source's alarm changes are still the

@@ -111,7 +111,8 @@ impl Notify {
             // is recorded after the drill ended; its outcome does, when it
             // failed or was aborted.
             if !matches!(e.kind, EventKind::Drill | EventKind::DrillAborted | EventKind::DrillSkipped)
-                && (crate::guard::drilling(&self.state).as_deref() == Some(e.source.as_str()) || drills.caused(&e))
+                && (crate::guard::drilling(&self.state).as_deref() == Some(crate::guard::subject(&e.source))
+                    || drills.caused(&e))
             {
                 tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);
                 continue;
