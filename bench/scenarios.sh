@@ -7,7 +7,7 @@
 # down and alarmed), the Redis master killed, the PostgreSQL primary
 # killed, the primary's zone frozen (SIGSTOP of every process of every
 # member in it), and the estate rebuilt from the second region with the
-# main repository moved out of reach. Prints each run's table, then per
+# main repository out of the rebuild's reach. Prints each run's table, then per
 # scenario the median and worst RTO, the data lost, and the plan's and
 # cirkel's targets.
 #

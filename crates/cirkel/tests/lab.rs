@@ -160,7 +160,7 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
     let region = by("region");
     assert!(region["rpo_s"].as_f64().is_some(), "{region:#}");
     let notes = region["notes"].to_string();
-    assert!(notes.contains("unreachable during the rebuild, and is back"), "{region:#}");
+    assert!(notes.contains("cut off from the main repository"), "{region:#}");
     assert!(dir.join("repo/config").exists() && !dir.join("repo.cirkel-drill-unreachable").exists());
     assert!(std::path::Path::new(suite["report"].as_str().unwrap()).exists());
 

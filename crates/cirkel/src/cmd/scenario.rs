@@ -11,10 +11,10 @@
 //!   `cirkel drill failover`, run as children and read back.
 //! - `zone`: every PostgreSQL member of the primary's zone frozen at once
 //!   (`cirkel drill failover --fault zone`).
-//! - `region`: the main repository made unreachable (a local one is moved
-//!   aside) while `cirkel drill region` rebuilds everything from the second
-//!   region's repository; the data's age there is the data a region loss
-//!   would lose.
+//! - `region`: `cirkel drill region` rebuilds everything from the second
+//!   region's repository, told that the main one is where nothing is (with
+//!   `--cut-main` a local main repository is moved aside for everyone);
+//!   the data's age there is the data a region loss would lose.
 //!
 //! Each scenario runs under the drill lock and is recorded in the drill
 //! history as `scenario-NAME`; the suite runs them in turn, each only on a
@@ -63,6 +63,11 @@ pub struct ScenarioOpts {
     /// region: the second region's repository (default: the only [repositories.NAME]).
     #[arg(long, value_name = "REPO")]
     pub from: Option<String>,
+    /// region: move a local main repository aside while the rebuild runs, so that nothing at
+    /// all reaches it (production's archiving and backups fail meanwhile, and catch up after).
+    /// Without it only the rebuild is cut off from the main repository.
+    #[arg(long)]
+    pub cut_main: bool,
     /// Longest wait for the recovery (a region: for the whole rebuild).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -341,6 +346,18 @@ fn secs(d: Duration) -> String {
 /// Runs a drill command as a child with this one's global flags and reads
 /// its JSON report; a child that fails adds its error to `o`.
 fn child(global: &Global, record: &DrillRecordArgs, args: &[&str], o: &mut Outcome, watch: &Watch) -> Value {
+    child_with(global, record, args, o, watch, None)
+}
+
+/// [`child`], with `main` standing in for the main repository.
+fn child_with(
+    global: &Global,
+    record: &DrillRecordArgs,
+    args: &[&str],
+    o: &mut Outcome,
+    watch: &Watch,
+    main: Option<&std::path::Path>,
+) -> Value {
     let mut c = match std::env::current_exe() {
         Ok(exe) => Command::new(exe),
         Err(e) => {
@@ -351,7 +368,9 @@ fn child(global: &Global, record: &DrillRecordArgs, args: &[&str], o: &mut Outco
     if let Some(p) = &global.config {
         c.arg("--config").arg(p);
     }
-    if let Some(r) = &global.repo {
+    if let Some(m) = main {
+        c.arg("--repo").arg(m);
+    } else if let Some(r) = &global.repo {
         c.arg("--repo").arg(r);
     }
     if let Some(p) = &global.password_file {
@@ -565,7 +584,7 @@ fn app_instance(
     Ok(o)
 }
 
-/// §2.5: the main repository made unreachable while everything is rebuilt
+/// §2.5: the main repository out of reach while everything is rebuilt
 /// from the second region's.
 fn region(
     global: &Global,
@@ -593,10 +612,16 @@ fn region(
             _ => return Err(user_error("several repositories are configured", "name the second region's with --from")),
         },
     };
-    // The main repository, unreachable meanwhile: a local one is moved aside.
+    // The main repository, unreachable meanwhile: for the rebuild, which
+    // is told it is at a path where nothing is; with --cut-main for
+    // everything, a local one being moved aside.
     let main = cfg.repository.as_ref().map(|r| r.url.clone());
     let mut moved = None;
+    let nowhere = state.root().join("main-repository-unreachable-during-drill");
     match main.as_deref() {
+        _ if !opts.cut_main => {
+            o.notes.push("the rebuild was cut off from the main repository (it was told it is where nothing is)".into())
+        }
         Some(url) if !url.contains("://") && std::path::Path::new(url).is_dir() => {
             let path = PathBuf::from(url);
             let to = path.with_file_name(format!(
@@ -620,7 +645,8 @@ fn region(
     }
     let began = Instant::now();
     let v = if o.failures.is_empty() {
-        child(global, record, &["drill", "region", "--from", &from, "--timeout", &secs(timeout)], &mut o, watch)
+        let args = ["drill", "region", "--from", &from, "--timeout", &secs(timeout)];
+        child_with(global, record, &args, &mut o, watch, (!opts.cut_main).then_some(nowhere.as_path()))
     } else {
         Value::Null
     };
