@@ -182,8 +182,22 @@ pub(crate) fn on_alert(
 }
 
 fn record_failover(tx: &Transaction<'_>, id: i64, details: &serde_json::Value) -> Result<()> {
-    tx.execute("UPDATE incidents SET details = ?2, phase = 'recovery' WHERE id = ?1", params![id, details.to_string()])
+    // The failover's own measures stay: a later `failover` alarm (raised
+    // at the end of its period) carries none.
+    if measured_rto(details).is_some() {
+        tx.execute(
+            "UPDATE incidents SET details = ?2, phase = 'recovery' WHERE id = ?1",
+            params![id, details.to_string()],
+        )
         .map_err(store_err)?;
+    } else {
+        tx.execute(
+            "UPDATE incidents SET phase = 'recovery', details = CASE WHEN details = 'null' THEN ?2 ELSE details END \
+             WHERE id = ?1",
+            params![id, details.to_string()],
+        )
+        .map_err(store_err)?;
+    }
     for (key, what) in FAILOVER_STEPS {
         if let Some(at) = details.get(key).and_then(|v| v.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok()) {
             append(tx, id, at, "failover", what)?;

@@ -240,6 +240,9 @@ fn a_failover_opens_a_p1_incident_that_related_alerts_join_and_the_postmortem_me
     // A related alert of the same source joins it instead of opening another.
     let lag = n.handle(&input("replication-lag", "main", Severity::Critical, Status::Firing, t(60))).unwrap();
     assert_eq!(lag.incident, Some(inc_id));
+    // The `failover` alarm, judged later, joins it and keeps its measures.
+    let alarm = n.handle(&input("failover", "main", Severity::Critical, Status::Firing, t(61))).unwrap();
+    assert_eq!(alarm.incident, Some(inc_id));
     // Another source opens its own.
     let other = n.handle(&input("primary-down", "billing", Severity::Critical, Status::Firing, t(60))).unwrap();
     assert_ne!(other.incident, Some(inc_id));
