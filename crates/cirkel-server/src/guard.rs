@@ -58,22 +58,39 @@ pub fn undo_drill_leftover(
         "the failover drill of {} started at {} was interrupted before it undid its fault: {done}",
         left.cluster, left.started
     );
+    let name = left.name.clone().unwrap_or_else(|| "failover".into());
+    let details = serde_json::json!({ "member": left.member, "pid": left.pid, "started": left.started });
+    record_aborted(
+        state,
+        &format!("postgres/{}", left.cluster),
+        details,
+        (&name, "failover", &left.cluster),
+        left.started,
+        message,
+    );
+}
+
+/// Records an interrupted drill: a `drill-aborted` event (which alerts)
+/// and an aborted run, `(name, kind, target)`, in the drill history.
+fn record_aborted(
+    state: &StateDir,
+    source: &str,
+    details: serde_json::Value,
+    (name, kind, target): (&str, &str, &str),
+    started: DateTime<Utc>,
+    message: String,
+) {
     crate::record(
         state,
-        &cirkel_state::Event::new(
-            &format!("postgres/{}", left.cluster),
-            cirkel_state::EventKind::DrillAborted,
-            message.clone(),
-        )
-        .with(serde_json::json!({ "member": left.member, "pid": left.pid, "started": left.started })),
+        &cirkel_state::Event::new(source, cirkel_state::EventKind::DrillAborted, message.clone()).with(details),
     );
     let run = cirkel_notify::drills::DrillRun {
         id: 0,
-        name: left.name.clone().unwrap_or_else(|| "failover".into()),
-        kind: "failover".into(),
-        target: left.cluster.clone(),
-        started_at: left.started,
-        finished_at: chrono::Utc::now(),
+        name: name.to_string(),
+        kind: kind.to_string(),
+        target: target.to_string(),
+        started_at: started,
+        finished_at: Utc::now(),
         outcome: cirkel_notify::drills::Outcome::Aborted,
         rto_s: None,
         rto_target_s: None,
@@ -81,13 +98,9 @@ pub fn undo_drill_leftover(
         reason: message,
         report: None,
     };
-    match cirkel_notify::Store::open_in(state.root()) {
-        Ok(store) => {
-            if let Err(e) = store.record_drill(&run) {
-                tracing::error!("the interrupted drill could not be recorded: {e}");
-            }
-        }
-        Err(e) => tracing::error!("the interrupted drill could not be recorded: {e}"),
+    let stored = cirkel_notify::Store::open_in(state.root()).map_err(|e| e.to_string());
+    if let Err(e) = stored.and_then(|s| s.record_drill(&run).map_err(|e| e.to_string())) {
+        tracing::error!("the interrupted drill could not be recorded: {e}");
     }
 }
 
@@ -106,33 +119,10 @@ fn undo_scenario_leftover(state: &StateDir) {
         "the {} scenario started at {} was interrupted before it undid its fault: {done}",
         left.scenario, left.started
     );
-    crate::record(
-        state,
-        &cirkel_state::Event::new(
-            &format!("drill/{}", left.scenario),
-            cirkel_state::EventKind::DrillAborted,
-            message.clone(),
-        )
-        .with(serde_json::json!({ "scenario": left.scenario, "fault": left.fault, "pid": left.pid })),
-    );
-    let run = cirkel_notify::drills::DrillRun {
-        id: 0,
-        name: format!("scenario-{}", left.scenario),
-        kind: "scenario".into(),
-        target: left.scenario.clone(),
-        started_at: left.started,
-        finished_at: chrono::Utc::now(),
-        outcome: cirkel_notify::drills::Outcome::Aborted,
-        rto_s: None,
-        rto_target_s: None,
-        writes_lost: 0,
-        reason: message,
-        report: None,
-    };
-    let stored = cirkel_notify::Store::open_in(state.root()).map_err(|e| e.to_string());
-    if let Err(e) = stored.and_then(|s| s.record_drill(&run).map_err(|e| e.to_string())) {
-        tracing::error!("the interrupted scenario could not be recorded: {e}");
-    }
+    let details = serde_json::json!({ "scenario": left.scenario, "fault": left.fault, "pid": left.pid });
+    let name = format!("scenario-{}", left.scenario);
+    let source = format!("drill/{}", left.scenario);
+    record_aborted(state, &source, details, (&name, "scenario", &left.scenario), left.started, message);
 }
 
 /// What holds a drill back: serious alarms firing and open incidents,
