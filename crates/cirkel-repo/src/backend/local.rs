@@ -126,15 +126,7 @@ impl LocalBackend {
         if let Some(parent) = dir.parent() {
             self.ensure_dir(parent, may_create_root)?;
         }
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        match dir.parent() {
-            Some(parent) => sync_dir(parent),
-            None => Ok(()),
-        }
+        make_dir_synced(dir)
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -187,6 +179,11 @@ fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dir_durable(parent)?;
     }
+    make_dir_synced(dir)
+}
+
+/// Makes one directory whose parent exists, and syncs the parent.
+fn make_dir_synced(dir: &Path) -> std::io::Result<()> {
     // Owner-only: whoever creates the repository (root, or the `postgres`
     // user archiving WAL) is the only one who reads it.
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
