@@ -974,11 +974,12 @@ def summarize(out):
     for system, r in false.items():
         print(f"{system}: false failovers: {r['count']} ({r['failovers']} failovers, {r['in_fault_windows']} of them "
               f"within the {r['faults']} faults; {r['during_flaps']} during the {r['flaps']} flaps)")
-    c = stats.get(("cirkel", "host"))
     for (system, kind), (med, p99) in stats.items():
+        c = stats.get(("cirkel", kind))
         if system.startswith("patroni") and c:
-            print(f"cirkel / {system}, whole host killed: p99 {c[1] / p99:.2f}x, median {c[0] / med:.2f}x "
-                  f"(target p99 <= 0.33x of Patroni's fastest)")
+            what = "whole host killed" if kind == "host" else "postmaster killed"
+            target = " (target p99 <= 0.33x of Patroni's fastest)" if kind == "host" else ""
+            print(f"cirkel / {system}, {what}: p99 {c[1] / p99:.2f}x, median {c[0] / med:.2f}x{target}")
 
 
 def on_term(*_):
