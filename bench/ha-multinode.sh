@@ -5,9 +5,13 @@
 # the root namespace. For each system, RUNS times: the primary's whole host
 # is killed (link down and SIGKILL to everything on it) under pgbench (4
 # clients) and a canary writing every 10 ms, then the host comes back and
-# rejoins. cirkel also gets RUNS kills of the primary's postmaster alone,
-# its host and agent alive. Prints one JSON line per run, then RTO median
-# and p99, lost acknowledged writes and the ratios (bench/multinode_bench.py
+# rejoins; after each, a flap: the primary's PostgreSQL frozen (SIGSTOP)
+# twice for 80% of the longest freeze the system's own settings ride out.
+# Then RUNS kills of the primary's postmaster alone, its host and agent
+# alive. Prints one JSON line per run, then RTO median and p99, lost
+# acknowledged writes, the ratios and "false failovers: N" per system:
+# failovers (cirkel's `failover` events, Patroni's promotions in its logs)
+# outside every fault's window, kill to healed (bench/multinode_bench.py
 # has the details).
 #
 #   cirkel: `cirkel serve --node nI` on every host, one shared config with
@@ -24,7 +28,7 @@
 # Installs etcd-server, haproxy and iproute2 with apt-get and Patroni into a
 # venv (VENV) when missing. OUT=DIR keeps the reports there; KEEP=1 keeps
 # the data directories; CIRKEL_BIN=PATH measures that cirkel binary rather
-# than a fresh release build. About 20 minutes with RUNS=10.
+# than a fresh release build. About 30 minutes with RUNS=10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}

@@ -19,9 +19,23 @@ canary rows missing on the new primary. Then the host comes back (link up,
 etcd, PostgreSQL started as a boot would, the agent) and the driver waits
 until it streams from the new primary again.
 
-cirkel also gets RUNS kills of the primary's postmaster alone, its host and
-agent alive: RTO = kill -> first acknowledged write after the first failed
-one (0 if none failed).
+After each host kill, a flap (no fault): the primary's PostgreSQL, the
+postmaster and every child, frozen with SIGSTOP twice, each time for 80% of
+the longest freeze the system's own settings ride out whatever the phase
+(cirkel: (unhealthy_threshold - 1) x interval + timeout of its health
+check, 2.5 s at the defaults; Patroni: ttl - loop_wait, 18 s, since its
+leader's loop waits on the frozen server before it refreshes the key), with
+one check period and a second between, under pgbench.
+
+Then RUNS kills of the primary's postmaster alone, its host and agent
+alive (Patroni restarts it in place): RTO = kill -> first acknowledged write
+after the first failed one (0 if none failed).
+
+False failovers: every failover a system recorded (cirkel: the `failover`
+events in every agent's state directory, by the time decided; Patroni:
+"promoted self to leader" in its logs) whose time lies in no fault's
+window, from the kill to the cluster healed; those during a flap are also
+counted apart.
 
 Usage: python multinode_bench.py --cirkel BIN --out DIR [--runs N]
        [--systems cirkel,patroni-fast] [--patroni VENV] [--synchronous]
@@ -29,6 +43,7 @@ Prints one JSON line per run and writes them to DIR/runs.jsonl.
 """
 
 import argparse
+import calendar
 import itertools
 import json
 import math
@@ -266,6 +281,16 @@ class Canary:
             return sum(1 for a in self.acks if a[0] >= t and a[2] != old) >= n
 
 
+def utc_seconds(stamp):
+    """Seconds since the epoch of an RFC 3339 UTC time with up to 9 decimals."""
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+
+
+def utc_str(t):
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
 def pctl(xs, p):
     xs = sorted(x for x in xs if x is not None)
     return xs[max(0, math.ceil(p * len(xs)) - 1)] if xs else float("nan")
@@ -287,6 +312,38 @@ class Supervised:
     Restart=always would (Patroni exits when etcd does not answer at its
     start); a killed host's agent is not, until the host comes back."""
 
+    def postmaster_pid(self, i):
+        with open(f"{self.work}/{MEMBERS[i]}/data/postmaster.pid") as f:
+            return int(f.readline())
+
+    def postgres_pids(self, i):
+        """The member's postmaster and its children (backends, WAL senders, ...)."""
+        pm = self.postmaster_pid(i)
+        pids = [pm]
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pm:
+                pids.append(int(d))
+        return pids
+
+    def start_if_down(self, i):
+        """Patroni starts a member whose postmaster is gone by itself."""
+        return False
+
+    def flap_gap(self):
+        """Between two freezes of a flap: long enough for one whole check to pass."""
+        return self.check_period() + 1.0
+
+    def flap_settle(self):
+        """After the last freeze: long enough for a failover it caused to show."""
+        return self.check_period() + 5.0
+
     def supervise(self):
         self.down = set()
         self.restarts = 0
@@ -307,6 +364,42 @@ class Supervised:
 
 class CirkelSystem(Supervised):
     name = "cirkel"
+    # [postgres.main.health] at its defaults (the run's config sets none):
+    # a probe (a new connection and a query) every interval, given timeout;
+    # the member is down after unhealthy_threshold failed probes in a row.
+    INTERVAL, TIMEOUT, UNHEALTHY = 1.0, 0.5, 3
+
+    def tolerated_freeze(self):
+        """The longest freeze of the primary's PostgreSQL the settings ride
+        out whatever the phase: the probes that fail are those started
+        within (freeze - timeout), at most UNHEALTHY - 1 of them while
+        freeze <= (UNHEALTHY - 1) x interval + timeout."""
+        return (self.UNHEALTHY - 1) * self.INTERVAL + self.TIMEOUT
+
+    def check_period(self):
+        return self.INTERVAL
+
+    def failovers(self):
+        """(time decided, old primary, new primary) of every `failover`
+        event any agent recorded in its state directory."""
+        seen = {}
+        for i in range(3):
+            try:
+                with open(f"{self.work}/state-n{i + 1}/events.jsonl") as f:
+                    lines = f.read().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("kind") != "failover":
+                    continue
+                d = e.get("details") or {}
+                t = utc_seconds(d.get("decided") or e["time"])
+                seen[(round(t, 3), d.get("old_primary"), d.get("new_primary"))] = None
+        return sorted(seen)
 
     def __init__(self, net, work, binary, synchronous=False):
         self.net, self.work, self.bin = net, work, binary
@@ -414,10 +507,6 @@ class CirkelSystem(Supervised):
         self.start_agent(i)
         self.down.discard(i)
 
-    def postmaster_pid(self, i):
-        with open(f"{self.work}/{MEMBERS[i]}/data/postmaster.pid") as f:
-            return int(f.readline())
-
     def start_if_down(self, i):
         """A member whose postmaster is gone is started (as an operator would); whether it was."""
         try:
@@ -470,6 +559,7 @@ class PatroniSystem(Supervised):
         self.name = f"patroni-{mode}"
         ttl, loop, retry, checks = {"fast": (20, 2, 4, "inter 1s fall 2 rise 2"),
                                     "default": (30, 10, 10, "inter 3s fall 3 rise 2")}[mode]
+        self.ttl, self.loop_wait = ttl, loop
         os.makedirs(work, exist_ok=True)
         self.etcd = Etcd(net, work)
         hosts = ",".join(f"{net.ip(i)}:2379" for i in range(3))
@@ -546,6 +636,34 @@ watchdog:
             for i, m in enumerate(MEMBERS):
                 f.write(f"    server {m} {net.ip(i)}:5432 maxconn 100 check port 8008\n")
         self.haproxy = spawn(["haproxy", "-db", "-f", f"{work}/haproxy.cfg"], f"{work}/haproxy.log")
+
+    def tolerated_freeze(self):
+        """The leader's loop queries its PostgreSQL (through a socket with no
+        client-side timeout) before it refreshes the leader key every
+        loop_wait; a frozen PostgreSQL holds the loop, and the key lapses ttl
+        after its last refresh, which is at most loop_wait before the
+        freeze."""
+        return self.ttl - self.loop_wait
+
+    def check_period(self):
+        return self.loop_wait
+
+    def failovers(self):
+        """(time, None, new leader) of every promotion in the Patroni logs."""
+        out = []
+        for m in MEMBERS:
+            try:
+                with open(f"{self.work}/patroni-{m}.log", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                if "promoted self to leader by acquiring session lock" not in line:
+                    continue
+                stamp, ms = line[:23].split(",")
+                t = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+                out.append((round(t, 3), None, m))
+        return sorted(out)
 
     def start_agent(self, i):
         env = dict(os.environ, HOME=self.work)
@@ -634,7 +752,8 @@ def host_kill_run(sys_, run, out):
     time.sleep(2)
     load1 = os.getloadavg()[0]
     t_kill = time.monotonic()
-    killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+    wall_kill = time.time()
+    killed_at = utc_str(wall_kill)
     sys_.kill_host(p)
     try:
         wait_for("20 acknowledgements from a new primary", 180, lambda: canary.acked_after(t_kill, 20, old_ip))
@@ -648,6 +767,7 @@ def host_kill_run(sys_, run, out):
     t_back = time.monotonic()
     sys_.revive_host(p)
     t_ok, repaired = heal_or_repair(sys_, 120)
+    sys_.fault_windows.append((wall_kill, time.time()))
     rep = {"system": sys_.name, "kind": "host", "run": run, "killed_at_utc": killed_at, "killed": MEMBERS[p], "new_primary": MEMBERS[new],
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
            "failed_attempts": len(canary.fails),
@@ -658,13 +778,14 @@ def host_kill_run(sys_, run, out):
 
 def postmaster_kill_run(sys_, run, out):
     p = sys_.primary()
-    addrs = [sys_.endpoint(i) for i in range(3)]
+    addrs = sorted({sys_.endpoint(i) for i in range(3)})
     bench = Pgbench(*sys_.endpoint((p + 1) % 3), f"{sys_.work}/pgbench.log")
     canary = Canary(addrs)
     time.sleep(2)
     load1 = os.getloadavg()[0]
     t_kill = time.monotonic()
-    killed_at = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+    wall_kill = time.time()
+    killed_at = utc_str(wall_kill)
     os.kill(sys_.postmaster_pid(p), signal.SIGKILL)
     try:
         wait_for("acknowledgements after the kill", 180,
@@ -684,6 +805,7 @@ def postmaster_kill_run(sys_, run, out):
     except RuntimeError:
         by_hand = sys_.start_if_down(p)
         _, repaired = heal_or_repair(sys_, 120)
+    sys_.fault_windows.append((wall_kill, time.time()))
     rep = {"system": sys_.name, "kind": "postmaster", "run": run, "killed_at_utc": killed_at, "killed": MEMBERS[p],
            "new_primary": MEMBERS[new] if new is not None else None, "served_by": new_ip,
            "rto_s": round(rto, 3), "writes_acknowledged": len(seqs), "writes_lost": lost,
@@ -691,6 +813,75 @@ def postmaster_kill_run(sys_, run, out):
            "healed_s": round(time.monotonic() - t0, 2), "started_by_hand": by_hand, "repaired": repaired, "agent_restarts": sys_.restarts,
            "load1": round(load1, 2)}
     emit(rep, out)
+
+
+# A flap: the primary's PostgreSQL (postmaster and every child) frozen with
+# SIGSTOP FLAP_FREEZES times, each for FLAP_SHARE of the longest freeze the
+# system's own settings ride out (tolerated_freeze), with a gap between in
+# which one whole check passes; pgbench keeps loading it. No fault: any
+# failover it causes is a false one.
+FLAP_FREEZES = 2
+FLAP_SHARE = 0.8
+
+
+def flap_period(sys_, rnd, out):
+    p = sys_.primary()
+    if p is None:
+        raise RuntimeError("no primary before a flap")
+    freeze = round(FLAP_SHARE * sys_.tolerated_freeze(), 2)
+    gap = sys_.flap_gap()
+    bench = Pgbench(*sys_.endpoint((p + 1) % 3), f"{sys_.work}/pgbench.log")
+    time.sleep(2)
+    load1 = os.getloadavg()[0]
+    started = time.time()
+    try:
+        for k in range(FLAP_FREEZES):
+            if k:
+                time.sleep(gap)
+            pids = sys_.postgres_pids(p)
+            try:
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(freeze)
+            finally:
+                for pid in reversed(pids):
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+        time.sleep(sys_.flap_settle())
+    finally:
+        bench.stop()
+    after = sys_.primary()
+    ended = time.time()
+    sys_.flap_windows.append((started, ended))
+    t0 = time.monotonic()
+    _, repaired = heal_or_repair(sys_, 120)
+    rep = {"system": sys_.name, "kind": "flap", "run": rnd, "started_at_utc": utc_str(started),
+           "primary": MEMBERS[p], "primary_after": MEMBERS[after] if after is not None else None,
+           "freezes": FLAP_FREEZES, "freeze_s": freeze, "tolerated_freeze_s": sys_.tolerated_freeze(),
+           "gap_s": gap, "healed_s": round(time.monotonic() - t0, 2), "repaired": repaired,
+           "load1": round(load1, 2)}
+    emit(rep, out)
+
+
+def count_false_failovers(sys_, out):
+    """Failovers whose time is in no fault window (kill to healed); those
+    during a flap are also counted apart."""
+    fos = sys_.failovers()
+    def within(t, ws):
+        return any(a <= t <= b for a, b in ws)
+    false = [f for f in fos if not within(f[0], sys_.fault_windows)]
+    rep = {"system": sys_.name, "kind": "false-failovers", "count": len(false), "failovers": len(fos),
+           "in_fault_windows": len(fos) - len(false), "faults": len(sys_.fault_windows),
+           "during_flaps": sum(1 for f in false if within(f[0], sys_.flap_windows)), "flaps": len(sys_.flap_windows),
+           "false": [{"at_utc": utc_str(t), "old": old, "new": new} for t, old, new in false]}
+    emit(rep, out)
+    log(f"   {sys_.name}: false failovers: {len(false)} ({len(fos)} failovers, "
+        f"{len(sys_.fault_windows)} faults, {len(sys_.flap_windows)} flaps)")
 
 
 def emit(rep, out):
@@ -734,11 +925,13 @@ def main():
             else:
                 sys_ = PatroniSystem(net, work, a.patroni, name.split("-", 1)[1], a.synchronous)
             prepare(sys_)
+            sys_.fault_windows, sys_.flap_windows = [], []
             for run in range(1, a.runs + 1):
                 host_kill_run(sys_, run, out)
-            if name == "cirkel":
-                for run in range(1, a.runs + 1):
-                    postmaster_kill_run(sys_, run, out)
+                flap_period(sys_, run, out)
+            for run in range(1, a.runs + 1):
+                postmaster_kill_run(sys_, run, out)
+            count_false_failovers(sys_, out)
         finally:
             if sys_ is not None:
                 sys_.stop_supervisor.set()
@@ -756,8 +949,12 @@ def main():
 def summarize(out):
     reps = [json.loads(l) for l in open(out)]
     rows = {}
+    false = {}
     for r in reps:
-        rows.setdefault((r["system"], r["kind"]), []).append(r)
+        if r["kind"] == "false-failovers":
+            false[r["system"]] = r
+        elif r["kind"] in ("host", "postmaster"):
+            rows.setdefault((r["system"], r["kind"]), []).append(r)
     print()
     print("| system | fault | runs | RTO median | RTO p99 (= max) | lost acked writes | rejoin median |")
     print("|---|---|---|---|---|---|---|")
@@ -774,11 +971,15 @@ def summarize(out):
         print(f"| {system} | {'whole host killed' if kind == 'host' else 'postmaster killed, agent alive'} | "
               f"{len(rs)} | {med:.2f} s | {p99:.2f} s | {lost} of {acked} | {statistics.median(rej):.1f} s "
               f"({repaired} needed a fresh clone) |")
-    c = stats.get(("cirkel", "host"))
+    for system, r in false.items():
+        print(f"{system}: false failovers: {r['count']} ({r['failovers']} failovers, {r['in_fault_windows']} of them "
+              f"within the {r['faults']} faults; {r['during_flaps']} during the {r['flaps']} flaps)")
     for (system, kind), (med, p99) in stats.items():
+        c = stats.get(("cirkel", kind))
         if system.startswith("patroni") and c:
-            print(f"cirkel / {system}, whole host killed: p99 {c[1] / p99:.2f}x, median {c[0] / med:.2f}x "
-                  f"(target p99 <= 0.33x of Patroni's fastest)")
+            what = "whole host killed" if kind == "host" else "postmaster killed"
+            target = " (target p99 <= 0.33x of Patroni's fastest)" if kind == "host" else ""
+            print(f"cirkel / {system}, {what}: p99 {c[1] / p99:.2f}x, median {c[0] / med:.2f}x{target}")
 
 
 def on_term(*_):
