@@ -293,6 +293,28 @@ fn serve_keeps_the_second_region_current_and_its_lag_alarm_fires_and_clears() {
     wait_for("copy-lag to clear", Duration::from_secs(120), || {
         alarm_changes(&env).last().is_some_and(|(from, to)| from == "ALARM" && to == "OK")
     });
+
+    // The daemon killed with SIGKILL takes its follower with it: none is
+    // left copying beside the next daemon's.
+    let serve = _serve.0.id();
+    let followers: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(serve) && String::from_utf8_lossy(&cmdline).contains("--follow")
+        })
+        .collect();
+    assert_eq!(followers.len(), 1, "one follower under the daemon");
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(serve as libc::pid_t, libc::SIGKILL) };
+    wait_for("the follower to go with its daemon", Duration::from_secs(15), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", followers[0]))
+            .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    });
 }
 
 #[test]
