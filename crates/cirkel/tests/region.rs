@@ -573,6 +573,12 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     let on = |s: &Value, sql: &str| psql("127.0.0.1", port(s), sql);
     assert_eq!(on(primary, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
     assert_eq!(on(primary, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    // The data is dated by its newest commit, and said so.
+    let last: chrono::DateTime<chrono::Utc> = primary["last_commit"].as_str().unwrap().parse().unwrap();
+    let newest = on(primary, "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin)))::bigint FROM t");
+    assert!(report["rpo_commit_s"].as_f64().is_some() && text.contains("newest commit"), "{report:#}\n{text}");
+    let n: i64 = newest.as_deref().unwrap_or("").parse().unwrap_or_else(|e| panic!("{e}: {newest:?}"));
+    assert!(last.timestamp() >= n - 1, "the newest commit {last} is older than t's newest row ({n})");
     assert_eq!(on(standby, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
     assert_eq!(
         on(primary, "SELECT application_name || ' ' || state FROM pg_stat_replication").as_deref(),

@@ -311,6 +311,13 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let services = if args.no_start { Vec::new() } else { start_services(global, args, to, &steps)? };
     ok &= services.iter().all(|s| s.error.is_none());
     let rto = started.elapsed().as_secs_f64();
+    // The age, when the recovery began, of the newest commit the recovered
+    // primaries replayed: the commits a loss of the first region loses.
+    let rpo_commit = services
+        .iter()
+        .filter_map(|s| s.last_commit)
+        .map(|c| ((now - c).num_milliseconds() as f64 / 1000.0).max(0.0))
+        .reduce(f64::max);
     let report = json!({
         "from": repo.location(),
         "to": to,
@@ -319,6 +326,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "ok": ok,
         "rto_s": rto,
         "rpo_s": rpo,
+        "rpo_commit_s": rpo_commit,
         "predicted_s": predicted,
         "steps": steps,
         "services": services,
@@ -377,11 +385,12 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             }
         }
         println!(
-            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO); report {}",
+            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO){}; report {}",
             repo.location(),
             to.display(),
             rto,
             humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+            rpo_commit.map(|r| format!(", newest commit {r:.1} s old")).unwrap_or_default(),
             path.display()
         );
     }

@@ -56,6 +56,10 @@ pub struct Service {
     /// Redis: keys loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
+    /// PostgreSQL's primary: when the newest transaction it replayed was
+    /// committed, which dates the data better than the copy's objects do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<chrono::DateTime<chrono::Utc>>,
     pub seconds: f64,
     /// Why it did not start (it may still be running: `stop` stops it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +188,7 @@ impl Postgres<'_> {
             log: log.clone(),
             stop: stop(self.data),
             keys: None,
+            last_commit: None,
             seconds: 0.0,
             error: None,
         };
@@ -215,6 +220,12 @@ impl Postgres<'_> {
                 return vec![primary];
             }
         };
+        // It stays at the last transaction recovery applied.
+        primary.last_commit = conn
+            .query_one("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::float8")
+            .ok()
+            .and_then(|r| r.get::<_, Option<f64>>(0))
+            .and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64));
         let mut services = vec![];
         let primary_port = primary.port;
         services.push(primary);
@@ -233,6 +244,7 @@ impl Postgres<'_> {
                 log: log.clone(),
                 stop: stop(data),
                 keys: None,
+                last_commit: None,
                 seconds: 0.0,
                 error: None,
             };
@@ -282,6 +294,7 @@ impl Postgres<'_> {
             log: PathBuf::new(),
             stop: String::new(),
             keys: None,
+            last_commit: None,
             seconds: t.elapsed().as_secs_f64(),
             error: Some(error),
         }
@@ -424,6 +437,7 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
         log: log.clone(),
         stop: String::new(),
         keys: None,
+        last_commit: None,
         seconds: 0.0,
         error: None,
     };
