@@ -20,6 +20,18 @@ fn lab(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     c.arg("lab").args(args).arg("--dir").arg(dir).output().unwrap()
 }
 
+/// Stops the lab even when a test fails half-way: its processes would
+/// otherwise outlive the test's directory.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if self.0.join("lab.json").exists() {
+            let _ = lab(&self.0, &["down"]);
+        }
+    }
+}
+
 fn port_open(port: u64) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
 }
@@ -29,6 +41,7 @@ fn lab_up_is_healthy_status_reports_it_and_down_removes_everything() {
     let top = tempfile::tempdir().unwrap();
     std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = top.path().join("lab");
+    let _down = Down(dir.clone());
     // Nothing there yet: status and down say so.
     let out = lab(&dir, &["status"]);
     assert!(!out.status.success());
@@ -113,6 +126,7 @@ fn the_suite_rehearses_the_plans_five_failures_on_the_lab_and_a_killed_scenario_
     let top = tempfile::tempdir().unwrap();
     std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = top.path().join("lab");
+    let _down = Down(dir.clone());
     let out = Command::new(shared_bin()).args(["--json", "lab", "up", "--dir"]).arg(&dir).output().unwrap();
     assert!(out.status.success(), "lab up failed: {}\n{}", stderr(&out), stdout(&out));
     let manifest: serde_json::Value =
