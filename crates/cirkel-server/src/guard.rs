@@ -181,8 +181,8 @@ impl DrillWindows {
     }
 
     /// Whether `e` happened inside a drill of its source that has ended:
-    /// when the failure began (a Redis failover's `last_seen_ok`), else
-    /// when it was recorded. An alarm's change counts up to
+    /// when the failure began (a Redis failover's `last_seen_ok`, a
+    /// PostgreSQL failover's `detected`), else when it was recorded. An alarm's change counts up to
     /// [`ALARM_AFTER_DRILL`] after the drill: it is judged at the end of
     /// its period, on datapoints from the drill.
     pub fn caused(&self, e: &cirkel_state::Event) -> bool {
@@ -190,11 +190,9 @@ impl DrillWindows {
             cirkel_state::EventKind::AlarmRaised | cirkel_state::EventKind::AlarmCleared => ALARM_AFTER_DRILL,
             _ => chrono::Duration::zero(),
         };
-        let at = e
-            .details
-            .get("last_seen_ok")
-            .and_then(|s| s.as_str())
-            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
+        let at = ["last_seen_ok", "detected"]
+            .iter()
+            .find_map(|k| e.details.get(*k).and_then(|s| s.as_str()).and_then(|s| s.parse::<DateTime<Utc>>().ok()))
             .unwrap_or(e.time);
         self.covers(subject(&e.source), at, grace)
     }
@@ -232,6 +230,31 @@ pub const ALARM_AFTER_DRILL: chrono::Duration = chrono::Duration::minutes(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failover_detected_during_a_drill_is_the_drills_though_recorded_after_it() {
+        use cirkel_state::{Event, EventKind};
+        let mut w = DrillWindows::default();
+        let t0 = Utc::now() - chrono::Duration::seconds(30);
+        let mut drill = Event::new("postgres/main", EventKind::Drill, "aborted")
+            .with(serde_json::json!({ "started": t0, "outcome": "aborted" }));
+        drill.time = t0 + chrono::Duration::seconds(5);
+        w.observe(&drill);
+        let mut failover = Event::new("postgres/main", EventKind::Failover, "failover a → b")
+            .with(serde_json::json!({ "detected": t0 + chrono::Duration::seconds(2) }));
+        failover.time = t0 + chrono::Duration::seconds(7);
+        assert!(w.caused(&failover), "detected inside the drill");
+        failover.details = serde_json::json!({ "detected": t0 + chrono::Duration::seconds(6) });
+        assert!(!w.caused(&failover), "detected after it");
+        let mut other = failover.clone();
+        other.source = "postgres/other".into();
+        other.details = serde_json::json!({ "detected": t0 + chrono::Duration::seconds(2) });
+        assert!(!w.caused(&other), "another source");
+        // A scheduled job's failure is its source's.
+        let mut job = Event::new("schedule/postgres/main", EventKind::JobFailed, "backup failed");
+        job.time = t0 + chrono::Duration::seconds(3);
+        assert!(w.caused(&job));
+    }
 
     #[test]
     fn a_quiet_estate_holds_nothing_back_and_a_firing_alarm_does_unless_it_is_the_drills_own() {
