@@ -373,18 +373,7 @@ pub fn streaming_cluster(net: &Net, names: &[&str], conf: &[&str]) -> Vec<PgClus
 /// Runs one statement with psql from inside host `from` of `net`, to
 /// `host`:`port` over TCP; the output, or the error text.
 pub fn psql_from(net: &Net, from: usize, host: &str, port: u16, sql: &str) -> Result<String, String> {
-    let out = net
-        .cmd(from, pg_bindir().join("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    run_psql(net.cmd(from, pg_bindir().join("psql")), host, port, sql)
 }
 
 impl Drop for PgCluster {
@@ -431,7 +420,13 @@ fn is_zombie(pid: u32) -> bool {
 /// Runs one statement as `postgres` through `host` (an address or a socket
 /// directory) and `port`; the output, or the error text.
 pub fn psql(host: &str, port: u16, sql: &str) -> Result<String, String> {
-    let out: Output = Command::new(pg_bindir().join("psql"))
+    run_psql(Command::new(pg_bindir().join("psql")), host, port, sql)
+}
+
+/// Runs `psql` (`cmd`, wherever it runs) as `postgres` against `host` and
+/// `port` with a 2 s connect timeout; the output, or the error text.
+fn run_psql(mut cmd: Command, host: &str, port: u16, sql: &str) -> Result<String, String> {
+    let out: Output = cmd
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string()])
         .args(["-U", "postgres", "-d", "postgres", "-c", sql])
         .env("PGCONNECT_TIMEOUT", "2")
