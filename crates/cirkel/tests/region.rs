@@ -103,15 +103,15 @@ impl Drop for Follower {
     }
 }
 
-#[test]
-fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
-    let server = S3Server::start();
-    let proxy = Proxy::start(server.port);
+/// A local main repository holding one backup of a file tree, and a
+/// second region `dr` on the S3 server behind `proxy` (so that it can be
+/// cut off), copied continuously; `extra` is more configuration.
+fn second_region(server: &S3Server, proxy: &Proxy, extra: &str) -> (Env, std::path::PathBuf) {
     let mut env = Env::new();
     env.extra_env = server.env();
     env.extra_env.push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "1s".into()));
     let config = format!(
-        "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"s3://{}/dr\"\ncontinuous = true\n[repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{}\"\n",
+        "[state]\ndir = \"{}\"\n[repositories.dr]\nurl = \"s3://{}/dr\"\ncontinuous = true\n[repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{}\"\n{extra}",
         env.path("state").display(),
         server.bucket,
         proxy.port
@@ -123,6 +123,14 @@ fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
     let src = env.path("src");
     make_tree(&src);
     env.ok(&["backup", "files", src.to_str().unwrap()]);
+    (env, src)
+}
+
+#[test]
+fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(server.port);
+    let (env, src) = second_region(&server, &proxy, "");
 
     let _follower = Follower(
         env.cmd(&["repo", "copy", "--to", "dr", "--follow", "--interval", "200ms"])
@@ -252,26 +260,16 @@ fn alarm_changes(env: &Env) -> Vec<(String, String)> {
 fn serve_keeps_the_second_region_current_and_its_lag_alarm_fires_and_clears() {
     let server = S3Server::start();
     let proxy = Proxy::start(server.port);
-    let mut env = Env::new();
-    env.extra_env = server.env();
-    env.extra_env.push(("CIRKEL_S3_RETRY_TIMEOUT".into(), "1s".into()));
     let listen = cirkel_testkit::free_port();
-    let config = format!(
-        "[state]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{listen}\"\n\
-         [repositories.dr]\nurl = \"s3://{}/dr\"\ncontinuous = true\n[repositories.dr.s3]\nendpoint = \"http://127.0.0.1:{}\"\n\
-         # The built-in is 5 minutes over a minute; seconds keep the test short.\n\
-         [alarms.copy-lag]\nperiod = \"10s\"\nthreshold = 20\n",
-        env.path("state").display(),
-        server.bucket,
-        proxy.port
+    let (env, src) = second_region(
+        &server,
+        &proxy,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\n\
+             # The built-in is 5 minutes over a minute; seconds keep the test short.\n\
+             [alarms.copy-lag]\nperiod = \"10s\"\nthreshold = 20\n"
+        ),
     );
-    std::fs::write(env.path("cirkel.toml"), config).unwrap();
-    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
-    env.init();
-    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
-    let src = env.path("src");
-    make_tree(&src);
-    env.ok(&["backup", "files", src.to_str().unwrap()]);
     let _serve = Daemon(env.cmd(&["serve"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     wait_for("the snapshot in the second region", Duration::from_secs(60), || dr_snapshots(&env) == 1);
     let addr = format!("127.0.0.1:{listen}");
