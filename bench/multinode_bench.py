@@ -312,6 +312,13 @@ class Supervised:
     Restart=always would (Patroni exits when etcd does not answer at its
     start); a killed host's agent is not, until the host comes back."""
 
+    def sock(self, i):
+        return f"{self.work}/{MEMBERS[i]}/sock"
+
+    def primary(self):
+        ps = [i for i in range(3) if psql_sock(self.sock(i), "SELECT pg_is_in_recovery()") == "f"]
+        return ps[0] if len(ps) == 1 else None
+
     def postmaster_pid(self, i):
         with open(f"{self.work}/{MEMBERS[i]}/data/postmaster.pid") as f:
             return int(f.readline())
@@ -462,13 +469,6 @@ class CirkelSystem(Supervised):
         self.agents[i] = spawn(self.net.cmd(i, AS_PG + [self.bin, "--config", self.config, "serve",
                                                         "--node", f"n{i + 1}"]),
                                f"{self.work}/agent-n{i + 1}.log", env=env)
-
-    def sock(self, i):
-        return f"{self.work}/{MEMBERS[i]}/sock"
-
-    def primary(self):
-        ps = [i for i in range(3) if psql_sock(self.sock(i), "SELECT pg_is_in_recovery()") == "f"]
-        return ps[0] if len(ps) == 1 else None
 
     def endpoint(self, i):
         return (self.net.ip(i), 6432)
@@ -669,13 +669,6 @@ watchdog:
         env = dict(os.environ, HOME=self.work)
         self.agents[i] = spawn(self.net.cmd(i, AS_PG + [f"{self.venv}/bin/patroni", f"{self.work}/{MEMBERS[i]}/patroni.yml"]),
                                f"{self.work}/patroni-{MEMBERS[i]}.log", env=env)
-
-    def sock(self, i):
-        return f"{self.work}/{MEMBERS[i]}/sock"
-
-    def primary(self):
-        ps = [i for i in range(3) if psql_sock(self.sock(i), "SELECT pg_is_in_recovery()") == "f"]
-        return ps[0] if len(ps) == 1 else None
 
     def endpoint(self, _i):
         return ("127.0.0.1", self.hap)
