@@ -9,6 +9,7 @@
 #   - acl, attr: set the ACLs and extended attributes the file tests round-trip
 #   - restic: the reference the file-metadata tests compare restores with
 #   - iproute2: the network namespaces, veths and bridges of the multi-host tests
+#   - nftables: the network faults (partition, loss, latency) the drill tests inject
 #   - chromium, chromium-driver: the browser the dashboard tests drive over WebDriver
 #   - openssl, curl: the HTTPS test makes its certificate and fetches over TLS
 #   - prometheus: promtool checks /metrics; a real Prometheus scrapes cirkel serve
@@ -21,7 +22,7 @@ started=$SECONDS
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 chromium chromium-driver openssl curl redis-server redis-sentinel redis-tools acl attr restic prometheus etcd-server iproute2 protobuf-compiler >/dev/null
+    apt-get install -y -qq util-linux python3-pip postgresql-15 postgresql-client-15 chromium chromium-driver openssl curl redis-server redis-sentinel redis-tools acl attr restic prometheus etcd-server iproute2 nftables protobuf-compiler >/dev/null
 fi
 if ! command -v moto_server >/dev/null; then
     python3 -m pip install --quiet 'moto[server]'

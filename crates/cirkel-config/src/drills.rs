@@ -26,16 +26,21 @@ pub enum DrillKind {
     /// `cirkel drill scenario TARGET`: one of the plan's five failures
     /// ([`Scenario`]).
     Scenario,
+    /// `cirkel drill network --fault FAULT`: a PostgreSQL member's network
+    /// degraded ([`NetFault`]) for a while; the cluster must ride it out
+    /// without failing over or losing a write.
+    Network,
 }
 
 impl DrillKind {
-    pub const ALL: [(&'static str, DrillKind); 6] = [
+    pub const ALL: [(&'static str, DrillKind); 7] = [
         ("failover", DrillKind::Failover),
         ("switchover", DrillKind::Switchover),
         ("redis-failover", DrillKind::RedisFailover),
         ("restore", DrillKind::Restore),
         ("region", DrillKind::Region),
         ("scenario", DrillKind::Scenario),
+        ("network", DrillKind::Network),
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,7 +54,7 @@ impl DrillKind {
     /// loosest of them.
     pub fn plan_rto(self) -> Duration {
         match self {
-            DrillKind::Failover | DrillKind::Switchover => Duration::from_secs(60),
+            DrillKind::Failover | DrillKind::Switchover | DrillKind::Network => Duration::from_secs(60),
             DrillKind::RedisFailover => Duration::from_secs(15),
             DrillKind::Restore => Duration::from_secs(15 * 60),
             DrillKind::Region | DrillKind::Scenario => Duration::from_secs(30 * 60),
@@ -59,7 +64,7 @@ impl DrillKind {
     /// Whether `target` names a PostgreSQL cluster (else a Redis group, or
     /// nothing for a restore of the main repository's newest backup).
     pub fn targets_postgres(self) -> bool {
-        matches!(self, DrillKind::Failover | DrillKind::Switchover)
+        matches!(self, DrillKind::Failover | DrillKind::Switchover | DrillKind::Network)
     }
 }
 
@@ -79,8 +84,13 @@ pub struct DrillConfig {
     #[serde(serialize_with = "crate::reader::ser_duration")]
     pub timeout: Duration,
     /// A failover drill's fault: `kill` (the default), `stop` (SIGSTOP),
-    /// `zone` (the primary's zone frozen) or `disk-full` (its WAL volume).
+    /// `zone` (the primary's zone frozen), `disk-full` (its WAL volume) or
+    /// `partition` (the primary cut off from the network); a network
+    /// drill's [`NetFault`] (required).
     pub fault: Option<String>,
+    /// A network drill: how long the fault lasts.
+    #[serde(serialize_with = "crate::reader::ser_duration")]
+    pub hold: Duration,
 }
 
 /// The plan's five failures (§2), each rehearsed by `cirkel drill scenario
@@ -148,6 +158,50 @@ impl Scenario {
     }
 }
 
+/// A network fault between one member and the rest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NetFault {
+    /// Every packet to and from the member dropped.
+    Partition,
+    /// This share of the packets (1–100 %) dropped at random, each
+    /// direction.
+    Loss(u8),
+    /// Every byte, each direction, held back this long: round trips take
+    /// twice this longer.
+    Latency(Duration),
+}
+
+impl std::str::FromStr for NetFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "expected `partition`, `loss=PCT%` (1–100) or `latency=DURATION` (e.g. 200ms)";
+        match s.split_once('=') {
+            None if s == "partition" => Ok(NetFault::Partition),
+            Some(("loss", v)) => match v.trim_end_matches('%').parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(NetFault::Loss(p)),
+                _ => Err(format!("`{v}` is not a loss between 1% and 100%; {hint}")),
+            },
+            Some(("latency", v)) => match humantime::parse_duration(v) {
+                Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(30) => Ok(NetFault::Latency(d)),
+                Ok(_) => Err(format!("`{v}` is not a latency between 1ms and 30s; {hint}")),
+                Err(e) => Err(format!("`{v}`: {e}; {hint}")),
+            },
+            _ => Err(format!("`{s}` is not a network fault; {hint}")),
+        }
+    }
+}
+
+impl std::fmt::Display for NetFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetFault::Partition => write!(f, "partition"),
+            NetFault::Loss(p) => write!(f, "loss={p}%"),
+            NetFault::Latency(d) => write!(f, "latency={}", humantime::format_duration(*d)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +214,18 @@ mod tests {
             assert!(s.target_rto() * 3 <= s.plan_rto(), "{name}");
         }
         assert_eq!(Scenario::parse("moon"), None);
+    }
+
+    #[test]
+    fn faults_parse_and_print_back() {
+        for s in ["partition", "loss=30%", "latency=200ms"] {
+            let f: NetFault = s.parse().unwrap();
+            assert_eq!(f.to_string(), s);
+        }
+        assert_eq!("loss=5".parse::<NetFault>().unwrap(), NetFault::Loss(5));
+        for bad in ["loss=0%", "loss=101%", "latency=0s", "latency=1h", "latency=soon", "jitter=5ms", "cut"] {
+            let e = bad.parse::<NetFault>().unwrap_err();
+            assert!(e.contains("expected `partition`"), "{bad}: {e}");
+        }
     }
 }

@@ -29,7 +29,7 @@ pub use alarms::{AlarmConfig, ScrapeConfig};
 pub use buckets::BucketConfig;
 pub use checks::{CheckConfig, CheckKindConfig, ServerConfig};
 pub use coordination::CoordinationConfig;
-pub use drills::{DrillConfig, DrillKind, Scenario};
+pub use drills::{DrillConfig, DrillKind, NetFault, Scenario};
 pub use notify::NotifyConfig;
 pub use reader::duration_to_string;
 pub use secret::Secret;

@@ -22,6 +22,8 @@ use crate::conn::PgConn;
 use crate::failover::member_conninfo;
 use crate::members::status;
 
+pub mod network;
+
 /// What a failover or switchover drill measured.
 pub type FailoverReport = DrillReport<PgDrill>;
 
@@ -49,6 +51,10 @@ pub struct PgDrill {
     pub filled: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon_bytes: Option<u64>,
+    /// The member cut off from the network (`--fault partition`): every
+    /// packet to and from its address and port dropped, until the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<String>,
     pub new_primary: Option<String>,
     /// The longest gap between two acknowledged canary writes across the
     /// fault: what a client saw of the outage, at the canary's 10 ms pace.
@@ -97,6 +103,10 @@ pub struct Leftover {
     /// `disk-full`: the file that fills the WAL volume, to remove.
     #[serde(default)]
     pub balloon: Option<std::path::PathBuf>,
+    /// `partition`, `loss`, `latency`: the nftables table holding the
+    /// fault's rules, to delete.
+    #[serde(default)]
+    pub nft_table: Option<String>,
     pub started: chrono::DateTime<Utc>,
 }
 
@@ -119,6 +129,21 @@ pub fn undo_leftover(
         .is_ok_and(|c| c.contains("drill") && !is_zombie(left.pid));
     if alive {
         return Ok(None);
+    }
+    if let Some(table) = &left.nft_table {
+        // Kept on record while it cannot be removed (removing needs
+        // CAP_NET_ADMIN): the next drill, which has it, removes it.
+        let done = match crate::netfault::remove_table(table) {
+            Ok(true) => format!("the network fault on {} was removed (nft table inet {table})", left.member),
+            Ok(false) => format!("the network fault on {} was already gone", left.member),
+            Err(e) => anyhow::bail!(
+                "the network fault a killed drill left on {} is still in place: {e:#}; it is removed by the next \
+                 network drill, by `cirkel serve` with CAP_NET_ADMIN, or by hand: `nft delete table inet {table}`",
+                left.member
+            ),
+        };
+        let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
+        return Ok(Some((left, done)));
     }
     if left.fault == "zone" {
         let continued = continue_all(&left.frozen);
@@ -251,6 +276,116 @@ fn clear_dead_locks(pgdata: &std::path::Path, m: &PgMemberConfig) {
     }
 }
 
+/// One write the canary had acknowledged.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub seq: u64,
+    /// When it was acknowledged.
+    pub at: Instant,
+    /// How long it took, from the statement sent to its answer.
+    pub took: Duration,
+    /// The port of the server that acknowledged it (a member's, on the
+    /// endpoint's far side).
+    pub port: String,
+}
+
+/// A writer that inserts one row through the endpoint every 10 ms, as a
+/// client would, and keeps what was acknowledged: what a drill measures
+/// the outage and the data lost with.
+pub struct Canary {
+    pub run: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    failed: Arc<Mutex<usize>>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Canary {
+    /// Creates the canary's table through the endpoint `ep` and starts
+    /// writing.
+    pub fn start(c: &PostgresConfig, ep: &PgMemberConfig) -> anyhow::Result<Canary> {
+        let setup = PgConn::connect(Some(&member_conninfo(c, ep, Duration::from_secs(2))))?;
+        setup
+            .execute("CREATE TABLE IF NOT EXISTS cirkel_drill_canary (run text, seq bigint, PRIMARY KEY (run, seq))")?;
+        drop(setup);
+        let run = format!("{:08x}", rand::random::<u32>());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<Ack>>> = Default::default();
+        let failed = Arc::new(Mutex::new(0usize));
+        let writer = {
+            let (c, ep, stop, acked, failed, run) =
+                (c.clone(), ep.clone(), stop.clone(), acked.clone(), failed.clone(), run.clone());
+            std::thread::spawn(move || {
+                let mut conn: Option<PgConn> = None;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    if conn.is_none() {
+                        conn = PgConn::connect(Some(&member_conninfo(&c, &ep, Duration::from_secs(1)))).ok();
+                    }
+                    let sql = format!(
+                        "INSERT INTO cirkel_drill_canary VALUES ('{run}', {seq}) RETURNING current_setting('port')"
+                    );
+                    let sent = Instant::now();
+                    match conn.as_ref().map(|k| k.query_one(&sql)) {
+                        Some(Ok(row)) => {
+                            let port: String = row.get(0);
+                            let at = Instant::now();
+                            if let Ok(mut a) = acked.lock() {
+                                a.push(Ack { seq, at, took: at - sent, port });
+                            }
+                        }
+                        _ => {
+                            conn = None;
+                            if let Ok(mut f) = failed.lock() {
+                                *f += 1;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Ok(Canary { run, stop, acked, failed, writer })
+    }
+
+    /// When the first acknowledged write matching `f` was acknowledged.
+    pub fn first_ack(&self, f: impl Fn(&Ack) -> bool) -> Option<Instant> {
+        self.acked.lock().ok()?.iter().find(|a| f(a)).map(|a| a.at)
+    }
+
+    /// Stops writing: every acknowledged write, and how many failed.
+    pub fn stop(self) -> anyhow::Result<(Vec<Ack>, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.writer.join();
+        let acked = std::mem::take(&mut *self.acked.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?);
+        let failed = *self.failed.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?;
+        Ok((acked, failed))
+    }
+}
+
+/// The longest gap between two acknowledged writes across `from`..`to`:
+/// what a client saw of an outage, at the canary's 10 ms pace.
+pub fn longest_pause(acked: &[Ack], from: Instant, to: Instant) -> Option<f64> {
+    acked
+        .windows(2)
+        .filter(|w| w[1].at > from && w[0].at <= to)
+        .map(|w| (w[1].at - w[0].at).as_secs_f64())
+        .reduce(f64::max)
+}
+
+/// How many acknowledged writes of run `run` are missing on `conn`'s
+/// server; the run's rows are removed.
+pub fn count_lost(conn: &PgConn, run: &str, acked: &[Ack]) -> anyhow::Result<usize> {
+    let present: HashSet<i64> = conn
+        .query(&format!("SELECT seq FROM cirkel_drill_canary WHERE run = '{run}'"))?
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect();
+    conn.execute(&format!("DELETE FROM cirkel_drill_canary WHERE run = '{run}'"))?;
+    Ok(acked.iter().filter(|a| !present.contains(&(a.seq as i64))).count())
+}
+
 /// The fault a drill injects.
 pub enum Fault<'a> {
     /// SIGKILL of the primary's postmaster.
@@ -269,6 +404,11 @@ pub enum Fault<'a> {
     /// `zone` it is frozen with SIGSTOP, the postmaster and every process
     /// it started, so nothing there answers or sends; SIGCONT at the end.
     Zone(Option<String>),
+    /// The primary cut off from the network (its address and port, both
+    /// directions, with nftables), alive and still a primary for itself;
+    /// reconnected at the end, it comes back as an old primary, which
+    /// `cirkel serve` rewinds.
+    Partition,
 }
 
 /// Runs the drill. `cirkel serve` must be watching the cluster: it is what
@@ -317,6 +457,11 @@ pub fn run_drill(
         Fault::Zone(z) => Some(z.clone().unwrap_or_else(|| old_cfg.zone.clone())),
         _ => None,
     };
+    let partition = match &fault {
+        Fault::Partition => Some(crate::netfault::Target::resolve(&old, &old_cfg.host, old_cfg.port)?),
+        _ => None,
+    };
+    let table = crate::netfault::table_name(std::process::id());
     let mut cut_off = Vec::new();
     let mut postmasters = Vec::new();
     let balloon = match &fault {
@@ -353,50 +498,12 @@ pub fn run_drill(
             );
         }
     }
-    let setup = PgConn::connect(Some(&member_conninfo(c, &ep, Duration::from_secs(2))))?;
-    setup.execute("CREATE TABLE IF NOT EXISTS cirkel_drill_canary (run text, seq bigint, PRIMARY KEY (run, seq))")?;
-    drop(setup);
-
     let started = Utc::now();
-    let run = format!("{:08x}", rand::random::<u32>());
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(u64, Instant, String)>>> = Default::default();
-    let failed = Arc::new(Mutex::new(0usize));
-    let writer = {
-        let (c, ep, stop, acked, failed, run) =
-            (c.clone(), ep.clone(), stop.clone(), acked.clone(), failed.clone(), run.clone());
-        std::thread::spawn(move || {
-            let mut conn: Option<PgConn> = None;
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                seq += 1;
-                if conn.is_none() {
-                    conn = PgConn::connect(Some(&member_conninfo(&c, &ep, Duration::from_secs(1)))).ok();
-                }
-                let sql = format!(
-                    "INSERT INTO cirkel_drill_canary VALUES ('{run}', {seq}) RETURNING current_setting('port')"
-                );
-                match conn.as_ref().map(|k| k.query_one(&sql)) {
-                    Some(Ok(row)) => {
-                        let port: String = row.get(0);
-                        if let Ok(mut a) = acked.lock() {
-                            a.push((seq, Instant::now(), port));
-                        }
-                    }
-                    _ => {
-                        conn = None;
-                        if let Ok(mut f) = failed.lock() {
-                            *f += 1;
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let canary = Canary::start(c, &ep)?;
     std::thread::sleep(Duration::from_secs(1));
     let kind = match &fault {
-        Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull => "postgres-failover",
+        Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull | Fault::Partition => "postgres-failover",
         Fault::Switchover { .. } => "postgres-switchover",
     };
     let mut asked = None;
@@ -405,7 +512,9 @@ pub fn run_drill(
     // Frozen, in order: each postmaster first (so it starts nothing new),
     // then what it had started.
     let frozen: Vec<u32> = postmasters.iter().flat_map(|p| process_tree(*p)).collect();
-    if let (Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull, Some((state, name))) = (&fault, &leftovers) {
+    if let (Fault::Kill | Fault::Stop | Fault::Zone(_) | Fault::DiskFull | Fault::Partition, Some((state, name))) =
+        (&fault, &leftovers)
+    {
         let left = Leftover {
             pid: std::process::id(),
             name: name.clone(),
@@ -415,17 +524,26 @@ pub fn run_drill(
                 Fault::Stop => "stop",
                 Fault::Zone(_) => "zone",
                 Fault::DiskFull => "disk-full",
+                Fault::Partition => "partition",
                 _ => "kill",
             }
             .into(),
             postmaster: Some(pid),
             frozen: frozen.clone(),
             balloon: balloon.clone(),
+            nft_table: partition.is_some().then(|| table.clone()),
             started,
         };
         state.save_json(LEFTOVER_FILE, &left)?;
     }
+    let mut cut = None;
     let injected = match &fault {
+        Fault::Partition => match &partition {
+            Some(t) => crate::netfault::inject(crate::netfault::NetFault::Partition, t, &table).map(|i| {
+                cut = Some(i);
+            }),
+            None => Err(anyhow::anyhow!("no address to cut off")),
+        },
         // SAFETY: kill(2) on the pid PostgreSQL wrote for its postmaster.
         Fault::Kill => match unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } {
             0 => Ok(()),
@@ -495,20 +613,23 @@ pub fn run_drill(
     let filled = matches!(fault, Fault::DiskFull);
     let stopped = matches!(fault, Fault::Stop);
     let zoned = matches!(fault, Fault::Zone(_));
+    let partitioned = matches!(fault, Fault::Partition);
     let fault = Instant::now();
     if let Err(e) = injected {
         stop.store(true, Ordering::Relaxed);
-        let _ = writer.join();
+        let _ = canary.stop();
+        // Nothing was injected: nothing is left to undo.
+        if let Some((state, _)) = &leftovers {
+            let _ = std::fs::remove_file(state.root().join(LEFTOVER_FILE));
+        }
         return Err(e);
     }
     let old_port = old_cfg.port.to_string();
     let mut failures = Vec::new();
     let mut first = None;
     while fault.elapsed() < timeout && !abort.load(Ordering::Relaxed) {
-        if let Ok(a) = acked.lock()
-            && let Some((_, t, _)) = a.iter().find(|(_, t, p)| *t > fault && *p != old_port)
-        {
-            first = Some(*t);
+        if let Some(t) = canary.first_ack(|a| a.at > fault && a.port != old_port) {
+            first = Some(t);
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -520,31 +641,18 @@ pub fn run_drill(
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let _ = writer.join();
+    let run = canary.run.clone();
+    let (acked, writes_failed) = canary.stop()?;
     if let Some(p) = pressure {
         let _ = p.join();
     }
-    let acked = std::mem::take(&mut *acked.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?);
-    let write_pause_s = first.and_then(|first| {
-        acked
-            .windows(2)
-            .filter(|w| w[1].1 > fault && w[0].1 <= first)
-            .map(|w| (w[1].1 - w[0].1).as_secs_f64())
-            .reduce(f64::max)
-    });
-    let writes_failed = *failed.lock().map_err(|_| anyhow::anyhow!("canary panicked"))?;
+    let write_pause_s = first.and_then(|first| longest_pause(&acked, fault, first));
 
     let mut lost = 0;
     let mut new_primary = None;
     if first.is_some() {
         let conn = PgConn::connect(Some(&member_conninfo(c, &ep, Duration::from_secs(2))))?;
-        let present: HashSet<i64> = conn
-            .query(&format!("SELECT seq FROM cirkel_drill_canary WHERE run = '{run}'"))?
-            .iter()
-            .map(|r| r.get::<_, i64>(0))
-            .collect();
-        lost = acked.iter().filter(|(s, _, _)| !present.contains(&(*s as i64))).count();
-        conn.execute(&format!("DELETE FROM cirkel_drill_canary WHERE run = '{run}'"))?;
+        lost = count_lost(&conn, &run, &acked)?;
         let port: String = conn.query_one("SELECT current_setting('port')")?.get(0);
         new_primary = c.members.iter().find(|(_, m)| m.port.to_string() == port).map(|(n, _)| n.clone());
     }
@@ -567,6 +675,11 @@ pub fn run_drill(
     // SAFETY: kill(2) with SIGCONT on the postmaster this drill stopped.
     if stopped && unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
         failures.push(format!("could not continue {old} (pid {pid}): {}", std::io::Error::last_os_error()));
+    }
+    if let Some(cut) = cut.take()
+        && let Err(e) = cut.undo()
+    {
+        failures.push(format!("{e:#}; the drill's rules are still in place: delete them by hand"));
     }
     if zoned && continue_all(&frozen) < postmasters.len() {
         failures.push(format!("not every process of zone {} could be continued", zone.clone().unwrap_or_default()));
@@ -627,6 +740,7 @@ pub fn run_drill(
             cut_off,
             filled: filled.then(|| old.clone()),
             balloon_bytes,
+            partitioned: partitioned.then(|| old.clone()),
             old_primary: old,
             new_primary,
             write_pause_s,
@@ -677,6 +791,7 @@ mod tests {
             postmaster: Some(pid),
             frozen: vec![pid],
             balloon: None,
+            nft_table: None,
             started: Utc::now(),
         };
         state.save_json(LEFTOVER_FILE, &left).unwrap();

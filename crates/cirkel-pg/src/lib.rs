@@ -27,6 +27,7 @@ pub mod ha;
 pub mod keeper;
 pub mod lineage;
 pub mod members;
+pub mod netfault;
 pub mod proxy;
 pub mod restore;
 pub mod stream;

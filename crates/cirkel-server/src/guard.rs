@@ -50,21 +50,22 @@ pub fn undo_drill_leftover(
         Ok(Some(v)) => v,
         Ok(None) => return,
         Err(e) => {
-            tracing::warn!("a drill's leftover fault could not be read: {e:#}");
+            tracing::warn!("a drill's leftover fault could not be undone: {e:#}");
             return;
         }
     };
+    let kind = if left.fault.starts_with(cirkel_pg::drill::network::NETWORK) { "network" } else { "failover" };
     let message = format!(
-        "the failover drill of {} started at {} was interrupted before it undid its fault: {done}",
+        "the {kind} drill of {} started at {} was interrupted before it undid its fault: {done}",
         left.cluster, left.started
     );
-    let name = left.name.clone().unwrap_or_else(|| "failover".into());
+    let name = left.name.clone().unwrap_or_else(|| kind.into());
     let details = serde_json::json!({ "member": left.member, "pid": left.pid, "started": left.started });
     record_aborted(
         state,
         &format!("postgres/{}", left.cluster),
         details,
-        (&name, "failover", &left.cluster),
+        (&name, kind, &left.cluster),
         left.started,
         message,
     );

@@ -892,6 +892,34 @@ pub enum DrillCmd {
     /// All five scenarios in turn, each on a quiet estate, and one report: scenario, plan RTO,
     /// measured RTO, data lost, pass or fail.
     Suite(crate::cmd::scenario::SuiteArgs),
+    /// Degrade a PostgreSQL member's network for a while (packets lost, every byte delayed, or a
+    /// standby cut off) under a canary writer on the endpoint: the cluster must ride it out, with
+    /// no failover and no write lost, and be healthy again once the network is. Needs root and
+    /// nftables, and members reached over TCP.
+    Network(NetworkDrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkDrillArgs {
+    /// The cluster: a [postgres.NAME] table with members and proxy_listen (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The member whose network is degraded (default: the primary).
+    #[arg(long, value_name = "MEMBER")]
+    pub member: Option<String>,
+    /// `loss=PCT%` (that share of the packets to and from the member dropped at random, each
+    /// way), `latency=DURATION` (every byte to and from it held back that long, each way) or
+    /// `partition` (a standby cut off: every packet to and from its address and port dropped).
+    #[arg(long, value_name = "FAULT", value_parser = |s: &str| s.parse::<cirkel_config::NetFault>())]
+    pub fault: cirkel_config::NetFault,
+    /// How long the fault stays.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub hold: std::time::Duration,
+    /// Longest wait for the cluster to be healthy again once the network is back.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub record: DrillRecordArgs,
 }
 
 #[derive(Debug, Args)]
@@ -906,8 +934,11 @@ pub struct PgDrillArgs {
     /// a hung primary, alive but silent; continued at the end), `zone` (every member in the
     /// primary's zone, or --zone, frozen with all its processes; continued at the end) or
     /// `disk-full` (the primary's WAL volume filled, at most 4 GiB of it, until PostgreSQL stops;
-    /// freed and started again at the end). Ignored by the switchover drill.
-    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop", "zone", "disk-full"])]
+    /// freed and started again at the end) or `partition` (the primary cut off from the network:
+    /// every packet to and from its address and port dropped with nftables, as root, for a member
+    /// reached over TCP; reconnected at the end and rewound by `cirkel serve`). Ignored by the
+    /// switchover drill.
+    #[arg(long, value_name = "FAULT", default_value = "kill", value_parser = ["kill", "stop", "zone", "disk-full", "partition"])]
     pub fault: String,
     /// With `--fault zone`: the zone to cut off (default: the primary's).
     #[arg(long, value_name = "ZONE")]

@@ -406,7 +406,11 @@ fn drills_are_configured_with_a_known_kind_and_target() {
          [drills.never]\nkind = \"failover\"\nschedule = \"0 0 31 2 *\"\n\
          [drills.zone]\nkind = \"scenario\"\ntarget = \"zone\"\nschedule = \"0 4 1 */3 *\"\n\
          [drills.moon]\nkind = \"scenario\"\ntarget = \"moon\"\n\
-         [drills.which]\nkind = \"scenario\"\n",
+         [drills.which]\nkind = \"scenario\"\n\
+         [drills.slow]\nkind = \"network\"\nfault = \"latency=100ms\"\nhold = \"30s\"\nschedule = \"0 5 * * 1\"\n\
+         [drills.blind]\nkind = \"network\"\n\
+         [drills.lossy]\nkind = \"network\"\nfault = \"loss=150%\"\n\
+         [drills.held]\nkind = \"failover\"\nhold = \"10s\"\n",
     )
     .unwrap();
     let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
@@ -419,10 +423,15 @@ fn drills_are_configured_with_a_known_kind_and_target() {
         "names `other`, which is no configured postgres cluster",
         "missing: 0 redis groups are configured",
         "remove `target`",
-        "only a failover drill takes a fault",
+        "only a failover or network drill takes a fault",
         "drills.never.schedule",
+        "drills.blind.fault`: missing: a network drill names its fault",
+        "`150%` is not a loss between 1% and 100%",
+        "drills.held.hold`: only a network drill holds its fault",
     ] {
         assert!(err.contains(expected), "{expected}: {err}");
     }
-    assert!(!err.contains("drills.monthly") && !err.contains("drills.zone"), "{err}");
+    for fine in ["drills.monthly", "drills.zone", "drills.slow"] {
+        assert!(!err.contains(fine), "{fine}: {err}");
+    }
 }

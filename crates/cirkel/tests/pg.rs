@@ -29,7 +29,19 @@ impl PgEnv {
 
     /// cirkel as postgres, with the repository, passphrase and cluster env.
     fn cmd(&self, pg: Option<&PgCluster>, args: &[&str]) -> Command {
-        let mut c = as_postgres(shared_bin());
+        self.cmd_on(as_postgres(shared_bin()), pg, args)
+    }
+
+    /// cirkel as postgres with CAP_NET_ADMIN, what network faults need.
+    fn cmd_net_admin(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--inh-caps=+net_admin"])
+            .args(["--ambient-caps=+net_admin"])
+            .arg(shared_bin());
+        self.cmd_on(c, None, args)
+    }
+
+    fn cmd_on(&self, mut c: Command, pg: Option<&PgCluster>, args: &[&str]) -> Command {
         c.args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("CIRKEL_") || k.starts_with("PG") {
@@ -1143,6 +1155,16 @@ impl<'a> Daemon<'a> {
         stdout(&out)
     }
 
+    /// Runs a command with CAP_NET_ADMIN that shares the daemon's
+    /// configuration and state, and returns its output whatever its exit.
+    fn run_net_admin(&self, args: &[&str]) -> std::process::Output {
+        self.e
+            .cmd_net_admin(&[&["--config", self.cfg.as_str()], args].concat())
+            .env("CIRKEL_STATE_DIR", &self.state)
+            .output()
+            .unwrap()
+    }
+
     /// Runs a command that must fail; returns its stderr.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -1201,6 +1223,16 @@ impl Ha {
     /// With the primary's WAL on its own volume (`wal`), as `initdb
     /// --waldir` puts it.
     fn start_with_wal(e: &PgEnv, wal: Option<&std::path::Path>) -> Ha {
+        Ha::start_opts(e, wal, false)
+    }
+
+    /// Every member reached over TCP on 127.0.0.1, the standbys' streams
+    /// too, as members on their own hosts are: what network faults cut.
+    fn start_tcp(e: &PgEnv) -> Ha {
+        Ha::start_opts(e, None, true)
+    }
+
+    fn start_opts(e: &PgEnv, wal: Option<&std::path::Path>, tcp: bool) -> Ha {
         // pg_rewind needs the old primary's WAL back to the fork.
         let keep = if wal.is_some() { "wal_keep_size = '32MB'" } else { "wal_keep_size = '256MB'" };
         let mut a = PgCluster::init(&[keep]);
@@ -1215,11 +1247,24 @@ impl Ha {
         a.sql("CREATE TABLE t (id serial PRIMARY KEY, note text)");
         // Standbys stream under their member names, as a deployment names
         // them (cirkel renames any that do not).
-        let mut b = PgCluster::standby_of(&a);
-        cirkel_testkit::pg::append_conf(&b.data, &["cluster_name = 'b'".to_string()]);
+        let standby = |name: &str| {
+            let s = PgCluster::standby_of(&a);
+            cirkel_testkit::pg::append_conf(&s.data, &[format!("cluster_name = '{name}'")]);
+            if tcp {
+                // After pg_basebackup -R's own line, so it wins.
+                let auto = s.data.join("postgresql.auto.conf");
+                let mut text = std::fs::read_to_string(&auto).unwrap();
+                text.push_str(&format!(
+                    "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\n",
+                    a.port
+                ));
+                std::fs::write(&auto, text).unwrap();
+            }
+            s
+        };
+        let mut b = standby("b");
         b.start();
-        let mut c = PgCluster::standby_of(&a);
-        cirkel_testkit::pg::append_conf(&c.data, &["cluster_name = 'c'".to_string()]);
+        let mut c = standby("c");
         c.start();
         let proxy = cirkel_testkit::free_port();
         let proxy_ro = cirkel_testkit::free_port();
@@ -1228,7 +1273,7 @@ impl Ha {
         let member = |name: &str, pg: &PgCluster, api: u16| {
             format!(
                 "[postgres.main.members.{name}]\nhost = \"{}\"\nport = {}\npgdata = \"{}\"\napi_listen = \"127.0.0.1:{api}\"\n",
-                pg.socket_dir.display(),
+                if tcp { "127.0.0.1".into() } else { pg.socket_dir.display().to_string() },
                 pg.port,
                 pg.data.display()
             )
@@ -2392,4 +2437,131 @@ fn a_full_wal_volume_stops_the_primary_a_standby_takes_over_and_the_old_one_is_f
     assert!(!daemon.state.join("drill-fault.json").exists());
     let h = drill_history(&daemon, "failover");
     assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+}
+
+/// The drills' nftables tables in place that match `port` (other tests'
+/// drills may have theirs meanwhile).
+fn drill_tables(port: u16) -> Vec<String> {
+    let out = Command::new("nft").args(["list", "tables"]).output().expect("nft (apt-get install nftables)");
+    assert!(out.status.success(), "nft list tables: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with("cirkel_drill_"))
+        .filter(|t| {
+            let rules = Command::new("nft").args(["list", "table", "inet", t]).output().unwrap();
+            stdout(&rules).contains(&format!("tcp dport {port} "))
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)))
+}
+
+/// The primary cut off the network (nftables, both ways) is failed over,
+/// and once reconnected the old primary, still a primary for itself, is
+/// rewound. Without CAP_NET_ADMIN the drill refuses before doing anything.
+#[test]
+fn a_primary_cut_off_the_network_is_failed_over_and_rewound_once_it_is_back() {
+    let e = PgEnv::new();
+    let ha = Ha::start_tcp(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+    let err = daemon.fails(&["drill", "failover", "--fault", "partition"]);
+    assert!(err.contains("need root") || err.contains("not permitted"), "{err}");
+    assert!(!daemon.state.join("drill-fault.json").exists(), "nothing was injected, nothing is left to undo");
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("f"), "nothing was done");
+
+    let out = daemon.run_net_admin(&["--json", "drill", "failover", "--fault", "partition"]);
+    let report = json_of(&out);
+    assert!(out.status.success(), "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["partitioned"], "a", "{report:#}");
+    assert!(report["rto_s"].as_f64().unwrap() > 0.0, "{report:#}");
+    assert_ne!(report["new_primary"], "a", "{report:#}");
+    assert_eq!(report["writes_lost"], 0, "{report:#}");
+    // Reconnected, the old primary was rewound into a standby.
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert!(drill_tables(ha.a.port).is_empty(), "the drill's rules are gone");
+    assert!(!daemon.state.join("drill-fault.json").exists());
+    let h = drill_history(&daemon, "failover");
+    assert_eq!(h["runs"][0]["outcome"], "passed", "{h:#}");
+}
+
+/// A slow and a lossy network on the primary, and a standby cut off, are
+/// ridden out: no failover, no acknowledged write lost, writes going on,
+/// healthy again after. A drill killed with its fault in place leaves it
+/// on record, and the next drill removes it and records the run aborted.
+#[test]
+fn a_slow_or_lossy_network_is_ridden_out_and_a_killed_drills_fault_is_removed() {
+    let e = PgEnv::new();
+    let ha = Ha::start_tcp(&e);
+    let daemon = Daemon::start(&e, ha.cfg());
+    wait_until("the endpoint", &|| through(ha.proxy, "SELECT 1").is_ok());
+    wait_until("a healthy cluster", &|| healthy(&e, ha.cfg()));
+
+    let out = daemon.run_net_admin(&["--json", "drill", "network", "--fault", "latency=50ms", "--hold", "5s"]);
+    let r = json_of(&out);
+    assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
+    assert_eq!((r["passed"].clone(), r["failed_over"].clone()), (true.into(), false.into()), "{r:#}");
+    assert_eq!((r["member"].as_str(), r["fault"].as_str()), (Some("a"), Some("latency=50ms")), "{r:#}");
+    assert!(r["connections_ended"].as_i64().unwrap() > 0, "the standbys' streams came back slowed: {r:#}");
+    // Each write is at least one round trip through the slowed path.
+    assert!(r["write_ms_during"]["p50"].as_f64().unwrap() >= 100.0, "{r:#}");
+    assert!(r["writes_during"].as_u64().unwrap() > 0 && r["writes_lost"] == 0, "{r:#}");
+    assert!(drill_tables(ha.a.port).is_empty());
+
+    let out =
+        daemon.run_net_admin(&["--json", "drill", "network", "--fault", "loss=10%", "--hold", "5s", "--name", "lossy"]);
+    let r = json_of(&out);
+    assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
+    assert_eq!((r["passed"].clone(), r["writes_lost"].clone()), (true.into(), 0.into()), "{r:#}");
+
+    let out =
+        daemon.run_net_admin(&["--json", "drill", "network", "--member", "b", "--fault", "partition", "--hold", "3s"]);
+    let r = json_of(&out);
+    assert!(out.status.success(), "{r:#}\n{}", stderr(&out));
+    assert_eq!((r["passed"].clone(), r["primary_after"].clone()), (true.into(), "a".into()), "{r:#}");
+    // The primary itself is not for this drill.
+    let out = daemon.run_net_admin(&["drill", "network", "--fault", "partition"]);
+    assert!(!out.status.success() && stderr(&out).contains("--fault partition"), "{}", stderr(&out));
+
+    // Killed with its fault in place: the rules stay, on record.
+    let mut drill = e
+        .cmd_net_admin(&[
+            "--config",
+            ha.cfg(),
+            "drill",
+            "network",
+            "--fault",
+            "loss=5%",
+            "--hold",
+            "120s",
+            "--name",
+            "lossy",
+        ])
+        .env("CIRKEL_STATE_DIR", &daemon.state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let table = format!("cirkel_drill_{}", drill.id());
+    wait_until("the fault in place", &|| drill_tables(ha.a.port).contains(&table));
+    assert!(daemon.state.join("drill-fault.json").exists());
+    drill.kill().unwrap();
+    drill.wait().unwrap();
+    assert!(drill_tables(ha.a.port).contains(&table), "a killed drill cannot undo its fault");
+    // The next drill removes it first, and records the killed one.
+    let out = daemon.run_net_admin(&["--json", "drill", "network", "--fault", "loss=5%", "--hold", "2s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(drill_tables(ha.a.port).is_empty());
+    let aborted = daemon.wait_event("drill-aborted");
+    assert!(aborted["message"].as_str().unwrap().contains("was removed"), "{aborted:#}");
+    let h = drill_history(&daemon, "lossy");
+    assert_eq!(h["runs"][0]["outcome"], "aborted", "{h:#}");
+    assert!(h["runs"].as_array().unwrap().iter().any(|r| r["outcome"] == "passed"), "{h:#}");
+    assert!(healthy(&e, ha.cfg()));
 }

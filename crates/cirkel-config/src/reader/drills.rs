@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Table;
-use crate::drills::{DrillConfig, DrillKind, Scenario};
+use crate::drills::{DrillConfig, DrillKind, NetFault, Scenario};
 
 pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
     let kinds: Vec<&str> = DrillKind::ALL.iter().map(|(n, _)| *n).collect();
@@ -65,19 +65,40 @@ pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
         }
     }
     let fault = t.string("fault");
-    if let Some(f) = &fault
+    if kind == DrillKind::Network {
+        match (&fault, t.value_span("fault")) {
+            (Some(f), Some(span)) => {
+                if let Err(e) = f.parse::<NetFault>() {
+                    t.cx.error(span, &t.key_path("fault"), e);
+                }
+            }
+            _ => t.cx.error(
+                t.span.clone(),
+                &t.key_path("fault"),
+                "missing: a network drill names its fault, \"partition\", \"loss=PCT%\" or \"latency=DURATION\"",
+            ),
+        }
+    } else if let Some(f) = &fault
         && let Some(span) = t.value_span("fault")
     {
         if kind != DrillKind::Failover {
-            t.cx.error(span, &t.key_path("fault"), "only a failover drill takes a fault; remove it");
-        } else if !matches!(f.as_str(), "kill" | "stop" | "zone" | "disk-full") {
+            t.cx.error(span, &t.key_path("fault"), "only a failover or network drill takes a fault; remove it");
+        } else if !matches!(f.as_str(), "kill" | "stop" | "zone" | "disk-full" | "partition") {
             t.cx.error(
                 span,
                 &t.key_path("fault"),
-                format!("`{f}` is not a fault; expected \"kill\", \"stop\", \"zone\" or \"disk-full\""),
+                format!("`{f}` is not a fault; expected \"kill\", \"stop\", \"zone\", \"disk-full\" or \"partition\""),
             );
         }
     }
+    let hold = t.duration("hold").unwrap_or(Duration::from_secs(20));
+    if let Some(span) = t.value_span("hold") {
+        if kind != DrillKind::Network {
+            t.cx.error(span, &t.key_path("hold"), "only a network drill holds its fault for a while; remove it");
+        } else if hold.is_zero() || hold > Duration::from_secs(3600) {
+            t.cx.error(span, &t.key_path("hold"), "must be between 1s and 1h");
+        }
+    }
     t.finish();
-    DrillConfig { kind, schedule, target, rto_target, timeout, fault }
+    DrillConfig { kind, schedule, target, rto_target, timeout, fault, hold }
 }

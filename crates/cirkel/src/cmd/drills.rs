@@ -132,6 +132,20 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
             };
             crate::cmd::scenario::run(global, &args)
         }
+        DrillKind::Network => {
+            let fault = d.fault.as_deref().unwrap_or_default().parse::<cirkel_config::NetFault>().map_err(|e| {
+                user_error(format!("drills.{}.fault: {e}", a.name), "fix the drill's `fault` in the configuration")
+            })?;
+            let args = crate::cli::NetworkDrillArgs {
+                cluster: d.target.clone(),
+                member: None,
+                fault,
+                hold: d.hold,
+                timeout: d.timeout,
+                record,
+            };
+            crate::cmd::pg::network_drill(global, &args)
+        }
         DrillKind::Restore => {
             let args = PgVerifyArgs { backup: None, query: None, timeout: d.timeout, record };
             crate::cmd::pg::verify_drill(global, &args)

@@ -533,6 +533,7 @@ pub fn drill(global: &Global, cmd: &DrillCmd) -> anyhow::Result<ExitCode> {
         DrillCmd::Run(a) => crate::cmd::drills::run(global, a),
         DrillCmd::Scenario(a) => crate::cmd::scenario::run(global, a),
         DrillCmd::Suite(a) => crate::cmd::scenario::suite(global, a),
+        DrillCmd::Network(a) => crate::cmd::pg::network_drill(global, a),
     }
 }
 

@@ -116,6 +116,11 @@ pub fn failover_drill(
         None if a.fault == "disk-full" => {
             (cirkel_pg::drill::Fault::DiskFull, "postgres-failover", "failover drill (WAL volume full)")
         }
+        None if a.fault == "partition" => (
+            cirkel_pg::drill::Fault::Partition,
+            "postgres-failover",
+            "failover drill (primary cut off from the network)",
+        ),
         None if a.fault == "zone" => {
             (cirkel_pg::drill::Fault::Zone(a.zone.clone()), "postgres-failover", "failover drill (zone cut off)")
         }
@@ -137,6 +142,11 @@ pub fn failover_drill(
             }
             cirkel_pg::drill::Fault::Zone(_) => {
                 eprintln!("drill: cutting off the primary's zone of `{name}` under a canary writer on the endpoint…")
+            }
+            cirkel_pg::drill::Fault::Partition => {
+                eprintln!(
+                    "drill: cutting the primary of `{name}` off the network under a canary writer on the endpoint…"
+                )
             }
             _ => eprintln!("drill: switching `{name}` over under a canary writer on the endpoint…"),
         }
@@ -191,6 +201,8 @@ pub fn failover_drill(
                 " (stopped with SIGSTOP, continued)".to_string()
             } else if let Some(b) = report.engine.balloon_bytes {
                 format!(" (its WAL volume filled with {} MiB, then freed)", b >> 20)
+            } else if report.engine.partitioned.is_some() {
+                " (cut off from the network, reconnected)".to_string()
             } else if !report.engine.cut_off.is_empty() {
                 format!(" (zone cut off: {})", report.engine.cut_off.join(", "))
             } else {
@@ -214,6 +226,96 @@ pub fn failover_drill(
         }
         if let Some(r) = report.rejoin_s {
             println!("  rejoin          {r:.2} s after the fault (streaming from the new primary)");
+        }
+        for f in &report.failures {
+            println!("  failure: {f}");
+        }
+        println!("  report          {}", path.display());
+    }
+    Ok(if outcome.outcome() == cirkel_notify::drills::Outcome::Passed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// `cirkel drill network`: a member's network degraded for a while; the
+/// cluster must ride it out.
+pub fn network_drill(global: &Global, a: &crate::cli::NetworkDrillArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(global)?;
+    let (name, c) = member_cluster(&cfg, a.cluster.as_deref())?;
+    let _lock = crate::context::drill_lock(&cfg, &format!("postgres/{name}"))?;
+    let state = crate::context::state_dir(&cfg);
+    let who = a.member.clone().unwrap_or_else(|| "the primary".into());
+    if !global.quiet && !global.json {
+        eprintln!(
+            "drill: {} on {who} of `{name}` for {} under a canary writer on the endpoint…",
+            a.fault,
+            humantime::format_duration(a.hold)
+        );
+    }
+    let started = chrono::Utc::now();
+    let abort = crate::context::stop_on_signal();
+    crate::context::undo_drill_leftover(&cfg);
+    let d = cirkel_pg::drill::network::NetworkDrill {
+        member: a.member.as_deref(),
+        fault: a.fault,
+        hold: a.hold,
+        timeout: a.timeout,
+    };
+    let report = cirkel_pg::drill::network::run(&name, &c, &d, &abort, Some((&state, a.record.name.clone())))
+        .map_err(|e| {
+            user_error(
+                format!("the drill did not run: {e:#}"),
+                "run `cirkel status`; `cirkel serve` must be watching the cluster, and network faults need root and nftables",
+            )
+        })?;
+    let value = serde_json::to_value(&report)?;
+    let what = format!("network drill ({})", a.fault);
+    let outcome = crate::context::DrillOutcome {
+        source: &format!("postgres/{name}"),
+        kind: "postgres-network",
+        what: &what,
+        passed: report.passed,
+        rto_s: report.rto_s,
+        writes_lost: report.writes_lost,
+        bytes: None,
+        target: &name,
+        record: &a.record,
+        plan: cirkel_config::DrillKind::Network,
+        started,
+        aborted: abort
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| "stopped by a signal before the end; the network fault was removed".to_string()),
+        failures: &report.failures,
+    };
+    let path = crate::context::store_drill(&cfg, &outcome, &value)?;
+    if global.json {
+        print_json(&value);
+    } else {
+        let e = &report.engine;
+        let ms = |p: &Option<cirkel_pg::drill::network::Percentiles>| {
+            p.map(|p| format!("p50 {:.1} ms, p99 {:.1} ms ({} writes)", p.p50, p.p99, p.n))
+                .unwrap_or_else(|| "none".into())
+        };
+        println!("{what} of `{name}`: {}", if report.passed { "PASSED" } else { "FAILED" });
+        println!("  member          {} ({}, held {:.1} s)", e.member, e.fault, e.held_s);
+        println!(
+            "  primary         {} → {}{}",
+            e.primary_before,
+            e.primary_after.as_deref().unwrap_or("none"),
+            if e.failed_over { " (FAILED OVER)" } else { " (no failover)" }
+        );
+        println!("  writes before   {}", ms(&e.write_ms_before));
+        println!("  writes during   {}", ms(&e.write_ms_during));
+        if let Some(p) = e.write_pause_s {
+            println!("  write pause     {p:.3} s (longest gap between acknowledged writes)");
+        }
+        println!(
+            "  writes          {} acknowledged, {} failed, {} lost",
+            report.writes_acknowledged, report.writes_failed, report.writes_lost
+        );
+        if let Some(l) = e.max_lag_bytes {
+            println!("  standby lag     at most {}", human_bytes(l));
+        }
+        if let Some(s) = e.healthy_after_s {
+            println!("  healthy         {s:.2} s after the network came back");
         }
         for f in &report.failures {
             println!("  failure: {f}");

@@ -24,8 +24,8 @@ use cirkel_pg::restore::PlanError;
 use crate::cli::{Global, PgCmd};
 use crate::output::user_error;
 
-pub use drill::failover_drill;
 pub use drill::verify as verify_drill;
+pub use drill::{failover_drill, network_drill};
 pub use ha::member_cluster;
 pub use wal::{wal_fetch, wal_push};
 
