@@ -88,6 +88,9 @@ pub struct DrillConfig {
     /// `partition` (the primary cut off from the network); a network
     /// drill's [`NetFault`] (required).
     pub fault: Option<String>,
+    /// A network drill: the member whose network is degraded (default: the
+    /// primary).
+    pub member: Option<String>,
     /// A network drill: how long the fault lasts.
     #[serde(serialize_with = "crate::reader::ser_duration")]
     pub hold: Duration,

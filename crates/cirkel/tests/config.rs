@@ -410,7 +410,7 @@ fn drills_are_configured_with_a_known_kind_and_target() {
          [drills.slow]\nkind = \"network\"\nfault = \"latency=100ms\"\nhold = \"30s\"\nschedule = \"0 5 * * 1\"\n\
          [drills.blind]\nkind = \"network\"\n\
          [drills.lossy]\nkind = \"network\"\nfault = \"loss=150%\"\n\
-         [drills.held]\nkind = \"failover\"\nhold = \"10s\"\n",
+         [drills.held]\nkind = \"failover\"\nhold = \"10s\"\nmember = \"a\"\n",
     )
     .unwrap();
     let out = env.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
@@ -428,6 +428,7 @@ fn drills_are_configured_with_a_known_kind_and_target() {
         "drills.blind.fault`: missing: a network drill names its fault",
         "`150%` is not a loss between 1% and 100%",
         "drills.held.hold`: only a network drill holds its fault",
+        "drills.held.member`: only a network drill faults a chosen member",
     ] {
         assert!(err.contains(expected), "{expected}: {err}");
     }

@@ -99,6 +99,12 @@ pub(super) fn read_drill(mut t: Table<'_, '_>) -> DrillConfig {
             t.cx.error(span, &t.key_path("hold"), "must be between 1s and 1h");
         }
     }
+    let member = t.string("member");
+    if let Some(span) = t.value_span("member")
+        && kind != DrillKind::Network
+    {
+        t.cx.error(span, &t.key_path("member"), "only a network drill faults a chosen member; remove it");
+    }
     t.finish();
-    DrillConfig { kind, schedule, target, rto_target, timeout, fault, hold }
+    DrillConfig { kind, schedule, target, rto_target, timeout, fault, hold, member }
 }

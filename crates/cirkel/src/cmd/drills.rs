@@ -138,7 +138,7 @@ pub fn run(global: &Global, a: &DrillRunArgs) -> anyhow::Result<ExitCode> {
             })?;
             let args = crate::cli::NetworkDrillArgs {
                 cluster: d.target.clone(),
-                member: None,
+                member: d.member.clone(),
                 fault,
                 hold: d.hold,
                 timeout: d.timeout,
