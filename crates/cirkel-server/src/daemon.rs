@@ -126,7 +126,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let (logged, _) = broadcast::channel::<Event>(1024);
     // A drill killed in the middle left its fault: undone before anything
     // watches the cluster it broke.
-    crate::guard::undo_drill_leftover(&state, &cfg.postgres);
+    // Logged when it cannot: the next drill tries again, and refuses to
+    // run on top of it.
+    let _ = crate::guard::undo_drill_leftover(&state, &cfg.postgres);
     let jobs_now = jobs(&cfg)?;
     let clusters: Vec<(String, cirkel_config::PostgresConfig)> =
         cfg.postgres.iter().filter(|(_, c)| !c.members.is_empty()).map(|(n, c)| (n.clone(), c.clone())).collect();

@@ -40,18 +40,19 @@ pub fn drilling(state: &StateDir) -> Option<String> {
 
 /// Undoes the fault of a drill that was killed before it could (see
 /// `cirkel_pg::drill::undo_leftover`) and records the drill as aborted:
-/// done when `cirkel serve` starts and before every drill.
+/// done when `cirkel serve` starts and before every drill. An error is a
+/// fault still in place (on record still), which no drill may start on.
 pub fn undo_drill_leftover(
     state: &StateDir,
     postgres: &std::collections::BTreeMap<String, cirkel_config::PostgresConfig>,
-) {
+) -> anyhow::Result<()> {
     undo_scenario_leftover(state);
     let (left, done) = match cirkel_pg::drill::undo_leftover(state, postgres) {
         Ok(Some(v)) => v,
-        Ok(None) => return,
+        Ok(None) => return Ok(()),
         Err(e) => {
             tracing::warn!("a drill's leftover fault could not be undone: {e:#}");
-            return;
+            return Err(e);
         }
     };
     let kind = if left.fault.starts_with(cirkel_pg::drill::network::NETWORK) { "network" } else { "failover" };
@@ -69,6 +70,7 @@ pub fn undo_drill_leftover(
         left.started,
         message,
     );
+    Ok(())
 }
 
 /// Records an interrupted drill: a `drill-aborted` event (which alerts)

@@ -296,8 +296,13 @@ fn held_by_parent(state: &cirkel_state::StateDir) -> bool {
 
 /// Undoes what a drill killed before it could undo it, and records the
 /// drill as aborted (`cirkel_server::guard::undo_drill_leftover`).
-pub fn undo_drill_leftover(cfg: &cirkel_config::Config) {
-    cirkel_server::guard::undo_drill_leftover(&state_dir(cfg), &cfg.postgres);
+pub fn undo_drill_leftover(cfg: &cirkel_config::Config) -> anyhow::Result<()> {
+    cirkel_server::guard::undo_drill_leftover(&state_dir(cfg), &cfg.postgres).map_err(|e| {
+        crate::output::user_error(
+            format!("a fault an interrupted drill left is still in place, so no drill starts on top of it: {e:#}"),
+            "undo it as the message says; a network fault is removed by the next drill run with CAP_NET_ADMIN (root)",
+        )
+    })
 }
 
 /// Stores a drill's report in the state directory, records a `drill`

@@ -2554,6 +2554,11 @@ fn a_slow_or_lossy_network_is_ridden_out_and_a_killed_drills_fault_is_removed() 
     drill.kill().unwrap();
     drill.wait().unwrap();
     assert!(drill_tables(ha.a.port).contains(&table), "a killed drill cannot undo its fault");
+    // A drill without CAP_NET_ADMIN cannot remove it, and starts nothing on top of it.
+    let err = daemon.fails(&["drill", "failover"]);
+    assert!(err.contains("still in place") && err.contains(&table), "{err}");
+    assert!(drill_tables(ha.a.port).contains(&table) && daemon.state.join("drill-fault.json").exists());
+    assert_eq!(ha.a.try_sql("SELECT pg_is_in_recovery()").as_deref(), Ok("f"), "nothing was done");
     // The next drill removes it first, and records the killed one.
     let out = daemon.run_net_admin(&["--json", "drill", "network", "--fault", "loss=5%", "--hold", "2s"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -271,7 +271,7 @@ fn run_one(
     let source = subject(cfg, s, opts)?;
     let _lock = crate::context::drill_lock(cfg, &source)?;
     let watch = Watch::new(&state_dir(cfg), drilled, &source);
-    crate::context::undo_drill_leftover(cfg);
+    crate::context::undo_drill_leftover(cfg)?;
     let record = DrillRecordArgs {
         name: Some(record.name.clone().unwrap_or_else(|| format!("scenario-{}", s.name()))),
         rto_target: Some(record.rto_target.unwrap_or_else(|| s.plan_rto())),

@@ -155,7 +155,7 @@ pub fn failover_drill(
     // SIGTERM (from `cirkel serve` when a guardrail trips, or a person)
     // aborts the drill: its fault is undone, and it is recorded as such.
     let abort = crate::context::stop_on_signal();
-    crate::context::undo_drill_leftover(&cfg);
+    crate::context::undo_drill_leftover(&cfg)?;
     let report =
         cirkel_pg::drill::run_drill(&name, &c, a.timeout, fault, &abort, Some((&state, a.record.name.clone())))
             .map_err(|e| {
@@ -252,7 +252,7 @@ pub fn network_drill(global: &Global, a: &crate::cli::NetworkDrillArgs) -> anyho
     }
     let started = chrono::Utc::now();
     let abort = crate::context::stop_on_signal();
-    crate::context::undo_drill_leftover(&cfg);
+    crate::context::undo_drill_leftover(&cfg)?;
     let d = cirkel_pg::drill::network::NetworkDrill {
         member: a.member.as_deref(),
         fault: a.fault,
