@@ -804,6 +804,38 @@ mod tests {
         let _ = child.wait();
     }
 
+    /// A network fault a killed drill left (its nftables table) is
+    /// removed once, and the run is reported.
+    #[test]
+    fn a_network_fault_left_by_a_killed_drill_is_removed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = cirkel_state::StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        let table = format!("cirkel_drill_unit_{}", std::process::id());
+        let t = crate::netfault::Target { addrs: vec![std::net::IpAddr::from([127, 0, 0, 9])], port: 9 };
+        let injected = crate::netfault::inject(crate::netfault::NetFault::Loss(50), &t, &table).unwrap();
+        std::mem::forget(injected); // as a kill -9 would
+        assert!(crate::netfault::table_exists(&table));
+        let left = Leftover {
+            pid: 0,
+            name: Some("weekly-loss".into()),
+            cluster: "main".into(),
+            member: "a".into(),
+            fault: "network loss=50%".into(),
+            postmaster: None,
+            frozen: Vec::new(),
+            balloon: None,
+            nft_table: Some(table.clone()),
+            started: Utc::now(),
+        };
+        state.save_json(LEFTOVER_FILE, &left).unwrap();
+        let (back, done) = undo_leftover(&state, &Default::default()).unwrap().unwrap();
+        assert_eq!(back.name.as_deref(), Some("weekly-loss"));
+        assert!(done.contains("was removed") && done.contains(&table), "{done}");
+        assert!(!crate::netfault::table_exists(&table));
+        assert!(undo_leftover(&state, &Default::default()).unwrap().is_none(), "undone once");
+    }
+
     #[test]
     fn a_postmasters_tree_holds_it_and_its_children() {
         let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
