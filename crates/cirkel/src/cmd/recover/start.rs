@@ -23,6 +23,9 @@ pub struct StartOptions {
     pub timeout: Duration,
     /// The database user that clones standbys (`[postgres.NAME] user`, else `postgres`).
     pub pg_user: String,
+    /// Networks (CIDR) whose hosts may clone standbys from a recovered
+    /// primary: `--allow`, opened in its pg_hba.conf once it is promoted.
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -53,6 +56,9 @@ pub struct Service {
     pub log: PathBuf,
     /// The command that stops it.
     pub stop: String,
+    /// A standby of another host's primary: the `HOST:PORT` it streams from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// Redis: keys loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
@@ -66,14 +72,14 @@ pub struct Service {
     pub error: Option<String>,
 }
 
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A program run as the data directory's owner (PostgreSQL refuses root).
 /// `setpriv` execs in place, as `cirkel lab` and the restore drills do.
-fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
+pub(super) fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
     if is_root() && uid != 0 {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(program);
@@ -84,7 +90,7 @@ fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
 }
 
 /// The uid and gid of a system user, if it exists.
-fn system_user(name: &str) -> Option<(u32, u32)> {
+pub(super) fn system_user(name: &str) -> Option<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
         let o = Command::new("id").args([flag, name]).output().ok().filter(|o| o.status.success())?;
         String::from_utf8_lossy(&o.stdout).trim().parse().ok()
@@ -93,7 +99,7 @@ fn system_user(name: &str) -> Option<(u32, u32)> {
 }
 
 /// The user name of `uid`, for the stop command a person types.
-fn user_name(uid: u32) -> String {
+pub(super) fn user_name(uid: u32) -> String {
     Command::new("id")
         .args(["-nu", &uid.to_string()])
         .output()
@@ -127,12 +133,12 @@ fn append(path: &Path, lines: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A directory made by root for the cluster's owner, 0700.
-fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+pub(super) fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     std::fs::create_dir(dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     if is_root() {
@@ -142,7 +148,7 @@ fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
 }
 
 /// The last lines of a log worth showing: FATAL and PANIC, else its tail.
-fn log_tail(log: &Path) -> String {
+pub(super) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let important: Vec<&str> = text.lines().filter(|l| l.contains("FATAL") || l.contains("PANIC")).collect();
     let shown: Vec<&str> = if important.is_empty() { text.lines().rev().take(3).collect() } else { important };
@@ -187,6 +193,7 @@ impl Postgres<'_> {
             data: self.data.to_path_buf(),
             log: log.clone(),
             stop: stop(self.data),
+            upstream: None,
             keys: None,
             last_commit: None,
             seconds: 0.0,
@@ -210,6 +217,11 @@ impl Postgres<'_> {
             )?;
             pg_ctl_start(&bindir, self.data, &log, uid, gid, opts.timeout)?;
             let conn = self.wait_promoted(port, opts)?;
+            if !opts.allow.is_empty() {
+                // Only now: a standby cloned from another host follows a primary, not a replay.
+                super::standby::allow_replication(self.data, &opts.allow, &opts.pg_user)?;
+                conn.execute("SELECT pg_reload_conf()")?;
+            }
             Ok(conn)
         })();
         primary.seconds = t.elapsed().as_secs_f64();
@@ -243,6 +255,7 @@ impl Postgres<'_> {
                 data: data.clone(),
                 log: log.clone(),
                 stop: stop(data),
+                upstream: None,
                 keys: None,
                 last_commit: None,
                 seconds: 0.0,
@@ -293,6 +306,7 @@ impl Postgres<'_> {
             data: data.to_path_buf(),
             log: PathBuf::new(),
             stop: String::new(),
+            upstream: None,
             keys: None,
             last_commit: None,
             seconds: t.elapsed().as_secs_f64(),
@@ -300,35 +314,8 @@ impl Postgres<'_> {
         }
     }
 
-    /// This host's settings for a recovered server: its port and address,
-    /// its sockets only in the private run directory, no archiving, and
-    /// local connections trusted (that directory is 0700 and the owner's,
-    /// so only the owner and root reach them) so that the owner can clone
-    /// standbys and cirkel can watch the recovery whatever the old
-    /// `pg_hba.conf` asked of local connections.
     fn configure(&self, data: &Path, port: u16, listen: &str, extra: &[String]) -> anyhow::Result<()> {
-        let mut lines = vec![
-            String::new(),
-            "# cirkel recover: this host's settings".to_string(),
-            format!("port = {port}"),
-            format!("listen_addresses = {}", quote(listen)),
-            format!("unix_socket_directories = {}", quote(&self.run_dir.display().to_string())),
-            "archive_mode = off".to_string(),
-            "hot_standby = on".to_string(),
-        ];
-        lines.extend(extra.iter().cloned());
-        append(&data.join("postgresql.auto.conf"), &lines)?;
-        let hba = data.join("pg_hba.conf");
-        let old = std::fs::read_to_string(&hba).map_err(|e| anyhow::anyhow!("read {}: {e}", hba.display()))?;
-        if !old.starts_with("# cirkel recover") {
-            let new = format!(
-                "# cirkel recover: the sockets are in {} (0700)\nlocal all all trust\nlocal replication all trust\n{old}",
-                self.run_dir.display()
-            );
-            // Written in place: the file keeps its owner and mode.
-            std::fs::write(&hba, new).map_err(|e| anyhow::anyhow!("write {}: {e}", hba.display()))?;
-        }
-        Ok(())
+        configure(data, self.run_dir, port, listen, extra)
     }
 
     fn wait_promoted(&self, port: u16, opts: &StartOptions) -> anyhow::Result<PgConn> {
@@ -353,7 +340,45 @@ impl Postgres<'_> {
     }
 }
 
-fn pg_ctl_start(bindir: &Path, data: &Path, log: &Path, uid: u32, gid: u32, timeout: Duration) -> anyhow::Result<()> {
+/// This host's settings for a recovered server: its port and address,
+/// its sockets only in the private run directory, no archiving, and
+/// local connections trusted (that directory is 0700 and the owner's,
+/// so only the owner and root reach them) so that the owner can clone
+/// standbys and cirkel can watch the recovery whatever the old
+/// `pg_hba.conf` asked of local connections.
+pub(super) fn configure(data: &Path, run_dir: &Path, port: u16, listen: &str, extra: &[String]) -> anyhow::Result<()> {
+    let mut lines = vec![
+        String::new(),
+        "# cirkel recover: this host's settings".to_string(),
+        format!("port = {port}"),
+        format!("listen_addresses = {}", quote(listen)),
+        format!("unix_socket_directories = {}", quote(&run_dir.display().to_string())),
+        "archive_mode = off".to_string(),
+        "hot_standby = on".to_string(),
+    ];
+    lines.extend(extra.iter().cloned());
+    append(&data.join("postgresql.auto.conf"), &lines)?;
+    let hba = data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).map_err(|e| anyhow::anyhow!("read {}: {e}", hba.display()))?;
+    if !old.starts_with("# cirkel recover") {
+        let new = format!(
+            "# cirkel recover: the sockets are in {} (0700)\nlocal all all trust\nlocal replication all trust\n{old}",
+            run_dir.display()
+        );
+        // Written in place: the file keeps its owner and mode.
+        std::fs::write(&hba, new).map_err(|e| anyhow::anyhow!("write {}: {e}", hba.display()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn pg_ctl_start(
+    bindir: &Path,
+    data: &Path,
+    log: &Path,
+    uid: u32,
+    gid: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let out = as_owner(&bindir.join("pg_ctl"), uid, gid)
         .arg("-D")
         .arg(data)
@@ -375,7 +400,7 @@ fn pg_ctl_start(bindir: &Path, data: &Path, log: &Path, uid: u32, gid: u32, time
 
 /// PostgreSQL runs as the data directory's owner, who must be able to
 /// reach it: every directory above it searchable by that user.
-fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+pub(super) fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     if !is_root() || uid == 0 {
         return Ok(());
     }
@@ -436,6 +461,7 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
         data: dir.to_path_buf(),
         log: log.clone(),
         stop: String::new(),
+        upstream: None,
         keys: None,
         last_commit: None,
         seconds: 0.0,
