@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -642,4 +643,222 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     // Stopping works as printed.
     drop(_started);
     assert!(on(primary, "SELECT 1").is_err() && cli(&["PING"]) != "PONG", "the stop commands stop them");
+}
+
+/// `cirkel` run as `postgres` (PostgreSQL's restore_command, as that user,
+/// reads the same repository, passphrase and cache), on this host or inside
+/// host `on` of `net`.
+fn as_postgres_in(env: &Env, on: Option<(&cirkel_testkit::netns::Net, usize)>, args: &[&str]) -> std::process::Command {
+    let mut c = match on {
+        Some((net, i)) => net.cmd_as_postgres(i, shared_bin()),
+        None => cirkel_testkit::pg::as_postgres(shared_bin()),
+    };
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CIRKEL_") || k.starts_with("PG") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("CIRKEL_REPO", &env.repo).env("CIRKEL_PASSWORD_FILE", &env.password_file).current_dir(env.dir.path());
+    c.envs(env.extra_env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
+/// The first value of a `--json` command's output.
+fn first_json(out: &std::process::Output) -> Value {
+    serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default()
+}
+
+/// The estate rebuilt onto two hosts (network namespaces with their own
+/// addresses): PostgreSQL backed up and archived into a main repository and
+/// copied to `dr`, the main repository lost; `recover --from dr` on host 1
+/// restores and promotes the primary listening on host 1's address and
+/// lets host 1's network clone from it; `recover --standby-of` on host 2
+/// clones a standby from it over the network (with the replication user's
+/// password), which streams: every row is on both, and a new commit on the
+/// primary reaches the standby. Before the primary exists, `--standby-of`
+/// fails quickly within its --timeout, says what to do and writes nothing.
+#[test]
+fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
+    use cirkel_testkit::netns::Net;
+    use cirkel_testkit::pg::{PgCluster, chown_postgres, psql};
+    let mut env = Env::new();
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cache = env.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    env.extra_env.push(("CIRKEL_CACHE_DIR".into(), cache.display().to_string()));
+    let config = env.path("cirkel.toml");
+    env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
+    let net = Net::new(2);
+    let (ip1, ip2) = (net.host(0).ip().to_string(), net.host(1).ip().to_string());
+    chown_postgres(env.dir.path());
+    let archive = format!(
+        "CIRKEL_CACHE_DIR={} {} --config {} --repo {} --password-file {} wal-push %p",
+        cache.display(),
+        shared_bin(),
+        config.display(),
+        env.repo,
+        env.password_file.display()
+    );
+    let mut pg = PgCluster::init(&["archive_mode = on", &format!("archive_command = '{archive}'")]);
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{state}\"\n[repositories.dr]\nurl = \"{dr}\"\n\
+             [postgres.main]\nuser = \"postgres\"\n\
+             [postgres.main.members.a]\nhost = \"{ip1}\"\nport = 5432\npgdata = \"{data}\"\n\
+             [postgres.main.members.b]\nhost = \"{ip2}\"\nport = 5432\n",
+            state = env.path("state").display(),
+            dr = env.path("dr").display(),
+            data = pg.data.display(),
+        ),
+    )
+    .unwrap();
+    chown_postgres(&config);
+    let run = |on: Option<usize>, args: &[&str]| as_postgres_in(&env, on.map(|i| (&net, i)), args).output().unwrap();
+    let ok = |on: Option<usize>, args: &[&str]| {
+        let out = run(on, args);
+        assert!(out.status.success(), "cirkel {args:?}: {}\n{}", stderr(&out), stdout(&out));
+        out
+    };
+    ok(None, &["repo", "init"]);
+    ok(None, &["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    pg.start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    // Replication from another host asks for a password.
+    pg.sql("ALTER USER postgres PASSWORD 'replication secret'");
+    let out = as_postgres_in(&env, None, &["pg", "backup"]).envs(pg.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    pg.sql("INSERT INTO t SELECT g, 'after the backup' FROM generate_series(1, 30) g");
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for("the segment to be archived", Duration::from_secs(60), || {
+        pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
+    });
+    ok(None, &["repo", "copy", "--to", "dr", "--follow", "--once"]);
+    // The first region lost: its PostgreSQL and its repository.
+    drop(pg);
+    std::fs::rename(&env.repo, env.path("repo-lost")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let (to1, to2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let primary_addr = format!("{ip1}:5432");
+
+    // No primary yet: a standby cannot be cloned, said quickly, nothing written.
+    let t = Instant::now();
+    let out = run(
+        Some(1),
+        &["recover", "--from", "dr", "--to", to2.to_str().unwrap(), "--standby-of", &primary_addr, "--timeout", "3s"],
+    );
+    let took = t.elapsed();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("at {primary_addr} did not answer within 3s")) && err.contains("hint:"), "{err}");
+    assert!(err.contains("--listen") && err.contains("--allow"), "{err}");
+    assert!(took < Duration::from_secs(20), "it gave up after {took:?}");
+    assert!(!to2.exists(), "nothing is written on a host whose primary does not answer");
+
+    // Host 1: the primary, on its address, open to its network for replication.
+    let t = Instant::now();
+    let out = run(
+        Some(0),
+        &[
+            "--json",
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            to1.to_str().unwrap(),
+            "--only",
+            "postgres/main",
+            "--listen",
+            &ip1,
+            "--pg-port",
+            "5432",
+            "--allow",
+            &net.cidr(),
+            "--no-standbys",
+            "--timeout",
+            "2m",
+        ],
+    );
+    let primary_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v1 = first_json(&out);
+    let services = v1["recover"]["services"].as_array().cloned().unwrap_or_default();
+    assert_eq!(services.len(), 1, "--no-standbys: the primary alone: {v1:#}");
+    let primary = &services[0];
+    assert_eq!((primary["role"].as_str(), primary["address"].as_str()), (Some("primary"), Some(primary_addr.as_str())));
+    let hba = std::fs::read_to_string(Path::new(primary["data"].as_str().unwrap()).join("pg_hba.conf")).unwrap();
+    assert!(hba.contains(&format!("host replication postgres {} scram-sha-256", net.cidr())), "{hba}");
+
+    // Host 2: a standby cloned from it over the network, with the password.
+    let t = Instant::now();
+    let out = as_postgres_in(
+        &env,
+        Some((&net, 1)),
+        &[
+            "--json",
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            to2.to_str().unwrap(),
+            "--standby-of",
+            &format!("main={primary_addr}"),
+            "--member",
+            "b",
+            "--listen",
+            &ip2,
+            "--pg-port",
+            "5432",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .env("PGPASSWORD", "replication secret")
+    .output()
+    .unwrap();
+    let standby_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v2 = first_json(&out);
+    let report = &v2["recover"];
+    assert_eq!(report["steps"][0]["standby_of"], primary_addr.as_str(), "{report:#}");
+    let standby = &report["services"][0];
+    assert_eq!(standby["role"], "standby", "{report:#}");
+    assert_eq!(standby["member"], "b");
+    assert_eq!(standby["upstream"], primary_addr.as_str());
+    assert_eq!(standby["address"], format!("{ip2}:5432"));
+    assert!(standby["error"].is_null() && standby["seconds"].as_f64().is_some_and(|s| s > 0.0), "{standby:#}");
+    let text = std::fs::read_to_string(Path::new(standby["data"].as_str().unwrap()).join("postgresql.auto.conf"))
+        .unwrap_or_default();
+    assert!(text.contains("restore_command = ''"), "the standby streams only: {text}");
+    eprintln!(
+        "two hosts: primary recovered in {primary_s:.1} s (report {:.1} s), standby cloned and streaming in {standby_s:.1} s (report {:.1} s)",
+        v1["recover"]["rto_s"].as_f64().unwrap_or(0.0),
+        report["rto_s"].as_f64().unwrap_or(0.0)
+    );
+
+    // It streams from host 1's primary, from host 2's address.
+    let socket = |s: &Value| s["socket_dir"].as_str().unwrap().to_string();
+    let on = |s: &Value, sql: &str| psql(&socket(s), 5432, sql);
+    assert_eq!(
+        on(primary, "SELECT application_name || ' ' || state || ' ' || host(client_addr) FROM pg_stat_replication")
+            .as_deref(),
+        Ok(format!("b streaming {ip2}").as_str())
+    );
+    assert_eq!(on(primary, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
+    assert_eq!(on(standby, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert_eq!(on(primary, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    assert_eq!(on(standby, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    on(primary, "INSERT INTO t VALUES (31, 'after the recovery')").unwrap();
+    wait_for("the standby on host 2 to replay a new commit", Duration::from_secs(60), || {
+        on(standby, "SELECT count(*) FROM t").as_deref() == Ok("31")
+    });
+    // The password the standby was cloned with is in no report.
+    for v in [&v1, &v2] {
+        assert!(!v.to_string().contains("replication secret"));
+    }
+    // The net's drop kills every server left in its namespaces.
 }
