@@ -793,6 +793,26 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let hba = std::fs::read_to_string(Path::new(primary["data"].as_str().unwrap()).join("pg_hba.conf")).unwrap();
     assert!(hba.contains(&format!("host replication postgres {} scram-sha-256", net.cidr())), "{hba}");
 
+    // Without the replication user's password: said at once, with what to do.
+    let nopass = dir.path().join("host2-no-password");
+    let out = run(
+        Some(1),
+        &[
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            nopass.to_str().unwrap(),
+            "--standby-of",
+            &primary_addr,
+            "--timeout",
+            "1m",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not come up") && err.contains("password") && err.contains("PGPASSWORD"), "{err}");
+
     // Host 2: a standby cloned from it over the network, with the password.
     let t = Instant::now();
     let out = as_postgres_in(

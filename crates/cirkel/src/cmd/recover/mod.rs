@@ -454,6 +454,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     for why in &hooks_failed {
         eprintln!("warning: {why}");
     }
+    if let Some(why) = standby::failed(&services) {
+        return Err(why);
+    }
     let failed_services = services.iter().filter(|s| s.error.is_some()).count();
     if failed_services > 0 && steps.iter().all(|s| s.error.is_none()) {
         return Err(user_error(

@@ -341,22 +341,43 @@ impl Clone<'_> {
             conninfo_word(user),
             conninfo_word(self.member)
         );
+        let log = self.run_dir.join("pg_basebackup.log");
         loop {
-            let out = as_owner(&bindir.join("pg_basebackup"), uid, gid)
+            // -w: never ask for a password on a terminal (there may be none).
+            let mut child = as_owner(&bindir.join("pg_basebackup"), uid, gid)
                 .arg("-D")
                 .arg(self.data)
-                .args(["-R", "-X", "stream", "-c", "fast", "-d", &conninfo])
+                .args(["-R", "-X", "stream", "-c", "fast", "-w", "-d", &conninfo])
                 .stdin(std::process::Stdio::null())
-                .output()
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).map_err(|e| anyhow::anyhow!("create {}: {e}", log.display()))?)
+                .spawn()
                 .map_err(|e| anyhow::anyhow!("run pg_basebackup: {e}; install PostgreSQL's client programs"))?;
-            if out.status.success() {
-                return Ok(());
+            let status = loop {
+                if let Some(status) = child.try_wait()? {
+                    break Some(status);
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let err = std::fs::read_to_string(&log).unwrap_or_default().trim().replace('\n', " ");
+            match status {
+                Some(s) if s.success() => return Ok(()),
+                Some(_) => {}
+                None => anyhow::bail!(
+                    "pg_basebackup from the primary at {} did not finish within {} ({err}); pass a longer --timeout",
+                    self.up.address(),
+                    humantime::format_duration(left)
+                ),
             }
-            let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
             let auth = err.contains("password") || err.contains("authentication");
             if auth || Instant::now() >= deadline {
                 let hint = if auth {
-                    "give this host the replication user's password (PGPASSWORD or ~/.pgpass of the user running recover)"
+                    "set PGPASSWORD (or PGPASSFILE) for recover to the replication user's password"
                 } else if err.contains("pg_hba.conf") {
                     "on the primary's host pass --allow with a network that holds this host"
                 } else {
@@ -393,6 +414,26 @@ impl Clone<'_> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// The first standby of another host's primary that did not come up, as
+/// the command's error.
+pub(super) fn failed(services: &[Service]) -> Option<anyhow::Error> {
+    let s = services.iter().find(|s| s.upstream.is_some() && s.error.is_some())?;
+    Some(user_error(
+        format!(
+            "the standby of {} at {} did not come up: {}",
+            s.source,
+            s.upstream.as_deref().unwrap_or_default(),
+            s.error.as_deref().unwrap_or_default()
+        ),
+        format!(
+            "fix the cause, then recover this host again into a new --to directory (this one's {} holds the \
+             failed clone; stop it first if it runs: {})",
+            s.data.display(),
+            if s.stop.is_empty() { "nothing runs" } else { s.stop.as_str() }
+        ),
+    ))
 }
 
 /// A value in a libpq connection string.
