@@ -813,6 +813,12 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("did not come up") && err.contains("password") && err.contains("PGPASSWORD"), "{err}");
 
+    // The plan on host 2 says what it will do instead of a restore.
+    let out = run(Some(1), &["recover", "--from", "dr", "--dry-run", "--standby-of", &primary_addr]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains(&format!("not restored: a standby cloned from its primary at {primary_addr}")), "{text}");
+
     // Host 2: a standby cloned from it over the network, with the password.
     let t = Instant::now();
     let out = as_postgres_in(

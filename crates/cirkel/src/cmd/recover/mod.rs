@@ -430,13 +430,20 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+        // A host of standbys only restored nothing: its data's age is its primaries'.
+        let age = match steps.iter().all(|s| s.standby_of.is_some()) {
+            true => "standbys of primaries on other hosts".to_string(),
+            false => format!(
+                "data {} old (RPO){}",
+                humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+                rpo_commit.map(|r| format!(", newest commit {r:.1} s old")).unwrap_or_default()
+            ),
+        };
         println!(
-            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO){}; report {}",
+            "recovered from {} into {} in {:.1} s (RTO), {age}; report {}",
             repo.location(),
             to.display(),
             rto,
-            humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
-            rpo_commit.map(|r| format!(", newest commit {r:.1} s old")).unwrap_or_default(),
             path.display()
         );
     }
