@@ -734,9 +734,15 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     wait_for("the segment to be archived", Duration::from_secs(60), || {
         pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
     });
+    let redis = cirkel_testkit::RedisServer::start();
+    for i in 0..25 {
+        redis.cli(&["SET", &format!("key:{i}"), &format!("value {i}")]);
+    }
+    ok(None, &["redis", "backup", "--host", "127.0.0.1", "--port", &redis.port.to_string()]);
     ok(None, &["repo", "copy", "--to", "dr", "--follow", "--once"]);
-    // The first region lost: its PostgreSQL and its repository.
+    // The first region lost: its PostgreSQL, its Redis and its repository.
     drop(pg);
+    drop(redis);
     std::fs::rename(&env.repo, env.path("repo-lost")).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -761,8 +767,11 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
 
     // Host 1: the primary, on its address, open to its network for replication.
     let t = Instant::now();
-    let out = run(
-        Some(0),
+    // Redis there requires this password (and so takes clients from other hosts).
+    let redis_secret = "redis secret";
+    let out = as_postgres_in(
+        &env,
+        Some((&net, 0)),
         &[
             "--json",
             "recover",
@@ -772,23 +781,33 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
             to1.to_str().unwrap(),
             "--only",
             "postgres/main",
+            "--only",
+            "redis",
             "--listen",
             &ip1,
             "--pg-port",
             "5432",
+            "--redis-port",
+            "6379",
             "--allow",
             &net.cidr(),
             "--no-standbys",
             "--timeout",
             "2m",
         ],
-    );
+    )
+    .env("REDISCLI_AUTH", redis_secret)
+    .output()
+    .unwrap();
     let primary_s = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
     let v1 = first_json(&out);
     let services = v1["recover"]["services"].as_array().cloned().unwrap_or_default();
-    assert_eq!(services.len(), 1, "--no-standbys: the primary alone: {v1:#}");
+    assert_eq!(services.len(), 2, "--no-standbys: the primary alone, and Redis: {v1:#}");
     let primary = &services[0];
+    let redis1 = &services[1];
+    assert_eq!(redis1["address"], format!("{ip1}:6379"), "{v1:#}");
+    assert_eq!(redis1["keys"], 25, "{v1:#}");
     assert_eq!((primary["role"].as_str(), primary["address"].as_str()), (Some("primary"), Some(primary_addr.as_str())));
     let hba = std::fs::read_to_string(Path::new(primary["data"].as_str().unwrap()).join("pg_hba.conf")).unwrap();
     assert!(hba.contains(&format!("host replication postgres {} scram-sha-256", net.cidr())), "{hba}");
@@ -803,6 +822,8 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
             "dr",
             "--to",
             nopass.to_str().unwrap(),
+            "--only",
+            "postgres",
             "--standby-of",
             &primary_addr,
             "--timeout",
@@ -835,15 +856,20 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
             &format!("main={primary_addr}"),
             "--member",
             "b",
+            "--replica-of",
+            &format!("{ip1}:6379"),
             "--listen",
             &ip2,
             "--pg-port",
             "5432",
+            "--redis-port",
+            "6379",
             "--timeout",
             "2m",
         ],
     )
     .env("PGPASSWORD", "replication secret")
+    .env("REDISCLI_AUTH", redis_secret)
     .output()
     .unwrap();
     let standby_s = t.elapsed().as_secs_f64();
@@ -851,7 +877,13 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let v2 = first_json(&out);
     let report = &v2["recover"];
     assert_eq!(report["steps"][0]["standby_of"], primary_addr.as_str(), "{report:#}");
-    let standby = &report["services"][0];
+    let service = |role: &str| {
+        report["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["role"] == role))
+            .unwrap_or_else(|| panic!("{report:#}"))
+    };
+    let (standby, replica) = (service("standby"), service("redis"));
     assert_eq!(standby["role"], "standby", "{report:#}");
     assert_eq!(standby["member"], "b");
     assert_eq!(standby["upstream"], primary_addr.as_str());
@@ -861,9 +893,14 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
         .unwrap_or_default();
     assert!(text.contains("restore_command = ''"), "the standby streams only: {text}");
     eprintln!(
-        "two hosts: primary recovered in {primary_s:.1} s (report {:.1} s), standby cloned and streaming in {standby_s:.1} s (report {:.1} s)",
+        "two hosts: host 1 recovered in {primary_s:.1} s (report {:.1} s: primary {:.1} s, redis {:.1} s), \
+         host 2 in {standby_s:.1} s (report {:.1} s: standby {:.1} s, redis replica {:.1} s)",
         v1["recover"]["rto_s"].as_f64().unwrap_or(0.0),
-        report["rto_s"].as_f64().unwrap_or(0.0)
+        primary["seconds"].as_f64().unwrap_or(0.0),
+        redis1["seconds"].as_f64().unwrap_or(0.0),
+        report["rto_s"].as_f64().unwrap_or(0.0),
+        standby["seconds"].as_f64().unwrap_or(0.0),
+        replica["seconds"].as_f64().unwrap_or(0.0)
     );
 
     // It streams from host 1's primary, from host 2's address.
@@ -882,9 +919,29 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     wait_for("the standby on host 2 to replay a new commit", Duration::from_secs(60), || {
         on(standby, "SELECT count(*) FROM t").as_deref() == Ok("31")
     });
-    // The password the standby was cloned with is in no report.
+    // Redis on host 2 replicates from host 1's, with every key and the new ones.
+    assert!(replica["error"].is_null(), "{replica:#}");
+    assert_eq!(replica["upstream"], format!("{ip1}:6379"));
+    assert_eq!(replica["address"], format!("{ip2}:6379"));
+    assert_eq!(replica["keys"], 25, "{replica:#}");
+    let redis_cli = |host: usize, args: &[&str]| {
+        let out = net
+            .cmd(host, "redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379"])
+            .args(args)
+            .env("REDISCLI_AUTH", redis_secret)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis_cli(1, &["GET", "key:7"]), "value 7");
+    assert_eq!(redis_cli(0, &["SET", "after", "the recovery"]), "OK");
+    wait_for("the replica on host 2 to get a new key", Duration::from_secs(30), || {
+        redis_cli(1, &["GET", "after"]) == "the recovery"
+    });
+    // The passwords are in no report.
     for v in [&v1, &v2] {
-        assert!(!v.to_string().contains("replication secret"));
+        assert!(!v.to_string().contains("replication secret") && !v.to_string().contains(redis_secret));
     }
     // The net's drop kills every server left in its namespaces.
 }

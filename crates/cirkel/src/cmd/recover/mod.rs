@@ -75,6 +75,11 @@ pub struct RecoverArgs {
     /// repository holds several systems (repeatable).
     #[arg(long, value_name = "[SYSTEM=]HOST:PORT", value_parser = standby::parse_standby_of)]
     pub standby_of: Vec<standby::StandbyOf>,
+    /// Do not restore this Redis group here: start a replica of its server, recovered on another
+    /// host, at HOST:PORT and wait until it is in sync. GROUP=HOST:PORT when the repository holds
+    /// several (repeatable).
+    #[arg(long, value_name = "[GROUP=]HOST:PORT", value_parser = standby::parse_standby_of)]
+    pub replica_of: Vec<standby::StandbyOf>,
     /// With --standby-of: the name the standby streams under (its application_name on the
     /// primary; default: this host's name).
     #[arg(long, value_name = "NAME", requires = "standby_of")]
@@ -266,11 +271,12 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     standby::select(&mut steps, &args.only)?;
-    standby::assign(&mut steps, &args.standby_of)?;
-    if !args.standby_of.is_empty() && args.no_start {
+    standby::assign(&mut steps, &args.standby_of, standby::Kind::Postgres)?;
+    standby::assign(&mut steps, &args.replica_of, standby::Kind::Redis)?;
+    if (!args.standby_of.is_empty() || !args.replica_of.is_empty()) && args.no_start {
         return Err(user_error(
-            "--standby-of clones and starts a standby: it cannot go with --no-start",
-            "leave out --no-start, or --standby-of to restore that system from the repository",
+            "--standby-of and --replica-of start what they copy: they cannot go with --no-start",
+            "leave out --no-start, or those options to restore from the repository",
         ));
     }
     // A standby's data is its primary's: what this host restores dates the rest.
@@ -298,8 +304,10 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             if !args.no_start {
                 for s in &steps {
                     if let Some(up) = &s.standby_of {
+                        let copy =
+                            if s.source.starts_with("redis/") { "a replica of" } else { "a standby cloned from" };
                         println!(
-                            "  {} not restored: a standby cloned from its primary at {} on {}",
+                            "  {} not restored: {copy} its primary at {} on {}",
                             s.source,
                             up.address(),
                             args.listen
@@ -513,7 +521,7 @@ fn start_services(
             pg_user: if s.pg_user.is_empty() { "postgres".into() } else { s.pg_user.clone() },
             allow: args.allow.clone(),
         };
-        if let Some(up) = &s.standby_of {
+        if let Some(up) = s.standby_of.as_ref().filter(|_| s.source.starts_with("postgres/")) {
             let member = args.member.clone().unwrap_or_else(standby::host_name);
             if !global.quiet && !global.json {
                 eprintln!("recover: cloning {} as standby {member} of {}", s.source, up.address());
@@ -547,7 +555,8 @@ fn start_services(
             if !global.quiet && !global.json {
                 eprintln!("recover: starting {}", s.source);
             }
-            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts));
+            let replica_of = s.standby_of.as_ref();
+            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts, replica_of));
         }
     }
     Ok(services)
@@ -726,6 +735,7 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
         timeout: args.timeout,
         only: Vec::new(),
         standby_of: Vec::new(),
+        replica_of: Vec::new(),
         member: None,
         allow: Vec::new(),
         no_standbys: false,

@@ -116,52 +116,87 @@ pub(super) fn select(steps: &mut Vec<Step>, only: &[String]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Marks each PostgreSQL step a `--standby-of` names: it is cloned from
-/// that primary instead of restored.
-pub(super) fn assign(steps: &mut [Step], specs: &[StandbyOf]) -> anyhow::Result<()> {
-    let systems = |steps: &[Step]| -> String {
+/// What a `--standby-of` (PostgreSQL) or `--replica-of` (Redis) applies to.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Postgres,
+    Redis,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres/",
+            Kind::Redis => "redis/",
+        }
+    }
+    fn flag(self) -> &'static str {
+        match self {
+            Kind::Postgres => "--standby-of",
+            Kind::Redis => "--replica-of",
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Postgres => "PostgreSQL system",
+            Kind::Redis => "Redis group",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Postgres => "SYSTEM",
+            Kind::Redis => "GROUP",
+        }
+    }
+}
+
+/// Marks each step of `kind` a `--standby-of` or `--replica-of` names: it
+/// is copied from that primary instead of restored.
+pub(super) fn assign(steps: &mut [Step], specs: &[StandbyOf], kind: Kind) -> anyhow::Result<()> {
+    let (prefix, flag, what, key) = (kind.prefix(), kind.flag(), kind.what(), kind.key());
+    let names = |steps: &[Step]| -> String {
         steps
             .iter()
-            .filter(|s| s.source.starts_with("postgres/"))
+            .filter(|s| s.source.starts_with(prefix))
             .map(|s| match &s.cluster {
-                Some(c) => format!("{} ({c})", s.source.trim_start_matches("postgres/")),
-                None => s.source.trim_start_matches("postgres/").to_string(),
+                Some(c) => format!("{} ({c})", s.source.trim_start_matches(prefix)),
+                None => s.source.trim_start_matches(prefix).to_string(),
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
     for spec in specs {
-        let pg: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].source.starts_with("postgres/")).collect();
+        let ours: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].source.starts_with(prefix)).collect();
         let i = match &spec.system {
-            None if pg.len() == 1 => pg[0],
-            None if pg.is_empty() => {
+            None if ours.len() == 1 => ours[0],
+            None if ours.is_empty() => {
                 return Err(user_error(
-                    "--standby-of: no PostgreSQL system to recover here",
-                    "the repository holds no PostgreSQL backup, or --only left it out",
+                    format!("{flag}: no {what} to recover here"),
+                    "the repository holds no backup of one, or --only left it out",
                 ));
             }
             None => {
                 return Err(user_error(
-                    format!("--standby-of {}: which PostgreSQL system? there are {}", spec.address(), pg.len()),
-                    format!("name it: --standby-of SYSTEM={} with SYSTEM one of {}", spec.address(), systems(steps)),
+                    format!("{flag} {}: which {what}? there are {}", spec.address(), ours.len()),
+                    format!("name it: {flag} {key}={} with {key} one of {}", spec.address(), names(steps)),
                 ));
             }
-            Some(sys) => *pg
+            Some(sys) => *ours
                 .iter()
                 .find(|&&i| {
-                    steps[i].source.trim_start_matches("postgres/") == sys || steps[i].cluster.as_deref() == Some(sys)
+                    steps[i].source.trim_start_matches(prefix) == sys || steps[i].cluster.as_deref() == Some(sys)
                 })
                 .ok_or_else(|| {
                     user_error(
-                        format!("--standby-of {sys}=…: the repository holds no such PostgreSQL system"),
-                        format!("name one of {} (its system id or its [postgres.NAME])", systems(steps)),
+                        format!("{flag} {sys}=…: the repository holds no such {what}"),
+                        format!("name one of {}", names(steps)),
                     )
                 })?,
         };
         if steps[i].standby_of.is_some() {
             return Err(user_error(
-                format!("{} is named by --standby-of twice", steps[i].source),
-                "give one primary per system",
+                format!("{} is named by {flag} twice", steps[i].source),
+                format!("give one primary per {what}"),
             ));
         }
         steps[i].standby_of = Some(spec.clone());

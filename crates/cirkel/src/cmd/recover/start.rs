@@ -447,8 +447,20 @@ fn wait_streaming(primary: &PgConn, member: &str, timeout: Duration) -> anyhow::
     }
 }
 
-/// Serves the RDB in `dir` with a daemonized `redis-server` of its own.
-pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOptions) -> Service {
+/// Serves the RDB in `dir` with a daemonized `redis-server` of its own, or,
+/// with `replica_of`, a replica of the Redis recovered on another host,
+/// waited for until its link is up. With `REDISCLI_AUTH` set, the server
+/// requires that password (and a replica gives it to its master); its
+/// configuration reaches it on stdin, never on a command line. On an
+/// address other than loopback it also listens on 127.0.0.1, where cirkel
+/// checks it: Redis's protected mode answers nothing else without a password.
+pub fn start_redis(
+    source: &str,
+    dir: &Path,
+    wanted: Option<u16>,
+    opts: &StartOptions,
+    replica_of: Option<&super::standby::StandbyOf>,
+) -> Service {
     let t = Instant::now();
     let log = dir.join("redis.log");
     let mut s = Service {
@@ -461,17 +473,29 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
         data: dir.to_path_buf(),
         log: log.clone(),
         stop: String::new(),
-        upstream: None,
+        upstream: replica_of.map(|u| u.address()),
         keys: None,
         last_commit: None,
         seconds: 0.0,
         error: None,
     };
+    let password = std::env::var("REDISCLI_AUTH").ok().filter(|p| !p.is_empty());
     let r = (|| -> anyhow::Result<i64> {
         let port = port(&opts.listen, wanted)?;
         s.port = port;
         s.address = format!("{}:{port}", opts.listen);
-        s.stop = format!("redis-cli -h {} -p {port} shutdown", opts.listen);
+        let local = match opts.listen.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => opts.listen.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let bind = if local == opts.listen { local.clone() } else { format!("{} {local}", opts.listen) };
+        s.stop = format!(
+            "redis-cli -h {local} -p {port}{} shutdown",
+            if password.is_some() { " --no-auth-warning" } else { "" }
+        );
+        if replica_of.is_some() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        }
         // Redis is not run as root: as its packages' `redis` user when there is one.
         let (uid, gid) = match system_user("redis").filter(|_| is_root()) {
             Some((uid, gid)) => {
@@ -484,28 +508,68 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
             }
             None => (0, 0),
         };
-        let out = as_owner(Path::new("redis-server"), uid, gid)
-            .args(["--port", &port.to_string(), "--bind", &opts.listen, "--daemonize", "yes", "--dir"])
-            .arg(dir)
-            .args(["--dbfilename", "dump.rdb", "--pidfile"])
-            .arg(dir.join("redis.pid"))
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .output()
+        let q = |p: &Path| redis_quote(&p.display().to_string());
+        let mut conf = format!(
+            "port {port}\nbind {bind}\ndaemonize yes\ndir {}\ndbfilename dump.rdb\npidfile {}\nlogfile {}\n\
+             repl-diskless-sync-delay 0\n",
+            q(dir),
+            q(&dir.join("redis.pid")),
+            q(&log)
+        );
+        if let Some(p) = &password {
+            conf.push_str(&format!("requirepass {}\n", redis_quote(p)));
+        }
+        if let Some(up) = replica_of {
+            conf.push_str(&format!("replicaof {} {}\n", redis_quote(&up.host), up.port));
+            if let Some(p) = &password {
+                conf.push_str(&format!("masterauth {}\n", redis_quote(p)));
+            }
+        }
+        let mut child = as_owner(Path::new("redis-server"), uid, gid)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| anyhow::anyhow!("run redis-server: {e}; install redis-server"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
-            anyhow::bail!("redis-server did not start: {}", String::from_utf8_lossy(&out.stderr).trim());
+            let why = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            anyhow::bail!("redis-server did not start: {}", why.trim());
         }
         let deadline = Instant::now() + opts.timeout;
         loop {
-            match resp_integer(&opts.listen, port, "DBSIZE") {
+            let ready = match replica_of {
+                Some(_) => resp(&local, port, password.as_deref(), &["INFO", "replication"])
+                    .and_then(|info| match info.contains("master_link_status:up") {
+                        true => Ok(()),
+                        false => Err(anyhow::anyhow!("its link to the master is not up")),
+                    })
+                    .and_then(|()| resp(&local, port, password.as_deref(), &["DBSIZE"])),
+                None => resp(&local, port, password.as_deref(), &["DBSIZE"]),
+            };
+            match ready.and_then(|n| {
+                n.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("DBSIZE answered {n}"))
+            }) {
                 Ok(n) => return Ok(n),
-                Err(e) if Instant::now() > deadline => anyhow::bail!(
-                    "redis-server on port {port} did not load the RDB within {}: {e} (log {})",
-                    humantime::format_duration(opts.timeout),
-                    log.display()
-                ),
+                Err(e) if Instant::now() > deadline => match replica_of {
+                    Some(up) => anyhow::bail!(
+                        "the Redis replica on port {port} did not sync from {} within {}: {e} (log {}); the master \
+                         accepts other hosts only with a password: export the same REDISCLI_AUTH for recover on \
+                         both hosts",
+                        up.address(),
+                        humantime::format_duration(opts.timeout),
+                        log.display()
+                    ),
+                    None => anyhow::bail!(
+                        "redis-server on port {port} did not load the RDB within {}: {e} (log {})",
+                        humantime::format_duration(opts.timeout),
+                        log.display()
+                    ),
+                },
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
@@ -518,25 +582,44 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
     s
 }
 
-/// One command without arguments whose answer is an integer (`DBSIZE`);
-/// an error while Redis still loads (`-LOADING`) is an error here.
-fn resp_integer(host: &str, port: u16, command: &str) -> anyhow::Result<i64> {
+/// A value in a Redis configuration file.
+fn redis_quote(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
+/// One command, after `AUTH` when there is a password; the reply's first
+/// line (`:5`, `+OK`, `-ERR …`), or a bulk reply's text. An error reply
+/// (`-LOADING`, `-NOAUTH`) is an error here.
+fn resp(host: &str, port: u16, password: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
     let mut c = std::net::TcpStream::connect((host, port))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    c.write_all(format!("*1\r\n${}\r\n{command}\r\n", command.len()).as_bytes())?;
-    let mut buf = [0u8; 256];
-    let mut got = Vec::new();
-    while !got.ends_with(b"\r\n") {
-        let n = c.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let encode = |args: &[&str]| {
+        let mut b = format!("*{}\r\n", args.len());
+        for a in args {
+            b.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
-        got.extend_from_slice(&buf[..n]);
-        if got.len() > 4096 {
-            break;
+        b
+    };
+    let mut reader = std::io::BufReader::new(c.try_clone()?);
+    let mut reply = || -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end().to_string();
+        if line.starts_with('-') || line.is_empty() {
+            anyhow::bail!("{}", if line.is_empty() { "the connection closed" } else { line.as_str() });
         }
+        if let Some(n) = line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            let mut body = vec![0u8; n + 2];
+            reader.read_exact(&mut body)?;
+            return Ok(String::from_utf8_lossy(&body[..n]).into_owned());
+        }
+        Ok(line)
+    };
+    if let Some(p) = password {
+        c.write_all(encode(&["AUTH", p]).as_bytes())?;
+        reply()?;
     }
-    let line = String::from_utf8_lossy(&got);
-    let line = line.trim_end();
-    line.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("{command} answered {line}"))
+    c.write_all(encode(args).as_bytes())?;
+    reply()
 }
