@@ -243,12 +243,18 @@ pub(super) fn wait_reachable(steps: &[Step], timeout: Duration) -> anyhow::Resul
                         up.address(),
                         humantime::format_duration(timeout)
                     ),
-                    format!(
-                        "run `cirkel recover --from REPO --to DIR --listen ADDR --allow CIDR` on the primary's host \
-                         first (ADDR its address, CIDR covering this host), check that {} is that address and port and \
-                         that no firewall stands between, or pass a longer --timeout",
-                        up.address()
-                    ),
+                    {
+                        let (with, also) = match s.source.starts_with("redis/") {
+                            true => ("--redis-port PORT", ", with the same REDISCLI_AUTH"),
+                            false => ("--allow CIDR", ", CIDR covering this host"),
+                        };
+                        format!(
+                            "run `cirkel recover --from REPO --to DIR --listen ADDR {with}` on the primary's host \
+                             first (ADDR its address{also}), check that {} is that address and port and that no \
+                             firewall stands between, or pass a longer --timeout",
+                            up.address()
+                        )
+                    },
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
