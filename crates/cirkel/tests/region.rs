@@ -329,6 +329,15 @@ fn recover_refuses_what_it_cannot_do_and_says_why() {
     assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
     let text = env.ok(&["recover", "--from", &env.repo, "--dry-run"]);
     assert!(text.contains("implied RPO") && text.contains("predicted duration"), "{text}");
+    // --only keeps a host to a part of the estate, and must name something held.
+    let plan = env.json(&["recover", "--from", &env.repo, "--dry-run", "--only", "files"]);
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
+    let err = env.fails(&["recover", "--from", &env.repo, "--dry-run", "--only", "redis/cache"]);
+    assert!(err.contains("--only redis/cache names nothing") && err.contains("files/"), "{err}");
+    let err = env.fails(&["recover", "--from", &env.repo, "--dry-run", "--standby-of", "10.0.0.1:5432"]);
+    assert!(err.contains("no PostgreSQL system to recover here"), "{err}");
+    let out = env.run(&["recover", "--from", &env.repo, "--to", "x", "--standby-of", "10.0.0.1"]);
+    assert!(!out.status.success() && stderr(&out).contains("is not HOST:PORT (e.g. 10.0.0.5:5432"), "{}", stderr(&out));
     let err = env.fails(&["recover", "--from", &env.repo]);
     assert!(err.contains("needs --to"), "{err}");
     let to = env.path("rebuilt");

@@ -537,7 +537,11 @@ pub fn start_redis(
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            let why = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            let mut why = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            // A configuration error quotes the line: never the password.
+            if let Some(p) = &password {
+                why = why.replace(p.as_str(), "***");
+            }
             anyhow::bail!("redis-server did not start: {}", why.trim());
         }
         let deadline = Instant::now() + opts.timeout;
