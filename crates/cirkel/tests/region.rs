@@ -774,10 +774,46 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     assert!(took < Duration::from_secs(20), "it gave up after {took:?}");
     assert!(!to2.exists(), "nothing is written on a host whose primary does not answer");
 
+    // Redis requires this password (and so takes clients from other hosts).
+    let redis_secret = "redis secret";
+    // Host 2, started first (as a script would start every host at once):
+    // it waits for host 1's primary, then clones a standby from it over the
+    // network with the password, and a Redis replica.
+    let t2 = Instant::now();
+    let host2 = as_postgres_in(
+        &env,
+        Some((&net, 1)),
+        &[
+            "--json",
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            to2.to_str().unwrap(),
+            "--standby-of",
+            &format!("main={primary_addr}"),
+            "--member",
+            "b",
+            "--replica-of",
+            &format!("{ip1}:6379"),
+            "--listen",
+            &ip2,
+            "--pg-port",
+            "5432",
+            "--redis-port",
+            "6379",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .env("PGPASSWORD", "replication secret")
+    .env("REDISCLI_AUTH", redis_secret)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     // Host 1: the primary, on its address, open to its network for replication.
     let t = Instant::now();
-    // Redis there requires this password (and so takes clients from other hosts).
-    let redis_secret = "redis secret";
     let out = as_postgres_in(
         &env,
         Some((&net, 0)),
@@ -821,6 +857,41 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let hba = std::fs::read_to_string(Path::new(primary["data"].as_str().unwrap()).join("pg_hba.conf")).unwrap();
     assert!(hba.contains(&format!("host replication postgres {} scram-sha-256", net.cidr())), "{hba}");
 
+    let out = host2.wait_with_output().unwrap();
+    let standby_s = t2.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v2 = first_json(&out);
+    let report = &v2["recover"];
+    assert_eq!(report["steps"][0]["standby_of"], primary_addr.as_str(), "{report:#}");
+    let service = |role: &str| {
+        report["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["role"] == role))
+            .unwrap_or_else(|| panic!("{report:#}"))
+    };
+    let (standby, replica) = (service("standby"), service("redis"));
+    assert_eq!(standby["role"], "standby", "{report:#}");
+    assert_eq!(standby["member"], "b");
+    assert_eq!(standby["upstream"], primary_addr.as_str());
+    assert_eq!((&standby["streaming"], &replica["streaming"]), (&Value::Bool(true), &Value::Bool(true)), "{report:#}");
+    assert_eq!(standby["address"], format!("{ip2}:5432"));
+    assert!(standby["error"].is_null() && standby["seconds"].as_f64().is_some_and(|s| s > 0.0), "{standby:#}");
+    let text = std::fs::read_to_string(Path::new(standby["data"].as_str().unwrap()).join("postgresql.auto.conf"))
+        .unwrap_or_default();
+    assert!(text.contains("restore_command = ''"), "the standby streams only: {text}");
+    eprintln!(
+        "two hosts: host 1 recovered in {primary_s:.1} s (report {:.1} s: primary {:.1} s, redis {:.1} s), \
+         host 2 in {standby_s:.1} s (waited {:.1} s for host 1, then report {:.1} s: standby {:.1} s, redis replica \
+         {:.1} s)",
+        v1["recover"]["rto_s"].as_f64().unwrap_or(0.0),
+        primary["seconds"].as_f64().unwrap_or(0.0),
+        redis1["seconds"].as_f64().unwrap_or(0.0),
+        report["waited_for_primaries_s"].as_f64().unwrap_or(-1.0),
+        report["rto_s"].as_f64().unwrap_or(0.0),
+        standby["seconds"].as_f64().unwrap_or(0.0),
+        replica["seconds"].as_f64().unwrap_or(0.0)
+    );
+
     // Without the replication user's password: said at once, with what to do.
     let nopass = dir.path().join("host2-no-password");
     let out = run(
@@ -848,69 +919,6 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains(&format!("not restored: a standby cloned from its primary at {primary_addr}")), "{text}");
-
-    // Host 2: a standby cloned from it over the network, with the password.
-    let t = Instant::now();
-    let out = as_postgres_in(
-        &env,
-        Some((&net, 1)),
-        &[
-            "--json",
-            "recover",
-            "--from",
-            "dr",
-            "--to",
-            to2.to_str().unwrap(),
-            "--standby-of",
-            &format!("main={primary_addr}"),
-            "--member",
-            "b",
-            "--replica-of",
-            &format!("{ip1}:6379"),
-            "--listen",
-            &ip2,
-            "--pg-port",
-            "5432",
-            "--redis-port",
-            "6379",
-            "--timeout",
-            "2m",
-        ],
-    )
-    .env("PGPASSWORD", "replication secret")
-    .env("REDISCLI_AUTH", redis_secret)
-    .output()
-    .unwrap();
-    let standby_s = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
-    let v2 = first_json(&out);
-    let report = &v2["recover"];
-    assert_eq!(report["steps"][0]["standby_of"], primary_addr.as_str(), "{report:#}");
-    let service = |role: &str| {
-        report["services"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["role"] == role))
-            .unwrap_or_else(|| panic!("{report:#}"))
-    };
-    let (standby, replica) = (service("standby"), service("redis"));
-    assert_eq!(standby["role"], "standby", "{report:#}");
-    assert_eq!(standby["member"], "b");
-    assert_eq!(standby["upstream"], primary_addr.as_str());
-    assert_eq!(standby["address"], format!("{ip2}:5432"));
-    assert!(standby["error"].is_null() && standby["seconds"].as_f64().is_some_and(|s| s > 0.0), "{standby:#}");
-    let text = std::fs::read_to_string(Path::new(standby["data"].as_str().unwrap()).join("postgresql.auto.conf"))
-        .unwrap_or_default();
-    assert!(text.contains("restore_command = ''"), "the standby streams only: {text}");
-    eprintln!(
-        "two hosts: host 1 recovered in {primary_s:.1} s (report {:.1} s: primary {:.1} s, redis {:.1} s), \
-         host 2 in {standby_s:.1} s (report {:.1} s: standby {:.1} s, redis replica {:.1} s)",
-        v1["recover"]["rto_s"].as_f64().unwrap_or(0.0),
-        primary["seconds"].as_f64().unwrap_or(0.0),
-        redis1["seconds"].as_f64().unwrap_or(0.0),
-        report["rto_s"].as_f64().unwrap_or(0.0),
-        standby["seconds"].as_f64().unwrap_or(0.0),
-        replica["seconds"].as_f64().unwrap_or(0.0)
-    );
 
     // It streams from host 1's primary, from host 2's address.
     let socket = |s: &Value| s["socket_dir"].as_str().unwrap().to_string();

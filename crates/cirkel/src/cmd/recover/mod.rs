@@ -353,7 +353,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
-    standby::wait_reachable(&steps, args.timeout)?;
+    let waited = standby::wait_reachable(&steps, args.timeout)?;
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
     // PostgreSQL reads relative paths in its settings from its data directory.
@@ -378,6 +378,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "started": now,
         "ok": ok,
         "rto_s": rto,
+        "waited_for_primaries_s": waited.map(|w| w.as_secs_f64()),
         "rpo_s": rpo,
         "rpo_commit_s": rpo_commit,
         "predicted_s": predicted,
@@ -440,7 +441,10 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         }
         // A host of standbys only restored nothing: its data's age is its primaries'.
         let age = match steps.iter().all(|s| s.standby_of.is_some()) {
-            true => "standbys of primaries on other hosts".to_string(),
+            true => format!(
+                "standbys of primaries on other hosts (waited {:.1} s for them first)",
+                waited.unwrap_or_default().as_secs_f64()
+            ),
             false => format!(
                 "data {} old (RPO){}",
                 humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),

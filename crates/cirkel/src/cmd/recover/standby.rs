@@ -204,11 +204,12 @@ pub(super) fn assign(steps: &mut [Step], specs: &[StandbyOf], kind: Kind) -> any
     Ok(())
 }
 
-/// Waits until every primary a `--standby-of` names accepts TCP
-/// connections, within `timeout` (it may still be replaying): nothing is
-/// restored on this host before.
-pub(super) fn wait_reachable(steps: &[Step], timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+/// Waits until every primary a `--standby-of` or `--replica-of` names
+/// accepts TCP connections, within `timeout` (it may still be replaying):
+/// nothing is restored on this host before. How long it waited, if it did.
+pub(super) fn wait_reachable(steps: &[Step], timeout: Duration) -> anyhow::Result<Option<Duration>> {
+    let start = Instant::now();
+    let deadline = start + timeout;
     for s in steps {
         let Some(up) = &s.standby_of else { continue };
         let mut last = String::new();
@@ -260,7 +261,7 @@ pub(super) fn wait_reachable(steps: &[Step], timeout: Duration) -> anyhow::Resul
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    Ok(())
+    Ok(steps.iter().any(|s| s.standby_of.is_some()).then(|| start.elapsed()))
 }
 
 /// Lets hosts in `networks` connect for replication as `user`, with a
@@ -328,6 +329,7 @@ impl Clone<'_> {
             log: log.clone(),
             stop: String::new(),
             upstream: Some(self.up.address()),
+            streaming: None,
             keys: None,
             last_commit: None,
             seconds: 0.0,
@@ -369,6 +371,7 @@ impl Clone<'_> {
             self.wait_streaming(port, opts, t)
         })();
         s.seconds = t.elapsed().as_secs_f64();
+        s.streaming = Some(r.is_ok());
         s.error = r.err().map(|e| format!("{e:#}"));
         s
     }

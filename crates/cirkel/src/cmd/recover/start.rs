@@ -59,6 +59,10 @@ pub struct Service {
     /// A standby of another host's primary: the `HOST:PORT` it streams from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// A standby or replica: whether it was seen streaming from its primary
+    /// (PostgreSQL's `pg_stat_wal_receiver`, Redis's link status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
     /// Redis: keys loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
@@ -194,6 +198,7 @@ impl Postgres<'_> {
             log: log.clone(),
             stop: stop(self.data),
             upstream: None,
+            streaming: None,
             keys: None,
             last_commit: None,
             seconds: 0.0,
@@ -256,6 +261,7 @@ impl Postgres<'_> {
                 log: log.clone(),
                 stop: stop(data),
                 upstream: None,
+                streaming: None,
                 keys: None,
                 last_commit: None,
                 seconds: 0.0,
@@ -289,6 +295,7 @@ impl Postgres<'_> {
                 wait_streaming(&conn, member, opts.timeout)
             })();
             s.seconds = t.elapsed().as_secs_f64();
+            s.streaming = Some(r.is_ok());
             s.error = r.err().map(|e| format!("{e:#}"));
             services.push(s);
         }
@@ -307,6 +314,7 @@ impl Postgres<'_> {
             log: PathBuf::new(),
             stop: String::new(),
             upstream: None,
+            streaming: None,
             keys: None,
             last_commit: None,
             seconds: t.elapsed().as_secs_f64(),
@@ -474,6 +482,7 @@ pub fn start_redis(
         log: log.clone(),
         stop: String::new(),
         upstream: replica_of.map(|u| u.address()),
+        streaming: None,
         keys: None,
         last_commit: None,
         seconds: 0.0,
@@ -579,6 +588,9 @@ pub fn start_redis(
         }
     })();
     s.seconds = t.elapsed().as_secs_f64();
+    if replica_of.is_some() {
+        s.streaming = Some(r.is_ok());
+    }
     match r {
         Ok(n) => s.keys = Some(n),
         Err(e) => s.error = Some(format!("{e:#}")),
