@@ -7,7 +7,9 @@
 //! the data's age (the RPO it implies) and the measured time of each step
 //! and of the whole (the RTO), is kept in the state directory. Then, unless
 //! `--no-start`, `start.rs` brings the estate up: PostgreSQL promoted with a
-//! standby per configured member, Redis serving its RDB.
+//! standby per configured member, Redis serving its RDB. `standby.rs`
+//! spreads the estate over several hosts, recover running on each: some
+//! sources only, standbys and replicas copied from primaries elsewhere.
 
 mod standby;
 mod start;
@@ -119,7 +121,8 @@ struct Step {
     /// PostgreSQL: the member the recovered primary stands in for.
     #[serde(skip)]
     primary_member: Option<String>,
-    /// PostgreSQL: not restored here but cloned from this primary (`--standby-of`).
+    /// Not restored here but copied from this primary on another host: a
+    /// PostgreSQL standby (`--standby-of`) or a Redis replica (`--replica-of`).
     #[serde(skip_serializing_if = "Option::is_none")]
     standby_of: Option<standby::StandbyOf>,
     #[serde(skip)]

@@ -466,7 +466,8 @@ pub(super) fn failed(services: &[Service]) -> Option<anyhow::Error> {
     let s = services.iter().find(|s| s.upstream.is_some() && s.error.is_some())?;
     Some(user_error(
         format!(
-            "the standby of {} at {} did not come up: {}",
+            "the {} of {} at {} did not come up: {}",
+            if s.role == Role::Redis { "replica" } else { "standby" },
             s.source,
             s.upstream.as_deref().unwrap_or_default(),
             s.error.as_deref().unwrap_or_default()

@@ -56,7 +56,7 @@ pub struct Service {
     pub log: PathBuf,
     /// The command that stops it.
     pub stop: String,
-    /// A standby of another host's primary: the `HOST:PORT` it streams from.
+    /// A standby or replica of a primary on another host: the `HOST:PORT` it copies from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     /// A standby or replica: whether it was seen streaming from its primary
