@@ -658,10 +658,19 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
 /// reads the same repository, passphrase and cache), on this host or inside
 /// host `on` of `net`.
 fn as_postgres_in(env: &Env, on: Option<(&cirkel_testkit::netns::Net, usize)>, args: &[&str]) -> std::process::Command {
-    let mut c = match on {
+    let c = match on {
         Some((net, i)) => net.cmd_as_postgres(i, shared_bin()),
         None => cirkel_testkit::pg::as_postgres(shared_bin()),
     };
+    with_env(c, env, args)
+}
+
+/// `cirkel` run as root inside host `i` of `net`.
+fn as_root_in(env: &Env, net: &cirkel_testkit::netns::Net, i: usize, args: &[&str]) -> std::process::Command {
+    with_env(net.cmd(i, shared_bin()), env, args)
+}
+
+fn with_env(mut c: std::process::Command, env: &Env, args: &[&str]) -> std::process::Command {
     c.args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("CIRKEL_") || k.starts_with("PG") || k.starts_with("AWS_") {
@@ -778,11 +787,13 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let redis_secret = "redis secret";
     // Host 2, started first (as a script would start every host at once):
     // it waits for host 1's primary, then clones a standby from it over the
-    // network with the password, and a Redis replica.
+    // network with the password, and a Redis replica; as root, as an
+    // administrator would (the standby runs as postgres, the replica as redis).
     let t2 = Instant::now();
-    let host2 = as_postgres_in(
+    let host2 = as_root_in(
         &env,
-        Some((&net, 1)),
+        &net,
+        1,
         &[
             "--json",
             "recover",
@@ -872,6 +883,7 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
     let (standby, replica) = (service("standby"), service("redis"));
     assert_eq!(standby["role"], "standby", "{report:#}");
     assert_eq!(standby["member"], "b");
+    assert!(standby["stop"].as_str().is_some_and(|c| c.starts_with("runuser -u postgres -- ")), "{standby:#}");
     assert_eq!(standby["upstream"], primary_addr.as_str());
     assert_eq!((&standby["streaming"], &replica["streaming"]), (&Value::Bool(true), &Value::Bool(true)), "{report:#}");
     assert_eq!(standby["address"], format!("{ip2}:5432"));
