@@ -517,6 +517,67 @@ mod tests {
         }
     }
 
+    fn step(source: &str, cluster: Option<&str>) -> Step {
+        Step {
+            source: source.into(),
+            snapshot: cirkel_repo::Id([0; 32]),
+            data_time: chrono::Utc::now(),
+            rpo_s: 0.0,
+            bytes: 0,
+            predicted_s: 0.0,
+            dir: String::new(),
+            standbys: Vec::new(),
+            pg_user: String::new(),
+            cluster: cluster.map(String::from),
+            primary_member: None,
+            standby_of: None,
+            argv: Vec::new(),
+            seconds: None,
+            error: None,
+        }
+    }
+
+    fn estate() -> Vec<Step> {
+        vec![
+            step("postgres/7001", Some("main")),
+            step("postgres/7002", Some("billing")),
+            step("redis/cache", None),
+            step("files/srv/uploads", None),
+        ]
+    }
+
+    #[test]
+    fn only_keeps_kinds_and_sources_and_refuses_what_is_not_held() {
+        let mut steps = estate();
+        select(&mut steps, &["postgres/billing".into(), "files".into()]).unwrap();
+        let kept: Vec<&str> = steps.iter().map(|s| s.source.as_str()).collect();
+        assert_eq!(kept, ["postgres/7002", "files/srv/uploads"]);
+        let mut steps = estate();
+        select(&mut steps, &["postgres/7001".into(), "redis/cache".into()]).unwrap();
+        assert_eq!(steps.len(), 2);
+        let err = select(&mut estate(), &["redis/sessions".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("--only redis/sessions names nothing"), "{err:#}");
+    }
+
+    #[test]
+    fn standby_of_names_a_system_when_there_are_several() {
+        let up = |s: &str| parse_standby_of(s).unwrap();
+        let err = assign(&mut estate(), &[up("10.0.0.1:5432")], Kind::Postgres).unwrap_err();
+        assert!(format!("{err:#}").contains("which PostgreSQL system? there are 2"), "{err:#}");
+        let mut steps = estate();
+        assign(&mut steps, &[up("billing=10.0.0.1:5432"), up("7001=10.0.0.2:5433")], Kind::Postgres).unwrap();
+        assert_eq!(steps[0].standby_of.as_ref().map(|u| u.address()).as_deref(), Some("10.0.0.2:5433"));
+        assert_eq!(steps[1].standby_of.as_ref().map(|u| u.address()).as_deref(), Some("10.0.0.1:5432"));
+        let err = assign(&mut estate(), &[up("crm=10.0.0.1:5432")], Kind::Postgres).unwrap_err();
+        assert!(format!("{err:#}").contains("no such PostgreSQL system"), "{err:#}");
+        let err = assign(&mut estate(), &[up("main=h:1"), up("7001=h:2")], Kind::Postgres).unwrap_err();
+        assert!(format!("{err:#}").contains("named by --standby-of twice"), "{err:#}");
+        // The only Redis group needs no name.
+        let mut steps = estate();
+        assign(&mut steps, &[up("10.0.0.3:6379")], Kind::Redis).unwrap();
+        assert!(steps[2].standby_of.is_some() && steps[0].standby_of.is_none());
+    }
+
     #[test]
     fn allowed_networks_go_first_below_the_local_lines() {
         let dir = tempfile::tempdir().unwrap();
