@@ -533,7 +533,7 @@ fn start_services(
             if !global.quiet && !global.json {
                 eprintln!("recover: cloning {} as standby {member} of {}", s.source, up.address());
             }
-            let clone = standby::Clone {
+            let clone = standby::StandbyClone {
                 source: &s.source,
                 up,
                 member: &member,

@@ -5,7 +5,8 @@
 //! host runs `recover --standby-of [SYSTEM=]HOST:PORT`: instead of
 //! restoring that system from the repository it clones a standby from the
 //! recovered primary with `pg_basebackup`, starts it and waits until it
-//! streams. `--only` keeps a host to its part of the estate.
+//! streams; `--replica-of HOST:PORT` does the same for a Redis group with
+//! a `replicaof` server. `--only` keeps a host to its part of the estate.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
@@ -302,7 +303,7 @@ pub(super) fn host_name() -> String {
 /// A standby of `up` in `data`: cloned with `pg_basebackup -R` (retried
 /// until the primary lets it in, within the timeout), started on this
 /// host and watched until it streams.
-pub(super) struct Clone<'a> {
+pub(super) struct StandbyClone<'a> {
     pub source: &'a str,
     pub up: &'a StandbyOf,
     /// Its `application_name` on the primary.
@@ -313,7 +314,7 @@ pub(super) struct Clone<'a> {
     pub port: Option<u16>,
 }
 
-impl Clone<'_> {
+impl StandbyClone<'_> {
     pub fn start(&self, opts: &StartOptions) -> Service {
         let t = Instant::now();
         let bindir = cirkel_pg::stream::find_bindir();
