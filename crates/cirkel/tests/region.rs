@@ -776,6 +776,7 @@ fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
         &["recover", "--from", "dr", "--to", to2.to_str().unwrap(), "--standby-of", &primary_addr, "--timeout", "3s"],
     );
     let took = t.elapsed();
+    eprintln!("--standby-of an address where nothing listens, --timeout 3s: failed after {took:.1?}");
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("at {primary_addr} did not answer within 3s")) && err.contains("hint:"), "{err}");
