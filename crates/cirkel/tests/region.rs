@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -328,6 +329,15 @@ fn recover_refuses_what_it_cannot_do_and_says_why() {
     assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
     let text = env.ok(&["recover", "--from", &env.repo, "--dry-run"]);
     assert!(text.contains("implied RPO") && text.contains("predicted duration"), "{text}");
+    // --only keeps a host to a part of the estate, and must name something held.
+    let plan = env.json(&["recover", "--from", &env.repo, "--dry-run", "--only", "files"]);
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan}");
+    let err = env.fails(&["recover", "--from", &env.repo, "--dry-run", "--only", "redis/cache"]);
+    assert!(err.contains("--only redis/cache names nothing") && err.contains("files/"), "{err}");
+    let err = env.fails(&["recover", "--from", &env.repo, "--dry-run", "--standby-of", "10.0.0.1:5432"]);
+    assert!(err.contains("no PostgreSQL system to recover here"), "{err}");
+    let out = env.run(&["recover", "--from", &env.repo, "--to", "x", "--standby-of", "10.0.0.1"]);
+    assert!(!out.status.success() && stderr(&out).contains("is not HOST:PORT (e.g. 10.0.0.5:5432"), "{}", stderr(&out));
     let err = env.fails(&["recover", "--from", &env.repo]);
     assert!(err.contains("needs --to"), "{err}");
     let to = env.path("rebuilt");
@@ -642,4 +652,326 @@ fn recover_brings_the_estate_back_running_from_the_second_region() {
     // Stopping works as printed.
     drop(_started);
     assert!(on(primary, "SELECT 1").is_err() && cli(&["PING"]) != "PONG", "the stop commands stop them");
+}
+
+/// `cirkel` run as `postgres` (PostgreSQL's restore_command, as that user,
+/// reads the same repository, passphrase and cache), on this host or inside
+/// host `on` of `net`.
+fn as_postgres_in(env: &Env, on: Option<(&cirkel_testkit::netns::Net, usize)>, args: &[&str]) -> std::process::Command {
+    let c = match on {
+        Some((net, i)) => net.cmd_as_postgres(i, shared_bin()),
+        None => cirkel_testkit::pg::as_postgres(shared_bin()),
+    };
+    with_env(c, env, args)
+}
+
+/// `cirkel` run as root inside host `i` of `net`.
+fn as_root_in(env: &Env, net: &cirkel_testkit::netns::Net, i: usize, args: &[&str]) -> std::process::Command {
+    with_env(net.cmd(i, shared_bin()), env, args)
+}
+
+fn with_env(mut c: std::process::Command, env: &Env, args: &[&str]) -> std::process::Command {
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CIRKEL_") || k.starts_with("PG") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("CIRKEL_REPO", &env.repo).env("CIRKEL_PASSWORD_FILE", &env.password_file).current_dir(env.dir.path());
+    c.envs(env.extra_env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
+/// The first value of a `--json` command's output.
+fn first_json(out: &std::process::Output) -> Value {
+    serde_json::Deserializer::from_slice(&out.stdout).into_iter().next().and_then(Result::ok).unwrap_or_default()
+}
+
+/// The estate rebuilt onto two hosts (network namespaces with their own
+/// addresses): PostgreSQL backed up and archived into a main repository and
+/// copied to `dr`, the main repository lost; `recover --from dr` on host 1
+/// restores and promotes the primary listening on host 1's address and
+/// lets host 1's network clone from it; `recover --standby-of` on host 2
+/// clones a standby from it over the network (with the replication user's
+/// password), which streams: every row is on both, and a new commit on the
+/// primary reaches the standby. Before the primary exists, `--standby-of`
+/// fails quickly within its --timeout, says what to do and writes nothing.
+#[test]
+fn recover_rebuilds_the_primary_on_one_host_and_its_standby_on_another() {
+    use cirkel_testkit::netns::Net;
+    use cirkel_testkit::pg::{PgCluster, chown_postgres, psql};
+    let mut env = Env::new();
+    std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cache = env.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    env.extra_env.push(("CIRKEL_CACHE_DIR".into(), cache.display().to_string()));
+    let config = env.path("cirkel.toml");
+    env.extra_env.push(("CIRKEL_CONFIG".into(), config.display().to_string()));
+    let net = Net::new(2);
+    let (ip1, ip2) = (net.host(0).ip().to_string(), net.host(1).ip().to_string());
+    chown_postgres(env.dir.path());
+    let archive = format!(
+        "CIRKEL_CACHE_DIR={} {} --config {} --repo {} --password-file {} wal-push %p",
+        cache.display(),
+        shared_bin(),
+        config.display(),
+        env.repo,
+        env.password_file.display()
+    );
+    let mut pg = PgCluster::init(&["archive_mode = on", &format!("archive_command = '{archive}'")]);
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{state}\"\n[repositories.dr]\nurl = \"{dr}\"\n\
+             [postgres.main]\nuser = \"postgres\"\n\
+             [postgres.main.members.a]\nhost = \"{ip1}\"\nport = 5432\npgdata = \"{data}\"\n\
+             [postgres.main.members.b]\nhost = \"{ip2}\"\nport = 5432\n",
+            state = env.path("state").display(),
+            dr = env.path("dr").display(),
+            data = pg.data.display(),
+        ),
+    )
+    .unwrap();
+    chown_postgres(&config);
+    let run = |on: Option<usize>, args: &[&str]| as_postgres_in(&env, on.map(|i| (&net, i)), args).output().unwrap();
+    let ok = |on: Option<usize>, args: &[&str]| {
+        let out = run(on, args);
+        assert!(out.status.success(), "cirkel {args:?}: {}\n{}", stderr(&out), stdout(&out));
+        out
+    };
+    ok(None, &["repo", "init"]);
+    ok(None, &["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    pg.start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    // Replication from another host asks for a password.
+    pg.sql("ALTER USER postgres PASSWORD 'replication secret'");
+    let out = as_postgres_in(&env, None, &["pg", "backup"]).envs(pg.env()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    pg.sql("INSERT INTO t SELECT g, 'after the backup' FROM generate_series(1, 30) g");
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_for("the segment to be archived", Duration::from_secs(60), || {
+        pg.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
+    });
+    let redis = cirkel_testkit::RedisServer::start();
+    for i in 0..25 {
+        redis.cli(&["SET", &format!("key:{i}"), &format!("value {i}")]);
+    }
+    ok(None, &["redis", "backup", "--host", "127.0.0.1", "--port", &redis.port.to_string()]);
+    ok(None, &["repo", "copy", "--to", "dr", "--follow", "--once"]);
+    // The first region lost: its PostgreSQL, its Redis and its repository.
+    drop(pg);
+    drop(redis);
+    std::fs::rename(&env.repo, env.path("repo-lost")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_postgres(dir.path());
+    let (to1, to2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let primary_addr = format!("{ip1}:5432");
+
+    // No primary yet: a standby cannot be cloned, said quickly, nothing written.
+    let t = Instant::now();
+    let out = run(
+        Some(1),
+        &["recover", "--from", "dr", "--to", to2.to_str().unwrap(), "--standby-of", &primary_addr, "--timeout", "3s"],
+    );
+    let took = t.elapsed();
+    eprintln!("--standby-of an address where nothing listens, --timeout 3s: failed after {took:.1?}");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("at {primary_addr} did not answer within 3s")) && err.contains("hint:"), "{err}");
+    assert!(err.contains("--listen") && err.contains("--allow"), "{err}");
+    assert!(took < Duration::from_secs(20), "it gave up after {took:?}");
+    assert!(!to2.exists(), "nothing is written on a host whose primary does not answer");
+
+    // Redis requires this password (and so takes clients from other hosts).
+    let redis_secret = "redis secret";
+    // Host 2, started first (as a script would start every host at once):
+    // it waits for host 1's primary, then clones a standby from it over the
+    // network with the password, and a Redis replica; as root, as an
+    // administrator would (the standby runs as postgres, the replica as redis).
+    let t2 = Instant::now();
+    let host2 = as_root_in(
+        &env,
+        &net,
+        1,
+        &[
+            "--json",
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            to2.to_str().unwrap(),
+            "--standby-of",
+            &format!("main={primary_addr}"),
+            "--member",
+            "b",
+            "--replica-of",
+            &format!("{ip1}:6379"),
+            "--listen",
+            &ip2,
+            "--pg-port",
+            "5432",
+            "--redis-port",
+            "6379",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .env("PGPASSWORD", "replication secret")
+    .env("REDISCLI_AUTH", redis_secret)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Host 1: the primary, on its address, open to its network for replication.
+    let t = Instant::now();
+    let out = as_postgres_in(
+        &env,
+        Some((&net, 0)),
+        &[
+            "--json",
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            to1.to_str().unwrap(),
+            "--only",
+            "postgres/main",
+            "--only",
+            "redis",
+            "--listen",
+            &ip1,
+            "--pg-port",
+            "5432",
+            "--redis-port",
+            "6379",
+            "--allow",
+            &net.cidr(),
+            "--no-standbys",
+            "--timeout",
+            "2m",
+        ],
+    )
+    .env("REDISCLI_AUTH", redis_secret)
+    .output()
+    .unwrap();
+    let primary_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v1 = first_json(&out);
+    let services = v1["recover"]["services"].as_array().cloned().unwrap_or_default();
+    assert_eq!(services.len(), 2, "--no-standbys: the primary alone, and Redis: {v1:#}");
+    let primary = &services[0];
+    let redis1 = &services[1];
+    assert_eq!(redis1["address"], format!("{ip1}:6379"), "{v1:#}");
+    assert_eq!(redis1["keys"], 25, "{v1:#}");
+    assert_eq!((primary["role"].as_str(), primary["address"].as_str()), (Some("primary"), Some(primary_addr.as_str())));
+    let hba = std::fs::read_to_string(Path::new(primary["data"].as_str().unwrap()).join("pg_hba.conf")).unwrap();
+    assert!(hba.contains(&format!("host replication postgres {} scram-sha-256", net.cidr())), "{hba}");
+
+    let out = host2.wait_with_output().unwrap();
+    let standby_s = t2.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let v2 = first_json(&out);
+    let report = &v2["recover"];
+    assert_eq!(report["steps"][0]["standby_of"], primary_addr.as_str(), "{report:#}");
+    let service = |role: &str| {
+        report["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["role"] == role))
+            .unwrap_or_else(|| panic!("{report:#}"))
+    };
+    let (standby, replica) = (service("standby"), service("redis"));
+    assert_eq!(standby["role"], "standby", "{report:#}");
+    assert_eq!(standby["member"], "b");
+    assert!(standby["stop"].as_str().is_some_and(|c| c.starts_with("runuser -u postgres -- ")), "{standby:#}");
+    assert_eq!(standby["upstream"], primary_addr.as_str());
+    assert_eq!((&standby["streaming"], &replica["streaming"]), (&Value::Bool(true), &Value::Bool(true)), "{report:#}");
+    assert_eq!(standby["address"], format!("{ip2}:5432"));
+    assert!(standby["error"].is_null() && standby["seconds"].as_f64().is_some_and(|s| s > 0.0), "{standby:#}");
+    let text = std::fs::read_to_string(Path::new(standby["data"].as_str().unwrap()).join("postgresql.auto.conf"))
+        .unwrap_or_default();
+    assert!(text.contains("restore_command = ''"), "the standby streams only: {text}");
+    eprintln!(
+        "two hosts: host 1 recovered in {primary_s:.1} s (report {:.1} s: primary {:.1} s, redis {:.1} s), \
+         host 2 in {standby_s:.1} s (waited {:.1} s for host 1, then report {:.1} s: standby {:.1} s, redis replica \
+         {:.1} s)",
+        v1["recover"]["rto_s"].as_f64().unwrap_or(0.0),
+        primary["seconds"].as_f64().unwrap_or(0.0),
+        redis1["seconds"].as_f64().unwrap_or(0.0),
+        report["waited_for_primaries_s"].as_f64().unwrap_or(-1.0),
+        report["rto_s"].as_f64().unwrap_or(0.0),
+        standby["seconds"].as_f64().unwrap_or(0.0),
+        replica["seconds"].as_f64().unwrap_or(0.0)
+    );
+
+    // Without the replication user's password: said at once, with what to do.
+    let nopass = dir.path().join("host2-no-password");
+    let out = run(
+        Some(1),
+        &[
+            "recover",
+            "--from",
+            "dr",
+            "--to",
+            nopass.to_str().unwrap(),
+            "--only",
+            "postgres",
+            "--standby-of",
+            &primary_addr,
+            "--timeout",
+            "1m",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not come up") && err.contains("password") && err.contains("PGPASSWORD"), "{err}");
+
+    // The plan on host 2 says what it will do instead of a restore.
+    let out = run(Some(1), &["recover", "--from", "dr", "--dry-run", "--standby-of", &primary_addr]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains(&format!("not restored: a standby cloned from its primary at {primary_addr}")), "{text}");
+
+    // It streams from host 1's primary, from host 2's address.
+    let socket = |s: &Value| s["socket_dir"].as_str().unwrap().to_string();
+    let on = |s: &Value, sql: &str| psql(&socket(s), 5432, sql);
+    assert_eq!(
+        on(primary, "SELECT application_name || ' ' || state || ' ' || host(client_addr) FROM pg_stat_replication")
+            .as_deref(),
+        Ok(format!("b streaming {ip2}").as_str())
+    );
+    assert_eq!(on(primary, "SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
+    assert_eq!(on(standby, "SELECT pg_is_in_recovery()").as_deref(), Ok("t"));
+    assert_eq!(on(primary, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    assert_eq!(on(standby, "SELECT count(*) FROM t").as_deref(), Ok("30"));
+    on(primary, "INSERT INTO t VALUES (31, 'after the recovery')").unwrap();
+    wait_for("the standby on host 2 to replay a new commit", Duration::from_secs(60), || {
+        on(standby, "SELECT count(*) FROM t").as_deref() == Ok("31")
+    });
+    // Redis on host 2 replicates from host 1's, with every key and the new ones.
+    assert!(replica["error"].is_null(), "{replica:#}");
+    assert_eq!(replica["upstream"], format!("{ip1}:6379"));
+    assert_eq!(replica["address"], format!("{ip2}:6379"));
+    assert_eq!(replica["keys"], 25, "{replica:#}");
+    let redis_cli = |host: usize, args: &[&str]| {
+        let out = net
+            .cmd(host, "redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379"])
+            .args(args)
+            .env("REDISCLI_AUTH", redis_secret)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis_cli(1, &["GET", "key:7"]), "value 7");
+    assert_eq!(redis_cli(0, &["SET", "after", "the recovery"]), "OK");
+    wait_for("the replica on host 2 to get a new key", Duration::from_secs(30), || {
+        redis_cli(1, &["GET", "after"]) == "the recovery"
+    });
+    // The passwords are in no report.
+    for v in [&v1, &v2] {
+        assert!(!v.to_string().contains("replication secret") && !v.to_string().contains(redis_secret));
+    }
+    // The net's drop kills every server left in its namespaces.
 }

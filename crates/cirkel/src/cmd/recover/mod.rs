@@ -7,8 +7,11 @@
 //! the data's age (the RPO it implies) and the measured time of each step
 //! and of the whole (the RTO), is kept in the state directory. Then, unless
 //! `--no-start`, `start.rs` brings the estate up: PostgreSQL promoted with a
-//! standby per configured member, Redis serving its RDB.
+//! standby per configured member, Redis serving its RDB. `standby.rs`
+//! spreads the estate over several hosts, recover running on each: some
+//! sources only, standbys and replicas copied from primaries elsewhere.
 
+mod standby;
 mod start;
 
 use std::collections::BTreeMap;
@@ -65,6 +68,32 @@ pub struct RecoverArgs {
     /// How long PostgreSQL may take to replay the WAL and promote (and a standby to stream, Redis to load).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Recover only this part of the estate (repeatable): postgres, redis, files, or one source:
+    /// postgres/SYSTEM (its id or its [postgres.NAME]), redis/GROUP, files/PATHS.
+    #[arg(long, value_name = "SOURCE")]
+    pub only: Vec<String>,
+    /// Do not restore this PostgreSQL system here: clone a standby of its primary, recovered on
+    /// another host, at HOST:PORT, start it and wait until it streams. SYSTEM=HOST:PORT when the
+    /// repository holds several systems (repeatable).
+    #[arg(long, value_name = "[SYSTEM=]HOST:PORT", value_parser = standby::parse_standby_of)]
+    pub standby_of: Vec<standby::StandbyOf>,
+    /// Do not restore this Redis group here: start a replica of its server, recovered on another
+    /// host, at HOST:PORT and wait until it is in sync. GROUP=HOST:PORT when the repository holds
+    /// several (repeatable).
+    #[arg(long, value_name = "[GROUP=]HOST:PORT", value_parser = standby::parse_standby_of)]
+    pub replica_of: Vec<standby::StandbyOf>,
+    /// With --standby-of: the name the standby streams under (its application_name on the
+    /// primary; default: this host's name).
+    #[arg(long, value_name = "NAME", requires = "standby_of")]
+    pub member: Option<String>,
+    /// Let hosts in this network (CIDR, or one address) clone standbys from the recovered primary:
+    /// replication with a password, opened once it is promoted (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = standby::parse_cidr)]
+    pub allow: Vec<String>,
+    /// Start each PostgreSQL primary without cloning its configured members as standbys on this
+    /// host (they are recovered on their own hosts with --standby-of).
+    #[arg(long)]
+    pub no_standbys: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +121,10 @@ struct Step {
     /// PostgreSQL: the member the recovered primary stands in for.
     #[serde(skip)]
     primary_member: Option<String>,
+    /// Not restored here but copied from this primary on another host: a
+    /// PostgreSQL standby (`--standby-of`) or a Redis replica (`--replica-of`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby_of: Option<standby::StandbyOf>,
     #[serde(skip)]
     argv: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +162,7 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
             pg_user: String::new(),
             cluster: None,
             primary_member: None,
+            standby_of: None,
             seconds: None,
             error: None,
         });
@@ -239,8 +273,19 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             "check --from names the second region's repository; `cirkel --repo REPO snapshots` lists what it holds",
         ));
     }
-    let predicted: f64 = steps.iter().map(|s| s.predicted_s).sum();
-    let rpo = steps.iter().map(|s| s.rpo_s).fold(0.0, f64::max);
+    standby::select(&mut steps, &args.only)?;
+    standby::assign(&mut steps, &args.standby_of, standby::Kind::Postgres)?;
+    standby::assign(&mut steps, &args.replica_of, standby::Kind::Redis)?;
+    if (!args.standby_of.is_empty() || !args.replica_of.is_empty()) && args.no_start {
+        return Err(user_error(
+            "--standby-of and --replica-of start what they copy: they cannot go with --no-start",
+            "leave out --no-start, or those options to restore from the repository",
+        ));
+    }
+    // A standby's data is its primary's: what this host restores dates the rest.
+    let restored = || steps.iter().filter(|s| s.standby_of.is_none());
+    let predicted: f64 = restored().map(|s| s.predicted_s).sum();
+    let rpo = restored().map(|s| s.rpo_s).fold(0.0, f64::max);
     if args.dry_run {
         if global.json {
             print_json(&json!({
@@ -261,8 +306,18 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             }
             if !args.no_start {
                 for s in &steps {
-                    if s.source.starts_with("postgres/") {
+                    if let Some(up) = &s.standby_of {
+                        let copy =
+                            if s.source.starts_with("redis/") { "a replica of" } else { "a standby cloned from" };
+                        println!(
+                            "  {} not restored: {copy} its primary at {} on {}",
+                            s.source,
+                            up.address(),
+                            args.listen
+                        );
+                    } else if s.source.starts_with("postgres/") {
                         let standbys = match s.standbys.len() {
+                            _ if args.no_standbys => "no standby here (--no-standbys)".to_string(),
                             0 => "no standby (no other member of a [postgres.NAME] configured)".to_string(),
                             _ => format!("standbys {} cloned from it", s.standbys.join(", ")),
                         };
@@ -293,7 +348,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             "recover into an empty directory, or pass --force to use it anyway (each source's directory below it must still be new; nothing is overwritten or deleted)",
         ));
     }
-    for dir in steps.iter().flat_map(|s| made_dirs(s, args.no_start)) {
+    for dir in steps.iter().flat_map(|s| made_dirs(s, args.no_start, args.no_standbys)) {
         if to.join(&dir).exists() {
             return Err(user_error(
                 format!("{} already exists", to.join(&dir).display()),
@@ -301,6 +356,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+    let waited = standby::wait_reachable(&steps, args.timeout)?;
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
     // PostgreSQL reads relative paths in its settings from its data directory.
@@ -325,6 +381,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
         "started": now,
         "ok": ok,
         "rto_s": rto,
+        "waited_for_primaries_s": waited.map(|w| w.as_secs_f64()),
         "rpo_s": rpo,
         "rpo_commit_s": rpo_commit,
         "predicted_s": predicted,
@@ -353,7 +410,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     if global.json {
         print_json(&json!({ "report": path, "recover": report }));
     } else {
-        for s in &steps {
+        for s in steps.iter().filter(|s| s.standby_of.is_none()) {
             println!(
                 "  {:<40} {:>7.1} s  {}",
                 s.source,
@@ -370,10 +427,11 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             };
             match &s.error {
                 None => println!(
-                    "  {:<40} {:>7.1} s  {what} running on {}{}; stop: {}",
+                    "  {:<40} {:>7.1} s  {what} running on {}{}{}; stop: {}",
                     s.source,
                     s.seconds,
                     s.address,
+                    s.upstream.as_ref().map(|u| format!(", streaming from {u}")).unwrap_or_default(),
                     s.keys.map(|k| format!(" ({k} keys)")).unwrap_or_default(),
                     s.stop
                 ),
@@ -384,13 +442,23 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+        // A host of standbys only restored nothing: its data's age is its primaries'.
+        let age = match steps.iter().all(|s| s.standby_of.is_some()) {
+            true => format!(
+                "standbys of primaries on other hosts (waited {:.1} s for them first)",
+                waited.unwrap_or_default().as_secs_f64()
+            ),
+            false => format!(
+                "data {} old (RPO){}",
+                humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+                rpo_commit.map(|r| format!(", newest commit {r:.1} s old")).unwrap_or_default()
+            ),
+        };
         println!(
-            "recovered from {} into {} in {:.1} s (RTO), data {} old (RPO){}; report {}",
+            "recovered from {} into {} in {:.1} s (RTO), {age}; report {}",
             repo.location(),
             to.display(),
             rto,
-            humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
-            rpo_commit.map(|r| format!(", newest commit {r:.1} s old")).unwrap_or_default(),
             path.display()
         );
     }
@@ -407,6 +475,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
     }
     for why in &hooks_failed {
         eprintln!("warning: {why}");
+    }
+    if let Some(why) = standby::failed(&services) {
+        return Err(why);
     }
     let failed_services = services.iter().filter(|s| s.error.is_some()).count();
     if failed_services > 0 && steps.iter().all(|s| s.error.is_none()) {
@@ -428,11 +499,13 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
 
 /// The directories below `--to` a step makes: its own, and for PostgreSQL
 /// (when started) the run directory and one per standby.
-fn made_dirs(s: &Step, no_start: bool) -> Vec<String> {
+fn made_dirs(s: &Step, no_start: bool, no_standbys: bool) -> Vec<String> {
     let mut dirs = vec![s.dir.clone()];
     if s.source.starts_with("postgres/") && !no_start {
         dirs.push(format!("{}.run", s.dir));
-        dirs.extend(s.standbys.iter().map(|m| format!("{}.{}", s.dir, safe(m))));
+        if s.standby_of.is_none() && !no_standbys {
+            dirs.extend(s.standbys.iter().map(|m| format!("{}.{}", s.dir, safe(m))));
+        }
     }
     dirs
 }
@@ -453,10 +526,27 @@ fn start_services(
             listen: args.listen.clone(),
             timeout: args.timeout,
             pg_user: if s.pg_user.is_empty() { "postgres".into() } else { s.pg_user.clone() },
+            allow: args.allow.clone(),
         };
-        if s.source.starts_with("postgres/") {
-            let standbys: Vec<(String, PathBuf)> =
-                s.standbys.iter().map(|m| (m.clone(), to.join(format!("{}.{}", s.dir, safe(m))))).collect();
+        if let Some(up) = s.standby_of.as_ref().filter(|_| s.source.starts_with("postgres/")) {
+            let member = args.member.clone().unwrap_or_else(standby::host_name);
+            if !global.quiet && !global.json {
+                eprintln!("recover: cloning {} as standby {member} of {}", s.source, up.address());
+            }
+            let clone = standby::StandbyClone {
+                source: &s.source,
+                up,
+                member: &member,
+                data: &to.join(&s.dir),
+                run_dir: &to.join(format!("{}.run", s.dir)),
+                port: pg_port.take(),
+            };
+            services.push(clone.start(&opts));
+        } else if s.source.starts_with("postgres/") {
+            let standbys: Vec<(String, PathBuf)> = match args.no_standbys {
+                true => Vec::new(),
+                false => s.standbys.iter().map(|m| (m.clone(), to.join(format!("{}.{}", s.dir, safe(m))))).collect(),
+            };
             let pg = start::Postgres {
                 source: &s.source,
                 data: &to.join(&s.dir),
@@ -472,7 +562,8 @@ fn start_services(
             if !global.quiet && !global.json {
                 eprintln!("recover: starting {}", s.source);
             }
-            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts));
+            let replica_of = s.standby_of.as_ref();
+            services.push(start::start_redis(&s.source, &to.join(&s.dir), redis_port.take(), &opts, replica_of));
         }
     }
     Ok(services)
@@ -482,7 +573,7 @@ fn start_services(
 fn execute(global: &Global, from: &str, to: &Path, steps: &mut [Step]) -> anyhow::Result<bool> {
     let exe = std::env::current_exe()?;
     let mut ok = true;
-    for s in steps.iter_mut() {
+    for s in steps.iter_mut().filter(|s| s.standby_of.is_none()) {
         let dir = to.join(&s.dir);
         let mut cmd = Command::new(&exe);
         cmd.args(["-q", "--repo", from]);
@@ -649,6 +740,12 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
         redis_port: None,
         listen: "127.0.0.1".into(),
         timeout: args.timeout,
+        only: Vec::new(),
+        standby_of: Vec::new(),
+        replica_of: Vec::new(),
+        member: None,
+        allow: Vec::new(),
+        no_standbys: false,
     };
     let mut steps = plan(&repo, &cfg, &rargs, now)?;
     if steps.is_empty() {

@@ -23,6 +23,9 @@ pub struct StartOptions {
     pub timeout: Duration,
     /// The database user that clones standbys (`[postgres.NAME] user`, else `postgres`).
     pub pg_user: String,
+    /// Networks (CIDR) whose hosts may clone standbys from a recovered
+    /// primary: `--allow`, opened in its pg_hba.conf once it is promoted.
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -53,6 +56,13 @@ pub struct Service {
     pub log: PathBuf,
     /// The command that stops it.
     pub stop: String,
+    /// A standby or replica of a primary on another host: the `HOST:PORT` it copies from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// A standby or replica: whether it was seen streaming from its primary
+    /// (PostgreSQL's `pg_stat_wal_receiver`, Redis's link status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
     /// Redis: keys loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
@@ -66,14 +76,14 @@ pub struct Service {
     pub error: Option<String>,
 }
 
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A program run as the data directory's owner (PostgreSQL refuses root).
 /// `setpriv` execs in place, as `cirkel lab` and the restore drills do.
-fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
+pub(super) fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
     if is_root() && uid != 0 {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(program);
@@ -84,7 +94,7 @@ fn as_owner(program: &Path, uid: u32, gid: u32) -> Command {
 }
 
 /// The uid and gid of a system user, if it exists.
-fn system_user(name: &str) -> Option<(u32, u32)> {
+pub(super) fn system_user(name: &str) -> Option<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
         let o = Command::new("id").args([flag, name]).output().ok().filter(|o| o.status.success())?;
         String::from_utf8_lossy(&o.stdout).trim().parse().ok()
@@ -93,7 +103,7 @@ fn system_user(name: &str) -> Option<(u32, u32)> {
 }
 
 /// The user name of `uid`, for the stop command a person types.
-fn user_name(uid: u32) -> String {
+pub(super) fn user_name(uid: u32) -> String {
     Command::new("id")
         .args(["-nu", &uid.to_string()])
         .output()
@@ -127,12 +137,12 @@ fn append(path: &Path, lines: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A directory made by root for the cluster's owner, 0700.
-fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+pub(super) fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     std::fs::create_dir(dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     if is_root() {
@@ -142,7 +152,7 @@ fn private_dir(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
 }
 
 /// The last lines of a log worth showing: FATAL and PANIC, else its tail.
-fn log_tail(log: &Path) -> String {
+pub(super) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let important: Vec<&str> = text.lines().filter(|l| l.contains("FATAL") || l.contains("PANIC")).collect();
     let shown: Vec<&str> = if important.is_empty() { text.lines().rev().take(3).collect() } else { important };
@@ -187,6 +197,8 @@ impl Postgres<'_> {
             data: self.data.to_path_buf(),
             log: log.clone(),
             stop: stop(self.data),
+            upstream: None,
+            streaming: None,
             keys: None,
             last_commit: None,
             seconds: 0.0,
@@ -210,6 +222,11 @@ impl Postgres<'_> {
             )?;
             pg_ctl_start(&bindir, self.data, &log, uid, gid, opts.timeout)?;
             let conn = self.wait_promoted(port, opts)?;
+            if !opts.allow.is_empty() {
+                // Only now: a standby cloned from another host follows a primary, not a replay.
+                super::standby::allow_replication(self.data, &opts.allow, &opts.pg_user)?;
+                conn.execute("SELECT pg_reload_conf()")?;
+            }
             Ok(conn)
         })();
         primary.seconds = t.elapsed().as_secs_f64();
@@ -243,6 +260,8 @@ impl Postgres<'_> {
                 data: data.clone(),
                 log: log.clone(),
                 stop: stop(data),
+                upstream: None,
+                streaming: None,
                 keys: None,
                 last_commit: None,
                 seconds: 0.0,
@@ -276,6 +295,7 @@ impl Postgres<'_> {
                 wait_streaming(&conn, member, opts.timeout)
             })();
             s.seconds = t.elapsed().as_secs_f64();
+            s.streaming = Some(r.is_ok());
             s.error = r.err().map(|e| format!("{e:#}"));
             services.push(s);
         }
@@ -293,6 +313,8 @@ impl Postgres<'_> {
             data: data.to_path_buf(),
             log: PathBuf::new(),
             stop: String::new(),
+            upstream: None,
+            streaming: None,
             keys: None,
             last_commit: None,
             seconds: t.elapsed().as_secs_f64(),
@@ -300,35 +322,8 @@ impl Postgres<'_> {
         }
     }
 
-    /// This host's settings for a recovered server: its port and address,
-    /// its sockets only in the private run directory, no archiving, and
-    /// local connections trusted (that directory is 0700 and the owner's,
-    /// so only the owner and root reach them) so that the owner can clone
-    /// standbys and cirkel can watch the recovery whatever the old
-    /// `pg_hba.conf` asked of local connections.
     fn configure(&self, data: &Path, port: u16, listen: &str, extra: &[String]) -> anyhow::Result<()> {
-        let mut lines = vec![
-            String::new(),
-            "# cirkel recover: this host's settings".to_string(),
-            format!("port = {port}"),
-            format!("listen_addresses = {}", quote(listen)),
-            format!("unix_socket_directories = {}", quote(&self.run_dir.display().to_string())),
-            "archive_mode = off".to_string(),
-            "hot_standby = on".to_string(),
-        ];
-        lines.extend(extra.iter().cloned());
-        append(&data.join("postgresql.auto.conf"), &lines)?;
-        let hba = data.join("pg_hba.conf");
-        let old = std::fs::read_to_string(&hba).map_err(|e| anyhow::anyhow!("read {}: {e}", hba.display()))?;
-        if !old.starts_with("# cirkel recover") {
-            let new = format!(
-                "# cirkel recover: the sockets are in {} (0700)\nlocal all all trust\nlocal replication all trust\n{old}",
-                self.run_dir.display()
-            );
-            // Written in place: the file keeps its owner and mode.
-            std::fs::write(&hba, new).map_err(|e| anyhow::anyhow!("write {}: {e}", hba.display()))?;
-        }
-        Ok(())
+        configure(data, self.run_dir, port, listen, extra)
     }
 
     fn wait_promoted(&self, port: u16, opts: &StartOptions) -> anyhow::Result<PgConn> {
@@ -353,7 +348,45 @@ impl Postgres<'_> {
     }
 }
 
-fn pg_ctl_start(bindir: &Path, data: &Path, log: &Path, uid: u32, gid: u32, timeout: Duration) -> anyhow::Result<()> {
+/// This host's settings for a recovered server: its port and address,
+/// its sockets only in the private run directory, no archiving, and
+/// local connections trusted (that directory is 0700 and the owner's,
+/// so only the owner and root reach them) so that the owner can clone
+/// standbys and cirkel can watch the recovery whatever the old
+/// `pg_hba.conf` asked of local connections.
+pub(super) fn configure(data: &Path, run_dir: &Path, port: u16, listen: &str, extra: &[String]) -> anyhow::Result<()> {
+    let mut lines = vec![
+        String::new(),
+        "# cirkel recover: this host's settings".to_string(),
+        format!("port = {port}"),
+        format!("listen_addresses = {}", quote(listen)),
+        format!("unix_socket_directories = {}", quote(&run_dir.display().to_string())),
+        "archive_mode = off".to_string(),
+        "hot_standby = on".to_string(),
+    ];
+    lines.extend(extra.iter().cloned());
+    append(&data.join("postgresql.auto.conf"), &lines)?;
+    let hba = data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).map_err(|e| anyhow::anyhow!("read {}: {e}", hba.display()))?;
+    if !old.starts_with("# cirkel recover") {
+        let new = format!(
+            "# cirkel recover: the sockets are in {} (0700)\nlocal all all trust\nlocal replication all trust\n{old}",
+            run_dir.display()
+        );
+        // Written in place: the file keeps its owner and mode.
+        std::fs::write(&hba, new).map_err(|e| anyhow::anyhow!("write {}: {e}", hba.display()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn pg_ctl_start(
+    bindir: &Path,
+    data: &Path,
+    log: &Path,
+    uid: u32,
+    gid: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let out = as_owner(&bindir.join("pg_ctl"), uid, gid)
         .arg("-D")
         .arg(data)
@@ -375,7 +408,7 @@ fn pg_ctl_start(bindir: &Path, data: &Path, log: &Path, uid: u32, gid: u32, time
 
 /// PostgreSQL runs as the data directory's owner, who must be able to
 /// reach it: every directory above it searchable by that user.
-fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+pub(super) fn reachable(data: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     if !is_root() || uid == 0 {
         return Ok(());
     }
@@ -422,8 +455,20 @@ fn wait_streaming(primary: &PgConn, member: &str, timeout: Duration) -> anyhow::
     }
 }
 
-/// Serves the RDB in `dir` with a daemonized `redis-server` of its own.
-pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOptions) -> Service {
+/// Serves the RDB in `dir` with a daemonized `redis-server` of its own, or,
+/// with `replica_of`, a replica of the Redis recovered on another host,
+/// waited for until its link is up. With `REDISCLI_AUTH` set, the server
+/// requires that password (and a replica gives it to its master); its
+/// configuration reaches it on stdin, never on a command line. On an
+/// address other than loopback it also listens on 127.0.0.1, where cirkel
+/// checks it: Redis's protected mode answers nothing else without a password.
+pub fn start_redis(
+    source: &str,
+    dir: &Path,
+    wanted: Option<u16>,
+    opts: &StartOptions,
+    replica_of: Option<&super::standby::StandbyOf>,
+) -> Service {
     let t = Instant::now();
     let log = dir.join("redis.log");
     let mut s = Service {
@@ -436,16 +481,30 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
         data: dir.to_path_buf(),
         log: log.clone(),
         stop: String::new(),
+        upstream: replica_of.map(|u| u.address()),
+        streaming: None,
         keys: None,
         last_commit: None,
         seconds: 0.0,
         error: None,
     };
+    let password = std::env::var("REDISCLI_AUTH").ok().filter(|p| !p.is_empty());
     let r = (|| -> anyhow::Result<i64> {
         let port = port(&opts.listen, wanted)?;
         s.port = port;
         s.address = format!("{}:{port}", opts.listen);
-        s.stop = format!("redis-cli -h {} -p {port} shutdown", opts.listen);
+        let local = match opts.listen.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => opts.listen.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let bind = if local == opts.listen { local.clone() } else { format!("{} {local}", opts.listen) };
+        s.stop = format!(
+            "redis-cli -h {local} -p {port}{} shutdown",
+            if password.is_some() { " --no-auth-warning" } else { "" }
+        );
+        if replica_of.is_some() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        }
         // Redis is not run as root: as its packages' `redis` user when there is one.
         let (uid, gid) = match system_user("redis").filter(|_| is_root()) {
             Some((uid, gid)) => {
@@ -458,33 +517,80 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
             }
             None => (0, 0),
         };
-        let out = as_owner(Path::new("redis-server"), uid, gid)
-            .args(["--port", &port.to_string(), "--bind", &opts.listen, "--daemonize", "yes", "--dir"])
-            .arg(dir)
-            .args(["--dbfilename", "dump.rdb", "--pidfile"])
-            .arg(dir.join("redis.pid"))
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .output()
+        let q = |p: &Path| redis_quote(&p.display().to_string());
+        let mut conf = format!(
+            "port {port}\nbind {bind}\ndaemonize yes\ndir {}\ndbfilename dump.rdb\npidfile {}\nlogfile {}\n\
+             repl-diskless-sync-delay 0\n",
+            q(dir),
+            q(&dir.join("redis.pid")),
+            q(&log)
+        );
+        if let Some(p) = &password {
+            conf.push_str(&format!("requirepass {}\n", redis_quote(p)));
+        }
+        if let Some(up) = replica_of {
+            conf.push_str(&format!("replicaof {} {}\n", redis_quote(&up.host), up.port));
+            if let Some(p) = &password {
+                conf.push_str(&format!("masterauth {}\n", redis_quote(p)));
+            }
+        }
+        let mut child = as_owner(Path::new("redis-server"), uid, gid)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| anyhow::anyhow!("run redis-server: {e}; install redis-server"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
-            anyhow::bail!("redis-server did not start: {}", String::from_utf8_lossy(&out.stderr).trim());
+            let mut why = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            // A configuration error quotes the line: never the password.
+            if let Some(p) = &password {
+                why = why.replace(p.as_str(), "***");
+            }
+            anyhow::bail!("redis-server did not start: {}", why.trim());
         }
         let deadline = Instant::now() + opts.timeout;
         loop {
-            match resp_integer(&opts.listen, port, "DBSIZE") {
+            let ready = match replica_of {
+                Some(_) => resp(&local, port, password.as_deref(), &["INFO", "replication"])
+                    .and_then(|info| match info.contains("master_link_status:up") {
+                        true => Ok(()),
+                        false => Err(anyhow::anyhow!("its link to the master is not up")),
+                    })
+                    .and_then(|()| resp(&local, port, password.as_deref(), &["DBSIZE"])),
+                None => resp(&local, port, password.as_deref(), &["DBSIZE"]),
+            };
+            match ready.and_then(|n| {
+                n.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("DBSIZE answered {n}"))
+            }) {
                 Ok(n) => return Ok(n),
-                Err(e) if Instant::now() > deadline => anyhow::bail!(
-                    "redis-server on port {port} did not load the RDB within {}: {e} (log {})",
-                    humantime::format_duration(opts.timeout),
-                    log.display()
-                ),
+                Err(e) if Instant::now() > deadline => match replica_of {
+                    Some(up) => anyhow::bail!(
+                        "the Redis replica on port {port} did not sync from {} within {}: {e} (log {}); the master \
+                         accepts other hosts only with a password: export the same REDISCLI_AUTH for recover on \
+                         both hosts",
+                        up.address(),
+                        humantime::format_duration(opts.timeout),
+                        log.display()
+                    ),
+                    None => anyhow::bail!(
+                        "redis-server on port {port} did not load the RDB within {}: {e} (log {})",
+                        humantime::format_duration(opts.timeout),
+                        log.display()
+                    ),
+                },
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     })();
     s.seconds = t.elapsed().as_secs_f64();
+    if replica_of.is_some() {
+        s.streaming = Some(r.is_ok());
+    }
     match r {
         Ok(n) => s.keys = Some(n),
         Err(e) => s.error = Some(format!("{e:#}")),
@@ -492,25 +598,44 @@ pub fn start_redis(source: &str, dir: &Path, wanted: Option<u16>, opts: &StartOp
     s
 }
 
-/// One command without arguments whose answer is an integer (`DBSIZE`);
-/// an error while Redis still loads (`-LOADING`) is an error here.
-fn resp_integer(host: &str, port: u16, command: &str) -> anyhow::Result<i64> {
+/// A value in a Redis configuration file.
+fn redis_quote(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
+/// One command, after `AUTH` when there is a password; the reply's first
+/// line (`:5`, `+OK`, `-ERR …`), or a bulk reply's text. An error reply
+/// (`-LOADING`, `-NOAUTH`) is an error here.
+fn resp(host: &str, port: u16, password: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
     let mut c = std::net::TcpStream::connect((host, port))?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    c.write_all(format!("*1\r\n${}\r\n{command}\r\n", command.len()).as_bytes())?;
-    let mut buf = [0u8; 256];
-    let mut got = Vec::new();
-    while !got.ends_with(b"\r\n") {
-        let n = c.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let encode = |args: &[&str]| {
+        let mut b = format!("*{}\r\n", args.len());
+        for a in args {
+            b.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
-        got.extend_from_slice(&buf[..n]);
-        if got.len() > 4096 {
-            break;
+        b
+    };
+    let mut reader = std::io::BufReader::new(c.try_clone()?);
+    let mut reply = || -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end().to_string();
+        if line.starts_with('-') || line.is_empty() {
+            anyhow::bail!("{}", if line.is_empty() { "the connection closed" } else { line.as_str() });
         }
+        if let Some(n) = line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            let mut body = vec![0u8; n + 2];
+            reader.read_exact(&mut body)?;
+            return Ok(String::from_utf8_lossy(&body[..n]).into_owned());
+        }
+        Ok(line)
+    };
+    if let Some(p) = password {
+        c.write_all(encode(&["AUTH", p]).as_bytes())?;
+        reply()?;
     }
-    let line = String::from_utf8_lossy(&got);
-    let line = line.trim_end();
-    line.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("{command} answered {line}"))
+    c.write_all(encode(args).as_bytes())?;
+    reply()
 }
