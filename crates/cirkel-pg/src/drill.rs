@@ -265,14 +265,21 @@ fn postmaster_pid(pgdata: &std::path::Path) -> anyhow::Result<u32> {
 /// its lock files (naming a pid that still exists) would keep a new one
 /// from starting: they are removed.
 fn clear_dead_locks(pgdata: &std::path::Path, m: &PgMemberConfig) {
-    let pid = std::fs::read_to_string(pgdata.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-    if pid.is_some_and(is_zombie) {
-        let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
-        if m.host.starts_with('/') {
-            let _ = std::fs::remove_file(std::path::Path::new(&m.host).join(format!(".s.PGSQL.{}.lock", m.port)));
-        }
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else { return };
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    if !lines.first().and_then(|l| l.parse::<u32>().ok()).is_some_and(is_zombie) {
+        return;
+    }
+    let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
+    // postmaster.pid names the port (line 4) and the socket directory
+    // (line 5) the server used, wherever the member is reached from.
+    let port = lines.get(3).and_then(|l| l.parse::<u16>().ok()).unwrap_or(m.port);
+    let mut dirs: Vec<&str> = lines.get(4).filter(|d| d.starts_with('/')).into_iter().copied().collect();
+    if m.host.starts_with('/') {
+        dirs.push(&m.host);
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_file(std::path::Path::new(dir).join(format!(".s.PGSQL.{port}.lock")));
     }
 }
 
@@ -834,6 +841,34 @@ mod tests {
         assert!(done.contains("was removed") && done.contains(&table), "{done}");
         assert!(!crate::netfault::table_exists(&table));
         assert!(undo_leftover(&state, &Default::default()).unwrap().is_none(), "undone once");
+    }
+
+    /// A killed postmaster left a zombie: its lock files go, in the socket
+    /// directory postmaster.pid names even for a member reached over TCP.
+    #[test]
+    fn a_dead_postmasters_locks_are_cleared_where_it_listened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, sock) = (dir.path().join("data"), dir.path().join("sock"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&sock).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let t = Instant::now();
+        while !is_zombie(child.id()) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid_file =
+            format!("{}\n{}\n1700000000\n45651\n{}\n127.0.0.1\n", child.id(), data.display(), sock.display());
+        std::fs::write(data.join("postmaster.pid"), pid_file).unwrap();
+        std::fs::write(sock.join(".s.PGSQL.45651.lock"), "x").unwrap();
+        let m = PgMemberConfig { host: "127.0.0.1".into(), port: 45651, ..Default::default() };
+        clear_dead_locks(&data, &m);
+        assert!(!data.join("postmaster.pid").exists());
+        assert!(!sock.join(".s.PGSQL.45651.lock").exists());
+        child.wait().unwrap();
+        // A live postmaster's are left alone.
+        std::fs::write(data.join("postmaster.pid"), format!("{}\n", std::process::id())).unwrap();
+        clear_dead_locks(&data, &m);
+        assert!(data.join("postmaster.pid").exists());
     }
 
     #[test]
