@@ -18,13 +18,15 @@
 # Printed: a table per fault with medians over RUNS.
 #
 # Usage (as root): bash bench/network-faults.sh     (RUNS=5 HOLD=20s
-#   LATENCY=50ms LOSS=10%; CIRKEL_BIN=target/debug/cirkel skips the release build)
+#   LATENCY=50ms LOSS=10%; CIRKEL_BIN=target/debug/cirkel skips the release build;
+#   FAULTS="kill partition latency loss standby-cut" to run only some)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 HOLD=${HOLD:-20s}
 LATENCY=${LATENCY:-50ms}
 LOSS=${LOSS:-10%}
+FAULTS=${FAULTS:-kill partition latency loss standby-cut}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 command -v nft >/dev/null || { echo "nft is missing: apt-get install nftables" >&2; exit 1; }
 if [ -z "${CIRKEL_BIN:-}" ]; then cargo build --release -q -p cirkel; CIRKEL_BIN=target/release/cirkel; fi
@@ -122,8 +124,9 @@ under_load() { # name run drill-args...
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))
+    r["passed"]
 except Exception as e:
-    print(f"  {sys.argv[2]} {sys.argv[3]}: no report ({e})"); sys.exit(0)
+    print(f"  {sys.argv[2]} {sys.argv[3]}: no report ({e}): {open(sys.argv[1]).read().strip()}"); sys.exit(0)
 nan = float("nan")
 if "failed_over" in r:
     d = r.get("write_ms_during") or {}
@@ -136,11 +139,23 @@ else:
 EOF
     healthy
 }
-for run in $(seq "$RUNS"); do under_load kill "$run" failover; done
-for run in $(seq "$RUNS"); do under_load partition "$run" failover --fault partition; done
-for run in $(seq "$RUNS"); do under_load latency "$run" network --fault "latency=$LATENCY" --hold "$HOLD"; done
-for run in $(seq "$RUNS"); do under_load loss "$run" network --fault "loss=$LOSS" --hold "$HOLD"; done
-for run in $(seq "$RUNS"); do under_load standby-cut "$run" network --member b --fault partition --hold "$HOLD"; done
+# A standby now (the failovers move the primary around).
+standby() {
+    { as_pg "$BIN" --config "$WORK/cirkel.toml" --json status || true; } |
+        python3 -c 'import json, sys; print(next(m["name"] for c in json.load(sys.stdin)["postgres"] for m in c["members"] if m.get("role") == "standby"))'
+}
+for fault in $FAULTS; do
+    for run in $(seq "$RUNS"); do
+        case $fault in
+            kill) under_load kill "$run" failover ;;
+            partition) under_load partition "$run" failover --fault partition ;;
+            latency) under_load latency "$run" network --fault "latency=$LATENCY" --hold "$HOLD" ;;
+            loss) under_load loss "$run" network --fault "loss=$LOSS" --hold "$HOLD" ;;
+            standby-cut) under_load standby-cut "$run" network --member "$(standby)" --fault partition --hold "$HOLD" ;;
+            *) echo "unknown fault $fault" >&2; exit 1 ;;
+        esac
+    done
+done
 python3 - "$OUT" "$LATENCY" "$LOSS" "$HOLD" <<'EOF'
 import glob, json, statistics, sys
 out, latency, loss, hold = sys.argv[1:]
@@ -149,9 +164,11 @@ def load(name):
     rs = []
     for f in sorted(glob.glob(f"{out}/{name}-*.json")):
         try:
-            rs.append(json.load(open(f)))
+            r = json.load(open(f))
         except Exception:
-            pass
+            continue
+        if "passed" in r:
+            rs.append(r)
     return rs
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -164,6 +181,8 @@ print("| fault on the primary | runs | RTO median | RTO worst | lost acked write
 print("|---|---|---|---|---|---|---|")
 for name, what in [("kill", "SIGKILL (reference)"), ("partition", "cut off the network (all packets dropped)")]:
     rs = load(name)
+    if not rs:
+        continue
     print(f"| {what} | {len(rs)} | {med([r['rto_s'] for r in rs]):.2f} s | {worst([r['rto_s'] for r in rs]):.2f} s | "
           f"{sum(r['writes_lost'] for r in rs)} of {sum(r['writes_acknowledged'] for r in rs)} | "
           f"{med([r['rejoin_s'] for r in rs]):.2f} s | {sum(r['passed'] for r in rs)} of {len(rs)} |")
@@ -171,8 +190,10 @@ print()
 print(f"| degraded network, held {hold} | runs | failovers | canary write p50 before → during | p99 during | longest write pause (median) | lost acked writes | healthy again after (median) | passed |")
 print("|---|---|---|---|---|---|---|---|---|")
 for name, what in [("latency", f"primary: latency {latency} each way"), ("loss", f"primary: loss {loss} each way"),
-                   ("standby-cut", "standby b cut off the network")]:
+                   ("standby-cut", "a standby cut off the network")]:
     rs = load(name)
+    if not rs:
+        continue
     b = med([(r.get("write_ms_before") or {}).get("p50") for r in rs])
     d = med([(r.get("write_ms_during") or {}).get("p50") for r in rs])
     d99 = med([(r.get("write_ms_during") or {}).get("p99") for r in rs])
