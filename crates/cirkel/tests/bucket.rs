@@ -443,6 +443,11 @@ fn recover_brings_a_bucket_back_from_the_second_region() {
     assert_eq!(read_tree(&to.join("buckets/uploads")), want);
     let m: Value = serde_json::from_slice(&std::fs::read(to.join("buckets/uploads.objects.json")).unwrap()).unwrap();
     assert!(m.to_string().contains("image/png"), "{m}");
+    // The region drill rebuilds it into a scratch directory and counts its files.
+    let drill = env.json(&["drill", "region", "--from", "dr"]);
+    assert_eq!(drill["drill"]["passed"], true, "{drill:#}");
+    let check = &drill["drill"]["checks"][0];
+    assert_eq!((&check["source"], &check["counts"]["objects"]), (&json!("bucket/uploads"), &json!(want.len())));
     // Again into the same directory: the bucket's directory exists, refused.
     let err = env.fails(&["recover", "--from", "dr", "--to", to.to_str().unwrap(), "--force"]);
     assert!(err.contains("buckets/uploads") && err.contains("already exists"), "{err}");
