@@ -50,7 +50,8 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Rebuild into a directory that already holds something (each source's own
-    /// directory must still be new: nothing is ever overwritten or deleted).
+    /// directory must still be new: nothing is ever overwritten or deleted); write a bucket
+    /// into a --bucket-to target that holds objects (those of the same keys are replaced).
     #[arg(long)]
     pub force: bool,
     /// Only restore the files: start neither PostgreSQL, its standbys nor Redis.
