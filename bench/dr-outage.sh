@@ -28,7 +28,8 @@
 # CUT=refuse (default) resets and refuses connections while cut (a region
 # whose endpoint answers "connection refused"); CUT=blackhole accepts and
 # holds them without a byte (packets dropped: every request waits for its
-# timeout).
+# timeout). CUT=none never cuts: the control run, same phases, same load,
+# the second repository reachable throughout.
 #
 # Run (as root):  bash bench/dr-outage.sh        SCALE=20 BASELINE_SECS=120 OUTAGE_SECS=600 AFTER_SECS=60
 #                 OUTAGE_SECS=60 BASELINE_SECS=30 bash bench/dr-outage.sh   (quick check)
@@ -75,7 +76,7 @@ import os, socket, sys, threading, time
 port, target, cutfile, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 live, lock = [], threading.Lock()
 def cut():
-    return os.path.exists(cutfile)
+    return mode != "none" and os.path.exists(cutfile)
 def pump(a, b):
     try:
         while True:
@@ -159,7 +160,10 @@ CONF
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$BASE/pg.log" -w start >/dev/null
 as_pg "$CIRKEL" -q repo init >/dev/null
 as_pg "$CIRKEL" -q repo init --repo dr --copy-keys-from "$CIRKEL_REPO" >/dev/null
-echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB," \
+    "dd direct write $(dd if=/dev/zero of="$BASE/dd.tmp" bs=1M count=256 oflag=direct 2>&1 | awk -F', ' '/copied/ { print $NF }')," \
+    "load $(cut -d' ' -f1-3 /proc/loadavg)"
+rm -f "$BASE/dd.tmp"
 echo "# cirkel: $CIRKEL"
 echo "# SCALE=$SCALE BASELINE_SECS=$BASELINE_SECS OUTAGE_SECS=$OUTAGE_SECS AFTER_SECS=$AFTER_SECS CUT=$CUT"
 t0=$(date +%s)
