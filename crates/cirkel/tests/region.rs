@@ -132,10 +132,11 @@ fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
     let proxy = Proxy::start(server.port);
     let (env, src) = second_region(&server, &proxy, "");
 
-    let _follower = Follower(
+    let log = std::fs::File::create(env.path("follower.log")).unwrap();
+    let follower = Follower(
         env.cmd(&["repo", "copy", "--to", "dr", "--follow", "--interval", "200ms"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     );
@@ -160,6 +161,13 @@ fn a_continuous_copy_catches_up_after_the_second_region_was_cut_off() {
         let r = record(&env);
         r["error"].is_null() && r["pending_objects"] == 0 && dr_snapshots(&env) == 2
     });
+    // The outage is said once when it starts and once when it ends, not at
+    // every failed pass.
+    drop(follower);
+    let log = std::fs::read_to_string(env.path("follower.log")).unwrap();
+    let warnings = log.lines().filter(|l| l.contains("warning: continuous copy to dr")).count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains("continuous copy to dr works again after"), "{log}");
     env.ok(&["--repo", "dr", "repo", "verify", "--read-data"]);
     let out = env.path("out");
     env.ok(&["--repo", "dr", "restore", "files", "latest", "--to", out.to_str().unwrap()]);
