@@ -29,7 +29,10 @@
 # whose endpoint answers "connection refused"); CUT=blackhole accepts and
 # holds them without a byte (packets dropped: every request waits for its
 # timeout). CUT=none never cuts: the control run, same phases, same load,
-# the second repository reachable throughout.
+# the second repository reachable throughout. CYCLE_SECS=60 cuts and
+# restores in turn every 60 s for OUTAGE_SECS instead of one long cut
+# (phases `cut` and `up`): slow drifts (checkpoints, other load) then fall
+# on both alike, which tells the outage's own cost on the primary from them.
 #
 # Run (as root):  bash bench/dr-outage.sh        SCALE=20 BASELINE_SECS=120 OUTAGE_SECS=600 AFTER_SECS=60
 #                 OUTAGE_SECS=60 BASELINE_SECS=30 bash bench/dr-outage.sh   (quick check)
@@ -42,6 +45,7 @@ AFTER_SECS=${AFTER_SECS:-60}
 # Longest wait for the catch-up and the alarm's clearing after the outage.
 CATCHUP_MAX_SECS=${CATCHUP_MAX_SECS:-1800}
 CUT=${CUT:-refuse}
+CYCLE_SECS=${CYCLE_SECS:-0}
 BASE=${BASE:-/tmp/bench-dr-outage}
 PORT=${PORT:-55445}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -165,7 +169,7 @@ echo "# $(date -u +%FT%TZ) $(uname -srm), $(nproc) CPUs, $(free -g | awk '/^Mem:
     "load $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -f "$BASE/dd.tmp"
 echo "# cirkel: $CIRKEL"
-echo "# SCALE=$SCALE BASELINE_SECS=$BASELINE_SECS OUTAGE_SECS=$OUTAGE_SECS AFTER_SECS=$AFTER_SECS CUT=$CUT"
+echo "# SCALE=$SCALE BASELINE_SECS=$BASELINE_SECS OUTAGE_SECS=$OUTAGE_SECS AFTER_SECS=$AFTER_SECS CUT=$CUT CYCLE_SECS=$CYCLE_SECS"
 t0=$(date +%s)
 as_pg "$PGBIN/pgbench" -i -s "$SCALE" -q >/dev/null 2>&1
 echo "# pgbench -i -s $SCALE in $(( $(date +%s) - t0 )) s"
@@ -205,12 +209,27 @@ phase_until() { # PHASE END_EPOCH
 start=$(date +%s)
 echo "baseline $start" >"$BASE/phases"
 phase_until baseline $((start + BASELINE_SECS))
-touch "$BASE/cut"
-cut_at=$(date +%s)
-echo "outage $cut_at" >>"$BASE/phases"
-echo "# $(date -u +%T) the second repository cut off ($CUT) for $OUTAGE_SECS s"
-phase_until outage $((cut_at + OUTAGE_SECS))
-rm -f "$BASE/cut"
+if ((CYCLE_SECS > 0)); then
+    # Cut and reachable in turn, CYCLE_SECS each, for OUTAGE_SECS: each cut
+    # minute is compared with the reachable ones around it.
+    echo "# $(date -u +%T) the second repository cut off ($CUT) and reachable in turn, $CYCLE_SECS s each, for $OUTAGE_SECS s"
+    cycles_end=$(($(date +%s) + OUTAGE_SECS))
+    while (($(date +%s) < cycles_end)); do
+        touch "$BASE/cut"
+        echo "cut $(date +%s)" >>"$BASE/phases"
+        phase_until cut $(($(date +%s) + CYCLE_SECS))
+        rm -f "$BASE/cut"
+        echo "up $(date +%s)" >>"$BASE/phases"
+        phase_until up $(($(date +%s) + CYCLE_SECS))
+    done
+else
+    touch "$BASE/cut"
+    cut_at=$(date +%s)
+    echo "outage $cut_at" >>"$BASE/phases"
+    echo "# $(date -u +%T) the second repository cut off ($CUT) for $OUTAGE_SECS s"
+    phase_until outage $((cut_at + OUTAGE_SECS))
+    rm -f "$BASE/cut"
+fi
 back_at=$(date +%s)
 echo "after $back_at" >>"$BASE/phases"
 echo "# $(date -u +%T) the second repository reachable again"
@@ -267,19 +286,25 @@ def stats(v):
     q = lambda p: v[min(len(v) - 1, int(round(p * (len(v) - 1))))]
     mean = sum(v) / len(v)
     return f"mean {mean:7.1f}  p10 {q(.1):7.1f}  p50 {q(.5):7.1f}  p90 {q(.9):7.1f}  (n={len(v)})"
+# Each phase name once, over all its stretches; an interval counts when it
+# lies wholly inside one.
+names = list(dict.fromkeys(p for p, _, _ in bounds))
+def inside(name, ts):
+    return any(p == name and a <= ts - 5 and ts <= b for p, a, b in bounds)
 print("pgbench tps per 5 s interval, by phase:")
-for p, a, b in bounds:
-    print(f"  {p:<9} {b - a:5d} s  tps {stats([t for ts, t, _ in prog if a < ts <= b])}")
-for p, a, b in bounds:
-    lat = [l for ts, _, l in prog if a < ts <= b]
-    print(f"  {p:<9} latency ms mean {sum(lat) / max(len(lat), 1):.2f}")
+for n in names:
+    secs = sum(b - a for p, a, b in bounds if p == n)
+    print(f"  {n:<9} {secs:5d} s  tps {stats([t for ts, t, _ in prog if inside(n, ts)])}")
+for n in names:
+    lat = [l for ts, _, l in prog if inside(n, ts)]
+    print(f"  {n:<9} latency ms mean {sum(lat) / max(len(lat), 1):.2f}")
 rows = [l.split() for l in open(f"{base}/samples") if l.strip()]
 def num(x):
     try:
         return float(x)
     except ValueError:
         return float("nan")
-for p, _, _ in bounds:
+for p in names:
     r = [x for x in rows if x[1] == p]
     if not r:
         continue
