@@ -90,7 +90,8 @@ struct Step {
     /// Directory below --to (none for a bucket written into a bucket).
     #[serde(skip_serializing_if = "String::is_empty")]
     dir: String,
-    /// Buckets: the s3:// URL written into (`--bucket-to`) instead of a directory.
+    /// Buckets: the s3:// URL or the configured bucket written into (`--bucket-to`) instead of
+    /// a directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
     /// PostgreSQL: the configured members re-created as standbys of the recovered primary.
