@@ -5,12 +5,20 @@
 //! key that is also another key's directory) stops the restore with the
 //! list of them: nothing is ever written outside the directory, and no file
 //! already there is replaced. A key ending in `/` with no content (the
-//! "folder" object consoles create) becomes a directory. Each file gets its
-//! object's modification time; its content headers and user metadata, which
-//! a file cannot hold, go to the manifest named by the caller.
+//! "folder" object consoles create) becomes a directory. Below the target
+//! every directory and file is made and opened relative to its parent's
+//! descriptor, one component at a time and never through a symlink, so a
+//! directory swapped for a link while the restore runs cannot lead it out.
+//! Each file gets its object's modification time; its content headers and
+//! user metadata, which a file cannot hold, go to the manifest named by the
+//! caller.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,14 +145,11 @@ pub fn restore_to_dir(
             "restore into a new or empty directory, or pass --force to add to it (no existing file is replaced)",
         ));
     }
-    let mkdir = |d: &Path| {
-        std::fs::create_dir_all(d).map_err(|e| {
-            failed(format!("create {}: {e}", d.display()), "check the directory's path, permissions and free space")
-        })
-    };
-    mkdir(dir)?;
+    let io_hint = "check the directory's path, permissions and free space";
+    std::fs::create_dir_all(dir).map_err(|e| failed(format!("create {}: {e}", dir.display()), io_hint))?;
+    let root = OwnedFd::from(File::open(dir).map_err(|e| failed(format!("open {}: {e}", dir.display()), io_hint))?);
     for d in &dirs {
-        mkdir(&dir.join(d))?;
+        dir_below(root.as_fd(), d).map_err(|e| failed(format!("create {}: {e}", dir.join(d).display()), io_hint))?;
     }
     let report = Mutex::new(RestoreReport::default());
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
@@ -159,7 +164,7 @@ pub fn restore_to_dir(
                         break;
                     }
                     let (p, r) = &files[i];
-                    match write_file(repo, &index, &dir.join(p), r) {
+                    match write_file(repo, &index, root.as_fd(), dir, p, r) {
                         Ok(()) => {
                             if let Ok(mut rep) = report.lock() {
                                 rep.objects += 1;
@@ -207,12 +212,53 @@ pub fn restore_to_dir(
     Ok(report.into_inner().unwrap_or_default())
 }
 
-/// One object into a new file (`create_new`: nothing existing is replaced,
-/// and no link at its place is followed).
+fn c_name(part: &std::ffi::OsStr) -> std::io::Result<CString> {
+    CString::new(part.as_bytes()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte"))
+}
+
+fn owned(fd: libc::c_int) -> std::io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The directory `rel` below `root`, made where missing, each component
+/// opened relative to its parent without following a symlink.
+fn dir_below(root: BorrowedFd<'_>, rel: &Path) -> std::io::Result<OwnedFd> {
+    let mut cur = root.try_clone_to_owned()?;
+    for part in rel.iter() {
+        let name = c_name(part)?;
+        // SAFETY: `cur` is an open directory and `name` a C string.
+        if unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: as above.
+        cur = owned(unsafe { libc::openat(cur.as_raw_fd(), name.as_ptr(), flags) })?;
+    }
+    Ok(cur)
+}
+
+/// A new file `name` in `dir`: never one that exists, never through a link.
+fn create_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `dir` is an open directory and `name` a C string.
+    let fd = owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644 as libc::c_uint) })?;
+    Ok(File::from(fd))
+}
+
+/// One object into a new file at `rel` below the directory open as `root`.
 fn write_file(
     repo: &Repository,
     index: &cirkel_repo::index::Index,
-    path: &Path,
+    root: BorrowedFd<'_>,
+    dir: &Path,
+    rel: &Path,
     r: &ObjectRecord,
 ) -> Result<(), Error> {
     let io = |e: std::io::Error| {
@@ -221,9 +267,11 @@ fn write_file(
         } else {
             "check the directory's permissions and free space"
         };
-        failed(format!("{} (key {:?}): {e}", path.display(), r.key), hint)
+        failed(format!("{} (key {:?}): {e}", dir.join(rel).display(), r.key), hint)
     };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    let parent = dir_below(root, rel.parent().unwrap_or(Path::new(""))).map_err(io)?;
+    let name = c_name(rel.file_name().unwrap_or_default()).map_err(io)?;
+    let mut f = create_at(parent.as_fd(), &name).map_err(io)?;
     let mut written = 0u64;
     for id in &r.content {
         let blob = repo.read_blob(index, id)?;
@@ -257,5 +305,20 @@ mod tests {
         }
         assert!(key_path("folder/", 3).is_err());
         assert!(key_path(&"n".repeat(256), 1).is_err());
+    }
+
+    #[test]
+    fn a_link_in_the_target_is_never_followed() {
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), target.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), target.path().join("f")).unwrap();
+        let root = OwnedFd::from(File::open(target.path()).unwrap());
+        assert!(dir_below(root.as_fd(), Path::new("a/b")).is_err(), "a directory that is a link");
+        assert!(create_at(root.as_fd(), &CString::new("f").unwrap()).is_err(), "a file that is a link");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+        let made = dir_below(root.as_fd(), Path::new("x/y")).unwrap();
+        create_at(made.as_fd(), &CString::new("z").unwrap()).unwrap();
+        assert!(target.path().join("x/y/z").is_file());
     }
 }
