@@ -16,11 +16,13 @@ use cirkel_testkit::S3Server;
 use common::*;
 use serde_json::Value;
 
-/// A TCP proxy that can refuse its clients (a region cut off) and let them
+/// A TCP proxy that can refuse its clients (a region cut off), or hold
+/// them without a byte (a region whose packets are dropped), and let them
 /// through again.
 struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -29,13 +31,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, l) = (down.clone(), live.clone());
+        let (d, h, l) = (down.clone(), held.clone(), live.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if d.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                if h.load(Ordering::SeqCst) {
+                    l.lock().unwrap().push(client);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
@@ -44,9 +51,13 @@ impl Proxy {
                 }
                 for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
                 {
+                    let h = h.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         while let Ok(n) = from.read(&mut buf) {
+                            while h.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -56,7 +67,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, down, live }
+        Proxy { port, down, held, live }
+    }
+
+    /// Connections accepted and requests taken, but nothing answered.
+    fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -68,6 +84,7 @@ impl Proxy {
 
     fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+        self.held.store(false, Ordering::SeqCst);
     }
 }
 
@@ -321,6 +338,43 @@ fn serve_keeps_the_second_region_current_and_its_lag_alarm_fires_and_clears() {
         std::fs::read_to_string(format!("/proc/{}/stat", followers[0]))
             .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
     });
+}
+
+#[test]
+fn the_lag_alarm_fires_while_the_second_region_takes_connections_and_never_answers() {
+    let server = S3Server::start();
+    let proxy = Proxy::start(server.port);
+    let listen = cirkel_testkit::free_port();
+    let (mut env, src) = second_region(
+        &server,
+        &proxy,
+        &format!("[server]\nlisten = \"127.0.0.1:{listen}\"\n[alarms.copy-lag]\nperiod = \"10s\"\nthreshold = 20\n"),
+    );
+    // Retries as patient as the defaults': a request to a server that never
+    // answers waits for its timeout, again and again.
+    env.extra_env.retain(|(k, _)| k != "CIRKEL_S3_RETRY_TIMEOUT");
+    let _serve = Daemon(env.cmd(&["serve"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_for("the snapshot in the second region", Duration::from_secs(60), || dr_snapshots(&env) == 1);
+    let addr = format!("127.0.0.1:{listen}");
+    let lag = || {
+        let (_, text) = http_get(&addr, "/metrics").unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("cirkel_copy_lag_seconds{repository=\"dr\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    wait_for("the lag on /metrics", Duration::from_secs(60), || lag().is_some());
+
+    // Held: the copy and the daemon's own look at the repository both wait;
+    // the lag still grows and the alarm fires.
+    proxy.hold();
+    std::fs::write(src.join("docs/held.txt"), "written while the region did not answer").unwrap();
+    env.ok(&["backup", "files", src.to_str().unwrap()]);
+    wait_for("the lag to grow past 25 s", Duration::from_secs(90), || lag().is_some_and(|l| l > 25.0));
+    wait_for("copy-lag to fire", Duration::from_secs(60), || alarm_changes(&env).iter().any(|(_, to)| to == "ALARM"));
+    // Not asserted: how soon the copy resumes once the region answers again.
+    // A request sent while it was held waits for its whole timeout (300 s),
+    // see docs/benchmarks.md.
+    proxy.restore();
 }
 
 #[test]
