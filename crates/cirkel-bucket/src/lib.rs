@@ -6,9 +6,10 @@
 //! treat it as they treat files: the root holds directories named
 //! `00000`, `00001`, … whose trees hold the objects, one file node per
 //! object (or per version). A node's name is the object's key below the
-//! prefix, exactly as S3 has it (slashes included: the tree is never
-//! restored onto a file system); its ETag, version, content headers and user
-//! metadata are extended attributes under `s3.`. Groups end where a key's
+//! prefix, exactly as S3 has it (slashes included: the tree itself is never
+//! restored onto a file system; `local.rs` checks each key before it writes
+//! one as a file below a directory); its ETag, version, content headers and
+//! user metadata are extended attributes under `s3.`. Groups end where a key's
 //! hash says so (about one key in 256), so a new key changes one group's
 //! tree, not every one after it.
 //!
@@ -20,6 +21,7 @@
 //! backup is stored either as it was or as it became, never torn.
 
 mod backup;
+mod local;
 mod restore;
 pub mod s3;
 mod xml;
@@ -30,6 +32,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use cirkel_repo::{Id, Node, NodeKind, Xattr};
 
 pub use backup::{BackupOptions, BackupOutcome, BackupStats, Progress, backup, records};
+pub use local::{DirOptions, key_path, restore_to_dir};
 pub use restore::{RestoreOptions, RestoreReport, restore};
 pub use s3::{Bucket, ObjectEntry, ObjectHead};
 

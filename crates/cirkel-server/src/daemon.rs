@@ -254,13 +254,27 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     {
         let (cfg, metrics, em, estate) =
             (Arc::new(cfg.clone()), metrics.clone(), event_metrics.clone(), estate.clone());
-        let state = state.clone();
         sup.spawn_blocking("collector", sup.token(), move |stop| {
             let mut collector = Collector::default();
             collector.estate = estate.clone();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 collector.collect(&cfg, access.as_ref(), &metrics, &em);
+                while started.elapsed() < COLLECT_EVERY && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Ok(())
+        });
+    }
+    // The copies' lag on its own loop: it reads only the followers' local
+    // records, and must keep growing while the collector waits on a second
+    // region whose server accepts connections and never answers.
+    {
+        let (cfg, metrics, state) = (Arc::new(cfg.clone()), metrics.clone(), state.clone());
+        sup.spawn_blocking("copy-lag", sup.token(), move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
                 crate::copylag::collect(&cfg, &state, &metrics, chrono::Utc::now());
                 while started.elapsed() < COLLECT_EVERY && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));

@@ -274,8 +274,8 @@ fn bucket_failures_say_what_went_wrong_and_what_to_do() {
     assert!(err.contains("S3 refused") && err.contains("NoSuchBucket"), "{err}");
     let err = env.fails(&["restore", "bucket", "latest", "--to", "s3://uploads"]);
     assert!(err.contains("no bucket snapshot"), "{err}");
-    let err = env.fails(&["restore", "bucket", "latest", "--to", "/tmp/x"]);
-    assert!(err.contains("neither an s3:// URL"), "{err}");
+    let err = env.fails(&["restore", "bucket", "latest", "--to", "restored"]);
+    assert!(err.contains("neither an s3:// URL") && err.contains("./restored"), "{err}");
 
     // The server gone: retried, then refused with a hint; no snapshot.
     server.stop();
@@ -291,4 +291,201 @@ fn bucket_failures_say_what_went_wrong_and_what_to_do() {
     let err = format!("{}{}", stdout(&out), stderr(&out));
     assert!(err.contains("bad.toml:2") && err.contains("not an s3:// URL"), "{err}");
     assert!(err.contains("bad.toml:3"), "{err}");
+}
+
+/// Keys a directory can hold as they are, each with its content.
+const AS_FILES: &[(&str, &str)] = &[
+    ("a b.txt", "spaces"),
+    ("ünï/cødé ✓.txt", "unicode"),
+    ("100%25 done%", "percent"),
+    ("plus+sign", "plus"),
+    ("a/b/c", "nested"),
+    ("...", "dots are a name"),
+];
+
+fn read_tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    walk_files(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_bucket_restores_into_a_directory_and_never_outside_it() {
+    let server = S3Server::start();
+    tool(&server, &["create", "uploads"], &Value::Null);
+    let mut objects: Vec<Value> = AS_FILES.iter().map(|(k, d)| json!({ "key": k, "data": d })).collect();
+    objects.push(json!({ "key": "folder/", "data": "" }));
+    objects.push(
+        json!({ "key": "images/cat.png", "data": "png", "content_type": "image/png", "metadata": { "owner": "ada" } }),
+    );
+    tool(&server, &["put", "uploads"], &json!(objects));
+    let env = setup(&server, "");
+    env.ok(&["backup", "bucket", "uploads"]);
+
+    let dir = env.path("out/uploads");
+    let manifest = env.path("out/uploads.json");
+    let v = env.json(&[
+        "restore",
+        "bucket",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(v["report"]["objects"], AS_FILES.len() + 1, "{v}");
+    let mut want: std::collections::BTreeMap<String, String> =
+        AS_FILES.iter().map(|(k, d)| (k.to_string(), d.to_string())).collect();
+    want.insert("images/cat.png".into(), "png".into());
+    assert_eq!(read_tree(&dir), want, "every key a file, with its content");
+    assert!(dir.join("folder").is_dir(), "a folder key is a directory");
+    let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let cat = m.as_array().unwrap().iter().find(|e| e["key"] == "images/cat.png").unwrap();
+    assert_eq!(cat["headers"]["content-type"], "image/png", "{m:#}");
+    assert_eq!(cat["metadata"]["owner"], "ada", "{m:#}");
+
+    // Nothing already there is replaced, even with --force.
+    let err = env.fails(&["restore", "bucket", "latest", "--to", dir.to_str().unwrap()]);
+    assert!(err.contains("already holds files") && err.contains("--force"), "{err}");
+    let err = env.fails(&["restore", "bucket", "latest", "--to", dir.to_str().unwrap(), "--force"]);
+    assert!(err.contains("File exists") || err.contains("exists"), "{err}");
+    assert_eq!(read_tree(&dir), want);
+
+    // Keys that are no path below the directory: refused, named, nothing written.
+    tool(
+        &server,
+        &["put", "uploads"],
+        &json!([
+            { "key": "x/../../escape", "data": "out" },
+            { "key": "/etc/cirkel-test-absolute", "data": "abs" },
+            { "key": "a/b", "data": "a file where a directory is" },
+        ]),
+    );
+    env.ok(&["backup", "bucket", "uploads"]);
+    let unsafe_dir = env.path("unsafe/uploads");
+    let err = env.fails(&["restore", "bucket", "latest", "--to", unsafe_dir.to_str().unwrap()]);
+    assert!(err.contains("3 key(s)") && err.contains("x/../../escape") && err.contains("`..`"), "{err}");
+    assert!(err.contains("absolute") && err.contains("another key has it as its directory"), "{err}");
+    assert!(err.contains("s3://"), "the hint names the way that keeps every key: {err}");
+    assert!(!env.path("unsafe").exists() && !env.path("escape").exists());
+    assert!(!std::path::Path::new("/etc/cirkel-test-absolute").exists());
+}
+
+/// Two S3 servers, two regions: the `uploads` bucket and the main
+/// repository on the first, the second repository and the bucket
+/// `uploads-dr` (described, once needed, as `[buckets.uploads-dr]` with its
+/// own endpoint) on the second.
+#[test]
+fn recover_brings_a_bucket_back_from_the_second_region() {
+    let mut first = S3Server::start();
+    let second = S3Server::start();
+    tool(&first, &["create", "uploads"], &Value::Null);
+    tool(&second, &["create", "uploads-dr"], &Value::Null);
+    let mut objects: Vec<Value> = AS_FILES.iter().map(|(k, d)| json!({ "key": k, "data": d })).collect();
+    objects.push(json!({
+        "key": "images/cat.png",
+        "data": "not really a png",
+        "content_type": "image/png",
+        "metadata": { "owner": "ada" },
+    }));
+    tool(&first, &["put", "uploads"], &json!(objects));
+    let before = dump(&first, "uploads");
+
+    let mut env = Env::new();
+    env.repo = "s3://cirkel-test/main".into();
+    // Credentials only: every repository and bucket names its endpoint.
+    env.extra_env = first.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
+    env.extra_env.push(("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{}", cirkel_testkit::free_port())));
+    let (state, first_endpoint) = (env.path("state"), first.endpoint());
+    let config = |extra: &str| {
+        format!(
+            "[state]\ndir = \"{state}\"\n\
+             [repository]\nurl = \"s3://cirkel-test/main\"\n[repository.s3]\nendpoint = \"{first}\"\n\
+             [repositories.dr]\nurl = \"s3://cirkel-test/dr\"\n[repositories.dr.s3]\nendpoint = \"{second}\"\n\
+             [buckets.uploads]\nurl = \"s3://uploads\"\n[buckets.uploads.s3]\nendpoint = \"{first}\"\n{extra}",
+            state = state.display(),
+            first = first_endpoint,
+            second = second.endpoint(),
+        )
+    };
+    std::fs::write(env.path("cirkel.toml"), config("")).unwrap();
+    env.extra_env.push(("CIRKEL_CONFIG".into(), env.path("cirkel.toml").display().to_string()));
+    env.init();
+    env.ok(&["repo", "init", "--repo", "dr", "--copy-keys-from", &env.repo]);
+    let snap = env.json(&["backup", "bucket", "uploads"]);
+    env.ok(&["repo", "copy", "--to", "dr"]);
+    // The first region lost: its server, the bucket and the main repository.
+    first.stop();
+
+    let plan = env.json(&["recover", "--from", "dr", "--dry-run"]);
+    let step = &plan["steps"][0];
+    assert_eq!(step["source"], "bucket/uploads", "{plan:#}");
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{plan:#}");
+    assert_eq!(step["snapshot"], snap["id"]);
+    assert_eq!(step["dir"], "buckets/uploads");
+    assert!(step["bytes"].as_u64().unwrap() > 0 && step["predicted_s"].as_f64().is_some(), "{step}");
+    assert!(step["rpo_s"].as_f64().is_some() && step["data_time"].is_string(), "{step}");
+    let text = env.ok(&["recover", "--from", "dr", "--dry-run"]);
+    assert!(text.contains("bucket/uploads") && text.contains("buckets/uploads/"), "{text}");
+
+    // By default: objects as files below --to.
+    let to = env.path("rebuilt");
+    let v = env.json(&["recover", "--from", "dr", "--to", to.to_str().unwrap()]);
+    assert_eq!(v["recover"]["ok"], true, "{v:#}");
+    assert!(v["recover"]["steps"][0]["seconds"].as_f64().is_some(), "{v:#}");
+    let mut want: std::collections::BTreeMap<String, String> =
+        AS_FILES.iter().map(|(k, d)| (k.to_string(), d.to_string())).collect();
+    want.insert("images/cat.png".into(), "not really a png".into());
+    assert_eq!(read_tree(&to.join("buckets/uploads")), want);
+    let m: Value = serde_json::from_slice(&std::fs::read(to.join("buckets/uploads.objects.json")).unwrap()).unwrap();
+    assert!(m.to_string().contains("image/png"), "{m}");
+    // The region drill rebuilds it into a scratch directory and counts its files.
+    let drill = env.json(&["drill", "region", "--from", "dr"]);
+    assert_eq!(drill["drill"]["passed"], true, "{drill:#}");
+    let check = &drill["drill"]["checks"][0];
+    assert_eq!((&check["source"], &check["counts"]["objects"]), (&json!("bucket/uploads"), &json!(want.len())));
+    // Again into the same directory: the bucket's directory exists, refused.
+    let err = env.fails(&["recover", "--from", "dr", "--to", to.to_str().unwrap(), "--force"]);
+    assert!(err.contains("buckets/uploads") && err.contains("already exists"), "{err}");
+
+    // --bucket-to: into a live bucket of the second region, headers kept.
+    let second_bucket = format!(
+        "[buckets.uploads-dr]\nurl = \"s3://uploads-dr\"\n[buckets.uploads-dr.s3]\nendpoint = \"{}\"\n",
+        second.endpoint()
+    );
+    std::fs::write(env.path("cirkel.toml"), config(&second_bucket)).unwrap();
+    let err = env.fails(&["recover", "--from", "dr", "--dry-run"]);
+    assert!(err.contains("`uploads-dr` has no complete snapshot") && err.contains("--bucket-to"), "{err}");
+    let text = env.ok(&["recover", "--from", "dr", "--dry-run", "--bucket-to", "uploads=uploads-dr"]);
+    assert!(text.contains("bucket/uploads: written into [buckets.uploads-dr]"), "{text}");
+    let to2 = env.path("rebuilt2");
+    let v = env.json(&["recover", "--from", "dr", "--to", to2.to_str().unwrap(), "--bucket-to", "uploads=uploads-dr"]);
+    assert_eq!(v["recover"]["steps"][0]["target"], "uploads-dr", "{v:#}");
+    assert_eq!(dump(&second, "uploads-dr"), before, "keys, bytes, content type and metadata");
+    assert!(!to2.join("buckets").exists(), "nothing written below --to for it");
+    // A target holding objects: refused before anything is restored.
+    let to3 = env.path("rebuilt3");
+    let err =
+        env.fails(&["recover", "--from", "dr", "--to", to3.to_str().unwrap(), "--bucket-to", "uploads=uploads-dr"]);
+    assert!(err.contains("already holds objects") && err.contains("--force"), "{err}");
+    assert!(!to3.exists(), "a refused recover writes nothing");
+    let err = env.fails(&["recover", "--from", "dr", "--dry-run", "--bucket-to", "nope=s3://x"]);
+    assert!(err.contains("`nope`") && err.contains("uploads"), "{err}");
+    let err = env.fails(&["recover", "--from", "dr", "--dry-run", "--bucket-to", "uploads"]);
+    assert!(err.contains("NAME=s3://"), "{err}");
+
+    // A configured bucket the repository holds no snapshot of: said, with what to do.
+    std::fs::write(env.path("cirkel.toml"), config("[buckets.photos]\nurl = \"s3://photos\"\n")).unwrap();
+    let err = env.fails(&["recover", "--from", "dr", "--dry-run"]);
+    assert!(
+        err.contains("bucket `photos` has no complete snapshot") && err.contains("cirkel backup bucket photos"),
+        "{err}"
+    );
+    let to4 = env.path("rebuilt4");
+    env.fails(&["recover", "--from", "dr", "--to", to4.to_str().unwrap()]);
+    assert!(!to4.exists());
 }

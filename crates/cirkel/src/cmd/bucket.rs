@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cirkel_bucket::{BackupOptions, Bucket, RestoreOptions};
+use cirkel_bucket::{BackupOptions, Bucket, DirOptions, RestoreOptions};
 use cirkel_config::{Config, S3Config};
 use cirkel_repo::backend::S3Options;
 use clap::Args;
@@ -39,24 +39,29 @@ pub struct BackupBucketArgs {
 pub struct RestoreBucketArgs {
     /// Snapshot id, unique prefix, or `latest` (of --bucket, when several buckets are backed up).
     pub snapshot: String,
-    /// Where to write: s3://BUCKET[/PREFIX] (reached with the source bucket's settings), or the
-    /// name of a configured bucket.
-    #[arg(long, value_name = "URL|NAME")]
+    /// Where to write: s3://BUCKET[/PREFIX] (reached with the source bucket's settings), the
+    /// name of a configured bucket, or a directory (a path with a `/`, e.g. ./restored): one file
+    /// per object at its key.
+    #[arg(long, value_name = "URL|NAME|DIR")]
     pub to: String,
     /// With `latest`: the newest snapshot of this configured bucket.
     #[arg(long, value_name = "NAME")]
     pub bucket: Option<String>,
     /// Write into a bucket or prefix that already holds objects (same keys are overwritten,
-    /// others left alone).
+    /// others left alone), or into a directory that already holds files (none is replaced).
     #[arg(long)]
     pub force: bool,
+    /// With a directory: also write each object's key, ETag, time, content headers and user
+    /// metadata to this new JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<std::path::PathBuf>,
     /// Write every recorded version, oldest first, and re-delete keys whose history ends
     /// deleted; otherwise only the current objects.
     #[arg(long)]
     pub all_versions: bool,
 }
 
-fn s3_options(s3: Option<&S3Config>) -> S3Options {
+pub(crate) fn s3_options(s3: Option<&S3Config>) -> S3Options {
     let env_timeout = std::env::var("CIRKEL_S3_RETRY_TIMEOUT").ok().and_then(|s| humantime::parse_duration(&s).ok());
     let Some(s3) = s3 else {
         return S3Options { retry_timeout: env_timeout, ..Default::default() };
@@ -190,13 +195,23 @@ pub fn restore(global: &Global, args: &RestoreBucketArgs) -> anyhow::Result<Exit
     let (url, s3) = match cfg.buckets.get(&args.to) {
         Some(b) => (b.url.clone(), Some(&b.s3)),
         None if args.to.starts_with("s3://") => (args.to.clone(), None),
+        None if args.to.contains('/') => (String::new(), None),
         None => {
             return Err(user_error(
-                format!("`{}` is neither an s3:// URL nor a configured bucket", args.to),
-                "pass --to s3://BUCKET[/PREFIX], or the name of a [buckets.NAME] table",
+                format!("`{}` is neither an s3:// URL, a configured bucket nor a directory", args.to),
+                format!(
+                    "pass --to s3://BUCKET[/PREFIX], the name of a [buckets.NAME] table, or a directory as a path (./{})",
+                    args.to
+                ),
             ));
         }
     };
+    if args.manifest.is_some() && !url.is_empty() {
+        return Err(user_error(
+            "--manifest is for a restore into a directory",
+            "leave it out: a bucket keeps each object's headers and metadata itself",
+        ));
+    }
     let (id, snap) = if args.snapshot == "latest" {
         let mut snaps: Vec<_> = repo
             .snapshots()?
@@ -222,26 +237,31 @@ pub fn restore(global: &Global, args: &RestoreBucketArgs) -> anyhow::Result<Exit
     } else {
         repo.find_snapshot(&args.snapshot, Some(cirkel_bucket::KIND))?
     };
-    let s3 = s3.or_else(|| cfg.buckets.get(snap.meta["bucket"].as_str().unwrap_or_default()).map(|b| &b.s3));
-    let target = Bucket::open(&url, &s3_options(s3))?;
     let bar = bytes_bar(global, snap.summary.bytes, "restore");
-    let report = cirkel_bucket::restore(
-        &repo,
-        &snap,
-        &target,
-        &RestoreOptions { threads: IO_THREADS, force: args.force, all_versions: args.all_versions },
-        &|n| bar.inc(n),
-    )?;
+    let (report, location) = if url.is_empty() {
+        if args.all_versions {
+            return Err(user_error(
+                "--all-versions needs a bucket to write the versions into",
+                "restore into an s3:// URL, or leave --all-versions out to get the current objects as files",
+            ));
+        }
+        let dir = std::path::PathBuf::from(&args.to);
+        let opts = DirOptions { threads: IO_THREADS, force: args.force, manifest: args.manifest.clone() };
+        (cirkel_bucket::restore_to_dir(&repo, &snap, &dir, &opts, &|n| bar.inc(n))?, dir.display().to_string())
+    } else {
+        let s3 = s3.or_else(|| cfg.buckets.get(snap.meta["bucket"].as_str().unwrap_or_default()).map(|b| &b.s3));
+        let target = Bucket::open(&url, &s3_options(s3))?;
+        let opts = RestoreOptions { threads: IO_THREADS, force: args.force, all_versions: args.all_versions };
+        (cirkel_bucket::restore(&repo, &snap, &target, &opts, &|n| bar.inc(n))?, target.location())
+    };
     bar.finish_and_clear();
     if global.json {
-        print_json(
-            &json!({ "snapshot": id, "target": target.location(), "report": report, "warnings": repo.warnings() }),
-        );
+        print_json(&json!({ "snapshot": id, "target": location, "report": report, "warnings": repo.warnings() }));
     } else {
         println!(
             "restored snapshot {} to {}: {} objects, {}{}",
             id.short(),
-            target.location(),
+            location,
             report.objects,
             human_bytes(report.bytes),
             if report.deleted > 0 { format!(", {} keys deleted again", report.deleted) } else { String::new() }

@@ -25,6 +25,10 @@ use crate::output::{human_bytes, print_json, user_error};
 /// that copied a snapshot.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
+/// While passes keep failing, the failure is said again at most this often
+/// (its text changes every pass: it carries how long the retries took).
+const REPEAT_FAILURE_EVERY: Duration = Duration::from_secs(300);
+
 struct Follower<'a> {
     global: &'a Global,
     cfg: &'a Config,
@@ -208,12 +212,21 @@ pub fn run(global: &Global, cfg: &Config, args: &CopyArgs) -> anyhow::Result<Exi
         record: name.clone(),
     };
     let stop = stop_on_signal();
+    // Since when passes have failed, and when that was last said.
+    let mut failing: Option<(Instant, Instant)> = None;
     loop {
         let outcome = f.pass();
         f.state.updated = Utc::now();
         match &outcome {
             Ok(p) => {
                 f.state.error = None;
+                if let Some((since, _)) = failing.take() {
+                    eprintln!(
+                        "continuous copy to {} works again after {} of failed passes",
+                        f.to,
+                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                    );
+                }
                 if p.snapshots + p.streams > 0 {
                     if global.json {
                         print_json(
@@ -233,8 +246,20 @@ pub fn run(global: &Global, cfg: &Config, args: &CopyArgs) -> anyhow::Result<Exi
             }
             Err(e) => {
                 let text = format!("{e:#}");
-                if f.state.error.as_deref() != Some(&text) {
-                    eprintln!("warning: continuous copy to {}: {text}; retrying", f.to);
+                match &mut failing {
+                    None => {
+                        eprintln!("warning: continuous copy to {}: {text}; retrying", f.to);
+                        failing = Some((Instant::now(), Instant::now()));
+                    }
+                    Some((since, said)) if said.elapsed() >= REPEAT_FAILURE_EVERY => {
+                        eprintln!(
+                            "warning: continuous copy to {} still failing after {}: {text}; retrying",
+                            f.to,
+                            humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                        );
+                        *said = Instant::now();
+                    }
+                    Some(_) => {}
                 }
                 f.state.error = Some(text);
             }

@@ -2,7 +2,9 @@
 //! rebuilt in one command from it alone. The plan takes the newest backup of
 //! every source in the repository: each PostgreSQL system (its base backup
 //! and WAL, to the newest point or `--target-time`), each Redis group's
-//! newest RDB, each file set's newest snapshot. Each step is the command a
+//! newest RDB, each file set's newest snapshot, each bucket's newest
+//! snapshot (`buckets.rs`: as files below the directory, or into a live
+//! bucket with `--bucket-to`). Each step is the command a
 //! person would type, run as a child process and timed; the report, with
 //! the data's age (the RPO it implies) and the measured time of each step
 //! and of the whole (the RTO), is kept in the state directory. Then, unless
@@ -11,6 +13,7 @@
 //! spreads the estate over several hosts, recover running on each: some
 //! sources only, standbys and replicas copied from primaries elsewhere.
 
+mod buckets;
 mod standby;
 mod start;
 
@@ -40,7 +43,7 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "REPO")]
     pub from: String,
     /// Where to rebuild on this host: PostgreSQL data directories, Redis RDBs and file sets go
-    /// below it, one directory per source.
+    /// below it, one directory per source; buckets' objects as files in buckets/NAME/.
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
     /// PostgreSQL to this time instead of the newest point (RFC 3339, or local time).
@@ -50,7 +53,8 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Rebuild into a directory that already holds something (each source's own
-    /// directory must still be new: nothing is ever overwritten or deleted).
+    /// directory must still be new: nothing is ever overwritten or deleted); write a bucket
+    /// into a --bucket-to target that holds objects (those of the same keys are replaced).
     #[arg(long)]
     pub force: bool,
     /// Only restore the files: start neither PostgreSQL, its standbys nor Redis.
@@ -68,8 +72,9 @@ pub struct RecoverArgs {
     /// How long PostgreSQL may take to replay the WAL and promote (and a standby to stream, Redis to load).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
-    /// Recover only this part of the estate (repeatable): postgres, redis, files, or one source:
-    /// postgres/SYSTEM (its id or its [postgres.NAME]), redis/GROUP, files/PATHS.
+    /// Recover only this part of the estate (repeatable): postgres, redis, files, bucket, or one
+    /// source: postgres/SYSTEM (its id or its [postgres.NAME]), redis/GROUP, files/PATHS,
+    /// bucket/NAME.
     #[arg(long, value_name = "SOURCE")]
     pub only: Vec<String>,
     /// Do not restore this PostgreSQL system here: clone a standby of its primary, recovered on
@@ -94,11 +99,16 @@ pub struct RecoverArgs {
     /// host (they are recovered on their own hosts with --standby-of).
     #[arg(long)]
     pub no_standbys: bool,
+    /// Write bucket NAME into this S3 bucket (reached with its [buckets.NAME.s3] settings), or
+    /// into the configured [buckets.OTHER] (NAME=OTHER: its url and settings), instead of files
+    /// below --to; refused when it holds objects, unless --force (repeatable).
+    #[arg(long = "bucket-to", value_name = "NAME=s3://BUCKET[/PREFIX]|OTHER")]
+    pub bucket_to: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct Step {
-    /// `postgres/SYSTEM`, `redis/GROUP`, `files/PATHS`.
+    /// `postgres/SYSTEM`, `redis/GROUP`, `files/PATHS`, `bucket/NAME`.
     source: String,
     snapshot: Id,
     /// The newest data this step brings back.
@@ -107,8 +117,13 @@ struct Step {
     rpo_s: f64,
     bytes: u64,
     predicted_s: f64,
-    /// Directory below --to.
+    /// Directory below --to (none for a bucket written into a bucket).
+    #[serde(skip_serializing_if = "String::is_empty")]
     dir: String,
+    /// Buckets: the s3:// URL or the configured bucket written into (`--bucket-to`) instead of
+    /// a directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
     /// PostgreSQL: the configured members re-created as standbys of the recovered primary.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     standbys: Vec<String>,
@@ -156,6 +171,7 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
             snapshot: *id,
             data_time,
             dir,
+            target: None,
             source,
             argv,
             standbys: Vec::new(),
@@ -213,6 +229,7 @@ fn plan(repo: &Repository, cfg: &Config, args: &RecoverArgs, now: DateTime<Utc>)
         let argv = vec!["restore".into(), "files".into(), e.0.to_string()];
         step(format!("files/{paths}"), e, e.1.time, argv);
     }
+    steps.extend(buckets::steps(&snaps, cfg, args, &repo.location(), now)?);
     let postgres = steps.iter_mut().filter(|s| s.source.starts_with("postgres/"));
     for (s, t) in postgres.zip(pg_members) {
         s.standbys = t.standbys;
@@ -327,6 +344,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            for s in steps.iter().filter(|s| s.source.starts_with("bucket/")) {
+                println!("{}", buckets::describe(s, args.to.as_deref()));
+            }
             println!(
                 "implied RPO {} (the oldest of the newest data), predicted duration ~{:.0} s at {} MB/s",
                 humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
@@ -356,6 +376,7 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+    buckets::check_targets(&cfg, &steps, args.force)?;
     let waited = standby::wait_reachable(&steps, args.timeout)?;
     std::fs::create_dir_all(to)
         .map_err(|e| user_error(format!("create {}: {e}", to.display()), "check the path and its permissions"))?;
@@ -500,6 +521,9 @@ pub fn run(global: &Global, args: &RecoverArgs) -> anyhow::Result<ExitCode> {
 /// The directories below `--to` a step makes: its own, and for PostgreSQL
 /// (when started) the run directory and one per standby.
 fn made_dirs(s: &Step, no_start: bool, no_standbys: bool) -> Vec<String> {
+    if s.source.starts_with("bucket/") {
+        return buckets::made_paths(s);
+    }
     let mut dirs = vec![s.dir.clone()];
     if s.source.starts_with("postgres/") && !no_start {
         dirs.push(format!("{}.run", s.dir));
@@ -583,9 +607,15 @@ fn execute(global: &Global, from: &str, to: &Path, steps: &mut [Step]) -> anyhow
         if let Some(p) = &global.password_file {
             cmd.arg("--password-file").arg(p);
         }
-        cmd.args(&s.argv).arg("--to").arg(&dir);
+        cmd.args(&s.argv);
+        if s.source.starts_with("bucket/") {
+            cmd.args(buckets::destination(s, &dir));
+        } else {
+            cmd.arg("--to").arg(&dir);
+        }
         if !global.quiet && !global.json {
-            eprintln!("recover: {} from snapshot {} into {}", s.source, s.snapshot.short(), dir.display());
+            let into = s.target.clone().unwrap_or_else(|| dir.display().to_string());
+            eprintln!("recover: {} from snapshot {} into {into}", s.source, s.snapshot.short());
         }
         let t = Instant::now();
         let out =
@@ -746,6 +776,7 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
         member: None,
         allow: Vec::new(),
         no_standbys: false,
+        bucket_to: Vec::new(),
     };
     let mut steps = plan(&repo, &cfg, &rargs, now)?;
     if steps.is_empty() {
@@ -769,6 +800,8 @@ pub fn drill(global: &Global, args: &RegionDrillArgs) -> anyhow::Result<ExitCode
                 check_postgres(&dir, &scratch, args.timeout)
             } else if s.source.starts_with("redis/") {
                 check_redis(&dir)
+            } else if s.source.starts_with("bucket/") {
+                buckets::check(&repo, s, &dir)
             } else {
                 let files = count_files(&dir);
                 let want = repo.load_snapshot(&s.snapshot).map(|x| x.summary.files as i64).unwrap_or(-1);
