@@ -111,6 +111,23 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
 const REPLICATION_SQL: &str = "SELECT application_name, state, sync_state, flush_lsn::text, \
      COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8 FROM pg_stat_replication ORDER BY application_name";
 
+/// What one attempt at a probe found: role, positions, timeline, WAL
+/// receiver, and a primary's replicas and synchronous standby names.
+type ProbeResult = anyhow::Result<(
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    (Vec<ReplicaLink>, Option<String>),
+)>;
+
+/// Whether a second, staggered attempt is worth making: over TCP, where a
+/// lost packet costs a retransmission timeout (a Unix socket loses none).
+fn attempts_left(host: &str) -> bool {
+    !host.starts_with('/')
+}
+
 /// Probes one member within `timeout`.
 pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
     let m = c.members.get(name).cloned().unwrap_or_default();
@@ -125,44 +142,73 @@ pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
     let info = conninfo(c, &m.host, m.port, timeout);
     let start = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let r = PgConn::connect(Some(&info)).and_then(|conn| {
-            let row = conn.query_one(PROBE_SQL)?;
-            Ok((
-                row.get::<_, bool>(0),
-                row.get::<_, Option<String>>(1),
-                row.get::<_, Option<String>>(2),
-                row.get::<_, Option<i32>>(3),
-                row.get::<_, Option<String>>(4),
-                if row.get::<_, bool>(0) {
-                    (Vec::new(), None)
-                } else {
-                    let links = conn
-                        .query(REPLICATION_SQL)?
-                        .iter()
-                        .map(|r| {
-                            let flush_lsn: Option<String> = r.get(3);
-                            ReplicaLink {
-                                name: r.get::<_, Option<String>>(0).unwrap_or_default(),
-                                state: r.get::<_, Option<String>>(1).unwrap_or_default(),
-                                sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                                flush_bytes: flush_lsn.as_deref().and_then(parse_lsn),
-                                flush_lsn,
-                                replay_lag_s: r.get::<_, Option<f64>>(4),
-                            }
-                        })
-                        .collect();
-                    let names: String = conn.query_one("SHOW synchronous_standby_names")?.get(0);
-                    (links, Some(names))
-                },
-            ))
+    let attempt = move |info: String, tx: std::sync::mpsc::Sender<ProbeResult>| {
+        std::thread::spawn(move || {
+            let r = PgConn::connect(Some(&info)).and_then(|conn| {
+                let row = conn.query_one(PROBE_SQL)?;
+                Ok((
+                    row.get::<_, bool>(0),
+                    row.get::<_, Option<String>>(1),
+                    row.get::<_, Option<String>>(2),
+                    row.get::<_, Option<i32>>(3),
+                    row.get::<_, Option<String>>(4),
+                    if row.get::<_, bool>(0) {
+                        (Vec::new(), None)
+                    } else {
+                        let links = conn
+                            .query(REPLICATION_SQL)?
+                            .iter()
+                            .map(|r| {
+                                let flush_lsn: Option<String> = r.get(3);
+                                ReplicaLink {
+                                    name: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                                    state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                                    sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                                    flush_bytes: flush_lsn.as_deref().and_then(parse_lsn),
+                                    flush_lsn,
+                                    replay_lag_s: r.get::<_, Option<f64>>(4),
+                                }
+                            })
+                            .collect();
+                        let names: String = conn.query_one("SHOW synchronous_standby_names")?.get(0);
+                        (links, Some(names))
+                    },
+                ))
+            });
+            let _ = tx.send(r);
         });
-        let _ = tx.send(r);
-    });
-    match rx.recv_timeout(timeout) {
-        Err(_) => st.error = Some(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) => st.error = Some(format!("{e:#}")),
-        Ok(Ok((in_recovery, lsn, replay, timeline, receiver, (replicas, sync_names)))) => {
+    };
+    attempt(info.clone(), tx.clone());
+    // A second attempt when the first has not answered within a third of
+    // the budget: a lost SYN costs the kernel's 1 s retransmission timeout,
+    // which would fail the check on a lossy but live network. A refusal
+    // (a dead server) still fails at once.
+    let mut pending = 1;
+    let mut outcome = None;
+    while outcome.is_none() {
+        let left = timeout.saturating_sub(start.elapsed());
+        let wait = if pending == 1 && attempts_left(&m.host) { left.min(timeout / 3) } else { left };
+        match rx.recv_timeout(wait) {
+            Ok(Ok(v)) => outcome = Some(Ok(v)),
+            Ok(Err(e)) => {
+                pending -= 1;
+                if pending == 0 {
+                    outcome = Some(Err(Some(e)));
+                }
+            }
+            Err(_) if start.elapsed() >= timeout => outcome = Some(Err(None)),
+            Err(_) => {
+                if pending == 1 && attempts_left(&m.host) {
+                    pending += 1;
+                    attempt(info.clone(), tx.clone());
+                }
+            }
+        }
+    }
+    match outcome {
+        Some(Err(None)) | None => st.error = Some(format!("no answer within {timeout:?}")),
+        Some(Err(Some(e))) => st.error = Some(format!("{e:#}")),
+        Some(Ok((in_recovery, lsn, replay, timeline, receiver, (replicas, sync_names)))) => {
             st.replicas = replicas;
             st.synchronous_standby_names = sync_names;
             st.reachable = true;
