@@ -527,6 +527,7 @@ mod tests {
             bytes: 0,
             predicted_s: 0.0,
             dir: String::new(),
+            target: None,
             standbys: Vec::new(),
             pg_user: String::new(),
             cluster: cluster.map(String::from),
