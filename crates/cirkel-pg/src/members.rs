@@ -183,11 +183,11 @@ pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
     // the budget: a lost SYN costs the kernel's 1 s retransmission timeout,
     // which would fail the check on a lossy but live network. A refusal
     // (a dead server) still fails at once.
-    let mut pending = 1;
+    let (mut pending, mut second) = (1, attempts_left(&m.host));
     let mut outcome = None;
     while outcome.is_none() {
         let left = timeout.saturating_sub(start.elapsed());
-        let wait = if pending == 1 && attempts_left(&m.host) { left.min(timeout / 3) } else { left };
+        let wait = if second { left.min(timeout / 3) } else { left };
         match rx.recv_timeout(wait) {
             Ok(Ok(v)) => outcome = Some(Ok(v)),
             Ok(Err(e)) => {
@@ -198,7 +198,8 @@ pub fn probe(c: &PostgresConfig, name: &str, timeout: Duration) -> MemberState {
             }
             Err(_) if start.elapsed() >= timeout => outcome = Some(Err(None)),
             Err(_) => {
-                if pending == 1 && attempts_left(&m.host) {
+                if second {
+                    second = false;
                     pending += 1;
                     attempt(info.clone(), tx.clone());
                 }
