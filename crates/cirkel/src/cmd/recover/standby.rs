@@ -109,7 +109,10 @@ pub(super) fn select(steps: &mut Vec<Step>, only: &[String]) -> anyhow::Result<(
                 .collect();
             return Err(user_error(
                 format!("--only {o} names nothing the repository holds"),
-                format!("give postgres, redis, files, bucket or one of: {}; `recover --dry-run` lists them", held.join(", ")),
+                format!(
+                    "give postgres, redis, files, bucket or one of: {}; `recover --dry-run` lists them",
+                    held.join(", ")
+                ),
             ));
         }
     }
