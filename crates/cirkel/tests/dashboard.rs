@@ -649,6 +649,11 @@ fn the_dashboard_in_chromium_shows_members_and_rpo_and_follows_a_failover() {
     // The operator starts a failover drill through the API; the page, left
     // open, shows the new primary and the drill by itself.
     eprintln!("browser: the dashboard shows a, starting the failover drill");
+    // The drill refuses a cluster that does not look healthy (on a loaded
+    // machine a check can miss): it starts on a healthy one.
+    wait_until("a healthy cluster", Duration::from_secs(60), &mut || {
+        e.cmd(&["status", "--cluster", "main"]).output().is_ok_and(|o| o.status.success())
+    });
     let (status, v) = post(&e.listen, "/api/v1/clusters/main/drill", Some(OPERATOR), "");
     assert_eq!(status, 200, "{v:#}");
     let (status, v) = post(&e.listen, "/api/v1/clusters/main/drill", Some(OPERATOR), "");
