@@ -67,6 +67,26 @@ impl Notify {
         Ok(())
     }
 
+    /// Whether `e`, which began before it was recorded (a failover's
+    /// `detected`, `last_seen_ok`), is the doing of a drill that another
+    /// process ended a moment before: the log's follower may not have
+    /// brought that drill's end yet, so what it holds is taken first, then
+    /// the log itself is read.
+    fn ended_just_before(
+        &self,
+        e: &Event,
+        log: &mut broadcast::Receiver<Event>,
+        drills: &mut crate::guard::DrillWindows,
+    ) -> bool {
+        if !["detected", "last_seen_ok"].iter().any(|k| e.details.get(*k).is_some()) {
+            return false;
+        }
+        while let Ok(l) = log.try_recv() {
+            drills.observe(&l);
+        }
+        drills.caused(e) || crate::guard::DrillWindows::recent(&self.state).caused(e)
+    }
+
     /// Turns events from the daemon's channel into alerts until `cancel`.
     /// `log` carries every event the log receives, from any process: the
     /// ends of drills run as other processes are learnt from it.
@@ -112,7 +132,8 @@ impl Notify {
             // failed or was aborted.
             if !matches!(e.kind, EventKind::Drill | EventKind::DrillAborted | EventKind::DrillSkipped)
                 && (crate::guard::drilling(&self.state).as_deref() == Some(crate::guard::subject(&e.source))
-                    || drills.caused(&e))
+                    || drills.caused(&e)
+                    || self.ended_just_before(&e, &mut log, &mut drills))
             {
                 tracing::info!("{}: {} during a drill of it; not notified", e.source, e.kind);
                 continue;
