@@ -21,7 +21,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cirkel_repo::{Repository, Snapshot};
 use serde::Serialize;
@@ -152,43 +151,15 @@ pub fn restore_to_dir(
         dir_below(root.as_fd(), d).map_err(|e| failed(format!("create {}: {e}", dir.join(d).display()), io_hint))?;
     }
     let report = Mutex::new(RestoreReport::default());
-    let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    let stop = AtomicBool::new(false);
-    let next = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..opts.threads.max(1) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= files.len() || stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let (p, r) = &files[i];
-                    match write_file(repo, &index, root.as_fd(), dir, p, r) {
-                        Ok(()) => {
-                            if let Ok(mut rep) = report.lock() {
-                                rep.objects += 1;
-                                rep.bytes += r.head.size;
-                            }
-                            progress(r.head.size);
-                        }
-                        Err(e) => {
-                            stop.store(true, Ordering::Relaxed);
-                            if let Ok(mut f) = fatal.lock()
-                                && f.is_none()
-                            {
-                                *f = Some(e);
-                            }
-                            break;
-                        }
-                    }
-                }
-            });
+    crate::restore::in_parallel(&files, opts.threads, |(p, r)| {
+        write_file(repo, &index, root.as_fd(), dir, p, r)?;
+        if let Ok(mut rep) = report.lock() {
+            rep.objects += 1;
+            rep.bytes += r.head.size;
         }
-    });
-    if let Some(e) = fatal.into_inner().ok().flatten() {
-        return Err(e);
-    }
+        progress(r.head.size);
+        Ok(())
+    })?;
     if let Some(m) = &opts.manifest {
         let entries: Vec<Entry> = files
             .iter()

@@ -124,43 +124,54 @@ pub fn restore(
         }
     }
     let report = Mutex::new(RestoreReport::default());
+    in_parallel(&keys, opts.threads, |versions| {
+        for r in versions {
+            if r.delete_marker {
+                if r.is_latest {
+                    rt.block_on(target.delete(&r.key))?;
+                }
+            } else {
+                write_one(&rt, repo, &index, target, r)?;
+            }
+            if let Ok(mut rep) = report.lock() {
+                if r.delete_marker {
+                    rep.deleted += u64::from(r.is_latest);
+                } else {
+                    rep.objects += 1;
+                    rep.bytes += r.head.size;
+                }
+            }
+            progress(r.head.size);
+        }
+        Ok(())
+    })?;
+    Ok(report.into_inner().unwrap_or_default())
+}
+
+/// Runs `f` on every item on `threads` threads; the first error stops
+/// the others from taking new items and is returned.
+pub(crate) fn in_parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<(), Error> + Sync,
+) -> Result<(), Error> {
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
     let next = AtomicU64::new(0);
     std::thread::scope(|s| {
-        for _ in 0..opts.threads.max(1) {
+        for _ in 0..threads.max(1) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= keys.len() || stop.load(Ordering::Relaxed) {
+                    if i >= items.len() || stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut result = Ok(());
-                    for r in &keys[i] {
-                        result = if r.delete_marker {
-                            if r.is_latest { rt.block_on(target.delete(&r.key)) } else { Ok(()) }
-                        } else {
-                            write_one(&rt, repo, &index, target, r)
-                        };
-                        if result.is_err() {
-                            break;
-                        }
-                        if let Ok(mut rep) = report.lock() {
-                            if r.delete_marker {
-                                rep.deleted += u64::from(r.is_latest);
-                            } else {
-                                rep.objects += 1;
-                                rep.bytes += r.head.size;
-                            }
-                        }
-                        progress(r.head.size);
-                    }
-                    if let Err(e) = result {
+                    if let Err(e) = f(&items[i]) {
                         stop.store(true, Ordering::Relaxed);
-                        if let Ok(mut f) = fatal.lock()
-                            && f.is_none()
+                        if let Ok(mut first) = fatal.lock()
+                            && first.is_none()
                         {
-                            *f = Some(e);
+                            *first = Some(e);
                         }
                         break;
                     }
@@ -168,8 +179,8 @@ pub fn restore(
             });
         }
     });
-    if let Some(e) = fatal.into_inner().ok().flatten() {
-        return Err(e);
+    match fatal.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(report.into_inner().unwrap_or_default())
 }
